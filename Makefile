@@ -1,0 +1,39 @@
+# Every target sets itself up from nothing: a .venv with the CPU build of torch that lies on
+# this machine's disk (a GPU node installs its own CUDA torch; pyproject's range admits both).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tailored data fetch movielens-100k
+	$(BIN)/tailored train --config configs/movielens-100k.toml --out runs/demo
+	$(BIN)/tailored evaluate runs/demo --split test
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/typecheck.py
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.movielens --seeds 0 1 2
+	$(BIN)/python -m benchmarks.synth_scale
+	$(BIN)/python -m benchmarks.train_throughput
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .typecheck

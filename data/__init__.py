@@ -1,0 +1,1 @@
+"""tailored.data: schema, datasets (MovieLens-100k, synthetic, import), splits."""

@@ -1,0 +1,53 @@
+"""The ``tailored`` command line: it parses arguments and calls typed functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _CliError(Exception):
+    """Raised by handlers for a user error: printed without a traceback, exit code 2."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from tailored.commands import register_all
+
+    parser = argparse.ArgumentParser(
+        prog="tailored",
+        description="Personalization for large websites: data, training, evaluation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register_all(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    from tailored.errors import TailoredError
+
+    try:
+        return handler(args)
+    except TailoredError as e:
+        print(f"tailored {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

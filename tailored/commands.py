@@ -1,0 +1,125 @@
+"""Sub-commands of ``tailored``. Each parses its arguments and calls one typed function;
+heavy modules (torch, Lightning) are imported inside the handler so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register_all"]
+
+Sub = Any  # argparse's _SubParsersAction is private
+
+
+def register_all(sub: Sub) -> None:
+    data = sub.add_parser("data", help="fetch, import or generate a dataset",
+                          description="Datasets: fetch a public one, import your own, "
+                          "or generate a synthetic website.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    _add_data_fetch(data_sub)
+    _add_data_import(data_sub)
+    _add_data_synth(data_sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+
+
+# --- data fetch -------------------------------------------------------------------------------
+
+def _add_data_fetch(sub: Sub) -> None:
+    p = sub.add_parser("fetch", help="download a public dataset and convert it",
+                       description="Fetch a public dataset, convert it to tailored's Parquet "
+                       "schema (user ids pseudonymized) and cache it under $TAILORED_HOME.")
+    p.add_argument("name", choices=["movielens-100k"], help="which dataset")
+    p.add_argument("--source", type=Path, default=None,
+                   help="a local copy: the ml-100k folder or zip from GroupLens, or a folder "
+                   "with RecBole's ml-100k.{inter,user,item}")
+    p.add_argument("--out", type=Path, default=None,
+                   help="dataset directory (default $TAILORED_HOME/datasets/NAME)")
+    p.add_argument("--force", action="store_true", help="fetch again even if cached")
+    p.set_defaults(handler=_data_fetch)
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from tailored.data.movielens import fetch_movielens_100k
+
+    out = fetch_movielens_100k(out=args.out, source=args.source, force=args.force)
+    print(f"movielens-100k ready in {out}")
+    return 0
+
+
+# --- data import ------------------------------------------------------------------------------
+
+def _add_data_import(sub: Sub) -> None:
+    p = sub.add_parser("import", help="import your own Parquet or CSV files",
+                       description="Import users, items and events from Parquet or CSV "
+                       "with a column mapping.")
+    p.set_defaults(handler=_not_yet)
+
+
+# --- data synth -------------------------------------------------------------------------------
+
+def _add_data_synth(sub: Sub) -> None:
+    p = sub.add_parser("synth", help="generate a synthetic website with planted tastes",
+                       description="Generate users, items and events at scale, seeded, "
+                       "keeping the ground-truth tastes.")
+    p.set_defaults(handler=_not_yet)
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    from tailored.errors import TailoredError
+
+    raise TailoredError(f"{args.command} is not implemented yet")
+
+
+# --- train ------------------------------------------------------------------------------------
+
+def _add_train(sub: Sub) -> None:
+    p = sub.add_parser("train", help="train the two-tower model",
+                       description="Train the two-tower retrieval model from a TOML "
+                       "configuration; writes checkpoints, logs, the model and its metrics.")
+    p.add_argument("--config", type=Path, required=True, help="TOML configuration")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--devices", type=int, default=None, help="override train.devices")
+    p.add_argument("--max-epochs", type=int, default=None, help="override train.max_epochs")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tailored.config import load_config
+    from tailored.train.run import train
+
+    cfg = load_config(args.config, overrides={
+        "train.seed": args.seed, "train.devices": args.devices,
+        "train.max_epochs": args.max_epochs})
+    train(cfg, out=args.out)
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+def _add_evaluate(sub: Sub) -> None:
+    p = sub.add_parser("evaluate", help="full-ranking offline evaluation of a run",
+                       description="Full ranking over all items (seen items masked): Recall, "
+                       "NDCG, MRR, Hit, ItemCoverage, AveragePopularity at 10 and 20, against a "
+                       "popularity baseline, with a breakdown by user group.")
+    p.add_argument("run_dir", type=Path, help="a run written by `tailored train`")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--history", choices=["all", "train"], default="all",
+                   help="history the user tower reads: everything before the evaluated period "
+                   "(all, as a live system) or the training split only (train)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tailored.train.evaluate import evaluate_run, format_report
+
+    report = evaluate_run(args.run_dir, split=args.split, history=args.history)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0

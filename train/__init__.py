@@ -1,0 +1,1 @@
+"""tailored.train: the two-tower model, its Lightning training task, offline evaluation."""
