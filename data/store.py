@@ -70,7 +70,9 @@ class DatasetWriter:
 
     def write_events(self, table: pa.Table, *, source: str, row_offset: int = 0,
                      validated: bool = False) -> None:
-        """Append a chunk of events; users and items must have been written first."""
+        """Append a chunk of events. References to users and items are checked against the
+        tables already written; an importer that derives those tables from the events writes
+        them afterwards."""
         assert self._tmp is not None, "use DatasetWriter as a context manager"
         if not validated:
             table = validate_table(table, "events", self.meta.schema, source=source,

@@ -1,0 +1,190 @@
+"""A dataset's positive feedback as compact arrays, split, ready for training and evaluation.
+
+:func:`load_interactions` streams ``events.parquet`` by record batch, keeps the events that
+count as positive feedback (configured per event type with a weight; a view counts from a
+minimum dwell time; a rating from a minimum value), maps ids to row indices and assigns the
+split. Memory is a few bytes per kept event; the string columns never sit in memory whole.
+
+Conventions: users are 0-based rows of ``users.parquet``; items are **1-based** rows of
+``items.parquet`` (0 is padding in histories and "no item" in the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.schema import DatasetMeta, SchemaError, read_dataset_meta
+from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_temporal_split
+from tailored.data.splits import user_time_order as _order
+
+__all__ = ["Interactions", "PositiveRule", "load_interactions"]
+
+_SPLIT_CODES = {"train": TRAIN, "valid": VALID, "test": TEST}
+
+
+@dataclass(frozen=True)
+class PositiveRule:
+    """Which events are positive feedback, and their weights."""
+
+    weights: dict[str, float]
+    min_view_seconds: float = 30.0
+    min_rating: float = 0.0
+
+    def mask(self, types: pa.Array, values: pa.Array) -> np.ndarray:
+        t = np.asarray(types.to_numpy(zero_copy_only=False))
+        v = np.asarray(pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False), np.float64)
+        keep = np.isin(t, list(self.weights))
+        keep &= ~((t == "view") & ~(v >= self.min_view_seconds))
+        keep &= ~((t == "rating") & (v < self.min_rating))
+        return keep
+
+    def weight_of(self, types: np.ndarray) -> np.ndarray:
+        w = np.zeros(len(types), np.float32)
+        for name, weight in self.weights.items():
+            w[types == name] = weight
+        return w
+
+
+@dataclass
+class Interactions:
+    """Positive events sorted by (user, time, file position).
+
+    ``user``: int32 [E] (0-based), ``item``: int32 [E] (1-based), ``timestamp``: int64 [E]
+    seconds, ``split``: int8 [E] (TRAIN/VALID/TEST), ``weight``: float32 [E],
+    ``context``: int64 [E, K] codes of the declared context fields (0 unknown).
+    ``offsets``: int64 [U+1], user u's events are ``offsets[u]:offsets[u+1]``.
+    """
+
+    meta: DatasetMeta
+    user_ids: np.ndarray  # str [U] pseudonyms
+    item_ids: np.ndarray  # str [N] site item ids (row i is item index i + 1)
+    users: FeatureTable  # [U, ...]
+    items: FeatureTable  # [N + 1, ...], row 0 padding
+    user_encoder: FeatureEncoder
+    item_encoder: FeatureEncoder
+    context_vocabs: dict[str, list[str]]
+    user: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray
+    split: np.ndarray
+    weight: np.ndarray
+    context: np.ndarray
+    offsets: np.ndarray
+    item_titles: np.ndarray | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        """Number of real items (indices 1..n_items)."""
+        return len(self.item_ids)
+
+    def item_popularity(self, splits: tuple[int, ...] = (TRAIN,)) -> np.ndarray:
+        """Interaction counts per item index, float64 [N + 1] (index 0 is 0)."""
+        keep = np.isin(self.split, splits)
+        return np.bincount(self.item[keep], minlength=self.n_items + 1).astype(np.float64)
+
+    def per_user(self, splits: tuple[int, ...]) -> list[np.ndarray]:
+        """Each user's items in ``splits``, time-ordered: a list of int arrays (1-based)."""
+        keep = np.isin(self.split, splits)
+        counts = np.bincount(self.user[keep], minlength=self.n_users)
+        return np.split(self.item[keep], np.cumsum(counts)[:-1])
+
+
+def load_interactions(directory: Path, rule: PositiveRule, *, split: str = "user_temporal",
+                      valid_ratio: float = 0.1, test_ratio: float = 0.1, valid_start: int = 0,
+                      test_start: int = 0, batch_rows: int = 1 << 20) -> Interactions:
+    """Read a dataset and return its split positive interactions (see module doc)."""
+    directory = Path(directory)
+    meta = read_dataset_meta(directory)
+    users_t = pq.read_table(directory / "users.parquet")
+    items_t = pq.read_table(directory / "items.parquet")
+    user_ids = users_t.column("user_id").combine_chunks()
+    item_ids = items_t.column("item_id").combine_chunks()
+    user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
+    item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
+    ctx_names = list(meta.schema.context_fields)
+
+    cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
+    if split == "presplit":
+        if not meta.presplit:
+            raise SchemaError(f"{directory}: split 'presplit' needs data imported with "
+                              "train/valid/test files")
+        cols.append("split")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "c")}
+    ctx_raw: list[pa.Table] = []
+    for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(batch_size=batch_rows,
+                                                                          columns=cols):
+        keep = rule.mask(batch.column("type"), batch.column("value"))
+        if not keep.any():
+            continue
+        b = pa.Table.from_batches([batch]).filter(pa.array(keep))
+        parts["u"].append(_index(b.column("user_id"), user_ids, directory, "user_id"))
+        parts["i"].append(_index(b.column("item_id"), item_ids, directory, "item_id") + 1)
+        parts["t"].append(b.column("timestamp").to_numpy())
+        parts["w"].append(rule.weight_of(b.column("type").to_numpy(zero_copy_only=False)))
+        if split == "presplit":
+            s = b.column("split").to_numpy(zero_copy_only=False)
+            parts["s"].append(np.vectorize(_SPLIT_CODES.__getitem__, otypes=[np.int8])(s))
+        if ctx_names:
+            ctx_raw.append(b.select(ctx_names))
+    if not parts["u"]:
+        raise SchemaError(f"{directory}: no positive events (types {sorted(rule.weights)})")
+    user = np.concatenate(parts["u"]).astype(np.int32)
+    item = np.concatenate(parts["i"]).astype(np.int32)
+    ts = np.concatenate(parts["t"]).astype(np.int64)
+    weight = np.concatenate(parts["w"])
+    context, ctx_vocabs = _encode_context(ctx_raw, ctx_names, len(user))
+    if split == "presplit":
+        labels = np.concatenate(parts["s"])
+    elif split == "global_time":
+        labels = global_time_split(ts, valid_start=valid_start, test_start=test_start)
+    else:
+        labels = user_temporal_split(user, ts, valid_ratio=valid_ratio, test_ratio=test_ratio)
+    order = _order(user, ts)
+    counts = np.bincount(user, minlength=len(user_ids))
+    titles = (items_t.column("title").to_numpy(zero_copy_only=False)
+              if "title" in items_t.column_names else None)
+    return Interactions(
+        meta=meta, user_ids=user_ids.to_numpy(zero_copy_only=False),
+        item_ids=item_ids.to_numpy(zero_copy_only=False),
+        users=user_enc.transform(users_t), items=item_enc.transform(items_t).with_padding_row(),
+        user_encoder=user_enc, item_encoder=item_enc, context_vocabs=ctx_vocabs,
+        user=user[order], item=item[order], timestamp=ts[order], split=labels[order],
+        weight=weight[order], context=context[order],
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64), item_titles=titles,
+    )
+
+
+def _index(col: pa.ChunkedArray, ids: pa.Array, directory: Path, name: str) -> np.ndarray:
+    idx = pc.index_in(col, value_set=ids)
+    if idx.null_count:
+        row = int(np.argmax(pc.is_null(idx).to_numpy(zero_copy_only=False)))
+        raise SchemaError(f"{directory}/events.parquet: {name} {col[row].as_py()!r} refers to "
+                          f"no row of the {'users' if name == 'user_id' else 'items'} table")
+    return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _encode_context(tables: list[pa.Table], names: list[str], rows: int
+                    ) -> tuple[np.ndarray, dict[str, list[str]]]:
+    out = np.zeros((rows, len(names)), np.int64)
+    vocabs: dict[str, list[str]] = {}
+    if not names:
+        return out, vocabs
+    t = pa.concat_tables(tables)
+    for j, name in enumerate(names):
+        col = t.column(name)
+        vocab = sorted(str(v) for v in pc.unique(pc.drop_null(col)).to_pylist())
+        vocabs[name] = vocab
+        idx = pc.index_in(col, value_set=pa.array(vocab, pa.string()))
+        out[:, j] = pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False)
+    return out, vocabs

@@ -1,0 +1,301 @@
+"""The column mapping of ``tailored data import``: a TOML file, loaded and checked once.
+
+A mapping says which of the user's files and columns become tailored's ``users``, ``items``
+and ``events`` tables (see :mod:`tailored.data.schema`)::
+
+    name = "my-shop"
+    [users]                          # optional: else the distinct users of the events
+    file = "users.csv"               # .csv, .tsv or .parquet; relative to this file
+    id = "uid"
+    [users.fields]
+    age = { column = "age", kind = "numeric" }
+    [items]                          # optional: else the distinct items of the events
+    file = "items.parquet"
+    id = "movie_id"
+    [items.fields]
+    genres = { column = "genres", kind = "multi_categorical", separator = "|" }
+    [events]
+    file = "ratings.csv"             # or train = ..., valid = ..., test = ... (pre-split)
+    user = "uid"
+    item = "movie_id"
+    timestamp = "ts"
+    timestamp_format = "unix"        # "unix" (seconds), "unix_ms" or "iso" (ISO-8601)
+    type = "event_type"              # a column, or type_constant = "rating"
+    value = "rating"                 # optional
+    [events.context]
+    surface = "page"                 # context name = column (stored as strings)
+
+Every table also takes ``delimiter`` (CSV only; default ``,``, and tab for ``.tsv``).
+A mistake raises :class:`MappingError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from tailored.data.schema import (
+    EVENT_TYPES,
+    FIELD_KINDS,
+    SPLITS,
+    DatasetSchema,
+    FieldKind,
+    FieldSpec,
+    SchemaError,
+)
+from tailored.errors import ConfigError
+
+__all__ = [
+    "TIMESTAMP_FORMATS",
+    "EntityMapping",
+    "EventsMapping",
+    "FieldMapping",
+    "ImportMapping",
+    "MappingError",
+    "SourceFile",
+    "load_mapping",
+]
+
+TIMESTAMP_FORMATS: tuple[str, ...] = ("unix", "unix_ms", "iso")
+TimestampFormat = Literal["unix", "unix_ms", "iso"]
+_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "type", "value", "split")
+_EVENTS_KEYS = ("file", *SPLITS, "delimiter", "user", "item", "timestamp", "timestamp_format")
+_EVENTS_KEYS += ("type", "type_constant", "value", "context")
+
+
+class MappingError(SchemaError, ConfigError):
+    """The mapping file is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file: ``path`` resolved, ``label`` as written in the mapping (for messages)."""
+
+    path: Path
+    label: str
+    format: Literal["csv", "parquet"]
+    delimiter: str = ","
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Column ``column`` of the user's file becomes field ``name`` of kind ``kind``;
+    ``separator`` splits a ``multi_categorical`` string (a Parquet list column needs none)."""
+
+    name: str
+    column: str
+    kind: FieldKind
+    separator: str = "|"
+
+    @property
+    def spec(self) -> FieldSpec:
+        return FieldSpec(self.name, self.kind)
+
+
+@dataclass(frozen=True)
+class EntityMapping:
+    """The ``[users]`` or ``[items]`` table: a file, its id column, its declared fields."""
+
+    file: SourceFile
+    id: str
+    fields: tuple[FieldMapping, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventsMapping:
+    """The ``[events]`` table: ``files`` pairs a split (``None`` when not pre-split) with a file.
+    Exactly one of ``type`` (a column) and ``type_constant`` is set."""
+
+    files: tuple[tuple[str | None, SourceFile], ...]
+    user: str
+    item: str
+    timestamp: str
+    timestamp_format: TimestampFormat = "unix"
+    type: str | None = None
+    type_constant: str | None = None
+    value: str | None = None
+    context: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def presplit(self) -> bool:
+        return self.files[0][0] is not None
+
+
+@dataclass(frozen=True)
+class ImportMapping:
+    """A whole mapping; ``origin`` is the mapping file it came from."""
+
+    name: str
+    events: EventsMapping
+    users: EntityMapping | None = None
+    items: EntityMapping | None = None
+    origin: Path = Path("mapping.toml")
+
+    def schema(self) -> DatasetSchema:
+        """The dataset schema the import declares."""
+        return DatasetSchema(
+            user_fields=tuple(f.spec for f in self.users.fields) if self.users else (),
+            item_fields=tuple(f.spec for f in self.items.fields) if self.items else (),
+            context_fields=tuple(name for name, _ in self.events.context),
+        )
+
+
+def load_mapping(path: Path) -> ImportMapping:
+    """Read and check a mapping file; raises :class:`MappingError` naming the key."""
+    path = Path(path)
+    try:
+        obj = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MappingError(f"{path}: cannot read the mapping ({e.strerror or e})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise MappingError(f"{path}: not valid TOML ({e})") from e
+    return _Loader(path).mapping(obj)
+
+
+class _Loader:
+    """Turns the parsed TOML into dataclasses; each error names ``[table] key``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, what: str) -> MappingError:
+        return MappingError(
+            f"{self.path.name}: [{where}] {what}" if where else f"{self.path.name}: {what}"
+        )
+
+    def keys(self, obj: dict[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+        for k in obj:
+            if k not in allowed:
+                raise self.fail(where, f"unknown key {k!r}; expected one of {allowed}")
+
+    def text(self, obj: dict[str, Any], where: str, key: str, default: str | None = None) -> str:
+        """A required non-empty string (``default`` when absent, if given)."""
+        value = self.optional(obj, where, key, default)
+        if value is None:
+            raise self.fail(where, f"{key} is required")
+        return value
+
+    def optional(
+        self, obj: dict[str, Any], where: str, key: str, default: str | None = None
+    ) -> str | None:
+        value = obj.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise self.fail(where, f"{key} must be a non-empty string, got {value!r}")
+        return value
+
+    def table(self, obj: dict[str, Any], key: str) -> dict[str, Any] | None:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise self.fail("", f"{key} must be a table ([{key}]), got {value!r}")
+        return value
+
+    def mapping(self, obj: dict[str, Any]) -> ImportMapping:
+        self.keys(obj, "", ("name", "users", "items", "events"))
+        name = self.text(obj, "", "name")
+        if not _NAME.match(name):
+            raise self.fail("", f"name {name!r} must be letters, digits, '.', '_' or '-'")
+        events = self.table(obj, "events")
+        if events is None:
+            raise self.fail("", "an [events] table is required")
+        users, items = self.table(obj, "users"), self.table(obj, "items")
+        return ImportMapping(
+            name=name,
+            events=self.events(events),
+            users=self.entity(users, "users", "user_id") if users is not None else None,
+            items=self.entity(items, "items", "item_id") if items is not None else None,
+            origin=self.path,
+        )
+
+    def source(self, obj: dict[str, Any], where: str, key: str) -> SourceFile:
+        label = self.text(obj, where, key)
+        fmt = _SUFFIXES.get(Path(label).suffix.lower())
+        if fmt is None:
+            raise self.fail(where, f"{key} {label!r}: use a .csv, .tsv or .parquet file")
+        default = "\t" if label.lower().endswith(".tsv") else ","
+        delimiter = self.text(obj, where, "delimiter", default)
+        if len(delimiter) != 1:
+            raise self.fail(where, f"delimiter must be one character, got {delimiter!r}")
+        path = (self.path.parent / Path(label).expanduser()).resolve()
+        return SourceFile(path, label, cast(Literal["csv", "parquet"], fmt), delimiter)
+
+    def entity(self, obj: dict[str, Any], where: str, key_column: str) -> EntityMapping:
+        self.keys(obj, where, ("file", "id", "delimiter", "fields"))
+        fields_obj = obj.get("fields", {})
+        if not isinstance(fields_obj, dict):
+            raise self.fail(where, "fields must be a table")
+        fields = tuple(
+            self.field(f"{where}.fields.{n}", n, spec, key_column) for n, spec in fields_obj.items()
+        )
+        return EntityMapping(self.source(obj, where, "file"), self.text(obj, where, "id"), fields)
+
+    def field(self, where: str, name: str, spec: Any, key_column: str) -> FieldMapping:
+        if not _FIELD.match(name) or name == key_column:
+            raise self.fail(
+                where, f"field name {name!r} must be an identifier other than {key_column!r}"
+            )
+        if not isinstance(spec, dict):
+            raise self.fail(where, 'write { column = "...", kind = "..." }')
+        self.keys(spec, where, ("column", "kind", "separator"))
+        column = self.text(spec, where, "column", name)
+        kind = self.text(spec, where, "kind")
+        if kind not in FIELD_KINDS:
+            raise self.fail(where, f"kind {kind!r} is not one of {FIELD_KINDS}")
+        separator = self.optional(spec, where, "separator")
+        if separator is not None and kind != "multi_categorical":
+            raise self.fail(where, "separator applies only to kind 'multi_categorical'")
+        return FieldMapping(name, column, cast(FieldKind, kind), separator or "|")
+
+    def events(self, obj: dict[str, Any]) -> EventsMapping:
+        w = "events"
+        self.keys(obj, w, _EVENTS_KEYS)
+        split_keys = [s for s in SPLITS if s in obj]
+        if "file" in obj and split_keys:
+            raise self.fail(w, "give either file or train/valid/test (pre-split), not both")
+        if "file" not in obj and not split_keys:
+            raise self.fail(w, "give file, or train/valid/test for pre-split events")
+        if split_keys and "train" not in split_keys:
+            raise self.fail(w, "a pre-split import needs at least train")
+        files: tuple[tuple[str | None, SourceFile], ...] = (
+            tuple((s, self.source(obj, w, s)) for s in split_keys)
+            if split_keys
+            else ((None, self.source(obj, w, "file")),)
+        )
+        fmt = self.text(obj, w, "timestamp_format", "unix")
+        if fmt not in TIMESTAMP_FORMATS:
+            raise self.fail(w, f"timestamp_format {fmt!r} is not one of {TIMESTAMP_FORMATS}")
+        type_col = self.optional(obj, w, "type")
+        constant = self.optional(obj, w, "type_constant")
+        if (type_col is None) == (constant is None):
+            raise self.fail(w, "give exactly one of type (a column) and type_constant")
+        if constant is not None and constant not in EVENT_TYPES:
+            raise self.fail(w, f"type_constant {constant!r} is not one of {EVENT_TYPES}")
+        return EventsMapping(
+            files=files,
+            user=self.text(obj, w, "user"),
+            item=self.text(obj, w, "item"),
+            timestamp=self.text(obj, w, "timestamp"),
+            timestamp_format=cast(TimestampFormat, fmt),
+            type=type_col,
+            type_constant=constant,
+            value=self.optional(obj, w, "value"),
+            context=self.context(obj.get("context", {})),
+        )
+
+    def context(self, obj: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(obj, dict):
+            raise self.fail("events", "context must be a table ([events.context])")
+        out = []
+        for name in obj:
+            if not _FIELD.match(name) or name in _EVENT_COLUMNS:
+                raise self.fail(
+                    f"events.context.{name}",
+                    f"context name {name!r} must be an identifier other than {_EVENT_COLUMNS}",
+                )
+            out.append((name, self.text(obj, f"events.context.{name}", name)))
+        return tuple(out)

@@ -1,0 +1,236 @@
+"""Typed configuration, loaded from TOML and validated once, here.
+
+Each section is a frozen dataclass; :func:`load_config` rejects unknown keys, wrong types
+and out-of-range values with a :class:`~tailored.errors.ConfigError` that names the key
+(``[model] dim: must be > 0, got -3``). Everything downstream takes these objects or plain
+arguments, never a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tailored.errors import ConfigError
+
+__all__ = ["Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how it is split, and which events count as positive feedback."""
+
+    dataset: str = "movielens-100k"
+    split: str = "user_temporal"  # "user_temporal" | "global_time" | "presplit"
+    valid_ratio: float = 0.1
+    test_ratio: float = 0.1
+    valid_start: int = 0  # global_time: unix seconds where validation starts
+    test_start: int = 0  # global_time: unix seconds where test starts
+    # event type -> weight of a positive example; a view counts only from min_view_seconds
+    positive_events: dict[str, float] = field(
+        default_factory=lambda: {"click": 1.0, "rating": 1.0, "purchase": 1.0, "view": 1.0})
+    min_view_seconds: float = 30.0
+    min_rating: float = 0.0  # ratings below this are not positives (0: every rating is)
+
+    def validate(self) -> None:
+        _one_of("data", "split", self.split, ("user_temporal", "global_time", "presplit"))
+        for name in ("valid_ratio", "test_ratio"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 0.5:
+                raise ConfigError(f"[data] {name}: must be in [0, 0.5), got {v}")
+        if self.split == "global_time" and not 0 < self.valid_start <= self.test_start:
+            raise ConfigError("[data] valid_start/test_start: the global_time split needs "
+                              "0 < valid_start <= test_start (unix seconds)")
+        from tailored.data.schema import EVENT_TYPES
+
+        for k, w in self.positive_events.items():
+            if k not in EVENT_TYPES:
+                raise ConfigError(f"[data] positive_events.{k}: not an event type {EVENT_TYPES}")
+            if not w > 0:
+                raise ConfigError(f"[data] positive_events.{k}: weight must be > 0, got {w}")
+        if not self.positive_events:
+            raise ConfigError("[data] positive_events: name at least one event type")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The two towers. Sizes are per feature embedding unless said otherwise."""
+
+    dim: int = 64  # output embedding size of both towers
+    id_dim: int = 64  # item id embedding size (shared with the history encoder)
+    feature_dim: int = 16  # embedding size of each categorical metadata/profile field
+    hidden: int = 256  # width of the towers' MLPs
+    history_length: int = 50  # most recent positives the user tower reads
+    sequence_encoder: str = "transformer"  # "transformer" | "gru" | "mean"
+    encoder_layers: int = 2
+    encoder_heads: int = 2
+    dropout: float = 0.2
+    user_id_buckets: int = 0  # hashed user-id embedding; 0 disables it
+    item_id_dropout: float = 0.1  # train the item tower to embed from metadata alone too
+    context_dropout: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("dim", "id_dim", "feature_dim", "hidden", "history_length",
+                     "encoder_layers", "encoder_heads"):
+            _positive("model", name, getattr(self, name))
+        _one_of("model", "sequence_encoder", self.sequence_encoder, ("transformer", "gru", "mean"))
+        if self.id_dim % self.encoder_heads:
+            raise ConfigError(f"[model] encoder_heads: must divide id_dim ({self.id_dim})")
+        for name in ("dropout", "item_id_dropout", "context_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"[model] {name}: must be in [0, 1), got {v}")
+        if self.user_id_buckets < 0:
+            raise ConfigError("[model] user_id_buckets: must be >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Sampled softmax over in-batch negatives (Yi et al., RecSys 2019)."""
+
+    temperature: float = 0.05
+    logq_correction: bool = True
+    mask_accidental_hits: bool = True
+    uniform_negatives: int = 0  # extra uniformly sampled negatives per batch (mixed negatives)
+
+    def validate(self) -> None:
+        _positive("loss", "temperature", self.temperature)
+        if self.uniform_negatives < 0:
+            raise ConfigError("[loss] uniform_negatives: must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The Lightning loop."""
+
+    seed: int = 0
+    max_epochs: int = 30
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5  # early stopping on validation ndcg@10
+    devices: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"  # "auto" | "ddp" (several devices)
+    num_workers: int = 0
+    limit_val_users: int = 0  # validate on at most this many users (0: all)
+    logger: str = "csv"  # "csv" | "tensorboard"
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_epochs", "batch_size", "devices", "patience"):
+            _positive("train", name, getattr(self, name))
+        _positive("train", "lr", self.lr)
+        _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
+        _one_of("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda"))
+        _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> Config:
+        self.data.validate()
+        self.model.validate()
+        self.loss.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig,
+                              "train": TrainConfig}
+
+
+def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None,
+                values: dict[str, Any] | None = None) -> Config:
+    """Read a TOML file (or ``values``), apply ``overrides`` (``{"train.seed": 3}``, None
+    values ignored), and validate. Raises ConfigError naming the file and key."""
+    where = str(path) if path is not None else "configuration"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: no such file") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    if values:
+        raw = {**raw, **values}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            raw.setdefault(section, {})[key] = value
+    return from_dict(raw, where=where)
+
+
+def from_dict(raw: dict[str, Any], *, where: str = "configuration") -> Config:
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; "
+                          f"expected {sorted(_SECTIONS)}")
+    sections = {name: _build(cls, raw.get(name, {}), name, where)
+                for name, cls in _SECTIONS.items()}
+    cfg = Config(**sections)
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _build(cls: type, raw: Any, section: str, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"{where}: [{section}] {key}: unknown key; "
+                              f"known keys are {sorted(names)}")
+        kwargs[key] = _check_type(value, hints[key], f"{where}: [{section}] {key}")
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if type(value) is not hint:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return value
+    if origin is dict:
+        _, vt = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: unexpected value {value!r}")
+    return value
+
+
+def _positive(section: str, name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"[{section}] {name}: must be > 0, got {value}")
+
+
+def _one_of(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"[{section}] {name}: {value!r} is not one of {list(allowed)}")

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tailored.config import load_config
+from tailored.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model.dim > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[model]\ndimm = 3\n", "[model] dimm: unknown key"),
+        ("[model]\ndim = -3\n", "[model] dim: must be > 0, got -3"),
+        ("[train]\nlr = 'fast'\n", "[train] lr: expected float, got 'fast'"),
+        ("[data]\nsplit = 'random'\n", "[data] split: 'random' is not one of"),
+        ("[data]\npositive_events = { like = 1.0 }\n", "[data] positive_events.like: not an"),
+        ("[serving]\nport = 1\n", "unknown section(s) ['serving']"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and expected in str(e.value)
+
+
+def test_overrides_apply_and_none_is_ignored() -> None:
+    cfg = load_config(values={"train": {"seed": 1}},
+                      overrides={"train.seed": 7, "train.devices": None})
+    assert cfg.train.seed == 7 and cfg.train.devices == 1

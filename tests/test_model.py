@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tailored.train.model import TowerSpec, TwoTower
+
+SPEC = TowerSpec(n_items=20, item_categorical=(4,), item_multi=(6,), item_numeric=1,
+                 user_categorical=(3, 5), user_numeric=1, context=(3,))
+
+
+def _model(encoder: str = "transformer", buckets: int = 8) -> TwoTower:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    cat = torch.randint(0, 4, (21, 1), generator=g)
+    multi = torch.randint(0, 6, (21, 1, 8), generator=g)
+    num = torch.randn(21, 1, generator=g)
+    cat[0], multi[0], num[0] = 0, 0, 0
+    return TwoTower(SPEC, cat, multi, num, dim=16, id_dim=16, feature_dim=4, hidden=32,
+                    encoder=encoder, history_length=5, user_id_buckets=buckets).eval()
+
+
+def _users(history: torch.Tensor) -> dict[str, torch.Tensor]:
+    b = history.shape[0]
+    return {"user_hash": torch.arange(1, b + 1), "user_cat": torch.ones(b, 2, dtype=torch.long),
+            "user_num": torch.zeros(b, 1), "context": torch.zeros(b, 1, dtype=torch.long),
+            "history": history}
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru", "mean"])
+def test_towers_give_unit_vectors_of_the_configured_size(encoder: str) -> None:
+    model = _model(encoder)
+    items = model.item_embeddings(torch.arange(1, 21))
+    hist = torch.tensor([[0, 0, 3, 4, 5], [0, 0, 0, 0, 0]])  # the second user has no history
+    users = model.user_embeddings(**_users(hist))
+    assert items.shape == (20, 16) and users.shape == (2, 16)
+    assert torch.allclose(items.norm(dim=-1), torch.ones(20), atol=1e-5)
+    assert torch.allclose(users.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.isfinite(users).all()
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_order_of_the_history_matters_for_sequence_encoders(encoder: str) -> None:
+    model = _model(encoder)
+    a = model.user_embeddings(**_users(torch.tensor([[1, 2, 3, 4, 5]])))
+    b = model.user_embeddings(**_users(torch.tensor([[5, 4, 3, 2, 1]])))
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_a_new_item_is_embedded_from_its_metadata() -> None:
+    model = _model()
+    tower = model.item_tower
+    cat, multi, num = model.item_cat[3:5], model.item_multi[3:5], model.item_num[3:5]
+    unknown = tower(torch.zeros(2, dtype=torch.long), cat, multi, num)  # id 0: never seen
+    assert torch.isfinite(unknown).all()
+    # different metadata, different embeddings, even without an id
+    if not torch.equal(cat[0], cat[1]) or not torch.equal(multi[0], multi[1]):
+        assert not torch.allclose(unknown[0], unknown[1])

@@ -1,0 +1,188 @@
+"""Batches for the two-tower model, built from :class:`~tailored.data.interactions.Interactions`.
+
+Training examples are the training split's positive events in time order: for event ``j`` of
+user ``u``, the user tower reads the ``L`` positives of ``u`` just before ``j`` (so the model
+learns what comes next, as it will be asked at serving time) and the item tower the item of
+``j``. Batches are assembled vectorised in the collate function from index arrays; nothing
+per-example is materialised, so 30M events cost a few hundred MB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from tailored.data.interactions import Interactions
+from tailored.data.splits import TRAIN, VALID
+
+__all__ = ["Batch", "EvalBatch", "TwoTowerDataModule", "UserHistory", "user_hash_buckets"]
+
+
+def user_hash_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
+    """Hashed id bucket per user (1..buckets; 0 when disabled), int64 [U]. Pseudonyms are
+    hex HMACs, so their leading digits are already uniformly distributed."""
+    if buckets <= 0:
+        return np.zeros(len(user_ids), np.int64)
+    return np.array([int(str(u)[:12], 16) % buckets + 1 for u in user_ids], np.int64)
+
+
+@dataclass
+class UserHistory:
+    """Per-user time-ordered items of some splits: ``items`` int32 [E'], ``offsets`` [U+1]."""
+
+    items: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, data: Interactions, splits: tuple[int, ...]) -> UserHistory:
+        keep = np.isin(data.split, splits)
+        counts = np.bincount(data.user[keep], minlength=data.n_users)
+        return cls(data.item[keep], np.r_[0, np.cumsum(counts)].astype(np.int64))
+
+    def last(self, users: np.ndarray, length: int) -> np.ndarray:
+        """The ``length`` most recent items of each user, int64 [B, length], left-padded
+        with 0 (most recent last)."""
+        return _window(self.items, self.offsets[users], self.offsets[users + 1], length)
+
+
+def _window(items: np.ndarray, start: np.ndarray, end: np.ndarray, length: int) -> np.ndarray:
+    """``items[max(start, end - length):end]`` per row, right-aligned in [B, length]."""
+    idx = end[:, None] - np.arange(length, 0, -1)[None, :]
+    valid = idx >= start[:, None]
+    out = np.where(valid, items[np.clip(idx, 0, max(len(items) - 1, 0))], 0) if len(items) \
+        else np.zeros(idx.shape, np.int64)
+    return out.astype(np.int64)
+
+
+@dataclass
+class Batch:
+    """One training batch (tensors, B rows)."""
+
+    user_hash: Tensor
+    user_cat: Tensor
+    user_num: Tensor
+    context: Tensor
+    history: Tensor
+    item: Tensor
+    weight: Tensor
+
+
+@dataclass
+class EvalBatch:
+    """Users to rank for: their inputs, the items to mask (``exclude``, [B, X] 0-padded) and
+    the relevant items (``relevant``, [B, R] 0-padded)."""
+
+    users: Tensor
+    user_hash: Tensor
+    user_cat: Tensor
+    user_num: Tensor
+    context: Tensor
+    history: Tensor
+    exclude: Tensor
+    relevant: Tensor
+
+
+class _Indices(Dataset[int]):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _padded(rows: list[np.ndarray]) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), max(width, 1)), np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+class TwoTowerDataModule(pl.LightningDataModule):
+    """Training batches over the train split; validation batches of users with valid items."""
+
+    def __init__(self, data: Interactions, *, history_length: int, batch_size: int,
+                 user_id_buckets: int = 0, num_workers: int = 0, limit_val_users: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.data = data
+        self.history_length = history_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.user_hash = user_hash_buckets(data.user_ids, user_id_buckets)
+        train = data.split == TRAIN
+        self.train_user = data.user[train]
+        self.train_item = data.item[train].astype(np.int64)
+        self.train_weight = data.weight[train]
+        self.train_context = data.context[train]
+        self.train_history = UserHistory.of(data, (TRAIN,))
+        self.val_users = self._eval_users(VALID, limit_val_users, seed)
+
+    def _eval_users(self, split: int, limit: int, seed: int) -> np.ndarray:
+        users = np.unique(self.data.user[self.data.split == split])
+        if limit and len(users) > limit:
+            users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
+        return users
+
+    # --- training ---
+    def train_dataloader(self) -> DataLoader[int]:
+        return DataLoader(_Indices(len(self.train_item)), batch_size=self.batch_size,
+                          shuffle=True, drop_last=len(self.train_item) > self.batch_size,
+                          collate_fn=self._collate_train, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def _collate_train(self, idx: list[int]) -> Batch:
+        j = np.asarray(idx, np.int64)
+        users = self.train_user[j].astype(np.int64)
+        # events are grouped by user in time order, so event j's history ends just before j
+        start = self.train_history.offsets[users]
+        history = _window(self.train_history.items, start, j, self.history_length)
+        return Batch(
+            user_hash=torch.from_numpy(self.user_hash[users]),
+            user_cat=torch.from_numpy(self.data.users.categorical[users]),
+            user_num=torch.from_numpy(self.data.users.numeric[users]),
+            context=torch.from_numpy(self.train_context[j]),
+            history=torch.from_numpy(history),
+            item=torch.from_numpy(self.train_item[j]),
+            weight=torch.from_numpy(self.train_weight[j]),
+        )
+
+    # --- validation ---
+    def val_dataloader(self) -> DataLoader[int]:
+        return self.eval_loader(self.val_users, history_splits=(TRAIN,), target=VALID)
+
+    def eval_loader(self, users: np.ndarray, *, history_splits: tuple[int, ...], target: int,
+                    exclude_splits: tuple[int, ...] | None = None,
+                    batch_size: int = 256) -> DataLoader[int]:
+        """Batches of ``users`` with their history from ``history_splits``, the items of
+        ``exclude_splits`` (default: the history's) masked, and ``target``'s as relevant."""
+        hist = UserHistory.of(self.data, history_splits)
+        excl = UserHistory.of(self.data, exclude_splits or history_splits)
+        rel = UserHistory.of(self.data, (target,))
+
+        def collate(idx: list[int]) -> EvalBatch:
+            u = users[np.asarray(idx, np.int64)]
+            return EvalBatch(
+                users=torch.from_numpy(u.astype(np.int64)),
+                user_hash=torch.from_numpy(self.user_hash[u]),
+                user_cat=torch.from_numpy(self.data.users.categorical[u]),
+                user_num=torch.from_numpy(self.data.users.numeric[u]),
+                context=torch.zeros((len(u), self.data.context.shape[1]), dtype=torch.long),
+                history=torch.from_numpy(hist.last(u, self.history_length)),
+                exclude=torch.from_numpy(_padded([excl.items[excl.offsets[x]:excl.offsets[x + 1]]
+                                                  for x in u])),
+                relevant=torch.from_numpy(_padded([rel.items[rel.offsets[x]:rel.offsets[x + 1]]
+                                                   for x in u])),
+            )
+
+        return DataLoader(_Indices(len(users)), batch_size=batch_size, shuffle=False,
+                          collate_fn=collate)
+

@@ -1,0 +1,54 @@
+"""Sampled softmax with in-batch (and optionally uniform) negatives and logQ correction.
+
+For a batch of (user, positive item) pairs with embeddings ``u`` [B, D] and ``v`` [B, D],
+the logits are ``s_ij = <u_i, v_j> / T - log q_j``: every other positive in the batch is a
+negative for row i, and since popular items appear as in-batch negatives more often, their
+logit is lowered by the log of their sampling probability ``q_j`` (Yi et al., "Sampling-bias-
+corrected neural modeling for large corpus item recommendations", RecSys 2019). Columns
+holding the same item as row i's positive (accidental hits) are removed. Extra uniformly
+sampled items (mixed negative sampling, Yang et al. 2020) append ``M`` columns with
+``log q = log(M / N)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["sampled_softmax_loss"]
+
+
+def sampled_softmax_loss(user: Tensor, item: Tensor, item_ids: Tensor, *, temperature: float,
+                         log_q: Tensor | None = None, mask_accidental_hits: bool = True,
+                         extra: Tensor | None = None, extra_ids: Tensor | None = None,
+                         n_items: int = 0, weight: Tensor | None = None) -> Tensor:
+    """Mean (or ``weight``-weighted mean) cross-entropy of each row's positive.
+
+    ``user``, ``item``: float [B, D]; ``item_ids``: int64 [B]; ``log_q``: float [N+1] log of
+    each item's in-batch sampling probability (None: no correction); ``extra`` [M, D] with
+    ``extra_ids`` [M]: uniformly sampled negatives from ``n_items`` items.
+    """
+    logits = user @ item.T / temperature  # [B, B]
+    if log_q is not None:
+        batch = item_ids.shape[0]
+        logits = logits - (log_q[item_ids] + math.log(batch)).unsqueeze(0)
+    if mask_accidental_hits:
+        same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+    if extra is not None and extra_ids is not None:
+        ext = user @ extra.T / temperature  # [B, M]
+        if log_q is not None:
+            ext = ext - math.log(extra.shape[0] / max(n_items, 1))
+        if mask_accidental_hits:
+            ext = ext.masked_fill(extra_ids.unsqueeze(0) == item_ids.unsqueeze(1),
+                                  torch.finfo(ext.dtype).min)
+        logits = torch.cat([logits, ext], dim=1)
+    target = torch.arange(logits.shape[0], device=logits.device)
+    loss = F.cross_entropy(logits.float(), target, reduction="none")
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
