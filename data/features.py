@@ -39,8 +39,10 @@ class FeatureTable:
 
     def with_padding_row(self) -> FeatureTable:
         """A copy with an all-zero row 0 in front (for 1-based item indices)."""
+
         def pad(a: np.ndarray) -> np.ndarray:
             return np.concatenate([np.zeros((1, *a.shape[1:]), a.dtype), a])
+
         return FeatureTable(pad(self.categorical), pad(self.multi), pad(self.numeric))
 
 
@@ -78,7 +80,9 @@ class FeatureEncoder:
                 enc.vocabs[f.name] = sorted(str(v) for v in values)
             elif f.kind == "multi_categorical":
                 flat = pc.list_flatten(col)
-                enc.vocabs[f.name] = sorted(str(v) for v in pc.unique(pc.drop_null(flat)).to_pylist())
+                enc.vocabs[f.name] = sorted(
+                    str(v) for v in pc.unique(pc.drop_null(flat)).to_pylist()
+                )
             else:
                 arr = col.to_numpy(zero_copy_only=False).astype(np.float64)
                 arr = arr[np.isfinite(arr)]
@@ -109,14 +113,19 @@ class FeatureEncoder:
         return FeatureTable(cat, multi, num)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fields": [{"name": f.name, "kind": f.kind} for f in self.fields],
-                "vocabs": self.vocabs, "stats": {k: list(v) for k, v in self.stats.items()}}
+        return {
+            "fields": [{"name": f.name, "kind": f.kind} for f in self.fields],
+            "vocabs": self.vocabs,
+            "stats": {k: list(v) for k, v in self.stats.items()},
+        }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FeatureEncoder:
-        return cls(fields=[FieldSpec(f["name"], f["kind"]) for f in obj["fields"]],
-                   vocabs={k: list(v) for k, v in obj["vocabs"].items()},
-                   stats={k: (float(v[0]), float(v[1])) for k, v in obj["stats"].items()})
+        return cls(
+            fields=[FieldSpec(f["name"], f["kind"]) for f in obj["fields"]],
+            vocabs={k: list(v) for k, v in obj["vocabs"].items()},
+            stats={k: (float(v[0]), float(v[1])) for k, v in obj["stats"].items()},
+        )
 
 
 def _codes(col: pa.ChunkedArray | pa.Array, vocab: list[str]) -> np.ndarray:

@@ -100,9 +100,17 @@ class Interactions:
         return np.split(self.item[keep], np.cumsum(counts)[:-1])
 
 
-def load_interactions(directory: Path, rule: PositiveRule, *, split: str = "user_temporal",
-                      valid_ratio: float = 0.1, test_ratio: float = 0.1, valid_start: int = 0,
-                      test_start: int = 0, batch_rows: int = 1 << 20) -> Interactions:
+def load_interactions(
+    directory: Path,
+    rule: PositiveRule,
+    *,
+    split: str = "user_temporal",
+    valid_ratio: float = 0.1,
+    test_ratio: float = 0.1,
+    valid_start: int = 0,
+    test_start: int = 0,
+    batch_rows: int = 1 << 20,
+) -> Interactions:
     """Read a dataset and return its split positive interactions (see module doc)."""
     directory = Path(directory)
     meta = read_dataset_meta(directory)
@@ -117,13 +125,15 @@ def load_interactions(directory: Path, rule: PositiveRule, *, split: str = "user
     cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
     if split == "presplit":
         if not meta.presplit:
-            raise SchemaError(f"{directory}: split 'presplit' needs data imported with "
-                              "train/valid/test files")
+            raise SchemaError(
+                f"{directory}: split 'presplit' needs data imported with train/valid/test files"
+            )
         cols.append("split")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "c")}
     ctx_raw: list[pa.Table] = []
-    for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(batch_size=batch_rows,
-                                                                          columns=cols):
+    for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(
+        batch_size=batch_rows, columns=cols
+    ):
         keep = rule.mask(batch.column("type"), batch.column("value"))
         if not keep.any():
             continue
@@ -152,16 +162,28 @@ def load_interactions(directory: Path, rule: PositiveRule, *, split: str = "user
         labels = user_temporal_split(user, ts, valid_ratio=valid_ratio, test_ratio=test_ratio)
     order = _order(user, ts)
     counts = np.bincount(user, minlength=len(user_ids))
-    titles = (items_t.column("title").to_numpy(zero_copy_only=False)
-              if "title" in items_t.column_names else None)
+    titles = (
+        items_t.column("title").to_numpy(zero_copy_only=False)
+        if "title" in items_t.column_names
+        else None
+    )
     return Interactions(
-        meta=meta, user_ids=user_ids.to_numpy(zero_copy_only=False),
+        meta=meta,
+        user_ids=user_ids.to_numpy(zero_copy_only=False),
         item_ids=item_ids.to_numpy(zero_copy_only=False),
-        users=user_enc.transform(users_t), items=item_enc.transform(items_t).with_padding_row(),
-        user_encoder=user_enc, item_encoder=item_enc, context_vocabs=ctx_vocabs,
-        user=user[order], item=item[order], timestamp=ts[order], split=labels[order],
-        weight=weight[order], context=context[order],
-        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64), item_titles=titles,
+        users=user_enc.transform(users_t),
+        items=item_enc.transform(items_t).with_padding_row(),
+        user_encoder=user_enc,
+        item_encoder=item_enc,
+        context_vocabs=ctx_vocabs,
+        user=user[order],
+        item=item[order],
+        timestamp=ts[order],
+        split=labels[order],
+        weight=weight[order],
+        context=context[order],
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        item_titles=titles,
     )
 
 
@@ -169,13 +191,16 @@ def _index(col: pa.ChunkedArray, ids: pa.Array, directory: Path, name: str) -> n
     idx = pc.index_in(col, value_set=ids)
     if idx.null_count:
         row = int(np.argmax(pc.is_null(idx).to_numpy(zero_copy_only=False)))
-        raise SchemaError(f"{directory}/events.parquet: {name} {col[row].as_py()!r} refers to "
-                          f"no row of the {'users' if name == 'user_id' else 'items'} table")
+        raise SchemaError(
+            f"{directory}/events.parquet: {name} {col[row].as_py()!r} refers to "
+            f"no row of the {'users' if name == 'user_id' else 'items'} table"
+        )
     return idx.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _encode_context(tables: list[pa.Table], names: list[str], rows: int
-                    ) -> tuple[np.ndarray, dict[str, list[str]]]:
+def _encode_context(
+    tables: list[pa.Table], names: list[str], rows: int
+) -> tuple[np.ndarray, dict[str, list[str]]]:
     out = np.zeros((rows, len(names)), np.int64)
     vocabs: dict[str, list[str]] = {}
     if not names:

@@ -39,15 +39,40 @@ GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 RECBOLE_WHEEL = "recbole==1.2.1"
 _RECBOLE_PREFIX = "recbole/dataset_example/ml-100k/ml-100k."
 
-GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-          "Romance", "Sci-Fi", "Thriller", "War", "Western")
+GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 MOVIELENS_SCHEMA = DatasetSchema(
-    user_fields=(FieldSpec("age", "numeric"), FieldSpec("gender", "categorical"),
-                 FieldSpec("occupation", "categorical"), FieldSpec("zip", "categorical")),
-    item_fields=(FieldSpec("title", "text"), FieldSpec("year", "numeric"),
-                 FieldSpec("genres", "multi_categorical")),
+    user_fields=(
+        FieldSpec("age", "numeric"),
+        FieldSpec("gender", "categorical"),
+        FieldSpec("occupation", "categorical"),
+        FieldSpec("zip", "categorical"),
+    ),
+    item_fields=(
+        FieldSpec("title", "text"),
+        FieldSpec("year", "numeric"),
+        FieldSpec("genres", "multi_categorical"),
+    ),
 )
 
 
@@ -62,8 +87,13 @@ class _Raw:
     origin: str
 
 
-def fetch_movielens_100k(out: Path | None = None, *, source: Path | None = None,
-                         force: bool = False, key: bytes | None = None) -> Path:
+def fetch_movielens_100k(
+    out: Path | None = None,
+    *,
+    source: Path | None = None,
+    force: bool = False,
+    key: bytes | None = None,
+) -> Path:
     """Fetch, convert and cache MovieLens-100k; return the dataset directory."""
     out = Path(out) if out is not None else dataset_dir("movielens-100k")
     if (out / "dataset.json").is_file() and not force:
@@ -72,14 +102,23 @@ def fetch_movielens_100k(out: Path | None = None, *, source: Path | None = None,
     raw = _read_source(source) if source is not None else _download()
     pseudo = Pseudonymizer(key if key is not None else load_key())
     users, items, events = _convert(raw, pseudo)
-    meta = DatasetMeta(name="movielens-100k", schema=MOVIELENS_SCHEMA,
-                       key_fingerprint=pseudo.fingerprint, source=raw.origin)
+    meta = DatasetMeta(
+        name="movielens-100k",
+        schema=MOVIELENS_SCHEMA,
+        key_fingerprint=pseudo.fingerprint,
+        source=raw.origin,
+    )
     with DatasetWriter(out, meta) as w:
         w.write_users(users, source=f"{raw.origin} (users)")
         w.write_items(items, source=f"{raw.origin} (items)")
         w.write_events(events, source=f"{raw.origin} (ratings)")
-    _log.info("movielens-100k: %d users, %d items, %d ratings from %s",
-              users.num_rows, items.num_rows, events.num_rows, raw.origin)
+    _log.info(
+        "movielens-100k: %d users, %d items, %d ratings from %s",
+        users.num_rows,
+        items.num_rows,
+        events.num_rows,
+        raw.origin,
+    )
     return out
 
 
@@ -88,12 +127,20 @@ def _download() -> _Raw:
     for name, fn in (("GroupLens", _from_grouplens), ("PyPI recbole wheel", _from_recbole_wheel)):
         try:
             return fn()
-        except (OSError, urllib.error.URLError, subprocess.SubprocessError, zipfile.BadZipFile,
-                KeyError) as e:
+        except (
+            OSError,
+            urllib.error.URLError,
+            subprocess.SubprocessError,
+            zipfile.BadZipFile,
+            KeyError,
+        ) as e:
             _log.info("movielens-100k: %s unavailable (%s)", name, e)
             tried.append(f"{name}: {e}")
-    raise TailoredError("could not fetch movielens-100k; tried " + "; ".join(tried)
-                        + ". Download ml-100k.zip yourself and pass --source PATH.")
+    raise TailoredError(
+        "could not fetch movielens-100k; tried "
+        + "; ".join(tried)
+        + ". Download ml-100k.zip yourself and pass --source PATH."
+    )
 
 
 def _from_grouplens() -> _Raw:
@@ -104,9 +151,22 @@ def _from_grouplens() -> _Raw:
 
 def _from_recbole_wheel() -> _Raw:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        "--dest", tmp, RECBOLE_WHEEL], check=True, timeout=300,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--dest",
+                tmp,
+                RECBOLE_WHEEL,
+            ],
+            check=True,
+            timeout=300,
+            capture_output=True,
+        )
         wheel = next(Path(tmp).glob("recbole-*.whl"))
         return _from_zip(zipfile.ZipFile(wheel), f"PyPI {RECBOLE_WHEEL} wheel")
 
@@ -115,14 +175,21 @@ def _from_zip(z: zipfile.ZipFile, origin: str) -> _Raw:
     names = z.namelist()
     rec = [n for n in names if n.startswith(_RECBOLE_PREFIX)]
     if rec:
+
         def read(ext: str) -> str:
             return z.read(_RECBOLE_PREFIX + ext).decode("utf-8")
+
         return _Raw(read("inter"), read("user"), read("item"), "recbole", origin)
     base = next((n[: -len("u.data")] for n in names if n.endswith("u.data")), None)
     if base is None:
         raise SchemaError(f"{origin}: no ml-100k files (u.data or ml-100k.inter) inside")
-    return _Raw(z.read(base + "u.data").decode("latin-1"), z.read(base + "u.user").decode("latin-1"),
-                z.read(base + "u.item").decode("latin-1"), "grouplens", origin)
+    return _Raw(
+        z.read(base + "u.data").decode("latin-1"),
+        z.read(base + "u.user").decode("latin-1"),
+        z.read(base + "u.item").decode("latin-1"),
+        "grouplens",
+        origin,
+    )
 
 
 def _read_source(source: Path) -> _Raw:
@@ -130,20 +197,27 @@ def _read_source(source: Path) -> _Raw:
     if source.suffix == ".zip":
         return _from_zip(zipfile.ZipFile(source), str(source))
     if (source / "ml-100k.inter").is_file():
+
         def read(ext: str) -> str:
             return (source / f"ml-100k.{ext}").read_text(encoding="utf-8")
+
         return _Raw(read("inter"), read("user"), read("item"), "recbole", str(source))
     if (source / "u.data").is_file():
+
         def read_gl(name: str) -> str:
             return (source / name).read_text(encoding="latin-1")
-        return _Raw(read_gl("u.data"), read_gl("u.user"), read_gl("u.item"), "grouplens",
-                    str(source))
-    raise SchemaError(f"{source}: expected ml-100k.zip, a folder with u.data/u.user/u.item, "
-                      "or a folder with ml-100k.inter/.user/.item")
+
+        return _Raw(
+            read_gl("u.data"), read_gl("u.user"), read_gl("u.item"), "grouplens", str(source)
+        )
+    raise SchemaError(
+        f"{source}: expected ml-100k.zip, a folder with u.data/u.user/u.item, "
+        "or a folder with ml-100k.inter/.user/.item"
+    )
 
 
 def _rows(text: str, sep: str, ncols: int, origin: str, skip_header: bool) -> list[list[str]]:
-    lines = text.splitlines()[1 if skip_header else 0:]
+    lines = text.splitlines()[1 if skip_header else 0 :]
     out = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
@@ -159,7 +233,9 @@ def _num(value: str, origin: str, row: int, column: str, parse: Callable[[str], 
     try:
         return parse(value)
     except ValueError as e:
-        raise SchemaError(f"{origin}: row {row}, column {column!r}: {value!r} is not a number") from e
+        raise SchemaError(
+            f"{origin}: row {row}, column {column!r}: {value!r} is not a number"
+        ) from e
 
 
 def _year(text: str) -> float | None:
@@ -176,12 +252,15 @@ def _convert(raw: _Raw, pseudo: Pseudonymizer) -> tuple[pa.Table, pa.Table, pa.T
     o = raw.origin
     urows = _rows(raw.users, sep, 5, f"{o} users", rec)
     user_raw = [r[0] for r in urows]
-    users = pa.table({
-        "user_id": pa.array(pseudo.many(user_raw).tolist(), pa.string()),
-        "age": [_num(r[1], o, i, "age", float) for i, r in enumerate(urows, 1)],
-        "gender": [r[2] for r in urows], "occupation": [r[3] for r in urows],
-        "zip": [r[4] for r in urows],
-    })
+    users = pa.table(
+        {
+            "user_id": pa.array(pseudo.many(user_raw).tolist(), pa.string()),
+            "age": [_num(r[1], o, i, "age", float) for i, r in enumerate(urows, 1)],
+            "gender": [r[2] for r in urows],
+            "occupation": [r[3] for r in urows],
+            "zip": [r[4] for r in urows],
+        }
+    )
     irows = _rows(raw.items, "\t" if rec else "|", 4 if rec else 24, f"{o} items", rec)
     if rec:
         titles = [r[1] for r in irows]
@@ -190,20 +269,31 @@ def _convert(raw: _Raw, pseudo: Pseudonymizer) -> tuple[pa.Table, pa.Table, pa.T
     else:
         titles = [r[1] for r in irows]
         years = [_year(r[2][-4:]) for r in irows]
-        genres = [[g for g, flag in zip(GENRES, r[5:24], strict=True) if flag == "1"]
-                  for r in irows]
-    items = pa.table({"item_id": [r[0] for r in irows], "title": titles, "year": years,
-                      "genres": pa.array(genres, pa.list_(pa.string()))})
+        genres = [
+            [g for g, flag in zip(GENRES, r[5:24], strict=True) if flag == "1"] for r in irows
+        ]
+    items = pa.table(
+        {
+            "item_id": [r[0] for r in irows],
+            "title": titles,
+            "year": years,
+            "genres": pa.array(genres, pa.list_(pa.string())),
+        }
+    )
     erows = _rows(raw.ratings, "\t", 4, f"{o} ratings", rec)
     ev_users = np.array([r[0] for r in erows])
     uniq, inverse = np.unique(ev_users, return_inverse=True)
     pseudo_ids = pseudo.many(uniq.tolist())[inverse]
-    events = pa.table({
-        "user_id": pa.array(pseudo_ids.tolist(), pa.string()),
-        "item_id": [r[1] for r in erows],
-        "timestamp": pa.array([int(_num(r[3], o, i, "timestamp", float))
-                               for i, r in enumerate(erows, 1)], pa.int64()),
-        "type": pa.array(["rating"] * len(erows), pa.string()),
-        "value": [_num(r[2], o, i, "rating", float) for i, r in enumerate(erows, 1)],
-    })
+    events = pa.table(
+        {
+            "user_id": pa.array(pseudo_ids.tolist(), pa.string()),
+            "item_id": [r[1] for r in erows],
+            "timestamp": pa.array(
+                [int(_num(r[3], o, i, "timestamp", float)) for i, r in enumerate(erows, 1)],
+                pa.int64(),
+            ),
+            "type": pa.array(["rating"] * len(erows), pa.string()),
+            "value": [_num(r[2], o, i, "rating", float) for i, r in enumerate(erows, 1)],
+        }
+    )
     return users, items, events

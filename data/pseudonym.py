@@ -44,8 +44,10 @@ def load_key(key_file: Path | None = None, *, create: bool = True) -> bytes:
         try:
             key = bytes.fromhex(env.strip())
         except ValueError as e:
-            raise KeyError_(f"{KEY_ENV} must be hex, e.g. the output of "
-                            "`python -c 'import secrets; print(secrets.token_hex(32))'`") from e
+            raise KeyError_(
+                f"{KEY_ENV} must be hex, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+            ) from e
         if len(key) < 16:
             raise KeyError_(f"{KEY_ENV} is {len(key)} bytes; use at least 16")
         return key

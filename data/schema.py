@@ -32,9 +32,9 @@ __all__ = [
     "EVENT_TYPES",
     "FIELD_KINDS",
     "SPLITS",
+    "DatasetMeta",
     "DatasetSchema",
     "FieldSpec",
-    "DatasetMeta",
     "SchemaError",
     "arrow_schema",
     "read_dataset_meta",
@@ -66,7 +66,9 @@ class FieldSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in FIELD_KINDS:
-            raise SchemaError(f"field {self.name!r}: kind {self.kind!r} is not one of {FIELD_KINDS}")
+            raise SchemaError(
+                f"field {self.name!r}: kind {self.kind!r} is not one of {FIELD_KINDS}"
+            )
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,13 @@ def validate_table(
             col = col.cast(f.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             bad = _first_uncastable(col, f.type)
-            raise _fail(source, bad, f.name, f"cannot read {_repr_at(col, bad)} as {f.type} ({e})",
-                        row_offset) from e
+            raise _fail(
+                source,
+                bad,
+                f.name,
+                f"cannot read {_repr_at(col, bad)} as {f.type} ({e})",
+                row_offset,
+            ) from e
         if not f.nullable and col.null_count:
             raise _fail(source, _first_row(pc.is_null(col)), f.name, "is empty", row_offset)
         if pa.types.is_string(f.type) and f.name in ("user_id", "item_id") and len(col):
@@ -183,8 +190,9 @@ def validate_table(
             bad_num = pc.invert(pc.is_finite(col))
             if pc.any(pc.fill_null(bad_num, False)).as_py():
                 row = _first_row(bad_num)
-                raise _fail(source, row, f.name, f"{_repr_at(col, row)} is not a finite number",
-                            row_offset)
+                raise _fail(
+                    source, row, f.name, f"{_repr_at(col, row)} is not a finite number", row_offset
+                )
         columns.append(col)
     out = pa.Table.from_arrays(columns, schema=target)
     _check_rows(out, kind, source, row_offset, known_ids)
@@ -198,8 +206,13 @@ def _check_rows(
         bad = pc.invert(pc.is_in(t.column("type"), value_set=pa.array(EVENT_TYPES)))
         if pc.any(bad).as_py():
             row = _first_row(bad)
-            raise _fail(source, row, "type",
-                        f"{_repr_at(t.column('type'), row)} is not one of {EVENT_TYPES}", off)
+            raise _fail(
+                source,
+                row,
+                "type",
+                f"{_repr_at(t.column('type'), row)} is not one of {EVENT_TYPES}",
+                off,
+            )
         neg = pc.less(t.column("timestamp"), 0)
         if pc.any(neg).as_py():
             raise _fail(source, _first_row(neg), "timestamp", "is negative", off)
@@ -207,15 +220,25 @@ def _check_rows(
             bad = pc.invert(pc.is_in(t.column("split"), value_set=pa.array(SPLITS)))
             if pc.any(bad).as_py():
                 row = _first_row(bad)
-                raise _fail(source, row, "split",
-                            f"{_repr_at(t.column('split'), row)} is not one of {SPLITS}", off)
+                raise _fail(
+                    source,
+                    row,
+                    "split",
+                    f"{_repr_at(t.column('split'), row)} is not one of {SPLITS}",
+                    off,
+                )
         for key in ("user_id", "item_id"):
             if known and key in known:
                 unknown = pc.invert(pc.is_in(t.column(key), value_set=known[key]))
                 if pc.any(unknown).as_py():
                     row = _first_row(unknown)
-                    raise _fail(source, row, key, "refers to no row of the "
-                                f"{'users' if key == 'user_id' else 'items'} table", off)
+                    raise _fail(
+                        source,
+                        row,
+                        key,
+                        f"refers to no row of the {'users' if key == 'user_id' else 'items'} table",
+                        off,
+                    )
     if kind in ("users", "items") and t.num_rows:
         key = "user_id" if kind == "users" else "item_id"
         col = t.column(key)
@@ -267,8 +290,10 @@ def read_dataset_meta(directory: Path) -> DatasetMeta:
     try:
         obj = json.loads(path.read_text())
         if obj.get("format_version") != FORMAT_VERSION:
-            raise SchemaError(f"{path}: format_version {obj.get('format_version')!r}, "
-                              f"this tailored reads {FORMAT_VERSION}")
+            raise SchemaError(
+                f"{path}: format_version {obj.get('format_version')!r}, "
+                f"this tailored reads {FORMAT_VERSION}"
+            )
         return DatasetMeta(
             name=obj["name"],
             schema=DatasetSchema.from_json(obj["schema"]),

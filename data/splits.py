@@ -39,8 +39,9 @@ def _split_counts(n: int, valid_ratio: float, test_ratio: float) -> tuple[int, i
     return cnt[0], cnt[1], cnt[2]
 
 
-def user_temporal_split(user: np.ndarray, timestamp: np.ndarray, *, valid_ratio: float = 0.1,
-                        test_ratio: float = 0.1) -> np.ndarray:
+def user_temporal_split(
+    user: np.ndarray, timestamp: np.ndarray, *, valid_ratio: float = 0.1, test_ratio: float = 0.1
+) -> np.ndarray:
     """Split label per event (``int8``: TRAIN, VALID, TEST), in the input's row order.
 
     ``user``: int [E] user index per event; ``timestamp``: int [E] seconds.

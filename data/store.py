@@ -42,7 +42,9 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         self.directory.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", dir=self.directory.parent))
+        self._tmp = Path(
+            tempfile.mkdtemp(prefix=f".{self.directory.name}.", dir=self.directory.parent)
+        )
         return self
 
     @property
@@ -68,26 +70,38 @@ class DatasetWriter:
         pq.write_table(table, self._tmp / f"{kind}.parquet", row_group_size=self._row_group_size)
         self._counts[kind] = table.num_rows
 
-    def write_events(self, table: pa.Table, *, source: str, row_offset: int = 0,
-                     validated: bool = False) -> None:
+    def write_events(
+        self, table: pa.Table, *, source: str, row_offset: int = 0, validated: bool = False
+    ) -> None:
         """Append a chunk of events. References to users and items are checked against the
         tables already written; an importer that derives those tables from the events writes
         them afterwards."""
         assert self._tmp is not None, "use DatasetWriter as a context manager"
         if not validated:
-            table = validate_table(table, "events", self.meta.schema, source=source,
-                                   row_offset=row_offset, known_ids=self._ids or None)
+            table = validate_table(
+                table,
+                "events",
+                self.meta.schema,
+                source=source,
+                row_offset=row_offset,
+                known_ids=self._ids or None,
+            )
         if self._events is None:
             target = arrow_schema("events", self.meta.schema, with_split=self.meta.presplit)
             self._events = pq.ParquetWriter(self._tmp / "events.parquet", target)
         if table.schema != self._events.schema:
-            raise SchemaError(f"{source}: events chunk has schema {table.schema}, "
-                              f"expected {self._events.schema}")
+            raise SchemaError(
+                f"{source}: events chunk has schema {table.schema}, expected {self._events.schema}"
+            )
         self._events.write_table(table, row_group_size=self._row_group_size)
         self._counts["events"] += table.num_rows
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         assert self._tmp is not None
         tmp, self._tmp = self._tmp, None
         try:

@@ -109,10 +109,19 @@ class Sampler:
         return self.order[np.clip(j, self.start[cats], self.end[cats] - 1)]
 
 
-def simulate_chunk(rng: np.random.Generator, sampler: Sampler, *, u_start: np.ndarray,
-                   delta: np.ndarray, activity: np.ndarray, device: np.ndarray,
-                   impressions_per_user: float, t0: int, span: int,
-                   behaviour: Behaviour) -> EventArrays:
+def simulate_chunk(
+    rng: np.random.Generator,
+    sampler: Sampler,
+    *,
+    u_start: np.ndarray,
+    delta: np.ndarray,
+    activity: np.ndarray,
+    device: np.ndarray,
+    impressions_per_user: float,
+    t0: int,
+    span: int,
+    behaviour: Behaviour,
+) -> EventArrays:
     """Simulate the sessions of one chunk of users (rows of ``u_start``, float32 [n, d])."""
     b = behaviour
     n_sess = _session_counts(rng, activity, impressions_per_user / b.slate_size)
@@ -132,8 +141,9 @@ def simulate_chunk(rng: np.random.Generator, sampler: Sampler, *, u_start: np.nd
     p_click = (1.0 + pos) ** -b.examine_decay * _sigmoid(s + b.click_bias)
     c = np.flatnonzero(rng.random(len(items)) < p_click)
     s_c = s[c]
-    dwell = np.exp(np.log(b.dwell_median_s) + b.dwell_slope * s_c
-                   + b.dwell_sigma * rng.standard_normal(len(c)))
+    dwell = np.exp(
+        np.log(b.dwell_median_s) + b.dwell_slope * s_c + b.dwell_sigma * rng.standard_normal(len(c))
+    )
     dwell = np.round(np.clip(dwell, 1.0, 3600.0), 1)
     t_click = s_time[imp_sess[c]] + 3 + rng.exponential(20.0, len(c)).astype(np.int64)
     bought = rng.random(len(c)) < b.purchase_max * _sigmoid(s_c + b.purchase_bias)
@@ -143,18 +153,23 @@ def simulate_chunk(rng: np.random.Generator, sampler: Sampler, *, u_start: np.nd
     ev_items = np.concatenate([items, items[c], items[c], items[p]])
     ts = np.concatenate([s_time[imp_sess], t_click, t_click, t_buy])
     kind = np.repeat(np.arange(4, dtype=np.int8), [len(items), len(c), len(c), len(p)])
-    value = np.concatenate([pos.astype(np.float64), np.full(len(c), np.nan), dwell,
-                            sampler.price[items[p]]])
-    surface = rng.choice(len(SURFACES), size=n_s, p=_SURFACE_P).astype(np.int8)
-    dev = np.where(rng.random(n_s) < b.device_loyalty, device[s_user],
-                   rng.choice(len(DEVICES), size=n_s, p=DEVICE_SHARES)).astype(np.int8)
+    value = np.concatenate(
+        [pos.astype(np.float64), np.full(len(c), np.nan), dwell, sampler.price[items[p]]]
+    )
+    surface = np.asarray(rng.choice(len(SURFACES), size=n_s, p=_SURFACE_P), np.int8)
+    dev = np.where(
+        rng.random(n_s) < b.device_loyalty,
+        device[s_user],
+        rng.choice(len(DEVICES), size=n_s, p=DEVICE_SHARES),
+    ).astype(np.int8)
     user = s_user[sess]
     # one stable sort on (user, time, kind): users' events in time order, a session's
     # impressions in slot order, a click before its view before its purchase
     key = (user.astype(np.int64) << 40) | ((ts - t0) << 2) | kind
     o = np.argsort(key, kind="stable")
-    return EventArrays(user[o], ev_items[o], ts[o], kind[o], value[o], surface[sess][o],
-                       dev[sess][o])
+    return EventArrays(
+        user[o], ev_items[o], ts[o], kind[o], value[o], surface[sess][o], dev[sess][o]
+    )
 
 
 def _session_counts(rng: np.random.Generator, activity: np.ndarray, mean: float) -> np.ndarray:
@@ -165,8 +180,9 @@ def _session_counts(rng: np.random.Generator, activity: np.ndarray, mean: float)
     return 1 + rng.poisson(activity * (mean - 1.0))
 
 
-def _fill_slates(rng: np.random.Generator, sampler: Sampler, taste: np.ndarray,
-                 b: Behaviour) -> np.ndarray:
+def _fill_slates(
+    rng: np.random.Generator, sampler: Sampler, taste: np.ndarray, b: Behaviour
+) -> np.ndarray:
     """Item rows, int64 [S, slate_size]; duplicates within a slate are redrawn uniformly."""
     n_s, n_items = len(taste), sampler.world.n_items
     mix = np.cumsum(b.policy_mix) / sum(b.policy_mix)
@@ -185,8 +201,9 @@ def _fill_slates(rng: np.random.Generator, sampler: Sampler, taste: np.ndarray,
     return items
 
 
-def _taste_items(rng: np.random.Generator, sampler: Sampler, taste: np.ndarray,
-                 rows: np.ndarray, b: Behaviour) -> np.ndarray:
+def _taste_items(
+    rng: np.random.Generator, sampler: Sampler, taste: np.ndarray, rows: np.ndarray, b: Behaviour
+) -> np.ndarray:
     """One item per entry of ``rows`` (session indices), chosen by that session's taste."""
     world = sampler.world
     n_cat = len(world.category_centroids)

@@ -51,10 +51,25 @@ __all__ = [
 
 TRUTH_VERSION = 1
 GENDERS: tuple[str, ...] = ("female", "male", "other")
-AGE_BANDS: tuple[tuple[int, int], ...] = ((13, 17), (18, 24), (25, 34), (35, 44), (45, 54),
-                                          (55, 64), (65, 90))
-REGIONS: tuple[str, ...] = ("europe-west", "europe-east", "north-america", "south-america",
-                            "asia-east", "asia-south", "africa", "oceania")
+AGE_BANDS: tuple[tuple[int, int], ...] = (
+    (13, 17),
+    (18, 24),
+    (25, 34),
+    (35, 44),
+    (45, 54),
+    (55, 64),
+    (65, 90),
+)
+REGIONS: tuple[str, ...] = (
+    "europe-west",
+    "europe-east",
+    "north-america",
+    "south-america",
+    "asia-east",
+    "asia-south",
+    "africa",
+    "oceania",
+)
 N_SEGMENTS = len(GENDERS) * len(AGE_BANDS) * len(REGIONS)
 
 # Scales of the planted vectors. Each is drawn N(0, I) * scale / dim**0.25, so the dot product
@@ -95,13 +110,23 @@ class World:
         return len(self.item_category)
 
 
-def make_world(rng: np.random.Generator, *, n_items: int, n_categories: int, dim: int,
-               zipf: float, popularity_strength: float) -> World:
+def make_world(
+    rng: np.random.Generator,
+    *,
+    n_items: int,
+    n_categories: int,
+    dim: int,
+    zipf: float,
+    popularity_strength: float,
+) -> World:
     """Draw categories, segments and items. Category sizes vary (Gamma(2) shares); every
     category gets an item when ``n_items >= n_categories``."""
     cats = _gauss(rng, (n_categories, dim), _CATEGORY)
-    parts = (_gauss(rng, (len(GENDERS), dim), _GENDER), _gauss(rng, (len(AGE_BANDS), dim), _AGE),
-             _gauss(rng, (len(REGIONS), dim), _REGION))
+    parts = (
+        _gauss(rng, (len(GENDERS), dim), _GENDER),
+        _gauss(rng, (len(AGE_BANDS), dim), _AGE),
+        _gauss(rng, (len(REGIONS), dim), _REGION),
+    )
     g, a, r = np.meshgrid(*(np.arange(len(p)) for p in parts), indexing="ij")
     seg = parts[0][g.ravel()] + parts[1][a.ravel()] + parts[2][r.ravel()]
     seg += _gauss(rng, (N_SEGMENTS, dim), _INTERACTION)  # order matches segment_of
@@ -119,14 +144,16 @@ def make_world(rng: np.random.Generator, *, n_items: int, n_categories: int, dim
     return World(cats, seg.astype(np.float32), trend, item_cat, factors, bias, exposure)
 
 
-def draw_tastes(rng: np.random.Generator, segment: np.ndarray, world: World,
-                drift: float) -> tuple[np.ndarray, np.ndarray]:
+def draw_tastes(
+    rng: np.random.Generator, segment: np.ndarray, world: World, drift: float
+) -> tuple[np.ndarray, np.ndarray]:
     """``(u_start, delta)``, float32 [len(segment), d] each, for users of the given segments."""
     n, dim = len(segment), world.trend.shape[0]
     start = world.segment_centroids[segment] + _gauss(rng, (n, dim), _PERSONAL)
     own = _gauss(rng, (n, dim), 1.0)
-    delta = np.float32(drift) * (np.float32(_TREND_SHARE**0.5) * world.trend
-                                 + np.float32((1 - _TREND_SHARE) ** 0.5) * own)
+    delta = np.float32(drift) * (
+        np.float32(_TREND_SHARE**0.5) * world.trend + np.float32((1 - _TREND_SHARE) ** 0.5) * own
+    )
     return start, delta.astype(np.float32)
 
 
@@ -156,19 +183,27 @@ class SynthTruth:
         rows = np.asarray(user_rows, np.int64)
         t = self.t_end if at_time is None else at_time
         frac = np.clip((np.asarray(t, np.float64) - self.t0) / self.span, 0.0, 1.0)
-        frac = np.broadcast_to(frac, rows.shape).astype(np.float32)[:, None]
-        return self.user_taste_start[rows] + frac * self.user_taste_delta[rows]
+        w = np.broadcast_to(frac, rows.shape).astype(np.float32)[:, None]
+        return self.user_taste_start[rows] + w * self.user_taste_delta[rows]
 
-    def affinity(self, user_rows: np.ndarray, item_rows: np.ndarray,
-                 at_time: int | np.ndarray | None = None) -> np.ndarray:
+    def affinity(
+        self, user_rows: np.ndarray, item_rows: np.ndarray, at_time: int | np.ndarray | None = None
+    ) -> np.ndarray:
         """s(u, i, t) for aligned pairs, float32 [len(user_rows)]."""
         items = np.asarray(item_rows, np.int64)
         u = self.taste(user_rows, at_time)
         return np.einsum("nd,nd->n", u, self.item_factors[items]) + self.item_bias[items]
 
 
-def true_topk(truth: SynthTruth, user_rows: np.ndarray, k: int, at_time: int | None = None,
-              exclude: Sequence[np.ndarray] | None = None, *, block: int = 256) -> np.ndarray:
+def true_topk(
+    truth: SynthTruth,
+    user_rows: np.ndarray,
+    k: int,
+    at_time: int | None = None,
+    exclude: Sequence[np.ndarray] | None = None,
+    *,
+    block: int = 256,
+) -> np.ndarray:
     """The ``k`` items of highest true affinity for each user, best first.
 
     Returns int64 [len(user_rows), k] item rows (items.parquet order). ``at_time`` defaults
@@ -185,13 +220,13 @@ def true_topk(truth: SynthTruth, user_rows: np.ndarray, k: int, at_time: int | N
     v_t = np.ascontiguousarray(truth.item_factors.T)
     bias = np.asarray(truth.item_bias)
     for lo in range(0, len(rows), block):
-        scores = truth.taste(rows[lo:lo + block], at_time) @ v_t + bias
+        scores = truth.taste(rows[lo : lo + block], at_time) @ v_t + bias
         if exclude is not None:
-            for j, items in enumerate(exclude[lo:lo + block]):
+            for j, items in enumerate(exclude[lo : lo + block]):
                 scores[j, np.asarray(items, np.int64)] = -np.inf
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[lo:lo + block] = np.take_along_axis(top, order, axis=1)
+        out[lo : lo + block] = np.take_along_axis(top, order, axis=1)
     return out
 
 
@@ -201,8 +236,11 @@ class _NpyAppender:
     def __init__(self, path: Path, dtype: type, shape: tuple[int, int]) -> None:
         self._path, self._dtype, self._shape, self._rows = path, np.dtype(dtype), shape, 0
         self._f: BinaryIO = path.open("wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self._dtype), "fortran_order": False,
-                  "shape": shape}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self._dtype),
+            "fortran_order": False,
+            "shape": shape,
+        }
         np.lib.format.write_array_header_2_0(self._f, header)
 
     def append(self, block: np.ndarray) -> None:
@@ -220,25 +258,34 @@ class _NpyAppender:
 class TruthWriter:
     """Writes ``truth/``: the world and segments at once, users' tastes chunk by chunk."""
 
-    def __init__(self, directory: Path, world: World, user_segment: np.ndarray,
-                 info: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, world: World, user_segment: np.ndarray, info: dict[str, Any]
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        arrays = {"user_segment": user_segment, "segment_centroids": world.segment_centroids,
-                  "item_factors": world.item_factors, "item_bias": world.item_bias,
-                  "item_category": world.item_category,
-                  "category_centroids": world.category_centroids}
+        arrays = {
+            "user_segment": user_segment,
+            "segment_centroids": world.segment_centroids,
+            "item_factors": world.item_factors,
+            "item_bias": world.item_bias,
+            "item_category": world.item_category,
+            "category_centroids": world.category_centroids,
+        }
         for name, arr in arrays.items():
             np.save(directory / f"{name}.npy", arr, allow_pickle=False)
         shape = (len(user_segment), world.trend.shape[0])
         self._start = _NpyAppender(directory / "user_taste_start.npy", np.float32, shape)
         self._delta = _NpyAppender(directory / "user_taste_delta.npy", np.float32, shape)
-        doc = {"format_version": TRUTH_VERSION,
-               "score": "s(u, i, t) = u(t) . item_factors[i] + item_bias[i]",
-               "taste": "u(t) = user_taste_start[u] + clip((t - t0) / span, 0, 1) "
-                        "* user_taste_delta[u]",
-               "segment": "(gender * len(age_bands) + age_band) * len(regions) + region",
-               "genders": list(GENDERS), "age_bands": [list(b) for b in AGE_BANDS],
-               "regions": list(REGIONS), **info}
+        doc = {
+            "format_version": TRUTH_VERSION,
+            "score": "s(u, i, t) = u(t) . item_factors[i] + item_bias[i]",
+            "taste": "u(t) = user_taste_start[u] + clip((t - t0) / span, 0, 1) "
+            "* user_taste_delta[u]",
+            "segment": "(gender * len(age_bands) + age_band) * len(regions) + region",
+            "genders": list(GENDERS),
+            "age_bands": [list(b) for b in AGE_BANDS],
+            "regions": list(REGIONS),
+            **info,
+        }
         (directory / "truth.json").write_text(json.dumps(doc, indent=2) + "\n")
 
     def append(self, u_start: np.ndarray, delta: np.ndarray) -> None:
@@ -254,19 +301,30 @@ def load_truth(dataset_dir: Path, *, mmap: bool = True) -> SynthTruth:
     """Read ``DATASET/truth/``; with ``mmap`` the user arrays stay on disk until touched."""
     d = Path(dataset_dir) / "truth"
     if not (d / "truth.json").is_file():
-        raise TailoredError(f"{dataset_dir}: no truth/truth.json; only datasets written by "
-                            "`tailored data synth` have a ground truth")
+        raise TailoredError(
+            f"{dataset_dir}: no truth/truth.json; only datasets written by "
+            "`tailored data synth` have a ground truth"
+        )
     info = json.loads((d / "truth.json").read_text())
     if info.get("format_version") != TRUTH_VERSION:
-        raise TailoredError(f"{d / 'truth.json'}: format_version {info.get('format_version')!r}"
-                            f", this tailored reads {TRUTH_VERSION}")
+        raise TailoredError(
+            f"{d / 'truth.json'}: format_version {info.get('format_version')!r}"
+            f", this tailored reads {TRUTH_VERSION}"
+        )
 
     def arr(name: str) -> np.ndarray:
         return np.load(d / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
 
     return SynthTruth(
-        user_taste_start=arr("user_taste_start"), user_taste_delta=arr("user_taste_delta"),
-        user_segment=arr("user_segment"), segment_centroids=arr("segment_centroids"),
-        item_factors=arr("item_factors"), item_bias=arr("item_bias"),
-        item_category=arr("item_category"), category_centroids=arr("category_centroids"),
-        t0=int(info["t0"]), span=int(info["span"]), info=info)
+        user_taste_start=arr("user_taste_start"),
+        user_taste_delta=arr("user_taste_delta"),
+        user_segment=arr("user_segment"),
+        segment_centroids=arr("segment_centroids"),
+        item_factors=arr("item_factors"),
+        item_bias=arr("item_bias"),
+        item_category=arr("item_category"),
+        category_centroids=arr("category_centroids"),
+        t0=int(info["t0"]),
+        span=int(info["span"]),
+        info=info,
+    )

@@ -14,9 +14,12 @@ Sub = Any  # argparse's _SubParsersAction is private
 
 
 def register_all(sub: Sub) -> None:
-    data = sub.add_parser("data", help="fetch, import or generate a dataset",
-                          description="Datasets: fetch a public one, import your own, "
-                          "or generate a synthetic website.")
+    data = sub.add_parser(
+        "data",
+        help="fetch, import or generate a dataset",
+        description="Datasets: fetch a public one, import your own, "
+        "or generate a synthetic website.",
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     _add_data_fetch(data_sub)
     _add_data_import(data_sub)
@@ -27,16 +30,28 @@ def register_all(sub: Sub) -> None:
 
 # --- data fetch -------------------------------------------------------------------------------
 
+
 def _add_data_fetch(sub: Sub) -> None:
-    p = sub.add_parser("fetch", help="download a public dataset and convert it",
-                       description="Fetch a public dataset, convert it to tailored's Parquet "
-                       "schema (user ids pseudonymized) and cache it under $TAILORED_HOME.")
+    p = sub.add_parser(
+        "fetch",
+        help="download a public dataset and convert it",
+        description="Fetch a public dataset, convert it to tailored's Parquet "
+        "schema (user ids pseudonymized) and cache it under $TAILORED_HOME.",
+    )
     p.add_argument("name", choices=["movielens-100k"], help="which dataset")
-    p.add_argument("--source", type=Path, default=None,
-                   help="a local copy: the ml-100k folder or zip from GroupLens, or a folder "
-                   "with RecBole's ml-100k.{inter,user,item}")
-    p.add_argument("--out", type=Path, default=None,
-                   help="dataset directory (default $TAILORED_HOME/datasets/NAME)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="a local copy: the ml-100k folder or zip from GroupLens, or a folder "
+        "with RecBole's ml-100k.{inter,user,item}",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="dataset directory (default $TAILORED_HOME/datasets/NAME)",
+    )
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.set_defaults(handler=_data_fetch)
 
@@ -51,19 +66,35 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 # --- data import ------------------------------------------------------------------------------
 
+
 def _add_data_import(sub: Sub) -> None:
-    p = sub.add_parser("import", help="import your own Parquet or CSV files",
-                       description="Import users, items and events from Parquet or CSV "
-                       "with a column mapping (TOML; see tailored.data.mapping). User ids are "
-                       "pseudonymized; events may come pre-split into train/valid/test files.")
-    p.add_argument("--mapping", type=Path, required=True,
-                   help="mapping file (TOML); relative file names resolve against its folder")
-    p.add_argument("--out", type=Path, default=None,
-                   help="dataset directory (default $TAILORED_HOME/datasets/NAME); an existing "
-                   "dataset there is replaced only if the import succeeds")
-    p.add_argument("--key-file", type=Path, default=None,
-                   help="pseudonymization key, hex (default $TAILORED_PSEUDONYM_KEY or "
-                   "$TAILORED_HOME/pseudonym.key)")
+    p = sub.add_parser(
+        "import",
+        help="import your own Parquet or CSV files",
+        description="Import users, items and events from Parquet or CSV "
+        "with a column mapping (TOML; see tailored.data.mapping). User ids are "
+        "pseudonymized; events may come pre-split into train/valid/test files.",
+    )
+    p.add_argument(
+        "--mapping",
+        type=Path,
+        required=True,
+        help="mapping file (TOML); relative file names resolve against its folder",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="dataset directory (default $TAILORED_HOME/datasets/NAME); an existing "
+        "dataset there is replaced only if the import succeeds",
+    )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="pseudonymization key, hex (default $TAILORED_PSEUDONYM_KEY or "
+        "$TAILORED_HOME/pseudonym.key)",
+    )
     p.set_defaults(handler=_data_import)
 
 
@@ -77,36 +108,62 @@ def _data_import(args: argparse.Namespace) -> int:
     meta = read_dataset_meta(out)
     c = meta.counts
     split = " (pre-split)" if meta.presplit else ""
-    print(f"imported {meta.name}: {c.get('users', 0)} users, {c.get('items', 0)} items, "
-          f"{c.get('events', 0)} events{split} into {out}")
+    print(
+        f"imported {meta.name}: {c.get('users', 0)} users, {c.get('items', 0)} items, "
+        f"{c.get('events', 0)} events{split} into {out}"
+    )
     return 0
 
 
 # --- data synth -------------------------------------------------------------------------------
 
+
 def _add_data_synth(sub: Sub) -> None:
-    p = sub.add_parser("synth", help="generate a synthetic website with planted tastes",
-                       description="Generate users, items and events at scale, seeded, "
-                       "keeping the ground-truth tastes (DATASET/truth/) to check learning "
-                       "against. Events stream to Parquet in chunks of users, in bounded memory.")
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic website with planted tastes",
+        description="Generate users, items and events at scale, seeded, "
+        "keeping the ground-truth tastes (DATASET/truth/) to check learning "
+        "against. Events stream to Parquet in chunks of users, in bounded memory.",
+    )
     p.add_argument("--users", type=int, default=100_000, help="number of users (default 100000)")
     p.add_argument("--items", type=int, default=10_000, help="number of items (default 10000)")
-    p.add_argument("--events-per-user", type=float, default=30.0,
-                   help="mean events per user, impressions included (default 30)")
+    p.add_argument(
+        "--events-per-user",
+        type=float,
+        default=30.0,
+        help="mean events per user, impressions included (default 30)",
+    )
     p.add_argument("--categories", type=int, default=50, help="item categories (default 50)")
     p.add_argument("--dim", type=int, default=16, help="dimension of the planted tastes")
     p.add_argument("--days", type=int, default=90, help="time span of the events in days")
-    p.add_argument("--drift", type=float, default=0.6,
-                   help="how far tastes move over the span, in score units (0: no drift)")
+    p.add_argument(
+        "--drift",
+        type=float,
+        default=0.6,
+        help="how far tastes move over the span, in score units (0: no drift)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files")
-    p.add_argument("--chunk-users", type=int, default=50_000,
-                   help="users simulated and written per chunk (bounds memory)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="dataset directory (default $TAILORED_HOME/datasets/synthetic); "
-                   "replaced only if generation succeeds")
-    p.add_argument("--key-file", type=Path, default=None,
-                   help="pseudonymization key, hex (default $TAILORED_PSEUDONYM_KEY or "
-                   "$TAILORED_HOME/pseudonym.key)")
+    p.add_argument(
+        "--chunk-users",
+        type=int,
+        default=50_000,
+        help="users simulated and written per chunk (bounds memory)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="dataset directory (default $TAILORED_HOME/datasets/synthetic); "
+        "replaced only if generation succeeds",
+    )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="pseudonymization key, hex (default $TAILORED_PSEUDONYM_KEY or "
+        "$TAILORED_HOME/pseudonym.key)",
+    )
     p.set_defaults(handler=_data_synth)
 
 
@@ -115,12 +172,23 @@ def _data_synth(args: argparse.Namespace) -> int:
     from tailored.data.synth import generate_synthetic
 
     s = generate_synthetic(
-        args.out, n_users=args.users, n_items=args.items, events_per_user=args.events_per_user,
-        n_categories=args.categories, dim=args.dim, days=args.days, drift=args.drift,
-        seed=args.seed, chunk_users=args.chunk_users, key=load_key(args.key_file))
+        args.out,
+        n_users=args.users,
+        n_items=args.items,
+        events_per_user=args.events_per_user,
+        n_categories=args.categories,
+        dim=args.dim,
+        days=args.days,
+        drift=args.drift,
+        seed=args.seed,
+        chunk_users=args.chunk_users,
+        key=load_key(args.key_file),
+    )
     kinds = ", ".join(f"{n} {k}s" for k, n in s.events_by_type.items())
-    print(f"synthetic: {s.n_users} users, {s.n_items} items, {s.n_events} events ({kinds}) "
-          f"in {s.seconds:.1f} s into {s.out}")
+    print(
+        f"synthetic: {s.n_users} users, {s.n_items} items, {s.n_events} events ({kinds}) "
+        f"in {s.seconds:.1f} s into {s.out}"
+    )
     return 0
 
 
@@ -132,10 +200,14 @@ def _not_yet(args: argparse.Namespace) -> int:
 
 # --- train ------------------------------------------------------------------------------------
 
+
 def _add_train(sub: Sub) -> None:
-    p = sub.add_parser("train", help="train the two-tower model",
-                       description="Train the two-tower retrieval model from a TOML "
-                       "configuration; writes checkpoints, logs, the model and its metrics.")
+    p = sub.add_parser(
+        "train",
+        help="train the two-tower model",
+        description="Train the two-tower retrieval model from a TOML "
+        "configuration; writes checkpoints, logs, the model and its metrics.",
+    )
     p.add_argument("--config", type=Path, required=True, help="TOML configuration")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
@@ -148,25 +220,38 @@ def _train(args: argparse.Namespace) -> int:
     from tailored.config import load_config
     from tailored.train.run import train
 
-    cfg = load_config(args.config, overrides={
-        "train.seed": args.seed, "train.devices": args.devices,
-        "train.max_epochs": args.max_epochs})
+    cfg = load_config(
+        args.config,
+        overrides={
+            "train.seed": args.seed,
+            "train.devices": args.devices,
+            "train.max_epochs": args.max_epochs,
+        },
+    )
     train(cfg, out=args.out)
     return 0
 
 
 # --- evaluate ---------------------------------------------------------------------------------
 
+
 def _add_evaluate(sub: Sub) -> None:
-    p = sub.add_parser("evaluate", help="full-ranking offline evaluation of a run",
-                       description="Full ranking over all items (seen items masked): Recall, "
-                       "NDCG, MRR, Hit, ItemCoverage, AveragePopularity at 10 and 20, against a "
-                       "popularity baseline, with a breakdown by user group.")
+    p = sub.add_parser(
+        "evaluate",
+        help="full-ranking offline evaluation of a run",
+        description="Full ranking over all items (seen items masked): Recall, "
+        "NDCG, MRR, Hit, ItemCoverage, AveragePopularity at 10 and 20, against a "
+        "popularity baseline, with a breakdown by user group.",
+    )
     p.add_argument("run_dir", type=Path, help="a run written by `tailored train`")
     p.add_argument("--split", choices=["valid", "test"], default="test")
-    p.add_argument("--history", choices=["all", "train"], default="all",
-                   help="history the user tower reads: everything before the evaluated period "
-                   "(all, as a live system) or the training split only (train)")
+    p.add_argument(
+        "--history",
+        choices=["all", "train"],
+        default="all",
+        help="history the user tower reads: everything before the evaluated period "
+        "(all, as a live system) or the training split only (train)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_evaluate)
 

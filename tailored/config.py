@@ -33,7 +33,8 @@ class DataConfig:
     test_start: int = 0  # global_time: unix seconds where test starts
     # event type -> weight of a positive example; a view counts only from min_view_seconds
     positive_events: dict[str, float] = field(
-        default_factory=lambda: {"click": 1.0, "rating": 1.0, "purchase": 1.0, "view": 1.0})
+        default_factory=lambda: {"click": 1.0, "rating": 1.0, "purchase": 1.0, "view": 1.0}
+    )
     min_view_seconds: float = 30.0
     min_rating: float = 0.0  # ratings below this are not positives (0: every rating is)
 
@@ -44,8 +45,10 @@ class DataConfig:
             if not 0.0 <= v < 0.5:
                 raise ConfigError(f"[data] {name}: must be in [0, 0.5), got {v}")
         if self.split == "global_time" and not 0 < self.valid_start <= self.test_start:
-            raise ConfigError("[data] valid_start/test_start: the global_time split needs "
-                              "0 < valid_start <= test_start (unix seconds)")
+            raise ConfigError(
+                "[data] valid_start/test_start: the global_time split needs "
+                "0 < valid_start <= test_start (unix seconds)"
+            )
         from tailored.data.schema import EVENT_TYPES
 
         for k, w in self.positive_events.items():
@@ -75,8 +78,15 @@ class ModelConfig:
     context_dropout: float = 0.5
 
     def validate(self) -> None:
-        for name in ("dim", "id_dim", "feature_dim", "hidden", "history_length",
-                     "encoder_layers", "encoder_heads"):
+        for name in (
+            "dim",
+            "id_dim",
+            "feature_dim",
+            "hidden",
+            "history_length",
+            "encoder_layers",
+            "encoder_heads",
+        ):
             _positive("model", name, getattr(self, name))
         _one_of("model", "sequence_encoder", self.sequence_encoder, ("transformer", "gru", "mean"))
         if self.id_dim % self.encoder_heads:
@@ -114,6 +124,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 5  # early stopping on validation ndcg@10
+    target_window: int = 1  # predict one of the next W items from the history (1: the next)
     devices: int = 1
     accelerator: str = "auto"
     strategy: str = "auto"  # "auto" | "ddp" (several devices)
@@ -123,7 +134,7 @@ class TrainConfig:
     progress_bar: bool = True
 
     def validate(self) -> None:
-        for name in ("max_epochs", "batch_size", "devices", "patience"):
+        for name in ("max_epochs", "batch_size", "devices", "patience", "target_window"):
             _positive("train", name, getattr(self, name))
         _positive("train", "lr", self.lr)
         _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
@@ -149,12 +160,20 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig,
-                              "train": TrainConfig}
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
 
 
-def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None,
-                values: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+) -> Config:
     """Read a TOML file (or ``values``), apply ``overrides`` (``{"train.seed": 3}``, None
     values ignored), and validate. Raises ConfigError naming the file and key."""
     where = str(path) if path is not None else "configuration"
@@ -178,10 +197,12 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
 def from_dict(raw: dict[str, Any], *, where: str = "configuration") -> Config:
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; "
-                          f"expected {sorted(_SECTIONS)}")
-    sections = {name: _build(cls, raw.get(name, {}), name, where)
-                for name, cls in _SECTIONS.items()}
+        raise ConfigError(
+            f"{where}: unknown section(s) {sorted(unknown)}; expected {sorted(_SECTIONS)}"
+        )
+    sections = {
+        name: _build(cls, raw.get(name, {}), name, where) for name, cls in _SECTIONS.items()
+    }
     cfg = Config(**sections)
     try:
         return cfg.validate()
@@ -197,8 +218,9 @@ def _build(cls: type, raw: Any, section: str, where: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(f"{where}: [{section}] {key}: unknown key; "
-                              f"known keys are {sorted(names)}")
+            raise ConfigError(
+                f"{where}: [{section}] {key}: unknown key; known keys are {sorted(names)}"
+            )
         kwargs[key] = _check_type(value, hints[key], f"{where}: [{section}] {key}")
     return cls(**kwargs)
 

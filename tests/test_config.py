@@ -37,6 +37,7 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, expected: str) 
 
 
 def test_overrides_apply_and_none_is_ignored() -> None:
-    cfg = load_config(values={"train": {"seed": 1}},
-                      overrides={"train.seed": 7, "train.devices": None})
+    cfg = load_config(
+        values={"train": {"seed": 1}}, overrides={"train.seed": 7, "train.devices": None}
+    )
     assert cfg.train.seed == 7 and cfg.train.devices == 1

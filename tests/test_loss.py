@@ -12,8 +12,9 @@ def test_plain_in_batch_softmax_is_cross_entropy_over_the_batch() -> None:
     g = torch.Generator().manual_seed(0)
     u = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
     v = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
-    loss = sampled_softmax_loss(u, v, torch.arange(1, 5), temperature=0.5,
-                                mask_accidental_hits=False)
+    loss = sampled_softmax_loss(
+        u, v, torch.arange(1, 5), temperature=0.5, mask_accidental_hits=False
+    )
     expected = F.cross_entropy(u @ v.T / 0.5, torch.arange(4))
     assert torch.allclose(loss, expected)
 
@@ -25,8 +26,9 @@ def test_logq_lowers_popular_negatives_by_their_log_probability() -> None:
     u = torch.ones(2, 1)
     v = torch.ones(2, 1)
     log_q = torch.log(torch.tensor([1.0, 0.9, 0.1]))
-    loss = sampled_softmax_loss(u, v, torch.tensor([1, 2]), temperature=1.0, log_q=log_q,
-                                mask_accidental_hits=False)
+    loss = sampled_softmax_loss(
+        u, v, torch.tensor([1, 2]), temperature=1.0, log_q=log_q, mask_accidental_hits=False
+    )
     a, b = -math.log(2 * 0.9), -math.log(2 * 0.1)
     row0 = -(a - math.log(math.exp(a) + math.exp(b)))
     row1 = -(b - math.log(math.exp(a) + math.exp(b)))
@@ -49,8 +51,15 @@ def test_uniform_negatives_add_columns_and_weights_weigh_rows() -> None:
     extra = F.normalize(torch.randn(5, 4, generator=g), dim=-1)
     ids = torch.tensor([1, 2, 3])
     base = sampled_softmax_loss(u, v, ids, temperature=0.1)
-    mixed = sampled_softmax_loss(u, v, ids, temperature=0.1, extra=extra,
-                                 extra_ids=torch.tensor([9, 10, 11, 12, 13]), n_items=20)
+    mixed = sampled_softmax_loss(
+        u,
+        v,
+        ids,
+        temperature=0.1,
+        extra=extra,
+        extra_ids=torch.tensor([9, 10, 11, 12, 13]),
+        n_items=20,
+    )
     assert mixed > base  # more negatives, never less loss
     w = torch.tensor([1.0, 0.0, 0.0])
     only_first = sampled_softmax_loss(u, v, ids, temperature=0.1, weight=w)

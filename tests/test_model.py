@@ -5,8 +5,15 @@ import torch
 
 from tailored.train.model import TowerSpec, TwoTower
 
-SPEC = TowerSpec(n_items=20, item_categorical=(4,), item_multi=(6,), item_numeric=1,
-                 user_categorical=(3, 5), user_numeric=1, context=(3,))
+SPEC = TowerSpec(
+    n_items=20,
+    item_categorical=(4,),
+    item_multi=(6,),
+    item_numeric=1,
+    user_categorical=(3, 5),
+    user_numeric=1,
+    context=(3,),
+)
 
 
 def _model(encoder: str = "transformer", buckets: int = 8) -> TwoTower:
@@ -16,15 +23,30 @@ def _model(encoder: str = "transformer", buckets: int = 8) -> TwoTower:
     multi = torch.randint(0, 6, (21, 1, 8), generator=g)
     num = torch.randn(21, 1, generator=g)
     cat[0], multi[0], num[0] = 0, 0, 0
-    return TwoTower(SPEC, cat, multi, num, dim=16, id_dim=16, feature_dim=4, hidden=32,
-                    encoder=encoder, history_length=5, user_id_buckets=buckets).eval()
+    return TwoTower(
+        SPEC,
+        cat,
+        multi,
+        num,
+        dim=16,
+        id_dim=16,
+        feature_dim=4,
+        hidden=32,
+        encoder=encoder,
+        history_length=5,
+        user_id_buckets=buckets,
+    ).eval()
 
 
 def _users(history: torch.Tensor) -> dict[str, torch.Tensor]:
     b = history.shape[0]
-    return {"user_hash": torch.arange(1, b + 1), "user_cat": torch.ones(b, 2, dtype=torch.long),
-            "user_num": torch.zeros(b, 1), "context": torch.zeros(b, 1, dtype=torch.long),
-            "history": history}
+    return {
+        "user_hash": torch.arange(1, b + 1),
+        "user_cat": torch.ones(b, 2, dtype=torch.long),
+        "user_num": torch.zeros(b, 1),
+        "context": torch.zeros(b, 1, dtype=torch.long),
+        "history": history,
+    }
 
 
 @pytest.mark.parametrize("encoder", ["transformer", "gru", "mean"])

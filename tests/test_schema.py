@@ -17,9 +17,14 @@ SCHEMA = DatasetSchema(
 
 
 def _events(**over: list) -> pa.Table:
-    cols = {"user_id": ["a", "b", "a"], "item_id": ["1", "2", "2"], "timestamp": [10, 20, 30],
-            "type": ["click", "view", "rating"], "value": [None, 40.0, 4.0],
-            "surface": ["home", None, "search"]}
+    cols = {
+        "user_id": ["a", "b", "a"],
+        "item_id": ["1", "2", "2"],
+        "timestamp": [10, 20, 30],
+        "type": ["click", "view", "rating"],
+        "value": [None, 40.0, 4.0],
+        "surface": ["home", None, "search"],
+    }
     cols.update(over)
     return pa.table(cols)
 
@@ -33,8 +38,9 @@ def _items() -> pa.Table:
 
 
 def test_valid_tables_are_cast_to_the_stored_schema() -> None:
-    t = validate_table(_events(timestamp=pa.array([10, 20, 30], pa.int32())), "events", SCHEMA,
-                       source="ev.parquet")
+    t = validate_table(
+        _events(timestamp=pa.array([10, 20, 30], pa.int32())), "events", SCHEMA, source="ev.parquet"
+    )
     assert t.schema.field("timestamp").type == pa.int64()
     assert t.column("value").to_pylist() == [None, 40.0, 4.0]
 
@@ -42,20 +48,35 @@ def test_valid_tables_are_cast_to_the_stored_schema() -> None:
 @pytest.mark.parametrize(
     ("table", "kind", "expected"),
     [
-        (_events(type=["click", "like", "view"]), "events",
-         "ev.parquet: row 2, column 'type': 'like' is not one of"),
+        (
+            _events(type=["click", "like", "view"]),
+            "events",
+            "ev.parquet: row 2, column 'type': 'like' is not one of",
+        ),
         (_events(timestamp=[1, -5, 3]), "events", "row 2, column 'timestamp': is negative"),
         (_events(user_id=["a", "", "b"]), "events", "row 2, column 'user_id': is an empty string"),
         (_events(user_id=["a", "b", None]), "events", "row 3, column 'user_id': is empty"),
-        (_events(value=[1.0, float("nan"), 2.0]), "events",
-         "row 2, column 'value': nan is not a finite number"),
-        (_events(timestamp=["1", "2", "soon"]), "events",
-         "row 3, column 'timestamp': cannot read 'soon'"),
+        (
+            _events(value=[1.0, float("nan"), 2.0]),
+            "events",
+            "row 2, column 'value': nan is not a finite number",
+        ),
+        (
+            _events(timestamp=["1", "2", "soon"]),
+            "events",
+            "row 3, column 'timestamp': cannot read 'soon'",
+        ),
         (_events().drop(["type"]), "events", "missing column(s) ['type']"),
-        (_events().append_column("colour", pa.array(["r", "g", "b"])), "events",
-         "column(s) ['colour'] are not declared"),
-        (pa.table({"user_id": ["a", "b", "a"], "age": [1.0, 2.0, 3.0], "gender": ["F"] * 3}),
-         "users", "row 3, column 'user_id': duplicates row 1"),
+        (
+            _events().append_column("colour", pa.array(["r", "g", "b"])),
+            "events",
+            "column(s) ['colour'] are not declared",
+        ),
+        (
+            pa.table({"user_id": ["a", "b", "a"], "age": [1.0, 2.0, 3.0], "gender": ["F"] * 3}),
+            "users",
+            "row 3, column 'user_id': duplicates row 1",
+        ),
     ],
 )
 def test_bad_tables_name_file_row_column(table: pa.Table, kind: str, expected: str) -> None:
@@ -66,8 +87,13 @@ def test_bad_tables_name_file_row_column(table: pa.Table, kind: str, expected: s
 
 def test_row_offset_is_added_for_chunked_reads() -> None:
     with pytest.raises(SchemaError, match="row 1002, column 'type'"):
-        validate_table(_events(type=["click", "nope", "view"]), "events", SCHEMA,
-                       source="ev.csv", row_offset=1000)
+        validate_table(
+            _events(type=["click", "nope", "view"]),
+            "events",
+            SCHEMA,
+            source="ev.csv",
+            row_offset=1000,
+        )
 
 
 def _meta() -> DatasetMeta:
@@ -86,11 +112,11 @@ def test_writer_writes_a_complete_dataset(tmp_path: Path) -> None:
 
 
 def test_events_referring_to_unknown_items_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(SchemaError, match="row 2, column 'item_id': refers to no row of the items"):
-        with DatasetWriter(tmp_path / "ds", _meta()) as w:
-            w.write_users(_users(), source="u")
-            w.write_items(_items(), source="i")
-            w.write_events(_events(item_id=["1", "9", "2"]), source="e")
+    expected = "row 2, column 'item_id': refers to no row of the items"
+    with pytest.raises(SchemaError, match=expected), DatasetWriter(tmp_path / "ds", _meta()) as w:
+        w.write_users(_users(), source="u")
+        w.write_items(_items(), source="i")
+        w.write_events(_events(item_id=["1", "9", "2"]), source="e")
 
 
 def test_a_failure_leaves_the_old_dataset_and_no_temporary_files(tmp_path: Path) -> None:

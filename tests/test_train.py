@@ -13,9 +13,16 @@ from tailored.config import Config, load_config
 from tailored.train.evaluate import evaluate_run, format_report
 from tailored.train.run import RunResult, train
 
-SMALL = {"model": {"sequence_encoder": "gru", "dim": 32, "id_dim": 32, "hidden": 64,
-                   "history_length": 20},
-         "train": {"max_epochs": 3, "batch_size": 512, "lr": 3e-3, "progress_bar": False}}
+SMALL = {
+    "model": {
+        "sequence_encoder": "gru",
+        "dim": 32,
+        "id_dim": 32,
+        "hidden": 64,
+        "history_length": 20,
+    },
+    "train": {"max_epochs": 3, "batch_size": 512, "lr": 3e-3, "progress_bar": False},
+}
 
 
 def small_config(dataset: Path, **sections: dict) -> Config:
@@ -26,16 +33,22 @@ def small_config(dataset: Path, **sections: dict) -> Config:
 
 
 @pytest.fixture(scope="module")
-def small_run(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> tuple[Path, RunResult]:
+def small_run(
+    movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, RunResult]:
     out = tmp_path_factory.mktemp("run")
     return out, train(small_config(movielens_dir), out=out)
 
 
 def test_a_run_directory_has_everything(small_run: tuple[Path, RunResult]) -> None:
     out, result = small_run
-    for name in ("config.json", "model.json", "model.pt", "checkpoints/best.ckpt",
-                 "logs/metrics.csv"):
+    for name in (
+        "config.json",
+        "model.json",
+        "model.pt",
+        "checkpoints/best.ckpt",
+        "logs/metrics.csv",
+    ):
         assert (out / name).is_file(), name
     state = torch.load(out / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -49,25 +62,30 @@ def test_the_model_beats_popularity(small_run: tuple[Path, RunResult]) -> None:
     assert report["users"] == 943
     assert report["metrics"]["ndcg@10"] > report["popularity"]["ndcg@10"] * 1.3
     # the evaluation agrees with the validation metric Lightning monitored
-    assert report["metrics"]["ndcg@10"] == pytest.approx(small_run[1].best_valid_ndcg10,
-                                                         abs=1e-4)
+    assert report["metrics"]["ndcg@10"] == pytest.approx(small_run[1].best_valid_ndcg10, abs=1e-4)
     text = format_report(report)
     assert "ndcg@10" in text and "by gender:" in text and "by activity:" in text
 
 
-def test_evaluate_cli_json(small_run: tuple[Path, RunResult],
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_cli_json(
+    small_run: tuple[Path, RunResult], capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _ = small_run
     assert main(["evaluate", str(out), "--json", "--split", "test", "--history", "train"]) == 0
     report = json.loads(capsys.readouterr().out)
-    for key in ("ndcg@10", "recall@10", "mrr@20", "hit@20", "itemcoverage@10",
-                "averagepopularity@20"):
-        assert 0 <= report["metrics"][key] and key in report["popularity"]
+    for key in (
+        "ndcg@10",
+        "recall@10",
+        "mrr@20",
+        "hit@20",
+        "itemcoverage@10",
+        "averagepopularity@20",
+    ):
+        assert report["metrics"][key] >= 0 and key in report["popularity"]
     assert report["history"] == "train" and report["split"] == "test"
 
 
-def test_a_missing_run_is_a_clear_error(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a finished run (no config.json)" in capsys.readouterr().err
 

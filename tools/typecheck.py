@@ -35,17 +35,32 @@ def build_tree() -> Path:
 
 def main() -> int:
     tree = build_tree()
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-           str(tree / "tailored")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(ROOT / "pyproject.toml"),
+        str(tree / "tailored"),
+    ]
     code = subprocess.call(cmd, cwd=tree)
     if code:
         return code
     # tests and benchmarks import the installed package; check them against the tree
     env_path = str(tree)
     return subprocess.call(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-         "tests", "benchmarks", "tools"],
-        cwd=ROOT, env={**__import__("os").environ, "MYPYPATH": env_path},
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "tests",
+            "benchmarks",
+            "tools",
+        ],
+        cwd=ROOT,
+        env={**__import__("os").environ, "MYPYPATH": env_path},
     )
 
 

@@ -1,7 +1,7 @@
 """Batches for the two-tower model, built from :class:`~tailored.data.interactions.Interactions`.
 
 Training examples are the training split's positive events in time order: for event ``j`` of
-user ``u``, the user tower reads the ``L`` positives of ``u`` just before ``j`` (so the model
+user ``u``, the user tower reads the ``L`` positives of ``u`` before ``j`` (so the model
 learns what comes next, as it will be asked at serving time) and the item tower the item of
 ``j``. Batches are assembled vectorised in the collate function from index arrays; nothing
 per-example is materialised, so 30M events cost a few hundred MB.
@@ -54,8 +54,11 @@ def _window(items: np.ndarray, start: np.ndarray, end: np.ndarray, length: int) 
     """``items[max(start, end - length):end]`` per row, right-aligned in [B, length]."""
     idx = end[:, None] - np.arange(length, 0, -1)[None, :]
     valid = idx >= start[:, None]
-    out = np.where(valid, items[np.clip(idx, 0, max(len(items) - 1, 0))], 0) if len(items) \
+    out = (
+        np.where(valid, items[np.clip(idx, 0, max(len(items) - 1, 0))], 0)
+        if len(items)
         else np.zeros(idx.shape, np.int64)
+    )
     return out.astype(np.int64)
 
 
@@ -109,10 +112,21 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
 class TwoTowerDataModule(pl.LightningDataModule):
     """Training batches over the train split; validation batches of users with valid items."""
 
-    def __init__(self, data: Interactions, *, history_length: int, batch_size: int,
-                 user_id_buckets: int = 0, num_workers: int = 0, limit_val_users: int = 0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: Interactions,
+        *,
+        history_length: int,
+        batch_size: int,
+        user_id_buckets: int = 0,
+        num_workers: int = 0,
+        limit_val_users: int = 0,
+        seed: int = 0,
+        target_window: int = 1,
+    ) -> None:
         super().__init__()
+        self.target_window = target_window
+        self._rng = np.random.default_rng(seed)
         self.data = data
         self.history_length = history_length
         self.batch_size = batch_size
@@ -134,17 +148,28 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     # --- training ---
     def train_dataloader(self) -> DataLoader[int]:
-        return DataLoader(_Indices(len(self.train_item)), batch_size=self.batch_size,
-                          shuffle=True, drop_last=len(self.train_item) > self.batch_size,
-                          collate_fn=self._collate_train, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            _Indices(len(self.train_item)),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_item) > self.batch_size,
+            collate_fn=self._collate_train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def _collate_train(self, idx: list[int]) -> Batch:
         j = np.asarray(idx, np.int64)
         users = self.train_user[j].astype(np.int64)
-        # events are grouped by user in time order, so event j's history ends just before j
+        # events are grouped by user in time order, so event j's history ends just before j;
+        # with a target window W it ends a random 0..W-1 events earlier, so the model learns
+        # to predict the next W items, not only the very next one (offline and online, what
+        # is asked is the user's next several items)
         start = self.train_history.offsets[users]
-        history = _window(self.train_history.items, start, j, self.history_length)
+        end = j
+        if self.target_window > 1:
+            end = np.maximum(j - self._rng.integers(0, self.target_window, len(j)), start)
+        history = _window(self.train_history.items, start, end, self.history_length)
         return Batch(
             user_hash=torch.from_numpy(self.user_hash[users]),
             user_cat=torch.from_numpy(self.data.users.categorical[users]),
@@ -155,13 +180,28 @@ class TwoTowerDataModule(pl.LightningDataModule):
             weight=torch.from_numpy(self.train_weight[j]),
         )
 
+    def transfer_batch_to_device(
+        self, batch: object, device: torch.device, dataloader_idx: int
+    ) -> object:
+        if isinstance(batch, Batch | EvalBatch):
+            for name, value in vars(batch).items():
+                setattr(batch, name, value.to(device))
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     # --- validation ---
     def val_dataloader(self) -> DataLoader[int]:
         return self.eval_loader(self.val_users, history_splits=(TRAIN,), target=VALID)
 
-    def eval_loader(self, users: np.ndarray, *, history_splits: tuple[int, ...], target: int,
-                    exclude_splits: tuple[int, ...] | None = None,
-                    batch_size: int = 256) -> DataLoader[int]:
+    def eval_loader(
+        self,
+        users: np.ndarray,
+        *,
+        history_splits: tuple[int, ...],
+        target: int,
+        exclude_splits: tuple[int, ...] | None = None,
+        batch_size: int = 256,
+    ) -> DataLoader[int]:
         """Batches of ``users`` with their history from ``history_splits``, the items of
         ``exclude_splits`` (default: the history's) masked, and ``target``'s as relevant."""
         hist = UserHistory.of(self.data, history_splits)
@@ -177,12 +217,14 @@ class TwoTowerDataModule(pl.LightningDataModule):
                 user_num=torch.from_numpy(self.data.users.numeric[u]),
                 context=torch.zeros((len(u), self.data.context.shape[1]), dtype=torch.long),
                 history=torch.from_numpy(hist.last(u, self.history_length)),
-                exclude=torch.from_numpy(_padded([excl.items[excl.offsets[x]:excl.offsets[x + 1]]
-                                                  for x in u])),
-                relevant=torch.from_numpy(_padded([rel.items[rel.offsets[x]:rel.offsets[x + 1]]
-                                                   for x in u])),
+                exclude=torch.from_numpy(
+                    _padded([excl.items[excl.offsets[x] : excl.offsets[x + 1]] for x in u])
+                ),
+                relevant=torch.from_numpy(
+                    _padded([rel.items[rel.offsets[x] : rel.offsets[x + 1]] for x in u])
+                ),
             )
 
-        return DataLoader(_Indices(len(users)), batch_size=batch_size, shuffle=False,
-                          collate_fn=collate)
-
+        return DataLoader(
+            _Indices(len(users)), batch_size=batch_size, shuffle=False, collate_fn=collate
+        )

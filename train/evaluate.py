@@ -53,26 +53,31 @@ def load_run(run_dir: Path, data: Interactions | None = None) -> LoadedRun:
     run_dir = Path(run_dir)
     for name in ("config.json", "model.json", "model.pt"):
         if not (run_dir / name).is_file():
-            raise TailoredError(f"{run_dir}: not a finished run (no {name}); "
-                                "train one with `tailored train`")
-    cfg = from_dict(json.loads((run_dir / "config.json").read_text()),
-                    where=str(run_dir / "config.json"))
+            raise TailoredError(
+                f"{run_dir}: not a finished run (no {name}); train one with `tailored train`"
+            )
+    cfg = from_dict(
+        json.loads((run_dir / "config.json").read_text()), where=str(run_dir / "config.json")
+    )
     info = json.loads((run_dir / "model.json").read_text())
     data = data if data is not None else load_data(cfg)
     if data.meta.key_fingerprint != info["dataset"]["key_fingerprint"]:
-        raise TailoredError(f"{run_dir}: trained on data pseudonymized with another key "
-                            f"than {info['dataset']['path']} now has")
+        raise TailoredError(
+            f"{run_dir}: trained on data pseudonymized with another key "
+            f"than {info['dataset']['path']} now has"
+        )
     spec = TowerSpec.from_json(info["spec"])
-    model = build_model(spec, cfg.model, data.items.categorical, data.items.multi,
-                        data.items.numeric)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu",
-                                     weights_only=True))
+    model = build_model(
+        spec, cfg.model, data.items.categorical, data.items.multi, data.items.numeric
+    )
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
     return LoadedRun(cfg, model, data)
 
 
-def evaluate_run(run_dir: Path, *, split: str = "test", history: str = "all",
-                 max_users: int = 0, seed: int = 0) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, *, split: str = "test", history: str = "all", max_users: int = 0, seed: int = 0
+) -> dict[str, Any]:
     run = load_run(run_dir)
     report = evaluate(run, split=split, history=history, max_users=max_users, seed=seed)
     report["run"] = str(run_dir)
@@ -85,8 +90,15 @@ def _csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
 
 
 @torch.no_grad()
-def evaluate(run: LoadedRun, *, split: str = "test", history: str = "all", max_users: int = 0,
-             seed: int = 0, batch_users: int = 1024) -> dict[str, Any]:
+def evaluate(
+    run: LoadedRun,
+    *,
+    split: str = "test",
+    history: str = "all",
+    max_users: int = 0,
+    seed: int = 0,
+    batch_users: int = 1024,
+) -> dict[str, Any]:
     """Metrics of the model and of the popularity baseline on ``split`` (see module doc)."""
     data, model, m = run.data, run.model, run.cfg.model
     target = TEST if split == "test" else VALID
@@ -97,10 +109,15 @@ def evaluate(run: LoadedRun, *, split: str = "test", history: str = "all", max_u
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     if not len(users):
         raise TailoredError(f"no user has {split} events")
-    dm = TwoTowerDataModule(data, history_length=m.history_length, batch_size=1,
-                            user_id_buckets=m.user_id_buckets)
-    item_emb = torch.cat([model.item_embeddings(torch.arange(i, min(i + 65536, data.n_items + 1)))
-                          for i in range(0, data.n_items + 1, 65536)])[1:]
+    dm = TwoTowerDataModule(
+        data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
+    )
+    item_emb = torch.cat(
+        [
+            model.item_embeddings(torch.arange(i, min(i + 65536, data.n_items + 1)))
+            for i in range(0, data.n_items + 1, 65536)
+        ]
+    )[1:]
     k = max(KS)
     topk = np.empty((len(users), min(k, data.n_items)), np.int64)
     seen_lists = data.per_user(seen)
@@ -108,16 +125,21 @@ def evaluate(run: LoadedRun, *, split: str = "test", history: str = "all", max_u
     pop_scores = popularity_scores(pop)
     pop_topk = np.empty_like(topk)
     row = 0
-    for b in dm.eval_loader(users, history_splits=hist_splits, target=target,
-                            exclude_splits=seen, batch_size=batch_users):
+    for b in dm.eval_loader(
+        users,
+        history_splits=hist_splits,
+        target=target,
+        exclude_splits=seen,
+        batch_size=batch_users,
+    ):
         u = b.users.numpy()
-        user_emb = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context,
-                                         b.history)
+        user_emb = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
         scores = (user_emb @ item_emb.T).numpy()
         excl = _csr(seen_lists, u)
-        topk[row:row + len(u)] = topk_from_scores(scores, excl, k)
-        pop_topk[row:row + len(u)] = topk_from_scores(
-            np.broadcast_to(pop_scores, scores.shape), excl, k)
+        topk[row : row + len(u)] = topk_from_scores(scores, excl, k)
+        pop_topk[row : row + len(u)] = topk_from_scores(
+            np.broadcast_to(pop_scores, scores.shape), excl, k
+        )
         row += len(u)
     relevant = _csr(data.per_user((target,)), users)
     model_metrics = aggregate_metrics(topk, relevant, KS, pop, data.n_items)
@@ -125,8 +147,12 @@ def evaluate(run: LoadedRun, *, split: str = "test", history: str = "all", max_u
     groups = _groups(data, users)
     per_user = per_user_metrics(topk, relevant, KS)
     return {
-        "split": split, "history": history, "users": len(users), "items": data.n_items,
-        "metrics": model_metrics, "popularity": pop_metrics,
+        "split": split,
+        "history": history,
+        "users": len(users),
+        "items": data.n_items,
+        "metrics": model_metrics,
+        "popularity": pop_metrics,
         "groups": grouped_metrics({k2: per_user[k2] for k2 in ("ndcg@10", "recall@10")}, groups),
     }
 
@@ -150,15 +176,24 @@ def _groups(data: Interactions, users: np.ndarray) -> dict[str, np.ndarray]:
 def format_report(report: dict[str, Any]) -> str:
     """A readable table: model vs popularity, then the per-group breakdown."""
     names = list(report["metrics"])
-    lines = [f"{report['split']} split, {report['users']} users, {report['items']} items "
-             f"(history: {report['history']})", "",
-             f"{'metric':<22}{'model':>10}{'popularity':>12}"]
-    lines += [f"{n:<22}{report['metrics'][n]:>10.4f}{report['popularity'][n]:>12.4f}"
-              for n in names]
+    lines = [
+        f"{report['split']} split, {report['users']} users, {report['items']} items "
+        f"(history: {report['history']})",
+        "",
+        f"{'metric':<22}{'model':>10}{'popularity':>12}",
+    ]
+    lines += [
+        f"{n:<22}{report['metrics'][n]:>10.4f}{report['popularity'][n]:>12.4f}" for n in names
+    ]
     for grouping, labels in report.get("groups", {}).items():
-        lines += ["", f"by {grouping}:", f"  {'group':<12}{'users':>7}{'ndcg@10':>10}"
-                  f"{'recall@10':>11}"]
+        lines += [
+            "",
+            f"by {grouping}:",
+            f"  {'group':<12}{'users':>7}{'ndcg@10':>10}{'recall@10':>11}",
+        ]
         for label, vals in labels.items():
-            lines.append(f"  {label:<12}{int(vals['users']):>7}{vals['ndcg@10']:>10.4f}"
-                         f"{vals['recall@10']:>11.4f}")
+            lines.append(
+                f"  {label:<12}{int(vals['users']):>7}{vals['ndcg@10']:>10.4f}"
+                f"{vals['recall@10']:>11.4f}"
+            )
     return "\n".join(lines)

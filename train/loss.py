@@ -21,10 +21,19 @@ from torch import Tensor
 __all__ = ["sampled_softmax_loss"]
 
 
-def sampled_softmax_loss(user: Tensor, item: Tensor, item_ids: Tensor, *, temperature: float,
-                         log_q: Tensor | None = None, mask_accidental_hits: bool = True,
-                         extra: Tensor | None = None, extra_ids: Tensor | None = None,
-                         n_items: int = 0, weight: Tensor | None = None) -> Tensor:
+def sampled_softmax_loss(
+    user: Tensor,
+    item: Tensor,
+    item_ids: Tensor,
+    *,
+    temperature: float,
+    log_q: Tensor | None = None,
+    mask_accidental_hits: bool = True,
+    extra: Tensor | None = None,
+    extra_ids: Tensor | None = None,
+    n_items: int = 0,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Mean (or ``weight``-weighted mean) cross-entropy of each row's positive.
 
     ``user``, ``item``: float [B, D]; ``item_ids``: int64 [B]; ``log_q``: float [N+1] log of
@@ -44,8 +53,9 @@ def sampled_softmax_loss(user: Tensor, item: Tensor, item_ids: Tensor, *, temper
         if log_q is not None:
             ext = ext - math.log(extra.shape[0] / max(n_items, 1))
         if mask_accidental_hits:
-            ext = ext.masked_fill(extra_ids.unsqueeze(0) == item_ids.unsqueeze(1),
-                                  torch.finfo(ext.dtype).min)
+            ext = ext.masked_fill(
+                extra_ids.unsqueeze(0) == item_ids.unsqueeze(1), torch.finfo(ext.dtype).min
+            )
         logits = torch.cat([logits, ext], dim=1)
     target = torch.arange(logits.shape[0], device=logits.device)
     loss = F.cross_entropy(logits.float(), target, reduction="none")

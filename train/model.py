@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,25 +33,32 @@ class TowerSpec:
     user_numeric: int = 0
     context: tuple[int, ...] = ()
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> TowerSpec:
+    def from_json(cls, obj: dict[str, Any]) -> TowerSpec:
         def tup(key: str) -> tuple[int, ...]:
-            return tuple(int(v) for v in obj.get(key, ()))  # type: ignore[attr-defined]
-        return cls(n_items=int(obj["n_items"]), item_categorical=tup("item_categorical"),  # type: ignore[call-overload]
-                   item_multi=tup("item_multi"), item_numeric=int(obj.get("item_numeric", 0)),  # type: ignore[call-overload]
-                   user_categorical=tup("user_categorical"),
-                   user_numeric=int(obj.get("user_numeric", 0)), context=tup("context"))  # type: ignore[call-overload]
+            return tuple(int(v) for v in obj.get(key, ()))
+
+        return cls(
+            n_items=int(obj["n_items"]),
+            item_categorical=tup("item_categorical"),
+            item_multi=tup("item_multi"),
+            item_numeric=int(obj.get("item_numeric", 0)),
+            user_categorical=tup("user_categorical"),
+            user_numeric=int(obj.get("user_numeric", 0)),
+            context=tup("context"),
+        )
 
 
 class FeatureBlock(nn.Module):
     """Embeds categorical codes [B, C], multi-valued codes [B, M, T] (mean of the non-zero
     codes) and numeric values [B, F] into one vector [B, out_dim]."""
 
-    def __init__(self, categorical: tuple[int, ...], multi: tuple[int, ...], numeric: int,
-                 dim: int) -> None:
+    def __init__(
+        self, categorical: tuple[int, ...], multi: tuple[int, ...], numeric: int, dim: int
+    ) -> None:
         super().__init__()
         self.cat = nn.ModuleList(nn.Embedding(n, dim, padding_idx=0) for n in categorical)
         self.multi = nn.ModuleList(nn.Embedding(n, dim, padding_idx=0) for n in multi)
@@ -61,7 +69,7 @@ class FeatureBlock(nn.Module):
         parts = [emb(cat[..., j]) for j, emb in enumerate(self.cat)]
         for j, emb in enumerate(self.multi):
             codes = multi[..., j, :]
-            mask = (codes > 0).unsqueeze(-1).to(emb.weight.dtype)
+            mask = (codes > 0).unsqueeze(-1).float()
             parts.append((emb(codes) * mask).sum(-2) / mask.sum(-2).clamp_min(1.0))
         if self.numeric is not None:
             parts.append(self.numeric(num))
@@ -71,8 +79,9 @@ class FeatureBlock(nn.Module):
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out)
+    )
 
 
 class ItemTower(nn.Module):
@@ -83,12 +92,21 @@ class ItemTower(nn.Module):
     for items that arrived after training.
     """
 
-    def __init__(self, spec: TowerSpec, *, id_dim: int, feature_dim: int, hidden: int,
-                 dim: int, dropout: float) -> None:
+    def __init__(
+        self,
+        spec: TowerSpec,
+        *,
+        id_dim: int,
+        feature_dim: int,
+        hidden: int,
+        dim: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.id_embedding = nn.Embedding(spec.n_items + 1, id_dim, padding_idx=0)
-        self.features = FeatureBlock(spec.item_categorical, spec.item_multi, spec.item_numeric,
-                                     feature_dim)
+        self.features = FeatureBlock(
+            spec.item_categorical, spec.item_multi, spec.item_numeric, feature_dim
+        )
         self.input_proj = nn.Linear(id_dim + self.features.out_dim, id_dim)
         self.mlp = _mlp(id_dim, hidden, dim, dropout)
 
@@ -109,14 +127,16 @@ class _SequenceEncoder(nn.Module):
     """History [B, L, D] with padding mask [B, L] (True = real item; the most recent item is
     last) -> [B, D]."""
 
-    def __init__(self, kind: str, dim: int, length: int, layers: int, heads: int,
-                 dropout: float) -> None:
+    def __init__(
+        self, kind: str, dim: int, length: int, layers: int, heads: int, dropout: float
+    ) -> None:
         super().__init__()
         self.kind = kind
         if kind == "transformer":
             self.position = nn.Embedding(length, dim)
-            layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout, batch_first=True,
-                                               norm_first=True, activation="gelu")
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, dim * 2, dropout, batch_first=True, norm_first=True, activation="gelu"
+            )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(dim)
         elif kind == "gru":
@@ -148,12 +168,25 @@ class UserTower(nn.Module):
     representations [B, L, id_dim] with their mask [B, L].
     """
 
-    def __init__(self, spec: TowerSpec, *, id_buckets: int, id_dim: int, feature_dim: int,
-                 hidden: int, dim: int, dropout: float, encoder: str, history_length: int,
-                 layers: int, heads: int) -> None:
+    def __init__(
+        self,
+        spec: TowerSpec,
+        *,
+        id_buckets: int,
+        id_dim: int,
+        feature_dim: int,
+        hidden: int,
+        dim: int,
+        dropout: float,
+        encoder: str,
+        history_length: int,
+        layers: int,
+        heads: int,
+    ) -> None:
         super().__init__()
-        self.id_embedding = nn.Embedding(id_buckets + 1, feature_dim, padding_idx=0) \
-            if id_buckets else None
+        self.id_embedding = (
+            nn.Embedding(id_buckets + 1, feature_dim, padding_idx=0) if id_buckets else None
+        )
         self.profile = FeatureBlock(spec.user_categorical, (), spec.user_numeric, feature_dim)
         self.context = FeatureBlock(spec.context, (), 0, feature_dim)
         self.sequence = _SequenceEncoder(encoder, id_dim, history_length, layers, heads, dropout)
@@ -162,12 +195,22 @@ class UserTower(nn.Module):
         self.mlp = _mlp(d_in, hidden, dim, dropout)
         self.skip = nn.Linear(id_dim, dim, bias=False)
 
-    def forward(self, user_hash: Tensor, user_cat: Tensor, user_num: Tensor, context: Tensor,
-                history: Tensor, history_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        user_hash: Tensor,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        history: Tensor,
+        history_mask: Tensor,
+    ) -> Tensor:
         seq = self.sequence(history, history_mask)
         empty = user_num.new_zeros((user_cat.shape[0], 0, 0), dtype=torch.long)
-        parts = [seq, self.profile(user_cat, empty, user_num),
-                 self.context(context, empty, user_num[:, :0])]
+        parts = [
+            seq,
+            self.profile(user_cat, empty, user_num),
+            self.context(context, empty, user_num[:, :0]),
+        ]
         if self.id_embedding is not None:
             parts.append(self.id_embedding(user_hash))
         x = torch.cat(parts, dim=-1)
@@ -181,21 +224,49 @@ class TwoTower(nn.Module):
     [N+1, F]; row 0 is the all-zero padding item.
     """
 
-    def __init__(self, spec: TowerSpec, item_cat: Tensor, item_multi: Tensor, item_num: Tensor,
-                 *, dim: int = 64, id_dim: int = 64, feature_dim: int = 16, hidden: int = 256,
-                 dropout: float = 0.2, encoder: str = "transformer", history_length: int = 50,
-                 layers: int = 2, heads: int = 2, user_id_buckets: int = 0) -> None:
+    item_cat: Tensor
+    item_multi: Tensor
+    item_num: Tensor
+
+    def __init__(
+        self,
+        spec: TowerSpec,
+        item_cat: Tensor,
+        item_multi: Tensor,
+        item_num: Tensor,
+        *,
+        dim: int = 64,
+        id_dim: int = 64,
+        feature_dim: int = 16,
+        hidden: int = 256,
+        dropout: float = 0.2,
+        encoder: str = "transformer",
+        history_length: int = 50,
+        layers: int = 2,
+        heads: int = 2,
+        user_id_buckets: int = 0,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.register_buffer("item_cat", item_cat)
         self.register_buffer("item_multi", item_multi)
         self.register_buffer("item_num", item_num)
-        self.item_tower = ItemTower(spec, id_dim=id_dim, feature_dim=feature_dim, hidden=hidden,
-                                    dim=dim, dropout=dropout)
-        self.user_tower = UserTower(spec, id_buckets=user_id_buckets, id_dim=id_dim,
-                                    feature_dim=feature_dim, hidden=hidden, dim=dim,
-                                    dropout=dropout, encoder=encoder,
-                                    history_length=history_length, layers=layers, heads=heads)
+        self.item_tower = ItemTower(
+            spec, id_dim=id_dim, feature_dim=feature_dim, hidden=hidden, dim=dim, dropout=dropout
+        )
+        self.user_tower = UserTower(
+            spec,
+            id_buckets=user_id_buckets,
+            id_dim=id_dim,
+            feature_dim=feature_dim,
+            hidden=hidden,
+            dim=dim,
+            dropout=dropout,
+            encoder=encoder,
+            history_length=history_length,
+            layers=layers,
+            heads=heads,
+        )
 
     def item_inputs(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:
         """Items [*] (1-based) -> item tower inputs [*, id_dim]; with ``id_dropout`` some ids
@@ -204,15 +275,22 @@ class TwoTower(nn.Module):
         if id_dropout > 0 and self.training:
             drop = torch.rand(items.shape, device=items.device) < id_dropout
             ids = items.masked_fill(drop, 0)
-        return self.item_tower.inputs(ids, self.item_cat[items], self.item_multi[items],  # type: ignore[index]
-                                      self.item_num[items])  # type: ignore[index]
+        return self.item_tower.inputs(
+            ids, self.item_cat[items], self.item_multi[items], self.item_num[items]
+        )
 
     def item_embeddings(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:
         """Items [*] -> [*, dim], L2-normalised."""
         return self.item_tower.output(self.item_inputs(items, id_dropout))
 
-    def user_embeddings(self, user_hash: Tensor, user_cat: Tensor, user_num: Tensor,
-                        context: Tensor, history: Tensor) -> Tensor:
+    def user_embeddings(
+        self,
+        user_hash: Tensor,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        history: Tensor,
+    ) -> Tensor:
         """``history`` int64 [B, L] of 1-based items, 0-padded on the left (most recent
         last) -> [B, dim], L2-normalised."""
         mask = history > 0

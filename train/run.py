@@ -49,9 +49,15 @@ class RunResult:
 def load_data(cfg: Config) -> Interactions:
     d = cfg.data
     rule = PositiveRule(dict(d.positive_events), d.min_view_seconds, d.min_rating)
-    return load_interactions(dataset_dir(d.dataset), rule, split=d.split,
-                             valid_ratio=d.valid_ratio, test_ratio=d.test_ratio,
-                             valid_start=d.valid_start, test_start=d.test_start)
+    return load_interactions(
+        dataset_dir(d.dataset),
+        rule,
+        split=d.split,
+        valid_ratio=d.valid_ratio,
+        test_ratio=d.test_ratio,
+        valid_start=d.valid_start,
+        test_start=d.test_start,
+    )
 
 
 def tower_spec(data: Interactions) -> TowerSpec:
@@ -59,19 +65,37 @@ def tower_spec(data: Interactions) -> TowerSpec:
     return TowerSpec(
         n_items=data.n_items,
         item_categorical=tuple(ie.cardinalities(ie.categorical)),
-        item_multi=tuple(ie.cardinalities(ie.multi)), item_numeric=len(ie.numeric),
-        user_categorical=tuple(ue.cardinalities(ue.categorical)), user_numeric=len(ue.numeric),
-        context=tuple(len(v) + 1 for v in data.context_vocabs.values()))
+        item_multi=tuple(ie.cardinalities(ie.multi)),
+        item_numeric=len(ie.numeric),
+        user_categorical=tuple(ue.cardinalities(ue.categorical)),
+        user_numeric=len(ue.numeric),
+        context=tuple(len(v) + 1 for v in data.context_vocabs.values()),
+    )
 
 
-def build_model(spec: TowerSpec, m: ModelConfig, item_cat: np.ndarray, item_multi: np.ndarray,
-                item_num: np.ndarray) -> TwoTower:
-    return TwoTower(spec, torch.from_numpy(item_cat), torch.from_numpy(item_multi),
-                    torch.from_numpy(item_num), dim=m.dim, id_dim=m.id_dim,
-                    feature_dim=m.feature_dim, hidden=m.hidden, dropout=m.dropout,
-                    encoder=m.sequence_encoder, history_length=m.history_length,
-                    layers=m.encoder_layers, heads=m.encoder_heads,
-                    user_id_buckets=m.user_id_buckets)
+def build_model(
+    spec: TowerSpec,
+    m: ModelConfig,
+    item_cat: np.ndarray,
+    item_multi: np.ndarray,
+    item_num: np.ndarray,
+) -> TwoTower:
+    return TwoTower(
+        spec,
+        torch.from_numpy(item_cat),
+        torch.from_numpy(item_multi),
+        torch.from_numpy(item_num),
+        dim=m.dim,
+        id_dim=m.id_dim,
+        feature_dim=m.feature_dim,
+        hidden=m.hidden,
+        dropout=m.dropout,
+        encoder=m.sequence_encoder,
+        history_length=m.history_length,
+        layers=m.encoder_layers,
+        heads=m.encoder_heads,
+        user_id_buckets=m.user_id_buckets,
+    )
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -98,27 +122,49 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     spec = tower_spec(data)
     m = cfg.model
     model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
-    dm = TwoTowerDataModule(data, history_length=m.history_length,
-                            batch_size=cfg.train.batch_size, user_id_buckets=m.user_id_buckets,
-                            num_workers=cfg.train.num_workers,
-                            limit_val_users=cfg.train.limit_val_users, seed=cfg.train.seed)
-    task = TwoTowerTask(model, cfg.loss,
-                        item_popularity=torch.from_numpy(data.item_popularity()),
-                        lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                        item_id_dropout=m.item_id_dropout, context_dropout=m.context_dropout)
+    dm = TwoTowerDataModule(
+        data,
+        history_length=m.history_length,
+        batch_size=cfg.train.batch_size,
+        user_id_buckets=m.user_id_buckets,
+        num_workers=cfg.train.num_workers,
+        limit_val_users=cfg.train.limit_val_users,
+        seed=cfg.train.seed,
+        target_window=cfg.train.target_window,
+    )
+    task = TwoTowerTask(
+        model,
+        cfg.loss,
+        item_popularity=torch.from_numpy(data.item_popularity()),
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        item_id_dropout=m.item_id_dropout,
+        context_dropout=m.context_dropout,
+    )
     monitor = "valid/ndcg@10"
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor,
-                           mode="max", save_top_k=1, save_last=True)
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
     cuda = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
     trainer = pl.Trainer(
-        accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
         strategy=cfg.train.strategy if cfg.train.devices > 1 else "auto",
-        precision="bf16-mixed" if cuda else "32-true", max_epochs=cfg.train.max_epochs,
-        callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
-                   ckpt],
-        logger=_logger(cfg, out), enable_progress_bar=cfg.train.progress_bar,
-        enable_model_summary=False, deterministic=False, num_sanity_val_steps=0,
-        log_every_n_steps=10)
+        precision="bf16-mixed" if cuda else "32-true",
+        max_epochs=cfg.train.max_epochs,
+        callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience), ckpt],
+        logger=_logger(cfg, out),
+        enable_progress_bar=cfg.train.progress_bar,
+        enable_model_summary=False,
+        deterministic=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
     import time
 
     start = time.perf_counter()
@@ -129,28 +175,44 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     if trainer.is_global_zero:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
-        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()
-                   if k.startswith("model.")}
+        weights = {
+            k.removeprefix("model."): v
+            for k, v in state["state_dict"].items()
+            if k.startswith("model.")
+        }
         model.load_state_dict(weights)
         _save_model(out, cfg, spec, data, model)
-        _log.info("best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)", best, epochs,
-                  samples / seconds)
-    return RunResult(out=out, best_valid_ndcg10=best, epochs=epochs,
-                     samples_per_second=samples / seconds)
+        _log.info(
+            "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
+            best,
+            epochs,
+            samples / seconds,
+        )
+    return RunResult(
+        out=out, best_valid_ndcg10=best, epochs=epochs, samples_per_second=samples / seconds
+    )
 
 
-def _save_model(out: Path, cfg: Config, spec: TowerSpec, data: Interactions,
-                model: TwoTower) -> None:
+def _save_model(
+    out: Path, cfg: Config, spec: TowerSpec, data: Interactions, model: TwoTower
+) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".model.pt.", dir=out)
     os.close(fd)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, out / "model.pt")
     write_json_atomic(out / "config.json", cfg.to_dict())
-    write_json_atomic(out / "model.json", {
-        "spec": spec.to_json(),
-        "user_encoder": data.user_encoder.to_json(),
-        "item_encoder": data.item_encoder.to_json(),
-        "context_vocabs": data.context_vocabs,
-        "dataset": {"name": data.meta.name, "path": str(dataset_dir(cfg.data.dataset)),
-                    "key_fingerprint": data.meta.key_fingerprint, "counts": data.meta.counts},
-    })
+    write_json_atomic(
+        out / "model.json",
+        {
+            "spec": spec.to_json(),
+            "user_encoder": data.user_encoder.to_json(),
+            "item_encoder": data.item_encoder.to_json(),
+            "context_vocabs": data.context_vocabs,
+            "dataset": {
+                "name": data.meta.name,
+                "path": str(dataset_dir(cfg.data.dataset)),
+                "key_fingerprint": data.meta.key_fingerprint,
+                "counts": data.meta.counts,
+            },
+        },
+    )

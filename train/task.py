@@ -23,8 +23,9 @@ __all__ = ["TwoTowerTask", "rank_all_items"]
 def rank_all_items(model: TwoTower, batch: EvalBatch, item_emb: Tensor, k: int) -> Tensor:
     """Top-``k`` item indices [B, k] (1-based) over all items, with the padding item and each
     user's ``exclude`` items masked. ``item_emb``: [N+1, dim]."""
-    user = model.user_embeddings(batch.user_hash, batch.user_cat, batch.user_num, batch.context,
-                                 batch.history)
+    user = model.user_embeddings(
+        batch.user_hash, batch.user_cat, batch.user_num, batch.context, batch.history
+    )
     scores = user.float() @ item_emb.float().T
     scores[:, 0] = -math.inf
     scores.scatter_(1, batch.exclude, -math.inf)  # exclude is 0-padded: 0 is masked anyway
@@ -46,9 +47,17 @@ def _ndcg_recall(topk: Tensor, relevant: Tensor, k: int) -> tuple[Tensor, Tensor
 class TwoTowerTask(pl.LightningModule):
     """Trains :class:`TwoTower` with sampled softmax; validates full-ranking NDCG@10."""
 
-    def __init__(self, model: TwoTower, loss: LossConfig, *, item_popularity: Tensor,
-                 lr: float, weight_decay: float, item_id_dropout: float = 0.0,
-                 context_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: TwoTower,
+        loss: LossConfig,
+        *,
+        item_popularity: Tensor,
+        lr: float,
+        weight_decay: float,
+        item_id_dropout: float = 0.0,
+        context_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_cfg = loss
@@ -68,20 +77,29 @@ class TwoTowerTask(pl.LightningModule):
         if self.context_dropout > 0:
             drop = torch.rand(context.shape[0], 1, device=context.device) < self.context_dropout
             context = context.masked_fill(drop, 0)
-        user = self.model.user_embeddings(batch.user_hash, batch.user_cat, batch.user_num,
-                                          context, batch.history)
+        user = self.model.user_embeddings(
+            batch.user_hash, batch.user_cat, batch.user_num, context, batch.history
+        )
         item = self.model.item_embeddings(batch.item, self.item_id_dropout)
         extra = extra_ids = None
         n_items = self.model.spec.n_items
         if self.loss_cfg.uniform_negatives:
-            extra_ids = torch.randint(1, n_items + 1, (self.loss_cfg.uniform_negatives,),
-                                      device=item.device)
+            extra_ids = torch.randint(
+                1, n_items + 1, (self.loss_cfg.uniform_negatives,), device=item.device
+            )
             extra = self.model.item_embeddings(extra_ids, self.item_id_dropout)
         loss = sampled_softmax_loss(
-            user, item, batch.item, temperature=self.loss_cfg.temperature,
+            user,
+            item,
+            batch.item,
+            temperature=self.loss_cfg.temperature,
             log_q=self.log_q if self.loss_cfg.logq_correction else None,  # type: ignore[arg-type]
-            mask_accidental_hits=self.loss_cfg.mask_accidental_hits, extra=extra,
-            extra_ids=extra_ids, n_items=n_items, weight=batch.weight)
+            mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
+            extra=extra,
+            extra_ids=extra_ids,
+            n_items=n_items,
+            weight=batch.weight,
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.item.shape[0])
         return loss
 
@@ -94,33 +112,27 @@ class TwoTowerTask(pl.LightningModule):
         """Embeddings of every item index 0..N, [N+1, dim] (row 0 is padding)."""
         n = self.model.spec.n_items + 1
         ids = torch.arange(n, device=self.device)
-        return torch.cat([self.model.item_embeddings(ids[i:i + chunk])
-                          for i in range(0, n, chunk)])
+        return torch.cat(
+            [self.model.item_embeddings(ids[i : i + chunk]) for i in range(0, n, chunk)]
+        )
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         assert self._item_emb is not None and self._val_sums is not None
         topk = rank_all_items(self.model, batch, self._item_emb, 10)
         ndcg, recall = _ndcg_recall(topk, batch.relevant, 10)
-        self._val_sums += torch.stack([ndcg.sum(), recall.sum(),
-                                       torch.tensor(float(len(ndcg)), device=ndcg.device)]
-                                      ).double()
+        self._val_sums += torch.stack(
+            [ndcg.sum(), recall.sum(), torch.tensor(float(len(ndcg)), device=ndcg.device)]
+        ).double()
 
     def on_validation_epoch_end(self) -> None:
         assert self._val_sums is not None
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         assert isinstance(sums, Tensor)
         n = sums[2].clamp_min(1.0)
-        self.log("valid/ndcg@10", (sums[0] / n).float(), prog_bar=True, sync_dist=False)
-        self.log("valid/recall@10", (sums[1] / n).float(), sync_dist=False)
+        # already summed over ranks; sync_dist averages equal values and keeps Lightning quiet
+        self.log("valid/ndcg@10", (sums[0] / n).float(), prog_bar=True, sync_dist=True)
+        self.log("valid/recall@10", (sums[1] / n).float(), sync_dist=True)
         self._item_emb = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
-    def transfer_batch_to_device(self, batch: object, device: torch.device,
-                                 dataloader_idx: int) -> object:
-        if isinstance(batch, Batch | EvalBatch):
-            for name, value in vars(batch).items():
-                setattr(batch, name, value.to(device))
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -1,0 +1,51 @@
+"""Distributed data parallel training, two processes on the CPU (gloo), through the CLI as a
+user would launch it: Lightning re-launches the command once per rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def test_ddp_two_cpu_processes(movielens_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "ddp.toml"
+    cfg.write_text(f"""
+[data]
+dataset = "{movielens_dir}"
+positive_events = {{ rating = 1.0 }}
+[model]
+sequence_encoder = "mean"
+dim = 16
+id_dim = 16
+hidden = 32
+history_length = 10
+[train]
+max_epochs = 1
+batch_size = 1024
+accelerator = "cpu"
+devices = 2
+strategy = "ddp"
+progress_bar = false
+""")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tailored.cli", "train", "--config", str(cfg), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "distributed_backend=gloo" in log
+    assert "All distributed processes registered. Starting with 2 processes" in log
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    # one model, written once by rank 0, loadable without executing code
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state and json.loads((out / "model.json").read_text())["spec"]["n_items"] == 1682
