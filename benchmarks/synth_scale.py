@@ -26,7 +26,7 @@ from typing import Any
 
 __all__ = ["main", "run_generator"]
 
-_DEFAULT_JSON = Path(__file__).resolve().parent / "out" / "synth_scale.json"
+_DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "synth_scale.json"
 # a fixed key: the benchmark must not create or read the user's pseudonymization key
 _KEY = bytes(range(32)).hex()
 _CHILD = """

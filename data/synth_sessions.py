@@ -1,8 +1,9 @@
 """How simulated users behave on the synthetic website: sessions, slates, clicks, dwell.
 
-Per user, ``Poisson(activity * impressions_per_user / slate_size)`` sessions start at uniform
-times over the span; ``activity`` is log-normal with mean 1 (a heavy tail of very active
-users). Each session shows one slate whose slots a logging policy fills independently:
+Per user, ``m = impressions_per_user / slate_size`` sessions on average (``1 +
+Poisson(activity * (m - 1))`` when ``m >= 1``, so everyone came once) start at uniform times
+over the span; ``activity`` is log-normal with mean 1 (a heavy tail of very active users).
+Each session shows one slate whose slots a logging policy fills independently:
 
 * popular: an item drawn by Zipf exposure weight;
 * taste: a category by softmax(sharpness * u(t) · category centroid), then an item of that
@@ -12,9 +13,9 @@ users). Each session shows one slate whose slots a logging policy fills independ
 * random: uniform over items.
 
 Because slots are filled independently, a position's click-through differs from another's
-only through examination, ``P(click) = (1 + position) ** -examine_decay * sigmoid(s + click_bias)``
-— a clean propensity for position-debiasing. A click is followed by a view whose dwell
-(seconds) grows with affinity, and sometimes by a purchase (value = price).
+only through examination, ``P(click) = (1 + pos) ** -examine_decay * sigmoid(s + click_bias)``
+(pos 0-based) — a clean propensity for position-debiasing. A click is followed by a view
+whose dwell (seconds) grows with affinity, and sometimes by a purchase (value = price).
 """
 
 from __future__ import annotations

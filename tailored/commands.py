@@ -192,12 +192,6 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    from tailored.errors import TailoredError
-
-    raise TailoredError(f"{args.command} is not implemented yet")
-
-
 # --- train ------------------------------------------------------------------------------------
 
 

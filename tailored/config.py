@@ -106,6 +106,7 @@ class LossConfig:
     temperature: float = 0.05
     logq_correction: bool = True
     mask_accidental_hits: bool = True
+    mask_user_positives: bool = True  # an in-batch item the user also engaged with is no negative
     uniform_negatives: int = 0  # extra uniformly sampled negatives per batch (mixed negatives)
 
     def validate(self) -> None:
@@ -120,6 +121,7 @@ class TrainConfig:
 
     seed: int = 0
     max_epochs: int = 30
+    max_minutes: float = 0.0  # stop training after this long (0: no limit)
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0

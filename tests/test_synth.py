@@ -255,7 +255,7 @@ def test_truth_files_are_plain_npy_with_their_definition(
 def test_a_failure_mid_generation_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = synth._events_table
+    real = synth.events_table
     calls = []
 
     def fail_after_first(*args: object, **kw: object) -> pa.Table:
@@ -264,7 +264,7 @@ def test_a_failure_mid_generation_leaves_nothing(
             raise OSError("disk full")
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(synth, "_events_table", fail_after_first)
+    monkeypatch.setattr(synth, "events_table", fail_after_first)
     with pytest.raises(OSError, match="disk full"):
         _small(tmp_path / "site", 0)
     assert len(calls) == 2

@@ -73,6 +73,7 @@ class Batch:
     history: Tensor
     item: Tensor
     weight: Tensor
+    positive_mask: Tensor | None = None  # bool [B, B]: item j is a training positive of user i
 
 
 @dataclass
@@ -123,6 +124,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         limit_val_users: int = 0,
         seed: int = 0,
         target_window: int = 1,
+        mask_user_positives: bool = False,
     ) -> None:
         super().__init__()
         self.target_window = target_window
@@ -138,6 +140,13 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.train_weight = data.weight[train]
         self.train_context = data.context[train]
         self.train_history = UserHistory.of(data, (TRAIN,))
+        # sorted (user, item) keys of all training positives, to find in-batch "negatives"
+        # that are in fact positives of the row's user
+        self._pair_keys = (
+            np.unique(self.train_user.astype(np.int64) * (data.n_items + 1) + self.train_item)
+            if mask_user_positives
+            else None
+        )
         self.val_users = self._eval_users(VALID, limit_val_users, seed)
 
     def _eval_users(self, split: int, limit: int, seed: int) -> np.ndarray:
@@ -170,6 +179,12 @@ class TwoTowerDataModule(pl.LightningDataModule):
         if self.target_window > 1:
             end = np.maximum(j - self._rng.integers(0, self.target_window, len(j)), start)
         history = _window(self.train_history.items, start, end, self.history_length)
+        mask = None
+        if self._pair_keys is not None:
+            keys = users[:, None] * (self.data.n_items + 1) + self.train_item[j][None, :]
+            pos = np.searchsorted(self._pair_keys, keys)
+            found = self._pair_keys[np.minimum(pos, len(self._pair_keys) - 1)] == keys
+            mask = torch.from_numpy(found)
         return Batch(
             user_hash=torch.from_numpy(self.user_hash[users]),
             user_cat=torch.from_numpy(self.data.users.categorical[users]),
@@ -178,6 +193,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             history=torch.from_numpy(history),
             item=torch.from_numpy(self.train_item[j]),
             weight=torch.from_numpy(self.train_weight[j]),
+            positive_mask=mask,
         )
 
     def transfer_batch_to_device(
@@ -185,7 +201,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
     ) -> object:
         if isinstance(batch, Batch | EvalBatch):
             for name, value in vars(batch).items():
-                setattr(batch, name, value.to(device))
+                if value is not None:
+                    setattr(batch, name, value.to(device))
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

@@ -5,7 +5,9 @@ the logits are ``s_ij = <u_i, v_j> / T - log q_j``: every other positive in the 
 negative for row i, and since popular items appear as in-batch negatives more often, their
 logit is lowered by the log of their sampling probability ``q_j`` (Yi et al., "Sampling-bias-
 corrected neural modeling for large corpus item recommendations", RecSys 2019). Columns
-holding the same item as row i's positive (accidental hits) are removed. Extra uniformly
+holding the same item as row i's positive (accidental hits) are removed, and so, optionally,
+are columns holding any other positive of row i's user: an item the user engages with later
+is not a negative for them. Extra uniformly
 sampled items (mixed negative sampling, Yang et al. 2020) append ``M`` columns with
 ``log q = log(M / N)``.
 """
@@ -33,12 +35,15 @@ def sampled_softmax_loss(
     extra_ids: Tensor | None = None,
     n_items: int = 0,
     weight: Tensor | None = None,
+    positive_mask: Tensor | None = None,
 ) -> Tensor:
     """Mean (or ``weight``-weighted mean) cross-entropy of each row's positive.
 
     ``user``, ``item``: float [B, D]; ``item_ids``: int64 [B]; ``log_q``: float [N+1] log of
     each item's in-batch sampling probability (None: no correction); ``extra`` [M, D] with
     ``extra_ids`` [M]: uniformly sampled negatives from ``n_items`` items.
+    ``positive_mask`` bool [B, B]: True where column j's item is another positive of row i's
+    user (it is not a negative for that user; its diagonal is ignored).
     """
     logits = user @ item.T / temperature  # [B, B]
     if log_q is not None:
@@ -46,6 +51,8 @@ def sampled_softmax_loss(
         logits = logits - (log_q[item_ids] + math.log(batch)).unsqueeze(0)
     if mask_accidental_hits:
         same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+        if positive_mask is not None:
+            same = same | positive_mask
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
     if extra is not None and extra_ids is not None:

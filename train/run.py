@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tailored.train.datamodule import TwoTowerDataModule
 from tailored.train.model import TowerSpec, TwoTower
 from tailored.train.task import TwoTowerTask
 
-__all__ = ["RunResult", "build_model", "load_data", "train", "write_json_atomic"]
+__all__ = ["RunResult", "ThroughputMeter", "build_model", "load_data", "train", "write_json_atomic"]
 
 _log = logging.getLogger(__name__)
 
@@ -43,7 +44,41 @@ class RunResult:
     out: Path
     best_valid_ndcg10: float
     epochs: int
-    samples_per_second: float
+    samples_per_second: float  # training examples per second of training (validation excluded)
+    train_seconds: float
+
+
+class ThroughputMeter(pl.Callback):
+    """Training examples per second of wall time spent training, validation excluded; on
+    several devices, examples of this rank times the world size."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # from the end of the previous step (or the epoch's start): data loading included,
+        # validation (which runs after the epoch's last step) excluded
+        now = time.perf_counter()
+        if self._start is not None:
+            self.seconds += now - self._start
+            self.samples += len(batch.item) * trainer.world_size
+        self._start = now
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
 
 
 def load_data(cfg: Config) -> Interactions:
@@ -131,6 +166,7 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         limit_val_users=cfg.train.limit_val_users,
         seed=cfg.train.seed,
         target_window=cfg.train.target_window,
+        mask_user_positives=cfg.loss.mask_user_positives,
     )
     task = TwoTowerTask(
         model,
@@ -151,13 +187,19 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         save_last=True,
     )
     cuda = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    meter = ThroughputMeter()
     trainer = pl.Trainer(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         strategy=cfg.train.strategy if cfg.train.devices > 1 else "auto",
         precision="bf16-mixed" if cuda else "32-true",
         max_epochs=cfg.train.max_epochs,
-        callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience), ckpt],
+        max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
+        callbacks=[
+            EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
+            ckpt,
+            meter,
+        ],
         logger=_logger(cfg, out),
         enable_progress_bar=cfg.train.progress_bar,
         enable_model_summary=False,
@@ -165,13 +207,8 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         num_sanity_val_steps=0,
         log_every_n_steps=10,
     )
-    import time
-
-    start = time.perf_counter()
     trainer.fit(task, datamodule=dm)
-    seconds = time.perf_counter() - start
     epochs = trainer.current_epoch
-    samples = len(dm.train_item) * max(epochs, 1)
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     if trainer.is_global_zero:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
@@ -186,10 +223,14 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
             "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
             best,
             epochs,
-            samples / seconds,
+            meter.samples_per_second,
         )
     return RunResult(
-        out=out, best_valid_ndcg10=best, epochs=epochs, samples_per_second=samples / seconds
+        out=out,
+        best_valid_ndcg10=best,
+        epochs=epochs,
+        samples_per_second=meter.samples_per_second,
+        train_seconds=meter.seconds,
     )
 
 

@@ -95,6 +95,7 @@ class TwoTowerTask(pl.LightningModule):
             temperature=self.loss_cfg.temperature,
             log_q=self.log_q if self.loss_cfg.logq_correction else None,  # type: ignore[arg-type]
             mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
+            positive_mask=batch.positive_mask,
             extra=extra,
             extra_ids=extra_ids,
             n_items=n_items,

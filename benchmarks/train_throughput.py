@@ -1,0 +1,160 @@
+"""Training on the synthetic website at scale: throughput on this machine's CPU (or GPU), and
+what was learned, checked against the planted ground truth.
+
+    python -m benchmarks.train_throughput --users 1000000 --items 100000 --minutes 10
+
+Generates the dataset if it is not cached, trains for a bounded time, then for a sample of
+users compares the model's top-10 (their training/validation items excluded) with the true
+top-10 by planted affinity at the end of the time span (the same items excluded): recall@10
+against the truth, for the model and for the popularity baseline in the same run. Also the
+usual held-out test metrics on the same users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._machine import machine
+from tailored.config import load_config
+from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.data.synth import generate_synthetic
+from tailored.data.synth_truth import load_truth, true_topk
+from tailored.paths import tailored_home
+from tailored.train.datamodule import TwoTowerDataModule
+from tailored.train.evaluate import evaluate, load_run
+from tailored.train.metrics import Csr, popularity_scores, topk_from_scores
+from tailored.train.run import load_data, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def truth_recall(
+    run_dir: Path, data: Any, dataset: Path, eval_users: int, seed: int
+) -> dict[str, float]:
+    """Recall@10 of the model's and popularity's top-10 against the planted top-10."""
+    run = load_run(run_dir, data=data)
+    model, m = run.model, run.cfg.model
+    truth = load_truth(dataset)
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(np.unique(data.user[data.split == TEST]), eval_users, False))
+    seen = data.per_user((TRAIN, VALID))
+    exclude = [seen[u] - 1 for u in users]
+    truth_top = true_topk(truth, users, 10, exclude=exclude)
+    dm = TwoTowerDataModule(
+        data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
+    )
+    with torch.no_grad():
+        items = torch.cat(
+            [
+                model.item_embeddings(torch.arange(i, min(i + 65536, data.n_items + 1)))
+                for i in range(0, data.n_items + 1, 65536)
+            ]
+        )[1:]
+        tops = []
+        for b in dm.eval_loader(users, history_splits=(TRAIN, VALID), target=TEST, batch_size=512):
+            u = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
+            excl = Csr.from_lists([seen[x] - 1 for x in b.users.numpy()])
+            tops.append(topk_from_scores((u @ items.T).numpy(), excl, 10))
+    model_top = np.concatenate(tops)
+    pop = popularity_scores(data.item_popularity((TRAIN,))[1:])
+    pop_top = topk_from_scores(
+        np.broadcast_to(pop, (len(users), data.n_items)), Csr.from_lists(exclude), 10
+    )
+
+    def overlap(top: np.ndarray) -> float:
+        return float(
+            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, truth_top, strict=True)])
+        )
+
+    return {"model": overlap(model_top), "popularity": overlap(pop_top), "users": len(users)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--events-per-user", type=float, default=30.0)
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="where the dataset is cached (default $TAILORED_HOME/datasets/synthetic-<users>)",
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--eval-users", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out-json", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json"
+    )
+    args = p.parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    ds = args.dataset or tailored_home() / "datasets" / f"synthetic-{args.users}"
+    report: dict[str, Any] = {
+        "benchmark": "train_throughput",
+        "machine": machine(),
+        "users": args.users,
+        "items": args.items,
+    }
+    if not (ds / "dataset.json").is_file():
+        s = generate_synthetic(
+            ds,
+            n_users=args.users,
+            n_items=args.items,
+            events_per_user=args.events_per_user,
+            seed=args.seed,
+        )
+        report["generate_seconds"] = s.seconds
+    cfg = load_config(
+        ROOT / "configs" / "synthetic.toml",
+        overrides={
+            "data.dataset": str(ds),
+            "train.max_minutes": args.minutes,
+            "train.max_epochs": args.epochs,
+            "train.seed": args.seed,
+            "train.progress_bar": False,
+        },
+    )
+    start = time.perf_counter()
+    data = load_data(cfg)
+    report["load_seconds"] = time.perf_counter() - start
+    report["positives"] = {
+        "train": int((data.split == TRAIN).sum()),
+        "valid": int((data.split == VALID).sum()),
+        "test": int((data.split == TEST).sum()),
+    }
+    out = ROOT / "runs" / "bench-synthetic"
+    result = train(cfg, out=out, data=data)
+    report["train"] = {
+        "samples_per_second": result.samples_per_second,
+        "train_seconds": result.train_seconds,
+        "epochs": result.epochs,
+        "best_valid_ndcg@10": result.best_valid_ndcg10,
+        "batch_size": cfg.train.batch_size,
+        "encoder": cfg.model.sequence_encoder,
+    }
+    report["truth_recall@10"] = truth_recall(out, data, ds, args.eval_users, args.seed)
+    heldout = evaluate(
+        load_run(out, data=data), split="test", max_users=args.eval_users, seed=args.seed
+    )
+    report["test"] = {"model": heldout["metrics"], "popularity": heldout["popularity"]}
+    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        json.dumps({k: report[k] for k in ("train", "truth_recall@10", "peak_rss_mib")}, indent=2)
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()
