@@ -20,62 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from benchmarks._machine import machine
 from tailored.config import load_config
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth import generate_synthetic
-from tailored.data.synth_truth import load_truth, true_topk
 from tailored.paths import tailored_home
-from tailored.train.datamodule import TwoTowerDataModule
 from tailored.train.evaluate import evaluate, load_run
-from tailored.train.metrics import Csr, popularity_scores, topk_from_scores
 from tailored.train.run import load_data, train
+from tailored.train.truth import planted_truth_recall
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def truth_recall(
-    run_dir: Path, data: Any, dataset: Path, eval_users: int, seed: int
-) -> dict[str, float]:
-    """Recall@10 of the model's and popularity's top-10 against the planted top-10."""
-    run = load_run(run_dir, data=data)
-    model, m = run.model, run.cfg.model
-    truth = load_truth(dataset)
-    rng = np.random.default_rng(seed)
-    users = np.sort(rng.choice(np.unique(data.user[data.split == TEST]), eval_users, False))
-    seen = data.per_user((TRAIN, VALID))
-    exclude = [seen[u] - 1 for u in users]
-    truth_top = true_topk(truth, users, 10, exclude=exclude)
-    dm = TwoTowerDataModule(
-        data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
-    )
-    with torch.no_grad():
-        items = torch.cat(
-            [
-                model.item_embeddings(torch.arange(i, min(i + 65536, data.n_items + 1)))
-                for i in range(0, data.n_items + 1, 65536)
-            ]
-        )[1:]
-        tops = []
-        for b in dm.eval_loader(users, history_splits=(TRAIN, VALID), target=TEST, batch_size=512):
-            u = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
-            excl = Csr.from_lists([seen[x] - 1 for x in b.users.numpy()])
-            tops.append(topk_from_scores((u @ items.T).numpy(), excl, 10))
-    model_top = np.concatenate(tops)
-    pop = popularity_scores(data.item_popularity((TRAIN,))[1:])
-    pop_top = topk_from_scores(
-        np.broadcast_to(pop, (len(users), data.n_items)), Csr.from_lists(exclude), 10
-    )
-
-    def overlap(top: np.ndarray) -> float:
-        return float(
-            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, truth_top, strict=True)])
-        )
-
-    return {"model": overlap(model_top), "popularity": overlap(pop_top), "users": len(users)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -142,10 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": cfg.train.batch_size,
         "encoder": cfg.model.sequence_encoder,
     }
-    report["truth_recall@10"] = truth_recall(out, data, ds, args.eval_users, args.seed)
-    heldout = evaluate(
-        load_run(out, data=data), split="test", max_users=args.eval_users, seed=args.seed
-    )
+    run = load_run(out, data=data)
+    report["truth_recall@10"] = planted_truth_recall(run, ds, users=args.eval_users, seed=args.seed)
+    heldout = evaluate(run, split="test", max_users=args.eval_users, seed=args.seed)
     report["test"] = {"model": heldout["metrics"], "popularity": heldout["popularity"]}
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args.out_json.parent.mkdir(parents=True, exist_ok=True)

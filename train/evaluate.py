@@ -36,7 +36,14 @@ from tailored.train.metrics import (
 from tailored.train.model import TowerSpec, TwoTower
 from tailored.train.run import build_model, load_data
 
-__all__ = ["LoadedRun", "evaluate", "evaluate_run", "format_report", "load_run"]
+__all__ = [
+    "LoadedRun",
+    "all_item_embeddings",
+    "evaluate",
+    "evaluate_run",
+    "format_report",
+    "load_run",
+]
 
 KS = (10, 20)
 
@@ -84,6 +91,15 @@ def evaluate_run(
     return report
 
 
+@torch.no_grad()
+def all_item_embeddings(model: TwoTower, chunk: int = 65536) -> torch.Tensor:
+    """Embeddings of items 1..N, float [N, dim] (row i is item index i + 1)."""
+    n = model.spec.n_items + 1
+    return torch.cat(
+        [model.item_embeddings(torch.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)]
+    )[1:]
+
+
 def _csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
     # model items are 1-based; metrics count items from 0
     return Csr.from_lists([hist[u] - 1 for u in users])
@@ -112,12 +128,7 @@ def evaluate(
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
-    item_emb = torch.cat(
-        [
-            model.item_embeddings(torch.arange(i, min(i + 65536, data.n_items + 1)))
-            for i in range(0, data.n_items + 1, 65536)
-        ]
-    )[1:]
+    item_emb = all_item_embeddings(model)
     k = max(KS)
     topk = np.empty((len(users), min(k, data.n_items)), np.int64)
     seen_lists = data.per_user(seen)
