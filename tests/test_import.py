@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -431,3 +432,30 @@ def test_cli_imports_and_reports_errors(
     err = capsys.readouterr().err
     assert "users.csv: row 3, column 'age': 'fifty' is not a number" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_presplit_data_is_trained_on_as_split(tmp_path: Path) -> None:
+    from tailored.data.interactions import PositiveRule, load_interactions
+    from tailored.data.splits import TEST, TRAIN, VALID
+
+    files = 'train = "train.csv"\nvalid = "valid.csv"\ntest = "test.csv"'
+    root = tmp_path / "in"
+    mapping = _shop(root, files=files)
+    for name, start, n in (("train", 0, 12), ("valid", 12, 3), ("test", 15, 3)):
+        (root / f"{name}.csv").write_text(_csv(_event_rows(n, start)))
+    out = import_dataset(mapping, tmp_path / "ds", key=KEY)
+    rule = PositiveRule(
+        {"click": 1.0, "rating": 1.0, "view": 1.0, "purchase": 1.0}, min_view_seconds=0.0
+    )
+    data = load_interactions(out, rule, split="presplit")
+    events = read_table(out, "events")
+    kept = rule.mask(
+        events.column("type").combine_chunks(), events.column("value").combine_chunks()
+    )
+    expected = np.asarray(events.column("split").to_pylist())[kept]
+    codes = {"train": TRAIN, "valid": VALID, "test": TEST}
+    assert sorted(data.split.tolist()) == sorted(codes[s] for s in expected)
+    # a dataset imported whole cannot be read as pre-split
+    whole = import_dataset(_shop(tmp_path / "in2"), tmp_path / "ds2", key=KEY)
+    with pytest.raises(SchemaError, match="needs data imported with train/valid/test files"):
+        load_interactions(whole, rule, split="presplit")
