@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from tailored.config import Config, load_config
 from tailored.train.evaluate import evaluate_run, format_report
 from tailored.train.run import RunResult, train
 
-SMALL = {
+SMALL: dict[str, dict[str, Any]] = {
     "model": {
         "sequence_encoder": "gru",
         "dim": 32,
@@ -25,8 +26,8 @@ SMALL = {
 }
 
 
-def small_config(dataset: Path, **sections: dict) -> Config:
-    values = {"data": {"dataset": str(dataset), "positive_events": {"rating": 1.0}}}
+def small_config(dataset: Path, **sections: dict[str, Any]) -> Config:
+    values: dict[str, Any] = {"data": {"dataset": str(dataset), "positive_events": {"rating": 1.0}}}
     for name, section in SMALL.items():
         values[name] = {**section, **sections.get(name, {})}
     return load_config(values=values)

@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         strategy=cfg.train.strategy if cfg.train.devices > 1 else "auto",
         precision="bf16-mixed" if cuda else "32-true",
         max_epochs=cfg.train.max_epochs,
-        max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
+        max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
         callbacks=[
             EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
             ckpt,
