@@ -126,6 +126,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 5  # early stopping on validation ndcg@10
+    lr_patience: int = 0  # epochs without progress before the rate drops (0: constant rate)
+    lr_factor: float = 0.3  # what the rate is multiplied by then
     target_window: int = 1  # predict one of the next W items from the history (1: the next)
     devices: int = 1
     accelerator: str = "auto"

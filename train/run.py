@@ -177,6 +177,8 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         weight_decay=cfg.train.weight_decay,
         item_id_dropout=m.item_id_dropout,
         context_dropout=m.context_dropout,
+        lr_patience=cfg.train.lr_patience,
+        lr_factor=cfg.train.lr_factor,
     )
     monitor = "valid/ndcg@10"
     ckpt = ModelCheckpoint(

@@ -7,6 +7,7 @@ It owns no model code (that is :mod:`tailored.train.model`) and no data code (th
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -57,6 +58,8 @@ class TwoTowerTask(pl.LightningModule):
         weight_decay: float,
         item_id_dropout: float = 0.0,
         context_dropout: float = 0.0,
+        lr_patience: int = 0,
+        lr_factor: float = 0.3,
     ) -> None:
         super().__init__()
         self.model = model
@@ -65,6 +68,8 @@ class TwoTowerTask(pl.LightningModule):
         self.weight_decay = weight_decay
         self.item_id_dropout = item_id_dropout
         self.context_dropout = context_dropout
+        self.lr_patience = lr_patience
+        self.lr_factor = lr_factor
         p = item_popularity.double() / item_popularity.sum().clamp_min(1.0)
         # items never seen in training get the smallest observed probability
         floor = p[p > 0].min() if (p > 0).any() else torch.tensor(1.0, dtype=torch.float64)
@@ -135,5 +140,13 @@ class TwoTowerTask(pl.LightningModule):
         self.log("valid/recall@10", (sums[1] / n).float(), sync_dist=True)
         self._item_emb = None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.lr_patience:
+            return opt
+        # lower the rate when validation NDCG stalls, so training settles on a good point
+        # instead of early stopping at a noisy peak
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=self.lr_factor, patience=self.lr_patience
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "valid/ndcg@10"}}
