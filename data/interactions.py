@@ -11,7 +11,7 @@ Conventions: users are 0-based rows of ``users.parquet``; items are **1-based** 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,8 @@ class PositiveRule:
         v = np.asarray(pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False), np.float64)
         keep = np.isin(t, list(self.weights))
         keep &= ~((t == "view") & ~(v >= self.min_view_seconds))
-        keep &= ~((t == "rating") & (v < self.min_rating))
+        if self.min_rating > 0:  # a rating without a value is then no positive either
+            keep &= ~((t == "rating") & ~(v >= self.min_rating))
         return keep
 
     def weight_of(self, types: np.ndarray) -> np.ndarray:
@@ -78,6 +79,7 @@ class Interactions:
     context: np.ndarray
     offsets: np.ndarray
     item_titles: np.ndarray | None = None
+    user_numeric_raw: dict[str, np.ndarray] = field(default_factory=dict)  # NaN = missing
 
     @property
     def n_users(self) -> int:
@@ -184,6 +186,10 @@ def load_interactions(
         context=context[order],
         offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
         item_titles=titles,
+        user_numeric_raw={
+            name: users_t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            for name in user_enc.numeric
+        },
     )
 
 

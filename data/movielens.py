@@ -158,6 +158,7 @@ def _from_recbole_wheel() -> _Raw:
                 "pip",
                 "download",
                 "--no-deps",
+                "--only-binary=:all:",  # never run a build backend from the index
                 "--quiet",
                 "--dest",
                 tmp,

@@ -13,10 +13,12 @@ The key comes, in order, from an explicit file, the environment variable
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -57,11 +59,15 @@ def load_key(key_file: Path | None = None, *, create: bool = True) -> bytes:
     if not create:
         raise KeyError_(f"no pseudonymization key: set {KEY_ENV} or create {default}")
     default.parent.mkdir(parents=True, exist_ok=True)
-    tmp = default.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    os.replace(tmp, default)
+    fd, tmp = tempfile.mkstemp(prefix=".pseudonym.key.", dir=default.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        # link, not rename: if another process created the key first, keep theirs
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, default)
+    finally:
+        os.unlink(tmp)
     return _read_key(default)
 
 
@@ -100,6 +106,8 @@ class Pseudonymizer:
         base = hmac.new(self._key, digestmod=hashlib.sha256)
         out = []
         for raw in raw_ids:
+            if not isinstance(raw, str) or not raw:
+                raise ValueError(f"user id must be a non-empty string, got {raw!r}")
             h = base.copy()
             h.update(str(raw).encode("utf-8"))
             out.append(h.hexdigest()[:_HEX_CHARS])

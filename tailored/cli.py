@@ -12,10 +12,6 @@ __all__ = ["main"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _CliError(Exception):
-    """Raised by handlers for a user error: printed without a traceback, exit code 2."""
-
-
 def _build_parser() -> argparse.ArgumentParser:
     from tailored.commands import register_all
 

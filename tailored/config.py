@@ -42,12 +42,13 @@ class DataConfig:
         _one_of("data", "split", self.split, ("user_temporal", "global_time", "presplit"))
         for name in ("valid_ratio", "test_ratio"):
             v = getattr(self, name)
-            if not 0.0 <= v < 0.5:
-                raise ConfigError(f"[data] {name}: must be in [0, 0.5), got {v}")
-        if self.split == "global_time" and not 0 < self.valid_start <= self.test_start:
+            # validation drives early stopping and checkpoints, so it cannot be empty
+            if not 0.0 < v < 0.5:
+                raise ConfigError(f"[data] {name}: must be in (0, 0.5), got {v}")
+        if self.split == "global_time" and not 0 < self.valid_start < self.test_start:
             raise ConfigError(
                 "[data] valid_start/test_start: the global_time split needs "
-                "0 < valid_start <= test_start (unix seconds)"
+                "0 < valid_start < test_start (unix seconds)"
             )
         from tailored.data.schema import EVENT_TYPES
 
@@ -141,6 +142,17 @@ class TrainConfig:
         for name in ("max_epochs", "batch_size", "devices", "patience", "target_window"):
             _positive("train", name, getattr(self, name))
         _positive("train", "lr", self.lr)
+        for name in (
+            "weight_decay",
+            "num_workers",
+            "limit_val_users",
+            "max_minutes",
+            "lr_patience",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[train] {name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ConfigError(f"[train] lr_factor: must be in (0, 1), got {self.lr_factor}")
         _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
         _one_of("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda"))
         _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))

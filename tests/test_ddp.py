@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -48,4 +49,10 @@ progress_bar = false
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log
     # one model, written once by rank 0, loadable without executing code
     state = torch.load(out / "model.pt", weights_only=True)
+    # the validation NDCG reduced over the two ranks is the single-process full evaluation
+    # of the same checkpoint: no user counted twice, none missed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_valid_ndcg@10"] == pytest.approx(
+        metrics["valid"]["metrics"]["ndcg@10"], abs=1e-4
+    )
     assert state and json.loads((out / "model.json").read_text())["spec"]["n_items"] == 1682

@@ -15,7 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
@@ -128,6 +128,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.target_window = target_window
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.data = data
         self.history_length = history_length
@@ -156,11 +157,27 @@ class TwoTowerDataModule(pl.LightningDataModule):
         return users
 
     # --- training ---
+    def _world(self) -> tuple[int, int]:
+        """(rank, world size) under DDP, else (0, 1)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
     def train_dataloader(self) -> DataLoader[int]:
+        # sharded here rather than by Lightning, so validation can shard without padding
+        rank, world = self._world()
+        dataset = _Indices(len(self.train_item))
+        sampler: DistributedSampler[int] | None = (
+            DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            if world > 1
+            else None
+        )
         return DataLoader(
-            _Indices(len(self.train_item)),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=len(self.train_item) > self.batch_size,
             collate_fn=self._collate_train,
             num_workers=self.num_workers,
@@ -208,7 +225,10 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     # --- validation ---
     def val_dataloader(self) -> DataLoader[int]:
-        return self.eval_loader(self.val_users, history_splits=(TRAIN,), target=VALID)
+        # each rank scores a disjoint share of the users (a DistributedSampler would pad
+        # with repeats and count some users twice); the task sums over ranks
+        rank, world = self._world()
+        return self.eval_loader(self.val_users[rank::world], history_splits=(TRAIN,), target=VALID)
 
     def eval_loader(
         self,

@@ -63,21 +63,35 @@ def load_run(run_dir: Path, data: Interactions | None = None) -> LoadedRun:
             raise TailoredError(
                 f"{run_dir}: not a finished run (no {name}); train one with `tailored train`"
             )
-    cfg = from_dict(
-        json.loads((run_dir / "config.json").read_text()), where=str(run_dir / "config.json")
-    )
-    info = json.loads((run_dir / "model.json").read_text())
+    try:
+        cfg = from_dict(
+            json.loads((run_dir / "config.json").read_text()), where=str(run_dir / "config.json")
+        )
+        info = json.loads((run_dir / "model.json").read_text())
+        spec = TowerSpec.from_json(info["spec"])
+        trained_on = info["dataset"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise TailoredError(f"{run_dir}: config.json or model.json is malformed ({e!r})") from e
     data = data if data is not None else load_data(cfg)
-    if data.meta.key_fingerprint != info["dataset"]["key_fingerprint"]:
+    if data.meta.key_fingerprint != trained_on["key_fingerprint"]:
         raise TailoredError(
             f"{run_dir}: trained on data pseudonymized with another key "
-            f"than {info['dataset']['path']} now has"
+            f"than {trained_on['path']} now has"
         )
-    spec = TowerSpec.from_json(info["spec"])
+    if data.meta.counts != trained_on["counts"]:
+        raise TailoredError(
+            f"{run_dir}: the dataset at {trained_on['path']} changed since "
+            f"training (counts {trained_on['counts']} then, "
+            f"{data.meta.counts} now); train again"
+        )
     model = build_model(
         spec, cfg.model, data.items.categorical, data.items.multi, data.items.numeric
     )
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as e:
+        raise TailoredError(f"{run_dir / 'model.pt'}: cannot load the model ({e})") from e
     model.eval()
     return LoadedRun(cfg, model, data)
 
@@ -177,10 +191,8 @@ def _groups(data: Interactions, users: np.ndarray) -> dict[str, np.ndarray]:
         j = enc.categorical.index("gender")
         vocab = ["unknown", *enc.vocabs["gender"]]
         out["gender"] = np.asarray(vocab, dtype=object)[data.users.categorical[users, j]]
-    if "age" in enc.numeric:
-        j = enc.numeric.index("age")
-        mean, std = enc.stats["age"]
-        out["age"] = age_bands(data.users.numeric[users, j].astype(np.float64) * std + mean)
+    if "age" in data.user_numeric_raw:
+        out["age"] = age_bands(data.user_numeric_raw["age"][users])
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from tailored.config import Config, ModelConfig
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
+from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
 from tailored.train.datamodule import TwoTowerDataModule
 from tailored.train.model import TowerSpec, TwoTower
@@ -153,6 +155,11 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     """Train the two-tower model and write the run directory ``out``; return its summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        # a run directory trained into again starts clean: stale checkpoints would be picked
+        # up as "best" and old logs mixed with new ones (other ranks start after this)
+        for stale in ("checkpoints", "logs"):
+            shutil.rmtree(out / stale, ignore_errors=True)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data if data is not None else load_data(cfg)
     spec = tower_spec(data)
@@ -206,6 +213,7 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         logger=_logger(cfg, out),
         enable_progress_bar=cfg.train.progress_bar,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # the data module shards (see its loaders)
         deterministic=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -214,6 +222,11 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     epochs = trainer.current_epoch
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     if trainer.is_global_zero:
+        if not ckpt.best_model_path:
+            raise TailoredError(
+                "training stopped before the first validation (max_minutes too small?); "
+                "no checkpoint to keep"
+            )
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
         weights = {
             k.removeprefix("model."): v
@@ -222,6 +235,7 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         }
         model.load_state_dict(weights)
         _save_model(out, cfg, spec, data, model)
+        _write_metrics(out, cfg, model, data, best, epochs, meter)
         _log.info(
             "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
             best,
@@ -235,6 +249,37 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         samples_per_second=meter.samples_per_second,
         train_seconds=meter.seconds,
     )
+
+
+def _write_metrics(
+    out: Path,
+    cfg: Config,
+    model: TwoTower,
+    data: Interactions,
+    best: float,
+    epochs: int,
+    meter: ThroughputMeter,
+) -> None:
+    """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
+    20,000 sampled users), beside the popularity baseline, and how training went."""
+    from tailored.train.evaluate import LoadedRun, evaluate
+
+    model.eval()
+    run = LoadedRun(cfg, model, data)
+    report: dict[str, Any] = {
+        "best_valid_ndcg@10": best,
+        "epochs": epochs,
+        "samples_per_second": meter.samples_per_second,
+        "train_seconds": meter.seconds,
+    }
+    for split in ("valid", "test"):
+        r = evaluate(run, split=split, history="all", max_users=20_000, seed=cfg.train.seed)
+        report[split] = {
+            "users": r["users"],
+            "metrics": r["metrics"],
+            "popularity": r["popularity"],
+        }
+    write_json_atomic(out / "metrics.json", report)
 
 
 def _save_model(
