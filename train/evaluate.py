@@ -11,6 +11,7 @@ split, validation items — what a live system knows) or the training split only
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,14 @@ def _groups(data: Interactions, users: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def _band_order(label: str) -> tuple[int, float, str]:
+    """Bands in numeric order ("<20", "20-49", ..., ">=200"), other labels after, by name."""
+    m = re.search(r"\d+", label)
+    if m is None:
+        return (1, 0.0, label)
+    return (0, int(m.group()) - (0.5 if label.startswith("<") else 0.0), label)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A readable table: model vs popularity, then the per-group breakdown."""
     names = list(report["metrics"])
@@ -214,7 +223,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"by {grouping}:",
             f"  {'group':<12}{'users':>7}{'ndcg@10':>10}{'recall@10':>11}",
         ]
-        for label, vals in labels.items():
+        for label in sorted(labels, key=_band_order):
+            vals = labels[label]
             lines.append(
                 f"  {label:<12}{int(vals['users']):>7}{vals['ndcg@10']:>10.4f}"
                 f"{vals['recall@10']:>11.4f}"
