@@ -39,7 +39,6 @@ from tailored.train.run import build_model, load_data
 
 __all__ = [
     "LoadedRun",
-    "all_item_embeddings",
     "evaluate",
     "evaluate_run",
     "format_report",
@@ -106,15 +105,6 @@ def evaluate_run(
     return report
 
 
-@torch.no_grad()
-def all_item_embeddings(model: TwoTower, chunk: int = 65536) -> torch.Tensor:
-    """Embeddings of items 1..N, float [N, dim] (row i is item index i + 1)."""
-    n = model.spec.n_items + 1
-    return torch.cat(
-        [model.item_embeddings(torch.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)]
-    )[1:]
-
-
 def _csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
     # model items are 1-based; metrics count items from 0
     return Csr.from_lists([hist[u] - 1 for u in users])
@@ -143,7 +133,7 @@ def evaluate(
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
-    item_emb = all_item_embeddings(model)
+    item_emb = model.all_item_embeddings()[1:]  # metrics count items from 0
     k = max(KS)
     topk = np.empty((len(users), min(k, data.n_items)), np.int64)
     seen_lists = data.per_user(seen)

@@ -283,6 +283,14 @@ class TwoTower(nn.Module):
         """Items [*] -> [*, dim], L2-normalised."""
         return self.item_tower.output(self.item_inputs(items, id_dropout))
 
+    @torch.no_grad()
+    def all_item_embeddings(self, chunk: int = 65536) -> Tensor:
+        """Embeddings of every item index 0..N, [N+1, dim], computed ``chunk`` items at a
+        time on the model's device; row 0 is the padding item."""
+        n = self.spec.n_items + 1
+        ids = torch.arange(n, device=self.item_cat.device)
+        return torch.cat([self.item_embeddings(ids[i : i + chunk]) for i in range(0, n, chunk)])
+
     def user_embeddings(
         self,
         user_hash: Tensor,

@@ -110,17 +110,8 @@ class TwoTowerTask(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._item_emb = self.all_item_embeddings()
+        self._item_emb = self.model.all_item_embeddings()
         self._val_sums = torch.zeros(3, device=self.device, dtype=torch.float64)
-
-    @torch.no_grad()
-    def all_item_embeddings(self, chunk: int = 65536) -> Tensor:
-        """Embeddings of every item index 0..N, [N+1, dim] (row 0 is padding)."""
-        n = self.model.spec.n_items + 1
-        ids = torch.arange(n, device=self.device)
-        return torch.cat(
-            [self.model.item_embeddings(ids[i : i + chunk]) for i in range(0, n, chunk)]
-        )
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         assert self._item_emb is not None and self._val_sums is not None

@@ -16,7 +16,7 @@ import torch
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth_truth import load_truth, true_topk
 from tailored.train.datamodule import TwoTowerDataModule
-from tailored.train.evaluate import LoadedRun, all_item_embeddings
+from tailored.train.evaluate import LoadedRun
 from tailored.train.metrics import Csr, popularity_scores, topk_from_scores
 
 __all__ = ["planted_truth_recall"]
@@ -41,7 +41,7 @@ def planted_truth_recall(
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
-    items = all_item_embeddings(model)
+    items = model.all_item_embeddings()[1:]  # metrics and truth count items from 0
     tops = []
     for b in dm.eval_loader(chosen, history_splits=(TRAIN, VALID), target=TEST, batch_size=512):
         u = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
