@@ -18,7 +18,16 @@ from typing import Any
 
 from tailored.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig", "load_config"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "IndexConfig",
+    "LossConfig",
+    "ModelConfig",
+    "RankerConfig",
+    "TrainConfig",
+    "load_config",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class ModelConfig:
     user_id_buckets: int = 0  # hashed user-id embedding; 0 disables it
     item_id_dropout: float = 0.1  # train the item tower to embed from metadata alone too
     context_dropout: float = 0.5
+    # the history encoder reads causally from the window's oldest item, and training scores
+    # every position of a chunk of a user's positives in one pass (SASRec-style) instead of
+    # one re-encoded history per event; [train] batch_size then counts chunks
+    causal_history: bool = False
 
     def validate(self) -> None:
         for name in (
@@ -130,6 +143,12 @@ class TrainConfig:
     lr_patience: int = 0  # epochs without progress before the rate drops (0: constant rate)
     lr_factor: float = 0.3  # what the rate is multiplied by then
     target_window: int = 1  # predict one of the next W items from the history (1: the next)
+    # validate, checkpoint and keep an exponential moving average of the weights, updated each
+    # step with this decay (0: off); it smooths the noisy peaks early stopping picks from
+    ema_decay: float = 0.0
+    # [model] causal_history: targets per training chunk (0: history_length); each target
+    # then has at least history_length - sequence_targets items of history
+    sequence_targets: int = 0
     devices: int = 1
     accelerator: str = "auto"
     strategy: str = "auto"  # "auto" | "ddp" (several devices)
@@ -148,9 +167,12 @@ class TrainConfig:
             "limit_val_users",
             "max_minutes",
             "lr_patience",
+            "sequence_targets",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[train] {name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"[train] ema_decay: must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"[train] lr_factor: must be in (0, 1), got {self.lr_factor}")
         _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
@@ -159,17 +181,74 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RankerConfig:
+    """The re-ranker (DCN-v2 crosses over user, item, context and ranking features), trained
+    on the two towers' own top-``candidates`` for users with held-out (validation) items."""
+
+    enabled: bool = True
+    candidates: int = 200  # retrieved per request, then re-ranked
+    cross_layers: int = 3
+    hidden: int = 256  # width of the deep part
+    feature_dim: int = 8  # embedding size of each categorical field
+    dropout: float = 0.3
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    batch_users: int = 128  # requests (candidate lists) per batch
+    # which inputs beside the ranking features: the user's profile fields, the item's
+    # metadata fields, the two towers' vectors (few users -> fewer inputs overfit less)
+    user_fields: bool = True
+    item_fields: bool = True
+    embeddings: bool = True
+    max_epochs: int = 30
+    patience: int = 4  # early stopping on the held-out requests' ndcg@10
+    holdout: float = 0.2  # share of the training requests held out for early stopping
+    max_users: int = 20_000  # training requests at most (sampled, seeded)
+
+    def validate(self) -> None:
+        for name in ("candidates", "cross_layers", "hidden", "feature_dim", "batch_users"):
+            _positive("ranker", name, getattr(self, name))
+        for name in ("lr", "max_epochs", "patience", "max_users"):
+            _positive("ranker", name, getattr(self, name))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"[ranker] dropout: must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.holdout < 0.9:
+            raise ConfigError(f"[ranker] holdout: must be in (0, 0.9), got {self.holdout}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"[ranker] weight_decay: must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The item index: its kind ("auto" picks by catalog size) and parameter overrides, and
+    how the recall of an approximate index against exact search is measured."""
+
+    kind: str = "auto"  # "auto" | "exact" | "hnsw" | "ivfpq" | "torch"
+    params: dict[str, float] = field(default_factory=dict)
+    recall_queries: int = 1000  # user embeddings sampled to measure recall@k
+    recall_k: int = 100
+
+    def validate(self) -> None:
+        _one_of("index", "kind", self.kind, ("auto", "exact", "hnsw", "ivfpq", "torch"))
+        _positive("index", "recall_queries", self.recall_queries)
+        _positive("index", "recall_k", self.recall_k)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
     def validate(self) -> Config:
         self.data.validate()
         self.model.validate()
         self.loss.validate()
         self.train.validate()
+        self.ranker.validate()
+        self.index.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +260,8 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "loss": LossConfig,
     "train": TrainConfig,
+    "ranker": RankerConfig,
+    "index": IndexConfig,
 }
 
 

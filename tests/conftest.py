@@ -5,6 +5,7 @@ it)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,15 @@ def movielens_dir() -> Path:
 
     cache = Path(os.environ.get("TAILORED_TEST_CACHE", ROOT / ".cache" / "tests"))
     return fetch_movielens_100k(out=cache / "movielens-100k", key=TEST_KEY)
+
+
+@pytest.fixture(scope="module")
+def faiss_one_thread() -> Iterator[None]:
+    """FAISS at one OpenMP thread: its threads spin, and on a busy 2-core machine two of them
+    run small index builds several times slower than one."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

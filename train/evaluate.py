@@ -196,17 +196,21 @@ def _band_order(label: str) -> tuple[int, float, str]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A readable table: model vs popularity, then the per-group breakdown."""
+    """A readable table: the model (the two-stage system, for a bundle), retrieval alone when
+    reported, and popularity; then the per-group breakdown of the model."""
     names = list(report["metrics"])
+    columns = [("model", report["metrics"])]
+    if "retrieval" in report:
+        columns = [("two-stage", report["metrics"]), ("retrieval", report["retrieval"])]
+    columns.append(("popularity", report["popularity"]))
+    where = f" from bundle {report['version']}" if "version" in report else ""
     lines = [
         f"{report['split']} split, {report['users']} users, {report['items']} items "
-        f"(history: {report['history']})",
+        f"(history: {report['history']}){where}",
         "",
-        f"{'metric':<22}{'model':>10}{'popularity':>12}",
+        f"{'metric':<22}" + "".join(f"{name:>12}" for name, _ in columns),
     ]
-    lines += [
-        f"{n:<22}{report['metrics'][n]:>10.4f}{report['popularity'][n]:>12.4f}" for n in names
-    ]
+    lines += [f"{n:<22}" + "".join(f"{values[n]:>12.4f}" for _, values in columns) for n in names]
     for grouping, labels in report.get("groups", {}).items():
         lines += [
             "",

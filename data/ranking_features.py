@@ -1,0 +1,314 @@
+"""What the re-ranker sees beyond the two towers: one definition, in numpy, shared by
+training, offline evaluation and the server (which imports no torch).
+
+For one request (a user with a time-ordered history, at time ``now``) and its retrieved
+candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
+
+==========================  ==============================================================
+``retrieval_score``         the two towers' cosine similarity
+``retrieval_rank``          log(1 + rank in the retrieved list), rank 0 = best
+``item_count``              log(1 + the item's known interactions before ``now``)
+``item_count_7d``           log(1 + its interactions in the 7 days before ``now``)
+``item_count_30d``          log(1 + its interactions in the 30 days before ``now``)
+``item_age_days``           log(1 + days since its first interaction; 0 if none yet)
+``item_unseen``             1 if the item has no interaction before ``now``
+``tag_affinity``            mean over the item's tags of the share of the user's history
+                            carrying that tag (tags: values of the categorical and
+                            multi-valued fields, e.g. genres)
+``tag_affinity_max``        the same, the largest over the item's tags
+``tag_affinity_recent``     the mean share among the user's 20 most recent items
+``tag_hours_since``         log(1 + hours since the user last engaged with any of the
+                            item's tags; 1e5 hours if never)
+``tag_never``               1 if the user never engaged with any of its tags
+``history_length``          log(1 + number of items in the user's history)
+``hours_since_last``        log(1 + hours since the user's most recent event)
+``cooc_recent``             sum over the user's 20 most recent items of their co-occurrence
+                            similarity with the item (cosine over users, :class:`ItemNeighbors`)
+``cooc_recent_max``         the largest of those similarities
+``emb_sim_last``            cosine of the item tower's embeddings of the item and of the
+                            user's most recent item
+``emb_sim_recent``          the mean of that cosine over the user's 5 most recent items
+==========================  ==============================================================
+
+Item activity is "as of ``now``": offline, exact per request time from the known events;
+online, the bundle's snapshot of them. Co-occurrence counts the known events too: offline,
+those of the splits before the evaluated one (a user's own held-out items never count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tailored.data.features import FeatureTable
+
+__all__ = [
+    "DENSE_FEATURES",
+    "ItemActivity",
+    "ItemNeighbors",
+    "dense_features",
+    "item_tags",
+    "ranker_inputs",
+]
+
+DENSE_FEATURES = (
+    "retrieval_score",
+    "retrieval_rank",
+    "item_count",
+    "item_count_7d",
+    "item_count_30d",
+    "item_age_days",
+    "item_unseen",
+    "tag_affinity",
+    "tag_affinity_max",
+    "tag_affinity_recent",
+    "tag_hours_since",
+    "tag_never",
+    "history_length",
+    "hours_since_last",
+    "cooc_recent",
+    "cooc_recent_max",
+    "emb_sim_last",
+    "emb_sim_recent",
+)
+_DAY = 86_400
+_RECENT = 20
+_SIM_RECENT = 5
+_NEVER_HOURS = 1e5
+
+
+def item_tags(items: FeatureTable) -> np.ndarray:
+    """Each item's tags, int64 [N+1, G], 0-padded: the codes of its categorical and
+    multi-valued fields moved into one code space (field j's codes offset past field j-1's)."""
+    cols: list[np.ndarray] = []
+    offset = 0
+    fields = [items.categorical[:, j : j + 1] for j in range(items.categorical.shape[1])]
+    fields += [items.multi[:, j, :] for j in range(items.multi.shape[1])]
+    for codes in fields:
+        cols.append(np.where(codes > 0, codes + offset, 0))
+        offset += int(codes.max(initial=0))
+    if not cols:
+        return np.zeros((len(items.categorical), 1), np.int64)
+    return np.concatenate(cols, axis=1).astype(np.int64)
+
+
+@dataclass
+class ItemActivity:
+    """Known interactions per item, for counts "as of" a time.
+
+    ``keys`` int64 [E]: ``item << 32 | (time - origin)``, sorted; ``offsets`` int64 [N+2]:
+    item i's events are ``keys[offsets[i]:offsets[i+1]]``; ``origin`` the earliest time.
+    """
+
+    keys: np.ndarray
+    offsets: np.ndarray
+    origin: int
+
+    @classmethod
+    def of(cls, items: np.ndarray, times: np.ndarray, n_items: int) -> ItemActivity:
+        """From events' item indices (1-based, int [E]) and times (seconds, int64 [E])."""
+        origin = int(times.min()) if len(times) else 0
+        rel = np.clip(times.astype(np.int64) - origin, 0, (1 << 32) - 1)
+        keys = np.sort((items.astype(np.int64) << 32) | rel)
+        counts = np.bincount(items, minlength=n_items + 1)
+        return cls(keys, np.r_[0, np.cumsum(counts)].astype(np.int64), origin)
+
+    def _key(self, items: np.ndarray, t: float) -> np.ndarray:
+        rel = int(np.clip(t - self.origin, 0, (1 << 32) - 1))
+        return (items.astype(np.int64) << 32) | rel
+
+    def count_before(self, items: np.ndarray, t: float) -> np.ndarray:
+        """Events of each item strictly before time ``t``, int64 [C]."""
+        if t <= self.origin:
+            return np.zeros(len(items), np.int64)
+        return np.searchsorted(self.keys, self._key(items, t)) - self.offsets[items]
+
+    def first_time(self, items: np.ndarray) -> np.ndarray:
+        """Time of each item's first event (seconds; -1 if none), int64 [C]."""
+        if not len(self.keys):
+            return np.full(len(items), -1, np.int64)
+        has = self.offsets[items + 1] > self.offsets[items]
+        first = self.keys[np.minimum(self.offsets[items], len(self.keys) - 1)]
+        return np.where(has, (first & 0xFFFFFFFF) + self.origin, -1)
+
+
+@dataclass
+class ItemNeighbors:
+    """Each item's most similar items by co-occurrence in users' recent histories (cosine:
+    co-count / sqrt(count_i * count_j)): ``ids`` int64 [N+1, M] (0 = none) and ``weights``
+    float32 [N+1, M], best first."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        offsets: np.ndarray,
+        n_items: int,
+        *,
+        neighbors: int = 50,
+        recent: int = 50,
+        max_users: int = 200_000,
+        seed: int = 0,
+    ) -> ItemNeighbors:
+        """From events grouped by user in time order (``users``/``items`` int [E], user u's
+        events at ``offsets[u]:offsets[u+1]``): each user's ``recent`` last items, at most
+        ``max_users`` users (sampled, seeded), ``neighbors`` kept per item."""
+        import scipy.sparse as sp
+
+        idx = np.arange(len(users))
+        keep = offsets[users + 1] - idx <= recent
+        n_users = len(offsets) - 1
+        if n_users > max_users:
+            chosen = np.zeros(n_users, bool)
+            chosen[np.random.default_rng(seed).choice(n_users, max_users, replace=False)] = True
+            keep &= chosen[users]
+        x = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (users[keep], items[keep])),
+            shape=(n_users, n_items + 1),
+        )
+        x.data[:] = 1.0  # repeated interactions count once
+        co = (x.T @ x).tocoo()
+        deg = np.sqrt(np.asarray(x.sum(0)).ravel())
+        off = co.row != co.col
+        rows, cols = co.row[off], co.col[off]
+        sims = co.data[off] / np.maximum(deg[rows] * deg[cols], 1e-12)
+        order = np.lexsort((-sims, rows))
+        rows, cols, sims = rows[order], cols[order], sims[order]
+        starts = np.searchsorted(rows, np.arange(n_items + 1))
+        rank = np.arange(len(rows)) - starts[rows]
+        top = rank < neighbors
+        ids = np.zeros((n_items + 1, neighbors), np.int64)
+        weights = np.zeros((n_items + 1, neighbors), np.float32)
+        ids[rows[top], rank[top]] = cols[top]
+        weights[rows[top], rank[top]] = sims[top]
+        return cls(ids, weights)
+
+    def scores(self, history: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(sum, max) over ``history`` items of their similarity to each candidate, [C]."""
+        nb = self.ids[history].ravel()
+        w = self.weights[history].ravel()
+        nb, w = nb[nb > 0], w[nb > 0]
+        total = np.zeros(len(candidates), np.float32)
+        best = np.zeros(len(candidates), np.float32)
+        if not len(nb):
+            return total, best
+        uniq, inv = np.unique(nb, return_inverse=True)
+        sums = np.bincount(inv, weights=w)
+        maxs = np.zeros(len(uniq))
+        np.maximum.at(maxs, inv, w)
+        pos = np.minimum(np.searchsorted(uniq, candidates), len(uniq) - 1)
+        found = uniq[pos] == candidates
+        total[found] = sums[pos[found]]
+        best[found] = maxs[pos[found]]
+        return total, best
+
+
+def _log_hours(seconds: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(seconds, 0) / 3600.0)
+
+
+def dense_features(
+    *,
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    history: np.ndarray,
+    history_times: np.ndarray,
+    now: float,
+    tags: np.ndarray,
+    activity: ItemActivity,
+    neighbors: ItemNeighbors,
+    item_emb: np.ndarray,
+) -> np.ndarray:
+    """The ranker's dense features for one request (see the module doc), float32 [C, F].
+
+    ``candidates`` int [C] item indices (1-based), in retrieved order; ``scores`` [C] their
+    retrieval scores; ``history`` int [H] and ``history_times`` int64 [H] the user's items,
+    oldest first; ``now`` the request time in seconds; ``tags`` from :func:`item_tags`;
+    ``item_emb`` float32 [N+1, D] the item tower's embeddings.
+    """
+    c = len(candidates)
+    out = np.zeros((c, len(DENSE_FEATURES)), np.float32)
+    out[:, 0] = scores
+    out[:, 1] = np.log1p(np.arange(c))
+    before = activity.count_before(candidates, now)
+    out[:, 2] = np.log1p(before)
+    out[:, 3] = np.log1p(before - activity.count_before(candidates, now - 7 * _DAY))
+    out[:, 4] = np.log1p(before - activity.count_before(candidates, now - 30 * _DAY))
+    first = activity.first_time(candidates)
+    seen = (before > 0) & (first >= 0)
+    out[:, 5] = np.where(seen, np.log1p(np.maximum(now - first, 0) / _DAY), 0.0)
+    out[:, 6] = ~seen
+    cand_tags = tags[candidates]  # [C, G]
+    present = cand_tags > 0
+    n_present = np.maximum(present.sum(1), 1)
+    n_tags = int(tags.max(initial=0)) + 1
+    h = len(history)
+    if h:
+        hist_tags = tags[history]  # [H, G]
+        share = np.bincount(hist_tags.ravel(), minlength=n_tags) / h
+        recent = hist_tags[-_RECENT:]
+        share_recent = np.bincount(recent.ravel(), minlength=n_tags) / len(recent)
+        last = np.full(n_tags, -np.inf)
+        np.maximum.at(last, hist_tags.ravel(), np.repeat(history_times, hist_tags.shape[1]))
+        last[0] = -np.inf
+        s = np.where(present, share[cand_tags], 0.0)
+        out[:, 7] = s.sum(1) / n_present
+        out[:, 8] = s.max(1)
+        out[:, 9] = np.where(present, share_recent[cand_tags], 0.0).sum(1) / n_present
+        latest = np.where(present, last[cand_tags], -np.inf).max(1)
+        never = ~np.isfinite(latest)
+        gap = np.where(never, _NEVER_HOURS * 3600.0, now - np.where(never, now, latest))
+        out[:, 10] = _log_hours(gap)
+        out[:, 11] = never
+        out[:, 13] = _log_hours(np.asarray(now - history_times[-1]))
+        out[:, 14], out[:, 15] = neighbors.scores(history[-_RECENT:], candidates)
+        sims = item_emb[candidates] @ item_emb[history[-_SIM_RECENT:]].T  # [C, <=5]
+        out[:, 16] = sims[:, -1]
+        out[:, 17] = sims.mean(1)
+    else:
+        out[:, 10] = np.log1p(_NEVER_HOURS)
+        out[:, 11] = 1.0
+        out[:, 13] = np.log1p(_NEVER_HOURS)
+    out[:, 12] = np.log1p(h)
+    return out
+
+
+def ranker_inputs(
+    *,
+    users: FeatureTable,
+    context: np.ndarray,
+    items: FeatureTable,
+    item_emb: np.ndarray,
+    candidates: np.ndarray,
+    dense: np.ndarray,
+    user_emb: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The ranker's inputs (``tailored.train.ranker.RANKER_INPUTS``) for R requests of C
+    candidates each, one row per (request, candidate), request-major: arrays [R*C, ...].
+
+    ``users`` [R, ...] and ``context`` int64 [R, K] the requests' users and contexts;
+    ``items`` [N+1, ...] and ``item_emb`` float32 [N+1, D] tables indexed by item;
+    ``candidates`` int [R, C]; ``dense`` float32 [R, C, F]; ``user_emb`` float32 [R, D].
+    """
+    r, c = candidates.shape
+    flat = candidates.reshape(-1)
+
+    def per_request(a: np.ndarray) -> np.ndarray:
+        return np.repeat(a, c, axis=0)
+
+    return {
+        "user_cat": per_request(users.categorical).astype(np.int64),
+        "user_num": per_request(users.numeric).astype(np.float32),
+        "context": per_request(context).astype(np.int64),
+        "item_cat": items.categorical[flat].astype(np.int64),
+        "item_multi": items.multi[flat].astype(np.int64),
+        "item_num": items.numeric[flat].astype(np.float32),
+        "dense": dense.reshape(r * c, -1).astype(np.float32),
+        "user_emb": per_request(user_emb).astype(np.float32),
+        "item_emb": item_emb[flat].astype(np.float32),
+    }

@@ -1,0 +1,430 @@
+"""Building bundles: ``tailored bundle build RUN`` (the first version, with the ranker trained
+on the run's own candidates) and ``tailored refresh RUN_OR_BUNDLE`` (every item and user
+re-embedded with the current model, the index rebuilt, a new version written).
+
+A refresh reads the dataset as it is now: items are the bundle's rows in the order of the
+dataset's ``items.parquet``; an item the model was not trained on gets id 0 and is embedded
+from its metadata, encoded with the vocabularies saved at training time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from tailored.bundle import BundleWriter, load_json, resolve_bundle, verify_bundle
+from tailored.config import Config, from_dict
+from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.interactions import Interactions
+from tailored.data.splits import TRAIN
+from tailored.errors import TailoredError
+from tailored.paths import dataset_dir
+from tailored.retrieval.embed import embed_items, embed_users
+from tailored.retrieval.two_stage import BUNDLE_FILES
+from tailored.train.datamodule import UserHistory, user_hash_buckets
+from tailored.train.model import TowerSpec, TwoTower
+from tailored.train.run import build_model, load_data
+
+__all__ = ["BuildResult", "build_bundle", "refresh"]
+
+_log = logging.getLogger(__name__)
+_DAY = 86_400
+_WORK_ENV = "TAILORED_EMBED_WORK"
+
+
+@dataclass
+class BuildResult:
+    path: Path  # the new bundle version
+    items: int
+    new_items: int
+    users: int
+    item_seconds: float  # embedding every item (the predict loop)
+    items_per_second: float
+
+
+@dataclass
+class _Source:
+    """A trained two-tower model and what it was trained with."""
+
+    cfg: Config
+    info: dict[str, Any]  # model.json's content
+    model: TwoTower
+    train_item_ids: np.ndarray  # str [N_train], the item behind model index i + 1
+    previous: dict[str, Any]  # what the source bundle or run carries over
+
+
+def _rank() -> int:
+    """This process's global rank (0 without DDP)."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+def _item_table(info: dict[str, Any], items_t: pa.Table) -> FeatureTable:
+    return FeatureEncoder.from_json(info["item_encoder"]).transform(items_t).with_padding_row()
+
+
+def _load_model(cfg: Config, info: dict[str, Any], state: dict[str, torch.Tensor]) -> TwoTower:
+    spec = TowerSpec.from_json(info["spec"])
+    n = spec.n_items + 1
+    model = build_model(
+        spec,
+        cfg.model,
+        np.zeros((n, len(spec.item_categorical)), np.int64),
+        np.zeros((n, len(spec.item_multi), state["item_multi"].shape[-1]), np.int64),
+        np.zeros((n, spec.item_numeric), np.float32),
+    )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _from_run(run_dir: Path) -> tuple[_Source, Interactions]:
+    from tailored.train.evaluate import load_run
+
+    run = load_run(run_dir)  # refuses a dataset that changed since training
+    info = json.loads((Path(run_dir) / "model.json").read_text())
+    metrics_path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    previous = {"source": str(Path(run_dir).resolve()), "two_tower": metrics}
+    return _Source(run.cfg, info, run.model, run.data.item_ids, previous), run.data
+
+
+def _from_bundle(path: Path) -> _Source:
+    from safetensors.torch import load_file
+
+    manifest = verify_bundle(resolve_bundle(path))
+    root = manifest.path
+    info = load_json(root / BUNDLE_FILES["model"])
+    cfg = from_dict(manifest.config, where=f"{root}/manifest.json config")
+    state = load_file(str(root / BUNDLE_FILES["weights"]))
+    items = pq.read_table(root / BUNDLE_FILES["items"], columns=["item_id", "train_index"])
+    idx = items.column("train_index").to_numpy()
+    ids = items.column("item_id").to_numpy(zero_copy_only=False)
+    train_ids = np.empty(int(idx.max(initial=0)), object)
+    train_ids[idx[idx > 0] - 1] = ids[idx > 0]
+    previous = {
+        "source": f"{root.resolve()}",
+        "two_tower": manifest.metrics.get("two_tower", {}),
+        "ranker": manifest.metrics.get("ranker"),
+        "ranker_onnx": root / BUNDLE_FILES["ranker"],
+    }
+    return _Source(cfg, info, _load_model(cfg, info, state), train_ids, previous)
+
+
+def _activity(data: Interactions) -> np.ndarray:
+    """Per item row: positives in all, the last 7 and the last 30 days of the data, float32
+    [N+1, 3] (the serving snapshot of the ranker's item-count features)."""
+    end = int(data.timestamp.max()) + 1 if len(data.timestamp) else 0
+    cols = [
+        np.bincount(data.item[data.timestamp >= end - d], minlength=data.n_items + 1)
+        for d in (end + 1, 7 * _DAY, 30 * _DAY)
+    ]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
+    m = src.cfg.model
+    users_t = pq.read_table(dataset_dir(src.cfg.data.dataset) / "users.parquet")
+    users = FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t)
+    hist = UserHistory.of(data, tuple(np.unique(data.split).tolist()) or (TRAIN,))
+    every = np.arange(data.n_users)
+    return {
+        "user_hash": user_hash_buckets(data.user_ids, m.user_id_buckets),
+        "user_cat": users.categorical,
+        "user_num": users.numeric,
+        "context": np.zeros((data.n_users, data.context.shape[1]), np.int64),
+        "history": hist.last(every, m.history_length),
+    }
+
+
+def _current_items(src: _Source) -> tuple[pa.Table, np.ndarray, FeatureTable]:
+    """The dataset's items now: the table, each row's model index (0 = new), encoded rows."""
+    items_t = pq.read_table(dataset_dir(src.cfg.data.dataset) / "items.parquet")
+    ids = items_t.column("item_id").to_numpy(zero_copy_only=False)
+    known = {str(v): i + 1 for i, v in enumerate(src.train_item_ids)}
+    train_index = np.fromiter((known.get(str(v), 0) for v in ids), np.int64, len(ids))
+    return items_t, train_index, _item_table(src.info, items_t)
+
+
+def _write_items(w: BundleWriter, items_t: pa.Table, train_index: np.ndarray) -> None:
+    titles = (
+        items_t.column("title")
+        if "title" in items_t.column_names
+        else pa.nulls(items_t.num_rows, pa.string())
+    )
+    table = pa.table(
+        {
+            "item_id": items_t.column("item_id"),
+            "title": titles,
+            "train_index": pa.array(train_index, pa.int64()),
+        }
+    )
+    pq.write_table(table, w.path(BUNDLE_FILES["items"]))
+
+
+def _save(w: BundleWriter, name: str, array: np.ndarray) -> None:
+    np.save(w.path(BUNDLE_FILES[name]), np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _sample(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).choice(len(emb), min(n, len(emb)), replace=False)
+    return emb[np.sort(rows)]
+
+
+def _write_bundle(
+    src: _Source,
+    data: Interactions,
+    root: Path,
+    *,
+    ranker_onnx: Any,
+    metrics: dict[str, Any],
+    devices: int,
+    progress_bar: bool,
+    users: bool,
+) -> BuildResult:
+    """Embed, index and write one bundle version; ``ranker_onnx(path)`` writes the ranker."""
+    from safetensors.torch import save_file
+
+    from tailored.retrieval.choose import build_index
+    from tailored.train.export import export_user_tower
+
+    items_t, train_index, items = _current_items(src)
+    n = len(train_index)
+    uin = _user_inputs(src, data) if users else None
+    # DDP ranks are this program started again: they find the work directory in the
+    # environment rank 0 passes on
+    work = Path(os.environ.get(_WORK_ENV) or tempfile.mkdtemp(prefix="tailored-refresh-"))
+    os.environ[_WORK_ENV] = str(work)
+    try:
+        start = time.perf_counter()
+        emb = embed_items(
+            src.model,
+            np.r_[0, train_index],
+            items,
+            work / "items",
+            devices=devices,
+            progress_bar=progress_bar,
+        )
+        item_seconds = time.perf_counter() - start
+        user_emb = None
+        if uin is not None:
+            user_emb = embed_users(
+                src.model,
+                uin,
+                emb.history,
+                work / "users",
+                devices=devices,
+                progress_bar=progress_bar,
+            )
+    finally:
+        if _rank() == 0:
+            shutil.rmtree(work, ignore_errors=True)
+            os.environ.pop(_WORK_ENV, None)
+    if _rank() != 0:  # another DDP rank: rank 0 writes the bundle
+        return BuildResult(root, n, 0, 0, item_seconds, 0.0)
+    idx = src.cfg.index
+    queries = (
+        _sample(user_emb, idx.recall_queries, src.cfg.train.seed) if user_emb is not None else None
+    )
+    built = build_index(
+        emb.embeddings[1:],
+        np.arange(1, n + 1, dtype=np.int64),
+        kind=idx.kind,
+        params=dict(idx.params),
+        sample_queries=queries,
+        k=idx.recall_k,
+    )
+    model_info = {
+        **src.info,
+        "history_length": src.cfg.model.history_length,
+        "user_id_buckets": src.cfg.model.user_id_buckets,
+    }
+    with BundleWriter(root) as w:
+        json.dump(model_info, w.path(BUNDLE_FILES["model"]).open("w"), indent=1)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in src.model.state_dict().items()},
+            str(w.path(BUNDLE_FILES["weights"])),
+        )
+        tower_path = w.path(BUNDLE_FILES["user_tower"])
+        export_user_tower(src.model, src.cfg.model.history_length, tower_path)
+        metrics["user_tower_onnx_max_abs_diff"] = _check_user_tower(
+            src, uin, emb.history, tower_path
+        )
+        if ranker_onnx is not None:
+            ranker_onnx(w.path(BUNDLE_FILES["ranker"]))
+        _write_items(w, items_t, train_index)
+        _save(w, "item_embeddings", emb.embeddings)
+        _save(w, "item_history", emb.history)
+        _save(w, "item_categorical", items.categorical)
+        _save(w, "item_multi", items.multi)
+        _save(w, "item_numeric", items.numeric)
+        _save(w, "item_activity", _activity(data))
+        built.index.save(w.path(BUNDLE_FILES["index"] + "/index.json").parent)
+        if user_emb is not None:
+            _save(w, "user_embeddings", user_emb)
+            pq.write_table(pa.table({"user_id": data.user_ids}), w.path(BUNDLE_FILES["user_ids"]))
+        new_items = int((train_index == 0).sum())
+        all_metrics = {
+            **metrics,
+            "index": built.describe(),
+            "refresh": {
+                "items": n,
+                "new_items": new_items,
+                "users": 0 if user_emb is None else len(user_emb),
+                "item_seconds": round(item_seconds, 3),
+                "items_per_second": round(n / item_seconds, 1) if item_seconds else None,
+            },
+        }
+        path = w.commit(
+            config=src.cfg.to_dict(),
+            data={
+                "dataset": data.meta.name,
+                "path": str(dataset_dir(src.cfg.data.dataset)),
+                "counts": data.meta.counts,
+                "key_fingerprint": data.meta.key_fingerprint,
+            },
+            metrics=_json_safe(all_metrics),
+            extra={"source": src.previous["source"]},
+        )
+    _log.info("bundle %s: %d items (%d new), index %s", path, n, new_items, built.index.kind)
+    return BuildResult(
+        path,
+        n,
+        new_items,
+        0 if user_emb is None else len(user_emb),
+        item_seconds,
+        n / item_seconds if item_seconds else 0.0,
+    )
+
+
+def _check_user_tower(
+    src: _Source, uin: dict[str, np.ndarray] | None, table: np.ndarray, path: Path
+) -> float:
+    """torch vs onnxruntime on up to 256 real users (random inputs if there are none)."""
+    from tailored.train.export import UserTowerServing, max_abs_diff, user_tower_example
+
+    if uin is not None and len(uin["user_hash"]):
+        rows = slice(0, 256)
+        hist = uin["history"][rows]
+        inputs = {k: v[rows] for k, v in uin.items() if k != "history"}
+        inputs["history"] = table[hist].astype(np.float32)
+        inputs["history_mask"] = hist > 0
+        inputs["user_num"] = inputs["user_num"].astype(np.float32)
+    else:
+        names = ("user_hash", "user_cat", "user_num", "context", "history", "history_mask")
+        example = user_tower_example(src.model, src.cfg.model.history_length)
+        inputs = {k: v.numpy() for k, v in zip(names, example, strict=True)}
+    diff = max_abs_diff(UserTowerServing(src.model), path, inputs)
+    if diff > 1e-3:
+        raise TailoredError(f"user tower: ONNX and torch disagree by {diff:.2e}")
+    return diff
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinities become None: the manifest is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def build_bundle(
+    run_dir: Path,
+    root: Path,
+    *,
+    ranker: bool | None = None,
+    devices: int = 1,
+    progress_bar: bool = True,
+    users: bool = True,
+) -> BuildResult:
+    """The first bundle of a run: the ranker is trained on the run's own candidates (unless
+    ``ranker`` is False or the configuration disables it) and exported with the user tower."""
+    from tailored.train.evaluate import LoadedRun
+    from tailored.train.export import export_ranker, max_abs_diff
+    from tailored.train.ranking import fit_ranker
+
+    src, data = _from_run(Path(run_dir))
+    metrics: dict[str, Any] = {"two_tower": src.previous["two_tower"]}
+    write_ranker = None
+    if ranker if ranker is not None else src.cfg.ranker.enabled:
+        run = LoadedRun(src.cfg, src.model, data)
+        result, tables, requests = fit_ranker(run, src.cfg.ranker, progress_bar=progress_bar)
+        example = tables.batch(requests.take(np.arange(min(4, len(requests.users)))))
+        metrics["ranker"] = {
+            "holdout_ndcg@10": result.holdout_ndcg10,
+            "holdout_retrieval_ndcg@10": result.holdout_retrieval_ndcg10,
+            "epochs": result.epochs,
+            "requests": len(requests.users),
+            "candidates": src.cfg.ranker.candidates,
+        }
+
+        def write_ranker(path: Path) -> None:
+            export_ranker(result.model, example, path)
+            inputs = {k: v.numpy() for k, v in example.items()}
+            diff = max_abs_diff(result.model, path, inputs)
+            metrics["ranker"]["onnx_max_abs_diff"] = diff
+            if diff > 1e-3:
+                raise TailoredError(f"ranker: ONNX and torch disagree by {diff:.2e}")
+
+    return _write_bundle(
+        src,
+        data,
+        Path(root),
+        ranker_onnx=write_ranker,
+        metrics=metrics,
+        devices=devices,
+        progress_bar=progress_bar,
+        users=users,
+    )
+
+
+def refresh(
+    source: Path,
+    root: Path | None = None,
+    *,
+    devices: int = 1,
+    progress_bar: bool = True,
+    users: bool = True,
+) -> BuildResult:
+    """Re-embed every item and user with the model of ``source`` (a run directory or a
+    bundle), rebuild the index and write a new bundle version under ``root`` (default: the
+    source bundle's root). From a bundle, its ranker is carried over unchanged."""
+    source = Path(source)
+    if (source / "model.pt").is_file():
+        if root is None:
+            raise TailoredError(f"{source}: a run directory; say where the bundle goes (--out)")
+        return build_bundle(source, root, devices=devices, progress_bar=progress_bar, users=users)
+    src = _from_bundle(source)
+    bundle_root = Path(root) if root is not None else resolve_bundle(source).parent
+    data = load_data(src.cfg)
+    ranker_path: Path = src.previous["ranker_onnx"]
+    copy = (lambda dst: shutil.copyfile(ranker_path, dst)) if ranker_path.exists() else None
+    metrics = {"two_tower": src.previous["two_tower"]}
+    if src.previous.get("ranker"):
+        metrics["ranker"] = src.previous["ranker"]
+    return _write_bundle(
+        src,
+        data,
+        bundle_root,
+        ranker_onnx=copy,
+        metrics=metrics,
+        devices=devices,
+        progress_bar=progress_bar,
+        users=users,
+    )

@@ -1,0 +1,176 @@
+"""A loaded bundle's models, run without torch: user tower (onnxruntime) -> index top-N ->
+ranker (onnxruntime). Serving and the two-stage offline evaluation both use this class.
+
+Items are addressed by bundle row (1-based; row r is ``item_ids[r - 1]``, 0 = none), which
+is also what the index stores as ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tailored.bundle import Manifest, load_json, load_npy, verify_bundle
+from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.ranking_features import ranker_inputs
+from tailored.errors import TailoredError
+from tailored.retrieval.index import Exclude, ItemIndex, load_index
+
+__all__ = ["BUNDLE_FILES", "TwoStage"]
+
+# the bundle's layout, relative paths
+BUNDLE_FILES = {
+    "model": "model/model.json",
+    "user_tower": "model/user_tower.onnx",
+    "ranker": "model/ranker.onnx",
+    "weights": "model/two_tower.safetensors",
+    "items": "items/items.parquet",
+    "item_embeddings": "items/embeddings.npy",
+    "item_history": "items/history.npy",
+    "item_categorical": "items/categorical.npy",
+    "item_multi": "items/multi.npy",
+    "item_numeric": "items/numeric.npy",
+    "item_activity": "items/activity.npy",
+    "index": "index",
+    "user_embeddings": "users/embeddings.npy",
+    "user_ids": "users/users.parquet",
+}
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class TwoStage:
+    """The serving half of a bundle (see the module doc). Build with :meth:`load`."""
+
+    manifest: Manifest
+    info: dict[str, Any]  # model/model.json
+    item_ids: np.ndarray  # str [N] site ids
+    item_titles: np.ndarray | None
+    items: FeatureTable  # encoded metadata [N+1, ...], row 0 padding
+    item_embeddings: np.ndarray  # float32 [N+1, D]
+    item_history: np.ndarray  # float32 [N+1, id_dim]
+    item_activity: np.ndarray  # float32 [N+1, 3]: counts all / 7 days / 30 days at build time
+    index: ItemIndex
+    user_tower: Any
+    ranker: Any | None
+
+    @classmethod
+    def load(cls, path: Path, *, threads: int = 1) -> TwoStage:
+        """Verify the bundle at ``path`` against its manifest (refusing a missing, extra or
+        altered file) and load it; ``threads`` per onnxruntime session."""
+        manifest = verify_bundle(path)
+        root = manifest.path
+        info = load_json(root / BUNDLE_FILES["model"])
+        items_t = pq.read_table(root / BUNDLE_FILES["items"])
+        titles = items_t.column("title").to_numpy(zero_copy_only=False)
+        ranker_path = root / BUNDLE_FILES["ranker"]
+        return cls(
+            manifest=manifest,
+            info=info,
+            item_ids=items_t.column("item_id").to_numpy(zero_copy_only=False),
+            item_titles=titles,
+            items=FeatureTable(
+                load_npy(root / BUNDLE_FILES["item_categorical"]),
+                load_npy(root / BUNDLE_FILES["item_multi"]),
+                load_npy(root / BUNDLE_FILES["item_numeric"]),
+            ),
+            item_embeddings=load_npy(root / BUNDLE_FILES["item_embeddings"]),
+            item_history=load_npy(root / BUNDLE_FILES["item_history"]),
+            item_activity=load_npy(root / BUNDLE_FILES["item_activity"]),
+            index=load_index(root / BUNDLE_FILES["index"]),
+            user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
+            ranker=_session(ranker_path, threads) if ranker_path.exists() else None,
+        )
+
+    @property
+    def _ranker_inputs(self) -> set[str]:
+        return {i.name for i in self.ranker.get_inputs()} if self.ranker is not None else set()
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def history_length(self) -> int:
+        return int(self.info["history_length"])
+
+    def user_encoder(self) -> FeatureEncoder:
+        return FeatureEncoder.from_json(self.info["user_encoder"])
+
+    def user_embeddings(
+        self,
+        *,
+        user_hash: np.ndarray,
+        user_cat: np.ndarray,
+        user_num: np.ndarray,
+        context: np.ndarray,
+        history: np.ndarray,
+    ) -> np.ndarray:
+        """Users' tower inputs (``history`` int [B, L] bundle rows, 0-padded on the left,
+        most recent last) -> float32 [B, D]."""
+        if history.shape[1] != self.history_length:
+            raise TailoredError(
+                f"history: expected {self.history_length} slots, got {history.shape[1]}"
+            )
+        feeds = {
+            "user_hash": np.asarray(user_hash, np.int64),
+            "user_cat": np.asarray(user_cat, np.int64),
+            "user_num": np.asarray(user_num, np.float32),
+            "context": np.asarray(context, np.int64),
+            "history": self.item_history[history].astype(np.float32),
+            "history_mask": history > 0,
+        }
+        (emb,) = self.user_tower.run(None, feeds)
+        return np.asarray(emb, np.float32)
+
+    def retrieve(
+        self, user_emb: np.ndarray, n: int, exclude: Exclude = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` bundle rows by the index: (scores float32 [B, n], rows int64 [B, n]);
+        rows 0 (score 0) where fewer are available."""
+        scores, ids = self.index.search(user_emb, n, exclude)
+        found = ids > 0
+        return np.where(found, scores, 0.0).astype(np.float32), np.where(found, ids, 0)
+
+    def rank(
+        self,
+        *,
+        users: FeatureTable,
+        context: np.ndarray,
+        candidates: np.ndarray,
+        dense: np.ndarray,
+        user_emb: np.ndarray,
+    ) -> np.ndarray:
+        """Ranker scores float32 [R, C] of ``candidates`` (int [R, C], bundle rows) for R
+        requests; without a ranker in the bundle, the retrieval scores (``dense[..., 0]``)."""
+        if self.ranker is None:
+            return dense[..., 0].astype(np.float32)
+        feeds = ranker_inputs(
+            users=users,
+            context=context,
+            items=self.items,
+            item_emb=self.item_embeddings,
+            candidates=candidates,
+            dense=dense,
+            user_emb=user_emb,
+        )
+        # the exporter drops inputs a ranker does not read (fields the config turned off)
+        names = self._ranker_inputs
+        (score,) = self.ranker.run(None, {k: v for k, v in feeds.items() if k in names})
+        return np.asarray(score, np.float32).reshape(candidates.shape)

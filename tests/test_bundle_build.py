@@ -1,0 +1,133 @@
+"""From a trained run to a verified bundle and back: build, load without torch's help,
+evaluate two-stage, refuse tampering, and refresh after new items arrive (real
+MovieLens-100k, a small model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tailored.bundle import BundleError, verify_bundle
+from tailored.cli import main
+from tailored.config import load_config
+from tailored.retrieval.build import BuildResult, build_bundle, refresh
+from tailored.retrieval.two_stage import BUNDLE_FILES, TwoStage
+from tailored.train.evaluate_bundle import evaluate_bundle
+from tailored.train.run import train
+from tests.test_train import small_config
+
+RANKER = {"max_epochs": 2, "candidates": 50, "max_users": 400, "hidden": 32, "patience": 1}
+
+
+@pytest.fixture(scope="module")
+def built(
+    movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, BuildResult]:
+    """A copy of the dataset (the refresh test adds an item to it), a run, its bundle."""
+    base = tmp_path_factory.mktemp("bundle")
+    dataset = base / "movielens-100k"
+    shutil.copytree(movielens_dir, dataset)
+    small = small_config(dataset, train={"max_epochs": 2}).to_dict()
+    cfg = load_config(values={**small, "ranker": RANKER, "index": {"recall_queries": 100}})
+    run = base / "run"
+    train(cfg, out=run)
+    result = build_bundle(run, base / "bundles", progress_bar=False)
+    return dataset, run, result
+
+
+def test_a_bundle_holds_everything_and_verifies(built: tuple[Path, Path, BuildResult]) -> None:
+    _, run, result = built
+    assert result.path.name == "v000001" and result.items == 1682 and result.users == 943
+    manifest = verify_bundle(result.path)
+    names = {f.path for f in manifest.files}
+    for key in ("model", "user_tower", "ranker", "weights", "items", "item_embeddings"):
+        assert BUNDLE_FILES[key] in names, key
+    assert {"index/index.faiss", "index/ids.npy", "index/index.json"} <= names
+    assert manifest.data["counts"]["items"] == 1682
+    assert manifest.config["ranker"]["candidates"] == 50
+    m = manifest.metrics
+    assert m["user_tower_onnx_max_abs_diff"] <= 1e-4
+    assert m["ranker"]["onnx_max_abs_diff"] <= 1e-4
+    assert m["index"]["kind"] == "exact"  # 1,682 items: exact search is cheapest
+    assert m["refresh"]["new_items"] == 0 and m["refresh"]["items_per_second"] > 0
+    assert m["two_tower"]["test"]["metrics"]["ndcg@10"] > 0
+    assert manifest.extra["source"] == str(run.resolve())
+
+
+def test_two_stage_evaluation_from_the_bundle(built: tuple[Path, Path, BuildResult]) -> None:
+    _, _, result = built
+    report = evaluate_bundle(result.path, split="test")
+    assert report["users"] == 943 and report["ranker"] is True
+    for key in ("metrics", "retrieval", "popularity"):
+        assert set(report[key]) >= {"ndcg@10", "recall@20", "mrr@10", "itemcoverage@10"}
+    # the index's top-K from the bundle's ONNX user tower is the run's own full ranking
+    run_report = json.loads((built[1] / "metrics.json").read_text())["test"]["metrics"]
+    assert report["retrieval"]["ndcg@10"] == pytest.approx(run_report["ndcg@10"], abs=2e-3)
+    assert report["retrieval"]["ndcg@10"] > report["popularity"]["ndcg@10"]
+    assert report["metrics"]["ndcg@10"] > report["popularity"]["ndcg@10"]
+
+
+def test_evaluate_cli_on_a_bundle(
+    built: tuple[Path, Path, BuildResult], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, _, result = built
+    assert main(["evaluate", str(result.path.parent), "--json", "--split", "valid"]) == 0
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert report["version"] == "v000001" and report["split"] == "valid"
+    assert {"metrics", "retrieval", "popularity"} <= set(report)
+    assert main(["evaluate", str(result.path)]) == 0
+    text = capsys.readouterr().out
+    assert "two-stage" in text and "retrieval" in text and "popularity" in text
+
+
+def test_loading_refuses_an_altered_bundle(
+    built: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    copy = tmp_path / "v000001"
+    shutil.copytree(built[2].path, copy)
+    emb = copy / BUNDLE_FILES["item_embeddings"]
+    data = bytearray(emb.read_bytes())
+    data[-1] ^= 0xFF
+    emb.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"embeddings\.npy"):
+        TwoStage.load(copy)
+    emb.unlink()
+    with pytest.raises(BundleError, match=r"embeddings\.npy"):
+        TwoStage.load(copy)
+
+
+def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildResult]) -> None:
+    dataset, _, first = built
+    items = pq.read_table(dataset / "items.parquet")
+    # a new movie arrives after training: same genres as the first item, no ratings yet
+    row = items.slice(0, 1).to_pylist()[0]
+    row.update(item_id="new-movie-1", title="A New Movie (1998)")
+    pq.write_table(
+        pa.concat_tables([items, pa.Table.from_pylist([row], items.schema)]),
+        dataset / "items.parquet",
+    )
+    second = refresh(first.path, progress_bar=False)
+    assert second.path.name == "v000002" and second.items == 1683 and second.new_items == 1
+    old, new = TwoStage.load(first.path), TwoStage.load(second.path)
+    assert new.item_ids[-1] == "new-movie-1" and new.n_items == 1683
+    # known items keep their embeddings; the new one has a unit-norm embedding of its own
+    np.testing.assert_allclose(new.item_embeddings[:1683], old.item_embeddings, atol=1e-5)
+    assert np.linalg.norm(new.item_embeddings[1683]) == pytest.approx(1.0, abs=1e-4)
+    # ... and the index finds it: its own vector's nearest item is itself
+    _, rows = new.retrieve(new.item_embeddings[1683][None, :], 1)
+    assert rows[0, 0] == 1683
+    # the ranker is carried over unchanged
+    assert (second.path / BUNDLE_FILES["ranker"]).read_bytes() == (
+        first.path / BUNDLE_FILES["ranker"]
+    ).read_bytes()
+
+
+def test_bundle_build_cli_refuses_a_missing_run(tmp_path: Path) -> None:
+    assert main(["bundle", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2

@@ -1,0 +1,120 @@
+"""choose_index's rule, measure_recall against a hand-computed answer, build_index, and
+that the index code keeps torch out of a serving process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tailored.errors import ConfigError
+from tailored.retrieval import (
+    ExactIndex,
+    HNSWIndex,
+    IVFPQIndex,
+    build_index,
+    choose_index,
+    measure_recall,
+)
+from tailored.retrieval.synthetic import clustered_catalog
+
+pytestmark = pytest.mark.usefixtures("faiss_one_thread")
+
+
+def test_small_catalogs_get_the_exact_index() -> None:
+    choice = choose_index(99_999, 64)
+    assert (choice.kind, choice.params) == ("exact", {})
+    assert isinstance(choice.create(64), ExactIndex)
+
+
+def test_large_catalogs_get_ivfpq_sized_by_the_rule() -> None:
+    # 4 sqrt(1e6) = 4000 -> nlist 4096; nprobe max(8, 4096 / 512) = 8; m = 64 / 4 = 16
+    choice = choose_index(1_000_000, 64)
+    assert choice.kind == "ivfpq"
+    assert choice.params == {"nlist": 4096, "m": 16, "nbits": 8, "nprobe": 8, "k_factor": 4}
+    # 4 sqrt(1e8) = 40000 -> 32768; d = 96 -> m = 24; d = 75: divisors <= 18 -> m = 15
+    assert choose_index(100_000_000, 96).params["nlist"] == 32768
+    assert choose_index(100_000_000, 96).params["m"] == 24
+    assert choose_index(200_000, 75).params["m"] == 15
+    # 4 sqrt(1e5) = 1265 -> 1024, nprobe 8; 4 sqrt(1e8) -> 32768, nprobe 64
+    assert choose_index(100_000, 64).params["nprobe"] == 8
+    assert choose_index(100_000_000, 64).params["nprobe"] == 64
+    assert isinstance(choice.create(64), IVFPQIndex)
+
+
+def test_overrides_by_key() -> None:
+    assert choose_index(1_000_000, 64, {"nprobe": 16}).params["nprobe"] == 16
+    hnsw = choose_index(10, 8, {"kind": "hnsw", "efSearch": 300})
+    assert hnsw.params == {"M": 32, "efConstruction": 80, "efSearch": 300}
+    assert isinstance(hnsw.create(8), HNSWIndex)
+    # auto: a small catalog is exact, and IVF parameters meant for a large one do not apply
+    assert choose_index(1000, 64, {"nprobe": 16}).kind == "exact"
+    with pytest.raises(ConfigError, match="'nprobe' does not apply to kind 'hnsw'"):
+        choose_index(1000, 64, {"kind": "hnsw", "nprobe": 16})
+    with pytest.raises(ConfigError, match="'probes' does not apply"):
+        choose_index(1000, 64, {"probes": 16})
+    with pytest.raises(ConfigError, match="kind 'annoy' is not one of"):
+        choose_index(1000, 64, {"kind": "annoy"})
+
+
+def test_measure_recall_by_hand() -> None:
+    # catalog e1, e2, -e1, -e2; the "approximate" index only holds e1 and -e1.
+    # query (1, .5): truth top 2 = e1, e2; approx gives e1, -e1 -> 1 of 2
+    # query (.5, 1): truth top 2 = e2, e1; approx gives e1, -e1 -> 1 of 2; recall 0.5
+    vectors = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.float32)
+    exact, partial = ExactIndex(2), ExactIndex(2)
+    exact.build(vectors, np.array([10, 20, 30, 40]))
+    partial.build(vectors[[0, 2]], np.array([10, 30]))
+    queries = np.array([[1, 0.5], [0.5, 1]], np.float32)
+    assert measure_recall(partial, exact, queries, 2) == 0.5
+    assert measure_recall(exact, exact, queries, 2) == 1.0
+
+
+def test_build_index_measures_recall_of_approximate_indexes() -> None:
+    data = clustered_catalog(2000, 16, 30, n_clusters=10, seed=3)
+    exact = build_index(data.vectors, data.ids, sample_queries=data.queries, k=10)
+    assert exact.choice.kind == "exact" and exact.recall is None
+    params = {"nlist": 8, "m": 4, "nbits": 5, "nprobe": 2}
+    approx = build_index(
+        data.vectors, data.ids, kind="ivfpq", params=params, sample_queries=data.queries, k=10
+    )
+    assert approx.recall is not None and 0.5 < approx.recall <= 1.0
+    assert approx.recall == measure_recall(approx.index, exact.index, data.queries, 10)
+    # 50 looser clusters over 32 cells: nprobe 1 finds ~0.6 of the top 10, 16 finds all, so
+    # the target doubles it 1 -> 2 -> 4 -> 8 (-> 16) until 0.95 is reached
+    loose = clustered_catalog(2000, 16, 30, n_clusters=50, spread=1.0, seed=3)
+    tuned = build_index(
+        loose.vectors,
+        loose.ids,
+        kind="ivfpq",
+        params={"nlist": 32, "m": 8, "nbits": 5, "nprobe": 1, "k_factor": 16},
+        sample_queries=loose.queries,
+        k=10,
+        target_recall=0.95,
+    )
+    assert tuned.recall is not None and tuned.recall >= 0.95
+    assert tuned.index.params["nprobe"] in (8, 16)
+    truth = ExactIndex(16)
+    truth.build(loose.vectors, loose.ids)
+    assert tuned.recall == measure_recall(tuned.index, truth, loose.queries, 10)
+    info = approx.describe()
+    assert (info["kind"], info["recall_k"], info["effective"]) == (
+        "ivfpq",
+        10,
+        {"nlist": 8, "nbits": 5},
+    )
+
+
+def test_index_code_does_not_import_torch() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "import tailored.retrieval.index\n"
+        "from tailored.retrieval import ItemIndex, build_index\n"
+        "b = build_index(np.eye(4, dtype=np.float32), np.arange(4))\n"
+        "b.index.search(np.eye(4, dtype=np.float32), 2)\n"
+        "ItemIndex.for_kind('torch')\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

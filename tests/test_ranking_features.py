@@ -1,0 +1,174 @@
+"""The ranker's features on a hand-computed example, and request building on real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tailored.data.features import FeatureTable
+from tailored.data.ranking_features import (
+    DENSE_FEATURES,
+    ItemActivity,
+    ItemNeighbors,
+    dense_features,
+    item_tags,
+    ranker_inputs,
+)
+from tailored.train.ranker_data import exact_retriever
+
+DAY = 86_400
+F = {name: j for j, name in enumerate(DENSE_FEATURES)}
+
+
+def _items() -> FeatureTable:
+    # 4 items (+ padding row 0); one categorical field (codes 1..2) and one multi field
+    # (genres, codes 1..3): item 1 = cat 1, genres {1, 2}; item 2 = cat 2, {2};
+    # item 3 = cat 1, {3}; item 4 = cat 2, no genre
+    cat = np.array([[0], [1], [2], [1], [2]])
+    multi = np.zeros((5, 1, 8), np.int64)
+    multi[1, 0, :2] = [1, 2]
+    multi[2, 0, 0] = 2
+    multi[3, 0, 0] = 3
+    return FeatureTable(cat, multi, np.zeros((5, 0), np.float32))
+
+
+def test_item_tags_share_one_code_space() -> None:
+    tags = item_tags(_items())
+    # the categorical field's codes stay 1..2, the genres move to 3..5
+    assert sorted(tags[1][tags[1] > 0]) == [1, 3, 4]
+    assert sorted(tags[2][tags[2] > 0]) == [2, 4]
+    assert sorted(tags[4][tags[4] > 0]) == [2]
+    assert (tags[0] == 0).all()
+
+
+def test_item_activity_counts_as_of_a_time() -> None:
+    items = np.array([1, 1, 2, 1, 3])
+    times = np.array([100, 200, 150, 300, 50])
+    act = ItemActivity.of(items, times, n_items=4)
+    assert act.count_before(np.array([1, 2, 3, 4]), 200).tolist() == [1, 1, 1, 0]
+    assert act.count_before(np.array([1]), 301).tolist() == [3]
+    assert act.count_before(np.array([1]), 10).tolist() == [0]
+    assert act.first_time(np.array([1, 2, 4])).tolist() == [100, 150, -1]
+
+
+def test_dense_features_by_hand() -> None:
+    items = _items()
+    tags = item_tags(items)
+    now = 100 * DAY
+    # item 1 was engaged 60 days and 2 days before now; item 2 once, 10 days before
+    act = ItemActivity.of(
+        np.array([1, 1, 2]), np.array([now - 60 * DAY, now - 2 * DAY, now - 10 * DAY]), 4
+    )
+    # the user watched item 2 (tags {2, 4}) 3 days ago and item 3 (tags {1, 5}) 1 hour ago
+    history = np.array([2, 3])
+    history_times = np.array([now - 3 * DAY, now - 3600])
+    cands = np.array([1, 4, 3])
+    # co-occurrence from one other user who had items 2 and 1: cos(1, 2) = 1/sqrt(1*1) = 1
+    nb = ItemNeighbors.of(np.array([0, 0]), np.array([2, 1]), np.array([0, 2]), 4)
+    emb = np.array([[0, 0], [1, 0], [0, 1], [0.6, 0.8], [1, 0]], np.float32)
+    f = dense_features(
+        candidates=cands,
+        scores=np.array([0.9, 0.5, 0.1], np.float32),
+        history=history,
+        history_times=history_times,
+        now=now,
+        tags=tags,
+        activity=act,
+        neighbors=nb,
+        item_emb=emb,
+    )
+    assert f.shape == (3, len(DENSE_FEATURES)) and f.dtype == np.float32
+    np.testing.assert_allclose(f[:, F["retrieval_score"]], [0.9, 0.5, 0.1])
+    np.testing.assert_allclose(f[:, F["retrieval_rank"]], np.log1p([0, 1, 2]), rtol=1e-6)
+    np.testing.assert_allclose(f[:, F["item_count"]], np.log1p([2, 0, 0]), rtol=1e-6)
+    np.testing.assert_allclose(f[:, F["item_count_7d"]], np.log1p([1, 0, 0]), rtol=1e-6)
+    np.testing.assert_allclose(f[:, F["item_count_30d"]], np.log1p([1, 0, 0]), rtol=1e-6)
+    np.testing.assert_allclose(f[0, F["item_age_days"]], np.log1p(60), rtol=1e-6)
+    assert f[:, F["item_unseen"]].tolist() == [0, 1, 1]
+    # item 1's tags {1, 3, 4}: shares in the 2-item history 1/2, 0, 1/2 -> mean 1/3, max 1/2
+    # item 4's tag {2}: 1/2; item 3's tags {1, 5}: 1/2 and 1/2
+    np.testing.assert_allclose(f[:, F["tag_affinity"]], [1 / 3, 1 / 2, 1 / 2], rtol=1e-6)
+    np.testing.assert_allclose(f[:, F["tag_affinity_max"]], [1 / 2, 1 / 2, 1 / 2], rtol=1e-6)
+    # item 1 shares tag 1 (item 3, 1 hour ago) and tag 4 (item 2, 72 hours ago): 1 hour
+    np.testing.assert_allclose(f[:, F["tag_hours_since"]], np.log1p([1.0, 72.0, 1.0]), rtol=1e-6)
+    assert f[:, F["tag_never"]].tolist() == [0, 0, 0]
+    np.testing.assert_allclose(f[:, F["history_length"]], np.log1p(2), rtol=1e-6)
+    np.testing.assert_allclose(f[:, F["hours_since_last"]], np.log1p(1.0), rtol=1e-6)
+    # history [2, 3]: item 2's neighbour is item 1 (1.0); item 3 has none
+    np.testing.assert_allclose(f[:, F["cooc_recent"]], [1.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(f[:, F["cooc_recent_max"]], [1.0, 0.0, 0.0], rtol=1e-6)
+    # most recent item 3 = (0.6, 0.8): candidates 1 = (1, 0), 4 = (1, 0), 3 itself
+    np.testing.assert_allclose(f[:, F["emb_sim_last"]], [0.6, 0.6, 1.0], rtol=1e-6)
+    # mean over items 2 = (0, 1) and 3: (0 + 0.6) / 2, (0 + 0.6) / 2, (0.8 + 1) / 2
+    np.testing.assert_allclose(f[:, F["emb_sim_recent"]], [0.3, 0.3, 0.9], rtol=1e-6)
+
+
+def test_item_neighbors_by_hand() -> None:
+    # user 0: items 1, 2; user 1: items 1, 2, 3; user 2: item 3 (each item has 2 users)
+    # cos(1, 2) = 2 / sqrt(2 * 2) = 1; cos(1, 3) = cos(2, 3) = 1 / sqrt(2 * 2) = 0.5
+    users = np.array([0, 0, 1, 1, 1, 2])
+    items = np.array([1, 2, 1, 2, 3, 3])
+    nb = ItemNeighbors.of(users, items, np.array([0, 2, 5, 6]), 3, neighbors=2)
+    assert nb.ids[1].tolist() == [2, 3]
+    np.testing.assert_allclose(nb.weights[1], [1.0, 0.5], rtol=1e-6)
+    assert sorted(nb.ids[3].tolist()) == [1, 2]
+    assert (nb.ids[0] == 0).all()
+    # history [1, 3]: candidate 2 gets 1.0 (from 1) + 0.5 (from 3), max 1.0; 4 is unknown
+    total, best = nb.scores(np.array([1, 3]), np.array([2, 0]))
+    np.testing.assert_allclose(total, [1.5, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(best, [1.0, 0.0], rtol=1e-6)
+    # only the `recent` last items of each user count: with 1, user 1 keeps item 3 only
+    nb1 = ItemNeighbors.of(users, items, np.array([0, 2, 5, 6]), 3, recent=1)
+    assert (nb1.weights[3] == 0).all()
+
+
+def test_dense_features_without_history() -> None:
+    tags = item_tags(_items())
+    act = ItemActivity.of(np.array([1]), np.array([5]), 4)
+    f = dense_features(
+        candidates=np.array([1, 2]),
+        scores=np.zeros(2, np.float32),
+        history=np.zeros(0, np.int64),
+        history_times=np.zeros(0, np.int64),
+        now=10.0,
+        tags=tags,
+        activity=act,
+        neighbors=ItemNeighbors.of(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64), 4
+        ),
+        item_emb=np.ones((5, 2), np.float32),
+    )
+    assert f[:, F["tag_never"]].tolist() == [1, 1]
+    assert f[:, F["tag_affinity"]].tolist() == [0, 0]
+    assert np.isfinite(f).all()
+
+
+def test_ranker_inputs_rows_are_request_major() -> None:
+    items = _items()
+    users = FeatureTable(np.array([[1], [2]]), np.zeros((2, 0, 8), np.int64), np.ones((2, 1)))
+    cands = np.array([[1, 2], [3, 4]])
+    emb = np.arange(10, dtype=np.float32).reshape(5, 2)
+    x = ranker_inputs(
+        users=users,
+        context=np.zeros((2, 0), np.int64),
+        items=items,
+        item_emb=emb,
+        candidates=cands,
+        dense=np.arange(8, dtype=np.float32).reshape(2, 2, 2),
+        user_emb=np.array([[1, 0], [0, 1]], np.float32),
+    )
+    assert x["user_cat"][:, 0].tolist() == [1, 1, 2, 2]
+    assert x["item_cat"][:, 0].tolist() == [1, 2, 1, 2]
+    assert x["item_emb"].tolist() == emb[[1, 2, 3, 4]].tolist()
+    assert x["dense"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert x["user_emb"].tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+
+
+def test_exact_retriever_excludes_and_pads() -> None:
+    emb = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1]], np.float32)
+    retrieve = exact_retriever(emb)
+    scores, ids = retrieve(np.array([[1, 0]], np.float32), [np.array([1])], 5)
+    # 3 real items, one excluded: two candidates, then padding
+    assert ids[0, :2].tolist() == [2, 3]
+    assert (ids[0, 2:] == 0).all()
+    assert scores[0, 0] == pytest.approx(0.9)

@@ -1,0 +1,176 @@
+"""``tailored evaluate BUNDLE``: the full two-stage system as it serves (user tower in
+onnxruntime -> index top-N -> ranker in onnxruntime -> top-K) beside retrieval alone (the
+index's top-K of the same lists) and popularity, with the same metrics as a run's evaluation.
+
+The bundle's configuration names the dataset; it must be the data the bundle was built on
+(same key, same counts), so that bundle rows are the dataset's item indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailored.config import from_dict
+from tailored.data.interactions import Interactions
+from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.errors import TailoredError
+from tailored.retrieval.two_stage import TwoStage
+from tailored.train.datamodule import UserHistory, user_hash_buckets
+from tailored.train.evaluate import KS, _csr, _groups
+from tailored.train.metrics import (
+    aggregate_metrics,
+    grouped_metrics,
+    per_user_metrics,
+    popularity_scores,
+    topk_from_scores,
+)
+from tailored.train.ranker_data import Requests, build_requests
+from tailored.train.run import load_data
+
+__all__ = ["evaluate_bundle", "rerank"]
+
+
+def _check_same_data(two: TwoStage, data: Interactions) -> None:
+    snap = two.manifest.data
+    if snap.get("key_fingerprint") != data.meta.key_fingerprint or snap.get("counts") != (
+        data.meta.counts
+    ):
+        raise TailoredError(
+            f"{two.manifest.path}: built on other data than {snap.get('path')} holds now "
+            f"(counts {snap.get('counts')} then, {data.meta.counts} now); evaluate a bundle "
+            "built on the data it is evaluated with"
+        )
+    if len(two.item_ids) != data.n_items or not np.array_equal(two.item_ids, data.item_ids):
+        raise TailoredError(f"{two.manifest.path}: its items are not the dataset's items")
+
+
+def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best candidates (int [R, C], 0 = none) by ``scores`` [R, C], as 0-based item
+    numbers for the metrics (-1 where there are fewer), int64 [R, k]."""
+    s = np.where(candidates > 0, scores, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(candidates, order, 1)
+    return np.where(top > 0, top - 1, -1)
+
+
+def _two_stage_requests(
+    two: TwoStage,
+    data: Interactions,
+    users: np.ndarray,
+    hist_splits: tuple[int, ...],
+    target: int,
+    n_candidates: int,
+) -> Requests:
+    info = two.info
+    hashes = user_hash_buckets(data.user_ids[users], int(info.get("user_id_buckets", 0)))
+    history = UserHistory.of(data, hist_splits).last(users, two.history_length)
+    emb = np.concatenate(
+        [
+            two.user_embeddings(
+                user_hash=hashes[i : i + 512],
+                user_cat=data.users.categorical[users[i : i + 512]],
+                user_num=data.users.numeric[users[i : i + 512]],
+                context=np.zeros((len(users[i : i + 512]), data.context.shape[1]), np.int64),
+                history=history[i : i + 512],
+            )
+            for i in range(0, len(users), 512)
+        ]
+    )
+    return build_requests(
+        data,
+        users,
+        emb,
+        lambda ue, excl, n: two.retrieve(ue, n, excl),
+        item_emb=two.item_embeddings,
+        history_splits=hist_splits,
+        target=target,
+        n_candidates=n_candidates,
+    )
+
+
+def evaluate_bundle(
+    path: Path,
+    *,
+    split: str = "test",
+    history: str = "all",
+    max_users: int = 0,
+    seed: int = 0,
+    data: Interactions | None = None,
+) -> dict[str, Any]:
+    """Two-stage, retrieval-only and popularity metrics of the bundle at ``path``."""
+    two = TwoStage.load(Path(path))
+    cfg = from_dict(two.manifest.config, where=f"{two.manifest.path}/manifest.json config")
+    data = data if data is not None else load_data(cfg)
+    _check_same_data(two, data)
+    target = TEST if split == "test" else VALID
+    seen = (TRAIN, VALID) if target == TEST else (TRAIN,)
+    hist_splits = seen if history == "all" else (TRAIN,)
+    users = np.unique(data.user[data.split == target])
+    if max_users and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    if not len(users):
+        raise TailoredError(f"no user has {split} events")
+    n_cand = max(cfg.ranker.candidates, max(KS))
+    req = _two_stage_requests(two, data, users, hist_splits, target, n_cand)
+    if hist_splits != seen:  # train-only history: valid items are still not recommended
+        extra = UserHistory.of(data, (VALID,))
+        for row, u in enumerate(users):
+            drop = np.isin(
+                req.candidates[row], extra.items[extra.offsets[u] : extra.offsets[u + 1]]
+            )
+            req.candidates[row, drop] = 0
+    k = max(KS)
+    ranked = np.concatenate(
+        [
+            rerank(
+                two.rank(
+                    users=data.users.take(r.users),
+                    context=np.zeros((len(r.users), data.context.shape[1]), np.int64),
+                    candidates=r.candidates,
+                    dense=r.dense,
+                    user_emb=r.user_emb,
+                ),
+                r.candidates,
+                k,
+            )
+            for r in (
+                req.take(np.arange(i, min(i + 256, len(users)))) for i in range(0, len(users), 256)
+            )
+        ]
+    )
+    retrieval = rerank(
+        -np.arange(n_cand, dtype=np.float32)[None, :].repeat(len(users), 0), req.candidates, k
+    )
+    pop = data.item_popularity((TRAIN,))[1:]
+    seen_lists = data.per_user(seen)
+    pop_top = np.concatenate(
+        [
+            topk_from_scores(
+                np.broadcast_to(popularity_scores(pop), (len(u), data.n_items)),
+                _csr(seen_lists, u),
+                k,
+            )
+            for u in (users[i : i + 1024] for i in range(0, len(users), 1024))
+        ]
+    )
+    relevant = _csr(data.per_user((target,)), users)
+    per_user = per_user_metrics(ranked, relevant, KS)
+    return {
+        "bundle": str(two.manifest.path),
+        "version": two.version,
+        "split": split,
+        "history": history,
+        "users": len(users),
+        "items": data.n_items,
+        "candidates": n_cand,
+        "ranker": two.ranker is not None,
+        "metrics": aggregate_metrics(ranked, relevant, KS, pop, data.n_items),
+        "retrieval": aggregate_metrics(retrieval, relevant, KS, pop, data.n_items),
+        "popularity": aggregate_metrics(pop_top, relevant, KS, pop, data.n_items),
+        "groups": grouped_metrics(
+            {k2: per_user[k2] for k2 in ("ndcg@10", "recall@10")}, _groups(data, users)
+        ),
+    }

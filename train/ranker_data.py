@@ -1,0 +1,131 @@
+"""Ranking requests: for each user, retrieval's top-C candidates with their ranking features
+and labels. The ranker trains on them (hard negatives: what retrieval itself ranks high) and
+the two-stage evaluation scores them. numpy only; the retrieval and the user embeddings are
+passed in, so the same code serves the torch model and the ONNX bundle.
+
+A user's request is made at ``now`` = the time of their first event in the target split
+(when they came back); the history is what is known before it, and item activity counts
+only the events of the known splits before ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tailored.data.interactions import Interactions
+from tailored.data.ranking_features import (
+    DENSE_FEATURES,
+    ItemActivity,
+    ItemNeighbors,
+    dense_features,
+    item_tags,
+)
+
+__all__ = ["Requests", "Retriever", "build_requests", "exact_retriever"]
+
+# (user embeddings float32 [B, D], items to exclude per user) -> (scores [B, C], items [B, C])
+# with 1-based item indices, 0 where fewer than C items are available
+Retriever = Callable[[np.ndarray, list[np.ndarray], int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Requests:
+    """R ranking requests of C candidates each (item 0 = no candidate)."""
+
+    users: np.ndarray  # int64 [R]
+    now: np.ndarray  # int64 [R] request time, seconds
+    user_emb: np.ndarray  # float32 [R, D]
+    candidates: np.ndarray  # int64 [R, C], retrieved order
+    scores: np.ndarray  # float32 [R, C] retrieval scores
+    dense: np.ndarray  # float32 [R, C, F]
+    labels: np.ndarray  # float32 [R, C], 1 = a target-split item of the user
+    n_relevant: np.ndarray  # int64 [R] the user's target items (also those not retrieved)
+
+    def take(self, rows: np.ndarray) -> Requests:
+        return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+
+def exact_retriever(item_emb: np.ndarray) -> Retriever:
+    """Exact inner-product retrieval over ``item_emb`` float32 [N+1, D] (row 0 padding)."""
+
+    def retrieve(
+        user_emb: np.ndarray, exclude: list[np.ndarray], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = user_emb @ item_emb.T
+        scores[:, 0] = -np.inf
+        for row, items in enumerate(exclude):
+            scores[row, items] = -np.inf
+        n = min(n, scores.shape[1] - 1)
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+        ids = np.take_along_axis(top, order, 1)
+        s = np.take_along_axis(scores, ids, 1)
+        return s.astype(np.float32), np.where(np.isfinite(s), ids, 0)
+
+    return retrieve
+
+
+def _with_times(data: Interactions, splits: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    keep = np.isin(data.split, splits)
+    counts = np.bincount(data.user[keep], minlength=data.n_users)
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    return data.item[keep].astype(np.int64), data.timestamp[keep], offsets
+
+
+def build_requests(
+    data: Interactions,
+    users: np.ndarray,
+    user_emb: np.ndarray,
+    retrieve: Retriever,
+    *,
+    item_emb: np.ndarray,
+    history_splits: tuple[int, ...],
+    target: int,
+    n_candidates: int,
+    batch: int = 512,
+    seed: int = 0,
+) -> Requests:
+    """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
+    ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
+    history; item activity counts the ``history_splits`` events of all users before ``now``,
+    and co-occurrence the ``history_splits`` events. ``item_emb`` [N+1, D] item embeddings.
+    """
+    h_items, h_times, h_off = _with_times(data, history_splits)
+    t_items, t_times, t_off = _with_times(data, (target,))
+    activity = ItemActivity.of(h_items, h_times, data.n_items)
+    h_users = np.repeat(np.arange(data.n_users), np.diff(h_off))
+    neighbors = ItemNeighbors.of(h_users, h_items, h_off, data.n_items, seed=seed)
+    tags = item_tags(data.items)
+    users = np.asarray(users, np.int64)
+    r = len(users)
+    cands = np.zeros((r, n_candidates), np.int64)
+    scores = np.full((r, n_candidates), -np.inf, np.float32)
+    for start in range(0, r, batch):
+        u = users[start : start + batch]
+        excl = [h_items[h_off[x] : h_off[x + 1]] for x in u]
+        s, ids = retrieve(user_emb[start : start + batch], excl, n_candidates)
+        cands[start : start + len(u), : ids.shape[1]] = ids
+        scores[start : start + len(u), : s.shape[1]] = s
+    scores = np.where(cands > 0, scores, 0.0).astype(np.float32)
+    now = t_times[t_off[users]]
+    dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
+    labels = np.zeros((r, n_candidates), np.float32)
+    n_rel = (t_off[users + 1] - t_off[users]).astype(np.int64)
+    for row, u in enumerate(users):
+        hist = slice(h_off[u], h_off[u + 1])
+        dense[row] = dense_features(
+            candidates=cands[row],
+            scores=scores[row],
+            history=h_items[hist],
+            history_times=h_times[hist],
+            now=float(now[row]),
+            tags=tags,
+            activity=activity,
+            neighbors=neighbors,
+            item_emb=item_emb,
+        )
+        labels[row] = np.isin(cands[row], t_items[t_off[u] : t_off[u + 1]]) & (cands[row] > 0)
+    return Requests(users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel)

@@ -1,0 +1,203 @@
+"""Training the re-ranker: a thin LightningModule (listwise softmax loss over each request's
+candidates, NDCG@10 of the re-ranked list on held-out requests) and :func:`train_ranker`.
+
+Requests come from :func:`tailored.train.ranker_data.build_requests`: retrieval's own top-C
+for users with held-out items, so the negatives are the hard ones the ranker will face.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from tailored.config import RankerConfig
+from tailored.data.features import FeatureTable
+from tailored.data.ranking_features import DENSE_FEATURES, ranker_inputs
+from tailored.errors import TailoredError
+from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerSpec
+from tailored.train.ranker_data import Requests
+
+__all__ = [
+    "RankerTables",
+    "RankerTask",
+    "RankerTrainResult",
+    "RowIndices",
+    "list_ndcg",
+    "train_ranker",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class RowIndices(Dataset[int]):
+    """Row numbers 0..n-1; batches are assembled from them in a collate function."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+@dataclass
+class RankerTables:
+    """What the ranker's inputs are gathered from: users [U, ...] and their request
+    contexts int64 [U, K], items [N+1, ...] and the item tower's embeddings [N+1, D]."""
+
+    users: FeatureTable
+    context: np.ndarray
+    items: FeatureTable
+    item_emb: np.ndarray
+
+    def batch(self, req: Requests) -> dict[str, Tensor]:
+        arrays = ranker_inputs(
+            users=self.users.take(req.users),
+            context=self.context[req.users],
+            items=self.items,
+            item_emb=self.item_emb,
+            candidates=req.candidates,
+            dense=req.dense,
+            user_emb=req.user_emb,
+        )
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        out["labels"] = torch.from_numpy(req.labels)
+        out["valid"] = torch.from_numpy(req.candidates > 0)
+        out["n_relevant"] = torch.from_numpy(req.n_relevant)
+        return out
+
+
+def list_ndcg(logits: Tensor, labels: Tensor, n_relevant: Tensor, k: int = 10) -> Tensor:
+    """Per-request NDCG@k [R] of the candidates ordered by ``logits`` [R, C] (binary
+    ``labels`` [R, C]); the ideal counts all ``n_relevant`` [R] items, retrieved or not."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    gains = labels.gather(1, top)
+    disc = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float32))
+    dcg = (gains * disc).sum(1)
+    ideal_n = n_relevant.clamp(max=top.shape[1]).clamp(min=1) - 1
+    return dcg / torch.cumsum(disc, 0)[ideal_n]
+
+
+class RankerTask(pl.LightningModule):
+    """Listwise softmax cross-entropy over each request's candidates (padding masked)."""
+
+    def __init__(self, model: Ranker, *, lr: float, weight_decay: float) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self._val: list[Tensor] = []
+
+    def _logits(self, batch: dict[str, Tensor]) -> Tensor:
+        r, c = batch["labels"].shape
+        logits = self.model(*(batch[name] for name in RANKER_INPUTS)).view(r, c)
+        return logits.masked_fill(~batch["valid"], -1e9)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self._logits(batch)
+        labels = batch["labels"]
+        has = labels.sum(1) > 0
+        logp = torch.log_softmax(logits[has], dim=1)
+        loss = -(labels[has] * logp).sum(1).div(labels[has].sum(1)).mean()
+        self.log("ranker/train_loss", loss, prog_bar=True, batch_size=int(has.sum()))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._val.append(
+            list_ndcg(
+                self._logits(batch).float().cpu(), batch["labels"].cpu(), batch["n_relevant"].cpu()
+            )
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        ndcg = torch.cat(self._val).mean() if self._val else torch.tensor(0.0)
+        self._val.clear()
+        self.log("ranker/valid_ndcg@10", ndcg, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass
+class RankerTrainResult:
+    model: Ranker
+    holdout_ndcg10: float  # re-ranked, on the held-out training requests
+    holdout_retrieval_ndcg10: float  # retrieval order, same requests
+    epochs: int
+
+
+def _loader(tables: RankerTables, req: Requests, batch: int, shuffle: bool) -> DataLoader[int]:
+    return DataLoader(
+        RowIndices(len(req.users)),
+        batch_size=batch,
+        shuffle=shuffle,
+        collate_fn=lambda idx: tables.batch(req.take(np.asarray(idx))),
+    )
+
+
+def train_ranker(
+    spec: RankerSpec,
+    cfg: RankerConfig,
+    tables: RankerTables,
+    requests: Requests,
+    *,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> RankerTrainResult:
+    """Fit a :class:`Ranker` on ``requests``; ``cfg.holdout`` of them (by user) decide when
+    to stop. Returns the best model by held-out NDCG@10."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(requests.users))
+    n_hold = max(1, int(len(order) * cfg.holdout))
+    hold, fit = requests.take(np.sort(order[:n_hold])), requests.take(np.sort(order[n_hold:]))
+    fit = fit.take(np.flatnonzero(fit.labels.sum(1) > 0))  # lists without a positive teach nothing
+    if len(fit.users) == 0:
+        raise TailoredError("no training request has a held-out item among its candidates")
+    model = Ranker(spec)
+    valid = fit.candidates > 0
+    dense = torch.from_numpy(fit.dense[valid].reshape(-1, len(DENSE_FEATURES)))
+    model.set_dense_stats(dense.mean(0), dense.std(0))
+    task = RankerTask(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    monitor = "ranker/valid_ndcg@10"
+    with tempfile.TemporaryDirectory(prefix="tailored-ranker-") as tmp:
+        ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode="max", save_top_k=1)
+        trainer = pl.Trainer(
+            accelerator="auto",
+            devices=1,
+            max_epochs=cfg.max_epochs,
+            callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=cfg.patience), ckpt],
+            logger=False,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(
+            task,
+            _loader(tables, fit, cfg.batch_users, True),
+            _loader(tables, hold, cfg.batch_users * 4, False),
+        )
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    model.eval()
+    base = list_ndcg(
+        torch.from_numpy(-np.arange(hold.candidates.shape[1], dtype=np.float32)).expand(
+            len(hold.users), -1
+        ),
+        torch.from_numpy(hold.labels),
+        torch.from_numpy(hold.n_relevant),
+    )
+    best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
+    _log.info("ranker: held-out ndcg@10 %.4f (retrieval order %.4f)", best, base.mean())
+    return RankerTrainResult(model, best, float(base.mean()), trainer.current_epoch)

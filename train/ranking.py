@@ -1,0 +1,105 @@
+"""The re-ranker for a trained two-tower run: its requests (the run's own retrieval, from
+training histories, against the validation items) and its fit.
+
+Validation items are held out from the two towers' training (they only chose its
+checkpoint), so retrieval scores on them are honest, as they will be at serving time; the
+test split stays untouched for the two-stage evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tailored.config import RankerConfig
+from tailored.data.interactions import Interactions
+from tailored.data.ranking_features import DENSE_FEATURES
+from tailored.data.splits import TRAIN, VALID
+from tailored.train.datamodule import TwoTowerDataModule
+from tailored.train.evaluate import LoadedRun
+from tailored.train.ranker import RankerSpec
+from tailored.train.ranker_data import Requests, build_requests, exact_retriever
+from tailored.train.ranker_task import RankerTables, RankerTrainResult, train_ranker
+
+__all__ = ["fit_ranker", "ranker_spec", "ranker_tables", "run_user_embeddings"]
+
+
+def ranker_spec(data: Interactions, embedding_dim: int, cfg: RankerConfig) -> RankerSpec:
+    """Input sizes from the dataset's encoders; layer sizes from ``cfg``."""
+    ue, ie = data.user_encoder, data.item_encoder
+    users, items = cfg.user_fields, cfg.item_fields
+    return RankerSpec(
+        user_categorical=tuple(ue.cardinalities(ue.categorical)) if users else (),
+        user_numeric=len(ue.numeric) if users else 0,
+        context=tuple(len(v) + 1 for v in data.context_vocabs.values()),
+        item_categorical=tuple(ie.cardinalities(ie.categorical)) if items else (),
+        item_multi=tuple(ie.cardinalities(ie.multi)) if items else (),
+        item_numeric=len(ie.numeric) if items else 0,
+        dense=len(DENSE_FEATURES),
+        embedding_dim=embedding_dim,
+        feature_dim=cfg.feature_dim,
+        cross_layers=cfg.cross_layers,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        embeddings=cfg.embeddings,
+    )
+
+
+def ranker_tables(data: Interactions, item_emb: np.ndarray) -> RankerTables:
+    """Offline requests carry no context (the evaluation has none), so context codes are 0."""
+    context = np.zeros((data.n_users, data.context.shape[1]), np.int64)
+    return RankerTables(data.users, context, data.items, item_emb)
+
+
+@torch.no_grad()
+def run_user_embeddings(
+    run: LoadedRun, users: np.ndarray, history_splits: tuple[int, ...], batch: int = 1024
+) -> np.ndarray:
+    """The run's user embeddings of ``users`` from their ``history_splits`` items, [R, D]."""
+    m = run.cfg.model
+    dm = TwoTowerDataModule(
+        run.data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
+    )
+    out = [np.zeros((0, m.dim), np.float32)]
+    for b in dm.eval_loader(users, history_splits=history_splits, target=TRAIN, batch_size=batch):
+        emb = run.model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
+        out.append(emb.float().numpy())
+    return np.concatenate(out)
+
+
+def training_requests(
+    run: LoadedRun, item_emb: np.ndarray, cfg: RankerConfig, seed: int
+) -> Requests:
+    """Retrieval's top-``cfg.candidates`` from training histories, labelled by the validation
+    items, for at most ``cfg.max_users`` users with validation items (sampled, seeded)."""
+    data = run.data
+    users = np.unique(data.user[data.split == VALID])
+    if len(users) > cfg.max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, cfg.max_users, replace=False))
+    emb = run_user_embeddings(run, users, (TRAIN,))
+    return build_requests(
+        data,
+        users,
+        emb,
+        exact_retriever(item_emb),
+        item_emb=item_emb,
+        history_splits=(TRAIN,),
+        target=VALID,
+        n_candidates=cfg.candidates,
+        seed=seed,
+    )
+
+
+def fit_ranker(
+    run: LoadedRun, cfg: RankerConfig, *, progress_bar: bool = True
+) -> tuple[RankerTrainResult, RankerTables, Requests]:
+    """Train the ranker on the run's own candidates; returns it with the tables and requests
+    it was trained on (export traces a batch of them)."""
+    item_emb = run.model.all_item_embeddings().float().numpy()
+    tables = ranker_tables(run.data, item_emb)
+    requests = training_requests(run, item_emb, cfg, run.cfg.train.seed)
+    spec = ranker_spec(run.data, item_emb.shape[1], cfg)
+    result = train_ranker(
+        spec, cfg, tables, requests, seed=run.cfg.train.seed, progress_bar=progress_bar
+    )
+    return result, tables, requests
