@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tailored data fetch movielens-100k
 	$(BIN)/tailored train --config configs/movielens-100k.toml --out runs/demo
-	$(BIN)/tailored evaluate runs/demo --split test
+	$(BIN)/tailored bundle build runs/demo --out runs/bundles
+	$(BIN)/tailored evaluate runs/bundles --split test
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -34,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.movielens --seeds 0 1 2
 	$(BIN)/python -m benchmarks.synth_scale
 	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.two_stage --seeds 0 1 2
+	$(BIN)/python -m benchmarks.index_bench
+	$(BIN)/python -m benchmarks.ranker_latency
+	$(BIN)/python -m benchmarks.refresh_throughput
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .typecheck

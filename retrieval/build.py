@@ -241,9 +241,10 @@ def _write_bundle(
         emb.embeddings[1:],
         np.arange(1, n + 1, dtype=np.int64),
         kind=idx.kind,
-        params=dict(idx.params),
+        params={k: int(v) if float(v).is_integer() else v for k, v in idx.params.items()},
         sample_queries=queries,
         k=idx.recall_k,
+        target_recall=idx.target_recall or None,
     )
     model_info = {
         **src.info,
@@ -251,7 +252,7 @@ def _write_bundle(
         "user_id_buckets": src.cfg.model.user_id_buckets,
     }
     with BundleWriter(root) as w:
-        json.dump(model_info, w.path(BUNDLE_FILES["model"]).open("w"), indent=1)
+        w.path(BUNDLE_FILES["model"]).write_text(json.dumps(model_info, indent=1))
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in src.model.state_dict().items()},
             str(w.path(BUNDLE_FILES["weights"])),

@@ -270,14 +270,16 @@ def _add_evaluate(sub: Sub) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from tailored.train.evaluate import evaluate_run, format_report
 
-    if (args.run_dir / "model.pt").is_file() or not args.run_dir.is_dir():
-        report = evaluate_run(args.run_dir, split=args.split, history=args.history)
-    else:
-        from tailored.bundle import resolve_bundle
+    from tailored.bundle import MANIFEST, latest_bundle
+
+    path: Path = args.run_dir
+    bundle = path if (path / MANIFEST).is_file() else (path.is_dir() and latest_bundle(path))
+    if bundle:
         from tailored.train.evaluate_bundle import evaluate_bundle
 
-        bundle = resolve_bundle(args.run_dir)
         report = evaluate_bundle(bundle, split=args.split, history=args.history)
+    else:
+        report = evaluate_run(path, split=args.split, history=args.history)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -226,11 +226,16 @@ class IndexConfig:
     params: dict[str, float] = field(default_factory=dict)
     recall_queries: int = 1000  # user embeddings sampled to measure recall@k
     recall_k: int = 100
+    # an approximate index searches wider (nprobe / efSearch doubled) until its measured
+    # recall@k reaches this (0: keep the chosen parameters)
+    target_recall: float = 0.95
 
     def validate(self) -> None:
         _one_of("index", "kind", self.kind, ("auto", "exact", "hnsw", "ivfpq", "torch"))
         _positive("index", "recall_queries", self.recall_queries)
         _positive("index", "recall_k", self.recall_k)
+        if not 0.0 <= self.target_recall <= 1.0:
+            raise ConfigError(f"[index] target_recall: must be in [0, 1], got {self.target_recall}")
 
 
 @dataclass(frozen=True)

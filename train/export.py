@@ -101,7 +101,7 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     batch = torch.export.Dim("batch", min=1)
-    shapes = {name: {0: batch} for name in names}
+    shapes = tuple({0: batch} for _ in names)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
