@@ -268,9 +268,8 @@ def _add_evaluate(sub: Sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tailored.train.evaluate import evaluate_run, format_report
-
     from tailored.bundle import MANIFEST, latest_bundle
+    from tailored.train.evaluate import evaluate_run, format_report
 
     path: Path = args.run_dir
     bundle = path if (path / MANIFEST).is_file() else (path.is_dir() and latest_bundle(path))
