@@ -53,7 +53,7 @@ def _random_ranker(path: Path, candidates: int) -> tuple[dict[str, np.ndarray], 
     torch.manual_seed(0)
     model = Ranker(spec).eval()
     rng = np.random.default_rng(0)
-    rows = {
+    rows: dict[str, np.ndarray] = {
         "user_cat": rng.integers(1, 3, (candidates, 3)),
         "user_num": rng.normal(size=(candidates, 1)).astype(np.float32),
         "context": rng.integers(1, 4, (candidates, 2)),

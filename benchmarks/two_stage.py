@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
             )
             print(json.dumps(runs[-1]), flush=True)
-    summary = {
+    summary: dict[str, dict[str, Any]] = {
         view: {
             name: {k: _summary([r[view][name][k] for r in runs]) for k in KEYS}
             for name in ("metrics", "retrieval", "popularity")

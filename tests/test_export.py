@@ -69,9 +69,9 @@ def test_user_tower_onnx_agrees_with_torch(encoder: str, tmp_path: Path) -> None
     }
     assert max_abs_diff(serving, path, real) <= 1e-4
     # and the served embedding is the model's own for the same user
+    t = {k: torch.from_numpy(v) for k, v in real.items()}
     want = model.user_embeddings(
-        *(torch.from_numpy(real[k]) for k in ("user_hash", "user_cat", "user_num", "context")),
-        torch.from_numpy(history),
+        t["user_hash"], t["user_cat"], t["user_num"], t["context"], torch.from_numpy(history)
     )
     import onnxruntime as ort
 
