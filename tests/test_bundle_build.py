@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,40 @@ def test_loading_refuses_an_altered_bundle(
     emb.unlink()
     with pytest.raises(BundleError, match=r"embeddings\.npy"):
         TwoStage.load(copy)
+
+
+def test_refresh_under_ddp_writes_the_same_embeddings(
+    built: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    """Two gloo processes each embed a share of the items and users through the predict
+    loop; rank 0 merges the shards and writes the bundle."""
+    first = built[2].path
+    out = tmp_path / "ddp-bundles"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tailored.cli",
+            "refresh",
+            str(first),
+            "--out",
+            str(out),
+            "--devices",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (version,) = [p for p in out.iterdir() if p.name.startswith("v")]
+    verify_bundle(version)
+    for name in ("item_embeddings", "item_history", "user_embeddings"):
+        a = np.load(first / BUNDLE_FILES[name])
+        b = np.load(version / BUNDLE_FILES[name])
+        np.testing.assert_allclose(a, b, atol=1e-6, err_msg=name)
 
 
 def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildResult]) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
 from tailored.data.splits import TEST, TRAIN, VALID
-from tailored.train.datamodule import TwoTowerDataModule
+from tailored.train.datamodule import TwoTowerDataModule, sequence_chunks
 
 L = 5
 
@@ -82,3 +83,55 @@ def test_test_evaluation_masks_train_and_valid_items(
         assert [int(i) for i in batch.history[row] if i > 0] == _items(
             data, int(user), hist_splits
         )[-L:]
+
+
+def test_sequence_chunks_cover_every_target_once() -> None:
+    # users of 1, 2 and 12 events: a user's first event is never a target; with length 4
+    # and a first chunk of f targets the 12-event user's 11 targets split f, 4, 4, rest
+    offsets = np.array([0, 1, 3, 15])
+    for seed in range(5):
+        first, end = sequence_chunks(offsets, 4, np.random.default_rng(seed))
+        targets = np.concatenate([np.arange(f, e) for f, e in zip(first, end, strict=True)])
+        assert sorted(targets.tolist()) == [2, *range(4, 15)]
+        assert ((end - first >= 1) & (end - first <= 4)).all()
+        assert ((first >= 1) & (first[:, None] != np.array([0, 1, 3])).all()).all()
+
+
+@pytest.mark.parametrize("targets_per_chunk", [0, 2])
+def test_a_sequence_batch_pairs_each_item_with_the_next(
+    data: Interactions, targets_per_chunk: int
+) -> None:
+    dm = TwoTowerDataModule(
+        data,
+        history_length=L,
+        batch_size=16,
+        mask_user_positives=True,
+        sequences=True,
+        sequence_targets=targets_per_chunk,
+    )
+    loader = dm.train_dataloader()
+    first, end = dm._chunks
+    assert int((end - first).sum()) == len(dm.train_item) - len(np.unique(dm.train_user))
+    assert int((end - first).max()) == (targets_per_chunk or L)
+    batch = dm._collate_sequences(list(range(16)))
+    for row in range(16):
+        user = int(dm.train_user[first[row]])
+        train_items = _items(data, user, (TRAIN,))
+        at = int(first[row]) - int(dm.train_history.offsets[user])  # first target's position
+        stop = int(end[row]) - int(dm.train_history.offsets[user])
+        # the window: the L items before the chunk's last target, as far back as there are
+        window = train_items[max(0, stop - 1 - L) : stop - 1]
+        n = len(window)
+        assert batch.items[row, :n].tolist() == window
+        assert not batch.items[row, n:].any()
+        # the targets: the next item, from the chunk's first target on
+        expected = [
+            train_items[p + 1] if p + 1 >= at else 0 for p in range(max(0, stop - 1 - L), stop - 1)
+        ]
+        assert batch.targets[row, :n].tolist() == expected
+        assert not batch.targets[row, n:].any()
+    # each row's own targets are positives of its user
+    assert batch.positive_mask is not None
+    own = torch.repeat_interleave(torch.arange(16), (batch.targets > 0).sum(1))
+    assert bool(batch.positive_mask[own, torch.arange(len(own))].all())
+    assert len(loader) >= 1

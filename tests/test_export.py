@@ -19,7 +19,7 @@ from tailored.train.export import (
 from tailored.train.model import TowerSpec, TwoTower
 
 
-def _model(encoder: str) -> TwoTower:
+def _model(encoder: str, causal: bool) -> TwoTower:
     spec = TowerSpec(
         n_items=40,
         item_categorical=(5,),
@@ -42,13 +42,16 @@ def _model(encoder: str) -> TwoTower:
         history_length=6,
         heads=2,
         user_id_buckets=10,
+        causal_history=causal,
     )
     return model.eval()
 
 
-@pytest.mark.parametrize("encoder", ["gru", "transformer", "mean"])
-def test_user_tower_onnx_agrees_with_torch(encoder: str, tmp_path: Path) -> None:
-    model = _model(encoder)
+@pytest.mark.parametrize(
+    ("encoder", "causal"), [("gru", False), ("transformer", False), ("mean", False), ("gru", True)]
+)
+def test_user_tower_onnx_agrees_with_torch(encoder: str, causal: bool, tmp_path: Path) -> None:
+    model = _model(encoder, causal)
     path = export_user_tower(model, 6, tmp_path / "user_tower.onnx")
     serving = UserTowerServing(model)
     # random inputs, another batch size than the traced one

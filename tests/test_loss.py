@@ -5,7 +5,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tailored.config import LossConfig
+from tailored.train.datamodule import SequenceBatch
 from tailored.train.loss import sampled_softmax_loss
+from tailored.train.model import TowerSpec, TwoTower
+from tailored.train.task import TwoTowerTask
 
 
 def test_plain_in_batch_softmax_is_cross_entropy_over_the_batch() -> None:
@@ -65,3 +69,50 @@ def test_uniform_negatives_add_columns_and_weights_weigh_rows() -> None:
     only_first = sampled_softmax_loss(u, v, ids, temperature=0.1, weight=w)
     logits = u @ v.T / 0.1
     assert torch.allclose(only_first, F.cross_entropy(logits[:1], torch.tensor([0])))
+
+
+def test_every_position_of_a_sequence_is_one_softmax_row() -> None:
+    # two chunks, [3, 7, 2] -> [7, 2, 9] and [4] -> [5]: four (prefix, next item) rows whose
+    # loss is the in-batch softmax of the four prefixes' user embeddings against 7, 2, 9, 5
+    # (each row's other targets are its user's positives: masked when asked)
+    spec = TowerSpec(n_items=10, user_categorical=(2,), user_numeric=1)
+    zeros = torch.zeros(11, 0, dtype=torch.long)
+    model = TwoTower(
+        spec, zeros, torch.zeros(11, 0, 1, dtype=torch.long), torch.zeros(11, 0),
+        dim=8, id_dim=8, hidden=16, encoder="gru", history_length=4, causal_history=True,
+    )  # fmt: skip
+    task = TwoTowerTask(
+        model,
+        LossConfig(temperature=0.5),
+        item_popularity=torch.arange(11.0),
+        lr=1e-3,
+        weight_decay=0.0,
+    ).eval()
+    task.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    users = {"user_hash": torch.zeros(2, dtype=torch.long), "user_cat": torch.ones(2, 1,
+             dtype=torch.long), "user_num": torch.zeros(2, 1)}  # fmt: skip
+    targets = torch.tensor([[7, 2, 9, 0], [5, 0, 0, 0]])
+    batch = SequenceBatch(
+        **users,
+        context=torch.zeros(2, 4, 0, dtype=torch.long),
+        items=torch.tensor([[3, 7, 2, 0], [4, 0, 0, 0]]),
+        targets=targets,
+        weight=(targets > 0).float(),
+        positive_mask=torch.tensor([[True, True, True, False], [False, False, False, True]]),
+    )
+    prefixes = torch.tensor([[0, 0, 0, 3], [0, 0, 3, 7], [0, 3, 7, 2], [0, 0, 0, 4]])
+    rows = torch.tensor([0, 0, 0, 1])
+    user = model.user_embeddings(
+        users["user_hash"][rows], users["user_cat"][rows], users["user_num"][rows],
+        torch.zeros(4, 0, dtype=torch.long), prefixes,
+    )  # fmt: skip
+    ids = torch.tensor([7, 2, 9, 5])
+    expected = sampled_softmax_loss(
+        user,
+        model.item_embeddings(ids),
+        ids,
+        temperature=0.5,
+        log_q=task.log_q,
+        positive_mask=rows.unsqueeze(1) == rows.unsqueeze(0),
+    )
+    assert torch.allclose(task.training_step(batch, 0), expected, atol=1e-6)

@@ -78,3 +78,41 @@ def test_a_new_item_is_embedded_from_its_metadata() -> None:
     # different metadata, different embeddings, even without an id
     if not torch.equal(cat[0], cat[1]) or not torch.equal(multi[0], multi[1]):
         assert not torch.allclose(unknown[0], unknown[1])
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru", "mean"])
+def test_a_causal_history_encodes_every_prefix_in_one_pass(encoder: str) -> None:
+    torch.manual_seed(0)
+    base = _model(encoder)
+    model = TwoTower(
+        SPEC,
+        base.item_cat,
+        base.item_multi,
+        base.item_num,
+        dim=16,
+        id_dim=16,
+        feature_dim=4,
+        hidden=32,
+        encoder=encoder,
+        history_length=5,
+        user_id_buckets=8,
+        causal_history=True,
+    ).eval()
+    sequence = torch.tensor([[3, 7, 2, 9, 0], [4, 5, 0, 0, 0]])  # oldest first, right-padded
+    users = _users(sequence)
+    users["context"] = torch.zeros(2, 5, 1, dtype=torch.long)
+    every = model.sequence_user_embeddings(
+        **{k: users[k] for k in users if k != "history"}, sequence=sequence
+    )
+    assert every.shape == (2, 5, 16)
+    for row, n in ((0, 4), (1, 2)):
+        for t in range(n):
+            # the same prefix as a serving history: most recent last, padding on the left
+            prefix = sequence[row, : t + 1]
+            history = torch.cat([torch.zeros(5 - t - 1, dtype=torch.long), prefix])
+            one = _users(history.unsqueeze(0))
+            one["user_hash"] = users["user_hash"][row : row + 1]
+            assert torch.allclose(model.user_embeddings(**one)[0], every[row, t], atol=1e-5)
+    # no history at all is still a finite unit vector
+    empty = model.user_embeddings(**_users(torch.zeros(1, 5, dtype=torch.long)))
+    assert torch.isfinite(empty).all() and torch.allclose(empty.norm(), torch.tensor(1.0))

@@ -96,3 +96,22 @@ def test_a_bad_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
     cfg.write_text("[model]\nsequence_encoder = 'lstm'\n")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
     assert "[model] sequence_encoder: 'lstm' is not one of" in capsys.readouterr().err
+
+
+def test_a_causal_sequence_run_keeps_the_averaged_weights_it_validated(
+    movielens_dir: Path, tmp_path: Path
+) -> None:
+    # every-position training with an EMA of the weights: what is validated (the average) is
+    # what the checkpoint and model.pt hold, so evaluating the kept model gives the same figure
+    cfg = small_config(
+        movielens_dir,
+        model={"causal_history": True},
+        train={"max_epochs": 2, "batch_size": 64, "ema_decay": 0.9, "sequence_targets": 10},
+    )
+    result = train(cfg, out=tmp_path)
+    assert result.epochs == 2 and result.samples_per_second > 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    assert "current_model_state" in ckpt  # the raw weights, kept beside the average
+    report = evaluate_run(tmp_path, split="valid")
+    assert report["metrics"]["ndcg@10"] == pytest.approx(result.best_valid_ndcg10, abs=1e-4)
+    assert report["metrics"]["ndcg@10"] > report["popularity"]["ndcg@10"]

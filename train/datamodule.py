@@ -5,10 +5,17 @@ user ``u``, the user tower reads the ``L`` positives of ``u`` before ``j`` (so t
 learns what comes next, as it will be asked at serving time) and the item tower the item of
 ``j``. Batches are assembled vectorised in the collate function from index arrays; nothing
 per-example is materialised, so 30M events cost a few hundred MB.
+
+With ``sequences`` (a causal user tower), a training example is instead a chunk of up to
+``sequence_targets`` consecutive positives of one user, read with the events before them in
+a window of ``L``: every item of the chunk is the target of the window's items before it
+(SASRec-style), and one pass of the sequence encoder scores all of them. Chunk boundaries
+move by a random offset each epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +27,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
 
-__all__ = ["Batch", "EvalBatch", "TwoTowerDataModule", "UserHistory", "user_hash_buckets"]
+__all__ = [
+    "Batch",
+    "EvalBatch",
+    "SequenceBatch",
+    "TwoTowerDataModule",
+    "UserHistory",
+    "sequence_chunks",
+    "user_hash_buckets",
+]
 
 
 def user_hash_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
@@ -75,6 +90,56 @@ class Batch:
     weight: Tensor
     positive_mask: Tensor | None = None  # bool [B, B]: item j is a training positive of user i
 
+    @property
+    def examples(self) -> int:
+        """(user, item) training examples in the batch."""
+        return len(self.item)
+
+
+@dataclass
+class SequenceBatch:
+    """One training batch of S sequences of length L (tensors): ``items`` [S, L] the inputs,
+    oldest first and 0-padded on the right; ``targets`` [S, L] the item after each input where
+    it is one of the chunk's targets (else 0: an input kept as history only); ``context``
+    [S, L, K] and ``weight`` [S, L] of the target events."""
+
+    user_hash: Tensor
+    user_cat: Tensor
+    user_num: Tensor
+    context: Tensor
+    items: Tensor
+    targets: Tensor
+    weight: Tensor
+    # bool [S, P]: the batch's j-th target (``targets[targets > 0]``, row-major) is a
+    # training positive of sequence i's user
+    positive_mask: Tensor | None = None
+
+    @property
+    def examples(self) -> int:
+        """(history, next item) training examples in the batch: its targets."""
+        return int((self.targets > 0).sum())
+
+
+def sequence_chunks(
+    offsets: np.ndarray, length: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each user's events ``[offsets[u], offsets[u+1])`` into chunks of targets: every
+    event but the user's first is a target exactly once. From the most recent event back, the
+    first chunk holds a random 1..``length`` targets, the others ``length`` (the oldest may be
+    shorter). Returns (first target, end) event indices, int64 [S] each; a chunk's inputs are
+    the events ``[first - 1, end - 1)``."""
+    start, end = offsets[:-1].astype(np.int64), offsets[1:].astype(np.int64)
+    has = end - start > 1
+    start, end = start[has], end[has]
+    first_len = rng.integers(1, length + 1, len(end))
+    rest = np.maximum(end - start - 1 - first_len, 0)
+    count = 1 + (rest + length - 1) // length
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    s, e, f = np.repeat(start, count), np.repeat(end, count), np.repeat(first_len, count)
+    chunk_end = np.where(k == 0, e, e - f - (k - 1) * length)
+    chunk_first = np.maximum(s + 1, chunk_end - np.where(k == 0, f, length))
+    return chunk_first, chunk_end
+
 
 @dataclass
 class EvalBatch:
@@ -125,8 +190,13 @@ class TwoTowerDataModule(pl.LightningDataModule):
         seed: int = 0,
         target_window: int = 1,
         mask_user_positives: bool = False,
+        sequences: bool = False,
+        sequence_targets: int = 0,
     ) -> None:
         super().__init__()
+        self.sequences = sequences
+        self.sequence_targets = min(sequence_targets or history_length, history_length)
+        self._chunks = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # per epoch, if sequences
         self.target_window = target_window
         self.seed = seed
         self._rng = np.random.default_rng(seed)
@@ -167,7 +237,15 @@ class TwoTowerDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader[int]:
         # sharded here rather than by Lightning, so validation can shard without padding
         rank, world = self._world()
-        dataset = _Indices(len(self.train_item))
+        n = len(self.train_item)
+        collate: Callable[[list[int]], Batch | SequenceBatch] = self._collate_train
+        if self.sequences:
+            # new chunk boundaries each time (the trainer reloads this loader every epoch)
+            self._chunks = sequence_chunks(
+                self.train_history.offsets, self.sequence_targets, self._rng
+            )
+            n, collate = len(self._chunks[0]), self._collate_sequences
+        dataset = _Indices(n)
         sampler: DistributedSampler[int] | None = (
             DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
             if world > 1
@@ -178,8 +256,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=sampler is None,
             sampler=sampler,
-            drop_last=len(self.train_item) > self.batch_size,
-            collate_fn=self._collate_train,
+            drop_last=n > self.batch_size,
+            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -213,10 +291,44 @@ class TwoTowerDataModule(pl.LightningDataModule):
             positive_mask=mask,
         )
 
+    def _collate_sequences(self, idx: list[int]) -> SequenceBatch:
+        j = np.asarray(idx, np.int64)
+        first, end = self._chunks[0][j], self._chunks[1][j]
+        users = self.train_user[first].astype(np.int64)
+        # the window is the L events before the chunk's last target (within the user's): its
+        # first targets keep the history before them, as they would at serving time
+        start = np.maximum(self.train_history.offsets[users], end - 1 - self.history_length)
+        event = start[:, None] + np.arange(self.history_length)[None, :]  # [S, L] inputs
+        real = event < end[:, None] - 1
+        event = np.where(real, event, 0)
+        scored = real & (event + 1 >= first[:, None])
+        target = np.where(scored, event + 1, 0)
+        items = np.where(real, self.train_item[event], 0)
+        targets = np.where(scored, self.train_item[target], 0)
+        mask = None
+        if self._pair_keys is not None:
+            keys = users[:, None] * (self.data.n_items + 1) + targets[scored][None, :]
+            pos = np.searchsorted(self._pair_keys, keys)
+            mask = torch.from_numpy(
+                self._pair_keys[np.minimum(pos, len(self._pair_keys) - 1)] == keys
+            )
+        return SequenceBatch(
+            user_hash=torch.from_numpy(self.user_hash[users]),
+            user_cat=torch.from_numpy(self.data.users.categorical[users]),
+            user_num=torch.from_numpy(self.data.users.numeric[users]),
+            context=torch.from_numpy(np.where(scored[..., None], self.train_context[target], 0)),
+            items=torch.from_numpy(items),
+            targets=torch.from_numpy(targets),
+            weight=torch.from_numpy(
+                np.where(scored, self.train_weight[target], 0).astype(np.float32)
+            ),
+            positive_mask=mask,
+        )
+
     def transfer_batch_to_device(
         self, batch: object, device: torch.device, dataloader_idx: int
     ) -> object:
-        if isinstance(batch, Batch | EvalBatch):
+        if isinstance(batch, Batch | SequenceBatch | EvalBatch):
             for name, value in vars(batch).items():
                 if value is not None:
                     setattr(batch, name, value.to(device))

@@ -12,6 +12,7 @@ for the ranker). :func:`max_abs_diff` runs the same inputs through torch and onn
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -102,7 +103,12 @@ def export_onnx(
     os.close(fd)
     batch = torch.export.Dim("batch", min=1)
     shapes = tuple({0: batch} for _ in names)
+    # the exporter's own INFO/WARNING chatter (passes run, optional torchvision ops missing)
+    quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo")]
+    levels = [q.level for q in quiet]
     try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -118,6 +124,8 @@ def export_onnx(
             )
         os.replace(tmp, path)
     finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path

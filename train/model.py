@@ -125,13 +125,27 @@ class ItemTower(nn.Module):
 
 class _SequenceEncoder(nn.Module):
     """History [B, L, D] with padding mask [B, L] (True = real item; the most recent item is
-    last) -> [B, D]."""
+    last) -> [B, D].
+
+    ``causal``: the encoder reads the window from its oldest item on, never the padding, and
+    position ``t`` sees items ``0..t`` only, so :meth:`forward_all` encodes every prefix of a
+    sequence in one pass and the encoding of a history of ``n`` items does not depend on how
+    much padding surrounds it (training on every position and serving then agree exactly).
+    """
 
     def __init__(
-        self, kind: str, dim: int, length: int, layers: int, heads: int, dropout: float
+        self,
+        kind: str,
+        dim: int,
+        length: int,
+        layers: int,
+        heads: int,
+        dropout: float,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.kind = kind
+        self.causal = causal
         if kind == "transformer":
             self.position = nn.Embedding(length, dim)
             layer = nn.TransformerEncoderLayer(
@@ -143,6 +157,8 @@ class _SequenceEncoder(nn.Module):
             self.gru = nn.GRU(dim, dim, batch_first=True)
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        if self.causal:
+            return self._last_of_prefix(h, mask)
         any_item = mask.any(dim=1, keepdim=True)
         if self.kind == "mean":
             m = mask.unsqueeze(-1).to(h.dtype)
@@ -158,6 +174,35 @@ class _SequenceEncoder(nn.Module):
         attend[:, -1] = True
         x = self.encoder(x, src_key_padding_mask=~attend)
         return self.norm(x[:, -1]) * any_item.to(h.dtype)
+
+    def forward_all(self, h: Tensor, mask: Tensor) -> Tensor:
+        """Left-aligned sequences [B, L, D] (``mask`` [B, L] True on a prefix: the oldest item
+        first, padding after) -> [B, L, D], row ``t`` the encoding of items ``0..t`` (rows
+        past the prefix are finite but meaningless). Causal encoders only."""
+        m = mask.unsqueeze(-1).to(h.dtype)
+        if self.kind == "mean":
+            return torch.cumsum(h * m, 1) / torch.cumsum(m, 1).clamp_min(1.0)
+        if self.kind == "gru":
+            out, _ = self.gru(h * m)
+            return out
+        length = h.shape[1]
+        pos = torch.arange(length, device=h.device)
+        x = h + self.position(pos).unsqueeze(0)
+        # padding only ever follows the real items, so the causal mask alone keeps it out
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=h.device)
+        return self.norm(self.encoder(x, mask=causal.to(h.dtype), is_causal=True))
+
+    def _last_of_prefix(self, h: Tensor, mask: Tensor) -> Tensor:
+        """Left-padded history -> left-aligned (a per-row rotation: plain gathers, so it
+        exports) -> :meth:`forward_all` -> the row of the most recent item."""
+        length = h.shape[1]
+        n = mask.sum(1, keepdim=True)  # [B, 1]
+        steps = torch.arange(length, device=h.device).unsqueeze(0)
+        idx = (steps + length - n) % length  # [B, L]
+        aligned = h.gather(1, idx.unsqueeze(-1).expand_as(h))
+        out = self.forward_all(aligned, steps < n)
+        last = (n - 1).clamp_min(0).unsqueeze(-1).expand(-1, 1, out.shape[-1])
+        return out.gather(1, last).squeeze(1) * (n > 0).to(h.dtype)
 
 
 class UserTower(nn.Module):
@@ -182,6 +227,7 @@ class UserTower(nn.Module):
         history_length: int,
         layers: int,
         heads: int,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.id_embedding = (
@@ -189,7 +235,9 @@ class UserTower(nn.Module):
         )
         self.profile = FeatureBlock(spec.user_categorical, (), spec.user_numeric, feature_dim)
         self.context = FeatureBlock(spec.context, (), 0, feature_dim)
-        self.sequence = _SequenceEncoder(encoder, id_dim, history_length, layers, heads, dropout)
+        self.sequence = _SequenceEncoder(
+            encoder, id_dim, history_length, layers, heads, dropout, causal
+        )
         d_in = id_dim + self.profile.out_dim + self.context.out_dim
         d_in += feature_dim if id_buckets else 0
         self.mlp = _mlp(d_in, hidden, dim, dropout)
@@ -205,6 +253,39 @@ class UserTower(nn.Module):
         history_mask: Tensor,
     ) -> Tensor:
         seq = self.sequence(history, history_mask)
+        return self._combine(seq, user_hash, user_cat, user_num, context)
+
+    def forward_all(
+        self,
+        user_hash: Tensor,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        sequence: Tensor,
+        sequence_mask: Tensor,
+    ) -> Tensor:
+        """Every prefix of left-aligned sequences at once (causal encoders): user inputs of
+        [S] rows as in :meth:`forward` but ``context`` [S, L, K] per position, ``sequence``
+        [S, L, id_dim] with ``sequence_mask`` [S, L] -> [S, L, dim], row ``t`` the embedding
+        after items ``0..t``."""
+        seq = self.sequence.forward_all(sequence, sequence_mask)  # [S, L, id_dim]
+        s, length = sequence_mask.shape
+
+        def rows(x: Tensor) -> Tensor:  # [S, ...] -> [S * L, ...], repeated per position
+            return x.unsqueeze(1).expand(s, length, *x.shape[1:]).reshape(s * length, *x.shape[1:])
+
+        out = self._combine(
+            seq.reshape(s * length, -1),
+            rows(user_hash),
+            rows(user_cat),
+            rows(user_num),
+            context.reshape(s * length, -1),
+        )
+        return out.reshape(s, length, -1)
+
+    def _combine(
+        self, seq: Tensor, user_hash: Tensor, user_cat: Tensor, user_num: Tensor, context: Tensor
+    ) -> Tensor:
         empty = user_num.new_zeros((user_cat.shape[0], 0, 0), dtype=torch.long)
         parts = [
             seq,
@@ -245,6 +326,7 @@ class TwoTower(nn.Module):
         layers: int = 2,
         heads: int = 2,
         user_id_buckets: int = 0,
+        causal_history: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -266,6 +348,7 @@ class TwoTower(nn.Module):
             history_length=history_length,
             layers=layers,
             heads=heads,
+            causal=causal_history,
         )
 
     def item_inputs(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:
@@ -304,3 +387,22 @@ class TwoTower(nn.Module):
         mask = history > 0
         h = self.item_inputs(history)
         return self.user_tower(user_hash, user_cat, user_num, context, h, mask)
+
+    def sequence_user_embeddings(
+        self,
+        user_hash: Tensor,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        sequence: Tensor,
+    ) -> Tensor:
+        """The user embedding after every prefix of ``sequence`` int64 [S, L] (1-based items,
+        oldest first, 0-padded on the right), in one pass: [S, L, dim], L2-normalised; row
+        ``t`` equals :meth:`user_embeddings` of the history ``sequence[:, :t + 1]``.
+        ``context`` [S, L, K] is the request context at each position. Needs
+        ``causal_history``."""
+        if not self.user_tower.sequence.causal:
+            raise ValueError("sequence_user_embeddings needs a model built with causal_history")
+        mask = sequence > 0
+        h = self.item_inputs(sequence)
+        return self.user_tower.forward_all(user_hash, user_cat, user_num, context, h, mask)

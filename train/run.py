@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from tailored.config import Config, ModelConfig
@@ -76,7 +76,7 @@ class ThroughputMeter(pl.Callback):
         now = time.perf_counter()
         if self._start is not None:
             self.seconds += now - self._start
-            self.samples += len(batch.item) * trainer.world_size
+            self.samples += batch.examples * trainer.world_size
         self._start = now
 
     @property
@@ -133,6 +133,7 @@ def build_model(
         layers=m.encoder_layers,
         heads=m.encoder_heads,
         user_id_buckets=m.user_id_buckets,
+        causal_history=m.causal_history,
     )
 
 
@@ -175,6 +176,8 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         seed=cfg.train.seed,
         target_window=cfg.train.target_window,
         mask_user_positives=cfg.loss.mask_user_positives,
+        sequences=m.causal_history,
+        sequence_targets=cfg.train.sequence_targets,
     )
     task = TwoTowerTask(
         model,
@@ -198,6 +201,14 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     )
     cuda = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
     meter = ThroughputMeter()
+    callbacks: list[pl.Callback] = [
+        EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
+        ckpt,
+        meter,
+    ]
+    if cfg.train.ema_decay:
+        # validation runs on the averaged weights, and checkpoints hold them as "state_dict"
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     trainer = pl.Trainer(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
@@ -205,17 +216,15 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         precision="bf16-mixed" if cuda else "32-true",
         max_epochs=cfg.train.max_epochs,
         max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
-        callbacks=[
-            EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
-            ckpt,
-            meter,
-        ],
+        callbacks=callbacks,
         logger=_logger(cfg, out),
         enable_progress_bar=cfg.train.progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # the data module shards (see its loaders)
         deterministic=False,
         num_sanity_val_steps=0,
+        # sequence chunks are cut afresh each epoch
+        reload_dataloaders_every_n_epochs=1 if m.causal_history else 0,
         log_every_n_steps=10,
     )
     trainer.fit(task, datamodule=dm)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from tailored.config import LossConfig
-from tailored.train.datamodule import Batch, EvalBatch
+from tailored.train.datamodule import Batch, EvalBatch, SequenceBatch
 from tailored.train.loss import sampled_softmax_loss
 from tailored.train.model import TwoTower
 
@@ -48,6 +48,8 @@ def _ndcg_recall(topk: Tensor, relevant: Tensor, k: int) -> tuple[Tensor, Tensor
 class TwoTowerTask(pl.LightningModule):
     """Trains :class:`TwoTower` with sampled softmax; validates full-ranking NDCG@10."""
 
+    log_q: Tensor  # float32 [N+1], log sampling probability of each item (a buffer)
+
     def __init__(
         self,
         model: TwoTower,
@@ -77,15 +79,32 @@ class TwoTowerTask(pl.LightningModule):
         self._item_emb: Tensor | None = None
         self._val_sums: Tensor | None = None
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch | SequenceBatch, batch_idx: int) -> Tensor:
         context = batch.context
         if self.context_dropout > 0:
+            # per row: a sequence batch's row is a chunk, whose positions all lose it together
             drop = torch.rand(context.shape[0], 1, device=context.device) < self.context_dropout
-            context = context.masked_fill(drop, 0)
+            context = context.masked_fill(drop.view(-1, *[1] * (context.dim() - 1)), 0)
+        if isinstance(batch, SequenceBatch):
+            # every position of every chunk is one (user, next item) row
+            valid = batch.targets > 0  # [S, L]
+            user = self.model.sequence_user_embeddings(
+                batch.user_hash, batch.user_cat, batch.user_num, context, batch.items
+            )[valid]
+            rows = torch.arange(valid.shape[0], device=valid.device)
+            rows = rows.unsqueeze(1).expand_as(valid)[valid]
+            mask = batch.positive_mask[rows] if batch.positive_mask is not None else None
+            return self._loss(user, batch.targets[valid], batch.weight[valid], mask)
         user = self.model.user_embeddings(
             batch.user_hash, batch.user_cat, batch.user_num, context, batch.history
         )
-        item = self.model.item_embeddings(batch.item, self.item_id_dropout)
+        return self._loss(user, batch.item, batch.weight, batch.positive_mask)
+
+    def _loss(
+        self, user: Tensor, items: Tensor, weight: Tensor, positive_mask: Tensor | None
+    ) -> Tensor:
+        """Sampled softmax of user rows [B, dim] against their items [B] (in-batch negatives)."""
+        item = self.model.item_embeddings(items, self.item_id_dropout)
         extra = extra_ids = None
         n_items = self.model.spec.n_items
         if self.loss_cfg.uniform_negatives:
@@ -96,17 +115,17 @@ class TwoTowerTask(pl.LightningModule):
         loss = sampled_softmax_loss(
             user,
             item,
-            batch.item,
+            items,
             temperature=self.loss_cfg.temperature,
-            log_q=self.log_q if self.loss_cfg.logq_correction else None,  # type: ignore[arg-type]
+            log_q=self.log_q if self.loss_cfg.logq_correction else None,
             mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
-            positive_mask=batch.positive_mask,
+            positive_mask=positive_mask,
             extra=extra,
             extra_ids=extra_ids,
             n_items=n_items,
-            weight=batch.weight,
+            weight=weight,
         )
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch.item.shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=items.shape[0])
         return loss
 
     def on_validation_epoch_start(self) -> None:
