@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from tailored.data.features import FeatureTable
 from tailored.train.model import TwoTower
-from tailored.train.ranker_task import RowIndices
 
 __all__ = ["EmbeddedItems", "embed_items", "embed_users"]
 
@@ -65,6 +64,27 @@ class _UserPredictor(pl.LightningModule):
         return {"row": batch["row"], "emb": emb.float()}
 
 
+class _Blocks(Dataset[np.ndarray]):
+    """Consecutive blocks of row numbers, one batch each: the loader hands whole blocks to
+    the collate function (no per-row Python objects; DDP's sampler splits the blocks)."""
+
+    def __init__(self, n: int, batch: int) -> None:
+        self.n, self.batch = n, batch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.arange(i * self.batch, min((i + 1) * self.batch, self.n), dtype=np.int64)
+
+
+def _loader(n: int, batch: int, devices: int, collate: Any) -> DataLoader[np.ndarray]:
+    """One block per loader batch (batch_size 1, so DDP's sampler can split the blocks);
+    blocks small enough that every rank gets at least one."""
+    block = max(1, min(batch, -(-n // max(devices, 1))))
+    return DataLoader(_Blocks(n, block), batch_size=1, collate_fn=lambda blocks: collate(blocks[0]))
+
+
 class _ShardWriter(BasePredictionWriter):
     """Each rank writes the rows it embedded to ``shard-<rank>-<key>.npy``."""
 
@@ -96,17 +116,21 @@ def _predict(
     progress_bar: bool,
 ) -> dict[str, np.ndarray]:
     work.mkdir(parents=True, exist_ok=True)
+    shard = devices > 1  # one process keeps its predictions in memory; DDP ranks use files
     trainer = pl.Trainer(
         accelerator="auto",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy="ddp" if shard else "auto",
         precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
         logger=False,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
-        callbacks=[_ShardWriter(work)],
+        callbacks=[_ShardWriter(work)] if shard else [],
     )
-    trainer.predict(module, loader, return_predictions=False)
+    predictions = trainer.predict(module, loader, return_predictions=not shard)
+    if not shard:
+        outs = cast(list[dict[str, Tensor]], predictions or [])
+        return {k: torch.cat([o[k] for o in outs]).float().numpy() for k in keys}
     trainer.strategy.barrier()  # every shard is written; each rank reads them all
     out: dict[str, np.ndarray] = {}
     shards = sorted(work.glob("shard-*-row.npy"))
@@ -135,17 +159,17 @@ def embed_items(
     their encoded metadata ``items`` [N, ...]. ``work``: a directory every rank sees."""
     n = len(train_ids)
 
-    def collate(idx: list[int]) -> dict[str, Tensor]:
-        j = np.asarray(idx, np.int64)
+    def collate(j: np.ndarray) -> dict[str, Tensor]:
+        rows = slice(int(j[0]), int(j[-1]) + 1)  # a block of consecutive rows: views
         return {
             "row": torch.from_numpy(j),
-            "ids": torch.from_numpy(train_ids[j].astype(np.int64)),
-            "cat": torch.from_numpy(items.categorical[j]),
-            "multi": torch.from_numpy(items.multi[j]),
-            "num": torch.from_numpy(items.numeric[j]),
+            "ids": torch.from_numpy(train_ids[rows].astype(np.int64)),
+            "cat": torch.from_numpy(items.categorical[rows]),
+            "multi": torch.from_numpy(items.multi[rows]),
+            "num": torch.from_numpy(items.numeric[rows]),
         }
 
-    loader = DataLoader(RowIndices(n), batch_size=batch_size, collate_fn=collate)
+    loader = _loader(n, batch_size, devices, collate)
     out = _predict(
         _ItemPredictor(model.eval()),
         loader,
@@ -174,13 +198,13 @@ def embed_users(
     float32 [U, dim]. ``work``: a directory every rank sees."""
     n = len(inputs["user_hash"])
 
-    def collate(idx: list[int]) -> dict[str, Tensor]:
-        j = np.asarray(idx, np.int64)
-        batch = {k: torch.from_numpy(np.ascontiguousarray(v[j])) for k, v in inputs.items()}
+    def collate(j: np.ndarray) -> dict[str, Tensor]:
+        rows = slice(int(j[0]), int(j[-1]) + 1)
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in inputs.items()}
         batch["row"] = torch.from_numpy(j)
         return batch
 
-    loader = DataLoader(RowIndices(n), batch_size=batch_size, collate_fn=collate)
+    loader = _loader(n, batch_size, devices, collate)
     out = _predict(
         _UserPredictor(model.eval(), history_table),
         loader,
