@@ -29,6 +29,7 @@ from tailored.bundle import BundleWriter, load_json, resolve_bundle, verify_bund
 from tailored.config import Config, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.interactions import Interactions
+from tailored.data.ranking_features import ItemNeighbors
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
@@ -131,6 +132,13 @@ def _activity(data: Interactions) -> np.ndarray:
         for d in (end + 1, 7 * _DAY, 30 * _DAY)
     ]
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _neighbors(data: Interactions, seed: int) -> ItemNeighbors:
+    """The serving snapshot of the ranker's co-occurrence table: every positive event (the
+    offline evaluation builds its own from the splits before the evaluated one)."""
+    users = np.repeat(np.arange(data.n_users), np.diff(data.offsets))
+    return ItemNeighbors.of(users, data.item, data.offsets, data.n_items, seed=seed)
 
 
 def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
@@ -271,6 +279,9 @@ def _write_bundle(
         _save(w, "item_multi", items.multi)
         _save(w, "item_numeric", items.numeric)
         _save(w, "item_activity", _activity(data))
+        neighbors = _neighbors(data, src.cfg.train.seed)
+        _save(w, "item_neighbors", neighbors.ids)
+        _save(w, "item_neighbor_weights", neighbors.weights)
         built.index.save(w.path(BUNDLE_FILES["index"] + "/index.json").parent)
         if user_emb is not None:
             _save(w, "user_embeddings", user_emb)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from tailored.bundle import Manifest, load_json, load_npy, verify_bundle
 from tailored.data.features import FeatureEncoder, FeatureTable
-from tailored.data.ranking_features import ranker_inputs
+from tailored.data.ranking_features import ItemNeighbors, ranker_inputs
 from tailored.errors import TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
@@ -35,6 +35,8 @@ BUNDLE_FILES = {
     "item_multi": "items/multi.npy",
     "item_numeric": "items/numeric.npy",
     "item_activity": "items/activity.npy",
+    "item_neighbors": "items/neighbors.npy",
+    "item_neighbor_weights": "items/neighbor_weights.npy",
     "index": "index",
     "user_embeddings": "users/embeddings.npy",
     "user_ids": "users/users.parquet",
@@ -62,6 +64,7 @@ class TwoStage:
     item_embeddings: np.ndarray  # float32 [N+1, D]
     item_history: np.ndarray  # float32 [N+1, id_dim]
     item_activity: np.ndarray  # float32 [N+1, 3]: counts all / 7 days / 30 days at build time
+    item_neighbors: ItemNeighbors  # co-occurrence neighbours, from every event at build time
     index: ItemIndex
     user_tower: Any
     ranker: Any | None
@@ -89,6 +92,10 @@ class TwoStage:
             item_embeddings=load_npy(root / BUNDLE_FILES["item_embeddings"]),
             item_history=load_npy(root / BUNDLE_FILES["item_history"]),
             item_activity=load_npy(root / BUNDLE_FILES["item_activity"]),
+            item_neighbors=ItemNeighbors(
+                load_npy(root / BUNDLE_FILES["item_neighbors"]),
+                load_npy(root / BUNDLE_FILES["item_neighbor_weights"]),
+            ),
             index=load_index(root / BUNDLE_FILES["index"]),
             user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
             ranker=_session(ranker_path, threads) if ranker_path.exists() else None,

@@ -49,7 +49,16 @@ def test_a_bundle_holds_everything_and_verifies(built: tuple[Path, Path, BuildRe
     assert result.path.name == "v000001" and result.items == 1682 and result.users == 943
     manifest = verify_bundle(result.path)
     names = {f.path for f in manifest.files}
-    for key in ("model", "user_tower", "ranker", "weights", "items", "item_embeddings"):
+    for key in (
+        "model",
+        "user_tower",
+        "ranker",
+        "weights",
+        "items",
+        "item_embeddings",
+        "item_neighbors",
+        "user_embeddings",
+    ):
         assert BUNDLE_FILES[key] in names, key
     assert {"index/index.faiss", "index/ids.npy", "index/index.json"} <= names
     assert manifest.data["counts"]["items"] == 1682
@@ -152,6 +161,7 @@ def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildRe
     second = refresh(first.path, progress_bar=False)
     assert second.path.name == "v000002" and second.items == 1683 and second.new_items == 1
     old, new = TwoStage.load(first.path), TwoStage.load(second.path)
+    assert new.item_neighbors.ids.shape[0] == 1684  # padding row + 1,683 items
     assert new.item_ids[-1] == "new-movie-1" and new.n_items == 1683
     # known items keep their embeddings; the new one has a unit-norm embedding of its own
     np.testing.assert_allclose(new.item_embeddings[:1683], old.item_embeddings, atol=1e-5)
