@@ -7,14 +7,23 @@ import pytest
 
 from tailored.cli import main
 
-COMMANDS = [["data", "fetch"], ["data", "import"], ["data", "synth"], ["train"], ["evaluate"]]
+COMMANDS = [
+    ["data", "fetch"],
+    ["data", "import"],
+    ["data", "synth"],
+    ["train"],
+    ["evaluate"],
+    ["bundle", "build"],
+    ["bundle", "verify"],
+    ["refresh"],
+]
 
 
 def test_help_lists_every_command_with_one_line() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tailored.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for line in ("data ", "train ", "evaluate "):
+    for line in ("data ", "train ", "evaluate ", "bundle ", "refresh "):
         assert any(
             row.strip().startswith(line) and len(row.split()) > 2 for row in out.splitlines()
         ), line
