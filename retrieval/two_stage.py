@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from tailored.bundle import Manifest, load_json, load_npy, verify_bundle
+from tailored.bundle import BundleError, Manifest, load_json, load_npy, verify_bundle
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.ranking_features import ItemNeighbors, ranker_inputs
 from tailored.errors import TailoredError
@@ -75,6 +75,13 @@ class TwoStage:
         altered file) and load it; ``threads`` per onnxruntime session."""
         manifest = verify_bundle(path)
         root = manifest.path
+        optional = {"ranker", "weights", "user_embeddings", "user_ids"}
+        for key, name in BUNDLE_FILES.items():
+            if key not in optional and not (root / name).exists():
+                raise BundleError(
+                    f"{root}: no {name}, which serving needs (a bundle of an older format?); "
+                    "write a new version with `tailored refresh`"
+                )
         info = load_json(root / BUNDLE_FILES["model"])
         items_t = pq.read_table(root / BUNDLE_FILES["items"])
         titles = items_t.column("title").to_numpy(zero_copy_only=False)

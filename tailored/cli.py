@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # FAISS reports at INFO which of its builds it tried (and the exception of each miss)
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     handler: Handler = args.handler
     from tailored.errors import TailoredError
 
