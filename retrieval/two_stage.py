@@ -68,6 +68,7 @@ class TwoStage:
     index: ItemIndex
     user_tower: Any
     ranker: Any | None
+    ranker_input_names: frozenset[str] = frozenset()  # what the ranker graph reads, once
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1) -> TwoStage:
@@ -86,6 +87,7 @@ class TwoStage:
         items_t = pq.read_table(root / BUNDLE_FILES["items"])
         titles = items_t.column("title").to_numpy(zero_copy_only=False)
         ranker_path = root / BUNDLE_FILES["ranker"]
+        ranker = _session(ranker_path, threads) if ranker_path.exists() else None
         return cls(
             manifest=manifest,
             info=info,
@@ -105,12 +107,11 @@ class TwoStage:
             ),
             index=load_index(root / BUNDLE_FILES["index"]),
             user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
-            ranker=_session(ranker_path, threads) if ranker_path.exists() else None,
+            ranker=ranker,
+            ranker_input_names=frozenset(
+                i.name for i in (ranker.get_inputs() if ranker is not None else ())
+            ),
         )
-
-    @property
-    def _ranker_inputs(self) -> set[str]:
-        return {i.name for i in self.ranker.get_inputs()} if self.ranker is not None else set()
 
     @property
     def version(self) -> str:
@@ -185,6 +186,6 @@ class TwoStage:
             user_emb=user_emb,
         )
         # the exporter drops inputs a ranker does not read (fields the config turned off)
-        names = self._ranker_inputs
+        names = self.ranker_input_names
         (score,) = self.ranker.run(None, {k: v for k, v in feeds.items() if k in names})
         return np.asarray(score, np.float32).reshape(candidates.shape)

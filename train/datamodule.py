@@ -30,6 +30,7 @@ from tailored.data.splits import TRAIN, VALID
 __all__ = [
     "Batch",
     "EvalBatch",
+    "RowIndices",
     "SequenceBatch",
     "TwoTowerDataModule",
     "UserHistory",
@@ -156,7 +157,9 @@ class EvalBatch:
     relevant: Tensor
 
 
-class _Indices(Dataset[int]):
+class RowIndices(Dataset[int]):
+    """Row numbers 0..n-1; batches are assembled from them in a collate function."""
+
     def __init__(self, n: int) -> None:
         self.n = n
 
@@ -245,7 +248,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
                 self.train_history.offsets, self.sequence_targets, self._rng
             )
             n, collate = len(self._chunks[0]), self._collate_sequences
-        dataset = _Indices(n)
+        dataset = RowIndices(n)
         sampler: DistributedSampler[int] | None = (
             DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
             if world > 1
@@ -375,5 +378,5 @@ class TwoTowerDataModule(pl.LightningDataModule):
             )
 
         return DataLoader(
-            _Indices(len(users)), batch_size=batch_size, shuffle=False, collate_fn=collate
+            RowIndices(len(users)), batch_size=batch_size, shuffle=False, collate_fn=collate
         )

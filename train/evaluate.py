@@ -39,6 +39,7 @@ from tailored.train.run import build_model, load_data
 
 __all__ = [
     "LoadedRun",
+    "eval_plan",
     "evaluate",
     "evaluate_run",
     "format_report",
@@ -105,6 +106,23 @@ def evaluate_run(
     return report
 
 
+def eval_plan(
+    data: Interactions, split: str, history: str, max_users: int, seed: int
+) -> tuple[int, tuple[int, ...], tuple[int, ...], np.ndarray]:
+    """What an evaluation of ``split`` ranks for: (target split, splits whose items are
+    masked, splits the user tower reads, the users with target events, at most
+    ``max_users`` of them sampled with ``seed``)."""
+    target = TEST if split == "test" else VALID
+    seen = (TRAIN, VALID) if target == TEST else (TRAIN,)
+    hist_splits = seen if history == "all" else (TRAIN,)
+    users = np.unique(data.user[data.split == target])
+    if max_users and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    if not len(users):
+        raise TailoredError(f"no user has {split} events")
+    return target, seen, hist_splits, users
+
+
 def _csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
     # model items are 1-based; metrics count items from 0
     return Csr.from_lists([hist[u] - 1 for u in users])
@@ -122,14 +140,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of the model and of the popularity baseline on ``split`` (see module doc)."""
     data, model, m = run.data, run.model, run.cfg.model
-    target = TEST if split == "test" else VALID
-    seen = (TRAIN, VALID) if target == TEST else (TRAIN,)
-    hist_splits = seen if history == "all" else (TRAIN,)
-    users = np.unique(data.user[data.split == target])
-    if max_users and len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    if not len(users):
-        raise TailoredError(f"no user has {split} events")
+    target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )

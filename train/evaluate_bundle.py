@@ -15,11 +15,11 @@ import numpy as np
 
 from tailored.config import from_dict
 from tailored.data.interactions import Interactions
-from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.data.splits import TRAIN, VALID
 from tailored.errors import TailoredError
 from tailored.retrieval.two_stage import TwoStage
 from tailored.train.datamodule import UserHistory, user_hash_buckets
-from tailored.train.evaluate import KS, _csr, _groups
+from tailored.train.evaluate import KS, _csr, _groups, eval_plan
 from tailored.train.metrics import (
     aggregate_metrics,
     grouped_metrics,
@@ -105,14 +105,7 @@ def evaluate_bundle(
     cfg = from_dict(two.manifest.config, where=f"{two.manifest.path}/manifest.json config")
     data = data if data is not None else load_data(cfg)
     _check_same_data(two, data)
-    target = TEST if split == "test" else VALID
-    seen = (TRAIN, VALID) if target == TEST else (TRAIN,)
-    hist_splits = seen if history == "all" else (TRAIN,)
-    users = np.unique(data.user[data.split == target])
-    if max_users and len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    if not len(users):
-        raise TailoredError(f"no user has {split} events")
+    target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
     n_cand = max(cfg.ranker.candidates, max(KS))
     req = _two_stage_requests(two, data, users, hist_splits, target, n_cand)
     if hist_splits != seen:  # train-only history: valid items are still not recommended

@@ -17,12 +17,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tailored.config import RankerConfig
 from tailored.data.features import FeatureTable
 from tailored.data.ranking_features import DENSE_FEATURES, ranker_inputs
 from tailored.errors import TailoredError
+from tailored.train.datamodule import RowIndices
 from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerSpec
 from tailored.train.ranker_data import Requests
 
@@ -30,25 +31,11 @@ __all__ = [
     "RankerTables",
     "RankerTask",
     "RankerTrainResult",
-    "RowIndices",
     "list_ndcg",
     "train_ranker",
 ]
 
 _log = logging.getLogger(__name__)
-
-
-class RowIndices(Dataset[int]):
-    """Row numbers 0..n-1; batches are assembled from them in a collate function."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 @dataclass
