@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from tailored.data.schema import FieldSpec
 
-__all__ = ["FeatureEncoder", "FeatureTable"]
+__all__ = ["FeatureEncoder", "FeatureTable", "user_hash_buckets"]
 
 MAX_MULTI = 8  # values kept per multi-categorical field (e.g. genres); more are rare
 
@@ -132,3 +132,11 @@ def _codes(col: pa.ChunkedArray | pa.Array, vocab: list[str]) -> np.ndarray:
     """1-based codes of ``col`` in ``vocab``; unknown and missing values are 0."""
     idx = pc.index_in(pc.cast(col, pa.string()), value_set=pa.array(vocab, pa.string()))
     return np.asarray(pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False), np.int64)
+
+
+def user_hash_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
+    """Hashed id bucket per user (1..buckets; 0 when disabled), int64 [U]. Pseudonyms are
+    hex HMACs, so their leading digits are already uniformly distributed."""
+    if buckets <= 0:
+        return np.zeros(len(user_ids), np.int64)
+    return np.array([int(str(u)[:12], 16) % buckets + 1 for u in user_ids], np.int64)

@@ -45,6 +45,7 @@ from tailored.data.features import FeatureTable
 
 __all__ = [
     "DENSE_FEATURES",
+    "ActivitySnapshot",
     "ItemActivity",
     "ItemNeighbors",
     "dense_features",
@@ -124,6 +125,15 @@ class ItemActivity:
             return np.zeros(len(items), np.int64)
         return np.searchsorted(self.keys, self._key(items, t)) - self.offsets[items]
 
+    def counts(self, items: np.ndarray, now: float) -> tuple[np.ndarray, ...]:
+        """Each item's events before ``now``: (all, last 7 days, last 30 days), int64 [C]."""
+        before = self.count_before(items, now)
+        return (
+            before,
+            before - self.count_before(items, now - 7 * _DAY),
+            before - self.count_before(items, now - 30 * _DAY),
+        )
+
     def first_time(self, items: np.ndarray) -> np.ndarray:
         """Time of each item's first event (seconds; -1 if none), int64 [C]."""
         if not len(self.keys):
@@ -131,6 +141,23 @@ class ItemActivity:
         has = self.offsets[items + 1] > self.offsets[items]
         first = self.keys[np.minimum(self.offsets[items], len(self.keys) - 1)]
         return np.where(has, (first & 0xFFFFFFFF) + self.origin, -1)
+
+
+@dataclass
+class ActivitySnapshot:
+    """The same counts frozen at one time (a bundle's build), for serving: ``counts`` float32
+    [N+1, 3] (all / last 7 days / last 30 days at the snapshot) and ``first_seen`` int64
+    [N+1] (seconds; -1 if none). ``now`` is not used: the snapshot is the server's "as of"."""
+
+    table: np.ndarray
+    first_seen: np.ndarray
+
+    def counts(self, items: np.ndarray, now: float) -> tuple[np.ndarray, ...]:
+        rows = self.table[items]
+        return rows[:, 0], rows[:, 1], rows[:, 2]
+
+    def first_time(self, items: np.ndarray) -> np.ndarray:
+        return self.first_seen[items]
 
 
 @dataclass
@@ -220,7 +247,7 @@ def dense_features(
     history_times: np.ndarray,
     now: float,
     tags: np.ndarray,
-    activity: ItemActivity,
+    activity: ItemActivity | ActivitySnapshot,
     neighbors: ItemNeighbors,
     item_emb: np.ndarray,
 ) -> np.ndarray:
@@ -235,10 +262,10 @@ def dense_features(
     out = np.zeros((c, len(DENSE_FEATURES)), np.float32)
     out[:, 0] = scores
     out[:, 1] = np.log1p(np.arange(c))
-    before = activity.count_before(candidates, now)
+    before, week, month = activity.counts(candidates, now)
     out[:, 2] = np.log1p(before)
-    out[:, 3] = np.log1p(before - activity.count_before(candidates, now - 7 * _DAY))
-    out[:, 4] = np.log1p(before - activity.count_before(candidates, now - 30 * _DAY))
+    out[:, 3] = np.log1p(week)
+    out[:, 4] = np.log1p(month)
     first = activity.first_time(candidates)
     seen = (before > 0) & (first >= 0)
     out[:, 5] = np.where(seen, np.log1p(np.maximum(now - first, 0) / _DAY), 0.0)

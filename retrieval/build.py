@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from tailored.bundle import BundleWriter, load_json, resolve_bundle, verify_bundle
 from tailored.config import Config, from_dict
-from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import ItemNeighbors
 from tailored.data.splits import TRAIN
@@ -35,7 +35,7 @@ from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
 from tailored.retrieval.embed import embed_items, embed_users
 from tailored.retrieval.two_stage import BUNDLE_FILES
-from tailored.train.datamodule import UserHistory, user_hash_buckets
+from tailored.train.datamodule import UserHistory
 from tailored.train.model import TowerSpec, TwoTower
 from tailored.train.run import build_model, load_data
 
@@ -43,6 +43,8 @@ __all__ = ["BuildResult", "build_bundle", "refresh"]
 
 _log = logging.getLogger(__name__)
 _DAY = 86_400
+# positives per user kept in the bundle for serving (the ranker's affinity features read them)
+USER_SNAPSHOT_EVENTS = 200
 _WORK_ENV = "TAILORED_EMBED_WORK"
 
 
@@ -132,6 +134,31 @@ def _activity(data: Interactions) -> np.ndarray:
         for d in (end + 1, 7 * _DAY, 30 * _DAY)
     ]
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _first_seen(data: Interactions) -> np.ndarray:
+    """Per item row: the time of its first positive (seconds; -1 if none), int64 [N+1]."""
+    first = np.full(data.n_items + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, data.item, data.timestamp.astype(np.int64))
+    return np.where(first == np.iinfo(np.int64).max, -1, first)
+
+
+def _user_snapshot(data: Interactions, length: int) -> dict[str, np.ndarray]:
+    """Every user's ``length`` most recent positives for serving: item rows int32 [U, L] and
+    times int64 [U, L] (seconds), left-padded with 0, most recent last."""
+    end = data.offsets[1:]
+    idx = end[:, None] - np.arange(length, 0, -1)[None, :]
+    valid = idx >= data.offsets[:-1, None]
+    safe = np.clip(idx, 0, max(len(data.item) - 1, 0))
+    if not len(data.item):
+        return {
+            "user_history": np.zeros(idx.shape, np.int32),
+            "user_history_times": np.zeros(idx.shape, np.int64),
+        }
+    return {
+        "user_history": np.where(valid, data.item[safe], 0).astype(np.int32),
+        "user_history_times": np.where(valid, data.timestamp[safe], 0).astype(np.int64),
+    }
 
 
 def _neighbors(data: Interactions, seed: int) -> ItemNeighbors:
@@ -279,13 +306,19 @@ def _write_bundle(
         _save(w, "item_multi", items.multi)
         _save(w, "item_numeric", items.numeric)
         _save(w, "item_activity", _activity(data))
+        _save(w, "item_first_seen", _first_seen(data))
         neighbors = _neighbors(data, src.cfg.train.seed)
         _save(w, "item_neighbors", neighbors.ids)
         _save(w, "item_neighbor_weights", neighbors.weights)
         built.index.save(w.path(BUNDLE_FILES["index"] + "/index.json").parent)
-        if user_emb is not None:
+        if user_emb is not None and uin is not None:
             _save(w, "user_embeddings", user_emb)
             pq.write_table(pa.table({"user_id": data.user_ids}), w.path(BUNDLE_FILES["user_ids"]))
+            # what serving knows of each user at build time (its own events come after)
+            _save(w, "user_categorical", uin["user_cat"])
+            _save(w, "user_numeric", uin["user_num"])
+            for name, arr in _user_snapshot(data, USER_SNAPSHOT_EVENTS).items():
+                _save(w, name, arr)
         new_items = int((train_index == 0).sum())
         all_metrics = {
             **metrics,
@@ -305,6 +338,8 @@ def _write_bundle(
                 "path": str(dataset_dir(src.cfg.data.dataset)),
                 "counts": data.meta.counts,
                 "key_fingerprint": data.meta.key_fingerprint,
+                # the data's last event: serving adds the online events after it
+                "last_event_time": int(data.timestamp.max()) if len(data.timestamp) else 0,
             },
             metrics=_json_safe(all_metrics),
             extra={"source": src.previous["source"]},

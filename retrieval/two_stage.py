@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 
 from tailored.bundle import BundleError, Manifest, load_json, load_npy, verify_bundle
 from tailored.data.features import FeatureEncoder, FeatureTable
-from tailored.data.ranking_features import ItemNeighbors, ranker_inputs
+from tailored.data.ranking_features import ActivitySnapshot, ItemNeighbors, ranker_inputs
 from tailored.errors import TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
-__all__ = ["BUNDLE_FILES", "TwoStage"]
+__all__ = ["BUNDLE_FILES", "TwoStage", "UserSnapshot"]
 
 # the bundle's layout, relative paths
 BUNDLE_FILES = {
@@ -35,12 +35,25 @@ BUNDLE_FILES = {
     "item_multi": "items/multi.npy",
     "item_numeric": "items/numeric.npy",
     "item_activity": "items/activity.npy",
+    "item_first_seen": "items/first_seen.npy",
     "item_neighbors": "items/neighbors.npy",
     "item_neighbor_weights": "items/neighbor_weights.npy",
     "index": "index",
     "user_embeddings": "users/embeddings.npy",
     "user_ids": "users/users.parquet",
+    "user_categorical": "users/categorical.npy",
+    "user_numeric": "users/numeric.npy",
+    "user_history": "users/history.npy",
+    "user_history_times": "users/history_times.npy",
 }
+_USER_FILES = (
+    "user_embeddings",
+    "user_ids",
+    "user_categorical",
+    "user_numeric",
+    "user_history",
+    "user_history_times",
+)
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -50,6 +63,43 @@ def _session(path: Path, threads: int) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class UserSnapshot:
+    """What the bundle knows of its users at build time: ``ids`` str [U] pseudonyms; encoded
+    profiles ``categorical`` int64 [U, C] and ``numeric`` float32 [U, F]; each user's most
+    recent positives, ``history`` int32 [U, L] bundle rows and ``history_times`` int64 [U, L]
+    seconds, left-padded with 0, most recent last."""
+
+    ids: np.ndarray
+    categorical: np.ndarray
+    numeric: np.ndarray
+    history: np.ndarray
+    history_times: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._rows = {str(u): i for i, u in enumerate(self.ids)}
+
+    def row(self, pseudonym: str) -> int | None:
+        """The user's row, or None for a user the bundle does not know."""
+        return self._rows.get(pseudonym)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def load(cls, root: Path) -> UserSnapshot | None:
+        if not all((root / BUNDLE_FILES[k]).exists() for k in _USER_FILES):
+            return None
+        ids = pq.read_table(root / BUNDLE_FILES["user_ids"]).column("user_id")
+        return cls(
+            ids=ids.to_numpy(zero_copy_only=False),
+            categorical=load_npy(root / BUNDLE_FILES["user_categorical"]),
+            numeric=load_npy(root / BUNDLE_FILES["user_numeric"]),
+            history=load_npy(root / BUNDLE_FILES["user_history"]),
+            history_times=load_npy(root / BUNDLE_FILES["user_history_times"]),
+        )
 
 
 @dataclass
@@ -63,11 +113,12 @@ class TwoStage:
     items: FeatureTable  # encoded metadata [N+1, ...], row 0 padding
     item_embeddings: np.ndarray  # float32 [N+1, D]
     item_history: np.ndarray  # float32 [N+1, id_dim]
-    item_activity: np.ndarray  # float32 [N+1, 3]: counts all / 7 days / 30 days at build time
+    activity: ActivitySnapshot  # item counts all / 7 days / 30 days, first seen, at build time
     item_neighbors: ItemNeighbors  # co-occurrence neighbours, from every event at build time
     index: ItemIndex
     user_tower: Any
     ranker: Any | None
+    users: UserSnapshot | None = None  # without one, every user is new to the bundle
     ranker_input_names: frozenset[str] = frozenset()  # what the ranker graph reads, once
 
     @classmethod
@@ -76,7 +127,7 @@ class TwoStage:
         altered file) and load it; ``threads`` per onnxruntime session."""
         manifest = verify_bundle(path)
         root = manifest.path
-        optional = {"ranker", "weights", "user_embeddings", "user_ids"}
+        optional = {"ranker", "weights", *_USER_FILES}
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():
                 raise BundleError(
@@ -100,7 +151,10 @@ class TwoStage:
             ),
             item_embeddings=load_npy(root / BUNDLE_FILES["item_embeddings"]),
             item_history=load_npy(root / BUNDLE_FILES["item_history"]),
-            item_activity=load_npy(root / BUNDLE_FILES["item_activity"]),
+            activity=ActivitySnapshot(
+                load_npy(root / BUNDLE_FILES["item_activity"]),
+                load_npy(root / BUNDLE_FILES["item_first_seen"]),
+            ),
             item_neighbors=ItemNeighbors(
                 load_npy(root / BUNDLE_FILES["item_neighbors"]),
                 load_npy(root / BUNDLE_FILES["item_neighbor_weights"]),
@@ -108,6 +162,7 @@ class TwoStage:
             index=load_index(root / BUNDLE_FILES["index"]),
             user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
             ranker=ranker,
+            users=UserSnapshot.load(root),
             ranker_input_names=frozenset(
                 i.name for i in (ranker.get_inputs() if ranker is not None else ())
             ),
@@ -120,6 +175,11 @@ class TwoStage:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def last_event_time(self) -> int:
+        """The bundle's data ends here (unix seconds): online events after it are new."""
+        return int(self.manifest.data.get("last_event_time", 0))
 
     @property
     def history_length(self) -> int:

@@ -36,6 +36,9 @@ def register_all(sub: Sub) -> None:
     _add_bundle_build(bundle_sub)
     _add_bundle_verify(bundle_sub)
     _add_refresh(sub)
+    from tailored.serve_commands import register_serve
+
+    register_serve(sub)
 
 
 # --- data fetch -------------------------------------------------------------------------------

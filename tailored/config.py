@@ -25,8 +25,10 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "RankerConfig",
+    "ServeConfig",
     "TrainConfig",
     "load_config",
+    "load_serve_config",
 ]
 
 
@@ -258,6 +260,74 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``tailored serve``: the [serve] table of a serving configuration file."""
+
+    surfaces: tuple[str, ...] = ("home", "item", "search")  # pages that may ask; others fail
+    max_k: int = 100  # the most items one Recommend may ask for
+    candidates: int = 200  # retrieved per request, then ranked
+    diversity: str = "mmr"  # "mmr" | "category_cap" | "none"
+    mmr_lambda: float = 0.8  # relevance vs novelty in MMR (1 = relevance only)
+    cap_field: str = ""  # category_cap: item field (default: the first categorical one)
+    cap_per_value: int = 3  # category_cap: items per value of that field at most
+    history_events: int = 200  # a user's online events read per request
+    consent_default: str = "granted"  # a user who never set consent: "granted" | "denied"
+    admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
+    state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
+    # under $TAILORED_HOME/serve)
+    workers: int = 8  # threads answering RPCs
+    max_concurrent_rpcs: int = 64  # beyond this, RESOURCE_EXHAUSTED instead of a queue
+    max_events_per_track: int = 1000
+    watch_seconds: float = 5.0  # poll a bundles directory for new versions (0 = never)
+    clock: str = "wall"  # "wall", or "bundle": time starts at the bundle's last event
+    history_verb: str = "watched"  # "because you <verb> <title>"
+    onnx_threads: int = 1  # intra-op threads per onnxruntime session
+
+    def validate(self) -> ServeConfig:
+        object.__setattr__(self, "surfaces", tuple(self.surfaces))
+        if not self.surfaces or not all(isinstance(x, str) and x for x in self.surfaces):
+            raise ConfigError("[serve] surfaces: name at least one, as non-empty strings")
+        for name in ("max_k", "candidates", "cap_per_value", "history_events", "workers"):
+            _positive("serve", name, getattr(self, name))
+        for name in ("max_concurrent_rpcs", "max_events_per_track", "onnx_threads"):
+            _positive("serve", name, getattr(self, name))
+        if self.candidates < self.max_k:
+            raise ConfigError(
+                f"[serve] candidates ({self.candidates}) must be >= max_k ({self.max_k})"
+            )
+        _one_of("serve", "diversity", self.diversity, ("mmr", "category_cap", "none"))
+        _one_of("serve", "consent_default", self.consent_default, ("granted", "denied"))
+        _one_of("serve", "clock", self.clock, ("wall", "bundle"))
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ConfigError(f"[serve] mmr_lambda: must be in [0, 1], got {self.mmr_lambda}")
+        if self.watch_seconds < 0:
+            raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
+        return self
+
+
+def load_serve_config(
+    path: Path | None = None, *, overrides: dict[str, Any] | None = None
+) -> ServeConfig:
+    """The [serve] table of the TOML file at ``path`` (other tables are ignored, so one file
+    may hold training and serving settings), with ``overrides`` (None values ignored)."""
+    where = str(path) if path is not None else "configuration"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = dict(tomllib.loads(Path(path).read_text()).get("serve", {}))
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: no such file") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg: ServeConfig = _build(ServeConfig, raw, "serve", where)
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 _SECTIONS: dict[str, type] = {

@@ -5,6 +5,7 @@ it)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +43,42 @@ def faiss_one_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis to test against: ``$TAILORED_REDIS_URL`` or ``redis://127.0.0.1:6379/0``.
+    Skips the test if none answers, or fails it where ``TAILORED_REQUIRE_REDIS=1`` (CI)."""
+    import redis
+
+    url = os.environ.get("TAILORED_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as e:
+        shown = re.sub(r"//[^@/]*@", "//***@", url)  # no password in the report
+        message = f"no Redis reachable at {shown}: start one, or set TAILORED_REDIS_URL ({e})"
+        if os.environ.get("TAILORED_REQUIRE_REDIS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundles root holding one small bundle (ranker included) of real MovieLens-100k, built
+    once per test session for the serving tests; its data was written with ``TEST_KEY``."""
+    from tailored.config import load_config
+    from tailored.retrieval.build import build_bundle
+    from tailored.train.run import train
+    from tests.test_train import small_config
+
+    base = tmp_path_factory.mktemp("serve-bundle")
+    small = small_config(movielens_dir, train={"max_epochs": 2}).to_dict()
+    ranker = {"max_epochs": 2, "candidates": 50, "max_users": 300, "hidden": 32, "patience": 1}
+    cfg = load_config(values={**small, "ranker": ranker, "index": {"recall_queries": 100}})
+    train(cfg, out=base / "run")
+    build_bundle(base / "run", base / "bundles", progress_bar=False)
+    return base / "bundles"

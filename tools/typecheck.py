@@ -28,8 +28,10 @@ def build_tree() -> Path:
         if src.suffix in (".py", ".typed"):
             (top / src.name).symlink_to(src)
     for package, folder in mapping.items():
-        if package != "tailored":
-            (out / package.replace(".", "/")).symlink_to(ROOT / folder, target_is_directory=True)
+        link = out / package.replace(".", "/")
+        # a folder inside another mapped folder (serve/v1 in serve/) is already there
+        if package != "tailored" and not link.exists():
+            link.symlink_to(ROOT / folder, target_is_directory=True)
     return out
 
 

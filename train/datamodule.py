@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from tailored.data.features import user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
 
@@ -35,16 +36,7 @@ __all__ = [
     "TwoTowerDataModule",
     "UserHistory",
     "sequence_chunks",
-    "user_hash_buckets",
 ]
-
-
-def user_hash_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
-    """Hashed id bucket per user (1..buckets; 0 when disabled), int64 [U]. Pseudonyms are
-    hex HMACs, so their leading digits are already uniformly distributed."""
-    if buckets <= 0:
-        return np.zeros(len(user_ids), np.int64)
-    return np.array([int(str(u)[:12], 16) % buckets + 1 for u in user_ids], np.int64)
 
 
 @dataclass

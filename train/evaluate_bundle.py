@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from tailored.config import from_dict
+from tailored.data.features import user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
 from tailored.errors import TailoredError
 from tailored.retrieval.two_stage import TwoStage
-from tailored.train.datamodule import UserHistory, user_hash_buckets
+from tailored.train.datamodule import UserHistory
 from tailored.train.evaluate import KS, _csr, _groups, eval_plan
 from tailored.train.metrics import (
     aggregate_metrics,

@@ -1,0 +1,110 @@
+"""The bundle a server is answering with, swapped atomically.
+
+:class:`LiveBundle` verifies, loads and warms a bundle into a
+:class:`~tailored.serve.recommender.Recommender` before it replaces the current one in a
+single reference assignment. A request reads :attr:`LiveBundle.current` once and finishes on
+that bundle even if a swap happens meanwhile; a bundle that fails to verify or load is
+refused and the current one keeps serving. Optionally a thread watches a bundles directory
+and loads each new committed version it finds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from tailored.bundle import latest_bundle, resolve_bundle
+from tailored.config import ServeConfig
+from tailored.errors import TailoredError
+from tailored.retrieval.two_stage import TwoStage
+from tailored.serve.recommender import Recommender, Request
+
+__all__ = ["LiveBundle"]
+
+_log = logging.getLogger(__name__)
+
+
+def load_recommender(path: Path, cfg: ServeConfig) -> Recommender:
+    """Verify and load the bundle at ``path`` (a version or a root: its latest), then warm it:
+    one request through every stage, so that the first real request pays no set-up."""
+    two = TwoStage.load(resolve_bundle(path), threads=cfg.onnx_threads)
+    rec = Recommender(two, cfg)
+    probe = str(two.users.ids[0]) if two.users is not None and len(two.users) else "0" * 32
+    for user in (probe, "0" * 32):
+        rec.recommend(
+            Request(
+                user=user,
+                k=min(10, cfg.max_k),
+                surface=cfg.surfaces[0],
+                time=time.time(),
+                personalized=True,
+            )
+        )
+    return rec
+
+
+class LiveBundle:
+    """The current :class:`Recommender` and the means to replace it."""
+
+    def __init__(self, path: Path, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.source = Path(path)
+        self.current = load_recommender(self.source, cfg)
+        self.reloads = 0
+        self.failed_reloads = 0
+        self._lock = threading.Lock()  # one load at a time; requests never take it
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._refused: set[Path] = set()
+
+    @property
+    def version(self) -> str:
+        return self.current.two.version
+
+    def reload(self, path: Path | None = None) -> tuple[str, str, float]:
+        """Load ``path`` (default: the latest under the source) and swap it in; returns
+        (new version, previous version, seconds). Raises TailoredError and keeps the current
+        bundle when the new one is bad."""
+        with self._lock:
+            start = time.perf_counter()
+            previous = self.version
+            try:
+                rec = load_recommender(Path(path) if path else self.source, self.cfg)
+            except (TailoredError, OSError, ValueError) as e:
+                self.failed_reloads += 1
+                _log.warning("bundle refused, still serving %s: %s", previous, e)
+                raise
+            self.current = rec  # the swap: one reference assignment
+            self.reloads += 1
+            seconds = time.perf_counter() - start
+            _log.info("bundle %s -> %s in %.2f s", previous, rec.two.version, seconds)
+            return rec.two.version, previous, seconds
+
+    def watch(self, interval: float) -> None:
+        """Poll the source directory every ``interval`` seconds; load new versions."""
+        if interval <= 0 or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(
+            target=self._watch_loop, args=(interval,), name="bundle-watcher", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            latest = latest_bundle(self.source) if self.source.is_dir() else None
+            current = self.current.two.manifest.path
+            if latest is None or latest == current or latest in self._refused:
+                continue
+            if latest.name < current.name and current.parent == latest.parent:
+                continue  # never go back to an older version
+            try:
+                self.reload(latest)
+            except (TailoredError, OSError, ValueError):
+                self._refused.add(latest)  # logged by reload; retried only if it changes
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)

@@ -1,0 +1,86 @@
+"""A small client for people and scripts (the CLI, the demo, the benchmarks): the stubs over
+one channel, with the admin token attached where given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import grpc
+
+from tailored.serve.v1 import personalization_pb2 as pb
+from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
+
+__all__ = ["Client", "event_type"]
+
+
+def event_type(name: str) -> int:
+    """``"click"`` -> ``pb.CLICK``; raises ValueError naming the known types."""
+    try:
+        return int(pb.EventType.Value(name.upper()))
+    except ValueError:
+        known = [n.lower() for n, v in pb.EventType.items() if v != pb.EVENT_TYPE_UNSPECIFIED]
+        raise ValueError(f"unknown event type {name!r}; known: {known}") from None
+
+
+class Client:
+    def __init__(self, target: str, *, token: str | None = None, timeout: float = 10.0) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.personalization = pb_grpc.PersonalizationStub(self.channel)
+        self.admin = pb_grpc.AdminStub(self.channel)
+        self.timeout = timeout
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def wait_ready(self, timeout: float) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        *,
+        surface: str = "home",
+        exclude: Iterable[str] = (),
+        profile: Mapping[str, str] | None = None,
+        context: pb.Context | None = None,
+    ) -> pb.RecommendResponse:
+        req = pb.RecommendRequest(
+            user_id=user_id,
+            k=k,
+            surface=surface,
+            exclude_item_ids=list(exclude),
+            profile=dict(profile or {}),
+            context=context,
+        )
+        resp: pb.RecommendResponse = self.personalization.Recommend(req, timeout=self.timeout)
+        return resp
+
+    def track(self, events: Iterable[pb.Event]) -> pb.TrackResponse:
+        req = pb.TrackRequest(events=list(events))
+        resp: pb.TrackResponse = self.personalization.Track(req, timeout=self.timeout)
+        return resp
+
+    def set_consent(self, user_id: str, purposes: Iterable[str]) -> pb.SetConsentResponse:
+        req = pb.SetConsentRequest(user_id=user_id, purposes=list(purposes))
+        resp: pb.SetConsentResponse = self.personalization.SetConsent(req, timeout=self.timeout)
+        return resp
+
+    def status(self) -> pb.StatusResponse:
+        resp: pb.StatusResponse = self.admin.Status(
+            pb.StatusRequest(), timeout=self.timeout, metadata=self._auth
+        )
+        return resp
+
+    def reload(self, path: str = "") -> pb.ReloadBundleResponse:
+        resp: pb.ReloadBundleResponse = self.admin.ReloadBundle(
+            pb.ReloadBundleRequest(path=path), timeout=max(self.timeout, 120), metadata=self._auth
+        )
+        return resp
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,146 @@
+"""The edge: proto messages checked and turned into the domain's terms. Every problem is a
+:class:`~tailored.serve.recommender.RequestError` naming the argument (the server answers
+INVALID_ARGUMENT with it). User ids are pseudonymized here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tailored.config import ServeConfig
+from tailored.serve.recommender import RequestError
+from tailored.serve.state import StoredEvent
+from tailored.serve.v1 import personalization_pb2 as pb
+
+__all__ = ["EVENT_NAMES", "RecommendArgs", "check_id", "parse_events", "parse_purposes"]
+
+MAX_ID = 256  # characters in a user or item id
+MAX_EXCLUDE = 1000
+MAX_MAP = 64  # entries in a profile or context map
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+EVENT_NAMES = {
+    pb.IMPRESSION: "impression",
+    pb.CLICK: "click",
+    pb.VIEW: "view",
+    pb.RATING: "rating",
+    pb.PURCHASE: "purchase",
+}
+
+
+def check_id(value: str, argument: str) -> str:
+    """A site id: 1..256 characters, no control characters."""
+    if not value:
+        raise RequestError(argument, "required, got an empty string")
+    if len(value) > MAX_ID:
+        raise RequestError(argument, f"at most {MAX_ID} characters, got {len(value)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise RequestError(argument, "contains control characters")
+    return value
+
+
+def _check_map(values: dict[str, str], argument: str) -> dict[str, str]:
+    if len(values) > MAX_MAP:
+        raise RequestError(argument, f"at most {MAX_MAP} entries, got {len(values)}")
+    for key, value in values.items():
+        check_id(key, f"{argument} key")
+        if len(value) > MAX_ID:
+            raise RequestError(f"{argument}[{key!r}]", f"at most {MAX_ID} characters")
+    return values
+
+
+@dataclass(frozen=True)
+class RecommendArgs:
+    user_id: str
+    k: int
+    surface: str
+    time_ms: int  # 0: the server's clock
+    context: dict[str, str]
+    exclude: frozenset[str]
+    profile: dict[str, str]
+
+    @classmethod
+    def parse(cls, req: pb.RecommendRequest, cfg: ServeConfig) -> RecommendArgs:
+        check_id(req.user_id, "user_id")
+        if not 1 <= req.k <= cfg.max_k:
+            raise RequestError("k", f"must be between 1 and {cfg.max_k}, got {req.k}")
+        if req.surface not in cfg.surfaces:
+            raise RequestError(
+                "surface", f"unknown surface {req.surface!r}; known: {list(cfg.surfaces)}"
+            )
+        if len(req.exclude_item_ids) > MAX_EXCLUDE:
+            raise RequestError("exclude_item_ids", f"at most {MAX_EXCLUDE} ids")
+        for i, item in enumerate(req.exclude_item_ids):
+            check_id(item, f"exclude_item_ids[{i}]")
+        ctx = req.context
+        if ctx.time_unix_ms < 0:
+            raise RequestError("context.time_unix_ms", f"must be >= 0, got {ctx.time_unix_ms}")
+        context = dict(_check_map(dict(ctx.extra), "context.extra"))
+        for name in ("device", "locale"):
+            value = getattr(ctx, name)
+            if len(value) > MAX_ID:
+                raise RequestError(f"context.{name}", f"at most {MAX_ID} characters")
+            if value:
+                context[name] = value
+        return cls(
+            user_id=req.user_id,
+            k=req.k,
+            surface=req.surface,
+            time_ms=ctx.time_unix_ms,
+            context=context,
+            exclude=frozenset(req.exclude_item_ids),
+            profile=_check_map(dict(req.profile), "profile"),
+        )
+
+
+def parse_events(
+    req: pb.TrackRequest,
+    cfg: ServeConfig,
+    pseudonym: Callable[[str], str],
+    now_ms: int,
+) -> dict[str, list[StoredEvent]]:
+    """All events checked before any is stored; grouped by user pseudonym."""
+    if not req.events:
+        raise RequestError("events", "no events")
+    if len(req.events) > cfg.max_events_per_track:
+        raise RequestError(
+            "events", f"at most {cfg.max_events_per_track} per call, got {len(req.events)}"
+        )
+    out: dict[str, list[StoredEvent]] = {}
+    for i, e in enumerate(req.events):
+        where = f"events[{i}]"
+        check_id(e.user_id, f"{where}.user_id")
+        check_id(e.item_id, f"{where}.item_id")
+        name = EVENT_NAMES.get(e.type)
+        if name is None:
+            raise RequestError(f"{where}.type", f"must be one of {sorted(EVENT_NAMES.values())}")
+        if e.time_unix_ms < 0:
+            raise RequestError(f"{where}.time_unix_ms", f"must be >= 0, got {e.time_unix_ms}")
+        if not math.isfinite(e.value):
+            raise RequestError(f"{where}.value", f"must be a finite number, got {e.value}")
+        if name == "view" and e.value < 0:
+            raise RequestError(f"{where}.value", f"dwell seconds must be >= 0, got {e.value}")
+        if len(e.surface) > MAX_ID:
+            raise RequestError(f"{where}.surface", f"at most {MAX_ID} characters")
+        stored = StoredEvent(
+            item_id=e.item_id,
+            type=name,
+            time_ms=e.time_unix_ms or now_ms,
+            value=float(e.value),
+            surface=e.surface,
+        )
+        out.setdefault(pseudonym(e.user_id), []).append(stored)
+    return out
+
+
+def parse_purposes(purposes: list[str]) -> frozenset[str]:
+    if len(purposes) > 16:
+        raise RequestError("purposes", f"at most 16, got {len(purposes)}")
+    for i, p in enumerate(purposes):
+        if not _PURPOSE.fullmatch(p):
+            raise RequestError(
+                f"purposes[{i}]", f"{p!r} is not a purpose name (lower case, digits, _)"
+            )
+    return frozenset(purposes)

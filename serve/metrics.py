@@ -1,0 +1,66 @@
+"""The server's Prometheus metrics, in a registry of its own (several servers can live in one
+process, as in tests), exposed over HTTP by :meth:`ServerMetrics.serve_http`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["ServerMetrics"]
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5)  # fmt: skip
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tailored_requests",
+            "RPCs answered, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tailored_request_seconds",
+            "Time to answer an RPC, by method",
+            ["method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "tailored_events",
+            "Tracked events, by outcome (accepted: durable; dropped: no consent)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.bundle = Gauge(
+            "tailored_bundle_info",
+            "The bundle being served (1 for the current version)",
+            ["version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "tailored_bundle_reloads",
+            "Bundle loads after the first, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._version: str | None = None
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def set_bundle(self, version: str) -> None:
+        if self._version is not None:
+            self.bundle.remove(self._version)
+        self.bundle.labels(version).set(1)
+        self._version = version
+
+    def serve_http(self, port: int, addr: str = "127.0.0.1") -> tuple[Any, int]:
+        """Start the /metrics endpoint on ``addr:port`` (0: any free port); returns
+        (server, port)."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server, int(server.server_port)

@@ -1,0 +1,277 @@
+"""The request path of one loaded bundle (no torch, no gRPC):
+
+user state -> user tower (onnxruntime) -> index top-N -> filters (already interacted,
+excluded, unavailable) -> ranker (onnxruntime) -> diversity -> top k, each with a reason.
+
+A user the bundle does not know and who has no events starts cold: from the profile fields
+and context the request gives, through the same towers; with neither, or without consent to
+personalization, the result is the bundle's popularity. Never an error for an unknown user.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from tailored.config import ServeConfig, from_dict
+from tailored.data.features import MAX_MULTI, FeatureTable, user_hash_buckets
+from tailored.data.ranking_features import dense_features, item_tags
+from tailored.errors import TailoredError
+from tailored.retrieval.two_stage import TwoStage
+from tailored.serve.diversity import category_cap, mmr
+from tailored.serve.state import StoredEvent
+
+__all__ = ["Recommendation", "Recommender", "Request", "RequestError"]
+
+_REASON_RECENT = 20  # history items a reason may point at
+
+
+class RequestError(TailoredError, ValueError):
+    """A malformed request argument (the server answers INVALID_ARGUMENT)."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"{argument}: {problem}")
+        self.argument = argument
+
+
+@dataclass(frozen=True)
+class Request:
+    """One Recommend call after the edge: ``user`` is the pseudonym; ``time`` unix seconds;
+    ``context`` maps context field names (``surface``, ``device``, ``locale``, extras) to
+    values; ``online`` the user's events from the online state (empty without consent)."""
+
+    user: str
+    k: int
+    surface: str
+    time: float
+    personalized: bool
+    context: Mapping[str, str] = None  # type: ignore[assignment]
+    exclude: Collection[str] = ()
+    profile: Mapping[str, str] = None  # type: ignore[assignment]
+    online: tuple[StoredEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_ids: list[str]
+    titles: list[str]
+    scores: list[float]
+    reasons: list[str]
+    strategy: str  # "personalized" | "cold_start" | "popular"
+
+
+class Recommender:
+    """A verified bundle made ready for requests (lookup tables built once, at load)."""
+
+    def __init__(self, two: TwoStage, cfg: ServeConfig) -> None:
+        self.two = two
+        self.cfg = cfg
+        self.item_row = {str(v): i + 1 for i, v in enumerate(two.item_ids)}
+        titles = two.item_titles
+        self.labels = [
+            str(t) if t is not None and str(t) else str(i)
+            for t, i in zip(
+                titles if titles is not None else [None] * two.n_items, two.item_ids, strict=True
+            )
+        ]
+        self.tags = item_tags(two.items)
+        act = two.activity.table
+        # best first: recent popularity, then all-time; row 0 (padding) last
+        self.popular = np.lexsort((-act[1:, 0], -act[1:, 2])).astype(np.int64) + 1
+        self.user_encoder = two.user_encoder()
+        self.context_vocabs = {
+            name: {v: j + 1 for j, v in enumerate(vocab)}
+            for name, vocab in two.info.get("context_vocabs", {}).items()
+        }
+        data_cfg = from_dict(two.manifest.config, where="bundle config").data
+        self.positive = data_cfg.positive_events
+        self.min_view_seconds = data_cfg.min_view_seconds
+        self.min_rating = data_cfg.min_rating
+        self.categories = self._cap_categories()
+
+    def _cap_categories(self) -> np.ndarray:
+        """Per item row, its value of the category-cap field (0 = none), int64 [N+1]."""
+        items = self.two.items
+        enc = self.two.info["item_encoder"]
+        cats = [f["name"] for f in enc["fields"] if f["kind"] == "categorical"]
+        multis = [f["name"] for f in enc["fields"] if f["kind"] == "multi_categorical"]
+        name = self.cfg.cap_field or (cats or multis or [""])[0]
+        if name in cats:
+            return items.categorical[:, cats.index(name)].astype(np.int64)
+        if name in multis:  # a multi-valued field (genres): its first value
+            return items.multi[:, multis.index(name), 0].astype(np.int64)
+        if self.cfg.cap_field:
+            raise TailoredError(
+                f"[serve] cap_field: {name!r} is no categorical item field of this bundle "
+                f"(it has {cats + multis})"
+            )
+        return np.zeros(self.two.n_items + 1, np.int64)
+
+    # -- the request path --------------------------------------------------------------------
+    def recommend(self, req: Request, unavailable: Collection[str] = ()) -> Recommendation:
+        excluded = self._rows(req.exclude) | self._rows(unavailable)
+        if not req.personalized:
+            return self._popular(req.k, excluded, "popular right now")
+        row = self.two.users.row(req.user) if self.two.users is not None else None
+        hist, times = self._history(row, req.online)
+        user_cat, user_num, has_profile = self._profile(row, req.profile or {})
+        context, has_context = self._context(req)
+        if row is None and not len(hist) and not has_profile and not has_context:
+            return self._popular(req.k, excluded, "popular right now")
+        emb = self.two.user_embeddings(
+            user_hash=user_hash_buckets(np.array([req.user]), self.two.info["user_id_buckets"]),
+            user_cat=user_cat,
+            user_num=user_num,
+            context=context,
+            history=self._window(hist),
+        )
+        seen = set(hist.tolist())
+        scores, cands = self.two.retrieve(emb, self.cfg.candidates, [seen | excluded])
+        keep = cands[0] > 0
+        cands, scores = cands[0][keep], scores[0][keep]
+        if not len(cands):
+            return self._popular(req.k, excluded | seen, "popular right now")
+        dense = dense_features(
+            candidates=cands,
+            scores=scores,
+            history=hist,
+            history_times=times,
+            now=req.time,
+            tags=self.tags,
+            activity=self.two.activity,
+            neighbors=self.two.item_neighbors,
+            item_emb=self.two.item_embeddings,
+        )
+        users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
+        ranked = self.two.rank(
+            users=users, context=context, candidates=cands[None], dense=dense[None], user_emb=emb
+        )[0]
+        picked = self._diversify(ranked, cands, req.k)
+        rows = cands[picked]
+        personal = row is not None or len(hist) > 0
+        return Recommendation(
+            item_ids=[str(self.two.item_ids[r - 1]) for r in rows],
+            titles=self._titles(rows),
+            scores=[float(ranked[p]) for p in picked],
+            reasons=self._reasons(rows, hist)
+            if len(hist)
+            else ["popular with people like you"] * len(rows),
+            strategy="personalized" if personal else "cold_start",
+        )
+
+    def _titles(self, rows: np.ndarray) -> list[str]:
+        titles = self.two.item_titles
+        if titles is None:
+            return [""] * len(rows)
+        return [str(t) if t is not None else "" for t in titles[rows - 1]]
+
+    def _rows(self, item_ids: Collection[str]) -> set[int]:
+        get = self.item_row.get
+        return {r for r in (get(i) for i in item_ids) if r is not None}
+
+    def _popular(self, k: int, excluded: set[int], reason: str) -> Recommendation:
+        top = self.popular[: k + len(excluded)]
+        if excluded:
+            top = top[~np.isin(top, np.fromiter(excluded, np.int64, len(excluded)))]
+        top = top[:k]
+        counts = self.two.activity.table[top, 0]
+        return Recommendation(
+            item_ids=[str(self.two.item_ids[r - 1]) for r in top],
+            titles=self._titles(top),
+            scores=[float(math.log1p(c)) for c in counts],
+            reasons=[reason] * len(top),
+            strategy="popular",
+        )
+
+    def _is_positive(self, e: StoredEvent) -> bool:
+        if e.type not in self.positive:
+            return False
+        if e.type == "view" and e.value < self.min_view_seconds:
+            return False
+        return not (e.type == "rating" and self.min_rating > 0 and e.value < self.min_rating)
+
+    def _history(
+        self, row: int | None, online: tuple[StoredEvent, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The user's positives, oldest first: bundle rows int64 [H], times int64 [H] (s).
+        The bundle's snapshot, then the online events after the bundle's data ends."""
+        rows: list[int] = []
+        times: list[int] = []
+        users = self.two.users
+        if row is not None and users is not None:
+            snap = users.history[row]
+            filled = snap > 0
+            rows += snap[filled].tolist()
+            times += users.history_times[row][filled].tolist()
+        after = self.two.last_event_time
+        new = [
+            (t, r)
+            for e in online
+            if (t := e.time_ms // 1000) > after
+            and self._is_positive(e)
+            and (r := self.item_row.get(e.item_id)) is not None
+        ]
+        new.sort(key=lambda tr: tr[0])  # stable: ties keep arrival order
+        rows += [r for _, r in new]
+        times += [t for t, _ in new]
+        return np.asarray(rows, np.int64), np.asarray(times, np.int64)
+
+    def _window(self, hist: np.ndarray) -> np.ndarray:
+        length = self.two.history_length
+        out = np.zeros((1, length), np.int64)
+        recent = hist[-length:]
+        if len(recent):
+            out[0, length - len(recent) :] = recent
+        return out
+
+    def _profile(
+        self, row: int | None, profile: Mapping[str, str]
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Encoded profile [1, C], [1, F], and whether anything was known."""
+        enc = self.user_encoder
+        users = self.two.users
+        if row is not None and users is not None:
+            return users.categorical[row : row + 1], users.numeric[row : row + 1], True
+        cat = np.zeros((1, len(enc.categorical)), np.int64)
+        num = np.zeros((1, len(enc.numeric)), np.float32)
+        for name, value in profile.items():
+            if name in enc.categorical:
+                codes = {v: j + 1 for j, v in enumerate(enc.vocabs[name])}
+                cat[0, enc.categorical.index(name)] = codes.get(value, 0)
+            elif name in enc.numeric:
+                try:
+                    x = float(value)
+                except ValueError:
+                    x = math.nan
+                if not math.isfinite(x):
+                    raise RequestError(f"profile[{name!r}]", f"{value!r} is not a finite number")
+                mean, std = enc.stats[name]
+                num[0, enc.numeric.index(name)] = (x - mean) / std
+            else:
+                known = sorted(enc.categorical + enc.numeric)
+                raise RequestError(f"profile[{name!r}]", f"no such profile field (known: {known})")
+        return cat, num, bool(profile)
+
+    def _context(self, req: Request) -> tuple[np.ndarray, bool]:
+        """Context codes int64 [1, K] in the model's field order, and whether any is known."""
+        given = {"surface": req.surface, **(req.context or {})}
+        codes = [vocab.get(given.get(name, ""), 0) for name, vocab in self.context_vocabs.items()]
+        return np.asarray([codes], np.int64).reshape(1, len(codes)), any(codes)
+
+    def _diversify(self, scores: np.ndarray, cands: np.ndarray, k: int) -> np.ndarray:
+        if self.cfg.diversity == "mmr":
+            return mmr(scores, self.two.item_embeddings[cands], k, self.cfg.mmr_lambda)
+        if self.cfg.diversity == "category_cap":
+            return category_cap(scores, self.categories[cands], k, self.cfg.cap_per_value)
+        return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
+
+    def _reasons(self, rows: np.ndarray, hist: np.ndarray) -> list[str]:
+        """ "because you <verb> <title>": the recent history item most like each result."""
+        recent = hist[-_REASON_RECENT:]
+        emb = self.two.item_embeddings
+        nearest = recent[np.argmax(emb[rows] @ emb[recent].T, axis=1)]
+        verb = self.cfg.history_verb
+        return [f"because you {verb} {self.labels[r - 1]}" for r in nearest]

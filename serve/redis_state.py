@@ -1,0 +1,295 @@
+"""The shared online state: one Redis that every server replica reads and writes.
+
+Key layout (``P`` is the prefix, ``tailored`` unless the URL says ``?prefix=NAME``; ``U`` a
+user pseudonym as the caller gives it; raw user ids never reach Redis):
+
+- ``P:ev:U``       ZSET of U's kept events, scored by ``time_ms``; a member is
+  ``SEQ|STREAM_ID|JSON`` with ``SEQ`` U's 16-digit zero-padded arrival number, so that
+  events at the same time sort by arrival (Redis orders equal scores by member), and
+  ``STREAM_ID`` the event's entry in ``P:events``. At most ``max_events_per_user`` are kept;
+  the oldest by time go first.
+- ``P:seq:U``      U's arrival counter (INCRBY).
+- ``P:consent:U``  U's purposes, sorted and comma-joined (``""``: consent to nothing); no
+  key: never set.
+- ``P:unavailable`` SET of site item ids not to recommend.
+- ``P:events``     STREAM of every accepted event (fields ``user`` and ``event``, the JSON
+  array ``[item_id, type, time_ms, value, surface]``),
+  the replicas' shared event log, capped near ``stream_maxlen`` (``MAXLEN ~``).
+
+Atomicity: :meth:`RedisState.record` is one Lua script that checks each user's consent and
+appends (or drops) their events; :meth:`~RedisState.set_consent` and
+:meth:`~RedisState.forget` are one script each, so an event can never land between a
+withdrawal and the erasure it implies. They also delete the user's entries still in
+``P:events`` (the ids kept in ``P:ev:U``); events already trimmed from ``P:ev:U`` by the
+per-user cap stay in the stream until its own cap drops them. A script touches keys of
+several users, so this needs one Redis (with replicas if wanted), not Redis Cluster.
+
+Durability: Redis acknowledges a write once it is in Redis's memory, and :meth:`record`
+returns then. Whether it is also on disk is Redis's own setting (``appendonly yes`` with
+``appendfsync always`` for an fsync per write, ``everysec`` to lose at most about a second),
+which the operator configures; with neither AOF nor snapshots a Redis restart loses it all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+
+from tailored.errors import TailoredError
+from tailored.serve.state import (
+    PERSONALIZATION,
+    OnlineState,
+    RecordResult,
+    StoredEvent,
+    UserState,
+)
+
+__all__ = ["RedisState"]
+
+# KEYS: stream, then per user: consent, seq, events.
+# ARGV: default_allows ('1'/'0'), cap, stream maxlen, purpose, then per user: the user, n,
+# then n pairs of (time_ms, json).
+_RECORD = """
+local default_allows = ARGV[1] == '1'
+local cap = tonumber(ARGV[2])
+local maxlen = ARGV[3]
+local needle = ',' .. ARGV[4] .. ','
+local accepted, dropped = 0, 0
+local a = 5
+for k = 2, #KEYS, 3 do
+  local consent_key, seq_key, events_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local user, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local consent = redis.call('GET', consent_key)
+  local allowed = default_allows
+  if consent then
+    allowed = string.find(',' .. consent .. ',', needle, 1, true) ~= nil
+  end
+  if not allowed then
+    dropped = dropped + n
+    a = a + 2 * n
+  elseif n > 0 then
+    local seq = redis.call('INCRBY', seq_key, n) - n
+    for i = 1, n do
+      local time_ms, event = ARGV[a], ARGV[a + 1]
+      a = a + 2
+      local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+                            'user', user, 'event', event)
+      redis.call('ZADD', events_key, time_ms,
+                 string.format('%016d', seq + i) .. '|' .. id .. '|' .. event)
+    end
+    local extra = redis.call('ZCARD', events_key) - cap
+    if extra > 0 then
+      redis.call('ZREMRANGEBYRANK', events_key, 0, extra - 1)
+    end
+    accepted = accepted + n
+  end
+end
+return {accepted, dropped}
+"""
+
+# KEYS: consent, seq, events, stream. ARGV: 'set' and the purposes, or 'forget'; then
+# whether to erase the events ('1'/'0'). Returns the number of events erased.
+_ERASE = """
+if ARGV[1] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+if ARGV[3] ~= '1' then
+  return 0
+end
+local members = redis.call('ZRANGE', KEYS[3], 0, -1)
+local ids = {}
+for _, m in ipairs(members) do
+  ids[#ids + 1] = string.match(m, '^%d+|([^|]+)|')
+  if #ids == 500 then
+    redis.call('XDEL', KEYS[4], unpack(ids))
+    ids = {}
+  end
+end
+if #ids > 0 then
+  redis.call('XDEL', KEYS[4], unpack(ids))
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+return #members
+"""
+
+
+class RedisState(OnlineState):
+    """Online state in Redis ``client`` (which must decode responses as str) under
+    ``prefix``; see the module docstring for the keys."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "tailored",
+        *,
+        max_events_per_user: int = 1000,
+        stream_maxlen: int = 1_000_000,
+    ) -> None:
+        if not prefix:
+            raise TailoredError("redis online state: the key prefix must not be empty")
+        if max_events_per_user < 1 or stream_maxlen < 1:
+            raise TailoredError(
+                "redis online state: max_events_per_user and stream_maxlen must be at least 1"
+            )
+        self._client = client
+        self.prefix = prefix
+        self.max_events_per_user = max_events_per_user
+        self.stream_maxlen = stream_maxlen
+        self.where = _describe(client)
+        self._closed = False
+        self._record = client.register_script(_RECORD)
+        self._erase = client.register_script(_ERASE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, max_events_per_user: int = 1000, stream_maxlen: int = 1_000_000
+    ) -> RedisState:
+        """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=NAME]`` (also ``rediss://``,
+        ``unix://``); checks that Redis answers."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [v for k, v in query if k == "prefix"]
+        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        try:
+            client = redis.Redis.from_url(
+                urlunsplit(parts._replace(query=rest)), decode_responses=True
+            )
+        except (ValueError, redis.RedisError) as e:
+            raise TailoredError(f"{_redact(url)}: not a Redis URL ({e})") from e
+        state = cls(
+            client,
+            prefixes[-1] if prefixes else "tailored",
+            max_events_per_user=max_events_per_user,
+            stream_maxlen=stream_maxlen,
+        )
+        try:
+            state._call("connect", client.ping)
+        except TailoredError:
+            state.close()
+            raise
+        return state
+
+    # -- keys and calls --------------------------------------------------------------------
+    def _keys(self, user: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}:consent:{user}", f"{p}:seq:{user}", f"{p}:ev:{user}"]
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise TailoredError(f"redis online state at {self.where} is closed")
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as e:
+            raise TailoredError(f"redis online state at {self.where}: {what} failed ({e})") from e
+
+    # -- the interface ---------------------------------------------------------------------
+    def record(
+        self, events: Mapping[str, Sequence[StoredEvent]], *, default_allows: bool
+    ) -> RecordResult:
+        keys = [f"{self.prefix}:events"]
+        args: list[Any] = [
+            "1" if default_allows else "0",
+            self.max_events_per_user,
+            self.stream_maxlen,
+            PERSONALIZATION,
+        ]
+        for user, evs in events.items():
+            keys += self._keys(user)
+            args += [user, len(evs)]
+            for e in evs:
+                args += [int(e.time_ms), _encode(e)]
+        if len(keys) == 1:
+            return RecordResult(0, 0)
+        accepted, dropped = self._call("record", self._record, keys=keys, args=args)
+        return RecordResult(int(accepted), int(dropped))
+
+    def user(self, user: str, limit: int) -> UserState:
+        consent_key, _, events_key = self._keys(user)
+        limit = max(int(limit), 0)
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=True)  # one snapshot, one round trip
+            pipe.get(consent_key)
+            if limit:  # ZRANGE -0 -1 would be everything
+                pipe.zrange(events_key, -limit, -1)
+            return pipe.execute()
+
+        consent, *members = self._call("read user", read)
+        return UserState(
+            consent=None if consent is None else _split(consent),
+            events=tuple(_decode(m) for m in (members[0] if members else [])),
+        )
+
+    def set_consent(self, user: str, purposes: Iterable[str]) -> int:
+        chosen = frozenset(purposes)
+        erase = PERSONALIZATION not in chosen
+        keys = [*self._keys(user), f"{self.prefix}:events"]
+        args = ["set", ",".join(sorted(chosen)), "1" if erase else "0"]
+        return int(self._call("set consent", self._erase, keys=keys, args=args))
+
+    def forget(self, user: str) -> int:
+        keys = [*self._keys(user), f"{self.prefix}:events"]
+        return int(self._call("forget", self._erase, keys=keys, args=["forget", "", "1"]))
+
+    def set_available(self, item_ids: Iterable[str], available: bool) -> int:
+        ids = list(item_ids)
+        key = f"{self.prefix}:unavailable"
+
+        def write() -> int:
+            pipe = self._client.pipeline(transaction=True)
+            if ids:
+                (pipe.srem if available else pipe.sadd)(key, *ids)
+            pipe.scard(key)
+            return int(pipe.execute()[-1])
+
+        return int(self._call("set availability", write))
+
+    def unavailable(self) -> frozenset[str]:
+        key = f"{self.prefix}:unavailable"
+        return frozenset(self._call("read unavailable", self._client.smembers, key))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._client.close()
+        self._client.connection_pool.disconnect()
+
+
+def _encode(e: StoredEvent) -> str:
+    event = [e.item_id, e.type, int(e.time_ms), float(e.value), e.surface]
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(member: str) -> StoredEvent:
+    item, kind, time_ms, value, surface = json.loads(member.split("|", 2)[2])
+    return StoredEvent(item, kind, int(time_ms), float(value), surface)
+
+
+def _split(purposes: str) -> frozenset[str]:
+    return frozenset(p for p in purposes.split(",") if p)
+
+
+def _describe(client: redis.Redis) -> str:
+    """Where ``client`` connects, without credentials."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))

@@ -1,0 +1,303 @@
+"""The gRPC server: ``tailored.v1.Personalization`` (Recommend, Track, SetConsent) and
+``tailored.v1.Admin`` (ReloadBundle, Status, SetItemAvailability; bearer token), next to the
+standard health and reflection services.
+
+:func:`create_server` builds a server on an address (port 0: any free port) for a
+:class:`Service`; tests start it on loopback and talk to it over a real channel. Domain errors
+become status codes in one place (:func:`_rpc`); each RPC is counted and timed there.
+Overload is refused, not queued: beyond ``max_concurrent_rpcs`` gRPC answers
+RESOURCE_EXHAUSTED. No raw user id is logged: ids are pseudonymized at the edge.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tailored.bundle import BundleError
+from tailored.config import ServeConfig
+from tailored.data.pseudonym import Pseudonymizer
+from tailored.errors import TailoredError
+from tailored.serve.bundles import LiveBundle
+from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
+from tailored.serve.metrics import ServerMetrics
+from tailored.serve.recommender import Request, RequestError
+from tailored.serve.state import PERSONALIZATION, OnlineState
+from tailored.serve.v1 import personalization_pb2 as pb
+from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
+
+__all__ = ["SERVICE_NAMES", "Service", "create_server"]
+
+_log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Personalization"].full_name,
+    pb.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+_UNAVAILABLE_TTL = 1.0  # seconds the unavailable-items set is cached per server
+
+_Msg = TypeVar("_Msg")
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Service:
+    """What the servicers share: the live bundle, the online state, the key, the metrics."""
+
+    def __init__(
+        self,
+        bundle: LiveBundle,
+        state: OnlineState,
+        pseudonymizer: Pseudonymizer,
+        cfg: ServeConfig,
+        *,
+        admin_token: str | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.state = state
+        self.pseudonym = pseudonymizer
+        self.cfg = cfg
+        token = admin_token if admin_token is not None else os.environ.get(cfg.admin_token_env)
+        self.admin_token = token or None
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.set_bundle(bundle.version)
+        self.started = time.time()
+        self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._lock = threading.Lock()
+        fingerprint = bundle.current.two.manifest.data.get("key_fingerprint")
+        if fingerprint and fingerprint != pseudonymizer.fingerprint:
+            raise TailoredError(
+                "the pseudonymization key differs from the one the bundle's data was written "
+                "with (fingerprints differ): known users would look new; serve with the "
+                "dataset's key (TAILORED_PSEUDONYM_KEY or $TAILORED_HOME/pseudonym.key)"
+            )
+
+    def now(self) -> float:
+        """The serving clock, unix seconds (see [serve] clock)."""
+        if self.cfg.clock == "bundle":
+            return self.bundle.current.two.last_event_time + (time.time() - self.started)
+        return time.time()
+
+    def unavailable(self) -> frozenset[str]:
+        at, items = self._unavailable
+        if time.monotonic() - at > _UNAVAILABLE_TTL:
+            items = self.state.unavailable()
+            self._unavailable = (time.monotonic(), items)
+        return items
+
+    def default_allows(self) -> bool:
+        return self.cfg.consent_default == "granted"
+
+    def close(self) -> None:
+        self.bundle.close()
+        self.state.close()
+
+
+def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Count and time the RPC, and turn domain errors into status codes."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return fn(self, request, context)
+            except _Abort as e:
+                code, message = e.code, str(e)
+            except RequestError as e:
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+            except BundleError as e:
+                code, message = grpc.StatusCode.FAILED_PRECONDITION, str(e)
+            except TailoredError as e:  # the online state is unreachable or failed
+                _log.error("%s failed: %s", method, e)
+                code, message = grpc.StatusCode.UNAVAILABLE, str(e)
+            except Exception:
+                _log.exception("%s failed", method)  # the request is not logged: it has ids
+                code, message = grpc.StatusCode.INTERNAL, "internal error"
+            finally:
+                self.service.metrics.observe(method, code.name, time.perf_counter() - start)
+            context.abort(code, message)
+
+        return handler
+
+    return wrap
+
+
+def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before {stage}")
+
+
+class _Personalization(pb_grpc.PersonalizationServicer):
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    @_rpc("Recommend")
+    def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendResponse:
+        s = self.service
+        args = RecommendArgs.parse(request, s.cfg)
+        rec = s.bundle.current  # this request finishes on this bundle, whatever swaps
+        user = s.pseudonym(args.user_id)
+        state = s.state.user(user, s.cfg.history_events)
+        personalized = state.allows(PERSONALIZATION, default=s.default_allows())
+        _check_deadline(context, "ranking")
+        result = rec.recommend(
+            Request(
+                user=user,
+                k=args.k,
+                surface=args.surface,
+                time=args.time_ms / 1000 if args.time_ms else s.now(),
+                personalized=personalized,
+                context=args.context,
+                exclude=args.exclude,
+                profile=args.profile,
+                online=state.events if personalized else (),
+            ),
+            s.unavailable(),
+        )
+        _check_deadline(context, "answering")
+        return pb.RecommendResponse(
+            items=[
+                pb.RecommendedItem(item_id=i, score=sc, reason=r, title=t)
+                for i, sc, r, t in zip(
+                    result.item_ids, result.scores, result.reasons, result.titles, strict=True
+                )
+            ],
+            bundle_version=rec.two.version,
+            request_id=uuid.uuid4().hex,
+            strategy=result.strategy,
+        )
+
+    @_rpc("Track")
+    def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
+        s = self.service
+        events = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000))
+        _check_deadline(context, "storing")
+        result = s.state.record(events, default_allows=s.default_allows())  # durable now
+        s.metrics.events.labels("accepted").inc(result.accepted)
+        s.metrics.events.labels("dropped").inc(result.dropped)
+        return pb.TrackResponse(accepted=result.accepted, dropped=result.dropped)
+
+    @_rpc("SetConsent")
+    def SetConsent(
+        self, request: pb.SetConsentRequest, context: grpc.ServicerContext
+    ) -> pb.SetConsentResponse:
+        s = self.service
+        check_id(request.user_id, "user_id")
+        purposes = parse_purposes(list(request.purposes))
+        forgotten = s.state.set_consent(s.pseudonym(request.user_id), purposes)
+        return pb.SetConsentResponse(purposes=sorted(purposes), events_forgotten=forgotten)
+
+
+class _Admin(pb_grpc.AdminServicer):
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        token = self.service.admin_token
+        if token is None:
+            raise _Abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the admin service is disabled: set {self.service.cfg.admin_token_env}",
+            )
+        meta = dict(context.invocation_metadata())
+        header = str(meta.get("authorization", ""))
+        if not header.lower().startswith("bearer "):
+            raise _Abort(
+                grpc.StatusCode.UNAUTHENTICATED, "admin calls need 'authorization: Bearer TOKEN'"
+            )
+        if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+            raise _Abort(grpc.StatusCode.PERMISSION_DENIED, "wrong admin token")
+
+    @_rpc("ReloadBundle")
+    def ReloadBundle(
+        self, request: pb.ReloadBundleRequest, context: grpc.ServicerContext
+    ) -> pb.ReloadBundleResponse:
+        self._authorize(context)
+        s = self.service
+        try:
+            new, old, seconds = s.bundle.reload(Path(request.path) if request.path else None)
+        except (TailoredError, OSError, ValueError) as e:
+            s.metrics.reloads.labels("refused").inc()
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, still serving: {e}"
+            ) from e
+        s.metrics.reloads.labels("loaded").inc()
+        s.metrics.set_bundle(new)
+        return pb.ReloadBundleResponse(
+            bundle_version=new, previous_version=old, load_seconds=seconds
+        )
+
+    @_rpc("Status")
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        self._authorize(context)
+        s = self.service
+        two = s.bundle.current.two
+        return pb.StatusResponse(
+            bundle_version=two.version,
+            bundle_path=str(two.manifest.path),
+            items=two.n_items,
+            users=len(two.users) if two.users is not None else 0,
+            index_kind=two.index.kind,
+            ranker=two.ranker is not None,
+            state_backend=s.state.backend,
+            uptime_seconds=time.time() - s.started,
+            reloads=s.bundle.reloads,
+            failed_reloads=s.bundle.failed_reloads,
+            surfaces=list(s.cfg.surfaces),
+        )
+
+    @_rpc("SetItemAvailability")
+    def SetItemAvailability(
+        self, request: pb.SetItemAvailabilityRequest, context: grpc.ServicerContext
+    ) -> pb.SetItemAvailabilityResponse:
+        self._authorize(context)
+        for i, item in enumerate(request.item_ids):
+            check_id(item, f"item_ids[{i}]")
+        total = self.service.state.set_available(list(request.item_ids), request.available)
+        self.service._unavailable = (0.0, frozenset())  # this server sees it at once
+        return pb.SetItemAvailabilityResponse(unavailable_total=total)
+
+
+def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:
+    """A server on ``address`` (``host:port``; port 0 picks a free one), not yet started;
+    returns (server, bound port)."""
+    cfg = service.cfg
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+    )
+    pb_grpc.add_PersonalizationServicer_to_server(_Personalization(service), server)
+    pb_grpc.add_AdminServicer_to_server(_Admin(service), server)
+    health_servicer = health.HealthServicer()
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise TailoredError(f"cannot listen on {address} (in use, or not an address here)")
+    return server, port

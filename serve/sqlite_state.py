@@ -1,0 +1,253 @@
+"""The embedded online state: one SQLite file in WAL mode, which is also the event log.
+
+Writes go through one writer thread that commits whatever is queued in one transaction
+(group commit) with ``synchronous=FULL``, so an event is on disk (fsync) before
+:meth:`SQLiteState.record` returns, and concurrent Track calls share an fsync. Readers use
+their own connections (one per thread); WAL lets them read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from tailored.errors import TailoredError
+from tailored.serve.state import (
+    PERSONALIZATION,
+    OnlineState,
+    RecordResult,
+    StoredEvent,
+    UserState,
+)
+
+__all__ = ["SQLiteState"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    item TEXT NOT NULL,
+    type TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    surface TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user, time_ms, seq);
+CREATE TABLE IF NOT EXISTS consent (
+    user TEXT PRIMARY KEY,
+    purposes TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unavailable (item TEXT PRIMARY KEY);
+"""
+_MAX_GROUP = 256  # queued writes committed together at most
+
+_Write = Callable[[sqlite3.Connection], Any]
+
+
+class SQLiteState(OnlineState):
+    """Online state in the SQLite file ``path`` (created if missing)."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise TailoredError(f"sqlite synchronous must be FULL, NORMAL or EXTRA: {synchronous}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        writer = self._connect()
+        writer.executescript(_SCHEMA)
+        self._queue: queue.Queue[tuple[_Write, Future[Any]] | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._write_loop, args=(writer,), name="sqlite-state-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as e:
+            raise TailoredError(f"{self.path}: cannot open the online state ({e})") from e
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise TailoredError(f"{self.path}: the online state is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    # -- the writer ------------------------------------------------------------------------
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this group, then stop
+                    break
+                group.append(nxt)
+            self._commit(conn, group)
+        conn.close()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, group: list[tuple[_Write, Future[Any]]]) -> None:
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write, _ in group:
+                conn.execute("SAVEPOINT one")
+                try:
+                    results.append(write(conn))
+                    conn.execute("RELEASE one")
+                except Exception as e:  # this write fails alone; the group goes on
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    results.append(e)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, fut in group:
+                fut.set_exception(TailoredError(f"online state write failed: {e}"))
+            return
+        for (_, fut), res in zip(group, results, strict=True):
+            if isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    def _write(self, write: _Write) -> Any:
+        if self._closed:
+            raise TailoredError(f"{self.path}: the online state is closed")
+        fut: Future[Any] = Future()
+        self._queue.put((write, fut))
+        return fut.result()  # returns once committed (fsync'd)
+
+    # -- the interface ---------------------------------------------------------------------
+    def record(
+        self, events: Mapping[str, Sequence[StoredEvent]], *, default_allows: bool
+    ) -> RecordResult:
+        for evs in events.values():
+            for e in evs:
+                if not math.isfinite(e.value):
+                    raise TailoredError(f"event value must be finite, got {e.value}")
+
+        def write(conn: sqlite3.Connection) -> RecordResult:
+            accepted = dropped = 0
+            for user, evs in events.items():
+                row = conn.execute("SELECT purposes FROM consent WHERE user=?", (user,)).fetchone()
+                allowed = default_allows if row is None else PERSONALIZATION in _split(row[0])
+                if not allowed:
+                    dropped += len(evs)
+                    continue
+                conn.executemany(
+                    "INSERT INTO events (user, item, type, time_ms, value, surface) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(user, e.item_id, e.type, e.time_ms, e.value, e.surface) for e in evs],
+                )
+                accepted += len(evs)
+            return RecordResult(accepted, dropped)
+
+        result: RecordResult = self._write(write)
+        return result
+
+    def user(self, user: str, limit: int) -> UserState:
+        conn = self._reader()
+        conn.execute("BEGIN")  # one snapshot for both reads
+        try:
+            row = conn.execute("SELECT purposes FROM consent WHERE user=?", (user,)).fetchone()
+            rows = conn.execute(
+                "SELECT item, type, time_ms, value, surface FROM events WHERE user=? "
+                "ORDER BY time_ms DESC, seq DESC LIMIT ?",
+                (user, max(int(limit), 0)),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return UserState(
+            consent=None if row is None else _split(row[0]),
+            events=tuple(StoredEvent(*r) for r in reversed(rows)),
+        )
+
+    def set_consent(self, user: str, purposes: Iterable[str]) -> int:
+        chosen = frozenset(purposes)
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT INTO consent (user, purposes, updated_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(user) DO UPDATE SET purposes=excluded.purposes, "
+                "updated_ms=excluded.updated_ms",
+                (user, ",".join(sorted(chosen)), int(time.time() * 1000)),
+            )
+            if PERSONALIZATION in chosen:
+                return 0
+            return conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
+
+        forgotten: int = self._write(write)
+        return forgotten
+
+    def forget(self, user: str) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM consent WHERE user=?", (user,))
+            return conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
+
+        removed: int = self._write(write)
+        return removed
+
+    def set_available(self, item_ids: Iterable[str], available: bool) -> int:
+        ids = [(i,) for i in item_ids]
+
+        def write(conn: sqlite3.Connection) -> int:
+            if available:
+                conn.executemany("DELETE FROM unavailable WHERE item=?", ids)
+            else:
+                conn.executemany("INSERT OR IGNORE INTO unavailable (item) VALUES (?)", ids)
+            (n,) = conn.execute("SELECT COUNT(*) FROM unavailable").fetchone()
+            return int(n)
+
+        total: int = self._write(write)
+        return total
+
+    def unavailable(self) -> frozenset[str]:
+        rows = self._reader().execute("SELECT item FROM unavailable").fetchall()
+        return frozenset(r[0] for r in rows)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+
+def _split(purposes: str) -> frozenset[str]:
+    return frozenset(p for p in purposes.split(",") if p)

@@ -1,0 +1,349 @@
+"""One contract for every OnlineState backend (SQLite, Redis), then what is Redis's own.
+
+The Redis cases need a server (the ``redis_url`` fixture: skipped without one, failed where
+``TAILORED_REQUIRE_REDIS=1``); each test works under its own key prefix and deletes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis
+
+from tailored.errors import TailoredError
+from tailored.serve.redis_state import RedisState
+from tailored.serve.sqlite_state import SQLiteState
+from tailored.serve.state import (
+    PERSONALIZATION,
+    OnlineState,
+    RecordResult,
+    StoredEvent,
+    UserState,
+    open_state,
+)
+
+Opener = Callable[[], OnlineState]
+
+
+def ev(item: str, time_ms: int, type: str = "click", value: float = 0.0) -> StoredEvent:
+    return StoredEvent(item, type, time_ms, value)
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
+def drop_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A fresh key prefix on the test Redis, deleted afterwards."""
+    prefix = "tailored-test-" + uuid.uuid4().hex
+    yield prefix
+    drop_prefix(redis_url, prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the backend on the same storage each call (a file, or a Redis prefix)."""
+    opened: list[OnlineState] = []
+    if request.param == "sqlite":
+        path = tmp_path / "state.db"
+
+        def make() -> OnlineState:
+            return SQLiteState(path)
+    else:
+        url = with_prefix(
+            request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        )
+
+        def make() -> OnlineState:
+            return RedisState.from_url(url)
+
+    def tracked() -> OnlineState:
+        opened.append(make())
+        return opened[-1]
+
+    yield tracked
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def state(reopen: Opener) -> OnlineState:
+    return reopen()
+
+
+# -- the contract ----------------------------------------------------------------------------
+def test_events_oldest_first_ties_in_arrival_order(state: OnlineState) -> None:
+    first = [ev("a", 200), ev("b", 100), ev("c", 200), ev("d", 100)]
+    assert state.record({"u": first}, default_allows=True) == RecordResult(4, 0)
+    assert state.record({"u": [ev("e", 100)]}, default_allows=True) == RecordResult(1, 0)
+    got = state.user("u", 10)
+    assert [e.item_id for e in got.events] == ["b", "d", "e", "a", "c"]
+    assert got.events[0] == ev("b", 100)
+
+
+def test_limit_returns_the_most_recent(state: OnlineState) -> None:
+    state.record({"u": [ev(f"i{t}", t) for t in range(10)]}, default_allows=True)
+    assert [e.time_ms for e in state.user("u", 3).events] == [7, 8, 9]
+    assert [e.time_ms for e in state.user("u", 1).events] == [9]
+    assert [e.time_ms for e in state.user("u", 100).events] == list(range(10))
+    assert state.user("u", 0).events == ()
+
+
+def test_out_of_order_events_come_back_sorted_by_time(state: OnlineState) -> None:
+    for t in (500, 100, 300, 400, 200):
+        state.record({"u": [ev(f"i{t}", t)]}, default_allows=True)
+    assert [e.time_ms for e in state.user("u", 10).events] == [100, 200, 300, 400, 500]
+    assert [e.time_ms for e in state.user("u", 2).events] == [400, 500]
+
+
+def test_consent_is_none_by_default(state: OnlineState) -> None:
+    assert state.user("nobody", 10) == UserState(consent=None, events=())
+    state.record({"u": [ev("a", 1)]}, default_allows=True)
+    assert state.user("u", 10).consent is None
+
+
+def test_default_allows_decides_for_users_without_consent(state: OnlineState) -> None:
+    batch = {"a": [ev("x", 1), ev("y", 2)], "b": [ev("z", 3)]}
+    assert state.record(batch, default_allows=False) == RecordResult(0, 3)
+    assert state.user("a", 10).events == () and state.user("b", 10).events == ()
+    assert state.record(batch, default_allows=True) == RecordResult(3, 0)
+    assert state.user("a", 10).events == (ev("x", 1), ev("y", 2))
+    assert state.user("b", 10).events == (ev("z", 3),)
+
+
+def test_stated_consent_overrides_the_default(state: OnlineState) -> None:
+    state.set_consent("yes", {PERSONALIZATION})
+    state.set_consent("no", {"analytics"})
+    batch = {"yes": [ev("a", 1), ev("b", 2)], "no": [ev("c", 3)], "unknown": [ev("d", 4)]}
+    assert state.record(batch, default_allows=False) == RecordResult(2, 2)
+    assert state.record(batch, default_allows=True) == RecordResult(3, 1)
+    assert len(state.user("yes", 10).events) == 4
+    assert state.user("no", 10).events == ()
+    assert state.user("unknown", 10).events == (ev("d", 4),)
+
+
+def test_withdrawing_personalization_forgets_and_drops(state: OnlineState) -> None:
+    state.record({"u": [ev("a", 1), ev("b", 2), ev("c", 3)]}, default_allows=True)
+    state.record({"v": [ev("a", 1)]}, default_allows=True)
+    assert state.set_consent("u", {"analytics"}) == 3
+    assert state.user("u", 10) == UserState(consent=frozenset({"analytics"}), events=())
+    assert state.record({"u": [ev("d", 4)]}, default_allows=True) == RecordResult(0, 1)
+    assert state.user("u", 10).events == ()
+    assert state.set_consent("u", set()) == 0
+    assert state.user("v", 10).events == (ev("a", 1),)  # someone else's stay
+
+
+def test_granting_personalization_allows_and_keeps(state: OnlineState) -> None:
+    state.set_consent("u", set())
+    assert state.set_consent("u", {PERSONALIZATION}) == 0
+    assert state.record({"u": [ev("a", 1)]}, default_allows=False) == RecordResult(1, 0)
+    assert state.set_consent("u", {PERSONALIZATION, "analytics"}) == 0
+    assert state.user("u", 10) == UserState(
+        consent=frozenset({PERSONALIZATION, "analytics"}), events=(ev("a", 1),)
+    )
+
+
+@pytest.mark.parametrize(
+    "purposes",
+    [frozenset(), frozenset({PERSONALIZATION}), frozenset({"ads", "analytics", PERSONALIZATION})],
+)
+def test_purposes_round_trip(state: OnlineState, purposes: frozenset[str]) -> None:
+    state.set_consent("u", ["stale", "other"])
+    state.set_consent("u", purposes)
+    got = state.user("u", 10).consent
+    assert got == purposes and got is not None  # empty is not "never set"
+    assert state.user("u", 10).allows(PERSONALIZATION, default=True) is (
+        PERSONALIZATION in purposes
+    )
+
+
+def test_forget_removes_everything_about_one_user(state: OnlineState) -> None:
+    state.set_consent("u", {PERSONALIZATION, "analytics"})
+    state.set_consent("v", {PERSONALIZATION})
+    batch = {"u": [ev("a", 1), ev("b", 2)], "v": [ev("c", 3)]}
+    assert state.record(batch, default_allows=False) == RecordResult(3, 0)
+    assert state.forget("u") == 2
+    assert state.user("u", 10) == UserState(consent=None, events=())
+    assert state.user("v", 10) == UserState(frozenset({PERSONALIZATION}), (ev("c", 3),))
+    assert state.forget("u") == 0
+    assert state.forget("never-seen") == 0
+    # forgotten means back to the default, and new events start afresh
+    assert state.record({"u": [ev("d", 9)]}, default_allows=True) == RecordResult(1, 0)
+    assert state.user("u", 10).events == (ev("d", 9),)
+
+
+def test_availability(state: OnlineState) -> None:
+    assert state.unavailable() == frozenset()
+    assert state.set_available(["a", "b", "c"], False) == 3
+    assert state.set_available(["b"], False) == 3  # already unavailable
+    assert state.set_available(["a", "not-there"], True) == 2
+    assert state.unavailable() == frozenset({"b", "c"})
+    assert state.set_available([], False) == 2
+    assert state.set_available(iter(["café-1", "x,y"]), False) == 4
+    assert state.set_available(["b", "c", "café-1", "x,y"], True) == 0
+    assert state.unavailable() == frozenset()
+
+
+def test_fields_round_trip_exactly(state: OnlineState) -> None:
+    odd_items = ["café-1", "a,b", "x:y:z", 'quote"s', "it's", "pipe|item", "back\\slash", "🎬"]
+    events = [
+        StoredEvent(item, kind, 1_700_000_000_000 + i, value, surface)
+        for i, (item, kind, value, surface) in enumerate(
+            zip(
+                odd_items,
+                ["impression", "click", "view", "rating", "purchase", "view", "click", "rating"],
+                [4.5, 0.1 + 0.2, -1.25, 5e-324, 1e300, 0.0, 3.0, 12345.678901234567],
+                ["home", "", "search/results", "日本", "a|b", "x,y", "q\"'", "detail:1"],
+                strict=True,
+            )
+        )
+    ]
+    for user in ("plain", "user:with:colons", "p|pe,comma"):
+        assert state.record({user: events}, default_allows=True) == RecordResult(8, 0)
+        assert state.user(user, 100).events == tuple(events)
+    got = state.user("plain", 100).events
+    assert [type(e.value) for e in got] == [float] * 8
+    assert [type(e.time_ms) for e in got] == [int] * 8
+
+
+def test_concurrent_records_all_land(state: OnlineState) -> None:
+    start = threading.Barrier(8)
+
+    def worker(t: int) -> RecordResult:
+        start.wait()
+        total = RecordResult(0, 0)
+        for i in range(50):  # all at the same time: the order is arrival order
+            r = state.record(
+                {"u": [ev(f"{t}-{i}", 1000)], f"own-{t}": [ev(str(i), i)]}, default_allows=True
+            )
+            total = RecordResult(total.accepted + r.accepted, total.dropped + r.dropped)
+        return total
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    assert results == [RecordResult(100, 0)] * 8
+    got = [e.item_id for e in state.user("u", 1000).events]
+    assert sorted(got) == sorted(f"{t}-{i}" for t in range(8) for i in range(50))
+    for t in range(8):  # each thread's events in the order it recorded them
+        assert [g for g in got if g.startswith(f"{t}-")] == [f"{t}-{i}" for i in range(50)]
+        assert [e.item_id for e in state.user(f"own-{t}", 1000).events] == [
+            str(i) for i in range(50)
+        ]
+
+
+def test_state_persists_across_close_and_reopen(reopen: Opener) -> None:
+    first = reopen()
+    first.record({"u": [ev("a", 2), ev("b", 1)], "v": [ev("c", 3)]}, default_allows=True)
+    first.set_consent("v", {"analytics"})
+    first.set_consent("w", set())
+    first.set_available(["gone"], False)
+    first.close()
+    first.close()  # twice is fine
+    with pytest.raises(TailoredError):
+        first.record({"u": [ev("x", 1)]}, default_allows=True)
+    with reopen() as second:
+        assert second.user("u", 10) == UserState(None, (ev("b", 1), ev("a", 2)))
+        assert second.user("v", 10) == UserState(frozenset({"analytics"}), ())
+        assert second.user("w", 10) == UserState(frozenset(), ())
+        assert second.unavailable() == frozenset({"gone"})
+        # arrival order goes on after a reopen
+        second.record({"u": [ev("d", 1)]}, default_allows=True)
+        assert [e.item_id for e in second.user("u", 10).events] == ["b", "d", "a"]
+
+
+@pytest.mark.parametrize("how", ["sqlite-url", "plain-path", "redis"])
+def test_open_state_picks_backend(how: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if how == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        url = with_prefix(request.getfixturevalue("redis_url"), prefix)
+        with open_state(url) as s:
+            assert isinstance(s, RedisState) and s.backend == "redis" and s.prefix == prefix
+            s.set_available(["x"], False)
+            assert s.unavailable() == frozenset({"x"})
+        return
+    path = tmp_path / "sub" / "state.db"
+    with open_state(f"sqlite:///{path}" if how == "sqlite-url" else str(path)) as s:
+        assert isinstance(s, SQLiteState) and s.backend == "sqlite" and s.path == path
+        s.set_available(["x"], False)
+    assert path.exists()
+
+
+# -- Redis's own -----------------------------------------------------------------------------
+@pytest.fixture
+def redis_state(redis_url: str, redis_prefix: str) -> Iterator[RedisState]:
+    s = RedisState.from_url(with_prefix(redis_url, redis_prefix), max_events_per_user=5)
+    yield s
+    s.close()
+
+
+def _stream(url: str, prefix: str) -> list[tuple[str, str]]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(f"{prefix}:events"))
+        return [(f["user"], f["event"]) for _, f in entries]
+    finally:
+        client.close()
+
+
+def test_redis_caps_events_per_user(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    times = [7, 3, 9, 1, 8, 2, 6, 4]
+    res = redis_state.record({"u": [ev(f"i{t}", t) for t in times]}, default_allows=True)
+    assert res == RecordResult(8, 0)
+    assert [e.time_ms for e in redis_state.user("u", 100).events] == [4, 6, 7, 8, 9]
+    redis_state.record({"u": [ev("late", 0)], "v": [ev("v", 0)]}, default_allows=True)
+    assert [e.time_ms for e in redis_state.user("u", 100).events] == [4, 6, 7, 8, 9]
+    assert len(redis_state.user("v", 100).events) == 1
+    # the shared log keeps every accepted event, in arrival order
+    log = _stream(redis_url, redis_prefix)
+    assert [u for u, _ in log] == ["u"] * 9 + ["v"]
+    assert log[0][1] == '["i7","click",7,0.0,""]' and log[-1][1] == '["v","click",0,0.0,""]'
+
+
+def test_redis_erasure_reaches_the_event_log(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    batch = {"u": [ev("a", 1), ev("b", 2)], "v": [ev("c", 3)], "w": [ev("d", 4)]}
+    redis_state.record(batch, default_allows=True)
+    redis_state.record({"x": [ev("e", 5)]}, default_allows=False)  # dropped: not logged
+    assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["u", "u", "v", "w"]
+    assert redis_state.forget("u") == 2
+    assert redis_state.set_consent("v", ["analytics"]) == 1
+    assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:  # what is left of u and v: v's consent only
+        keys = sorted(client.scan_iter(match=f"{redis_prefix}:*"))
+    finally:
+        client.close()
+    p = redis_prefix
+    assert keys == sorted([f"{p}:events", f"{p}:consent:v", f"{p}:ev:w", f"{p}:seq:w"])
+
+
+def test_redis_url_prefix_and_errors(redis_url: str) -> None:
+    with RedisState.from_url(redis_url) as s:
+        assert isinstance(s, RedisState) and s.prefix == "tailored"
+    s = RedisState.from_url(with_prefix(redis_url, "elsewhere"), stream_maxlen=10)
+    assert s.prefix == "elsewhere" and s.stream_maxlen == 10
+    s.close()
+    with pytest.raises(TailoredError) as info:
+        RedisState.from_url("redis://:s3cret@127.0.0.1:1/0?prefix=p")
+    assert "127.0.0.1:1" in str(info.value) and "connect" in str(info.value)
+    assert "s3cret" not in str(info.value)
