@@ -115,9 +115,12 @@ class Recommender:
         excluded = self._rows(req.exclude) | self._rows(unavailable)
         if not req.personalized:
             return self._popular(req.k, excluded, "popular right now")
+        user_cat, user_num, has_profile = self._profile(req.profile or {})
         row = self.two.users.row(req.user) if self.two.users is not None else None
+        if row is not None and self.two.users is not None:  # the bundle knows this user
+            users = self.two.users
+            user_cat, user_num = users.categorical[row : row + 1], users.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
-        user_cat, user_num, has_profile = self._profile(row, req.profile or {})
         context, has_context = self._context(req)
         if row is None and not len(hist) and not has_profile and not has_context:
             return self._popular(req.k, excluded, "popular right now")
@@ -227,14 +230,10 @@ class Recommender:
             out[0, length - len(recent) :] = recent
         return out
 
-    def _profile(
-        self, row: int | None, profile: Mapping[str, str]
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Encoded profile [1, C], [1, F], and whether anything was known."""
+    def _profile(self, profile: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The request's profile fields encoded, [1, C] and [1, F], and whether any was given;
+        checked even for users the bundle knows (whose own profile is then used)."""
         enc = self.user_encoder
-        users = self.two.users
-        if row is not None and users is not None:
-            return users.categorical[row : row + 1], users.numeric[row : row + 1], True
         cat = np.zeros((1, len(enc.categorical)), np.int64)
         num = np.zeros((1, len(enc.numeric)), np.float32)
         for name, value in profile.items():

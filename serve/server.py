@@ -91,8 +91,8 @@ class Service:
 
     def now(self) -> float:
         """The serving clock, unix seconds (see [serve] clock)."""
-        if self.cfg.clock == "bundle":
-            return self.bundle.current.two.last_event_time + (time.time() - self.started)
+        if self.cfg.clock == "bundle":  # one second after the bundle's data ends, then on
+            return self.bundle.current.two.last_event_time + 1 + (time.time() - self.started)
         return time.time()
 
     def unavailable(self) -> frozenset[str]:

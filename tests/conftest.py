@@ -77,6 +77,8 @@ def serve_bundle(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     base = tmp_path_factory.mktemp("serve-bundle")
     small = small_config(movielens_dir, train={"max_epochs": 2}).to_dict()
+    # clicks tracked by the server count as history (the dataset itself has only ratings)
+    small["data"]["positive_events"] = {"rating": 1.0, "click": 1.0}
     ranker = {"max_epochs": 2, "candidates": 50, "max_users": 300, "hidden": 32, "patience": 1}
     cfg = load_config(values={**small, "ranker": ranker, "index": {"recall_queries": 100}})
     train(cfg, out=base / "run")

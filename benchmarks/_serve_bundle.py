@@ -1,0 +1,174 @@
+"""The bundle ``benchmarks/serve_load.py`` serves, built by the real pipeline and cached.
+
+``tailored data synth`` -> ``tailored train`` (a small configuration: few epochs, a time
+cap) -> ``tailored bundle build`` (ranker on, 200 candidates) -> ``tailored refresh`` (a
+second version, for the hot-swap phase). Everything lands under
+``$TAILORED_HOME/bench/serve_load/<sizes>/`` with ``build.json`` (the commands, how long each
+took, the run's and the ranker's quality); a later run with the same sizes reuses it.
+
+A fixed pseudonymization key (:data:`KEY`) is used throughout, so the benchmark neither
+reads nor creates the user's own key; every child gets it through ``TAILORED_PSEUDONYM_KEY``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tailored.paths import tailored_home
+
+__all__ = ["KEY", "BuiltBundle", "Sizes", "ensure_bundle", "env", "item_id", "raw_user_id"]
+
+KEY = bytes(range(32)).hex()  # the benchmark's own key, never the user's
+
+
+@dataclass(frozen=True)
+class Sizes:
+    users: int
+    items: int
+    events_per_user: float
+    max_epochs: int
+    max_minutes: float
+    ranker_users: int
+    ranker_epochs: int
+
+    @property
+    def name(self) -> str:
+        return (
+            f"items{self.items}-users{self.users}-epu{self.events_per_user:g}"
+            f"-ep{self.max_epochs}-rk{self.ranker_users}x{self.ranker_epochs}"
+        )
+
+
+@dataclass(frozen=True)
+class BuiltBundle:
+    root: Path  # the bundles root (versions inside)
+    versions: tuple[Path, Path]  # the built version, then the refreshed one
+    dataset: Path
+    n_users: int
+    info: dict[str, Any]  # build.json
+
+
+def env() -> dict[str, str]:
+    """The environment every child runs with: the benchmark's key, no progress noise."""
+    e = dict(os.environ)
+    e["TAILORED_PSEUDONYM_KEY"] = KEY
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    return e
+
+
+def raw_user_id(i: int, n_users: int) -> str:
+    """The site's id of synthetic user ``i`` (``tailored.data.synth_tables.pseudonyms``)."""
+    return f"u{i:0{max(7, len(str(n_users - 1)))}d}"
+
+
+def item_id(i: int, n_items: int) -> str:
+    """The site's id of synthetic item ``i`` (``tailored.data.synth_tables.items_table``)."""
+    return f"i{i:0{max(6, len(str(n_items - 1)))}d}"
+
+
+def _config(dataset: Path, s: Sizes) -> str:
+    base = (Path(__file__).resolve().parents[1] / "configs" / "synthetic.toml").read_text()
+    base = base.replace('dataset = "synthetic"', f'dataset = "{dataset}"')
+    base = base.replace("max_epochs = 5", f"max_epochs = {s.max_epochs}")
+    base = base.replace("limit_val_users = 5000", "limit_val_users = 2000")
+    return (
+        base
+        + f"max_minutes = {s.max_minutes}\nprogress_bar = false\n\n"
+        + f"[ranker]\ncandidates = 200\nmax_users = {s.ranker_users}\n"
+        + f"max_epochs = {s.ranker_epochs}\npatience = 2\n"
+    )
+
+
+def _step(log: Path, name: str, args: list[str], steps: dict[str, Any]) -> None:
+    cmd = [sys.executable, "-m", "tailored.cli", *args]
+    start = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"\n$ tailored {' '.join(args)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env()).returncode
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise RuntimeError(f"`tailored {' '.join(args)}` exited {rc}; see {log}")
+    steps[name] = {"command": f"tailored {' '.join(args)}", "seconds": round(seconds, 1)}
+    print(f"  {name}: {seconds:.0f} s", flush=True)
+
+
+def _versions(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+
+
+def ensure_bundle(s: Sizes, home: Path | None = None, *, rebuild: bool = False) -> BuiltBundle:
+    """The cached bundle for ``s``, built first if missing (minutes to tens of minutes)."""
+    work = (home or tailored_home()) / "bench" / "serve_load" / s.name
+    info_path = work / "build.json"
+    if rebuild and work.exists():
+        shutil.rmtree(work)
+    if not info_path.is_file():
+        _build(work, s)
+    info = json.loads(info_path.read_text())
+    root = work / "bundles"
+    versions = _versions(root)
+    return BuiltBundle(root, (versions[0], versions[-1]), work / "dataset", s.users, info)
+
+
+def _build(work: Path, s: Sizes) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in ("dataset", "run", "bundles"):
+        shutil.rmtree(work / stale, ignore_errors=True)
+    log = work / "build.log"
+    dataset, run, root = work / "dataset", work / "run", work / "bundles"
+    cfg = work / "config.toml"
+    cfg.write_text(_config(dataset, s))
+    steps: dict[str, Any] = {}
+    print(f"building the benchmark bundle in {work} (log: {log})", flush=True)
+    start = time.perf_counter()
+    synth = ["data", "synth", "--users", str(s.users), "--items", str(s.items)]
+    synth += ["--events-per-user", str(s.events_per_user), "--out", str(dataset)]
+    _step(log, "synth", synth, steps)
+    _step(log, "train", ["train", "--config", str(cfg), "--out", str(run)], steps)
+    _step(
+        log,
+        "bundle_build",
+        ["bundle", "build", str(run), "--out", str(root), "--no-progress"],
+        steps,
+    )
+    _step(log, "refresh", ["refresh", str(_versions(root)[0]), "--no-progress"], steps)
+    info = {
+        "sizes": s.__dict__,
+        "config": cfg.read_text(),
+        "steps": steps,
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "quality": _quality(run, _versions(root)[0]),
+        "versions": [p.name for p in _versions(root)],
+    }
+    tmp = work / "build.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, work / "build.json")
+
+
+def _quality(run: Path, bundle: Path) -> dict[str, Any]:
+    """What the model learned: the run's test metrics beside popularity, and the ranker's
+    held-out NDCG@10 beside retrieval order (from the bundle's manifest)."""
+    out: dict[str, Any] = {}
+    metrics = json.loads((run / "metrics.json").read_text())
+    out["epochs"] = metrics.get("epochs")
+    for split in ("valid", "test"):
+        m = metrics.get(split, {})
+        out[split] = {
+            "users": m.get("users"),
+            "ndcg@10": (m.get("metrics") or {}).get("ndcg@10"),
+            "recall@10": (m.get("metrics") or {}).get("recall@10"),
+            "popularity_ndcg@10": (m.get("popularity") or {}).get("ndcg@10"),
+        }
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    out["ranker"] = (manifest.get("metrics") or {}).get("ranker")
+    out["index"] = (manifest.get("metrics") or {}).get("index")
+    return out

@@ -1,0 +1,105 @@
+"""Server processes for ``benchmarks/serve_load.py``: ``tailored serve`` on a bundle with
+SQLite state, and the no-op ceiling (:mod:`benchmarks._serve_noop`), each a child process on
+loopback whose port is read from the line it prints once listening. Their stderr goes to a
+log file beside the state (the server logs no raw user id)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["ServerProcess", "noop_server", "tailored_server"]
+
+_SERVING = re.compile(r"serving bundle (\S+) \((\d+) items\) on (\S+):(\d+)")
+_NOOP = re.compile(r"listening on (\d+)")
+
+
+class ServerProcess:
+    """A child server; :attr:`target` is ``127.0.0.1:PORT`` once :meth:`wait_ready` returned."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str], ready: re.Pattern[str]):
+        self.cmd = cmd
+        self.log = log
+        self._log_file = log.open("ab")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log_file, env=env, text=True
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._ready = ready
+        self.match: re.Match[str] | None = None
+        self.startup_seconds = 0.0
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_ready(self, timeout: float) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while self.match is None:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+            if line is None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.cmd[2:4]} did not start; see {self.log}")
+            self.match = self._ready.search(line or "")
+        self.startup_seconds = time.perf_counter() - self.started
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.match is not None
+        return int(self.match.group(self.match.re.groups))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye (the durability phase)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._log_file.close()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc.wait()
+        self._log_file.close()
+
+
+def tailored_server(
+    bundle: Path, state: Path, env: dict[str, str], *, timeout: float = 900
+) -> ServerProcess:
+    """``tailored serve BUNDLE --port 0 --state sqlite:///STATE --clock bundle --no-watch``."""
+    cmd = [sys.executable, "-m", "tailored.cli", "serve", str(bundle), "--port", "0"]
+    cmd += ["--state", f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
+    log = state.with_suffix(".log")
+    return ServerProcess(cmd, log, env, _SERVING).wait_ready(timeout)
+
+
+def noop_server(
+    template: Path, env: dict[str, str], *, workers: int, max_rpcs: int
+) -> ServerProcess:
+    cmd = [sys.executable, "-m", "benchmarks._serve_noop", str(template)]
+    cmd += ["--workers", str(workers), "--max-concurrent-rpcs", str(max_rpcs)]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))}
+    return ServerProcess(cmd, template.with_suffix(".log"), env, _NOOP).wait_ready(60)

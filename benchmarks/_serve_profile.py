@@ -1,0 +1,101 @@
+"""Where a Recommend's time goes: the server's servicer (``_Personalization.Recommend``, the
+whole request path below gRPC: edge checks, pseudonym, online state, towers, index, ranker,
+diversity, the response message) called in-process under cProfile for ``--requests`` users.
+
+    python -m benchmarks._serve_profile BUNDLE STATE USERS.json OUT.json [--requests 300]
+
+Run in its own process by ``benchmarks/serve_load.py`` (the bundle is loaded once more
+there); the pseudonymization key comes from ``TAILORED_PSEUDONYM_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+class _Context:
+    """The part of ``grpc.ServicerContext`` the servicer uses on a successful call."""
+
+    def time_remaining(self) -> float:
+        return 10.0
+
+    def abort(self, code: Any, message: str) -> None:
+        raise RuntimeError(f"{code}: {message}")
+
+
+def _top(stats: pstats.Stats, key: str, n: int, calls: int) -> list[dict[str, Any]]:
+    rows = []
+    for (file, line, fn), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append(
+            {
+                "function": f"{Path(file).name}:{line}:{fn}",
+                "calls_per_request": round(ncalls / calls, 2),
+                "tottime_ms_per_request": round(tottime * 1000 / calls, 4),
+                "cumtime_ms_per_request": round(cumtime * 1000 / calls, 4),
+            }
+        )
+    rows.sort(key=lambda r: -r[f"{key}_ms_per_request"])
+    return rows[:n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("state", type=Path)
+    p.add_argument("users", type=Path, help="JSON list of raw user ids")
+    p.add_argument("out", type=Path)
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--k", type=int, default=10)
+    args = p.parse_args(argv)
+
+    from tailored.config import ServeConfig
+    from tailored.data.pseudonym import Pseudonymizer, load_key
+    from tailored.serve.bundles import LiveBundle
+    from tailored.serve.server import Service, _Personalization
+    from tailored.serve.sqlite_state import SQLiteState
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    cfg = ServeConfig(clock="bundle").validate()
+    service = Service(
+        LiveBundle(args.bundle, cfg), SQLiteState(args.state), Pseudonymizer(load_key()), cfg
+    )
+    servicer = _Personalization(service)
+    users = json.loads(args.users.read_text())
+    reqs = [
+        pb.RecommendRequest(user_id=users[i % len(users)], k=args.k, surface="home")
+        for i in range(args.requests)
+    ]
+    ctx = _Context()
+    for r in reqs[:20]:  # warm: first calls of each stage
+        servicer.Recommend(r, ctx)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    for r in reqs:
+        servicer.Recommend(r, ctx)  # type: ignore[arg-type]
+    plain = (time.perf_counter() - start) / len(reqs)
+    prof = cProfile.Profile()
+    prof.enable()
+    for r in reqs:
+        servicer.Recommend(r, ctx)  # type: ignore[arg-type]
+    prof.disable()
+    stats = pstats.Stats(prof)
+    out = {
+        "requests": len(reqs),
+        "servicer_ms_per_request_unprofiled": round(plain * 1000, 3),
+        "top_by_cumtime": _top(stats, "cumtime", 30, len(reqs)),
+        "top_by_tottime": _top(stats, "tottime", 20, len(reqs)),
+    }
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,360 @@
+"""The gRPC service over a real channel on loopback, against a real bundle (MovieLens-100k),
+real SQLite online state and real onnxruntime/FAISS: what a website sees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tailored.bundle import latest_bundle
+from tailored.config import load_serve_config
+from tailored.data.pseudonym import Pseudonymizer
+from tailored.serve.bundles import LiveBundle
+from tailored.serve.client import Client
+from tailored.serve.server import Service, create_server
+from tailored.serve.sqlite_state import SQLiteState
+from tailored.serve.v1 import personalization_pb2 as pb
+from tests.conftest import TEST_KEY
+
+TOKEN = "test-admin-token"
+
+
+class Running:
+    def __init__(self, bundles: Path, state_path: Path, **overrides: object) -> None:
+        self.cfg = load_serve_config(overrides={"clock": "bundle", **overrides})
+        self.service = Service(
+            LiveBundle(bundles, self.cfg),
+            SQLiteState(state_path),
+            Pseudonymizer(TEST_KEY),
+            self.cfg,
+            admin_token=TOKEN,
+        )
+        self.server, self.port = create_server("127.0.0.1:0", self.service)
+        self.server.start()
+        self.target = f"127.0.0.1:{self.port}"
+        self.client = Client(self.target, token=TOKEN)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.stop(None)
+        self.service.close()
+
+
+@pytest.fixture(scope="module")
+def running(serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    r = Running(serve_bundle, tmp_path_factory.mktemp("state") / "state.db")
+    yield r
+    r.stop()
+
+
+def _catalog(bundles: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Item id -> title, and genre -> item ids, from the dataset the bundle was built on."""
+    version = latest_bundle(bundles)
+    assert version is not None
+    manifest = json.loads((version / "manifest.json").read_text())
+    items = pq.read_table(Path(manifest["data"]["path"]) / "items.parquet").to_pylist()
+    by_genre: dict[str, list[str]] = {}
+    for it in items:
+        for g in it["genres"] or []:
+            by_genre.setdefault(g, []).append(it["item_id"])
+    return {it["item_id"]: it["title"] for it in items}, by_genre
+
+
+def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()  # type: ignore[operator]
+    return err.value.code()  # type: ignore[no-any-return]
+
+
+def _click(user: str, item: str) -> pb.Event:
+    return pb.Event(user_id=user, item_id=item, type=pb.CLICK)
+
+
+def test_a_known_user_gets_k_personalized_items_with_reasons(running: Running) -> None:
+    resp = running.client.recommend("1", 10)
+    assert resp.strategy == "personalized"
+    assert resp.bundle_version == running.service.bundle.version
+    assert len(resp.request_id) == 32
+    ids = [i.item_id for i in resp.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert all(i.reason.startswith("because you watched ") for i in resp.items)
+    assert all(i.title for i in resp.items)
+    # nothing the user already rated comes back (user "1" rated 272 of the 1,682 movies)
+    two = running.service.bundle.current.two
+    assert two.users is not None
+    row = two.users.row(Pseudonymizer(TEST_KEY)("1"))
+    assert row is not None
+    seen = {str(two.item_ids[r - 1]) for r in two.users.history[row] if r > 0}
+    assert not seen & set(ids)
+    assert running.client.recommend("1", 10).request_id != resp.request_id
+
+
+def test_clicks_change_the_next_page_without_retraining(
+    running: Running, serve_bundle: Path
+) -> None:
+    titles, by_genre = _catalog(serve_bundle)
+    user = "2"
+    before = running.client.recommend(user, 10)
+    shown = {i.item_id for i in before.items}
+    horror = [i for i in by_genre["Horror"] if i not in shown][:8]
+    ack = running.client.track([_click(user, i) for i in horror])
+    assert (ack.accepted, ack.dropped) == (8, 0)
+    after = running.client.recommend(user, 10)
+    ids = [i.item_id for i in after.items]
+    assert ids != [i.item_id for i in before.items]
+    assert not set(horror) & set(ids)  # clicked: already interacted
+    clicked_titles = {titles[i] for i in horror}
+    assert any(i.reason.removeprefix("because you watched ") in clicked_titles for i in after.items)
+
+    def horror_share(resp: pb.RecommendResponse) -> int:
+        return sum(i.item_id in set(by_genre["Horror"]) for i in resp.items)
+
+    assert horror_share(after) > horror_share(before)
+
+
+def test_without_consent_nothing_is_personalized_or_kept(running: Running) -> None:
+    user = "3"
+    assert running.client.track([_click(user, "50"), _click(user, "181")]).accepted == 2
+    resp = running.client.set_consent(user, [])
+    assert resp.events_forgotten == 2 and list(resp.purposes) == []
+    rec = running.client.recommend(user, 5)
+    assert rec.strategy == "popular"
+    assert {i.reason for i in rec.items} == {"popular right now"}
+    dropped = running.client.track([_click(user, "1")])
+    assert (dropped.accepted, dropped.dropped) == (0, 1)
+    pseudonym = Pseudonymizer(TEST_KEY)(user)
+    assert running.service.state.user(pseudonym, 100).events == ()
+    running.client.set_consent(user, ["personalization"])
+    assert running.client.recommend(user, 5).strategy == "personalized"
+
+
+def test_unknown_users_start_cold_and_never_fail(running: Running) -> None:
+    nobody = running.client.recommend("never-seen-1", 5)
+    assert nobody.strategy == "popular" and len(nobody.items) == 5
+    profiled = running.client.recommend(
+        "never-seen-2", 5, profile={"gender": "F", "age": "31", "occupation": "writer"}
+    )
+    assert profiled.strategy == "cold_start" and len(profiled.items) == 5
+    assert {i.reason for i in profiled.items} == {"popular with people like you"}
+    # a new user who clicks becomes personalized at once
+    running.client.track([_click("never-seen-3", "50")])
+    first = running.client.recommend("never-seen-3", 5)
+    assert first.strategy == "personalized"
+    assert "50" not in {i.item_id for i in first.items}
+
+
+def test_excluded_and_unavailable_items_are_never_returned(running: Running) -> None:
+    top = [i.item_id for i in running.client.recommend("4", 10).items]
+    excluded = running.client.recommend("4", 10, exclude=top[:3])
+    assert not set(top[:3]) & {i.item_id for i in excluded.items}
+    admin = running.client.admin
+    meta = (("authorization", f"Bearer {TOKEN}"),)
+    resp = admin.SetItemAvailability(
+        pb.SetItemAvailabilityRequest(item_ids=top[3:5], available=False), metadata=meta
+    )
+    assert resp.unavailable_total == 2
+    hidden = {i.item_id for i in running.client.recommend("4", 10).items}
+    assert not set(top[3:5]) & hidden
+    admin.SetItemAvailability(
+        pb.SetItemAvailabilityRequest(item_ids=top[3:5], available=True), metadata=meta
+    )
+    assert set(top[3:5]) <= {i.item_id for i in running.client.recommend("4", 10).items}
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "argument"),
+    [
+        ({"user_id": "", "k": 5, "surface": "home"}, "user_id"),
+        ({"user_id": "a\x00b", "k": 5, "surface": "home"}, "user_id"),
+        ({"user_id": "x" * 300, "k": 5, "surface": "home"}, "user_id"),
+        ({"user_id": "1", "k": 0, "surface": "home"}, "k:"),
+        ({"user_id": "1", "k": 101, "surface": "home"}, "k:"),
+        ({"user_id": "1", "k": 5, "surface": "checkout"}, "surface"),
+        ({"user_id": "1", "k": 5, "surface": "home", "profile": {"shoe": "9"}}, "profile"),
+        ({"user_id": "u", "k": 5, "surface": "home", "profile": {"age": "old"}}, "profile"),
+    ],
+)
+def test_bad_recommend_arguments_are_invalid_and_named(
+    running: Running, request_kwargs: dict[str, object], argument: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.personalization.Recommend(pb.RecommendRequest(**request_kwargs))  # type: ignore[arg-type]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert argument in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("event", "argument"),
+    [
+        (pb.Event(user_id="1", item_id="50"), "events[1].type"),
+        (pb.Event(user_id="1", item_id="", type=pb.CLICK), "events[1].item_id"),
+        (pb.Event(user_id="", item_id="50", type=pb.CLICK), "events[1].user_id"),
+        (pb.Event(user_id="1", item_id="50", type=pb.VIEW, value=-3), "events[1].value"),
+        (pb.Event(user_id="1", item_id="50", type=pb.CLICK, time_unix_ms=-1), "time_unix_ms"),
+    ],
+)
+def test_a_malformed_event_rejects_the_whole_call(
+    running: Running, event: pb.Event, argument: str
+) -> None:
+    user = "malformed-events-user"
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.track([_click(user, "50"), event])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert argument in (err.value.details() or "")
+    pseudonym = Pseudonymizer(TEST_KEY)(user)
+    assert running.service.state.user(pseudonym, 10).events == ()  # nothing half-stored
+
+
+def test_admin_needs_the_bearer_token(running: Running) -> None:
+    admin = running.client.admin
+    assert _code(lambda: admin.Status(pb.StatusRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    wrong = (("authorization", "Bearer nope"),)
+    assert (
+        _code(lambda: admin.Status(pb.StatusRequest(), metadata=wrong))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    status = running.client.status()
+    assert status.items == 1682 and status.users == 943 and status.ranker
+    assert status.state_backend == "sqlite" and list(status.surfaces) == ["home", "item", "search"]
+
+
+def test_a_bad_bundle_is_refused_and_the_old_one_keeps_serving(
+    running: Running, serve_bundle: Path, tmp_path: Path
+) -> None:
+    version = latest_bundle(serve_bundle)
+    assert version is not None
+    bad = tmp_path / "bad" / "v000007"
+    shutil.copytree(version, bad)
+    emb = bad / "items" / "embeddings.npy"
+    emb.write_bytes(emb.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # one float altered
+    before = running.service.bundle.version
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.reload(str(bad))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "sha256" in (err.value.details() or "")
+    assert running.client.recommend("1", 3).bundle_version == before
+    assert running.client.status().failed_reloads >= 1
+
+
+def test_reload_swaps_under_load_without_failing_a_request(
+    running: Running, serve_bundle: Path, tmp_path: Path
+) -> None:
+    version = latest_bundle(serve_bundle)
+    assert version is not None
+    other = tmp_path / "other" / version.name
+    shutil.copytree(version, other)
+    failures: list[BaseException] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        with Client(running.target) as c:
+            while not stop.is_set():
+                try:
+                    versions.add(c.recommend("5", 10).bundle_version)
+                except grpc.RpcError as e:
+                    failures.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for path in (other, version, other):
+            resp = running.client.reload(str(path))
+            assert resp.bundle_version == version.name and resp.load_seconds > 0
+            assert running.service.bundle.current.two.manifest.path == path
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert versions == {version.name}
+
+
+def test_health_reflection_and_metrics(running: Running) -> None:
+    health = health_pb2_grpc.HealthStub(running.client.channel)
+    for name in ("", "tailored.v1.Personalization", "tailored.v1.Admin"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(running.client.channel)
+    answers = list(
+        stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    )
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"tailored.v1.Personalization", "tailored.v1.Admin", "grpc.health.v1.Health"} <= names
+    running.client.recommend("1", 3)
+    with pytest.raises(grpc.RpcError):
+        running.client.recommend("1", 0)
+    server, port = running.service.metrics.serve_http(0)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    finally:
+        server.shutdown()
+    assert 'tailored_requests_total{code="OK",method="Recommend"}' in text
+    assert 'tailored_requests_total{code="INVALID_ARGUMENT",method="Recommend"}' in text
+    assert 'tailored_request_seconds_bucket{le="0.015",method="Recommend"}' in text
+    assert f'tailored_bundle_info{{version="{running.service.bundle.version}"}} 1.0' in text
+
+
+def test_deadlines_are_honoured(running: Running) -> None:
+    stub = running.client.personalization
+    req = pb.RecommendRequest(user_id="1", k=10, surface="home")
+    assert _code(lambda: stub.Recommend(req, timeout=1e-6)) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_overload_is_refused_not_queued(serve_bundle: Path, tmp_path: Path) -> None:
+    r = Running(serve_bundle, tmp_path / "state.db", workers=1, max_concurrent_rpcs=1)
+    codes: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+
+    def burst() -> None:
+        with Client(r.target) as c:
+            for _ in range(10):
+                try:
+                    c.recommend("1", 50)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    code = e.code()
+                with lock:
+                    codes.append(code)
+
+    try:
+        threads = [threading.Thread(target=burst) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        r.stop()
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_mmr_and_category_cap_diversify(serve_bundle: Path, tmp_path: Path) -> None:
+    plain = Running(serve_bundle, tmp_path / "a.db", diversity="none")
+    capped = Running(serve_bundle, tmp_path / "b.db", diversity="category_cap", cap_per_value=1)
+    try:
+        a = plain.client.recommend("6", 10)
+        b = capped.client.recommend("6", 10)
+        two = capped.service.bundle.current.two
+        cats = capped.service.bundle.current.categories
+        row = {str(v): i + 1 for i, v in enumerate(two.item_ids)}
+        first_genre = [int(cats[row[i.item_id]]) for i in b.items]
+        assert len(set(first_genre)) == len(first_genre)  # one per first genre
+        assert [i.item_id for i in a.items] != [i.item_id for i in b.items]
+        scores = [i.score for i in a.items]
+        assert scores == sorted(scores, reverse=True)  # no diversity: ranker order
+    finally:
+        plain.stop()
+        capped.stop()
+    assert np.isfinite(scores).all()
