@@ -38,12 +38,13 @@ class Sizes:
     max_minutes: float
     ranker_users: int
     ranker_epochs: int
+    batch_size: int = 4096  # few optimizer steps: each updates the 1M-row id table densely
 
     @property
     def name(self) -> str:
         return (
             f"items{self.items}-users{self.users}-epu{self.events_per_user:g}"
-            f"-ep{self.max_epochs}-rk{self.ranker_users}x{self.ranker_epochs}"
+            f"-ep{self.max_epochs}-b{self.batch_size}-rk{self.ranker_users}x{self.ranker_epochs}"
         )
 
 
@@ -79,6 +80,7 @@ def _config(dataset: Path, s: Sizes) -> str:
     base = base.replace('dataset = "synthetic"', f'dataset = "{dataset}"')
     base = base.replace("max_epochs = 5", f"max_epochs = {s.max_epochs}")
     base = base.replace("limit_val_users = 5000", "limit_val_users = 2000")
+    base = base.replace("batch_size = 1024", f"batch_size = {s.batch_size}")
     return (
         base
         + f"max_minutes = {s.max_minutes}\nprogress_bar = false\n\n"

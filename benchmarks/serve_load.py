@@ -65,10 +65,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {PHASES}")
     p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--users", type=int, default=100_000, help="users of the synthetic site")
-    p.add_argument("--events-per-user", type=float, default=50.0)
-    p.add_argument("--epochs", type=int, default=2, help="two-tower training epochs at most")
-    p.add_argument("--train-minutes", type=float, default=10.0, help="training time cap")
+    p.add_argument("--users", type=int, default=50_000, help="users of the synthetic site")
+    p.add_argument("--events-per-user", type=float, default=60.0)
+    p.add_argument("--epochs", type=int, default=1, help="two-tower training epochs at most")
+    p.add_argument("--train-minutes", type=float, default=8.0, help="training time cap")
+    p.add_argument("--batch-size", type=int, default=4096, help="two-tower training batch")
     p.add_argument("--ranker-users", type=int, default=5000, help="ranker training requests")
     p.add_argument("--ranker-epochs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load")
@@ -86,6 +87,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.items, args.users, args.events_per_user = 5000, 2000, 30.0
         args.epochs, args.train_minutes, args.ranker_users, args.ranker_epochs = 1, 2.0, 500, 2
+        args.batch_size = 1024
         args.seconds, args.warmup, args.swaps = 1.5, 0.3, 4
         args.freshness_repeats, args.kill_after, args.profile_requests = 10, 1.0, 50
     args.phases = [x for x in args.phases.split(",") if x]
@@ -426,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.train_minutes,
         a.ranker_users,
         a.ranker_epochs,
+        a.batch_size,
     )
     start = time.perf_counter()
     built = ensure_bundle(sizes, rebuild=a.rebuild)

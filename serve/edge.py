@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,14 @@ from tailored.serve.recommender import RequestError
 from tailored.serve.state import StoredEvent
 from tailored.serve.v1 import personalization_pb2 as pb
 
-__all__ = ["EVENT_NAMES", "RecommendArgs", "check_id", "parse_events", "parse_purposes"]
+__all__ = [
+    "EVENT_NAMES",
+    "RecommendArgs",
+    "check_id",
+    "parse_context",
+    "parse_events",
+    "parse_purposes",
+]
 
 MAX_ID = 256  # characters in a user or item id
 MAX_EXCLUDE = 1000
@@ -36,7 +44,7 @@ def check_id(value: str, argument: str) -> str:
         raise RequestError(argument, "required, got an empty string")
     if len(value) > MAX_ID:
         raise RequestError(argument, f"at most {MAX_ID} characters, got {len(value)}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(unicodedata.category(c) == "Cc" for c in value):
         raise RequestError(argument, "contains control characters")
     return value
 
@@ -49,6 +57,20 @@ def _check_map(values: dict[str, str], argument: str) -> dict[str, str]:
         if len(value) > MAX_ID:
             raise RequestError(f"{argument}[{key!r}]", f"at most {MAX_ID} characters")
     return values
+
+
+def parse_context(ctx: pb.Context, argument: str) -> dict[str, str]:
+    """A request's context as field -> value (``device``, ``locale`` and the extras)."""
+    if ctx.time_unix_ms < 0:
+        raise RequestError(f"{argument}.time_unix_ms", f"must be >= 0, got {ctx.time_unix_ms}")
+    context = dict(_check_map(dict(ctx.extra), f"{argument}.extra"))
+    for name in ("device", "locale"):
+        value = getattr(ctx, name)
+        if len(value) > MAX_ID:
+            raise RequestError(f"{argument}.{name}", f"at most {MAX_ID} characters")
+        if value:
+            context[name] = value
+    return context
 
 
 @dataclass(frozen=True)
@@ -74,21 +96,12 @@ class RecommendArgs:
             raise RequestError("exclude_item_ids", f"at most {MAX_EXCLUDE} ids")
         for i, item in enumerate(req.exclude_item_ids):
             check_id(item, f"exclude_item_ids[{i}]")
-        ctx = req.context
-        if ctx.time_unix_ms < 0:
-            raise RequestError("context.time_unix_ms", f"must be >= 0, got {ctx.time_unix_ms}")
-        context = dict(_check_map(dict(ctx.extra), "context.extra"))
-        for name in ("device", "locale"):
-            value = getattr(ctx, name)
-            if len(value) > MAX_ID:
-                raise RequestError(f"context.{name}", f"at most {MAX_ID} characters")
-            if value:
-                context[name] = value
+        context = parse_context(req.context, "context")
         return cls(
             user_id=req.user_id,
             k=req.k,
             surface=req.surface,
-            time_ms=ctx.time_unix_ms,
+            time_ms=req.context.time_unix_ms,
             context=context,
             exclude=frozenset(req.exclude_item_ids),
             profile=_check_map(dict(req.profile), "profile"),
@@ -124,6 +137,7 @@ def parse_events(
             raise RequestError(f"{where}.value", f"dwell seconds must be >= 0, got {e.value}")
         if len(e.surface) > MAX_ID:
             raise RequestError(f"{where}.surface", f"at most {MAX_ID} characters")
+        parse_context(e.context, f"{where}.context")
         stored = StoredEvent(
             item_id=e.item_id,
             type=name,

@@ -26,6 +26,7 @@ from tailored.serve.state import StoredEvent
 
 __all__ = ["Recommendation", "Recommender", "Request", "RequestError"]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _REASON_RECENT = 20  # history items a reason may point at
 
 
@@ -113,9 +114,9 @@ class Recommender:
     # -- the request path --------------------------------------------------------------------
     def recommend(self, req: Request, unavailable: Collection[str] = ()) -> Recommendation:
         excluded = self._rows(req.exclude) | self._rows(unavailable)
+        user_cat, user_num, has_profile = self._profile(req.profile or {})  # always checked
         if not req.personalized:
             return self._popular(req.k, excluded, "popular right now")
-        user_cat, user_num, has_profile = self._profile(req.profile or {})
         row = self.two.users.row(req.user) if self.two.users is not None else None
         if row is not None and self.two.users is not None:  # the bundle knows this user
             users = self.two.users
@@ -248,7 +249,10 @@ class Recommender:
                 if not math.isfinite(x):
                     raise RequestError(f"profile[{name!r}]", f"{value!r} is not a finite number")
                 mean, std = enc.stats[name]
-                num[0, enc.numeric.index(name)] = (x - mean) / std
+                z = (x - mean) / std
+                if not abs(z) < _FLOAT32_MAX:  # the towers read float32
+                    raise RequestError(f"profile[{name!r}]", f"{value!r} is out of range")
+                num[0, enc.numeric.index(name)] = z
             else:
                 known = sorted(enc.categorical + enc.numeric)
                 raise RequestError(f"profile[{name!r}]", f"no such profile field (known: {known})")

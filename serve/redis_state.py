@@ -39,11 +39,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from tailored.errors import TailoredError
 from tailored.serve.state import (
     PERSONALIZATION,
     OnlineState,
     RecordResult,
+    StateError,
     StoredEvent,
     UserState,
 )
@@ -135,9 +135,9 @@ class RedisState(OnlineState):
         stream_maxlen: int = 1_000_000,
     ) -> None:
         if not prefix:
-            raise TailoredError("redis online state: the key prefix must not be empty")
+            raise StateError("redis online state: the key prefix must not be empty")
         if max_events_per_user < 1 or stream_maxlen < 1:
-            raise TailoredError(
+            raise StateError(
                 "redis online state: max_events_per_user and stream_maxlen must be at least 1"
             )
         self._client = client
@@ -164,7 +164,7 @@ class RedisState(OnlineState):
                 urlunsplit(parts._replace(query=rest)), decode_responses=True
             )
         except (ValueError, redis.RedisError) as e:
-            raise TailoredError(f"{_redact(url)}: not a Redis URL ({e})") from e
+            raise StateError(f"{_redact(url)}: not a Redis URL ({e})") from e
         state = cls(
             client,
             prefixes[-1] if prefixes else "tailored",
@@ -173,7 +173,7 @@ class RedisState(OnlineState):
         )
         try:
             state._call("connect", client.ping)
-        except TailoredError:
+        except StateError:
             state.close()
             raise
         return state
@@ -185,11 +185,11 @@ class RedisState(OnlineState):
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
-            raise TailoredError(f"redis online state at {self.where} is closed")
+            raise StateError(f"redis online state at {self.where} is closed")
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as e:
-            raise TailoredError(f"redis online state at {self.where}: {what} failed ({e})") from e
+            raise StateError(f"redis online state at {self.where}: {what} failed ({e})") from e
 
     # -- the interface ---------------------------------------------------------------------
     def record(

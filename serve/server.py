@@ -35,7 +35,7 @@ from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
 from tailored.serve.metrics import ServerMetrics
 from tailored.serve.recommender import Request, RequestError
-from tailored.serve.state import PERSONALIZATION, OnlineState
+from tailored.serve.state import PERSONALIZATION, OnlineState, StateError
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
 
@@ -126,7 +126,7 @@ def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(e)
             except BundleError as e:
                 code, message = grpc.StatusCode.FAILED_PRECONDITION, str(e)
-            except TailoredError as e:  # the online state is unreachable or failed
+            except StateError as e:  # the online state is unreachable or failed: retry later
                 _log.error("%s failed: %s", method, e)
                 code, message = grpc.StatusCode.UNAVAILABLE, str(e)
             except Exception:

@@ -18,11 +18,11 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from tailored.errors import TailoredError
 from tailored.serve.state import (
     PERSONALIZATION,
     OnlineState,
     RecordResult,
+    StateError,
     StoredEvent,
     UserState,
 )
@@ -59,7 +59,7 @@ class SQLiteState(OnlineState):
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-            raise TailoredError(f"sqlite synchronous must be FULL, NORMAL or EXTRA: {synchronous}")
+            raise StateError(f"sqlite synchronous must be FULL, NORMAL or EXTRA: {synchronous}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
@@ -82,12 +82,12 @@ class SQLiteState(OnlineState):
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
         except sqlite3.Error as e:
-            raise TailoredError(f"{self.path}: cannot open the online state ({e})") from e
+            raise StateError(f"{self.path}: cannot open the online state ({e})") from e
         return conn
 
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
-            raise TailoredError(f"{self.path}: the online state is closed")
+            raise StateError(f"{self.path}: the online state is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -134,7 +134,7 @@ class SQLiteState(OnlineState):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for _, fut in group:
-                fut.set_exception(TailoredError(f"online state write failed: {e}"))
+                fut.set_exception(StateError(f"online state write failed: {e}"))
             return
         for (_, fut), res in zip(group, results, strict=True):
             if isinstance(res, Exception):
@@ -144,7 +144,7 @@ class SQLiteState(OnlineState):
 
     def _write(self, write: _Write) -> Any:
         if self._closed:
-            raise TailoredError(f"{self.path}: the online state is closed")
+            raise StateError(f"{self.path}: the online state is closed")
         fut: Future[Any] = Future()
         self._queue.put((write, fut))
         return fut.result()  # returns once committed (fsync'd)
@@ -156,7 +156,7 @@ class SQLiteState(OnlineState):
         for evs in events.values():
             for e in evs:
                 if not math.isfinite(e.value):
-                    raise TailoredError(f"event value must be finite, got {e.value}")
+                    raise StateError(f"event value must be finite, got {e.value}")
 
         def write(conn: sqlite3.Connection) -> RecordResult:
             accepted = dropped = 0

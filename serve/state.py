@@ -15,10 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailored.errors import TailoredError
+
 __all__ = [
     "PERSONALIZATION",
     "OnlineState",
     "RecordResult",
+    "StateError",
     "StoredEvent",
     "UserState",
     "open_state",
@@ -26,6 +29,10 @@ __all__ = [
 
 PERSONALIZATION = "personalization"
 """The consent purpose that allows personalized results and keeping behavioural events."""
+
+
+class StateError(TailoredError):
+    """The online state could not be read or written (unreachable, closed, failed)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""The end of ``make demo``: start ``tailored serve`` on the demo bundle, show one user's
+recommendations, send a few clicks on one genre for that user, and show how the next page
+changed (no retraining: the clicks reach the user's online state, and the next Recommend
+reads them).
+
+``python -m tailored.serve.demo runs/bundles [--user 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tailored.bundle import resolve_bundle
+from tailored.retrieval.two_stage import TwoStage
+from tailored.serve.client import Client
+from tailored.serve.v1 import personalization_pb2 as pb
+
+__all__ = ["main"]
+
+_PREFERRED = ("Horror", "Documentary", "Film-Noir", "Western", "Musical", "Sci-Fi")
+
+
+def _genres(two: TwoStage) -> tuple[str, list[set[str]]]:
+    """The bundle's first multi-valued item field (genres) and each item's values."""
+    enc = two.info["item_encoder"]
+    multi = [f["name"] for f in enc["fields"] if f["kind"] == "multi_categorical"]
+    if not multi:
+        raise SystemExit("the demo needs an item field with several values (genres)")
+    vocab = enc["vocabs"][multi[0]]
+    codes = two.items.multi[1:, 0, :]
+    return multi[0], [{vocab[c - 1] for c in row if c > 0} for row in codes]
+
+
+def _show(title: str, resp: pb.RecommendResponse, genre: str, tags: dict[str, set[str]]) -> None:
+    print(f"\n{title} (bundle {resp.bundle_version}, {resp.strategy})")
+    for rank, item in enumerate(resp.items, 1):
+        mark = "*" if genre in tags[item.item_id] else " "
+        print(f" {rank:2d}. {mark} {item.title or item.item_id:<42.42}  {item.reason}")
+    n = sum(genre in tags[i.item_id] for i in resp.items)
+    print(f"     {n} of {len(resp.items)} are {genre} (*)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--user", default="1", help="the site's user id to show")
+    parser.add_argument("--clicks", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    two = TwoStage.load(resolve_bundle(args.bundle))
+    field, item_genres = _genres(two)
+    tags = {str(i): g for i, g in zip(two.item_ids, item_genres, strict=True)}
+    popular = np.argsort(-two.activity.table[1:, 0], kind="stable")
+    with tempfile.TemporaryDirectory(prefix="tailored-demo-") as tmp:
+        cmd = [sys.executable, "-m", "tailored.cli", "serve", str(args.bundle), "--port", "0"]
+        cmd += ["--state", f"sqlite:///{tmp}/state.db", "--clock", "bundle", "--no-watch"]
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            match = re.search(r" on (\S+:\d+) ", line)
+            if match is None:
+                raise SystemExit(f"the server did not start: {line!r}")
+            print(line.strip())
+            with Client(match[1]) as client:
+                before = client.recommend(args.user, 10)
+                shown = {i.item_id for i in before.items}
+                counts = {g: sum(g in tags[i] for i in shown) for g in _PREFERRED}
+                genre = min(_PREFERRED, key=lambda g: (counts[g], _PREFERRED.index(g)))
+                _show(f"user {args.user}: recommendations now", before, genre, tags)
+                rows = [
+                    r
+                    for r in popular
+                    if genre in item_genres[r] and str(two.item_ids[r]) not in shown
+                ][: args.clicks]
+                clicked = [str(two.item_ids[r]) for r in rows]
+                titles = two.item_titles if two.item_titles is not None else two.item_ids
+                print(f"\nuser {args.user} clicks {len(clicked)} {genre} titles ({field}):")
+                for r in rows:
+                    print(f"   - {titles[r]}")
+                ack = client.track(
+                    [pb.Event(user_id=args.user, item_id=i, type=pb.CLICK) for i in clicked]
+                )
+                print(f"   Track: {ack.accepted} accepted (durable), {ack.dropped} dropped")
+                after = client.recommend(args.user, 10)
+                _show(f"user {args.user}: recommendations after the clicks", after, genre, tags)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

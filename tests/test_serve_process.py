@@ -1,0 +1,211 @@
+"""``tailored serve`` as the separate process a site runs: started from the command line on a
+free port, called with ``tailored recommend``/``track``, two replicas sharing one Redis, a
+watched bundles directory, a kill -9 during Track, logs without raw user ids, and no torch."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tailored.bundle import latest_bundle
+from tailored.cli import main
+from tailored.data.pseudonym import Pseudonymizer
+from tailored.serve.client import Client
+from tailored.serve.sqlite_state import SQLiteState
+from tailored.serve.v1 import personalization_pb2 as pb
+from tests.conftest import TEST_KEY
+
+TOKEN = "process-admin-token"
+RAW_USER = "raw-site-user-4f9c1d"  # must never appear in the server's output
+
+
+class ServerProcess:
+    """``python -m tailored.cli -v serve ...`` on port 0; the port read from its first line."""
+
+    def __init__(self, bundle: Path, *args: str, home: Path) -> None:
+        env = {
+            **os.environ,
+            "TAILORED_PSEUDONYM_KEY": TEST_KEY.hex(),
+            "TAILORED_ADMIN_TOKEN": TOKEN,
+            "TAILORED_HOME": str(home),
+        }
+        cmd = [sys.executable, "-m", "tailored.cli", "-v", "serve", str(bundle), "--port", "0"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--clock", "bundle", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r" on 127\.0\.0\.1:(\d+) ", line)
+        if match is None:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+        self.target = f"127.0.0.1:{match[1]}"
+        self.first_line = line
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return everything it wrote."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=30)
+        return self.first_line + out + err
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def test_serve_recommend_and_track_from_the_command_line(
+    serve_bundle: Path, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = ServerProcess(serve_bundle, "--state", f"sqlite:///{tmp_path / 's.db'}", home=home)
+    try:
+        assert main(["recommend", "--target", server.target, "--user", RAW_USER, "--k", "3"]) == 0
+        out = capsys.readouterr().out
+        assert "popular" in out and len(re.findall(r"^\s+\d\. ", out, re.M)) == 3
+        assert main(["track", "--target", server.target, "--user", RAW_USER, "--item", "50"]) == 0
+        assert "accepted 1, dropped 0" in capsys.readouterr().out
+        assert main(["recommend", "--target", server.target, "--user", RAW_USER, "--json"]) == 0
+        assert '"strategy": "personalized"' in capsys.readouterr().out
+        # a bad argument: a clear error and a non-zero exit
+        assert main(["recommend", "--target", server.target, "--user", RAW_USER, "--k", "0"]) == 2
+        assert "INVALID_ARGUMENT: k: must be between 1 and 100" in capsys.readouterr().err
+    finally:
+        logs = server.stop()
+    assert "serving bundle" in logs
+    assert RAW_USER not in logs  # ids are pseudonymized at the edge and never logged
+
+
+def test_two_replicas_share_one_redis(serve_bundle: Path, home: Path, redis_url: str) -> None:
+    import redis
+
+    prefix = f"tailored-test-{uuid.uuid4().hex}"
+    url = f"{redis_url}?prefix={prefix}"
+    a = ServerProcess(serve_bundle, "--state", url, home=home)
+    b = ServerProcess(serve_bundle, "--state", url, home=home)
+    try:
+        with Client(a.target) as ca, Client(b.target) as cb:
+            user = f"replica-user-{uuid.uuid4().hex[:8]}"
+            assert cb.recommend(user, 5).strategy == "popular"
+            ack = ca.track([pb.Event(user_id=user, item_id="50", type=pb.CLICK)])
+            assert ack.accepted == 1
+            on_b = cb.recommend(user, 10)  # the other replica sees the click at once
+            assert on_b.strategy == "personalized"
+            assert "50" not in {i.item_id for i in on_b.items}
+            ca.set_consent(user, [])
+            assert cb.recommend(user, 5).strategy == "popular"
+    finally:
+        a.stop()
+        b.stop()
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def test_a_new_version_in_the_watched_directory_is_swapped_in(
+    serve_bundle: Path, home: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "bundles"
+    first = latest_bundle(serve_bundle)
+    assert first is not None
+    shutil.copytree(first, root / "v000001")
+    config = tmp_path / "serve.toml"
+    config.write_text("[serve]\nwatch_seconds = 0.2\n")
+    server = ServerProcess(
+        root, "--config", str(config), "--state", f"sqlite:///{tmp_path / 's.db'}", home=home
+    )
+    try:
+        with Client(server.target, token=TOKEN) as c:
+            assert c.status().bundle_path == str(root / "v000001")
+            (root / "v000003").mkdir()  # not committed (no manifest): ignored
+            shutil.copytree(first, root / "v000002")
+            deadline = time.monotonic() + 30
+            while c.status().bundle_path != str(root / "v000002"):
+                assert time.monotonic() < deadline, "the new version was not loaded"
+                time.sleep(0.1)
+            assert c.status().reloads == 1
+            assert len(c.recommend("1", 5).items) == 5
+    finally:
+        server.stop()
+
+
+def test_every_acknowledged_event_survives_kill_9(
+    serve_bundle: Path, home: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "state.db"
+    server = ServerProcess(serve_bundle, "--state", f"sqlite:///{db}", home=home)
+    acked: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def track(worker: int) -> None:
+        with Client(server.target, timeout=5) as c:
+            n = 0
+            while not stop.is_set():
+                user, item = f"kill-user-{worker}", f"kill-item-{worker}-{n}"
+                try:
+                    c.track([pb.Event(user_id=user, item_id=item, type=pb.CLICK)])
+                except grpc.RpcError:
+                    return  # the server is gone: this event was never acknowledged
+                with lock:
+                    acked.append((user, item))
+                n += 1
+
+    threads = [threading.Thread(target=track, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join()
+    server.stop()
+    assert len(acked) > 20
+    pseudonym = Pseudonymizer(TEST_KEY)
+    with SQLiteState(db) as state:
+        stored = {
+            (f"kill-user-{w}", e.item_id)
+            for w in range(4)
+            for e in state.user(pseudonym(f"kill-user-{w}"), 1_000_000).events
+        }
+    assert set(acked) <= stored
+
+
+def test_serving_imports_no_torch(serve_bundle: Path, home: Path) -> None:
+    code = f"""
+import sys, time
+from pathlib import Path
+from tailored.config import load_serve_config
+from tailored.serve.bundles import LiveBundle
+from tailored.serve.server import create_server
+from tailored.serve.recommender import Request
+live = LiveBundle(Path({str(serve_bundle)!r}), load_serve_config())
+rec = live.current.recommend(Request(user="0" * 32, k=5, surface="home", time=time.time(),
+                                     personalized=True, profile={{"age": "30"}}))
+assert len(rec.item_ids) == 5, rec
+heavy = sorted(m for m in ("torch", "pytorch_lightning", "lightning") if m in sys.modules)
+print("heavy:", heavy)
+"""
+    env = {**os.environ, "TAILORED_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert "heavy: []" in out.stdout, out.stdout + out.stderr
