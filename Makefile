@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench proto clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/tailored train --config configs/movielens-100k.toml --out runs/demo
 	$(BIN)/tailored bundle build runs/demo --out runs/bundles
 	$(BIN)/tailored evaluate runs/bundles --split test
+	$(BIN)/python -m tailored.serve.demo runs/bundles
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -39,6 +40,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.index_bench
 	$(BIN)/python -m benchmarks.ranker_latency
 	$(BIN)/python -m benchmarks.refresh_throughput
+	$(BIN)/python -m benchmarks.serve_load
+
+# regenerate serve/v1's code from its .proto (tests/test_proto.py checks it is current)
+proto: $(STAMP)
+	$(BIN)/python tools/gen_proto.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .typecheck
