@@ -119,8 +119,8 @@ class Recommender:
             return self._popular(req.k, excluded, "popular right now")
         row = self.two.users.row(req.user) if self.two.users is not None else None
         if row is not None and self.two.users is not None:  # the bundle knows this user
-            users = self.two.users
-            user_cat, user_num = users.categorical[row : row + 1], users.numeric[row : row + 1]
+            snap = self.two.users
+            user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
         context, has_context = self._context(req)
         if row is None and not len(hist) and not has_profile and not has_context:

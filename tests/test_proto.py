@@ -3,15 +3,17 @@ command (``python tools/gen_proto.py``) writes from it with the pinned grpcio-to
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "tools"))
-import gen_proto  # noqa: E402
+_spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "tools" / "gen_proto.py")
+assert _spec is not None and _spec.loader is not None
+gen_proto = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen_proto)
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:

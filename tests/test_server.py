@@ -7,7 +7,7 @@ import json
 import shutil
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -71,10 +71,11 @@ def _catalog(bundles: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     return {it["item_id"]: it["title"] for it in items}, by_genre
 
 
-def _code(call: object) -> grpc.StatusCode:
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
-        call()  # type: ignore[operator]
-    return err.value.code()  # type: ignore[no-any-return]
+        call()
+    code: grpc.StatusCode = err.value.code()
+    return code
 
 
 def _click(user: str, item: str) -> pb.Event:
