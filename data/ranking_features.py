@@ -219,19 +219,20 @@ class ItemNeighbors:
         """(sum, max) over ``history`` items of their similarity to each candidate, [C]."""
         nb = self.ids[history].ravel()
         w = self.weights[history].ravel()
-        nb, w = nb[nb > 0], w[nb > 0]
         total = np.zeros(len(candidates), np.float32)
         best = np.zeros(len(candidates), np.float32)
-        if not len(nb):
+        if not len(nb) or not len(candidates):
             return total, best
-        uniq, inv = np.unique(nb, return_inverse=True)
-        sums = np.bincount(inv, weights=w)
+        # match neighbours against the (few) candidates, not the other way round: a request's
+        # candidates are sorted once and each neighbour is looked up by binary search
+        uniq, inv = np.unique(candidates, return_inverse=True)
+        pos = np.minimum(np.searchsorted(uniq, nb), len(uniq) - 1)
+        hit = (uniq[pos] == nb) & (nb > 0)
+        sums = np.bincount(pos[hit], weights=w[hit], minlength=len(uniq))
         maxs = np.zeros(len(uniq))
-        np.maximum.at(maxs, inv, w)
-        pos = np.minimum(np.searchsorted(uniq, candidates), len(uniq) - 1)
-        found = uniq[pos] == candidates
-        total[found] = sums[pos[found]]
-        best[found] = maxs[pos[found]]
+        np.maximum.at(maxs, pos[hit], w[hit])
+        total[:] = sums[inv]
+        best[:] = maxs[inv]
         return total, best
 
 

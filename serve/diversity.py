@@ -25,16 +25,17 @@ def mmr(scores: np.ndarray, embeddings: np.ndarray, k: int, lam: float) -> np.nd
         return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
     span = float(scores.max() - scores.min())
     rel = (scores - scores.min()) / span if span > 0 else np.ones(c)
+    sims = embeddings @ embeddings.T  # one product, not one per pick
+    base = lam * rel
+    gain = base.copy()  # nothing picked yet: no redundancy
     max_sim = np.full(c, -np.inf)
-    taken = np.zeros(c, bool)
     picked = np.empty(k, np.int64)
     for i in range(k):
-        gain = lam * rel - (1.0 - lam) * np.where(np.isfinite(max_sim), max_sim, 0.0)
-        gain[taken] = -np.inf
         best = int(np.argmax(gain))
         picked[i] = best
-        taken[best] = True
-        max_sim = np.maximum(max_sim, embeddings @ embeddings[best])
+        max_sim = np.maximum(max_sim, sims[best])
+        gain = base - (1.0 - lam) * max_sim
+        gain[picked[: i + 1]] = -np.inf
     return picked
 
 

@@ -172,3 +172,19 @@ def test_exact_retriever_excludes_and_pads() -> None:
     assert ids[0, :2].tolist() == [2, 3]
     assert (ids[0, 2:] == 0).all()
     assert scores[0, 0] == pytest.approx(0.9)
+
+
+def test_neighbor_scores_match_a_brute_force_sum_and_max() -> None:
+    rng = np.random.default_rng(3)
+    n, m = 60, 7
+    ids = rng.integers(0, n + 1, (n + 1, m))
+    weights = rng.random((n + 1, m)).astype(np.float32)
+    nb = ItemNeighbors(ids, weights)
+    for _ in range(20):
+        history = rng.integers(1, n + 1, rng.integers(0, 12))
+        candidates = rng.integers(0, n + 1, rng.integers(1, 30))  # repeats and 0 included
+        total, best = nb.scores(history, candidates)
+        for j, c in enumerate(candidates):
+            hits = [weights[h, s] for h in history for s in range(m) if c and ids[h, s] == c]
+            assert total[j] == pytest.approx(sum(hits), abs=1e-5)
+            assert best[j] == pytest.approx(max(hits, default=0.0), abs=1e-6)
