@@ -75,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ctx = _Context()
     for r in reqs[:20]:  # warm: first calls of each stage
-        servicer.Recommend(r, ctx)  # type: ignore[arg-type]
+        servicer.Recommend(r, ctx)
     start = time.perf_counter()
     for r in reqs:
-        servicer.Recommend(r, ctx)  # type: ignore[arg-type]
+        servicer.Recommend(r, ctx)
     plain = (time.perf_counter() - start) / len(reqs)
     prof = cProfile.Profile()
     prof.enable()
     for r in reqs:
-        servicer.Recommend(r, ctx)  # type: ignore[arg-type]
+        servicer.Recommend(r, ctx)
     prof.disable()
     stats = pstats.Stats(prof)
     out = {

@@ -248,7 +248,7 @@ def _swap_phase(
         tag_version=True,
     )
     time.sleep(a.warmup + 0.5)
-    swaps = []
+    swaps: list[dict[str, Any]] = []
     start = time.perf_counter()
     with Client(server.target, token=token, timeout=600) as c:
         for i in range(a.swaps):
