@@ -82,6 +82,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-requests", type=int, default=300)
     p.add_argument("--rebuild", action="store_true", help="build the cached bundle again")
     p.add_argument("--smoke", action="store_true", help="small catalog, 1-2 s phases")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the server processes, e.g. OPENBLAS_NUM_THREADS=1",
+    )
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.smoke:
@@ -95,6 +102,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--phases: unknown {sorted(unknown)}; known: {PHASES}")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    bad = [x for x in args.server_env if "=" not in x]
+    if bad:
+        p.error(f"--server-env: expected NAME=VALUE, got {bad}")
     return args
 
 
@@ -411,6 +421,15 @@ def _goals(result: dict[str, Any], concurrency: list[int]) -> dict[str, Any]:
     return goals
 
 
+def _dirty() -> list[str]:
+    """Files that differ from the recorded commit (what ran is not only that commit)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=False
+    ).stdout
+    return [line[3:] for line in out.splitlines() if line[3:] and not line.startswith("??")]
+
+
 def _write(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -435,9 +454,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pools = _pools(a.users)
     token = secrets.token_hex(16)
     e = {**env(), "TAILORED_ADMIN_TOKEN": token}
+    e |= dict(x.split("=", 1) for x in a.server_env)
     result: dict[str, Any] = {
         "benchmark": "serve_load",
         "machine": machine(),
+        "uncommitted_files": _dirty(),
         "smoke": a.smoke,
         "phases": a.phases,
         "settings": {k: v for k, v in vars(a).items() if k not in ("out", "phases")}

@@ -274,10 +274,11 @@ def dense_features(
     cand_tags = tags[candidates]  # [C, G]
     present = cand_tags > 0
     n_present = np.maximum(present.sum(1), 1)
-    n_tags = int(tags.max(initial=0)) + 1
     h = len(history)
+    hist_tags = tags[history]  # [H, G]
+    # the tag codes this request can see (not the whole table's max: a 1M-item scan each time)
+    n_tags = int(max(cand_tags.max(initial=0), hist_tags.max(initial=0))) + 1
     if h:
-        hist_tags = tags[history]  # [H, G]
         share = np.bincount(hist_tags.ravel(), minlength=n_tags) / h
         recent = hist_tags[-_RECENT:]
         share_recent = np.bincount(recent.ravel(), minlength=n_tags) / len(recent)
