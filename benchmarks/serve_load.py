@@ -28,6 +28,7 @@ JSON to ``benchmarks/results/serve_load.json`` (atomically).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -90,6 +91,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="extra environment of the server processes, e.g. OPENBLAS_NUM_THREADS=1",
     )
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--serve-version",
+        help="serve this version of the cached bundles (e.g. one refreshed after a change to "
+        "index tuning) instead of the first; the swap phase alternates it with the last",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.items, args.users, args.events_per_user = 5000, 2000, 30.0
@@ -451,6 +457,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     start = time.perf_counter()
     built = ensure_bundle(sizes, rebuild=a.rebuild)
+    if a.serve_version:
+        chosen = built.root / a.serve_version
+        if not (chosen / "manifest.json").is_file():
+            raise SystemExit(f"--serve-version: no committed bundle {chosen}")
+        built = dataclasses.replace(built, versions=(chosen, built.versions[-1]))
     pools = _pools(a.users)
     token = secrets.token_hex(16)
     e = {**env(), "TAILORED_ADMIN_TOKEN": token}
@@ -467,6 +478,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "root": str(built.root),
             "versions": [p.name for p in built.versions],
             **built.info,
+            # the served version's index as built: kind, search parameters, recall@100
+            "served_index": json.loads((built.versions[0] / "manifest.json").read_text())
+            .get("metrics", {})
+            .get("index"),
         },
         "client": "one process (multiprocessing spawn), one channel per load, N threads of "
         "blocking calls; latency = perf_counter around each call; loopback",

@@ -44,6 +44,8 @@ __all__ = [
 
 EXACT_MAX_ITEMS = 100_000
 _MAX_EF_SEARCH = 4096
+_MAX_K_FACTOR = 64  # IVF-PQ refine shortlist: k * k_factor re-scored exactly
+_MIN_GAIN = 0.005  # a knob doubled for less recall than this is not worth its cost
 _KINDS = ("exact", "hnsw", "ivfpq", "torch")
 
 
@@ -113,16 +115,33 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _tune(index: Any, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> float:
-    """Double the search-time knob (IVF-PQ nprobe, HNSW efSearch) until recall@k reaches
-    ``target`` or the knob its limit; returns the recall reached."""
+    """Raise the search-time knobs until recall@k reaches ``target``: each step doubles the
+    knob that gains most (IVF-PQ: nprobe, or the refine shortlist k_factor; HNSW: efSearch),
+    and tuning stops where no knob gains at least ``_MIN_GAIN``: a PQ-limited index does not
+    scan every cell for nothing. Returns the recall reached."""
     recall = _recall(index.search(queries, k)[1], truth)
-    knob = {"ivfpq": "nprobe", "hnsw": "efSearch"}.get(index.kind)
-    if knob is None:
-        return recall
-    limit = index.describe().get("effective", {}).get("nlist", _MAX_EF_SEARCH)
-    while recall < target and index.params[knob] < limit:
-        index.set_search_params(**{knob: min(limit, 2 * index.params[knob])})
-        recall = _recall(index.search(queries, k)[1], truth)
+    limits = {
+        "ivfpq": {
+            "nprobe": index.describe().get("effective", {}).get("nlist", 1),
+            "k_factor": _MAX_K_FACTOR,
+        },
+        "hnsw": {"efSearch": _MAX_EF_SEARCH},
+    }.get(index.kind, {})
+    while recall < target:
+        best: tuple[float, str, int] | None = None
+        for knob, limit in limits.items():
+            before = int(index.params[knob])
+            if before >= limit:
+                continue
+            index.set_search_params(**{knob: min(limit, 2 * before)})
+            gained = _recall(index.search(queries, k)[1], truth)
+            index.set_search_params(**{knob: before})
+            if best is None or gained > best[0]:
+                best = (gained, knob, min(limit, 2 * before))
+        if best is None or best[0] - recall < _MIN_GAIN:
+            break
+        recall, knob, value = best
+        index.set_search_params(**{knob: value})
     return recall
 
 
