@@ -29,6 +29,10 @@ _log = logging.getLogger(__name__)
 def load_recommender(path: Path, cfg: ServeConfig) -> Recommender:
     """Verify and load the bundle at ``path`` (a version or a root: its latest), then warm it:
     one request through every stage, so that the first real request pays no set-up."""
+    if cfg.index_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(cfg.index_threads)
     two = TwoStage.load(resolve_bundle(path), threads=cfg.onnx_threads)
     rec = Recommender(two, cfg)
     probe = str(two.users.ids[0]) if two.users is not None and len(two.users) else "0" * 32

@@ -285,6 +285,9 @@ class ServeConfig:
     clock: str = "wall"  # "wall", or "bundle": time starts at the bundle's last event
     history_verb: str = "watched"  # "because you <verb> <title>"
     onnx_threads: int = 1  # intra-op threads per onnxruntime session
+    # FAISS's OpenMP threads per search (0: FAISS's default, every core). 1 suits cheap
+    # searches under concurrent requests; a costly one (many IVF cells) gains from more
+    index_threads: int = 0
 
     def validate(self) -> ServeConfig:
         object.__setattr__(self, "surfaces", tuple(self.surfaces))
@@ -292,7 +295,12 @@ class ServeConfig:
             raise ConfigError("[serve] surfaces: name at least one, as non-empty strings")
         for name in ("max_k", "candidates", "cap_per_value", "history_events", "workers"):
             _positive("serve", name, getattr(self, name))
-        for name in ("max_concurrent_rpcs", "max_events_per_track", "onnx_threads"):
+        for name in (
+            "max_concurrent_rpcs",
+            "max_events_per_track",
+            "onnx_threads",
+            "index_threads",
+        ):
             _positive("serve", name, getattr(self, name))
         if self.candidates < self.max_k:
             raise ConfigError(
@@ -303,6 +311,8 @@ class ServeConfig:
         _one_of("serve", "clock", self.clock, ("wall", "bundle"))
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ConfigError(f"[serve] mmr_lambda: must be in [0, 1], got {self.mmr_lambda}")
+        if self.index_threads < 0:
+            raise ConfigError(f"[serve] index_threads: must be >= 0, got {self.index_threads}")
         if self.watch_seconds < 0:
             raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
         return self
