@@ -295,12 +295,7 @@ class ServeConfig:
             raise ConfigError("[serve] surfaces: name at least one, as non-empty strings")
         for name in ("max_k", "candidates", "cap_per_value", "history_events", "workers"):
             _positive("serve", name, getattr(self, name))
-        for name in (
-            "max_concurrent_rpcs",
-            "max_events_per_track",
-            "onnx_threads",
-            "index_threads",
-        ):
+        for name in ("max_concurrent_rpcs", "max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
         if self.candidates < self.max_k:
             raise ConfigError(

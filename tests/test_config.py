@@ -41,3 +41,18 @@ def test_overrides_apply_and_none_is_ignored() -> None:
         values={"train": {"seed": 1}}, overrides={"train.seed": 7, "train.devices": None}
     )
     assert cfg.train.seed == 7 and cfg.train.devices == 1
+
+
+def test_serve_config_defaults_validate_and_bad_values_name_the_key() -> None:
+    from tailored.config import load_serve_config
+
+    cfg = load_serve_config()
+    assert cfg.index_threads == 0 and cfg.surfaces == ("home", "item", "search")
+    for key, value, words in [
+        ("index_threads", -1, "index_threads: must be >= 0"),
+        ("max_k", 0, "max_k: must be > 0"),
+        ("diversity", "random", "diversity"),
+        ("candidates", 5, r"candidates \(5\) must be >= max_k"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            load_serve_config(overrides={key: value})
