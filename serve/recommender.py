@@ -83,6 +83,11 @@ class Recommender:
         # best first: recent popularity, then all-time; row 0 (padding) last
         self.popular = np.lexsort((-act[1:, 0], -act[1:, 2])).astype(np.int64) + 1
         self.user_encoder = two.user_encoder()
+        # profile value -> code per categorical user field, built once (not per request)
+        self.profile_codes = {
+            name: {v: j + 1 for j, v in enumerate(self.user_encoder.vocabs[name])}
+            for name in self.user_encoder.categorical
+        }
         self.context_vocabs = {
             name: {v: j + 1 for j, v in enumerate(vocab)}
             for name, vocab in two.info.get("context_vocabs", {}).items()
@@ -239,8 +244,7 @@ class Recommender:
         num = np.zeros((1, len(enc.numeric)), np.float32)
         for name, value in profile.items():
             if name in enc.categorical:
-                codes = {v: j + 1 for j, v in enumerate(enc.vocabs[name])}
-                cat[0, enc.categorical.index(name)] = codes.get(value, 0)
+                cat[0, enc.categorical.index(name)] = self.profile_codes[name].get(value, 0)
             elif name in enc.numeric:
                 try:
                     x = float(value)
