@@ -11,10 +11,10 @@ import argparse
 import json
 import logging
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from benchmarks._overrides import add_set_argument
 from tailored.config import load_config
 from tailored.data.movielens import fetch_movielens_100k
 from tailored.train.evaluate import evaluate, load_run
@@ -23,21 +23,10 @@ from tailored.train.run import load_data, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _override(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    return key, tomllib.loads(f"v = {value}")["v"]
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "movielens-100k.toml")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        type=_override,
-        help="SECTION.KEY=TOML_VALUE, e.g. model.dim=128 (repeatable)",
-    )
+    add_set_argument(p)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

@@ -53,15 +53,22 @@ def _catalog(n: int, seed: int = 0) -> tuple[TwoTower, FeatureTable]:
 
 @torch.no_grad()
 def _bare(model: TwoTower, ids: np.ndarray, items: FeatureTable, batch: int) -> float:
+    """The item tower called in a plain loop, on the device the predict loop used (bf16
+    autocast on CUDA, as there), inputs copied from host memory each batch as there."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     start = time.perf_counter()
-    for i in range(0, len(ids), batch):
-        j = slice(i, i + batch)
-        model.item_tower(
-            torch.from_numpy(ids[j]),
-            torch.from_numpy(items.categorical[j]),
-            torch.from_numpy(items.multi[j]),
-            torch.from_numpy(items.numeric[j]),
-        )
+    with autocast:
+        for i in range(0, len(ids), batch):
+            j = slice(i, i + batch)
+            out = model.item_tower(
+                torch.from_numpy(ids[j]).to(device),
+                torch.from_numpy(items.categorical[j]).to(device),
+                torch.from_numpy(items.multi[j]).to(device),
+                torch.from_numpy(items.numeric[j]).to(device),
+            )
+            out.float().cpu()  # the predict loop also brings every batch back
     return time.perf_counter() - start
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._machine import machine
+from benchmarks._overrides import add_set_argument
 from tailored.config import load_config
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth import generate_synthetic
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--eval-users", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    add_set_argument(p)  # e.g. --set train.batch_size=8192
     p.add_argument(
         "--out-json", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json"
     )
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "users": args.users,
         "items": args.items,
+        "overrides": dict(args.set),
     }
     if not (ds / "dataset.json").is_file():
         s = generate_synthetic(
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(
         ROOT / "configs" / "synthetic.toml",
         overrides={
+            **dict(args.set),
             "data.dataset": str(ds),
             "train.max_minutes": args.minutes,
             "train.max_epochs": args.epochs,

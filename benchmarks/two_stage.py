@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._machine import machine
+from benchmarks._overrides import add_set_argument
 from tailored.config import load_config
 from tailored.data.movielens import fetch_movielens_100k
 from tailored.retrieval.build import build_bundle
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "movielens-100k.toml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_set_argument(p)
     p.add_argument(
         "--out-json", type=Path, default=ROOT / "benchmarks" / "results" / "two_stage.json"
     )
@@ -54,9 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            cfg = load_config(
-                args.config, overrides={"train.seed": seed, "train.progress_bar": False}
-            )
+            overrides = {**dict(args.set), "train.seed": seed, "train.progress_bar": False}
+            cfg = load_config(args.config, overrides=overrides)
             data = load_data(cfg)
             start = time.perf_counter()
             result = train(cfg, out=Path(tmp) / f"run{seed}", data=data)
@@ -88,7 +89,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for view in summary:
         ratios = [r[view]["metrics"]["ndcg@10"] / r[view]["retrieval"]["ndcg@10"] for r in runs]
         summary[view]["two_stage_over_retrieval_ndcg@10"] = _summary(ratios)
-    out = {"machine": machine(), "config": str(args.config), "runs": runs, "summary": summary}
+    out = {
+        "machine": machine(),
+        "config": str(args.config),
+        "overrides": dict(args.set),
+        "runs": runs,
+        "summary": summary,
+    }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -153,6 +153,8 @@ class TrainConfig:
     sequence_targets: int = 0
     devices: int = 1
     accelerator: str = "auto"
+    # "auto": bf16-mixed on CUDA, else 32-true; or any of Lightning's names for one of those
+    precision: str = "auto"
     strategy: str = "auto"  # "auto" | "ddp" (several devices)
     num_workers: int = 0
     limit_val_users: int = 0  # validate on at most this many users (0: all)
@@ -179,6 +181,7 @@ class TrainConfig:
             raise ConfigError(f"[train] lr_factor: must be in (0, 1), got {self.lr_factor}")
         _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
         _one_of("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda"))
+        _one_of("train", "precision", self.precision, ("auto", "32-true", "bf16-mixed"))
         _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
 
 

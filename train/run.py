@@ -213,7 +213,11 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         strategy=cfg.train.strategy if cfg.train.devices > 1 else "auto",
-        precision="bf16-mixed" if cuda else "32-true",
+        precision=(
+            ("bf16-mixed" if cuda else "32-true")
+            if cfg.train.precision == "auto"
+            else cfg.train.precision
+        ),
         max_epochs=cfg.train.max_epochs,
         max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
         callbacks=callbacks,
