@@ -16,6 +16,7 @@ from tailored.train.metrics import (
     per_user_metrics,
     popularity_scores,
     topk_from_scores,
+    topk_shared,
 )
 
 
@@ -209,6 +210,26 @@ def test_popularity_baseline_excludes_seen_items() -> None:
     assert scores.dtype == np.float64
     top = topk_from_scores(np.broadcast_to(scores, (2, 4)), Csr.from_lists([[1], []]), 2)
     assert top.tolist() == [[3, 0], [1, 3]]
+    assert topk_shared(scores, Csr.from_lists([[1], []]), 2).tolist() == [[3, 0], [1, 3]]
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 60])
+def test_topk_shared_equals_the_broadcast_ranking(k: int) -> None:
+    # many ties, -inf entries, rows that exclude almost everything, an empty row
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 6, size=50).astype(np.float64)
+    scores[rng.choice(50, 5, replace=False)] = -np.inf
+    rows = [rng.choice(50, size=rng.integers(0, 50), replace=False) for _ in range(25)] + [[]]
+    exclude = Csr.from_lists(rows)
+    expected = topk_from_scores(np.broadcast_to(scores, (len(rows), 50)), exclude, k)
+    assert topk_shared(scores, exclude, k).tolist() == expected.tolist()
+
+
+def test_topk_shared_rejects_bad_scores() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        topk_shared(np.array([0.1, np.nan]), Csr.from_lists([[]]), 1)
+    with pytest.raises(ValueError, match="1-D"):
+        topk_shared(np.zeros((2, 2)), Csr.from_lists([[]]), 1)
 
 
 # --- groups ---------------------------------------------------------------------------------

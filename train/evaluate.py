@@ -33,6 +33,7 @@ from tailored.train.metrics import (
     per_user_metrics,
     popularity_scores,
     topk_from_scores,
+    topk_shared,
 )
 from tailored.train.model import TowerSpec, TwoTower
 from tailored.train.run import build_model, load_data
@@ -140,6 +141,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of the model and of the popularity baseline on ``split`` (see module doc)."""
     data, model, m = run.data, run.model, run.cfg.model
+    # a batch's [users, items] score matrix stays under about 1 GiB of float32
+    batch_users = max(1, min(batch_users, (1 << 28) // max(1, data.n_items)))
     target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
@@ -164,9 +167,7 @@ def evaluate(
         scores = (user_emb @ item_emb.T).numpy()
         excl = _csr(seen_lists, u)
         topk[row : row + len(u)] = topk_from_scores(scores, excl, k)
-        pop_topk[row : row + len(u)] = topk_from_scores(
-            np.broadcast_to(pop_scores, scores.shape), excl, k
-        )
+        pop_topk[row : row + len(u)] = topk_shared(pop_scores, excl, k)
         row += len(u)
     relevant = _csr(data.per_user((target,)), users)
     model_metrics = aggregate_metrics(topk, relevant, KS, pop, data.n_items)

@@ -26,7 +26,7 @@ from tailored.train.metrics import (
     grouped_metrics,
     per_user_metrics,
     popularity_scores,
-    topk_from_scores,
+    topk_shared,
 )
 from tailored.train.ranker_data import Requests, build_requests
 from tailored.train.run import load_data
@@ -140,16 +140,7 @@ def evaluate_bundle(
     )
     pop = data.item_popularity((TRAIN,))[1:]
     seen_lists = data.per_user(seen)
-    pop_top = np.concatenate(
-        [
-            topk_from_scores(
-                np.broadcast_to(popularity_scores(pop), (len(u), data.n_items)),
-                _csr(seen_lists, u),
-                k,
-            )
-            for u in (users[i : i + 1024] for i in range(0, len(users), 1024))
-        ]
-    )
+    pop_top = topk_shared(popularity_scores(pop), _csr(seen_lists, users), k)
     relevant = _csr(data.per_user((target,)), users)
     per_user = per_user_metrics(ranked, relevant, KS)
     return {

@@ -9,7 +9,8 @@ and the top-k list is compared with the user's held-out (relevant) items:
 * :func:`aggregate_metrics` — their means plus item coverage and average popularity;
 * :func:`grouped_metrics` — means per group (gender, :func:`age_bands`,
   :func:`activity_bands`), to see who the model serves well;
-* :func:`popularity_scores` — the most-popular baseline, ranked by the same code.
+* :func:`popularity_scores` — the most-popular baseline, ranked by the same code;
+  :func:`topk_shared` ranks one score vector for many users without the [U, N] matrix.
 
 A -1 in a top-k list is an empty slot: it is never relevant, adds no popularity and is not an
 item for coverage, while precision and average popularity still divide by k (a short list is
@@ -32,6 +33,7 @@ __all__ = [
     "per_user_metrics",
     "popularity_scores",
     "topk_from_scores",
+    "topk_shared",
 ]
 
 _RANK_METRICS = ("hit", "mrr", "recall", "ndcg", "precision")
@@ -132,20 +134,53 @@ def _check_exclude(exclude: Csr, n_users: int, n_items: int) -> None:
 
 def _topk_block(block: np.ndarray, k: int) -> np.ndarray:
     """Top-k of a [B, N] float block with ties by lower index; -inf entries become -1."""
-    n = block.shape[1]
-    # argpartition alone would pick arbitrary members of a tie at the cut; instead take
-    # everything above the k-th largest value, then the lowest-index items equal to it.
+    b, n = block.shape
+    # one partition per row finds the k-th largest value; the candidates are everything at or
+    # above it (k of them unless there are ties at the cut), sorted by (-score, index) per row
     kth = np.partition(block, n - k, axis=1)[:, n - k, None]
-    above = block > kth
-    tied = block == kth
-    need = k - above.sum(axis=1, keepdims=True)
-    take = above | (tied & (np.cumsum(tied, axis=1) <= need))
-    items = np.nonzero(take)[1].reshape(-1, k)  # ascending item index within each row
-    values = np.take_along_axis(block, items, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")  # stable: equal scores keep index order
-    items = np.take_along_axis(items, order, axis=1)
-    items[np.take_along_axis(values, order, axis=1) == -np.inf] = -1
+    rows, cols = np.nonzero(block >= kth)
+    values = block[rows, cols]
+    order = np.lexsort((cols, -values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    counts = np.bincount(rows, minlength=b)
+    starts = np.cumsum(counts) - counts
+    keep = np.arange(len(rows)) - np.repeat(starts, counts) < k
+    items = cols[keep].reshape(b, k).astype(np.int64)
+    items[values[keep].reshape(b, k) == -np.inf] = -1
     return items
+
+
+def topk_shared(scores: np.ndarray, exclude: Csr, k: int) -> np.ndarray:
+    """:func:`topk_from_scores` of one score vector that every row shares (the popularity
+    baseline), each row with its own exclusions: int64 [U, min(k, N)], the same result as
+    ``topk_from_scores(np.broadcast_to(scores, (U, N)), exclude, k)`` without the [U, N]
+    work. ``scores``: float [N]."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D [N], got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    n = scores.size
+    _check_exclude(exclude, exclude.n_rows, n)
+    k = min(k, n)
+    out = np.full((exclude.n_rows, k), -1, dtype=np.int64)
+    if k == 0:
+        return out
+    order = np.argsort(-scores, kind="stable")  # descending; ties keep the lower index first
+    order = order[scores[order] > -np.inf]
+    lengths = exclude.lengths()
+    prefix = order[: k + (int(lengths.max()) if lengths.size else 0)]  # enough for any row
+    rank = np.full(n, len(prefix), dtype=np.int64)
+    rank[prefix] = np.arange(len(prefix))
+    for u in range(exclude.n_rows):
+        hidden = rank[exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]]]
+        free = np.ones(len(prefix) + 1, dtype=bool)
+        free[hidden] = False
+        picks = prefix[free[:-1]][:k]
+        out[u, : len(picks)] = picks
+    return out
 
 
 def _hit_matrix(topk: np.ndarray, relevant: Csr) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +354,8 @@ def popularity_scores(item_popularity: np.ndarray) -> np.ndarray:
     """The most-popular baseline's score of each item: float64 [N], its training count.
 
     Every user gets the same scores; rank them with the users' training items excluded,
-    exactly like the model: ``topk_from_scores(np.broadcast_to(s, (U, N)), seen, k)``.
+    exactly like the model: ``topk_shared(s, seen, k)``, which equals
+    ``topk_from_scores(np.broadcast_to(s, (U, N)), seen, k)``.
     """
     popularity = np.asarray(item_popularity, dtype=np.float64)
     if popularity.ndim != 1 or (popularity.size and popularity.min() < 0):

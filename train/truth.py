@@ -17,7 +17,7 @@ from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth_truth import load_truth, true_topk
 from tailored.train.datamodule import TwoTowerDataModule
 from tailored.train.evaluate import LoadedRun
-from tailored.train.metrics import Csr, popularity_scores, topk_from_scores
+from tailored.train.metrics import Csr, popularity_scores, topk_from_scores, topk_shared
 
 __all__ = ["planted_truth_recall"]
 
@@ -48,9 +48,7 @@ def planted_truth_recall(
         excl = Csr.from_lists([seen[x] - 1 for x in b.users.numpy()])
         tops.append(topk_from_scores((u @ items.T).numpy(), excl, k))
     pop = popularity_scores(data.item_popularity((TRAIN,))[1:])
-    pop_top = topk_from_scores(
-        np.broadcast_to(pop, (len(chosen), data.n_items)), Csr.from_lists(exclude), k
-    )
+    pop_top = topk_shared(pop, Csr.from_lists(exclude), k)
 
     def overlap(top: np.ndarray) -> float:
         hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top, truth_top, strict=True)]
