@@ -92,6 +92,10 @@ class ModelConfig:
     # every position of a chunk of a user's positives in one pass (SASRec-style) instead of
     # one re-encoded history per event; [train] batch_size then counts chunks
     causal_history: bool = False
+    # after training, the id vectors of items without a training positive (never updated:
+    # their random initial values) are set to the new-item vector, so that such an item is
+    # embedded from its metadata, like a new item, rather than from noise
+    reset_untrained_ids: bool = True
 
     def validate(self) -> None:
         for name in (

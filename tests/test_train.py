@@ -57,6 +57,21 @@ def test_a_run_directory_has_everything(small_run: tuple[Path, RunResult]) -> No
     assert 0 < result.best_valid_ndcg10 < 1
 
 
+def test_items_without_a_training_positive_are_embedded_as_new_items(
+    small_run: tuple[Path, RunResult], movielens_dir: Path
+) -> None:
+    from tailored.data.splits import TRAIN
+    from tailored.train.run import load_data
+
+    out, _ = small_run
+    data = load_data(small_config(movielens_dir))
+    untrained = data.item_popularity((TRAIN,)) == 0
+    assert 0 < untrained[1:].sum() < data.n_items  # some items appear only in valid/test
+    ids = torch.load(out / "model.pt", weights_only=True)["item_tower.id_embedding.weight"]
+    assert torch.all(ids[torch.from_numpy(untrained)] == 0)  # row 0, the new-item vector
+    assert torch.all(ids[torch.from_numpy(~untrained)].abs().sum(dim=1) > 0)
+
+
 def test_the_model_beats_popularity(small_run: tuple[Path, RunResult]) -> None:
     out, _ = small_run
     report = evaluate_run(out, split="valid")

@@ -109,9 +109,21 @@ class ItemTower(nn.Module):
         )
         self.input_proj = nn.Linear(id_dim + self.features.out_dim, id_dim)
         self.mlp = _mlp(id_dim, hidden, dim, dropout)
+        # item indices read as 0 (a new item) while training; see treat_as_new
+        self.register_buffer("as_new", torch.zeros(spec.n_items + 1, dtype=torch.bool), False)
+        self._any_as_new = False
+
+    def treat_as_new(self, rows: Tensor) -> None:
+        """Read the item indices where ``rows`` (bool [N + 1]) is true as 0, the new-item
+        index, from now on (training: validation then sees what :meth:`reset_ids` bakes in)."""
+        self.as_new.copy_(rows.to(self.as_new.device))
+        self.as_new[0] = False
+        self._any_as_new = bool(self.as_new.any())
 
     def inputs(self, ids: Tensor, cat: Tensor, multi: Tensor, num: Tensor) -> Tensor:
         """The tower's input representation [*, id_dim] (also what histories are made of)."""
+        if self._any_as_new:
+            ids = ids.masked_fill(self.as_new[ids], 0)
         x = torch.cat([self.id_embedding(ids), self.features(cat, multi, num)], dim=-1)
         return self.input_proj(x)
 
@@ -121,6 +133,14 @@ class ItemTower(nn.Module):
 
     def forward(self, ids: Tensor, cat: Tensor, multi: Tensor, num: Tensor) -> Tensor:
         return self.output(self.inputs(ids, cat, multi, num))
+
+    @torch.no_grad()
+    def reset_ids(self, untrained: Tensor) -> int:
+        """Set the id vectors of the item indices where ``untrained`` (bool [N + 1]) is true
+        to the new-item vector (row 0); returns how many rows changed."""
+        rows = torch.nonzero(untrained[1:]).squeeze(1) + 1
+        self.id_embedding.weight[rows] = self.id_embedding.weight[0].clone()
+        return int(rows.numel())
 
 
 class _SequenceEncoder(nn.Module):

@@ -31,6 +31,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from tailored.config import Config, ModelConfig
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
+from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
 from tailored.train.datamodule import TwoTowerDataModule
@@ -166,6 +167,10 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     spec = tower_spec(data)
     m = cfg.model
     model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
+    # items without a training positive: their id vectors would stay at random initial values
+    untrained = torch.from_numpy(data.item_popularity((TRAIN,)) == 0)
+    if m.reset_untrained_ids:
+        model.item_tower.treat_as_new(untrained)
     dm = TwoTowerDataModule(
         data,
         history_length=m.history_length,
@@ -247,6 +252,13 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
             if k.startswith("model.")
         }
         model.load_state_dict(weights)
+        if m.reset_untrained_ids:
+            n = model.item_tower.reset_ids(untrained)
+            _log.info(
+                "%d of %d items had no training positive: embedded from metadata",
+                n,
+                data.n_items,
+            )
         _save_model(out, cfg, spec, data, model)
         _write_metrics(out, cfg, model, data, best, epochs, meter)
         _log.info(
