@@ -13,18 +13,36 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from tailored.serve.client import Serving
 
 __all__ = ["ServerProcess", "noop_server", "tailored_server"]
 
-_SERVING = re.compile(r"serving bundle (\S+) \((\d+) items\) on (\S+):(\d+)")
 _NOOP = re.compile(r"listening on (\d+)")
+
+
+def _serving_port(line: str) -> int | None:
+    serving = Serving.parse(line)
+    return None if serving is None else serving.port
+
+
+def _noop_port(line: str) -> int | None:
+    m = _NOOP.search(line)
+    return None if m is None else int(m[1])
 
 
 class ServerProcess:
     """A child server; :attr:`target` is ``127.0.0.1:PORT`` once :meth:`wait_ready` returned."""
 
-    def __init__(self, cmd: list[str], log: Path, env: dict[str, str], ready: re.Pattern[str]):
+    def __init__(
+        self,
+        cmd: list[str],
+        log: Path,
+        env: dict[str, str],
+        port_of: Callable[[str], int | None],
+    ):
         self.cmd = cmd
         self.log = log
         self._log_file = log.open("ab")
@@ -33,8 +51,8 @@ class ServerProcess:
             cmd, stdout=subprocess.PIPE, stderr=self._log_file, env=env, text=True
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._ready = ready
-        self.match: re.Match[str] | None = None
+        self._port_of = port_of
+        self._port: int | None = None
         self.startup_seconds = 0.0
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -46,7 +64,7 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float) -> ServerProcess:
         deadline = time.monotonic() + timeout
-        while self.match is None:
+        while self._port is None:
             try:
                 line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
@@ -54,14 +72,14 @@ class ServerProcess:
             if line is None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"{self.cmd[2:4]} did not start; see {self.log}")
-            self.match = self._ready.search(line or "")
+            self._port = self._port_of(line or "")
         self.startup_seconds = time.perf_counter() - self.started
         return self
 
     @property
     def port(self) -> int:
-        assert self.match is not None
-        return int(self.match.group(self.match.re.groups))
+        assert self._port is not None, "not ready"
+        return self._port
 
     @property
     def target(self) -> str:
@@ -92,7 +110,7 @@ def tailored_server(
     cmd = [sys.executable, "-m", "tailored.cli", "serve", str(bundle), "--port", "0"]
     cmd += ["--state", f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
     log = state.with_suffix(".log")
-    return ServerProcess(cmd, log, env, _SERVING).wait_ready(timeout)
+    return ServerProcess(cmd, log, env, _serving_port).wait_ready(timeout)
 
 
 def noop_server(
@@ -102,4 +120,4 @@ def noop_server(
     cmd += ["--workers", str(workers), "--max-concurrent-rpcs", str(max_rpcs)]
     root = str(Path(__file__).resolve().parents[1])
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))}
-    return ServerProcess(cmd, template.with_suffix(".log"), env, _NOOP).wait_ready(60)
+    return ServerProcess(cmd, template.with_suffix(".log"), env, _noop_port).wait_ready(60)

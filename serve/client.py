@@ -3,14 +3,49 @@ one channel, with the admin token attached where given."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import grpc
 
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
 
-__all__ = ["Client", "event_type"]
+__all__ = ["Client", "Serving", "event_type", "serving_line"]
+
+_SERVING = re.compile(r"^serving bundle (\S+) \((\d+) items\) on (\S+):(\d+) \(state: (\S+)\)")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What ``tailored serve`` prints on its first stdout line once it listens."""
+
+    version: str
+    items: int
+    host: str
+    port: int
+    state: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def line(self) -> str:
+        return (
+            f"serving bundle {self.version} ({self.items} items) on {self.host}:{self.port} "
+            f"(state: {self.state})"
+        )
+
+    @classmethod
+    def parse(cls, line: str) -> Serving | None:
+        """The line :meth:`line` wrote, or None for any other line."""
+        m = _SERVING.match(line)
+        return None if m is None else cls(m[1], int(m[2]), m[3], int(m[4]), m[5])
+
+
+def serving_line(version: str, items: int, host: str, port: int, state: str) -> str:
+    return Serving(version, items, host, port, state).line()
 
 
 def event_type(name: str) -> int:

@@ -9,7 +9,6 @@ reads them).
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import numpy as np
 
 from tailored.bundle import resolve_bundle
 from tailored.retrieval.two_stage import TwoStage
-from tailored.serve.client import Client
+from tailored.serve.client import Client, Serving
 from tailored.serve.v1 import personalization_pb2 as pb
 
 __all__ = ["main"]
@@ -65,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert server.stdout is not None
             line = server.stdout.readline()
-            match = re.search(r" on (\S+:\d+) ", line)
-            if match is None:
+            serving = Serving.parse(line)
+            if serving is None:
                 raise SystemExit(f"the server did not start: {line!r}")
             print(line.strip())
-            with Client(match[1]) as client:
+            with Client(serving.target) as client:
                 before = client.recommend(args.user, 10)
                 shown = {i.item_id for i in before.items}
                 counts = {g: sum(g in tags[i] for i in shown) for g in _PREFERRED}

@@ -53,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tailored.data.pseudonym import Pseudonymizer, load_key
     from tailored.paths import tailored_home
     from tailored.serve.bundles import LiveBundle
+    from tailored.serve.client import serving_line
     from tailored.serve.server import Service, create_server
     from tailored.serve.state import open_state
 
@@ -69,11 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         bundle.watch(cfg.watch_seconds)
     server.start()
     two = bundle.current.two
-    print(
-        f"serving bundle {two.version} ({two.n_items} items) on {args.host}:{port} "
-        f"(state: {state.backend})",
-        flush=True,
-    )
+    print(serving_line(two.version, two.n_items, args.host, port, state.backend), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

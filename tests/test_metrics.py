@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -219,7 +220,8 @@ def test_topk_shared_equals_the_broadcast_ranking(k: int) -> None:
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 6, size=50).astype(np.float64)
     scores[rng.choice(50, 5, replace=False)] = -np.inf
-    rows = [rng.choice(50, size=rng.integers(0, 50), replace=False) for _ in range(25)] + [[]]
+    rows: list[Any] = [rng.choice(50, size=rng.integers(0, 50), replace=False) for _ in range(25)]
+    rows.append([])
     exclude = Csr.from_lists(rows)
     expected = topk_from_scores(np.broadcast_to(scores, (len(rows), 50)), exclude, k)
     assert topk_shared(scores, exclude, k).tolist() == expected.tolist()

@@ -21,7 +21,7 @@ import pytest
 from tailored.bundle import latest_bundle
 from tailored.cli import main
 from tailored.data.pseudonym import Pseudonymizer
-from tailored.serve.client import Client
+from tailored.serve.client import Client, Serving
 from tailored.serve.sqlite_state import SQLiteState
 from tailored.serve.v1 import personalization_pb2 as pb
 from tests.conftest import TEST_KEY
@@ -50,11 +50,11 @@ class ServerProcess:
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        match = re.search(r" on 127\.0\.0\.1:(\d+) ", line)
-        if match is None:
+        serving = Serving.parse(line)
+        if serving is None:
             self.proc.kill()
             raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-        self.target = f"127.0.0.1:{match[1]}"
+        self.target = serving.target
         self.first_line = line
 
     def stop(self) -> str:

@@ -110,6 +110,7 @@ class ItemTower(nn.Module):
         self.input_proj = nn.Linear(id_dim + self.features.out_dim, id_dim)
         self.mlp = _mlp(id_dim, hidden, dim, dropout)
         # item indices read as 0 (a new item) while training; see treat_as_new
+        self.as_new: Tensor
         self.register_buffer("as_new", torch.zeros(spec.n_items + 1, dtype=torch.bool), False)
         self._any_as_new = False
 

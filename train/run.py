@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -218,11 +218,7 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         strategy=cfg.train.strategy if cfg.train.devices > 1 else "auto",
-        precision=(
-            ("bf16-mixed" if cuda else "32-true")
-            if cfg.train.precision == "auto"
-            else cfg.train.precision
-        ),
+        precision=_precision(cfg.train.precision, cuda),
         max_epochs=cfg.train.max_epochs,
         max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
         callbacks=callbacks,
@@ -274,6 +270,12 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         samples_per_second=meter.samples_per_second,
         train_seconds=meter.seconds,
     )
+
+
+def _precision(name: str, cuda: bool) -> Literal["32-true", "bf16-mixed"]:
+    if name == "auto":
+        return "bf16-mixed" if cuda else "32-true"
+    return "bf16-mixed" if name == "bf16-mixed" else "32-true"
 
 
 def _write_metrics(
