@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {
                     "seed": seed,
                     "epochs": result.epochs,
+                    "valid_ndcg@10": result.best_valid_ndcg10,
                     "train_seconds": round(trained - start, 1),
                     "bundle_seconds": round(bundled - trained, 1),
                     "ranker": manifest["metrics"].get("ranker"),
