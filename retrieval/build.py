@@ -45,6 +45,8 @@ _log = logging.getLogger(__name__)
 _DAY = 86_400
 # positives per user kept in the bundle for serving (the ranker's affinity features read them)
 USER_SNAPSHOT_EVENTS = 200
+# items kept per context value for the non-personalized result in that context
+CONTEXT_POPULAR_TOP = 1000
 _WORK_ENV = "TAILORED_EMBED_WORK"
 
 
@@ -134,6 +136,26 @@ def _activity(data: Interactions) -> np.ndarray:
         for d in (end + 1, 7 * _DAY, 30 * _DAY)
     ]
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _context_popular(data: Interactions, top: int = CONTEXT_POPULAR_TOP) -> dict[str, np.ndarray]:
+    """Per context field and value, the ``top`` items with the most positives in it (see
+    :class:`~tailored.retrieval.two_stage.ContextPopular`); ties by item row."""
+    vocabs = list(data.context_vocabs.values())
+    width = max((len(v) for v in vocabs), default=0) + 1
+    t = min(top, data.n_items)
+    rows = np.zeros((len(vocabs), width, t), np.int64)
+    counts = np.zeros((len(vocabs), width, t), np.float32)
+    for f, vocab in enumerate(vocabs):
+        codes = data.context[:, f]
+        for v in range(1, len(vocab) + 1):
+            c = np.bincount(data.item[codes == v], minlength=data.n_items + 1)
+            c[0] = 0
+            best = np.lexsort((np.arange(len(c)), -c))[:t]
+            best = best[c[best] > 0]
+            rows[f, v, : len(best)] = best
+            counts[f, v, : len(best)] = c[best]
+    return {"context_popular": rows, "context_popular_counts": counts}
 
 
 def _first_seen(data: Interactions) -> np.ndarray:
@@ -307,6 +329,9 @@ def _write_bundle(
         _save(w, "item_numeric", items.numeric)
         _save(w, "item_activity", _activity(data))
         _save(w, "item_first_seen", _first_seen(data))
+        if data.context_vocabs:
+            for name, arr in _context_popular(data).items():
+                _save(w, name, arr)
         neighbors = _neighbors(data, src.cfg.train.seed)
         _save(w, "item_neighbors", neighbors.ids)
         _save(w, "item_neighbor_weights", neighbors.weights)

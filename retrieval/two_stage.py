@@ -20,7 +20,7 @@ from tailored.data.ranking_features import ActivitySnapshot, ItemNeighbors, rank
 from tailored.errors import TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
-__all__ = ["BUNDLE_FILES", "TwoStage", "UserSnapshot"]
+__all__ = ["BUNDLE_FILES", "ContextPopular", "TwoStage", "UserSnapshot"]
 
 # the bundle's layout, relative paths
 BUNDLE_FILES = {
@@ -38,6 +38,8 @@ BUNDLE_FILES = {
     "item_first_seen": "items/first_seen.npy",
     "item_neighbors": "items/neighbors.npy",
     "item_neighbor_weights": "items/neighbor_weights.npy",
+    "context_popular": "items/context_popular.npy",
+    "context_popular_counts": "items/context_popular_counts.npy",
     "index": "index",
     "user_embeddings": "users/embeddings.npy",
     "user_ids": "users/users.parquet",
@@ -102,6 +104,42 @@ class UserSnapshot:
         )
 
 
+@dataclass(frozen=True)
+class ContextPopular:
+    """The items with the most positives in each context (``device = mobile``, ``surface =
+    home``...), for the non-personalized result of a request that gives its context.
+
+    ``rows``: int64 [K, V+1, T] item rows, best first, 0-padded, for the K context fields of
+    ``model.json``'s ``context_vocabs`` in order and their value codes (0, unknown, empty);
+    ``counts``: float32 [K, V+1, T] their positives in that context."""
+
+    rows: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def load(cls, root: Path) -> ContextPopular | None:
+        path = root / BUNDLE_FILES["context_popular"]
+        if not path.exists():  # a bundle without context fields, or of an older format
+            return None
+        return cls(load_npy(path), load_npy(root / BUNDLE_FILES["context_popular_counts"]))
+
+    def top(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items popular in the given context, codes int64 [K] (0 = not given): rows and
+        scores (positives summed over the given fields), best first; ties keep the order of
+        the first given field's list."""
+        given = [(f, int(c)) for f, c in enumerate(codes) if 0 < c < self.rows.shape[1]]
+        if not given:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        rows = np.concatenate([self.rows[f, c] for f, c in given])
+        counts = np.concatenate([self.counts[f, c] for f, c in given])
+        keep = rows > 0
+        rows, counts = rows[keep], counts[keep]
+        uniq, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        total = np.bincount(inverse, weights=counts).astype(np.float32)
+        order = np.lexsort((first, -total))
+        return uniq[order].astype(np.int64), total[order]
+
+
 @dataclass
 class TwoStage:
     """The serving half of a bundle (see the module doc). Build with :meth:`load`."""
@@ -119,6 +157,8 @@ class TwoStage:
     user_tower: Any
     ranker: Any | None
     users: UserSnapshot | None = None  # without one, every user is new to the bundle
+    # per context field and value, the items with the most positives in it (build time)
+    context_popular: ContextPopular | None = None
     ranker_input_names: frozenset[str] = frozenset()  # what the ranker graph reads, once
 
     @classmethod
@@ -127,7 +167,8 @@ class TwoStage:
         altered file) and load it; ``threads`` per onnxruntime session."""
         manifest = verify_bundle(path)
         root = manifest.path
-        optional = {"ranker", "weights", *_USER_FILES}
+        optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
+        optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():
                 raise BundleError(
@@ -163,6 +204,7 @@ class TwoStage:
             user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
             ranker=ranker,
             users=UserSnapshot.load(root),
+            context_popular=ContextPopular.load(root),
             ranker_input_names=frozenset(
                 i.name for i in (ranker.get_inputs() if ranker is not None else ())
             ),

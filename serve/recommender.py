@@ -5,7 +5,9 @@ excluded, unavailable) -> ranker (onnxruntime) -> diversity -> top k, each with 
 
 A user the bundle does not know and who has no events starts cold: from the profile fields
 and context the request gives, through the same towers; with neither, or without consent to
-personalization, the result is the bundle's popularity. Never an error for an unknown user.
+personalization, the result is what is popular in the request's context (the bundle counts
+positives per context value: this device, this surface), then overall. Never an error for an
+unknown user.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Recommender:
             name: {v: j + 1 for j, v in enumerate(vocab)}
             for name, vocab in two.info.get("context_vocabs", {}).items()
         }
+        self.context_values = [list(v) for v in two.info.get("context_vocabs", {}).values()]
         data_cfg = from_dict(two.manifest.config, where="bundle config").data
         self.positive = data_cfg.positive_events
         self.min_view_seconds = data_cfg.min_view_seconds
@@ -120,16 +123,16 @@ class Recommender:
     def recommend(self, req: Request, unavailable: Collection[str] = ()) -> Recommendation:
         excluded = self._rows(req.exclude) | self._rows(unavailable)
         user_cat, user_num, has_profile = self._profile(req.profile or {})  # always checked
-        if not req.personalized:
-            return self._popular(req.k, excluded, "popular right now")
+        context, has_context = self._context(req)
+        if not req.personalized:  # no behaviour of theirs; the page's context is no profile
+            return self._popular(req.k, excluded, context[0])
         row = self.two.users.row(req.user) if self.two.users is not None else None
         if row is not None and self.two.users is not None:  # the bundle knows this user
             snap = self.two.users
             user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
-        context, has_context = self._context(req)
         if row is None and not len(hist) and not has_profile and not has_context:
-            return self._popular(req.k, excluded, "popular right now")
+            return self._popular(req.k, excluded, context[0])
         emb = self.two.user_embeddings(
             user_hash=user_hash_buckets(np.array([req.user]), self.two.info["user_id_buckets"]),
             user_cat=user_cat,
@@ -142,7 +145,7 @@ class Recommender:
         keep = cands[0] > 0
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
-            return self._popular(req.k, excluded | seen, "popular right now")
+            return self._popular(req.k, excluded | seen, context[0])
         dense = dense_features(
             candidates=cands,
             scores=scores,
@@ -181,19 +184,39 @@ class Recommender:
         get = self.item_row.get
         return {r for r in (get(i) for i in item_ids) if r is not None}
 
-    def _popular(self, k: int, excluded: set[int], reason: str) -> Recommendation:
-        top = self.popular[: k + len(excluded)]
-        if excluded:
-            top = top[~np.isin(top, np.fromiter(excluded, np.int64, len(excluded)))]
-        top = top[:k]
-        counts = self.two.activity.table[top, 0]
+    def _popular(self, k: int, excluded: set[int], context: np.ndarray) -> Recommendation:
+        """The most popular items in the request's context (``context``: codes [K], 0 = not
+        given) where the bundle has them, then overall; score log(1 + positives)."""
+        ban = np.fromiter(excluded, np.int64, len(excluded))
+        rows, counts = (
+            self.two.context_popular.top(context)
+            if self.two.context_popular is not None
+            else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        )
+        keep = ~np.isin(rows, ban)
+        rows, counts = rows[keep][:k], counts[keep][:k]
+        reasons = [self._context_reason(context)] * len(rows)
+        if len(rows) < k:  # then the overall list, without what is already there
+            top = self.popular[: k + len(excluded) + len(rows)]
+            top = top[~np.isin(top, np.concatenate([ban, rows]))][: k - len(rows)]
+            rows = np.concatenate([rows, top])
+            counts = np.concatenate([counts, self.two.activity.table[top, 0]])
+            reasons += ["popular right now"] * len(top)
         return Recommendation(
-            item_ids=[str(self.two.item_ids[r - 1]) for r in top],
-            titles=self._titles(top),
+            item_ids=[str(self.two.item_ids[r - 1]) for r in rows],
+            titles=self._titles(rows),
             scores=[float(math.log1p(c)) for c in counts],
-            reasons=[reason] * len(top),
+            reasons=reasons,
             strategy="popular",
         )
+
+    def _context_reason(self, context: np.ndarray) -> str:
+        values = [
+            vocab[c - 1]
+            for vocab, c in zip(self.context_values, context.tolist(), strict=True)
+            if 0 < c <= len(vocab)
+        ]
+        return f"popular on {', '.join(values)}"
 
     def _is_positive(self, e: StoredEvent) -> bool:
         if e.type not in self.positive:

@@ -1,0 +1,135 @@
+"""Popularity in the request's context: the bundle counts positives per context value (a
+synthetic site whose events carry surface and device), and a request without consent to
+personalization gets the items popular in its own context, then overall."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tailored.config import ServeConfig, load_config
+from tailored.data.interactions import Interactions
+from tailored.data.synth import generate_synthetic
+from tailored.retrieval.build import build_bundle
+from tailored.retrieval.two_stage import TwoStage
+from tailored.serve.recommender import Recommendation, Recommender, Request
+from tailored.train.run import load_data, train
+from tests.conftest import TEST_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Interactions, TwoStage]:
+    base = tmp_path_factory.mktemp("context")
+    ds = base / "site"
+    generate_synthetic(ds, n_users=800, n_items=300, events_per_user=25, seed=3, key=TEST_KEY)
+    cfg = load_config(
+        ROOT / "configs" / "synthetic.toml",
+        overrides={
+            "data.dataset": str(ds),
+            "model.dim": 16,
+            "model.id_dim": 16,
+            "model.hidden": 32,
+            "train.max_epochs": 1,
+            "train.progress_bar": False,
+            "ranker.max_epochs": 1,
+            "ranker.candidates": 30,
+            "ranker.hidden": 16,
+            "index.recall_queries": 50,
+        },
+    )
+    train(cfg, out=base / "run")
+    built = build_bundle(base / "run", base / "bundles", progress_bar=False)
+    return load_data(cfg), TwoStage.load(built.path)
+
+
+def _oracle(data: Interactions) -> dict[tuple[str, str], list[int]]:
+    """Per (context field, value): item rows by positives in it, most first, ties by row."""
+    counts: dict[tuple[str, str], Counter[int]] = {}
+    for f, (name, vocab) in enumerate(data.context_vocabs.items()):
+        for code, item in zip(data.context[:, f].tolist(), data.item.tolist(), strict=True):
+            if code:
+                counts.setdefault((name, vocab[code - 1]), Counter())[item] += 1
+    return {
+        key: [i for i, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+        for key, c in counts.items()
+    }
+
+
+def _ask(two: TwoStage, k: int, exclude: tuple[str, ...] = (), **context: str) -> Recommendation:
+    surface = context.pop("surface", "home")
+    req = Request(
+        user="someone",
+        k=k,
+        surface=surface,
+        time=0.0,
+        personalized=False,
+        context=context,
+        exclude=exclude,
+    )
+    return Recommender(two, ServeConfig(surfaces=(surface,))).recommend(req)
+
+
+def test_the_bundle_ranks_items_by_positives_in_each_context(
+    synthetic: tuple[Interactions, TwoStage],
+) -> None:
+    data, two = synthetic
+    assert set(data.context_vocabs) == {"surface", "device"}
+    pop = two.context_popular
+    assert pop is not None
+    oracle = _oracle(data)
+    for f, (name, vocab) in enumerate(data.context_vocabs.items()):
+        for code, value in enumerate(vocab, start=1):
+            expected = oracle.get((name, value), [])
+            rows = pop.rows[f, code]
+            assert rows[: len(expected)].tolist() == expected[: len(rows)], (name, value)
+
+
+def test_without_consent_a_request_gets_what_is_popular_in_its_context(
+    synthetic: tuple[Interactions, TwoStage],
+) -> None:
+    data, two = synthetic
+    oracle = _oracle(data)
+    devices = data.context_vocabs["device"]
+    tops = {}
+    for device in devices:
+        # a surface the data has no events for: the device alone decides
+        rec = _ask(two, 10, surface="nowhere", device=device)
+        expected = oracle[("device", device)][:10]
+        assert [two.item_ids[r - 1] for r in expected] == rec.item_ids
+        assert rec.reasons == [f"popular on {device}"] * 10
+        assert rec.strategy == "popular"
+        tops[device] = rec.item_ids
+    assert len({tuple(t) for t in tops.values()}) > 1  # the devices' lists differ
+    # an excluded item is skipped, the next one takes its place
+    first = tops[devices[0]]
+    rec = _ask(two, 10, exclude=(first[0],), surface="nowhere", device=devices[0])
+    assert rec.item_ids[:9] == first[1:] and first[0] not in rec.item_ids
+
+
+def test_surface_and_device_together_sum_their_counts(
+    synthetic: tuple[Interactions, TwoStage],
+) -> None:
+    data, two = synthetic
+    surface, device = data.context_vocabs["surface"][0], data.context_vocabs["device"][0]
+    total: Counter[int] = Counter()
+    for name, value in (("surface", surface), ("device", device)):
+        f = list(data.context_vocabs).index(name)
+        code = data.context_vocabs[name].index(value) + 1
+        total.update(data.item[data.context[:, f] == code].tolist())
+    rec = _ask(two, 5, surface=surface, device=device)
+    got = [int(np.flatnonzero(two.item_ids == i)[0]) + 1 for i in rec.item_ids]
+    assert [total[r] for r in got] == sorted((c for c in total.values()), reverse=True)[:5]
+    assert rec.reasons[0] == f"popular on {surface}, {device}"
+
+
+def test_no_context_gives_the_overall_list(synthetic: tuple[Interactions, TwoStage]) -> None:
+    _, two = synthetic
+    rec = _ask(two, 10, surface="nowhere")
+    assert rec.reasons == ["popular right now"] * 10
+    overall = Recommender(two, ServeConfig(surfaces=("nowhere",))).popular[:10]
+    assert rec.item_ids == [two.item_ids[r - 1] for r in overall]
