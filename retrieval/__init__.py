@@ -12,6 +12,7 @@ from tailored.retrieval.choose import (
     build_index,
     choose_index,
     measure_recall,
+    tolerant_recall,
 )
 from tailored.retrieval.faiss_indexes import (
     ExactIndex,
@@ -40,4 +41,5 @@ __all__ = [
     "load_index",
     "measure_recall",
     "set_num_threads",
+    "tolerant_recall",
 ]

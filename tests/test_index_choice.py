@@ -17,6 +17,7 @@ from tailored.retrieval import (
     build_index,
     choose_index,
     measure_recall,
+    tolerant_recall,
 )
 from tailored.retrieval.synthetic import clustered_catalog
 
@@ -72,6 +73,37 @@ def test_measure_recall_by_hand() -> None:
     assert measure_recall(exact, exact, queries, 2) == 1.0
 
 
+def test_tolerant_recall_counts_ties_at_the_cut_by_hand() -> None:
+    # query (1, 0): scores 1.0 (id 10), 0.5 (20), 0.5 (30), 0.4995 (40), 0 (50).
+    # exact top 2 = 10, 20 (ties by position). An index returning 10, 30 finds 1 of 2 ids,
+    # but 30 scores as well as the 2nd best: tolerant recall 1. 10, 40 is within 1e-3 too;
+    # 10, 50 is not (0 < 0.5 - 1e-3).
+    vectors = np.array([[1, 0], [0.5, 1], [0.5, -1], [0.4995, 0], [0, 1]], np.float32)
+    ids = np.array([10, 20, 30, 40, 50])
+    exact = ExactIndex(2)
+    exact.build(vectors, ids)
+    q = np.array([[1, 0]], np.float32)
+    truth_scores, truth = exact.search(q, 2)
+    assert truth.tolist() == [[10, 20]]
+    for found, strict, tolerant in (
+        ([10, 30], 0.5, 1.0),
+        ([10, 40], 0.5, 1.0),
+        ([10, 50], 0.5, 0.5),
+    ):
+        got = np.array([found])
+        assert tolerant_recall(got, truth_scores, vectors, ids, q) == tolerant
+        hits = np.isin(truth[0], got[0]).sum() / 2
+        assert hits == strict
+    # padding: a k beyond the catalog counts only real items, and -1 is never a hit
+    scores5, _ = exact.search(q, 7)
+    assert (
+        tolerant_recall(np.array([[10, 20, 30, 40, 50, -1, -1]]), scores5, vectors, ids, q) == 1.0
+    )
+    assert (
+        tolerant_recall(np.array([[10, -1, -1, -1, -1, -1, -1]]), scores5, vectors, ids, q) == 0.2
+    )
+
+
 def test_build_index_measures_recall_of_approximate_indexes() -> None:
     data = clustered_catalog(2000, 16, 30, n_clusters=10, seed=3)
     exact = build_index(data.vectors, data.ids, sample_queries=data.queries, k=10)
@@ -94,11 +126,12 @@ def test_build_index_measures_recall_of_approximate_indexes() -> None:
         k=10,
         target_recall=0.95,
     )
-    assert tuned.recall is not None and tuned.recall >= 0.95
+    assert tuned.recall_tolerant is not None and tuned.recall_tolerant >= 0.95
     assert tuned.index.params["nprobe"] in (8, 16)
     truth = ExactIndex(16)
     truth.build(loose.vectors, loose.ids)
     assert tuned.recall == measure_recall(tuned.index, truth, loose.queries, 10)
+    assert tuned.recall <= tuned.recall_tolerant  # ties only ever add hits
     info = approx.describe()
     assert (info["kind"], info["recall_k"], info["effective"]) == (
         "ivfpq",
