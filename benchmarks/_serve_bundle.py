@@ -122,27 +122,56 @@ def ensure_bundle(s: Sizes, home: Path | None = None, *, rebuild: bool = False) 
 
 
 def _build(work: Path, s: Sizes) -> None:
+    """Each step writes its output last (the dataset's dataset.json, the run's metrics.json,
+    a version's manifest.json), so a build that stopped resumes after its last whole step;
+    what a step left half-done is removed and that step runs again."""
     work.mkdir(parents=True, exist_ok=True)
-    for stale in ("dataset", "run", "bundles"):
-        shutil.rmtree(work / stale, ignore_errors=True)
     log = work / "build.log"
     dataset, run, root = work / "dataset", work / "run", work / "bundles"
     cfg = work / "config.toml"
-    cfg.write_text(_config(dataset, s))
+    config = _config(dataset, s)
+    if cfg.is_file() and cfg.read_text() != config:  # another configuration's leftovers
+        for stale in ("dataset", "run", "bundles"):
+            shutil.rmtree(work / stale, ignore_errors=True)
+    cfg.write_text(config)
+    previous = (
+        json.loads((work / "steps.json").read_text()) if (work / "steps.json").exists() else {}
+    )
     steps: dict[str, Any] = {}
     print(f"building the benchmark bundle in {work} (log: {log})", flush=True)
     start = time.perf_counter()
     synth = ["data", "synth", "--users", str(s.users), "--items", str(s.items)]
     synth += ["--events-per-user", str(s.events_per_user), "--out", str(dataset)]
-    _step(log, "synth", synth, steps)
-    _step(log, "train", ["train", "--config", str(cfg), "--out", str(run)], steps)
-    _step(
-        log,
-        "bundle_build",
-        ["bundle", "build", str(run), "--out", str(root), "--no-progress"],
-        steps,
-    )
-    _step(log, "refresh", ["refresh", str(_versions(root)[0]), "--no-progress"], steps)
+    plan = [
+        ("synth", synth, lambda: (dataset / "dataset.json").is_file(), [dataset]),
+        (
+            "train",
+            ["train", "--config", str(cfg), "--out", str(run)],
+            lambda: (run / "metrics.json").is_file(),
+            [run],
+        ),
+        (
+            "bundle_build",
+            ["bundle", "build", str(run), "--out", str(root), "--no-progress"],
+            lambda: len(_versions(root)) >= 1 if root.is_dir() else False,
+            [root],
+        ),
+        (
+            "refresh",
+            ["refresh", str(root / "v000001"), "--no-progress"],
+            lambda: len(_versions(root)) >= 2 if root.is_dir() else False,
+            [],
+        ),
+    ]
+    for name, args, done, partial in plan:
+        if done() and name in previous:
+            steps[name] = {**previous[name], "resumed": True}
+            print(f"  {name}: done before ({previous[name]['seconds']:.0f} s)", flush=True)
+            continue
+        for path in partial:
+            shutil.rmtree(path, ignore_errors=True)
+        _step(log, name, args, steps)
+        (work / "steps.json").write_text(json.dumps(steps, indent=2) + "\n")
     info = {
         "sizes": s.__dict__,
         "config": cfg.read_text(),
