@@ -104,11 +104,19 @@ class ServerProcess:
 
 
 def tailored_server(
-    bundle: Path, state: Path, env: dict[str, str], *, timeout: float = 900
+    bundle: Path,
+    state: Path,
+    env: dict[str, str],
+    *,
+    timeout: float = 900,
+    config: Path | None = None,
 ) -> ServerProcess:
-    """``tailored serve BUNDLE --port 0 --state sqlite:///STATE --clock bundle --no-watch``."""
+    """``tailored serve BUNDLE --port 0 --state sqlite:///STATE --clock bundle --no-watch``
+    (``--config CONFIG`` where given)."""
     cmd = [sys.executable, "-m", "tailored.cli", "serve", str(bundle), "--port", "0"]
     cmd += ["--state", f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
+    if config is not None:
+        cmd += ["--config", str(config)]
     log = state.with_suffix(".log")
     return ServerProcess(cmd, log, env, _serving_port).wait_ready(timeout)
 

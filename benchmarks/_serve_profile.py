@@ -54,16 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--config", type=Path, help="a TOML file with a [serve] table")
     args = p.parse_args(argv)
 
-    from tailored.config import ServeConfig
+    from tailored.config import load_serve_config
     from tailored.data.pseudonym import Pseudonymizer, load_key
     from tailored.serve.bundles import LiveBundle
     from tailored.serve.server import Service, _Personalization
     from tailored.serve.sqlite_state import SQLiteState
     from tailored.serve.v1 import personalization_pb2 as pb
 
-    cfg = ServeConfig(clock="bundle").validate()
+    cfg = load_serve_config(args.config, overrides={"clock": "bundle"})
     service = Service(
         LiveBundle(args.bundle, cfg), SQLiteState(args.state), Pseudonymizer(load_key()), cfg
     )

@@ -90,6 +90,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment of the server processes, e.g. OPENBLAS_NUM_THREADS=1",
     )
+    p.add_argument(
+        "--server-config",
+        type=Path,
+        help="a TOML file whose [serve] table the servers (and the profile) run with, e.g. "
+        "index_search = { nprobe = 64 }",
+    )
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument(
         "--serve-version",
@@ -314,7 +320,7 @@ def _kill_phase(
     from tailored.serve.sqlite_state import SQLiteState
 
     db = tmp / "kill.db"
-    server = tailored_server(built.versions[0], db, e)
+    server = tailored_server(built.versions[0], db, e, config=a.server_config)
     client.start(
         "track",
         target=server.target,
@@ -384,6 +390,7 @@ def _profile_phase(
             str(a.profile_requests),
             "--k",
             str(a.k),
+            *(["--config", str(a.server_config)] if a.server_config else []),
         ],
         check=True,
         env={**e, "PYTHONPATH": root},
@@ -472,8 +479,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "uncommitted_files": _dirty(),
         "smoke": a.smoke,
         "phases": a.phases,
-        "settings": {k: v for k, v in vars(a).items() if k not in ("out", "phases")}
-        | {"out": str(a.out)},
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k != "phases"
+        },
+        "server_config": a.server_config.read_text() if a.server_config else None,
         "bundle": {
             "root": str(built.root),
             "versions": [p.name for p in built.versions],
@@ -489,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="serve_load.") as d, LoadClient() as client:
         tmp = Path(d)
         if {"recommend", "track", "swap"} & set(a.phases):
-            server = tailored_server(built.versions[0], tmp / "state.db", e)
+            server = tailored_server(built.versions[0], tmp / "state.db", e, config=a.server_config)
             result["server"] = {"startup_seconds": round(server.startup_seconds, 1)}
             print(f"server up in {server.startup_seconds:.1f} s on {server.target}", flush=True)
             try:

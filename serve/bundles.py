@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from tailored.bundle import latest_bundle, resolve_bundle
 from tailored.config import ServeConfig
 from tailored.errors import TailoredError
+from tailored.retrieval import IndexInputError, ItemIndex
 from tailored.retrieval.two_stage import TwoStage
 from tailored.serve.recommender import Recommender, Request
 
-__all__ = ["LiveBundle"]
+__all__ = ["LiveBundle", "apply_search_params"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ def load_recommender(path: Path, cfg: ServeConfig) -> Recommender:
 
         faiss.omp_set_num_threads(cfg.index_threads)
     two = TwoStage.load(resolve_bundle(path), threads=cfg.onnx_threads)
+    if cfg.index_search:
+        apply_search_params(two.index, cfg.index_search)
     rec = Recommender(two, cfg)
     probe = str(two.users.ids[0]) if two.users is not None and len(two.users) else "0" * 32
     for user in (probe, "0" * 32):
@@ -47,6 +51,22 @@ def load_recommender(path: Path, cfg: ServeConfig) -> Recommender:
             )
         )
     return rec
+
+
+def apply_search_params(index: ItemIndex, params: Mapping[str, int]) -> None:
+    """``[serve] index_search`` on a loaded index; an error names the setting and what the
+    index accepts (a bundle with an exact index has no search-time parameters)."""
+    setter = getattr(index, "set_search_params", None)
+    if setter is None or not getattr(index, "search_params", ()):
+        raise TailoredError(
+            f"[serve] index_search: the bundle's {index.kind} index has no search-time "
+            f"parameters (got {dict(params)})"
+        )
+    try:
+        setter(**params)
+    except IndexInputError as e:
+        raise TailoredError(f"[serve] index_search: {e}") from e
+    _log.info("index search parameters set to %s", dict(params))
 
 
 class LiveBundle:

@@ -295,6 +295,9 @@ class ServeConfig:
     # FAISS's OpenMP threads per search (0: FAISS's default, every core). 1 suits cheap
     # searches under concurrent requests; a costly one (many IVF cells) gains from more
     index_threads: int = 0
+    # search-time parameters of the bundle's index, replacing the ones it was tuned with
+    # (IVF-PQ nprobe, k_factor; HNSW efSearch): latency against recall without a rebuild
+    index_search: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> ServeConfig:
         object.__setattr__(self, "surfaces", tuple(self.surfaces))
@@ -315,6 +318,11 @@ class ServeConfig:
             raise ConfigError(f"[serve] mmr_lambda: must be in [0, 1], got {self.mmr_lambda}")
         if self.index_threads < 0:
             raise ConfigError(f"[serve] index_threads: must be >= 0, got {self.index_threads}")
+        for name, value in self.index_search.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"[serve] index_search.{name}: must be a positive integer, got {value!r}"
+                )
         if self.watch_seconds < 0:
             raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
         return self

@@ -53,6 +53,7 @@ def test_serve_config_defaults_validate_and_bad_values_name_the_key() -> None:
         ("max_k", 0, "max_k: must be > 0"),
         ("diversity", "random", "diversity"),
         ("candidates", 5, r"candidates \(5\) must be >= max_k"),
+        ("index_search", {"nprobe": 0}, "index_search.nprobe: must be a positive integer"),
     ]:
         with pytest.raises(ConfigError, match=words):
             load_serve_config(overrides={key: value})

@@ -359,3 +359,24 @@ def test_mmr_and_category_cap_diversify(serve_bundle: Path, tmp_path: Path) -> N
         plain.stop()
         capped.stop()
     assert np.isfinite(scores).all()
+
+
+def test_index_search_parameters_apply_at_load_and_bad_ones_are_named() -> None:
+    from tailored.errors import TailoredError
+    from tailored.retrieval import ExactIndex, IVFPQIndex
+    from tailored.serve.bundles import apply_search_params
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 8)).astype(np.float32)
+    ivf = IVFPQIndex(8, nlist=16, m=4, nbits=4, nprobe=1, k_factor=2)
+    ivf.build(vectors, np.arange(2000))
+    apply_search_params(ivf, {"nprobe": 16, "k_factor": 200})
+    assert (ivf.params["nprobe"], ivf.params["k_factor"]) == (16, 200)
+    exact = ExactIndex(8)
+    exact.build(vectors, np.arange(2000))
+    # every cell probed, every item re-scored exactly: the same top 10 as exact search
+    assert (ivf.search(vectors[:5], 10)[1] == exact.search(vectors[:5], 10)[1]).all()
+    with pytest.raises(TailoredError, match=r"\[serve\] index_search: .*'efSearch' is not one of"):
+        apply_search_params(ivf, {"efSearch": 64})
+    with pytest.raises(TailoredError, match="exact index has no search-time parameters"):
+        apply_search_params(exact, {"nprobe": 4})
