@@ -138,16 +138,27 @@ def _activity(data: Interactions) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.float32)
 
 
-def _context_popular(data: Interactions, top: int = CONTEXT_POPULAR_TOP) -> dict[str, np.ndarray]:
+def _context_popular(
+    data: Interactions, vocabs: dict[str, list[str]], top: int = CONTEXT_POPULAR_TOP
+) -> dict[str, np.ndarray]:
     """Per context field and value, the ``top`` items with the most positives in it (see
-    :class:`~tailored.retrieval.two_stage.ContextPopular`); ties by item row."""
-    vocabs = list(data.context_vocabs.values())
-    width = max((len(v) for v in vocabs), default=0) + 1
+    :class:`~tailored.retrieval.two_stage.ContextPopular`); ties by item row.
+
+    ``vocabs``: the model's context vocabularies (``model.json``), which serving codes
+    requests with. The data's own may differ (a refresh reads the dataset as it is now, with
+    values added or gone since training): its codes are mapped onto the model's by value."""
+    width = max((len(v) for v in vocabs.values()), default=0) + 1
     t = min(top, data.n_items)
     rows = np.zeros((len(vocabs), width, t), np.int64)
     counts = np.zeros((len(vocabs), width, t), np.float32)
-    for f, vocab in enumerate(vocabs):
-        codes = data.context[:, f]
+    for f, (name, vocab) in enumerate(vocabs.items()):
+        if name not in data.context_vocabs:
+            continue
+        to_model = {v: j + 1 for j, v in enumerate(vocab)}
+        remap = np.array(
+            [0, *(to_model.get(v, 0) for v in data.context_vocabs[name])], dtype=np.int64
+        )
+        codes = remap[data.context[:, list(data.context_vocabs).index(name)]]
         for v in range(1, len(vocab) + 1):
             c = np.bincount(data.item[codes == v], minlength=data.n_items + 1)
             c[0] = 0
@@ -329,8 +340,9 @@ def _write_bundle(
         _save(w, "item_numeric", items.numeric)
         _save(w, "item_activity", _activity(data))
         _save(w, "item_first_seen", _first_seen(data))
-        if data.context_vocabs:
-            for name, arr in _context_popular(data).items():
+        model_vocabs: dict[str, list[str]] = src.info.get("context_vocabs") or {}
+        if model_vocabs:
+            for name, arr in _context_popular(data, model_vocabs).items():
                 _save(w, name, arr)
         neighbors = _neighbors(data, src.cfg.train.seed)
         _save(w, "item_neighbors", neighbors.ids)

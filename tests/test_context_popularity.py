@@ -133,3 +133,24 @@ def test_no_context_gives_the_overall_list(synthetic: tuple[Interactions, TwoSta
     assert rec.reasons == ["popular right now"] * 10
     overall = Recommender(two, ServeConfig(surfaces=("nowhere",))).popular[:10]
     assert rec.item_ids == [two.item_ids[r - 1] for r in overall]
+
+
+def test_lists_follow_the_models_vocabulary_when_the_data_has_changed(
+    synthetic: tuple[Interactions, TwoStage],
+) -> None:
+    # a refresh reads the data as it is now: a value the model never saw (the data's first
+    # device) and one it saw that the data no longer has ("fax") must not shift the others
+    from tailored.retrieval.build import _context_popular
+
+    data, _ = synthetic
+    devices = data.context_vocabs["device"]
+    model_vocabs = {"device": ["fax", *devices[1:]], "surface": data.context_vocabs["surface"]}
+    out = _context_popular(data, model_vocabs)
+    rows = out["context_popular"]
+    assert rows.shape[0] == 2  # the model's fields, in the model's order
+    oracle = _oracle(data)
+    assert not rows[0, 1].any()  # "fax": nothing in the data
+    for code, value in enumerate(model_vocabs["device"][1:], start=2):
+        expected = oracle[("device", value)]
+        assert rows[0, code, : len(expected)].tolist() == expected[: rows.shape[2]]
+    assert not rows[0, len(model_vocabs["device"]) + 1 :].any()  # no code beyond the vocab

@@ -157,7 +157,7 @@ def topk_shared(scores: np.ndarray, exclude: Csr, k: int) -> np.ndarray:
     work. ``scores``: float [N]."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    scores = np.asarray(scores)
+    scores = np.asarray(scores, dtype=np.float64)  # as topk_from_scores ranks integers
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D [N], got shape {scores.shape}")
     if np.isnan(scores).any():
