@@ -162,6 +162,9 @@ class TrainConfig:
     strategy: str = "auto"  # "auto" | "ddp" (several devices)
     num_workers: int = 0
     limit_val_users: int = 0  # validate on at most this many users (0: all)
+    # the run's final full-ranking report (metrics.json) on at most this many users per split,
+    # sampled (0: all); at a million items each user costs a pass over the catalog
+    final_eval_users: int = 20_000
     logger: str = "csv"  # "csv" | "tensorboard"
     progress_bar: bool = True
 
@@ -173,6 +176,7 @@ class TrainConfig:
             "weight_decay",
             "num_workers",
             "limit_val_users",
+            "final_eval_users",
             "max_minutes",
             "lr_patience",
             "sequence_targets",

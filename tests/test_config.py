@@ -22,6 +22,8 @@ def test_shipped_configs_load(path: Path) -> None:
         ("[model]\ndimm = 3\n", "[model] dimm: unknown key"),
         ("[model]\ndim = -3\n", "[model] dim: must be > 0, got -3"),
         ("[train]\nlr = 'fast'\n", "[train] lr: expected float, got 'fast'"),
+        ("[train]\nfinal_eval_users = -1\n", "[train] final_eval_users: must be >= 0, got -1"),
+        ("[train]\nprecision = 'fp8'\n", "[train] precision: 'fp8' is not one of"),
         ("[data]\nsplit = 'random'\n", "[data] split: 'random' is not one of"),
         ("[data]\npositive_events = { like = 1.0 }\n", "[data] positive_events.like: not an"),
         ("[serving]\nport = 1\n", "unknown section(s) ['serving']"),

@@ -288,7 +288,8 @@ def _write_metrics(
     meter: ThroughputMeter,
 ) -> None:
     """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
-    20,000 sampled users), beside the popularity baseline, and how training went."""
+    ``[train] final_eval_users`` sampled users), beside the popularity baseline, and how
+    training went."""
     from tailored.train.evaluate import LoadedRun, evaluate
 
     model.eval()
@@ -300,7 +301,13 @@ def _write_metrics(
         "train_seconds": meter.seconds,
     }
     for split in ("valid", "test"):
-        r = evaluate(run, split=split, history="all", max_users=20_000, seed=cfg.train.seed)
+        r = evaluate(
+            run,
+            split=split,
+            history="all",
+            max_users=cfg.train.final_eval_users,
+            seed=cfg.train.seed,
+        )
         report[split] = {
             "users": r["users"],
             "metrics": r["metrics"],
