@@ -124,17 +124,35 @@ def tolerant_recall(
 
     ``found``: int64 ``[B, k]`` ids from the index (-1 padded); ``truth_scores``: float
     ``[B, k]`` exact top-k scores (-inf padded); ``vectors``/``ids``: the catalog."""
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
+    return _tolerant(found, truth_scores, vectors, _IdRows(ids), queries, epsilon)
+
+
+class _IdRows:
+    """Catalog ids -> rows, sorted once (tuning measures recall many times)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(self.sorted, ids), 0, len(self.sorted) - 1)
+        return self.order[pos[self.sorted[pos] == ids]]
+
+
+def _tolerant(
+    found: np.ndarray,
+    truth_scores: np.ndarray,
+    vectors: np.ndarray,
+    rows_of: _IdRows,
+    queries: np.ndarray,
+    epsilon: float = RECALL_EPSILON,
+) -> float:
     hits, total = 0, 0
     for q, got, want in zip(queries, found, truth_scores, strict=True):
         want = want[np.isfinite(want)]
         if not want.size:
             continue
-        got = got[got >= 0]
-        pos = np.clip(np.searchsorted(sorted_ids, got), 0, len(ids) - 1)
-        rows = order[pos[sorted_ids[pos] == got]]
-        scores = vectors[rows] @ q
+        scores = vectors[rows_of(got[got >= 0])] @ q
         hits += min(int((scores >= want[-1] - epsilon).sum()), want.size)
         total += want.size
     return hits / total if total else 1.0
@@ -236,10 +254,10 @@ def build_index(
         exact.build(vectors, ids)
         truth_scores, truth = exact.search(sample_queries, k)
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids64 = np.asarray(ids, dtype=np.int64)
+        rows_of = _IdRows(np.asarray(ids, dtype=np.int64))
 
         def tolerant(found: np.ndarray) -> float:
-            return tolerant_recall(found, truth_scores, vecs, ids64, sample_queries)
+            return _tolerant(found, truth_scores, vecs, rows_of, sample_queries)
 
         if target_recall is not None:
             _tune(index, sample_queries, tolerant, k, target_recall)
