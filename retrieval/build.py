@@ -454,7 +454,9 @@ def build_bundle(
             "holdout_ndcg@10": result.holdout_ndcg10,
             "holdout_retrieval_ndcg@10": result.holdout_retrieval_ndcg10,
             "epochs": result.epochs,
+            "members": len(result.epochs),
             "requests": len(requests.users),
+            "lists_per_user": src.cfg.ranker.lists_per_user,
             "candidates": src.cfg.ranker.candidates,
         }
 

@@ -216,11 +216,25 @@ class RankerConfig:
     patience: int = 4  # early stopping on the held-out requests' ndcg@10
     holdout: float = 0.2  # share of the training requests held out for early stopping
     max_users: int = 20_000  # training requests at most (sampled, seeded)
+    # requests per user: the first when their validation period began, then when 1/n, 2/n...
+    # of it had passed (those items joined the history), each labelled by the rest
+    lists_per_user: int = 1
+    # rankers averaged: each holds out another of this many disjoint folds of the users (and
+    # stops early on it); 1 = one ranker with ``holdout`` of the users held out. Serving runs
+    # every member, so a request's ranking costs about this many times more
+    ensemble: int = 1
 
     def validate(self) -> None:
         for name in ("candidates", "cross_layers", "hidden", "feature_dim", "batch_users"):
             _positive("ranker", name, getattr(self, name))
-        for name in ("lr", "max_epochs", "patience", "max_users"):
+        for name in (
+            "lr",
+            "max_epochs",
+            "patience",
+            "max_users",
+            "lists_per_user",
+            "ensemble",
+        ):
             _positive("ranker", name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"[ranker] dropout: must be in [0, 1), got {self.dropout}")

@@ -25,7 +25,16 @@ from tailored.train.evaluate_bundle import evaluate_bundle
 from tailored.train.run import train
 from tests.test_train import small_config
 
-RANKER = {"max_epochs": 2, "candidates": 50, "max_users": 400, "hidden": 32, "patience": 1}
+# two members, two lists per user: the ensemble goes through export, bundle and evaluation
+RANKER = {
+    "max_epochs": 2,
+    "candidates": 50,
+    "max_users": 400,
+    "hidden": 32,
+    "patience": 1,
+    "ensemble": 2,
+    "lists_per_user": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +75,9 @@ def test_a_bundle_holds_everything_and_verifies(built: tuple[Path, Path, BuildRe
     m = manifest.metrics
     assert m["user_tower_onnx_max_abs_diff"] <= 1e-4
     assert m["ranker"]["onnx_max_abs_diff"] <= 1e-4
+    assert m["ranker"]["members"] == 2 and len(m["ranker"]["epochs"]) == 2
+    # 400 users with validation items, and a second list for most of them
+    assert 400 < m["ranker"]["requests"] <= 800
     assert m["index"]["kind"] == "exact"  # 1,682 items: exact search is cheapest
     assert m["refresh"]["new_items"] == 0 and m["refresh"]["items_per_second"] > 0
     assert m["two_tower"]["test"]["metrics"]["ndcg@10"] > 0

@@ -11,8 +11,9 @@ import torch
 from tailored.config import RankerConfig
 from tailored.data.features import FeatureTable
 from tailored.data.ranking_features import DENSE_FEATURES
+from tailored.errors import TailoredError
 from tailored.train.export import export_ranker, max_abs_diff
-from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerSpec
+from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
 from tailored.train.ranker_data import Requests
 from tailored.train.ranker_task import RankerTables, list_ndcg, train_ranker
 
@@ -121,3 +122,85 @@ def test_ranker_output_shape(rows: int) -> None:
     b = tables.batch(req)
     out = Ranker(_spec()).eval()(*(b[k] for k in RANKER_INPUTS))
     assert out.shape == (rows,)
+
+
+def test_an_ensemble_holds_out_disjoint_folds_and_exports_as_one_graph(tmp_path: Path) -> None:
+    tables, req = _planted(n_req=300)
+    # each user gives two requests: the folds must keep a user's requests on one side
+    req = Requests(*(np.concatenate([getattr(req, f)] * 2) for f in req.__dataclass_fields__))
+    cfg = RankerConfig(max_epochs=8, patience=2, batch_users=32, lr=3e-3, ensemble=3)
+    result = train_ranker(_spec(), cfg, tables, req, seed=0, progress_bar=False)
+    assert isinstance(result.model, RankerEnsemble)
+    assert len(result.model.members) == 3 and len(result.epochs) == 3
+    # the members differ (each fitted on other users), and the ensemble is their mean
+    b = tables.batch(req.take(np.arange(4)))
+    inputs = tuple(b[k] for k in RANKER_INPUTS)
+    with torch.no_grad():
+        each = torch.stack([m(*inputs) for m in result.model.members])
+        assert not torch.allclose(each[0], each[1])
+        torch.testing.assert_close(result.model(*inputs), each.mean(0))
+    # the out-of-fold figure: every request scored by the member that did not see it
+    assert result.holdout_ndcg10 > result.holdout_retrieval_ndcg10 + 0.3
+    path = export_ranker(result.model, b, tmp_path / "ranker.onnx")
+    rows = tables.batch(req.take(np.arange(4, 30)))
+    assert max_abs_diff(result.model, path, {k: rows[k].numpy() for k in RANKER_INPUTS}) <= 1e-4
+
+
+def test_an_ensemble_needs_as_many_users_as_members() -> None:
+    tables, req = _planted(n_req=2)
+    cfg = RankerConfig(max_epochs=1, ensemble=3)
+    with pytest.raises(TailoredError, match="ensemble = 3: only 2 users"):
+        train_ranker(_spec(), cfg, tables, req, seed=0, progress_bar=False)
+
+
+def test_requests_with_a_prefix_move_target_events_into_the_history(movielens_dir: Path) -> None:
+    """One user, three requests: at the start of their validation period, after one and after
+    two of its events; each later request excludes what joined the history and is labelled
+    by what is left (real MovieLens-100k, exact retrieval over random vectors)."""
+    from tailored.data.splits import TRAIN, VALID
+    from tailored.train.ranker_data import build_requests, exact_retriever
+    from tailored.train.run import load_data
+    from tests.test_train import small_config
+
+    data = load_data(small_config(movielens_dir))
+    valid = data.split == VALID
+    n_valid = np.bincount(data.user[valid], minlength=data.n_users)
+    user = int(np.flatnonzero(n_valid >= 4)[0])
+    v_items = data.item[valid & (data.user == user)].astype(np.int64)
+    v_times = data.timestamp[valid & (data.user == user)]
+    rng = np.random.default_rng(0)
+    item_emb = rng.normal(size=(data.n_items + 1, 8)).astype(np.float32)
+    users = np.full(3, user)
+    req = build_requests(
+        data,
+        users,
+        rng.normal(size=(3, 8)).astype(np.float32),
+        exact_retriever(item_emb),
+        item_emb=item_emb,
+        history_splits=(TRAIN,),
+        target=VALID,
+        n_candidates=data.n_items,  # every item not in the history is a candidate
+        prefix=np.array([0, 1, 2]),
+    )
+    train_items = data.item[(data.split == TRAIN) & (data.user == user)]
+    for row, p in enumerate([0, 1, 2]):
+        cands = set(req.candidates[row][req.candidates[row] > 0].tolist())
+        assert not cands & set(train_items.tolist())
+        assert not cands & set(v_items[:p].tolist())  # moved into the history
+        assert set(v_items[p:].tolist()) <= cands
+        positives = set(req.candidates[row][req.labels[row] > 0].tolist())
+        assert positives == set(v_items[p:].tolist())
+        assert req.n_relevant[row] == len(v_items) - p
+        assert req.now[row] == v_times[p]
+    with pytest.raises(ValueError, match="prefix"):
+        build_requests(
+            data,
+            users[:1],
+            np.zeros((1, 8), np.float32),
+            exact_retriever(item_emb),
+            item_emb=item_emb,
+            history_splits=(TRAIN,),
+            target=VALID,
+            n_candidates=10,
+            prefix=np.array([len(v_items)]),  # nothing would be left to label it
+        )

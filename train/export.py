@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tailored.train.model import TwoTower
-from tailored.train.ranker import RANKER_INPUTS, Ranker
+from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerEnsemble
 
 __all__ = [
     "USER_TOWER_INPUTS",
@@ -137,7 +137,7 @@ def export_user_tower(model: TwoTower, history_length: int, path: Path) -> Path:
     return export_onnx(UserTowerServing(model).cpu(), example, USER_TOWER_INPUTS, "user_emb", path)
 
 
-def export_ranker(ranker: Ranker, example: dict[str, Tensor], path: Path) -> Path:
+def export_ranker(ranker: Ranker | RankerEnsemble, example: dict[str, Tensor], path: Path) -> Path:
     """The ranker as ONNX (inputs :data:`RANKER_INPUTS`, output ``score`` [B])."""
     args = tuple(example[name] for name in RANKER_INPUTS)
     return export_onnx(ranker.cpu(), args, RANKER_INPUTS, "score", path)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from tailored.train.model import FeatureBlock
 
-__all__ = ["RANKER_INPUTS", "CrossNetwork", "Ranker", "RankerSpec"]
+__all__ = ["RANKER_INPUTS", "CrossNetwork", "Ranker", "RankerEnsemble", "RankerSpec"]
 
 # names and order of the ranker's inputs (the ONNX graph's input names)
 RANKER_INPUTS = (
@@ -138,3 +138,30 @@ class Ranker(nn.Module):
         # which measured worse than the standardised features alone
         x0 = torch.cat(parts, dim=-1)
         return self.deep(self.cross(x0)).squeeze(-1)
+
+
+class RankerEnsemble(nn.Module):
+    """Several :class:`Ranker` of one spec, each fitted with another part of the requests held
+    out; their logits averaged. Same inputs and output, so it exports as one ONNX graph."""
+
+    def __init__(self, members: list[Ranker]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one ranker")
+        self.members = nn.ModuleList(members)
+        self.spec = members[0].spec
+
+    def forward(  # the inputs named one by one: the ONNX export maps its axes by name
+        self,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        item_cat: Tensor,
+        item_multi: Tensor,
+        item_num: Tensor,
+        dense: Tensor,
+        user_emb: Tensor,
+        item_emb: Tensor,
+    ) -> Tensor:
+        inputs = (user_cat, user_num, context, item_cat, item_multi, item_num, dense)
+        return torch.stack([m(*inputs, user_emb, item_emb) for m in self.members]).mean(0)

@@ -87,11 +87,17 @@ def build_requests(
     n_candidates: int,
     batch: int = 512,
     seed: int = 0,
+    prefix: np.ndarray | None = None,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
     history; item activity counts the ``history_splits`` events of all users before ``now``,
     and co-occurrence the ``history_splits`` events. ``item_emb`` [N+1, D] item embeddings.
+
+    ``prefix`` int [R] (default 0): a request's first ``prefix`` target-split events are
+    moved into its history (the embeddings must have been made with them), so one user
+    gives several requests, each made when the next of their target events happened and
+    labelled by the rest; every row needs at least one target event left.
     """
     h_items, h_times, h_off = _with_times(data, history_splits)
     t_items, t_times, t_off = _with_times(data, (target,))
@@ -101,31 +107,44 @@ def build_requests(
     tags = item_tags(data.items)
     users = np.asarray(users, np.int64)
     r = len(users)
+    pre = np.zeros(r, np.int64) if prefix is None else np.asarray(prefix, np.int64)
+    t_start = t_off[users] + pre
+    if len(pre) != r or (pre < 0).any() or (t_start >= t_off[users + 1]).any():
+        raise ValueError("prefix: needs one value per user, each leaving a target event")
+
+    def history(row: int) -> tuple[np.ndarray, np.ndarray]:
+        u = users[row]
+        moved = slice(t_off[u], t_start[row])
+        h = slice(h_off[u], h_off[u + 1])
+        if pre[row] == 0:
+            return h_items[h], h_times[h]
+        return np.r_[h_items[h], t_items[moved]], np.r_[h_times[h], t_times[moved]]
+
+    histories = [history(row) for row in range(r)]
     cands = np.zeros((r, n_candidates), np.int64)
     scores = np.full((r, n_candidates), -np.inf, np.float32)
     for start in range(0, r, batch):
-        u = users[start : start + batch]
-        excl = [h_items[h_off[x] : h_off[x + 1]] for x in u]
+        excl = [histories[row][0] for row in range(start, min(start + batch, r))]
         s, ids = retrieve(user_emb[start : start + batch], excl, n_candidates)
-        cands[start : start + len(u), : ids.shape[1]] = ids
-        scores[start : start + len(u), : s.shape[1]] = s
+        cands[start : start + len(excl), : ids.shape[1]] = ids
+        scores[start : start + len(excl), : s.shape[1]] = s
     scores = np.where(cands > 0, scores, 0.0).astype(np.float32)
-    now = t_times[t_off[users]]
+    now = t_times[t_start]
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
-    n_rel = (t_off[users + 1] - t_off[users]).astype(np.int64)
+    n_rel = (t_off[users + 1] - t_start).astype(np.int64)
     for row, u in enumerate(users):
-        hist = slice(h_off[u], h_off[u + 1])
+        items, times = histories[row]
         dense[row] = dense_features(
             candidates=cands[row],
             scores=scores[row],
-            history=h_items[hist],
-            history_times=h_times[hist],
+            history=items,
+            history_times=times,
             now=float(now[row]),
             tags=tags,
             activity=activity,
             neighbors=neighbors,
             item_emb=item_emb,
         )
-        labels[row] = np.isin(cands[row], t_items[t_off[u] : t_off[u + 1]]) & (cands[row] > 0)
+        labels[row] = np.isin(cands[row], t_items[t_start[row] : t_off[u + 1]]) & (cands[row] > 0)
     return Requests(users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel)

@@ -15,7 +15,7 @@ from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import DENSE_FEATURES
 from tailored.data.splits import TRAIN, VALID
-from tailored.train.datamodule import TwoTowerDataModule
+from tailored.train.datamodule import TwoTowerDataModule, UserHistory
 from tailored.train.evaluate import LoadedRun
 from tailored.train.ranker import RankerSpec
 from tailored.train.ranker_data import Requests, build_requests, exact_retriever
@@ -53,16 +53,51 @@ def ranker_tables(data: Interactions, item_emb: np.ndarray) -> RankerTables:
 
 @torch.no_grad()
 def run_user_embeddings(
-    run: LoadedRun, users: np.ndarray, history_splits: tuple[int, ...], batch: int = 1024
+    run: LoadedRun,
+    users: np.ndarray,
+    history_splits: tuple[int, ...],
+    batch: int = 1024,
+    *,
+    prefix: np.ndarray | None = None,
+    prefix_split: int = VALID,
 ) -> np.ndarray:
-    """The run's user embeddings of ``users`` from their ``history_splits`` items, [R, D]."""
+    """The run's user embeddings of ``users`` from their ``history_splits`` items, [R, D];
+    with ``prefix`` int [R], each history continues with that many of the user's first
+    ``prefix_split`` items."""
     m = run.cfg.model
     dm = TwoTowerDataModule(
         run.data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
     out = [np.zeros((0, m.dim), np.float32)]
-    for b in dm.eval_loader(users, history_splits=history_splits, target=TRAIN, batch_size=batch):
-        emb = run.model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
+    if prefix is None:
+        loader = dm.eval_loader(
+            users, history_splits=history_splits, target=TRAIN, batch_size=batch
+        )
+        for b in loader:
+            emb = run.model.user_embeddings(
+                b.user_hash, b.user_cat, b.user_num, b.context, b.history
+            )
+            out.append(emb.float().numpy())
+        return np.concatenate(out)
+    hist = UserHistory.of(run.data, history_splits)
+    moved = UserHistory.of(run.data, (prefix_split,))
+    length = m.history_length
+    for start in range(0, len(users), batch):
+        u = np.asarray(users[start : start + batch], np.int64)
+        windows = np.zeros((len(u), length), np.int64)
+        for i, (x, p) in enumerate(zip(u, prefix[start : start + batch], strict=True)):
+            items = np.r_[
+                hist.items[hist.offsets[x] : hist.offsets[x + 1]],
+                moved.items[moved.offsets[x] : moved.offsets[x] + p],
+            ][-length:]
+            windows[i, length - len(items) :] = items
+        emb = run.model.user_embeddings(
+            torch.from_numpy(dm.user_hash[u]),
+            torch.from_numpy(run.data.users.categorical[u]),
+            torch.from_numpy(run.data.users.numeric[u]),
+            torch.zeros((len(u), run.data.context.shape[1]), dtype=torch.long),
+            torch.from_numpy(windows),
+        )
         out.append(emb.float().numpy())
     return np.concatenate(out)
 
@@ -71,15 +106,29 @@ def training_requests(
     run: LoadedRun, item_emb: np.ndarray, cfg: RankerConfig, seed: int
 ) -> Requests:
     """Retrieval's top-``cfg.candidates`` from training histories, labelled by the validation
-    items, for at most ``cfg.max_users`` users with validation items (sampled, seeded)."""
+    items, for at most ``cfg.max_users`` users with validation items (sampled, seeded).
+
+    With ``cfg.lists_per_user`` n > 1, a user also gives the requests made when their
+    validation period was 1/n, 2/n... through (those items joined the history; the rest
+    label it), where that leaves an item: more lists from the same honest period."""
     data = run.data
     users = np.unique(data.user[data.split == VALID])
     if len(users) > cfg.max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, cfg.max_users, replace=False))
-    emb = run_user_embeddings(run, users, (TRAIN,))
+    n_valid = np.bincount(data.user[data.split == VALID], minlength=data.n_users)[users]
+    cuts = [(users, np.zeros(len(users), np.int64))]
+    for j in range(1, cfg.lists_per_user):
+        p = (n_valid * j) // cfg.lists_per_user
+        keep = (p > 0) & (p < n_valid)
+        cuts.append((users[keep], p[keep]))
+    req_users = np.concatenate([u for u, _ in cuts])
+    prefix = np.concatenate([p for _, p in cuts])
+    emb = run_user_embeddings(
+        run, req_users, (TRAIN,), prefix=prefix if cfg.lists_per_user > 1 else None
+    )
     return build_requests(
         data,
-        users,
+        req_users,
         emb,
         exact_retriever(item_emb),
         item_emb=item_emb,
@@ -87,6 +136,7 @@ def training_requests(
         target=VALID,
         n_candidates=cfg.candidates,
         seed=seed,
+        prefix=prefix,
     )
 
 
