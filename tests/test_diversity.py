@@ -31,3 +31,23 @@ def test_category_cap_keeps_at_most_cap_per_value_then_fills() -> None:
     assert category_cap(scores, cats, 4, cap=2).tolist() == [0, 1, 3, 4]
     # too few left under the cap: the best of the rest fill the page
     assert category_cap(scores, cats, 5, cap=1).tolist() == [0, 3, 4, 1, 2]
+
+
+def test_mmr_matches_the_definition_on_random_candidates() -> None:
+    """Against a direct reading of the definition (all pairwise cosines, argmax per step)."""
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        c, k, lam = int(rng.integers(1, 60)), int(rng.integers(1, 15)), float(rng.uniform(0, 1))
+        emb = rng.normal(size=(c, 8)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        scores = rng.normal(size=c).astype(np.float32)
+        span = scores.max() - scores.min()
+        rel = (scores - scores.min()) / span if span > 0 else np.ones(c)
+        sims = emb.astype(np.float64) @ emb.T.astype(np.float64)
+        want: list[int] = []
+        for _ in range(min(k, c)):
+            red = sims[:, want].max(1) if want else np.zeros(c)
+            gain = lam * rel - (1 - lam) * red
+            gain[want] = -np.inf
+            want.append(int(np.argmax(gain)))
+        assert mmr(scores, emb, k, lam).tolist() == want, trial
