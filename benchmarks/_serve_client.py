@@ -114,14 +114,20 @@ def _recommend(conn: Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     from tailored.serve.v1 import personalization_pb2 as pb
     from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(cmd["target"])
-    grpc.channel_ready_future(channel).result(timeout=30)
-    stub = pb_grpc.PersonalizationStub(channel)
+    # connections > 1: that many connections (gRPC otherwise shares one per target), thread t
+    # on connection t % n, as many site front-ends would; a server of several processes
+    # gets each connection to one of them
+    n_conn = max(1, int(cmd.get("connections", 1)))
+    options = [("grpc.use_local_subchannel_pool", 1)] if n_conn > 1 else []
+    channels = [grpc.insecure_channel(cmd["target"], options=options) for _ in range(n_conn)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    stubs = [pb_grpc.PersonalizationStub(channel) for channel in channels]
     users, k, surface = cmd["users"], cmd["k"], cmd.get("surface", "home")
 
     def call(rng: random.Random, t: int) -> tuple[int, str]:
         req = pb.RecommendRequest(user_id=rng.choice(users), k=k, surface=surface)
-        resp = stub.Recommend(req, timeout=_CALL_TIMEOUT)
+        resp = stubs[t % n_conn].Recommend(req, timeout=_CALL_TIMEOUT)
         return 1, f"{resp.strategy}:{resp.bundle_version}" if cmd.get(
             "tag_version"
         ) else resp.strategy
@@ -129,7 +135,8 @@ def _recommend(conn: Connection, cmd: dict[str, Any]) -> dict[str, Any]:
     try:
         return _Loop(conn, cmd["concurrency"], cmd["seconds"], cmd["warmup"]).run(call)
     finally:
-        channel.close()
+        for channel in channels:
+            channel.close()
 
 
 def _track(conn: Connection, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rebuild", action="store_true", help="build the cached bundle again")
     p.add_argument("--smoke", action="store_true", help="small catalog, 1-2 s phases")
     p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="recommend phase: connections per client (at most one per thread); a server of "
+        "several processes ([serve] processes) gets each connection to one of them",
+    )
+    p.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -187,6 +194,7 @@ def _recommend_phase(
                     warmup=a.warmup,
                     users=pools["recommend"],
                     k=a.k,
+                    connections=min(conc, a.connections),
                 )
             row["qps_fraction_of_noop"] = round(row["tailored"]["qps"] / row["noop"]["qps"], 3)
             runs[str(conc)] = row

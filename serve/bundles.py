@@ -72,10 +72,12 @@ def apply_search_params(index: ItemIndex, params: Mapping[str, int]) -> None:
 class LiveBundle:
     """The current :class:`Recommender` and the means to replace it."""
 
-    def __init__(self, path: Path, cfg: ServeConfig) -> None:
+    def __init__(self, path: Path, cfg: ServeConfig, *, watch_root: Path | None = None) -> None:
+        """Serve ``path`` (a version, or a root: its latest); ``watch_root`` (default
+        ``path``) is where :meth:`watch` and a reload without a path look for versions."""
         self.cfg = cfg
-        self.source = Path(path)
-        self.current = load_recommender(self.source, cfg)
+        self.source = Path(watch_root if watch_root is not None else path)
+        self.current = load_recommender(Path(path), cfg)
         self.reloads = 0
         self.failed_reloads = 0
         self._lock = threading.Lock()  # one load at a time; requests never take it

@@ -58,8 +58,19 @@ def event_type(name: str) -> int:
 
 
 class Client:
-    def __init__(self, target: str, *, token: str | None = None, timeout: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        own_connection: bool = False,
+    ) -> None:
+        # gRPC shares one connection among a process's channels to one target; with
+        # ``own_connection`` this client opens its own (a server of several processes gives
+        # each connection to one of them)
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        self.channel = grpc.insecure_channel(target, options=options)
         self.personalization = pb_grpc.PersonalizationStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
         self.timeout = timeout

@@ -40,6 +40,8 @@ class ServerMetrics:
             "The bundle being served (1 for the current version)",
             ["version"],
             registry=self.registry,
+            # several processes ([serve] processes): the number of live ones serving it
+            multiprocess_mode="livesum",
         )
         self.reloads = Counter(
             "tailored_bundle_reloads",
@@ -55,6 +57,8 @@ class ServerMetrics:
 
     def set_bundle(self, version: str) -> None:
         if self._version is not None:
+            # 0 first: in multiprocess mode the value lives in a file that remove() leaves
+            self.bundle.labels(self._version).set(0)
             self.bundle.remove(self._version)
         self.bundle.labels(version).set(1)
         self._version = version

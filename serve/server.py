@@ -38,6 +38,7 @@ from tailored.serve.recommender import Request, RequestError
 from tailored.serve.state import PERSONALIZATION, OnlineState, StateError
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
+from tailored.serve.workers import Siblings
 
 __all__ = ["SERVICE_NAMES", "Service", "create_server"]
 
@@ -69,8 +70,10 @@ class Service:
         *,
         admin_token: str | None = None,
         metrics: ServerMetrics | None = None,
+        siblings: Siblings | None = None,
     ) -> None:
         self.bundle = bundle
+        self.siblings = siblings  # the other processes on this address, if any
         self.state = state
         self.pseudonym = pseudonymizer
         self.cfg = cfg
@@ -245,6 +248,17 @@ class _Admin(pb_grpc.AdminServicer):
             ) from e
         s.metrics.reloads.labels("loaded").inc()
         s.metrics.set_bundle(new)
+        if s.siblings is not None:  # every process serves it before the call returns
+            behind = s.siblings.broadcast(
+                s.bundle.current.two.manifest.path, s.cfg.reload_wait_seconds
+            )
+            if behind:
+                raise _Abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"bundle {new} is served by worker {s.siblings.me.index}, but worker(s) "
+                    f"{behind} did not follow within {s.cfg.reload_wait_seconds:.0f} s "
+                    "(see their logs); call again to retry",
+                )
         return pb.ReloadBundleResponse(
             bundle_version=new, previous_version=old, load_seconds=seconds
         )
@@ -266,6 +280,9 @@ class _Admin(pb_grpc.AdminServicer):
             reloads=s.bundle.reloads,
             failed_reloads=s.bundle.failed_reloads,
             surfaces=list(s.cfg.surfaces),
+            worker=s.siblings.me.index if s.siblings is not None else 0,
+            workers=s.siblings.me.count if s.siblings is not None else 1,
+            pid=os.getpid(),
         )
 
     @_rpc("SetItemAvailability")

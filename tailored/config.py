@@ -303,7 +303,12 @@ class ServeConfig:
     admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
     state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
     # under $TAILORED_HOME/serve)
-    workers: int = 8  # threads answering RPCs
+    workers: int = 8  # threads answering RPCs (per process)
+    # server processes on one address (SO_REUSEPORT): one Python process answers with one core
+    # at a time, so a machine with spare cores serves more with several
+    processes: int = 1
+    # ReloadBundle with several processes: seconds to wait for every process to follow
+    reload_wait_seconds: float = 600.0
     max_concurrent_rpcs: int = 64  # beyond this, RESOURCE_EXHAUSTED instead of a queue
     max_events_per_track: int = 1000
     watch_seconds: float = 5.0  # poll a bundles directory for new versions (0 = never)
@@ -321,7 +326,14 @@ class ServeConfig:
         object.__setattr__(self, "surfaces", tuple(self.surfaces))
         if not self.surfaces or not all(isinstance(x, str) and x for x in self.surfaces):
             raise ConfigError("[serve] surfaces: name at least one, as non-empty strings")
-        for name in ("max_k", "candidates", "cap_per_value", "history_events", "workers"):
+        for name in (
+            "max_k",
+            "candidates",
+            "cap_per_value",
+            "history_events",
+            "workers",
+            "processes",
+        ):
             _positive("serve", name, getattr(self, name))
         for name in ("max_concurrent_rpcs", "max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
@@ -341,6 +353,10 @@ class ServeConfig:
                 raise ConfigError(
                     f"[serve] index_search.{name}: must be a positive integer, got {value!r}"
                 )
+        if not self.reload_wait_seconds > 0:
+            raise ConfigError(
+                f"[serve] reload_wait_seconds: must be > 0, got {self.reload_wait_seconds}"
+            )
         if self.watch_seconds < 0:
             raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
         return self

@@ -9,9 +9,12 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tailored.errors import TailoredError
+
+if TYPE_CHECKING:
+    from tailored.serve.workers import WorkerInfo
 
 __all__ = ["register_serve"]
 
@@ -45,7 +48,24 @@ def _add_serve(sub: Sub) -> None:
     p.add_argument("--no-watch", action="store_true", help="do not watch for new versions")
     p.add_argument("--clock", choices=["wall", "bundle"], help="override [serve] clock")
     p.add_argument("--key-file", type=Path, help="pseudonymization key (default: as for data)")
+    # set by the supervisor of [serve] processes > 1 for each of its workers
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--control", type=Path, help=argparse.SUPPRESS)
     p.set_defaults(handler=_serve)
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The supervisor's own options, as its workers get them (not host, port, metrics)."""
+    out = [str(args.bundle)]
+    for flag, value in (
+        ("--config", args.config),
+        ("--state", args.state),
+        ("--clock", args.clock),
+        ("--key-file", args.key_file),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--no-watch"] if args.no_watch else [])
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,28 +76,69 @@ def _serve(args: argparse.Namespace) -> int:
     from tailored.serve.client import serving_line
     from tailored.serve.server import Service, create_server
     from tailored.serve.state import open_state
+    from tailored.serve.workers import Control, Siblings
 
     cfg = load_serve_config(args.config, overrides={"state": args.state, "clock": args.clock})
     key = load_key(args.key_file, create=False)
-    bundle = LiveBundle(args.bundle, cfg)
+    if cfg.processes > 1 and args.worker is None:
+        from tailored.serve.workers import supervise
+
+        return supervise(
+            _worker_args(args),
+            processes=cfg.processes,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            verbose=args.verbose,
+        )
+    worker = _worker(args)
+    source = args.bundle
+    if worker is not None:  # a restarted worker serves what its siblings were asked to
+        request = Control(args.control).reload_request()
+        source = request[1] if request is not None else source
+    bundle = LiveBundle(source, cfg, watch_root=args.bundle)
     state = open_state(cfg.state or str(tailored_home() / "serve" / "state.db"))
-    service = Service(bundle, state, Pseudonymizer(key), cfg)
+    stop = threading.Event()
+    siblings = (
+        Siblings(Control(args.control), worker, bundle, state.backend, on_orphaned=stop.set)
+        if worker
+        else None
+    )
+    service = Service(bundle, state, Pseudonymizer(key), cfg, siblings=siblings)
     server, port = create_server(f"{args.host}:{args.port}", service)
     if args.metrics_port >= 0:
         _, mport = service.metrics.serve_http(args.metrics_port, args.host)
         _log.info("metrics on http://%s:%d/metrics", args.host, mport)
     if not args.no_watch and args.bundle.is_dir() and not (args.bundle / "manifest.json").exists():
         bundle.watch(cfg.watch_seconds)
-    server.start()
-    two = bundle.current.two
-    print(serving_line(two.version, two.n_items, args.host, port, state.backend), flush=True)
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    two = bundle.current.two
+    if siblings is not None:
+        siblings.start()  # the supervisor prints the serving line once all are ready
+    else:
+        print(serving_line(two.version, two.n_items, args.host, port, state.backend), flush=True)
     stop.wait()
     server.stop(grace=5).wait()
+    if siblings is not None:
+        siblings.close()
     service.close()
     return 0
+
+
+def _worker(args: argparse.Namespace) -> WorkerInfo | None:
+    from tailored.serve.workers import WorkerInfo
+
+    if args.worker is None:
+        return None
+    try:
+        index, count = (int(x) for x in args.worker.split("/"))
+    except ValueError:
+        raise TailoredError(f"--worker: expected I/N, got {args.worker!r}") from None
+    if args.control is None or not 0 <= index < count:
+        raise TailoredError(f"--worker {args.worker}: needs --control and 0 <= I < N")
+    return WorkerInfo(index, count)
 
 
 # --- recommend / track --------------------------------------------------------------------------

@@ -56,6 +56,14 @@ def test_serve_config_defaults_validate_and_bad_values_name_the_key() -> None:
         ("diversity", "random", "diversity"),
         ("candidates", 5, r"candidates \(5\) must be >= max_k"),
         ("index_search", {"nprobe": 0}, "index_search.nprobe: must be a positive integer"),
+        ("processes", 0, "processes: must be > 0"),
+        ("reload_wait_seconds", 0, "reload_wait_seconds: must be > 0"),
     ]:
         with pytest.raises(ConfigError, match=words):
             load_serve_config(overrides={key: value})
+
+
+@pytest.mark.parametrize("key", ["lists_per_user", "ensemble"])
+def test_ranker_lists_and_members_must_be_positive(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[ranker\] {key}: must be > 0"):
+        load_config(values={"ranker": {key: 0}})

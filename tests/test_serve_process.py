@@ -209,3 +209,116 @@ print("heavy:", heavy)
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert "heavy: []" in out.stdout, out.stdout + out.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _by_worker(target: str, want: int, tries: int = 200) -> dict[int, Client]:
+    """One connected client per worker process: new channels until each has answered (the
+    kernel spreads new connections over the processes listening on the port)."""
+    clients: dict[int, Client] = {}
+    for _ in range(tries):
+        c = Client(target, token=TOKEN, own_connection=True)
+        worker = c.status().worker
+        if worker in clients:
+            c.close()
+        else:
+            clients[worker] = c
+        if len(clients) == want:
+            return clients
+    for c in clients.values():
+        c.close()
+    raise AssertionError(f"only workers {sorted(clients)} answered in {tries} connections")
+
+
+def test_several_processes_share_one_address_the_state_and_a_reload(
+    serve_bundle: Path, home: Path, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    first = latest_bundle(serve_bundle)
+    assert first is not None
+    root = tmp_path / "bundles"
+    shutil.copytree(first, root / "v000001")
+    shutil.copytree(first, root / "v000002")
+    config = tmp_path / "serve.toml"
+    config.write_text("[serve]\nprocesses = 2\n")
+    metrics_port = _free_port()
+    server = ServerProcess(
+        root / "v000001",
+        *("--config", str(config), "--state", f"sqlite:///{tmp_path / 's.db'}"),
+        *("--metrics-port", str(metrics_port)),
+        home=home,
+    )
+    clients: dict[int, Client] = {}
+    try:
+        assert "(2 processes)" in server.first_line
+        clients = _by_worker(server.target, 2)
+        pids = {w: c.status().pid for w, c in clients.items()}
+        assert len(set(pids.values())) == 2 and server.proc.pid not in pids.values()
+        assert {c.status().workers for c in clients.values()} == {2}
+        # a click through one process changes the next page from the other (one SQLite file)
+        user = f"multi-user-{uuid.uuid4().hex[:8]}"
+        assert clients[1].recommend(user, 5).strategy == "popular"
+        assert clients[0].track([pb.Event(user_id=user, item_id="50", type=pb.CLICK)]).accepted
+        after = clients[1].recommend(user, 10)
+        assert after.strategy == "personalized" and "50" not in {i.item_id for i in after.items}
+        # a reload through one process returns once every process serves the new bundle
+        clients[0].reload(str(root / "v000002"))
+        for c in clients.values():
+            assert c.status().bundle_path == str(root / "v000002")
+        # one Prometheus endpoint for all: both processes' bundle and requests counted
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+        assert 'tailored_bundle_info{version="v000001"} 2.0' in text
+        statuses = re.search(r'tailored_requests_total\{code="OK",method="Status"\} (\S+)', text)
+        assert statuses is not None and float(statuses[1]) >= len(clients) * 3
+        # a worker that dies is started again, on the bundle its siblings were asked to serve
+        os.kill(pids[1], signal.SIGKILL)
+        clients.pop(1).close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                again = _by_worker(server.target, 2, tries=50)
+            except (AssertionError, grpc.RpcError):
+                assert time.monotonic() < deadline, "the killed worker was not restarted"
+                time.sleep(0.5)
+                continue
+            status = again[1].status()
+            for c in again.values():
+                c.close()
+            break
+        assert status.pid != pids[1] and status.bundle_path == str(root / "v000002")
+    finally:
+        for c in clients.values():
+            c.close()
+        out = server.stop()
+    assert server.proc.returncode == 0, out
+    assert user not in out
+
+
+def test_the_workers_stop_when_their_supervisor_is_killed(
+    serve_bundle: Path, home: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text("[serve]\nprocesses = 2\n")
+    server = ServerProcess(
+        serve_bundle,
+        *("--config", str(config), "--state", f"sqlite:///{tmp_path / 's.db'}", "--no-watch"),
+        home=home,
+    )
+    clients = _by_worker(server.target, 2)
+    pids = [c.status().pid for c in clients.values()]
+    for c in clients.values():
+        c.close()
+    server.proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+    server.proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.2)

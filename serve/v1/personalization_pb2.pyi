@@ -157,7 +157,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("bundle_version", "bundle_path", "items", "users", "index_kind", "ranker", "state_backend", "uptime_seconds", "reloads", "failed_reloads", "surfaces")
+    __slots__ = ("bundle_version", "bundle_path", "items", "users", "index_kind", "ranker", "state_backend", "uptime_seconds", "reloads", "failed_reloads", "surfaces", "worker", "workers", "pid")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_PATH_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,9 @@ class StatusResponse(_message.Message):
     RELOADS_FIELD_NUMBER: _ClassVar[int]
     FAILED_RELOADS_FIELD_NUMBER: _ClassVar[int]
     SURFACES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     bundle_path: str
     items: int
@@ -180,7 +183,10 @@ class StatusResponse(_message.Message):
     reloads: int
     failed_reloads: int
     surfaces: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bundle_version: _Optional[str] = ..., bundle_path: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., index_kind: _Optional[str] = ..., ranker: _Optional[bool] = ..., state_backend: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., reloads: _Optional[int] = ..., failed_reloads: _Optional[int] = ..., surfaces: _Optional[_Iterable[str]] = ...) -> None: ...
+    worker: int
+    workers: int
+    pid: int
+    def __init__(self, bundle_version: _Optional[str] = ..., bundle_path: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., index_kind: _Optional[str] = ..., ranker: _Optional[bool] = ..., state_backend: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., reloads: _Optional[int] = ..., failed_reloads: _Optional[int] = ..., surfaces: _Optional[_Iterable[str]] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class SetItemAvailabilityRequest(_message.Message):
     __slots__ = ("item_ids", "available")

@@ -1,0 +1,280 @@
+"""Serving from several processes: ``[serve] processes = N``.
+
+One Python process answers with one core at a time (the GIL), however many threads it runs.
+With N > 1, ``tailored serve`` becomes a supervisor: it starts N worker processes, each a
+whole server (bundle, online state, gRPC) listening on the same address with
+``SO_REUSEPORT``, so that the kernel spreads connections over them. The supervisor prints
+the serving line once every worker is ready, serves the Prometheus metrics of all of them
+(prometheus-client's multiprocess mode), restarts a worker that dies, and stops them all on
+SIGTERM or SIGINT.
+
+The workers share a control directory (:class:`Control`), made by the supervisor:
+
+* ``worker-I.json``: what worker I serves (version, bundle path, pid), rewritten on change;
+* ``reload.json``: the bundle every worker must serve after a ``ReloadBundle``. The worker
+  that receives the call loads the bundle, writes this file, and answers once every worker
+  reports that bundle (:meth:`Siblings.broadcast`); a restarted worker starts from it.
+
+A new version in a watched bundles directory needs no message: every worker watches it.
+The online state is shared as it is between replicas: the SQLite file (WAL, one writer at a
+time, readers never blocked) or Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tailored.errors import TailoredError
+from tailored.serve.bundles import LiveBundle
+
+__all__ = ["Control", "Siblings", "WorkerInfo", "supervise"]
+
+_log = logging.getLogger(__name__)
+_POLL = 0.2  # seconds between looks at the control directory
+_RESTART_PAUSE = 2.0  # seconds before a dead worker is started again
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Atomically: readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    index: int
+    count: int
+
+
+class Control:
+    """The directory the supervisor and its workers share."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def report(self, worker: int, info: dict[str, Any]) -> None:
+        _write_json(self.path / f"worker-{worker}.json", info)
+
+    def reports(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for f in self.path.glob("worker-*.json"):
+            obj = _read_json(f)
+            if obj is not None:
+                out[int(f.stem.split("-", 1)[1])] = obj
+        return out
+
+    def request_reload(self, path: Path) -> str:
+        seq = uuid.uuid4().hex
+        _write_json(self.path / "reload.json", {"seq": seq, "path": str(path)})
+        return seq
+
+    def reload_request(self) -> tuple[str, Path] | None:
+        obj = _read_json(self.path / "reload.json")
+        if obj is None or not isinstance(obj.get("path"), str):
+            return None
+        return str(obj.get("seq", "")), Path(obj["path"])
+
+
+class Siblings:
+    """A worker's side of the control directory: it reports what it serves and follows the
+    bundle a sibling's ``ReloadBundle`` asked for."""
+
+    def __init__(
+        self,
+        control: Control,
+        me: WorkerInfo,
+        bundle: LiveBundle,
+        backend: str,
+        *,
+        on_orphaned: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.control = control
+        self.me = me
+        self.bundle = bundle
+        self.backend = backend
+        self.on_orphaned = on_orphaned  # called once the supervisor is gone (even kill -9)
+        self._parent = os.getppid()
+        self._seen: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reported: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Report ready and follow the control directory from now on."""
+        request = self.control.reload_request()
+        self._seen = request[0] if request is not None else None
+        self._report()
+        self._thread = threading.Thread(target=self._loop, name="siblings", daemon=True)
+        self._thread.start()
+
+    def _report(self) -> None:
+        two = self.bundle.current.two
+        info = {
+            "pid": os.getpid(),
+            "version": two.version,
+            "path": str(two.manifest.path),
+            "items": two.n_items,
+            "backend": self.backend,
+            "ready": True,
+        }
+        if info != self._reported:
+            self.control.report(self.me.index, info)
+            self._reported = info
+
+    def _loop(self) -> None:
+        while not self._stop.wait(_POLL):
+            if os.getppid() != self._parent:
+                _log.error("worker %d: the supervisor is gone; stopping", self.me.index)
+                self.on_orphaned()
+                return
+            request = self.control.reload_request()
+            if request is not None and request[0] != self._seen:
+                self._seen, path = request
+                if path.resolve() != self.bundle.current.two.manifest.path.resolve():
+                    # a refusal is logged by reload; the broadcaster reports who did not follow
+                    with contextlib.suppress(TailoredError, OSError, ValueError):
+                        self.bundle.reload(path)
+            self._report()
+
+    def broadcast(self, path: Path, timeout: float) -> list[int]:
+        """Ask every worker to serve ``path`` (already served here) and wait until they
+        report it; returns the workers that had not within ``timeout`` seconds."""
+        self._seen = self.control.request_reload(path)
+        self._report()
+        want = str(path)
+        deadline = time.monotonic() + timeout
+        while True:
+            reports = self.control.reports()
+            behind = [i for i in range(self.me.count) if reports.get(i, {}).get("path") != want]
+            if not behind or time.monotonic() > deadline:
+                return behind
+            time.sleep(_POLL / 2)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def supervise(
+    worker_args: list[str],
+    *,
+    processes: int,
+    host: str,
+    port: int,
+    metrics_port: int,
+    verbose: bool = False,
+    start_seconds: float = 600.0,
+) -> int:
+    """Run ``processes`` workers (``python -m tailored.cli serve`` with ``worker_args``, the
+    port and their control options) until SIGTERM or SIGINT; returns the exit status."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    from tailored.serve.client import serving_line
+
+    work = Path(tempfile.mkdtemp(prefix="tailored-serve-"))
+    control = Control(work)
+    metrics_dir = work / "metrics"
+    metrics_dir.mkdir()
+    port = port or _free_port(host)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "tailored.cli", *(["-v"] if verbose else [])]
+        cmd += ["serve", *worker_args, "--host", host, "--port", str(port)]
+        cmd += ["--worker", f"{i}/{processes}", "--control", str(work)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    procs = [start(i) for i in range(processes)]
+    try:
+        deadline = time.monotonic() + start_seconds
+        while len([r for r in control.reports().values() if r.get("ready")]) < processes:
+            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+            if dead:
+                raise TailoredError(
+                    f"serve: worker(s) {dead} exited while starting (their errors are above)"
+                )
+            if stop.wait(0.1):
+                return 130
+            if time.monotonic() > deadline:
+                raise TailoredError(f"serve: the workers were not ready in {start_seconds:.0f} s")
+        if metrics_port >= 0:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+            server, _ = start_http_server(metrics_port, addr=host, registry=registry)
+            _log.info(
+                "metrics of %d workers on http://%s:%d/metrics", processes, host, server.server_port
+            )
+        first = control.reports()[0]
+        print(
+            serving_line(first["version"], int(first["items"]), host, port, first["backend"])
+            + f" ({processes} processes)",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            for i, p in enumerate(procs):
+                if p.poll() is None:
+                    continue
+                _log.error(
+                    "serve: worker %d (pid %d) exited with %s; restarting it",
+                    i,
+                    p.pid,
+                    p.returncode,
+                )
+                multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+                if stop.wait(_RESTART_PAUSE):
+                    break
+                procs[i] = start(i)
+        return 0
+    except TailoredError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
