@@ -186,7 +186,7 @@ class Recommender:
 
     def _popular(self, k: int, excluded: set[int], context: np.ndarray) -> Recommendation:
         """The most popular items in the request's context (``context``: codes [K], 0 = not
-        given) where the bundle has them, then overall; score log(1 + positives)."""
+        given) where the bundle has them, then overall; scores descending."""
         ban = np.fromiter(excluded, np.int64, len(excluded))
         rows, counts = (
             self.two.context_popular.top(context)
@@ -202,10 +202,13 @@ class Recommender:
             rows = np.concatenate([rows, top])
             counts = np.concatenate([counts, self.two.activity.table[top, 0]])
             reasons += ["popular right now"] * len(top)
+        # log(1 + positives), never above the score before it: the context's counts and the
+        # overall list's (ordered by recent positives) are not on one scale, the page order is
+        scores = np.minimum.accumulate(np.log1p(np.asarray(counts, np.float64)))
         return Recommendation(
             item_ids=[str(self.two.item_ids[r - 1]) for r in rows],
             titles=self._titles(rows),
-            scores=[float(math.log1p(c)) for c in counts],
+            scores=[float(x) for x in scores],
             reasons=reasons,
             strategy="popular",
         )

@@ -4,6 +4,7 @@ personalization gets the items popular in its own context, then overall."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -154,3 +155,19 @@ def test_lists_follow_the_models_vocabulary_when_the_data_has_changed(
         expected = oracle[("device", value)]
         assert rows[0, code, : len(expected)].tolist() == expected[: rows.shape[2]]
     assert not rows[0, len(model_vocabs["device"]) + 1 :].any()  # no code beyond the vocab
+
+
+def test_a_context_list_that_runs_out_continues_overall_with_descending_scores(
+    synthetic: tuple[Interactions, TwoStage],
+) -> None:
+    data, two = synthetic
+    device = data.context_vocabs["device"][0]
+    full = _ask(two, 1000, surface="nowhere", device=device)
+    in_context = [i for i, r in zip(full.item_ids, full.reasons, strict=True) if "on" in r]
+    # all but the device's two least popular items excluded: those two, then the overall list
+    # (items without a positive on this device, some with many on others)
+    rec = _ask(two, 10, tuple(in_context[:-2]), surface="nowhere", device=device)
+    assert rec.item_ids[:2] == in_context[-2:]
+    assert rec.reasons == [f"popular on {device}"] * 2 + ["popular right now"] * 8
+    assert not set(rec.item_ids[2:]) & set(in_context)
+    assert all(a >= b for a, b in itertools.pairwise(rec.scores)), rec.scores
