@@ -476,7 +476,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         chosen = built.root / a.serve_version
         if not (chosen / "manifest.json").is_file():
             raise SystemExit(f"--serve-version: no committed bundle {chosen}")
-        built = dataclasses.replace(built, versions=(chosen, built.versions[-1]))
+        # the swap phase alternates it with another version: the last, or else the first
+        other = built.versions[-1] if built.versions[-1] != chosen else built.versions[0]
+        built = dataclasses.replace(built, versions=(chosen, other))
     pools = _pools(a.users)
     token = secrets.token_hex(16)
     e = {**env(), "TAILORED_ADMIN_TOKEN": token}
