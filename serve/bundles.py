@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tailored.bundle import latest_bundle, resolve_bundle
@@ -84,15 +84,17 @@ class LiveBundle:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._refused: set[Path] = set()
+        # called with the new version after every swap, whoever asked for it (the metrics)
+        self.on_swap: Callable[[str], None] = lambda version: None
 
     @property
     def version(self) -> str:
         return self.current.two.version
 
-    def reload(self, path: Path | None = None) -> tuple[str, str, float]:
+    def reload(self, path: Path | None = None) -> tuple[str, str, float, Path]:
         """Load ``path`` (default: the latest under the source) and swap it in; returns
-        (new version, previous version, seconds). Raises TailoredError and keeps the current
-        bundle when the new one is bad."""
+        (new version, previous version, seconds, the loaded version's directory). Raises
+        TailoredError and keeps the current bundle when the new one is bad."""
         with self._lock:
             start = time.perf_counter()
             previous = self.version
@@ -106,7 +108,8 @@ class LiveBundle:
             self.reloads += 1
             seconds = time.perf_counter() - start
             _log.info("bundle %s -> %s in %.2f s", previous, rec.two.version, seconds)
-            return rec.two.version, previous, seconds
+            self.on_swap(rec.two.version)
+            return rec.two.version, previous, seconds, rec.two.manifest.path
 
     def watch(self, interval: float) -> None:
         """Poll the source directory every ``interval`` seconds; load new versions."""

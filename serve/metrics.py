@@ -3,6 +3,7 @@ process, as in tests), exposed over HTTP by :meth:`ServerMetrics.serve_http`."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -56,10 +57,13 @@ class ServerMetrics:
         self.latency.labels(method).observe(seconds)
 
     def set_bundle(self, version: str) -> None:
-        if self._version is not None:
-            # 0 first: in multiprocess mode the value lives in a file that remove() leaves
-            self.bundle.labels(self._version).set(0)
-            self.bundle.remove(self._version)
+        if self._version is not None and self._version != version:
+            # several processes: the value lives in a file, which remove() would leave (and
+            # warn): 0 says this process no longer serves it
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                self.bundle.labels(self._version).set(0)
+            else:
+                self.bundle.remove(self._version)
         self.bundle.labels(version).set(1)
         self._version = version
 

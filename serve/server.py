@@ -81,6 +81,7 @@ class Service:
         self.admin_token = token or None
         self.metrics = metrics or ServerMetrics()
         self.metrics.set_bundle(bundle.version)
+        bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
         self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._lock = threading.Lock()
@@ -240,24 +241,22 @@ class _Admin(pb_grpc.AdminServicer):
         self._authorize(context)
         s = self.service
         try:
-            new, old, seconds = s.bundle.reload(Path(request.path) if request.path else None)
+            new, old, seconds, loaded = s.bundle.reload(
+                Path(request.path) if request.path else None
+            )
         except (TailoredError, OSError, ValueError) as e:
             s.metrics.reloads.labels("refused").inc()
             raise _Abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, still serving: {e}"
             ) from e
         s.metrics.reloads.labels("loaded").inc()
-        s.metrics.set_bundle(new)
         if s.siblings is not None:  # every process serves it before the call returns
-            behind = s.siblings.broadcast(
-                s.bundle.current.two.manifest.path, s.cfg.reload_wait_seconds
-            )
+            behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
             if behind:
                 raise _Abort(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"bundle {new} is served by worker {s.siblings.me.index}, but worker(s) "
-                    f"{behind} did not follow within {s.cfg.reload_wait_seconds:.0f} s "
-                    "(see their logs); call again to retry",
+                    f"bundle {new} is served by worker {s.siblings.me.index}, but not by "
+                    f"{'; '.join(behind)}; call again to retry",
                 )
         return pb.ReloadBundleResponse(
             bundle_version=new, previous_version=old, load_seconds=seconds

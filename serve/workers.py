@@ -22,7 +22,6 @@ time, readers never blocked) or Redis.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -43,11 +42,12 @@ from typing import Any
 from tailored.errors import TailoredError
 from tailored.serve.bundles import LiveBundle
 
-__all__ = ["Control", "Siblings", "WorkerInfo", "supervise"]
+__all__ = ["SUPERVISOR_ENV", "Control", "Siblings", "WorkerInfo", "supervise"]
 
 _log = logging.getLogger(__name__)
 _POLL = 0.2  # seconds between looks at the control directory
 _RESTART_PAUSE = 2.0  # seconds before a dead worker is started again
+SUPERVISOR_ENV = "TAILORED_SUPERVISOR_PID"  # a worker's supervisor, whose end it watches
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -102,7 +102,11 @@ class Control:
 
 class Siblings:
     """A worker's side of the control directory: it reports what it serves and follows the
-    bundle a sibling's ``ReloadBundle`` asked for."""
+    bundle a sibling's ``ReloadBundle`` asked for.
+
+    ``loaded_seq`` is the reload request this worker started from (a restarted worker), so
+    that a later one is still followed; ``supervisor`` the supervisor's pid (default: the
+    parent's), watched so that the worker stops when it is gone."""
 
     def __init__(
         self,
@@ -111,6 +115,8 @@ class Siblings:
         bundle: LiveBundle,
         backend: str,
         *,
+        loaded_seq: str | None = None,
+        supervisor: int | None = None,
         on_orphaned: Callable[[], None] = lambda: None,
     ) -> None:
         self.control = control
@@ -118,16 +124,16 @@ class Siblings:
         self.bundle = bundle
         self.backend = backend
         self.on_orphaned = on_orphaned  # called once the supervisor is gone (even kill -9)
-        self._parent = os.getppid()
-        self._seen: str | None = None
+        self._parent = supervisor if supervisor is not None else os.getppid()
+        self._seen = loaded_seq
+        self._refusal: dict[str, str] = {}  # the last request this worker could not follow
+        self._lock = threading.Lock()  # following a request, or making one: one at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported: dict[str, Any] = {}
 
     def start(self) -> None:
         """Report ready and follow the control directory from now on."""
-        request = self.control.reload_request()
-        self._seen = request[0] if request is not None else None
         self._report()
         self._thread = threading.Thread(target=self._loop, name="siblings", daemon=True)
         self._thread.start()
@@ -137,42 +143,70 @@ class Siblings:
         info = {
             "pid": os.getpid(),
             "version": two.version,
-            "path": str(two.manifest.path),
+            "path": str(two.manifest.path.resolve()),
             "items": two.n_items,
             "backend": self.backend,
             "ready": True,
+            "refused": self._refusal,
         }
         if info != self._reported:
             self.control.report(self.me.index, info)
             self._reported = info
 
+    def _orphaned(self) -> bool:
+        return os.getppid() != self._parent
+
     def _loop(self) -> None:
         while not self._stop.wait(_POLL):
-            if os.getppid() != self._parent:
+            if self._orphaned():
                 _log.error("worker %d: the supervisor is gone; stopping", self.me.index)
                 self.on_orphaned()
                 return
-            request = self.control.reload_request()
-            if request is not None and request[0] != self._seen:
-                self._seen, path = request
-                if path.resolve() != self.bundle.current.two.manifest.path.resolve():
-                    # a refusal is logged by reload; the broadcaster reports who did not follow
-                    with contextlib.suppress(TailoredError, OSError, ValueError):
-                        self.bundle.reload(path)
-            self._report()
+            try:
+                self._follow()
+                self._report()
+            except Exception:  # never let the follower die silently: log and go on
+                _log.exception("worker %d: following the control directory", self.me.index)
 
-    def broadcast(self, path: Path, timeout: float) -> list[int]:
+    def _follow(self) -> None:
+        with self._lock:
+            request = self.control.reload_request()
+            if request is None or request[0] == self._seen:
+                return
+            self._seen, path = request
+            if path.resolve() == self.bundle.current.two.manifest.path.resolve():
+                return
+            try:
+                self.bundle.reload(path)
+            except (TailoredError, OSError, ValueError) as e:  # logged by reload
+                self._refusal = {"seq": request[0], "error": str(e)}
+
+    def broadcast(self, path: Path, timeout: float) -> list[str]:
         """Ask every worker to serve ``path`` (already served here) and wait until they
-        report it; returns the workers that had not within ``timeout`` seconds."""
-        self._seen = self.control.request_reload(path)
+        report it; returns, for each worker that does not, why (refused it, superseded by a
+        later request, or not within ``timeout`` seconds)."""
+        with self._lock:
+            seq = self._seen = self.control.request_reload(path)
         self._report()
-        want = str(path)
+        want = str(Path(path).resolve())
         deadline = time.monotonic() + timeout
         while True:
             reports = self.control.reports()
             behind = [i for i in range(self.me.count) if reports.get(i, {}).get("path") != want]
-            if not behind or time.monotonic() > deadline:
-                return behind
+            refused = [
+                f"worker {i} (refused it: {reports[i]['refused'].get('error')})"
+                for i in behind
+                if (reports.get(i, {}).get("refused") or {}).get("seq") == seq
+            ]
+            if refused:
+                return refused
+            if not behind:
+                return []
+            latest = self.control.reload_request()
+            if latest is not None and latest[0] != seq:
+                return [f"workers {behind} (a later reload asked for {latest[1]})"]
+            if time.monotonic() > deadline:
+                return [f"workers {behind} (not within {timeout:.0f} s; see their logs)"]
             time.sleep(_POLL / 2)
 
     def close(self) -> None:
@@ -212,7 +246,11 @@ def supervise(
     metrics_dir = work / "metrics"
     metrics_dir.mkdir()
     port = port or _free_port(host)
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        SUPERVISOR_ENV: str(os.getpid()),
+    }
 
     def start(i: int) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "tailored.cli", *(["-v"] if verbose else [])]

@@ -308,7 +308,7 @@ class ServeConfig:
     # at a time, so a machine with spare cores serves more with several
     processes: int = 1
     # ReloadBundle with several processes: seconds to wait for every process to follow
-    reload_wait_seconds: float = 600.0
+    reload_wait_seconds: float = 100.0  # under the client's 120 s deadline for a reload
     max_concurrent_rpcs: int = 64  # beyond this, RESOURCE_EXHAUSTED instead of a queue
     max_events_per_track: int = 1000
     watch_seconds: float = 5.0  # poll a bundles directory for new versions (0 = never)

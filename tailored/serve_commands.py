@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -76,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tailored.serve.client import serving_line
     from tailored.serve.server import Service, create_server
     from tailored.serve.state import open_state
-    from tailored.serve.workers import Control, Siblings
+    from tailored.serve.workers import SUPERVISOR_ENV, Control, Siblings
 
     cfg = load_serve_config(args.config, overrides={"state": args.state, "clock": args.clock})
     key = load_key(args.key_file, create=False)
@@ -92,15 +93,32 @@ def _serve(args: argparse.Namespace) -> int:
             verbose=args.verbose,
         )
     worker = _worker(args)
-    source = args.bundle
+    source, request = args.bundle, None
     if worker is not None:  # a restarted worker serves what its siblings were asked to
         request = Control(args.control).reload_request()
         source = request[1] if request is not None else source
-    bundle = LiveBundle(source, cfg, watch_root=args.bundle)
+    try:
+        bundle = LiveBundle(source, cfg, watch_root=args.bundle)
+    except (TailoredError, OSError, ValueError) as e:
+        if source == args.bundle:
+            raise
+        # what the siblings were asked to serve is gone or bad now: start from BUNDLE
+        _log.error(
+            "worker %s: cannot load %s (%s); serving %s", args.worker, source, e, args.bundle
+        )
+        bundle, request = LiveBundle(args.bundle, cfg), None
     state = open_state(cfg.state or str(tailored_home() / "serve" / "state.db"))
     stop = threading.Event()
     siblings = (
-        Siblings(Control(args.control), worker, bundle, state.backend, on_orphaned=stop.set)
+        Siblings(
+            Control(args.control),
+            worker,
+            bundle,
+            state.backend,
+            loaded_seq=request[0] if request is not None else None,
+            supervisor=int(os.environ[SUPERVISOR_ENV]) if SUPERVISOR_ENV in os.environ else None,
+            on_orphaned=stop.set,
+        )
         if worker
         else None
     )

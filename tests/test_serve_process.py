@@ -322,3 +322,48 @@ def test_the_workers_stop_when_their_supervisor_is_killed(
     while any(Path(f"/proc/{pid}").exists() for pid in pids):
         assert time.monotonic() < deadline, "workers outlived their supervisor"
         time.sleep(0.2)
+
+
+def test_a_broadcast_reports_a_refusing_or_superseding_sibling(
+    serve_bundle: Path, tmp_path: Path
+) -> None:
+    """In process: worker 0 of 2 asks; a stand-in worker 1 answers through the control
+    directory as a real one would."""
+    from tailored.config import ServeConfig
+    from tailored.serve.bundles import LiveBundle
+    from tailored.serve.workers import Control, Siblings, WorkerInfo
+
+    control = Control(tmp_path)
+    bundle = LiveBundle(serve_bundle, ServeConfig())
+    me = Siblings(control, WorkerInfo(0, 2), bundle, "sqlite")
+    served = bundle.current.two.manifest.path
+
+    def worker_1(answer: str) -> None:
+        deadline = time.monotonic() + 10
+        while (request := control.reload_request()) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        if answer == "refuse":
+            control.report(1, {"path": "elsewhere", "refused": {"seq": request[0], "error": "no"}})
+        elif answer == "supersede":
+            control.request_reload(tmp_path / "v999999")
+        else:
+            control.report(1, {"path": str(request[1].resolve()), "refused": {}})
+
+    for answer, words in [("refuse", "worker 1 (refused it: no)"), ("supersede", "a later reload")]:
+        (tmp_path / "reload.json").unlink(missing_ok=True)
+        helper = threading.Thread(target=worker_1, args=(answer,))
+        helper.start()
+        behind = me.broadcast(served, timeout=30)
+        helper.join()
+        assert len(behind) == 1 and words in behind[0], behind
+    (tmp_path / "reload.json").unlink()
+    helper = threading.Thread(target=worker_1, args=("follow",))
+    helper.start()
+    assert me.broadcast(served, timeout=30) == []
+    helper.join()
+    assert me.broadcast(served, timeout=0.3) == []  # worker 1 already serves it
+    (tmp_path / "worker-1.json").unlink()  # a worker that never answers
+    behind = me.broadcast(served, timeout=0.3)
+    assert len(behind) == 1 and "workers [1] (not within 0 s" in behind[0], behind
+    bundle.close()

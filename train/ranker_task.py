@@ -143,8 +143,9 @@ def train_ranker(
     """Fit a :class:`Ranker` on ``requests``, ``cfg.holdout`` of the users' requests held out
     to decide when to stop; or, with ``cfg.ensemble`` K > 1, K rankers, each holding out
     another of K disjoint folds of the users, averaged. Each member is its best epoch by
-    held-out NDCG@10; the reported figure is over every held-out request, each scored by the
-    member that did not see it."""
+    NDCG@10 on its own held-out fold; the reported figure is over every held-out request,
+    each scored by the member that did not train on it (one member, not the average; and
+    optimistic, as that fold also chose the member's epoch)."""
     pl.seed_everything(seed, workers=True, verbose=False)
     rng = np.random.default_rng(seed)
     # held out by user: a user's several requests (lists_per_user) stay on one side

@@ -119,7 +119,8 @@ def training_requests(
     cuts = [(users, np.zeros(len(users), np.int64))]
     for j in range(1, cfg.lists_per_user):
         p = (n_valid * j) // cfg.lists_per_user
-        keep = (p > 0) & (p < n_valid)
+        # a user with fewer items than lists: each cut once (no list repeated)
+        keep = (p > 0) & (p < n_valid) & (p != (n_valid * (j - 1)) // cfg.lists_per_user)
         cuts.append((users[keep], p[keep]))
     req_users = np.concatenate([u for u, _ in cuts])
     prefix = np.concatenate([p for _, p in cuts])
