@@ -42,7 +42,7 @@ from typing import Any
 from tailored.errors import TailoredError
 from tailored.serve.bundles import LiveBundle
 
-__all__ = ["SUPERVISOR_ENV", "Control", "Siblings", "WorkerInfo", "supervise"]
+__all__ = ["SUPERVISOR_ENV", "Control", "RestartBudget", "Siblings", "WorkerInfo", "supervise"]
 
 _log = logging.getLogger(__name__)
 _POLL = 0.2  # seconds between looks at the control directory
@@ -218,6 +218,20 @@ class Siblings:
 # -- the supervisor --------------------------------------------------------------------------
 
 
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window`` seconds: a worker that dies on every
+    start (a bundle that no longer loads, a port taken) stops the server instead of
+    restarting for ever."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._times: list[float] = []
+
+    def allow(self, now: float) -> bool:
+        self._times = [t for t in self._times if now - t < self.window] + [now]
+        return len(self._times) <= self.limit
+
+
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -287,6 +301,7 @@ def supervise(
             + f" ({processes} processes)",
             flush=True,
         )
+        restarts = RestartBudget()
         while not stop.wait(0.5):
             for i, p in enumerate(procs):
                 if p.poll() is None:
@@ -298,13 +313,18 @@ def supervise(
                     p.returncode,
                 )
                 multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+                if not restarts.allow(time.monotonic()):
+                    raise TailoredError(
+                        f"serve: workers died {restarts.limit} times within "
+                        f"{restarts.window:.0f} s; stopping (their errors are above)"
+                    )
                 if stop.wait(_RESTART_PAUSE):
                     break
                 procs[i] = start(i)
         return 0
     except TailoredError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"tailored serve: error: {e}", file=sys.stderr)
+        return 2
     finally:
         for p in procs:
             if p.poll() is None:

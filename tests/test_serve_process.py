@@ -367,3 +367,13 @@ def test_a_broadcast_reports_a_refusing_or_superseding_sibling(
     behind = me.broadcast(served, timeout=0.3)
     assert len(behind) == 1 and "workers [1] (not within 0 s" in behind[0], behind
     bundle.close()
+
+
+def test_the_restart_budget_stops_a_crash_loop_but_not_rare_deaths() -> None:
+    from tailored.serve.workers import RestartBudget
+
+    budget = RestartBudget(limit=3, window=10.0)
+    assert all(budget.allow(t) for t in (0.0, 1.0, 2.0))
+    assert not budget.allow(3.0)  # a fourth death within 10 s
+    rare = RestartBudget(limit=3, window=10.0)
+    assert all(rare.allow(t) for t in (0.0, 11.0, 22.0, 33.0, 44.0))  # one every 11 s
