@@ -159,13 +159,19 @@ def _context_popular(
             [0, *(to_model.get(v, 0) for v in data.context_vocabs[name])], dtype=np.int64
         )
         codes = remap[data.context[:, list(data.context_vocabs).index(name)]]
+        # one pass over the events for all values: (value, item) pairs counted together
+        given = (codes > 0) & (data.item > 0)
+        pairs, n = np.unique(
+            codes[given] * (data.n_items + 1) + data.item[given].astype(np.int64),
+            return_counts=True,
+        )
+        values, items = np.divmod(pairs, data.n_items + 1)
+        bounds = np.searchsorted(values, np.arange(1, len(vocab) + 2))
         for v in range(1, len(vocab) + 1):
-            c = np.bincount(data.item[codes == v], minlength=data.n_items + 1)
-            c[0] = 0
-            best = np.lexsort((np.arange(len(c)), -c))[:t]
-            best = best[c[best] > 0]
-            rows[f, v, : len(best)] = best
-            counts[f, v, : len(best)] = c[best]
+            lo, hi = bounds[v - 1], bounds[v]
+            best = lo + np.lexsort((items[lo:hi], -n[lo:hi]))[:t]  # ties by item row
+            rows[f, v, : len(best)] = items[best]
+            counts[f, v, : len(best)] = n[best]
     return {"context_popular": rows, "context_popular_counts": counts}
 
 

@@ -52,10 +52,12 @@ class UserHistory:
         counts = np.bincount(data.user[keep], minlength=data.n_users)
         return cls(data.item[keep], np.r_[0, np.cumsum(counts)].astype(np.int64))
 
-    def last(self, users: np.ndarray, length: int) -> np.ndarray:
+    def last(self, users: np.ndarray, length: int, counts: np.ndarray | None = None) -> np.ndarray:
         """The ``length`` most recent items of each user, int64 [B, length], left-padded
-        with 0 (most recent last)."""
-        return _window(self.items, self.offsets[users], self.offsets[users + 1], length)
+        with 0 (most recent last); with ``counts`` [B], of each user's first ``counts``."""
+        start = self.offsets[users]
+        end = self.offsets[users + 1] if counts is None else start + counts
+        return _window(self.items, start, end, length)
 
 
 def _window(items: np.ndarray, start: np.ndarray, end: np.ndarray, length: int) -> np.ndarray:

@@ -130,9 +130,7 @@ def evaluate_bundle(
                 r.candidates,
                 k,
             )
-            for r in (
-                req.take(np.arange(i, min(i + 256, len(users)))) for i in range(0, len(users), 256)
-            )
+            for r in req.batches(256)
         ]
     )
     retrieval = rerank(

@@ -47,6 +47,11 @@ class Requests:
     def take(self, rows: np.ndarray) -> Requests:
         return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
+    def batches(self, size: int) -> list[Requests]:
+        """Consecutive runs of at most ``size`` requests, in order."""
+        n = len(self.users)
+        return [self.take(np.arange(i, min(i + size, n))) for i in range(0, n, size)]
+
 
 def exact_retriever(item_emb: np.ndarray) -> Retriever:
     """Exact inner-product retrieval over ``item_emb`` float32 [N+1, D] (row 0 padding)."""

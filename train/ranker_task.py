@@ -170,7 +170,7 @@ def train_ranker(
         epochs.append(n_epochs)
         with torch.no_grad():
             logits = torch.cat(
-                [task_logits(model, tables.batch(r)) for r in _chunks(hold, cfg.batch_users * 4)]
+                [task_logits(model, tables.batch(r)) for r in hold.batches(cfg.batch_users * 4)]
             )
         labels, n_rel = torch.from_numpy(hold.labels), torch.from_numpy(hold.n_relevant)
         ranked.append(list_ndcg(logits, labels, n_rel))
@@ -185,13 +185,6 @@ def train_ranker(
     )
     final = members[0] if len(members) == 1 else RankerEnsemble(members).eval()
     return RankerTrainResult(final, best, retrieval, epochs)
-
-
-def _chunks(req: Requests, size: int) -> list[Requests]:
-    return [
-        req.take(np.arange(i, min(i + size, len(req.users))))
-        for i in range(0, len(req.users), size)
-    ]
 
 
 def task_logits(model: Ranker | RankerEnsemble, batch: dict[str, Tensor]) -> Tensor:

@@ -63,40 +63,32 @@ def run_user_embeddings(
 ) -> np.ndarray:
     """The run's user embeddings of ``users`` from their ``history_splits`` items, [R, D];
     with ``prefix`` int [R], each history continues with that many of the user's first
-    ``prefix_split`` items."""
-    m = run.cfg.model
+    ``prefix_split`` items (a split that comes after ``history_splits`` in each user's
+    time order, as validation does after training)."""
+    m, data = run.cfg.model, run.data
     dm = TwoTowerDataModule(
-        run.data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
+        data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
-    out = [np.zeros((0, m.dim), np.float32)]
+    users = np.asarray(users, np.int64)
+    counts = None
     if prefix is None:
-        loader = dm.eval_loader(
-            users, history_splits=history_splits, target=TRAIN, batch_size=batch
-        )
-        for b in loader:
-            emb = run.model.user_embeddings(
-                b.user_hash, b.user_cat, b.user_num, b.context, b.history
-            )
-            out.append(emb.float().numpy())
-        return np.concatenate(out)
-    hist = UserHistory.of(run.data, history_splits)
-    moved = UserHistory.of(run.data, (prefix_split,))
-    length = m.history_length
+        hist = UserHistory.of(data, history_splits)
+    else:  # the user's items of both, in time order, cut after the prefix
+        hist = UserHistory.of(data, (*history_splits, prefix_split))
+        known = np.bincount(data.user[np.isin(data.split, history_splits)], minlength=data.n_users)
+        counts = known[users] + np.asarray(prefix, np.int64)
+    out = [np.zeros((0, m.dim), np.float32)]
     for start in range(0, len(users), batch):
-        u = np.asarray(users[start : start + batch], np.int64)
-        windows = np.zeros((len(u), length), np.int64)
-        for i, (x, p) in enumerate(zip(u, prefix[start : start + batch], strict=True)):
-            items = np.r_[
-                hist.items[hist.offsets[x] : hist.offsets[x + 1]],
-                moved.items[moved.offsets[x] : moved.offsets[x] + p],
-            ][-length:]
-            windows[i, length - len(items) :] = items
+        u = users[start : start + batch]
+        window = hist.last(
+            u, m.history_length, None if counts is None else counts[start : start + batch]
+        )
         emb = run.model.user_embeddings(
             torch.from_numpy(dm.user_hash[u]),
-            torch.from_numpy(run.data.users.categorical[u]),
-            torch.from_numpy(run.data.users.numeric[u]),
-            torch.zeros((len(u), run.data.context.shape[1]), dtype=torch.long),
-            torch.from_numpy(windows),
+            torch.from_numpy(data.users.categorical[u]),
+            torch.from_numpy(data.users.numeric[u]),
+            torch.zeros((len(u), data.context.shape[1]), dtype=torch.long),
+            torch.from_numpy(window),
         )
         out.append(emb.float().numpy())
     return np.concatenate(out)
