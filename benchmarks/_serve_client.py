@@ -19,7 +19,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["LoadClient", "summarize"]
+__all__ = ["LoadClient", "LoadClients", "summarize"]
 
 _CALL_TIMEOUT = 10.0
 
@@ -52,8 +52,11 @@ class _Loop:
     """``concurrency`` threads calling ``call(rng, thread)`` until the end or a stop; the call
     returns (units done, a tag to count, e.g. the response's strategy)."""
 
-    def __init__(self, conn: Connection, concurrency: int, seconds: float, warmup: float) -> None:
+    def __init__(
+        self, conn: Connection, concurrency: int, seconds: float, warmup: float, raw: bool = False
+    ) -> None:
         self.conn = conn
+        self.raw = raw
         self.concurrency = concurrency
         self.seconds = seconds
         self.warmup = warmup
@@ -100,11 +103,13 @@ class _Loop:
         self.stop.set()
         for th in threads:
             th.join()
-        out = summarize(
-            [x for xs in lat for x in xs], stopped - warm_end, sum(errs, Counter()), sum(units)
-        )
+        flat = [x for xs in lat for x in xs]
+        out = summarize(flat, stopped - warm_end, sum(errs, Counter()), sum(units))
         out["concurrency"] = self.concurrency
         out["tags"] = dict(sum(tags, Counter()))
+        if self.raw:  # for merging several client processes' loads (LoadClients)
+            out["latencies_s"] = flat
+            out["units"] = sum(units)
         return out
 
 
@@ -133,7 +138,8 @@ def _recommend(conn: Connection, cmd: dict[str, Any]) -> dict[str, Any]:
         ) else resp.strategy
 
     try:
-        return _Loop(conn, cmd["concurrency"], cmd["seconds"], cmd["warmup"]).run(call)
+        loop = _Loop(conn, cmd["concurrency"], cmd["seconds"], cmd["warmup"], cmd.get("raw", False))
+        return loop.run(call)
     finally:
         for channel in channels:
             channel.close()
@@ -293,6 +299,60 @@ class LoadClient:
             self._proc.join()
 
     def __enter__(self) -> LoadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LoadClients:
+    """Several client processes, for machines where one Python client (one core at a time)
+    would be the limit. :meth:`recommend` spreads a load's threads and connections over them,
+    starts them together and merges their calls into one summary; everything else goes to
+    the first, as with one :class:`LoadClient`."""
+
+    def __init__(self, processes: int = 1) -> None:
+        self.clients = [LoadClient() for _ in range(max(1, processes))]
+
+    def recommend(self, *, concurrency: int, connections: int, **args: Any) -> dict[str, Any]:
+        used = self.clients[: min(len(self.clients), concurrency)]
+        n = len(used)
+        threads = [concurrency // n + (i < concurrency % n) for i in range(n)]
+        conns = [max(1, min(t, -(-connections // n))) for t in threads]
+        for c, t, k in zip(used, threads, conns, strict=True):
+            c.start("recommend", concurrency=t, connections=k, raw=n > 1, **args)
+        parts = [c.result() for c in used]
+        if n == 1:
+            return parts[0]
+        errors: Counter[str] = Counter()
+        tags: Counter[str] = Counter()
+        for r in parts:
+            errors.update(r["errors"])
+            tags.update(r["tags"])
+        window = sum(r["window_seconds"] for r in parts) / n
+        latencies = [x for r in parts for x in r["latencies_s"]]
+        out = summarize(latencies, window, errors, sum(r["units"] for r in parts))
+        out.update(concurrency=concurrency, tags=dict(tags), client_processes=n, threads=threads)
+        out["qps_per_client_process"] = [r["qps"] for r in parts]
+        return out
+
+    def start(self, op: str, **args: Any) -> None:
+        self.clients[0].start(op, **args)
+
+    def stop(self) -> None:
+        self.clients[0].stop()
+
+    def result(self) -> dict[str, Any]:
+        return self.clients[0].result()
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        return self.clients[0].call(op, **args)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+    def __enter__(self) -> LoadClients:
         return self
 
     def __exit__(self, *exc: object) -> None:

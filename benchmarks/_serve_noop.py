@@ -5,8 +5,11 @@ server builds its answer; the gRPC server is configured as ``tailored serve``'s 
 threads and concurrency limit). What is left is gRPC, protobuf and Python's own cost.
 
     python -m benchmarks._serve_noop TEMPLATE.pb [--workers 8] [--max-concurrent-rpcs 64]
+        [--port 0]
 
-prints ``listening on PORT`` once serving; SIGTERM stops it.
+prints ``listening on PORT`` once serving; SIGTERM stops it. Several processes given the same
+``--port`` share it (gRPC sets ``SO_REUSEPORT``), as ``tailored serve``'s worker processes do:
+the ceiling of a server of N processes.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("template", type=Path, help="a serialized RecommendResponse")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--max-concurrent-rpcs", type=int, default=64)
+    p.add_argument("--port", type=int, default=0, help="0: any free port")
     args = p.parse_args(argv)
     template = pb.RecommendResponse.FromString(args.template.read_bytes())
     server = grpc.server(
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         maximum_concurrent_rpcs=args.max_concurrent_rpcs,
     )
     pb_grpc.add_PersonalizationServicer_to_server(NoopPersonalization(template), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"listening on {port}", flush=True)
     stop = threading.Event()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tailored.serve.client import Serving
 
-__all__ = ["ServerProcess", "noop_server", "tailored_server"]
+__all__ = ["ServerGroup", "ServerProcess", "noop_server", "tailored_server"]
 
 _NOOP = re.compile(r"listening on (\d+)")
 
@@ -121,11 +121,43 @@ def tailored_server(
     return ServerProcess(cmd, log, env, _serving_port).wait_ready(timeout)
 
 
+class ServerGroup:
+    """Server processes sharing one port (``SO_REUSEPORT``); the first chose it."""
+
+    def __init__(self, members: list[ServerProcess]) -> None:
+        self.members = members
+        self.startup_seconds = max(m.startup_seconds for m in members)
+
+    @property
+    def target(self) -> str:
+        return self.members[0].target
+
+    def stop(self, timeout: float = 30) -> None:
+        for m in self.members:
+            m.stop(timeout)
+
+
 def noop_server(
-    template: Path, env: dict[str, str], *, workers: int, max_rpcs: int
-) -> ServerProcess:
+    template: Path, env: dict[str, str], *, workers: int, max_rpcs: int, processes: int = 1
+) -> ServerGroup:
+    """The no-op ceiling, as ``processes`` processes on one port when more than one."""
     cmd = [sys.executable, "-m", "benchmarks._serve_noop", str(template)]
     cmd += ["--workers", str(workers), "--max-concurrent-rpcs", str(max_rpcs)]
     root = str(Path(__file__).resolve().parents[1])
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))}
-    return ServerProcess(cmd, template.with_suffix(".log"), env, _noop_port).wait_ready(60)
+    log = template.with_suffix(".log")
+    first = ServerProcess(cmd, log, env, _noop_port).wait_ready(60)
+    members = [first]
+    try:
+        rest = [
+            ServerProcess([*cmd, "--port", str(first.port)], log, env, _noop_port)
+            for _ in range(processes - 1)
+        ]
+        members += rest
+        for m in rest:
+            m.wait_ready(60)
+    except BaseException:
+        for m in members:
+            m.stop()
+        raise
+    return ServerGroup(members)

@@ -50,7 +50,7 @@ from benchmarks._serve_bundle import (
     item_id,
     raw_user_id,
 )
-from benchmarks._serve_client import LoadClient
+from benchmarks._serve_client import LoadClients
 from benchmarks._serve_procs import ServerProcess, noop_server, tailored_server
 
 __all__ = ["main"]
@@ -89,6 +89,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="recommend phase: connections per client (at most one per thread); a server of "
         "several processes ([serve] processes) gets each connection to one of them",
+    )
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="recommend phase: client processes sharing each load's threads and connections "
+        "(one Python client drives about one core; more for a machine with spare cores)",
+    )
+    p.add_argument(
+        "--noop-processes",
+        type=int,
+        help="processes of the no-op ceiling on one port (default: [serve] processes of "
+        "--server-config, so that both servers have the same layout)",
     )
     p.add_argument(
         "--server-env",
@@ -163,13 +176,13 @@ def _status(target: str, token: str, items: int) -> dict[str, Any]:
 
 def _recommend_phase(
     a: argparse.Namespace,
-    client: LoadClient,
+    client: LoadClients,
     server: ServerProcess,
     tmp: Path,
     e: dict[str, str],
     pools: dict[str, list[str]],
 ) -> dict[str, Any]:
-    from tailored.config import ServeConfig
+    from tailored.config import load_serve_config
     from tailored.serve.client import Client
 
     with Client(server.target) as c:  # the no-op's template: a real answer, real sizes
@@ -177,17 +190,20 @@ def _recommend_phase(
             u for u in pools["recommend"] if c.recommend(u, a.k).strategy == "personalized"
         )
         (tmp / "template.pb").write_bytes(c.recommend(known, a.k).SerializeToString())
-    cfg = ServeConfig()
+    cfg = load_serve_config(a.server_config)
     noop = noop_server(
-        tmp / "template.pb", e, workers=cfg.workers, max_rpcs=cfg.max_concurrent_rpcs
+        tmp / "template.pb",
+        e,
+        workers=cfg.workers,
+        max_rpcs=cfg.max_concurrent_rpcs,
+        processes=a.noop_processes or cfg.processes,
     )
     runs: dict[str, Any] = {}
     try:
         for conc in a.concurrency:
             row: dict[str, Any] = {}
             for name, target in (("tailored", server.target), ("noop", noop.target)):
-                row[name] = client.call(
-                    "recommend",
+                row[name] = client.recommend(
                     target=target,
                     concurrency=conc,
                     seconds=a.seconds,
@@ -212,12 +228,14 @@ def _recommend_phase(
         "users_known": sum(not u.startswith("bench-new") for u in pools["recommend"]),
         "users_unknown": sum(u.startswith("bench-new") for u in pools["recommend"]),
         "noop_startup_seconds": round(noop.startup_seconds, 2),
+        "noop_processes": len(noop.members),
+        "client_processes": len(client.clients),
         "by_concurrency": runs,
     }
 
 
 def _track_phase(
-    a: argparse.Namespace, client: LoadClient, server: ServerProcess, pools: dict[str, list[str]]
+    a: argparse.Namespace, client: LoadClients, server: ServerProcess, pools: dict[str, list[str]]
 ) -> dict[str, Any]:
     rng = random.Random(1)
     items = [item_id(rng.randrange(a.items), a.items) for _ in range(5000)]
@@ -259,7 +277,7 @@ def _track_phase(
 
 def _swap_phase(
     a: argparse.Namespace,
-    client: LoadClient,
+    client: LoadClients,
     server: ServerProcess,
     token: str,
     built: BuiltBundle,
@@ -318,7 +336,7 @@ def _swap_phase(
 
 def _kill_phase(
     a: argparse.Namespace,
-    client: LoadClient,
+    client: LoadClients,
     built: BuiltBundle,
     tmp: Path,
     e: dict[str, str],
@@ -471,7 +489,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.batch_size,
     )
     start = time.perf_counter()
-    built = ensure_bundle(sizes, rebuild=a.rebuild)
+    # a second version (a refresh of the first) only for the swap phase
+    built = ensure_bundle(sizes, rebuild=a.rebuild, versions=2 if "swap" in a.phases else 1)
     if a.serve_version:
         chosen = built.root / a.serve_version
         if not (chosen / "manifest.json").is_file():
@@ -502,10 +521,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             .get("metrics", {})
             .get("index"),
         },
-        "client": "one process (multiprocessing spawn), one channel per load, N threads of "
-        "blocking calls; latency = perf_counter around each call; loopback",
+        "client": f"{a.client_processes} process(es) (multiprocessing spawn) sharing each "
+        "recommend load's threads and connections (other loads: one), N threads of blocking "
+        "calls; latency = perf_counter around each call; loopback",
     }
-    with tempfile.TemporaryDirectory(prefix="serve_load.") as d, LoadClient() as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="serve_load.") as d,
+        LoadClients(a.client_processes) as client,
+    ):
         tmp = Path(d)
         if {"recommend", "track", "swap"} & set(a.phases):
             server = tailored_server(built.versions[0], tmp / "state.db", e, config=a.server_config)
