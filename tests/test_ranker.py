@@ -16,6 +16,7 @@ from tailored.train.export import export_ranker, max_abs_diff
 from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
 from tailored.train.ranker_data import Requests
 from tailored.train.ranker_task import RankerTables, list_ndcg, train_ranker
+from tailored.train.ranking import list_cuts
 
 
 def test_list_ndcg_by_hand() -> None:
@@ -204,3 +205,19 @@ def test_requests_with_a_prefix_move_target_events_into_the_history(movielens_di
             n_candidates=10,
             prefix=np.array([len(v_items)]),  # nothing would be left to label it
         )
+
+
+def test_list_cuts_split_each_period_evenly_and_never_repeat_a_list() -> None:
+    n_target = np.array([9, 2, 1, 3, 0])
+    rows, prefix = list_cuts(n_target, 3)
+    pairs = sorted(zip(rows.tolist(), prefix.tolist(), strict=True))
+    # every user's first request; then cuts at n * j // 3 where they leave an event to label:
+    # 9 -> 3, 6; 2 -> 1 (0 is the first request's); 1 -> none; 3 -> 1, 2; 0 -> none
+    assert pairs == [(0, 0), (0, 3), (0, 6), (1, 0), (1, 1), (2, 0), (3, 0), (3, 1), (3, 2), (4, 0)]
+    # more lists than events: the cuts 2 * j // 4 are 0, 1, 1; the repeated 1 is dropped
+    rows, prefix = list_cuts(np.array([2, 8]), 4)
+    pairs = sorted(zip(rows.tolist(), prefix.tolist(), strict=True))
+    assert pairs == [(0, 0), (0, 1), (1, 0), (1, 2), (1, 4), (1, 6)]
+    # one list per user: exactly the users, nothing moved
+    rows, prefix = list_cuts(np.array([5, 1]), 1)
+    assert rows.tolist() == [0, 1] and prefix.tolist() == [0, 0]

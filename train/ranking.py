@@ -94,6 +94,23 @@ def run_user_embeddings(
     return np.concatenate(out)
 
 
+def list_cuts(n_target: np.ndarray, lists: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each user's ``lists`` requests cut their ``n_target`` target events: (row of
+    ``n_target`` per request, events moved into the history). Cut j of n is at
+    ``n_target * j // n``; a cut that leaves no event to label, or repeats the previous one
+    (fewer events than lists), is dropped, so no request is made twice. Rows come cut by cut:
+    every user's first request (nothing moved), then the second cuts, and so on."""
+    n_target = np.asarray(n_target, np.int64)
+    rows = [np.arange(len(n_target))]
+    prefix = [np.zeros(len(n_target), np.int64)]
+    for j in range(1, lists):
+        p = (n_target * j) // lists
+        keep = (p > 0) & (p < n_target) & (p != (n_target * (j - 1)) // lists)
+        rows.append(np.flatnonzero(keep))
+        prefix.append(p[keep])
+    return np.concatenate(rows), np.concatenate(prefix)
+
+
 def training_requests(
     run: LoadedRun, item_emb: np.ndarray, cfg: RankerConfig, seed: int
 ) -> Requests:
@@ -108,14 +125,8 @@ def training_requests(
     if len(users) > cfg.max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, cfg.max_users, replace=False))
     n_valid = np.bincount(data.user[data.split == VALID], minlength=data.n_users)[users]
-    cuts = [(users, np.zeros(len(users), np.int64))]
-    for j in range(1, cfg.lists_per_user):
-        p = (n_valid * j) // cfg.lists_per_user
-        # a user with fewer items than lists: each cut once (no list repeated)
-        keep = (p > 0) & (p < n_valid) & (p != (n_valid * (j - 1)) // cfg.lists_per_user)
-        cuts.append((users[keep], p[keep]))
-    req_users = np.concatenate([u for u, _ in cuts])
-    prefix = np.concatenate([p for _, p in cuts])
+    rows, prefix = list_cuts(n_valid, cfg.lists_per_user)
+    req_users = users[rows]
     emb = run_user_embeddings(
         run, req_users, (TRAIN,), prefix=prefix if cfg.lists_per_user > 1 else None
     )
