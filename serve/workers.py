@@ -232,6 +232,44 @@ class RestartBudget:
         return len(self._times) <= self.limit
 
 
+_PREFIX = "tailored-serve-"  # a supervisor's control directory, in the temporary directory
+_PID_FILE = "supervisor.pid"
+
+
+def _newest_change(path: Path) -> float:
+    paths = [path, *path.iterdir()]
+    if (path / "metrics").is_dir():
+        paths += list((path / "metrics").iterdir())
+    return max(x.stat().st_mtime for x in paths)
+
+
+def sweep_stale(root: Path, *, older_than: float = 60.0) -> list[Path]:
+    """Remove the control directories in ``root`` of supervisors that are gone (a SIGKILL
+    leaves a supervisor no chance to remove its own): those whose supervisor's pid is dead and
+    in which nothing changed for ``older_than`` seconds (its workers, which stop by themselves
+    once their supervisor is gone, have stopped writing). A directory without a pid file, or
+    whose pid lives (or was reused), is left alone. Returns what was removed."""
+    removed = []
+    for d in root.glob(f"{_PREFIX}*"):
+        try:
+            pid = int((d / _PID_FILE).read_text())
+            os.kill(pid, 0)
+            continue  # alive (or the pid was reused): not ours to judge
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):  # no pid file, unreadable, another user's process
+            continue
+        try:
+            if time.time() - _newest_change(d) < older_than:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+        _log.info("serve: removed %s, left by a supervisor that was killed", d)
+    return removed
+
+
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -255,7 +293,9 @@ def supervise(
 
     from tailored.serve.client import serving_line
 
-    work = Path(tempfile.mkdtemp(prefix="tailored-serve-"))
+    sweep_stale(Path(tempfile.gettempdir()))
+    work = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    (work / _PID_FILE).write_text(f"{os.getpid()}\n")
     control = Control(work)
     metrics_dir = work / "metrics"
     metrics_dir.mkdir()

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -322,6 +323,26 @@ def test_the_workers_stop_when_their_supervisor_is_killed(
     while any(Path(f"/proc/{pid}").exists() for pid in pids):
         assert time.monotonic() < deadline, "workers outlived their supervisor"
         time.sleep(0.2)
+    # its control directory is left behind; the next supervisor's sweep removes it (here at
+    # once: the default waits for a minute without change), and nothing of a live one
+    from tailored.serve.workers import sweep_stale
+
+    left = [
+        d
+        for d in Path(tempfile.gettempdir()).glob("tailored-serve-*")
+        if (d / "supervisor.pid").is_file()
+        and (d / "supervisor.pid").read_text().strip() == str(server.proc.pid)
+    ]
+    assert len(left) == 1
+    assert left[0] not in sweep_stale(left[0].parent, older_than=3600)  # changed just now
+    live = tmp_path / "tailored-serve-live"
+    live.mkdir()
+    (live / "supervisor.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "tailored-serve-nopid").mkdir()
+    swept = sweep_stale(left[0].parent, older_than=0)
+    assert left[0] in swept and not left[0].exists()
+    assert sweep_stale(tmp_path, older_than=0) == []
+    assert live.exists() and (tmp_path / "tailored-serve-nopid").exists()
 
 
 def test_a_broadcast_reports_a_refusing_or_superseding_sibling(
