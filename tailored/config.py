@@ -223,8 +223,12 @@ class RankerConfig:
     # stops early on it); 1 = one ranker with ``holdout`` of the users held out. Serving runs
     # every member, so a request's ranking costs about this many times more
     ensemble: int = 1
+    # training loss: "softmax" (listwise cross-entropy) or "lambdarank" (pairs weighted by
+    # their NDCG change)
+    loss: str = "softmax"
 
     def validate(self) -> None:
+        _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
         for name in ("candidates", "cross_layers", "hidden", "feature_dim", "batch_users"):
             _positive("ranker", name, getattr(self, name))
         for name in (

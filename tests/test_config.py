@@ -67,3 +67,9 @@ def test_serve_config_defaults_validate_and_bad_values_name_the_key() -> None:
 def test_ranker_lists_and_members_must_be_positive(key: str) -> None:
     with pytest.raises(ConfigError, match=rf"\[ranker\] {key}: must be > 0"):
         load_config(values={"ranker": {key: 0}})
+
+
+def test_ranker_loss_is_one_of_the_known() -> None:
+    assert load_config(values={"ranker": {"loss": "lambdarank"}}).ranker.loss == "lambdarank"
+    with pytest.raises(ConfigError, match=r"\[ranker\] loss: 'hinge' is not one of"):
+        load_config(values={"ranker": {"loss": "hinge"}})

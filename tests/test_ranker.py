@@ -15,7 +15,7 @@ from tailored.errors import TailoredError
 from tailored.train.export import export_ranker, max_abs_diff
 from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
 from tailored.train.ranker_data import Requests
-from tailored.train.ranker_task import RankerTables, list_ndcg, train_ranker
+from tailored.train.ranker_task import RankerTables, lambdarank_loss, list_ndcg, train_ranker
 from tailored.train.ranking import list_cuts
 
 
@@ -30,6 +30,24 @@ def test_list_ndcg_by_hand() -> None:
     ideal1 = 1 + 1 / np.log2(3) + 0.5
     # request 0, k=3: order 3, 1, 0 -> gains 1, 1, 0 -> DCG 1 + 1/log2(3)
     np.testing.assert_allclose(got.numpy(), [1.0, 1.0 / ideal1], rtol=1e-5)
+
+
+def test_lambdarank_loss_by_hand() -> None:
+    # one list: positive at candidate 0 scored 0, negatives 1 (scored 1) and 2 (scored -1),
+    # candidate 3 padding. Current ranks: 1, 0, 2 -> discounts 1/log2(3), 1, 1/2; one
+    # positive -> ideal DCG 1. Pair (0, 1): weight |1/log2(3) - 1|, softplus(-(0 - 1));
+    # pair (0, 2): weight |1/log2(3) - 1/2|, softplus(-(0 + 1))
+    logits = torch.tensor([[0.0, 1.0, -1.0, -1e9]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    d = 1 / np.log2(3)
+    want = abs(d - 1) * np.log1p(np.e) + abs(d - 0.5) * np.log1p(np.exp(-1))
+    loss = lambdarank_loss(logits, labels, valid)
+    np.testing.assert_allclose(loss.item(), want, rtol=1e-5)
+    loss.backward()
+    assert logits.grad is not None
+    assert logits.grad[0, 0] < 0 < logits.grad[0, 1]  # the positive up, the negative above down
+    assert logits.grad[0, 3] == 0  # padding takes part in no pair
 
 
 def _spec(dim: int = 8) -> RankerSpec:
@@ -80,9 +98,10 @@ def _planted(n_req: int = 400, c: int = 20, n_items: int = 60, seed: int = 0):
     return RankerTables(users, np.ones((n_req, 1), np.int64), items, item_emb), req
 
 
-def test_the_ranker_learns_a_planted_signal() -> None:
+@pytest.mark.parametrize("loss", ["softmax", "lambdarank"])
+def test_the_ranker_learns_a_planted_signal(loss: str) -> None:
     tables, req = _planted()
-    cfg = RankerConfig(max_epochs=15, patience=3, batch_users=32, lr=3e-3)
+    cfg = RankerConfig(max_epochs=15, patience=3, batch_users=32, lr=3e-3, loss=loss)
     result = train_ranker(_spec(), cfg, tables, req, seed=0, progress_bar=False)
     # retrieval order is random here: about the NDCG of a random list
     assert result.holdout_retrieval_ndcg10 < 0.6

@@ -76,14 +76,54 @@ def list_ndcg(logits: Tensor, labels: Tensor, n_relevant: Tensor, k: int = 10) -
     return dcg / torch.cumsum(disc, 0)[ideal_n]
 
 
-class RankerTask(pl.LightningModule):
-    """Listwise softmax cross-entropy over each request's candidates (padding masked)."""
+def softmax_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    """Listwise softmax cross-entropy: each list's positives share its probability mass.
+    Rows need a positive; padding (``valid`` False) carries logits of -1e9."""
+    logp = torch.log_softmax(logits, dim=1)
+    return -(labels * logp).sum(1).div(labels.sum(1)).mean()
 
-    def __init__(self, model: Ranker, *, lr: float, weight_decay: float) -> None:
+
+def lambdarank_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    """LambdaRank: a logistic loss on every (positive, negative) pair of a list, weighted by
+    how much swapping the two would change the list's NDCG at the current ranking (ranks from
+    the detached logits, binary gains, the ideal DCG of the list's positives). Pairs whose
+    swap moves nothing near the top weigh little, so training spends itself on the head of the
+    list that NDCG@10 reads. Padding (``valid`` False) takes part in no pair."""
+    with torch.no_grad():
+        order = logits.argsort(dim=1, descending=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(
+            1, order, torch.arange(logits.shape[1], device=logits.device).expand_as(order)
+        )
+        disc = 1.0 / torch.log2(rank.float() + 2.0)  # [R, C]
+        n_pos = labels.sum(1)
+        ideal = 1.0 / torch.log2(torch.arange(logits.shape[1], device=logits.device) + 2.0)
+        idcg = ideal.cumsum(0)[n_pos.long().clamp(min=1) - 1]  # binary gains: n_pos at the top
+        pos = labels > 0
+        neg = ~pos & valid
+        pair = pos.unsqueeze(2) & neg.unsqueeze(1)  # [R, C(pos), C(neg)]
+        weight = (disc.unsqueeze(2) - disc.unsqueeze(1)).abs() / idcg.view(-1, 1, 1)
+        weight = weight * pair
+    diff = logits.unsqueeze(2) - logits.unsqueeze(1)
+    loss = (torch.nn.functional.softplus(-diff) * weight).sum((1, 2))
+    return loss.mean()
+
+
+RANKER_LOSSES = {"softmax": softmax_loss, "lambdarank": lambdarank_loss}
+
+
+class RankerTask(pl.LightningModule):
+    """Training loss over each request's candidates: listwise softmax (the default) or
+    LambdaRank (:data:`RANKER_LOSSES`), padding masked."""
+
+    def __init__(
+        self, model: Ranker, *, lr: float, weight_decay: float, loss: str = "softmax"
+    ) -> None:
         super().__init__()
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
+        self.loss = RANKER_LOSSES[loss]
         self._val: list[Tensor] = []
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
@@ -93,8 +133,7 @@ class RankerTask(pl.LightningModule):
         logits = self._logits(batch)
         labels = batch["labels"]
         has = labels.sum(1) > 0
-        logp = torch.log_softmax(logits[has], dim=1)
-        loss = -(labels[has] * logp).sum(1).div(labels[has].sum(1)).mean()
+        loss = self.loss(logits[has], labels[has], batch["valid"][has])
         self.log("ranker/train_loss", loss, prog_bar=True, batch_size=int(has.sum()))
         return loss
 
@@ -212,7 +251,7 @@ def _fit_one(
     valid = fit.candidates > 0
     dense = torch.from_numpy(fit.dense[valid].reshape(-1, len(DENSE_FEATURES)))
     model.set_dense_stats(dense.mean(0), dense.std(0))
-    task = RankerTask(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    task = RankerTask(model, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=cfg.loss)
     monitor = "ranker/valid_ndcg@10"
     with tempfile.TemporaryDirectory(prefix="tailored-ranker-") as tmp:
         ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode="max", save_top_k=1)
