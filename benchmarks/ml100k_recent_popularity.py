@@ -16,8 +16,6 @@ JSON to ``benchmarks/results/ml100k_recent_popularity.json`` (atomically).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +25,14 @@ import pyarrow.parquet as pq
 from benchmarks._machine import machine
 from tailored.data.movielens import fetch_movielens_100k
 from tailored.data.splits import user_temporal_split
+from tailored.train.metrics import Csr, per_user_metrics, topk_from_scores
+from tailored.train.run import write_json_atomic
 
 __all__ = ["main"]
 
 OUT = Path(__file__).parent / "results" / "ml100k_recent_popularity.json"
 DAY = 86_400
 WINDOWS = {"1 day": DAY, "3 days": 3 * DAY, "7 days": 7 * DAY, "30 days": 30 * DAY}
-
-
-def _ndcg_at_10(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray) -> float:
-    s = scores.copy()
-    s[excluded] = -np.inf
-    top = np.argpartition(-s, 10)[:10]
-    top = top[np.argsort(-s[top], kind="stable")]
-    gains = np.isin(top, relevant) / np.log2(np.arange(2, 12))
-    ideal = (1 / np.log2(np.arange(2, 2 + min(10, len(relevant))))).sum()
-    return float(gains.sum() / ideal)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -62,32 +52,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ts_s, item_s, user_s = ts[order], item[order], user[order]
     train_pop = np.bincount(item[split == 0], minlength=n_items).astype(float)
     tie = 1e-3 * train_pop / train_pop.max()  # below one event: breaks ties only
-    scores: dict[str, list[float]] = {"training popularity": [], "all events before t": []}
-    scores |= {f"events in the {w} before t": [] for w in WINDOWS}
-    for u in np.unique(user[test]):
-        mine = user == u
-        t0 = ts[mine & test].min()
-        relevant = np.unique(item[mine & test])
-        excluded = np.unique(item[mine & ~test])
-        scores["training popularity"].append(_ndcg_at_10(train_pop, relevant, excluded))
+    windows = {"all events before t": None} | {
+        f"events in the {name} before t": w for name, w in WINDOWS.items()
+    }
+    users = np.unique(user[test])
+    scores = {"training popularity": np.tile(train_pop, (len(users), 1))}
+    scores |= {name: np.zeros((len(users), n_items)) for name in windows}
+    for r, u in enumerate(users):
+        t0 = ts[(user == u) & test].min()
         hi = int(np.searchsorted(ts_s, t0, "left"))
-        for name, w in [("all events before t", None), *WINDOWS.items()]:
+        for name, w in windows.items():
             lo = 0 if w is None else int(np.searchsorted(ts_s, t0 - w, "left"))
             other = user_s[lo:hi] != u
-            counts = np.bincount(item_s[lo:hi][other], minlength=n_items) + tie
-            key = name if w is None else f"events in the {name} before t"
-            scores[key].append(_ndcg_at_10(counts, relevant, excluded))
-    ndcg = {k: round(float(np.mean(v)), 4) for k, v in scores.items()}
+            scores[name][r] = np.bincount(item_s[lo:hi][other], minlength=n_items) + tie
+    # the project's metrics: the user's own earlier items excluded, the test items relevant
+    exclude = Csr.from_lists([np.unique(item[(user == u) & ~test]) for u in users])
+    relevant = Csr.from_lists([np.unique(item[(user == u) & test]) for u in users])
+    ndcg = {
+        name: round(
+            float(
+                per_user_metrics(topk_from_scores(s, exclude, 10), relevant, [10])["ndcg@10"].mean()
+            ),
+            4,
+        )
+        for name, s in scores.items()
+    }
     result: dict[str, Any] = {
         "benchmark": "ml100k_recent_popularity",
         "machine": machine(),
-        "users": len(scores["training popularity"]),
+        "users": len(users),
         "test_ndcg@10": ndcg,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(f".{a.out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, a.out)
+    write_json_atomic(a.out, result)
     for k, v in ndcg.items():
         print(f"{k:32s} test NDCG@10 {v:.4f}")
     return result
