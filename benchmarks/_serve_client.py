@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["LoadClient", "LoadClients", "summarize"]
 
@@ -298,21 +298,26 @@ class LoadClient:
             self._proc.terminate()
             self._proc.join()
 
-    def __enter__(self) -> LoadClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class LoadClients:
+class LoadClients(LoadClient):
     """Several client processes, for machines where one Python client (one core at a time)
     would be the limit. :meth:`recommend` spreads a load's threads and connections over them,
-    starts them together and merges their calls into one summary; everything else goes to
-    the first, as with one :class:`LoadClient`."""
+    starts them together and merges their calls into one summary; every other command goes to
+    the first, this :class:`LoadClient` itself."""
 
     def __init__(self, processes: int = 1) -> None:
-        self.clients = [LoadClient() for _ in range(max(1, processes))]
+        super().__init__()
+        self.others = [LoadClient() for _ in range(processes - 1)]
+
+    @property
+    def clients(self) -> list[LoadClient]:
+        return [self, *self.others]
 
     def recommend(self, *, concurrency: int, connections: int, **args: Any) -> dict[str, Any]:
         used = self.clients[: min(len(self.clients), concurrency)]
@@ -336,24 +341,7 @@ class LoadClients:
         out["qps_per_client_process"] = [r["qps"] for r in parts]
         return out
 
-    def start(self, op: str, **args: Any) -> None:
-        self.clients[0].start(op, **args)
-
-    def stop(self) -> None:
-        self.clients[0].stop()
-
-    def result(self) -> dict[str, Any]:
-        return self.clients[0].result()
-
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
-        return self.clients[0].call(op, **args)
-
     def close(self) -> None:
-        for c in self.clients:
+        for c in self.others:
             c.close()
-
-    def __enter__(self) -> LoadClients:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()

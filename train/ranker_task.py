@@ -70,10 +70,15 @@ def list_ndcg(logits: Tensor, labels: Tensor, n_relevant: Tensor, k: int = 10) -
     ``labels`` [R, C]); the ideal counts all ``n_relevant`` [R] items, retrieved or not."""
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     gains = labels.gather(1, top)
-    disc = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float32))
+    disc = _discounts(top.shape[1])
     dcg = (gains * disc).sum(1)
     ideal_n = n_relevant.clamp(max=top.shape[1]).clamp(min=1) - 1
     return dcg / torch.cumsum(disc, 0)[ideal_n]
+
+
+def _discounts(n: int, device: torch.device | None = None) -> Tensor:
+    """1 / log2(position + 1) for positions 1..n."""
+    return 1.0 / torch.log2(torch.arange(2, n + 2, dtype=torch.float32, device=device))
 
 
 def softmax_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
@@ -90,15 +95,11 @@ def lambdarank_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     swap moves nothing near the top weigh little, so training spends itself on the head of the
     list that NDCG@10 reads. Padding (``valid`` False) takes part in no pair."""
     with torch.no_grad():
-        order = logits.argsort(dim=1, descending=True)
-        rank = torch.empty_like(order)
-        rank.scatter_(
-            1, order, torch.arange(logits.shape[1], device=logits.device).expand_as(order)
-        )
-        disc = 1.0 / torch.log2(rank.float() + 2.0)  # [R, C]
-        n_pos = labels.sum(1)
-        ideal = 1.0 / torch.log2(torch.arange(logits.shape[1], device=logits.device) + 2.0)
-        idcg = ideal.cumsum(0)[n_pos.long().clamp(min=1) - 1]  # binary gains: n_pos at the top
+        ladder = _discounts(logits.shape[1], logits.device)
+        rank = logits.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = first
+        disc = ladder[rank]  # [R, C]
+        # binary gains: the ideal list has its positives at the top
+        idcg = ladder.cumsum(0)[labels.sum(1).long().clamp(min=1) - 1]
         pos = labels > 0
         neg = ~pos & valid
         pair = pos.unsqueeze(2) & neg.unsqueeze(1)  # [R, C(pos), C(neg)]
