@@ -28,11 +28,18 @@ candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
 ``emb_sim_last``            cosine of the item tower's embeddings of the item and of the
                             user's most recent item
 ``emb_sim_recent``          the mean of that cosine over the user's 5 most recent items
+``ease_score``              the item's score under an item-item linear model of the user's
+                            whole history (EASE, :class:`ItemRegression`; 0 for items it does
+                            not model)
 ==========================  ==============================================================
 
+Features are only ever appended to this list, so that a ranker trained on fewer of them
+(an older bundle's) reads the first ones it knows.
+
 Item activity is "as of ``now``": offline, exact per request time from the known events;
-online, the bundle's snapshot of them. Co-occurrence counts the known events too: offline,
-those of the splits before the evaluated one (a user's own held-out items never count).
+online, the bundle's snapshot of them. Co-occurrence and the item-item model count the
+known events too: offline, those of the splits before the evaluated one (a user's own
+held-out items never count).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ __all__ = [
     "ActivitySnapshot",
     "ItemActivity",
     "ItemNeighbors",
+    "ItemRegression",
     "dense_features",
     "item_tags",
     "ranker_inputs",
@@ -72,6 +80,7 @@ DENSE_FEATURES = (
     "cooc_recent_max",
     "emb_sim_last",
     "emb_sim_recent",
+    "ease_score",
 )
 _DAY = 86_400
 _RECENT = 20
@@ -236,6 +245,77 @@ class ItemNeighbors:
         return total, best
 
 
+@dataclass
+class ItemRegression:
+    """An item-item linear model of users' histories over the most active items (EASE,
+    Steck 2019): column j of ``weights`` is the ridge regression of "the user has item j" on
+    the user's other items, so a history's score for item j is the sum of its rows' ``j``
+    entries.
+
+    ``rows`` int32 [N+1]: each item's row and column in ``weights`` (-1: not modelled);
+    ``weights`` float32 [K, K], zero diagonal. Closed form: with P = (X'X + l2 I)^-1 over
+    the binary users x items matrix X, ``weights[i, j] = -P[i, j] / P[j, j]`` (i != j).
+    K is at most ``max_items`` (the items with the most users): the inverse is K x K.
+    """
+
+    rows: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def empty(cls, n_items: int) -> ItemRegression:
+        """A model of no item (every score 0)."""
+        return cls(np.full(n_items + 1, -1, np.int32), np.zeros((0, 0), np.float32))
+
+    @classmethod
+    def of(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        n_items: int,
+        *,
+        max_items: int = 4096,
+        l2: float = 100.0,
+    ) -> ItemRegression:
+        """From events' users (0-based) and items (1-based), int [E]; repeated events of a
+        (user, item) count once; ties in activity go to the lower item number."""
+        import scipy.sparse as sp
+
+        if max_items <= 0 or not len(items):
+            return cls.empty(n_items)
+        users = np.asarray(users, np.int64)
+        items = np.asarray(items, np.int64)
+        pairs = np.unique(users * (n_items + 1) + items)
+        u, i = pairs // (n_items + 1), pairs % (n_items + 1)
+        count = np.bincount(i, minlength=n_items + 1)
+        count[0] = 0
+        top = np.argsort(-count, kind="stable")[:max_items]
+        top = np.sort(top[count[top] > 0])
+        rows = np.full(n_items + 1, -1, np.int32)
+        rows[top] = np.arange(len(top), dtype=np.int32)
+        keep = rows[i] >= 0
+        x = sp.csr_matrix(
+            (np.ones(int(keep.sum())), (u[keep], rows[i[keep]])),
+            shape=(int(u.max()) + 1, len(top)),
+        )
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices_from(gram)] += l2
+        p = np.linalg.inv(gram)
+        weights = -p / np.diag(p)[None, :]
+        np.fill_diagonal(weights, 0.0)
+        return cls(rows, weights.astype(np.float32))
+
+    def scores(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Each candidate's score given the ``history`` items (repeats count once), [C]."""
+        out = np.zeros(len(candidates), np.float32)
+        h = np.unique(self.rows[history])
+        h = h[h >= 0]
+        c = self.rows[candidates]
+        known = c >= 0
+        if len(h) and known.any():
+            out[known] = self.weights[h][:, c[known]].sum(0)
+        return out
+
+
 def _log_hours(seconds: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(seconds, 0) / 3600.0)
 
@@ -251,13 +331,15 @@ def dense_features(
     activity: ItemActivity | ActivitySnapshot,
     neighbors: ItemNeighbors,
     item_emb: np.ndarray,
+    regression: ItemRegression | None = None,
 ) -> np.ndarray:
     """The ranker's dense features for one request (see the module doc), float32 [C, F].
 
     ``candidates`` int [C] item indices (1-based), in retrieved order; ``scores`` [C] their
     retrieval scores; ``history`` int [H] and ``history_times`` int64 [H] the user's items,
     oldest first; ``now`` the request time in seconds; ``tags`` from :func:`item_tags`;
-    ``item_emb`` float32 [N+1, D] the item tower's embeddings.
+    ``item_emb`` float32 [N+1, D] the item tower's embeddings; ``regression`` the
+    item-item model (none: ``ease_score`` 0).
     """
     c = len(candidates)
     out = np.zeros((c, len(DENSE_FEATURES)), np.float32)
@@ -299,6 +381,8 @@ def dense_features(
         sims = item_emb[candidates] @ item_emb[history[-_SIM_RECENT:]].T  # [C, <=5]
         out[:, 16] = sims[:, -1]
         out[:, 17] = sims.mean(1)
+        if regression is not None:
+            out[:, 18] = regression.scores(history, candidates)
     else:
         out[:, 10] = np.log1p(_NEVER_HOURS)
         out[:, 11] = 1.0

@@ -26,10 +26,10 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from tailored.bundle import BundleWriter, load_json, resolve_bundle, verify_bundle
-from tailored.config import Config, from_dict
+from tailored.config import Config, RankerConfig, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
 from tailored.data.interactions import Interactions
-from tailored.data.ranking_features import ItemNeighbors
+from tailored.data.ranking_features import ItemNeighbors, ItemRegression
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
@@ -207,6 +207,14 @@ def _neighbors(data: Interactions, seed: int) -> ItemNeighbors:
     return ItemNeighbors.of(users, data.item, data.offsets, data.n_items, seed=seed)
 
 
+def _regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:
+    """The serving snapshot of the ranker's item-item model: every positive event."""
+    users = np.repeat(np.arange(data.n_users), np.diff(data.offsets))
+    return ItemRegression.of(
+        users, data.item, data.n_items, max_items=cfg.ease_items, l2=cfg.ease_l2
+    )
+
+
 def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
     m = src.cfg.model
     users_t = pq.read_table(dataset_dir(src.cfg.data.dataset) / "users.parquet")
@@ -353,6 +361,9 @@ def _write_bundle(
         neighbors = _neighbors(data, src.cfg.train.seed)
         _save(w, "item_neighbors", neighbors.ids)
         _save(w, "item_neighbor_weights", neighbors.weights)
+        regression = _regression(data, src.cfg.ranker)
+        _save(w, "item_ease_rows", regression.rows)
+        _save(w, "item_ease_weights", regression.weights)
         built.index.save(w.path(BUNDLE_FILES["index"] + "/index.json").parent)
         if user_emb is not None and uin is not None:
             _save(w, "user_embeddings", user_emb)

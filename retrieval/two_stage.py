@@ -16,7 +16,13 @@ import pyarrow.parquet as pq
 
 from tailored.bundle import BundleError, Manifest, load_json, load_npy, verify_bundle
 from tailored.data.features import FeatureEncoder, FeatureTable
-from tailored.data.ranking_features import ActivitySnapshot, ItemNeighbors, ranker_inputs
+from tailored.data.ranking_features import (
+    DENSE_FEATURES,
+    ActivitySnapshot,
+    ItemNeighbors,
+    ItemRegression,
+    ranker_inputs,
+)
 from tailored.errors import TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
@@ -38,6 +44,8 @@ BUNDLE_FILES = {
     "item_first_seen": "items/first_seen.npy",
     "item_neighbors": "items/neighbors.npy",
     "item_neighbor_weights": "items/neighbor_weights.npy",
+    "item_ease_rows": "items/ease_rows.npy",
+    "item_ease_weights": "items/ease_weights.npy",
     "context_popular": "items/context_popular.npy",
     "context_popular_counts": "items/context_popular_counts.npy",
     "index": "index",
@@ -140,6 +148,40 @@ class ContextPopular:
         return uniq[order].astype(np.int64), total[order]
 
 
+def _dense_width(ranker: Any | None) -> int:
+    for i in ranker.get_inputs() if ranker is not None else ():
+        if i.name == "dense" and len(i.shape) == 2 and isinstance(i.shape[1], int):
+            if i.shape[1] > len(DENSE_FEATURES):
+                raise BundleError(
+                    f"its ranker reads {i.shape[1]} ranking features; this version of "
+                    f"tailored computes {len(DENSE_FEATURES)} (a newer bundle?)"
+                )
+            return int(i.shape[1])
+    return 0
+
+
+def _regression(root: Path, n_items: int) -> ItemRegression:
+    rows, weights = (root / BUNDLE_FILES[k] for k in ("item_ease_rows", "item_ease_weights"))
+    if not rows.exists() and not weights.exists():
+        return ItemRegression.empty(n_items)
+    if not rows.exists() or not weights.exists():
+        missing = rows if not rows.exists() else weights
+        raise BundleError(f"{root}: no {missing.relative_to(root)} beside its pair")
+    regression = ItemRegression(load_npy(rows), load_npy(weights))
+    k = len(regression.weights)
+    if (
+        regression.rows.shape != (n_items + 1,)
+        or regression.weights.shape != (k, k)
+        or int(regression.rows.max(initial=-1)) >= k
+    ):
+        raise BundleError(
+            f"{root}: {BUNDLE_FILES['item_ease_rows']} {regression.rows.shape} and "
+            f"{BUNDLE_FILES['item_ease_weights']} {regression.weights.shape} do not fit "
+            f"{n_items} items"
+        )
+    return regression
+
+
 @dataclass
 class TwoStage:
     """The serving half of a bundle (see the module doc). Build with :meth:`load`."""
@@ -153,6 +195,8 @@ class TwoStage:
     item_history: np.ndarray  # float32 [N+1, id_dim]
     activity: ActivitySnapshot  # item counts all / 7 days / 30 days, first seen, at build time
     item_neighbors: ItemNeighbors  # co-occurrence neighbours, from every event at build time
+    # the item-item model, from every event at build time (a bundle older than it: none)
+    item_regression: ItemRegression
     index: ItemIndex
     user_tower: Any
     ranker: Any | None
@@ -160,6 +204,9 @@ class TwoStage:
     # per context field and value, the items with the most positives in it (build time)
     context_popular: ContextPopular | None = None
     ranker_input_names: frozenset[str] = frozenset()  # what the ranker graph reads, once
+    # how many ranking features the ranker reads: the first ones (features are only ever
+    # appended, so a ranker of an older bundle reads those it was trained on); 0 = all
+    ranker_dense: int = 0
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1) -> TwoStage:
@@ -168,6 +215,7 @@ class TwoStage:
         manifest = verify_bundle(path)
         root = manifest.path
         optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
+        optional |= {"item_ease_rows", "item_ease_weights"}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():
@@ -200,6 +248,7 @@ class TwoStage:
                 load_npy(root / BUNDLE_FILES["item_neighbors"]),
                 load_npy(root / BUNDLE_FILES["item_neighbor_weights"]),
             ),
+            item_regression=_regression(root, len(items_t)),
             index=load_index(root / BUNDLE_FILES["index"]),
             user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
             ranker=ranker,
@@ -208,6 +257,7 @@ class TwoStage:
             ranker_input_names=frozenset(
                 i.name for i in (ranker.get_inputs() if ranker is not None else ())
             ),
+            ranker_dense=_dense_width(ranker),
         )
 
     @property
@@ -284,7 +334,7 @@ class TwoStage:
             items=self.items,
             item_emb=self.item_embeddings,
             candidates=candidates,
-            dense=dense,
+            dense=dense[..., : self.ranker_dense] if self.ranker_dense else dense,
             user_emb=user_emb,
         )
         # the exporter drops inputs a ranker does not read (fields the config turned off)

@@ -156,6 +156,7 @@ class Recommender:
             activity=self.two.activity,
             neighbors=self.two.item_neighbors,
             item_emb=self.two.item_embeddings,
+            regression=self.two.item_regression,
         )
         users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
         ranked = self.two.rank(

@@ -226,6 +226,12 @@ class RankerConfig:
     # training loss: "softmax" (listwise cross-entropy) or "lambdarank" (pairs weighted by
     # their NDCG change)
     loss: str = "softmax"
+    # the item-item linear model behind the ``ease_score`` feature (EASE): the items with the
+    # most users it models (its inverse is this size squared; 0 = no model, the feature 0)
+    # and its L2 penalty (larger data wants larger; 100 is best on MovieLens-100k's
+    # validation split among 50-800)
+    ease_items: int = 4096
+    ease_l2: float = 100.0
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
@@ -246,6 +252,9 @@ class RankerConfig:
             raise ConfigError(f"[ranker] holdout: must be in (0, 0.9), got {self.holdout}")
         if self.weight_decay < 0:
             raise ConfigError(f"[ranker] weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.ease_items < 0:
+            raise ConfigError(f"[ranker] ease_items: must be >= 0, got {self.ease_items}")
+        _positive("ranker", "ease_l2", self.ease_l2)
 
 
 @dataclass(frozen=True)

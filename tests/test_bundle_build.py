@@ -187,5 +187,71 @@ def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildRe
     ).read_bytes()
 
 
+def test_a_bundle_from_before_the_item_item_model_still_serves(
+    built: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    """A bundle written before ``ease_score`` existed: no item-item model files, and a ranker
+    that reads one ranking feature fewer. It loads, and its ranker reads the features it
+    was trained on (they are only ever appended)."""
+    import dataclasses
+    import hashlib
+
+    import torch
+
+    from tailored.config import from_dict
+    from tailored.data.ranking_features import DENSE_FEATURES, ranker_inputs
+    from tailored.train.export import export_ranker
+    from tailored.train.ranker import RANKER_INPUTS, Ranker
+    from tailored.train.ranking import ranker_spec
+    from tailored.train.run import load_data
+
+    new = TwoStage.load(built[2].path)
+    assert new.item_regression.weights.shape == (1682, 1682)  # every movie has a rating
+    assert new.ranker_dense == len(DENSE_FEATURES)
+    old = tmp_path / "v000001"
+    shutil.copytree(built[2].path, old)
+    gone = {BUNDLE_FILES["item_ease_rows"], BUNDLE_FILES["item_ease_weights"]}
+    for name in gone:
+        (old / name).unlink()
+    cfg = from_dict(new.manifest.config, where="manifest")
+    data = load_data(cfg)
+    spec = ranker_spec(data, new.item_embeddings.shape[1], cfg.ranker)
+    torch.manual_seed(0)
+    ranker = Ranker(dataclasses.replace(spec, dense=len(DENSE_FEATURES) - 1)).eval()
+    rng = np.random.default_rng(0)
+    cands = np.array([[5, 9, 14, 200]])
+    dense = rng.normal(size=(1, 4, len(DENSE_FEATURES))).astype(np.float32)
+    user_emb = rng.normal(size=(1, new.item_embeddings.shape[1])).astype(np.float32)
+    args: dict[str, Any] = {
+        "users": data.users.take(np.array([3])),
+        "context": np.zeros((1, data.context.shape[1]), np.int64),
+        "candidates": cands,
+        "user_emb": user_emb,
+    }
+    feeds = ranker_inputs(
+        **args, items=new.items, item_emb=new.item_embeddings, dense=dense[..., :-1]
+    )
+    example = {k: torch.from_numpy(feeds[k]) for k in RANKER_INPUTS}
+    export_ranker(ranker, example, old / BUNDLE_FILES["ranker"])
+    with torch.no_grad():
+        expect = ranker(*(example[k] for k in RANKER_INPUTS)).numpy()
+    # seal the altered copy as its writer would have
+    manifest_path = old / "manifest.json"
+    doc = json.loads(manifest_path.read_text())
+    doc["files"] = [f for f in doc["files"] if f["path"] not in gone]
+    for f in doc["files"]:
+        if f["path"] == BUNDLE_FILES["ranker"]:
+            blob = (old / f["path"]).read_bytes()
+            f.update(size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    manifest_path.write_text(json.dumps(doc))
+
+    two = TwoStage.load(old)
+    assert two.item_regression.weights.shape == (0, 0)
+    assert (two.item_regression.scores(np.array([1, 2]), cands[0]) == 0).all()
+    assert two.ranker_dense == len(DENSE_FEATURES) - 1
+    got = two.rank(**args, dense=dense)  # all the features this version computes
+    np.testing.assert_allclose(got[0], expect, rtol=1e-4, atol=1e-4)
+
+
 def test_bundle_build_cli_refuses_a_missing_run(tmp_path: Path) -> None:
     assert main(["bundle", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2

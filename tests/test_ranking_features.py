@@ -10,6 +10,7 @@ from tailored.data.ranking_features import (
     DENSE_FEATURES,
     ItemActivity,
     ItemNeighbors,
+    ItemRegression,
     dense_features,
     item_tags,
     ranker_inputs,
@@ -120,6 +121,70 @@ def test_item_neighbors_by_hand() -> None:
     # only the `recent` last items of each user count: with 1, user 1 keeps item 3 only
     nb1 = ItemNeighbors.of(users, items, np.array([0, 2, 5, 6]), 3, recent=1)
     assert (nb1.weights[3] == 0).all()
+
+
+def test_item_regression_is_a_ridge_regression_per_item() -> None:
+    # EASE's closed form against its definition: column j of the weights is the ridge
+    # regression of "the user has item j" on the user's other items
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 7)) < 0.4).astype(float)
+    users, cols = np.nonzero(x)
+    l2 = 3.0
+    reg = ItemRegression.of(np.r_[users, users[:5]], np.r_[cols, cols[:5]] + 1, 7, l2=l2)
+    assert reg.rows.tolist() == [-1, 0, 1, 2, 3, 4, 5, 6]  # every item modelled, in order
+    for j in range(7):
+        others = [i for i in range(7) if i != j]
+        a = x[:, others]
+        ridge = np.linalg.solve(a.T @ a + l2 * np.eye(6), a.T @ x[:, j])
+        np.testing.assert_allclose(reg.weights[others, j], ridge, rtol=1e-4, atol=1e-6)
+        assert reg.weights[j, j] == 0
+    # a history's score is the sum of its items' rows; a repeated item counts once
+    hist, cands = np.array([1, 3, 3]), np.array([2, 4, 1])
+    expect = reg.weights[[0, 2]][:, [1, 3, 0]].sum(0)
+    np.testing.assert_allclose(reg.scores(hist, cands), expect, rtol=1e-6)
+
+
+def test_item_regression_models_the_most_active_items_only() -> None:
+    # user 0: items 1, 2; user 1: 1, 3; user 2: 1, 2, 4 (twice); user 3: 3
+    # item 1 has 3 users, items 2 and 3 two each, item 4 one: two places go to items 1 and 2
+    # (a tie goes to the lower item number)
+    users = np.array([0, 0, 1, 1, 2, 2, 2, 2, 3])
+    items = np.array([1, 2, 1, 3, 1, 2, 4, 4, 3])
+    reg = ItemRegression.of(users, items, 5, max_items=2, l2=1.0)
+    assert reg.rows.tolist() == [-1, 0, 1, -1, -1, -1]
+    assert reg.weights.shape == (2, 2)
+    # item 2 regressed on item 1 alone: <x1, x2> / (|x1|^2 + l2) = 2 / (3 + 1)
+    np.testing.assert_allclose(reg.weights[0, 1], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(reg.weights[1, 0], 2 / (2 + 1), rtol=1e-5)
+    # items outside the model, in the history or among the candidates, add nothing
+    s = reg.scores(np.array([1, 3, 5]), np.array([2, 3, 4]))
+    np.testing.assert_allclose(s, [reg.weights[0, 1], 0.0, 0.0], rtol=1e-6)
+    empty = ItemRegression.of(users, items, 5, max_items=0)
+    assert empty.weights.shape == (0, 0)
+    assert (empty.scores(np.array([1, 2]), np.array([1, 2, 3])) == 0).all()
+
+
+def test_dense_features_read_the_item_regression() -> None:
+    tags = item_tags(_items())
+    act = ItemActivity.of(np.array([1]), np.array([5]), 4)
+    nb = ItemNeighbors.of(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64), 4)
+    reg = ItemRegression.of(np.array([0, 0, 1, 1, 2]), np.array([1, 2, 2, 3, 4]), 4, l2=1.0)
+    kwargs = {
+        "candidates": np.array([1, 3, 4]),
+        "scores": np.zeros(3, np.float32),
+        "history": np.array([2, 4]),
+        "history_times": np.array([1, 2]),
+        "now": 10.0,
+        "tags": tags,
+        "activity": act,
+        "neighbors": nb,
+        "item_emb": np.ones((5, 2), np.float32),
+    }
+    f = dense_features(**kwargs, regression=reg)  # type: ignore[arg-type]
+    got = f[:, F["ease_score"]]
+    np.testing.assert_allclose(got, reg.scores(np.array([2, 4]), np.array([1, 3, 4])))
+    assert got[0] != 0 and got[1] != 0  # items 1 and 3 share users with item 2
+    assert (dense_features(**kwargs)[:, F["ease_score"]] == 0).all()  # type: ignore[arg-type]
 
 
 def test_dense_features_without_history() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tailored.config import from_dict
+from tailored.config import RankerConfig, from_dict
 from tailored.data.features import user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
@@ -64,6 +64,7 @@ def _two_stage_requests(
     hist_splits: tuple[int, ...],
     target: int,
     n_candidates: int,
+    ranker: RankerConfig,
 ) -> Requests:
     info = two.info
     hashes = user_hash_buckets(data.user_ids[users], int(info.get("user_id_buckets", 0)))
@@ -89,6 +90,8 @@ def _two_stage_requests(
         history_splits=hist_splits,
         target=target,
         n_candidates=n_candidates,
+        ease_items=ranker.ease_items,
+        ease_l2=ranker.ease_l2,
     )
 
 
@@ -108,7 +111,7 @@ def evaluate_bundle(
     _check_same_data(two, data)
     target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
     n_cand = max(cfg.ranker.candidates, max(KS))
-    req = _two_stage_requests(two, data, users, hist_splits, target, n_cand)
+    req = _two_stage_requests(two, data, users, hist_splits, target, n_cand, cfg.ranker)
     if hist_splits != seen:  # train-only history: valid items are still not recommended
         extra = UserHistory.of(data, (VALID,))
         for row, u in enumerate(users):

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
     ItemActivity,
     ItemNeighbors,
+    ItemRegression,
     dense_features,
     item_tags,
 )
@@ -93,11 +95,15 @@ def build_requests(
     batch: int = 512,
     seed: int = 0,
     prefix: np.ndarray | None = None,
+    ease_items: int = RankerConfig.ease_items,
+    ease_l2: float = RankerConfig.ease_l2,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
     history; item activity counts the ``history_splits`` events of all users before ``now``,
-    and co-occurrence the ``history_splits`` events. ``item_emb`` [N+1, D] item embeddings.
+    and co-occurrence and the item-item model (``ease_items``, ``ease_l2``: see
+    :class:`~tailored.config.RankerConfig`) the ``history_splits`` events. ``item_emb``
+    [N+1, D] item embeddings.
 
     ``prefix`` int [R] (default 0): a request's first ``prefix`` target-split events are
     moved into its history (the embeddings must have been made with them), so one user
@@ -109,6 +115,7 @@ def build_requests(
     activity = ItemActivity.of(h_items, h_times, data.n_items)
     h_users = np.repeat(np.arange(data.n_users), np.diff(h_off))
     neighbors = ItemNeighbors.of(h_users, h_items, h_off, data.n_items, seed=seed)
+    regression = ItemRegression.of(h_users, h_items, data.n_items, max_items=ease_items, l2=ease_l2)
     tags = item_tags(data.items)
     users = np.asarray(users, np.int64)
     r = len(users)
@@ -150,6 +157,7 @@ def build_requests(
             activity=activity,
             neighbors=neighbors,
             item_emb=item_emb,
+            regression=regression,
         )
         labels[row] = np.isin(cands[row], t_items[t_start[row] : t_off[u + 1]]) & (cands[row] > 0)
     return Requests(users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel)

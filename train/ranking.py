@@ -141,6 +141,8 @@ def training_requests(
         n_candidates=cfg.candidates,
         seed=seed,
         prefix=prefix,
+        ease_items=cfg.ease_items,
+        ease_l2=cfg.ease_l2,
     )
 
 
