@@ -193,6 +193,9 @@ class TrainConfig:
         _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
 
 
+MAX_EASE_ITEMS = 32_768  # the item-item model's size at most: 8 GiB per float64 matrix
+
+
 @dataclass(frozen=True)
 class RankerConfig:
     """The re-ranker (DCN-v2 crosses over user, item, context and ranking features), trained
@@ -252,8 +255,11 @@ class RankerConfig:
             raise ConfigError(f"[ranker] holdout: must be in (0, 0.9), got {self.holdout}")
         if self.weight_decay < 0:
             raise ConfigError(f"[ranker] weight_decay: must be >= 0, got {self.weight_decay}")
-        if self.ease_items < 0:
-            raise ConfigError(f"[ranker] ease_items: must be >= 0, got {self.ease_items}")
+        if not 0 <= self.ease_items <= MAX_EASE_ITEMS:
+            raise ConfigError(
+                f"[ranker] ease_items: must be in [0, {MAX_EASE_ITEMS}] (its inverse is that "
+                f"size squared, in float64), got {self.ease_items}"
+            )
         _positive("ranker", "ease_l2", self.ease_l2)
 
 

@@ -73,3 +73,12 @@ def test_ranker_loss_is_one_of_the_known() -> None:
     assert load_config(values={"ranker": {"loss": "lambdarank"}}).ranker.loss == "lambdarank"
     with pytest.raises(ConfigError, match=r"\[ranker\] loss: 'hinge' is not one of"):
         load_config(values={"ranker": {"loss": "hinge"}})
+
+
+def test_ranker_item_item_model_settings() -> None:
+    assert load_config(values={"ranker": {"ease_items": 0}}).ranker.ease_items == 0  # off
+    for bad in (-1, 40_000):
+        with pytest.raises(ConfigError, match=rf"\[ranker\] ease_items: must be in .* got {bad}"):
+            load_config(values={"ranker": {"ease_items": bad}})
+    with pytest.raises(ConfigError, match=r"\[ranker\] ease_l2: must be > 0"):
+        load_config(values={"ranker": {"ease_l2": 0.0}})
