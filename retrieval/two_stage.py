@@ -148,13 +148,14 @@ class ContextPopular:
         return uniq[order].astype(np.int64), total[order]
 
 
-def _dense_width(ranker: Any | None) -> int:
+def _dense_width(ranker: Any | None, root: Path) -> int:
     for i in ranker.get_inputs() if ranker is not None else ():
         if i.name == "dense" and len(i.shape) == 2 and isinstance(i.shape[1], int):
             if i.shape[1] > len(DENSE_FEATURES):
                 raise BundleError(
-                    f"its ranker reads {i.shape[1]} ranking features; this version of "
-                    f"tailored computes {len(DENSE_FEATURES)} (a newer bundle?)"
+                    f"{root / BUNDLE_FILES['ranker']}: reads {i.shape[1]} ranking features; "
+                    f"this version of tailored computes {len(DENSE_FEATURES)} (a bundle "
+                    "written by a newer version?)"
                 )
             return int(i.shape[1])
     return 0
@@ -257,7 +258,7 @@ class TwoStage:
             ranker_input_names=frozenset(
                 i.name for i in (ranker.get_inputs() if ranker is not None else ())
             ),
-            ranker_dense=_dense_width(ranker),
+            ranker_dense=_dense_width(ranker, root),
         )
 
     @property
