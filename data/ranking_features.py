@@ -29,12 +29,13 @@ candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
                             user's most recent item
 ``emb_sim_recent``          the mean of that cosine over the user's 5 most recent items
 ``ease_score``              the item's score under an item-item linear model of the user's
-                            whole history (EASE, :class:`ItemRegression`; 0 for items it does
-                            not model)
+                            history (EASE, :class:`ItemRegression`; 0 for items it does not
+                            model)
 ==========================  ==============================================================
 
-Features are only ever appended to this list, so that a ranker trained on fewer of them
-(an older bundle's) reads the first ones it knows.
+The history is the user's ``HISTORY_EVENTS`` most recent items (what a bundle keeps of each
+user for serving). Features are only ever appended to this list, so that a ranker trained
+on fewer of them (an older bundle's) reads the first ones it knows.
 
 Item activity is "as of ``now``": offline, exact per request time from the known events;
 online, the bundle's snapshot of them. Co-occurrence and the item-item model count the
@@ -52,6 +53,7 @@ from tailored.data.features import FeatureTable
 
 __all__ = [
     "DENSE_FEATURES",
+    "HISTORY_EVENTS",
     "ActivitySnapshot",
     "ItemActivity",
     "ItemNeighbors",
@@ -83,6 +85,9 @@ DENSE_FEATURES = (
     "ease_score",
 )
 _DAY = 86_400
+# the most recent history items the features read: what a bundle keeps of each user for
+# serving (``USER_SNAPSHOT_EVENTS``), so that offline and served features agree
+HISTORY_EVENTS = 200
 _RECENT = 20
 _SIM_RECENT = 5
 _NEVER_HOURS = 1e5
@@ -300,9 +305,10 @@ class ItemRegression:
         gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += l2
         p = np.linalg.inv(gram)
-        weights = -p / np.diag(p)[None, :]
-        np.fill_diagonal(weights, 0.0)
-        return cls(rows, weights.astype(np.float32))
+        del gram  # at most two K x K float64 matrices alive at once
+        p /= -np.diag(p)[None, :]
+        np.fill_diagonal(p, 0.0)
+        return cls(rows, p.astype(np.float32))
 
     def scores(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Each candidate's score given the ``history`` items (repeats count once), [C]."""
@@ -312,7 +318,7 @@ class ItemRegression:
         c = self.rows[candidates]
         known = c >= 0
         if len(h) and known.any():
-            out[known] = self.weights[h][:, c[known]].sum(0)
+            out[known] = self.weights[np.ix_(h, c[known])].sum(0)
         return out
 
 
@@ -337,10 +343,12 @@ def dense_features(
 
     ``candidates`` int [C] item indices (1-based), in retrieved order; ``scores`` [C] their
     retrieval scores; ``history`` int [H] and ``history_times`` int64 [H] the user's items,
-    oldest first; ``now`` the request time in seconds; ``tags`` from :func:`item_tags`;
+    oldest first (the last ``HISTORY_EVENTS`` are read); ``now`` the request time in
+    seconds; ``tags`` from :func:`item_tags`;
     ``item_emb`` float32 [N+1, D] the item tower's embeddings; ``regression`` the
     item-item model (none: ``ease_score`` 0).
     """
+    history, history_times = history[-HISTORY_EVENTS:], history_times[-HISTORY_EVENTS:]
     c = len(candidates)
     out = np.zeros((c, len(DENSE_FEATURES)), np.float32)
     out[:, 0] = scores

@@ -29,7 +29,7 @@ from tailored.bundle import BundleWriter, load_json, resolve_bundle, verify_bund
 from tailored.config import Config, RankerConfig, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
 from tailored.data.interactions import Interactions
-from tailored.data.ranking_features import ItemNeighbors, ItemRegression
+from tailored.data.ranking_features import HISTORY_EVENTS, ItemNeighbors, ItemRegression
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
@@ -43,8 +43,8 @@ __all__ = ["BuildResult", "build_bundle", "refresh"]
 
 _log = logging.getLogger(__name__)
 _DAY = 86_400
-# positives per user kept in the bundle for serving (the ranker's affinity features read them)
-USER_SNAPSHOT_EVENTS = 200
+# positives per user kept in the bundle for serving: as many as the ranker's features read
+USER_SNAPSHOT_EVENTS = HISTORY_EVENTS
 # items kept per context value for the non-personalized result in that context
 CONTEXT_POPULAR_TOP = 1000
 _WORK_ENV = "TAILORED_EMBED_WORK"

@@ -168,19 +168,22 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
     if not rows.exists() or not weights.exists():
         missing = rows if not rows.exists() else weights
         raise BundleError(f"{root}: no {missing.relative_to(root)} beside its pair")
-    regression = ItemRegression(load_npy(rows), load_npy(weights))
-    k = len(regression.weights)
-    if (
-        regression.rows.shape != (n_items + 1,)
-        or regression.weights.shape != (k, k)
-        or int(regression.rows.max(initial=-1)) >= k
+    r, w = load_npy(rows), load_npy(weights)
+    k = w.shape[0] if w.ndim == 2 else -1
+    if not (
+        np.issubdtype(r.dtype, np.integer)
+        and r.shape == (n_items + 1,)
+        and np.issubdtype(w.dtype, np.floating)
+        and w.shape == (k, k)
+        and (not len(r) or (int(r.min()) >= -1 and int(r.max()) < k))
     ):
         raise BundleError(
-            f"{root}: {BUNDLE_FILES['item_ease_rows']} {regression.rows.shape} and "
-            f"{BUNDLE_FILES['item_ease_weights']} {regression.weights.shape} do not fit "
-            f"{n_items} items"
+            f"{root}: {BUNDLE_FILES['item_ease_rows']} ({r.dtype} {r.shape}) and "
+            f"{BUNDLE_FILES['item_ease_weights']} ({w.dtype} {w.shape}) are not an item-item "
+            f"model of {n_items} items: rows must be integers in [-1, K) for each item and "
+            "row 0, weights a float K x K matrix"
         )
-    return regression
+    return ItemRegression(r.astype(np.int64), w)
 
 
 @dataclass

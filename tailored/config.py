@@ -193,7 +193,9 @@ class TrainConfig:
         _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
 
 
-MAX_EASE_ITEMS = 32_768  # the item-item model's size at most: 8 GiB per float64 matrix
+# the item-item model's size at most: fitting it holds two K x K float64 matrices (4 GiB
+# together at this cap) and the bundle stores K x K float32 (1 GiB)
+MAX_EASE_ITEMS = 16_384
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ class RankerConfig:
     # the item-item linear model behind the ``ease_score`` feature (EASE): the items with the
     # most users it models (its inverse is this size squared; 0 = no model, the feature 0)
     # and its L2 penalty (larger data wants larger; 100 is best on MovieLens-100k's
-    # validation split among 50-800)
+    # validation split among 25-800)
     ease_items: int = 4096
     ease_l2: float = 100.0
 
