@@ -4,6 +4,8 @@ MovieLens-100k, a small model)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -187,15 +189,22 @@ def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildRe
     ).read_bytes()
 
 
-def test_a_bundle_from_before_the_item_item_model_still_serves(
-    built: tuple[Path, Path, BuildResult], tmp_path: Path
-) -> None:
-    """A bundle written before ``ease_score`` existed: no item-item model files, and a ranker
-    that reads one ranking feature fewer. It loads, and its ranker reads the features it
-    was trained on (they are only ever appended)."""
-    import dataclasses
-    import hashlib
+def _reseal(bundle: Path) -> None:
+    """Rewrite a copied bundle's manifest for the files it now holds, as its writer would."""
+    manifest_path = bundle / "manifest.json"
+    doc = json.loads(manifest_path.read_text())
+    doc["files"] = [f for f in doc["files"] if (bundle / f["path"]).exists()]
+    for f in doc["files"]:
+        blob = (bundle / f["path"]).read_bytes()
+        f.update(size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    manifest_path.write_text(json.dumps(doc))
 
+
+def _ranker_reading(
+    two: TwoStage, n_dense: int, path: Path
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """A ranker (random weights) that reads the first ``n_dense`` ranking features, exported
+    to ``path``: (rank() arguments but ``dense``, all the features, its torch scores)."""
     import torch
 
     from tailored.config import from_dict
@@ -205,52 +214,94 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     from tailored.train.ranking import ranker_spec
     from tailored.train.run import load_data
 
-    new = TwoStage.load(built[2].path)
-    assert new.item_regression.weights.shape == (1682, 1682)  # every movie has a rating
-    assert new.ranker_dense == len(DENSE_FEATURES)
-    old = tmp_path / "v000001"
-    shutil.copytree(built[2].path, old)
-    gone = {BUNDLE_FILES["item_ease_rows"], BUNDLE_FILES["item_ease_weights"]}
-    for name in gone:
-        (old / name).unlink()
-    cfg = from_dict(new.manifest.config, where="manifest")
+    cfg = from_dict(two.manifest.config, where="manifest")
     data = load_data(cfg)
-    spec = ranker_spec(data, new.item_embeddings.shape[1], cfg.ranker)
+    spec = ranker_spec(data, two.item_embeddings.shape[1], cfg.ranker)
     torch.manual_seed(0)
-    ranker = Ranker(dataclasses.replace(spec, dense=len(DENSE_FEATURES) - 1)).eval()
+    ranker = Ranker(dataclasses.replace(spec, dense=n_dense)).eval()
     rng = np.random.default_rng(0)
-    cands = np.array([[5, 9, 14, 200]])
-    dense = rng.normal(size=(1, 4, len(DENSE_FEATURES))).astype(np.float32)
-    user_emb = rng.normal(size=(1, new.item_embeddings.shape[1])).astype(np.float32)
+    width = max(n_dense, len(DENSE_FEATURES))
+    dense = rng.normal(size=(1, 4, width)).astype(np.float32)
     args: dict[str, Any] = {
         "users": data.users.take(np.array([3])),
         "context": np.zeros((1, data.context.shape[1]), np.int64),
-        "candidates": cands,
-        "user_emb": user_emb,
+        "candidates": np.array([[5, 9, 14, 200]]),
+        "user_emb": rng.normal(size=(1, two.item_embeddings.shape[1])).astype(np.float32),
     }
     feeds = ranker_inputs(
-        **args, items=new.items, item_emb=new.item_embeddings, dense=dense[..., :-1]
+        **args, items=two.items, item_emb=two.item_embeddings, dense=dense[..., :n_dense]
     )
     example = {k: torch.from_numpy(feeds[k]) for k in RANKER_INPUTS}
-    export_ranker(ranker, example, old / BUNDLE_FILES["ranker"])
+    export_ranker(ranker, example, path)
     with torch.no_grad():
         expect = ranker(*(example[k] for k in RANKER_INPUTS)).numpy()
-    # seal the altered copy as its writer would have
-    manifest_path = old / "manifest.json"
-    doc = json.loads(manifest_path.read_text())
-    doc["files"] = [f for f in doc["files"] if f["path"] not in gone]
-    for f in doc["files"]:
-        if f["path"] == BUNDLE_FILES["ranker"]:
-            blob = (old / f["path"]).read_bytes()
-            f.update(size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
-    manifest_path.write_text(json.dumps(doc))
+    return args, dense, expect
+
+
+def test_a_bundle_from_before_the_item_item_model_still_serves(
+    built: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    """A bundle written before ``ease_score`` existed: no item-item model files, and a ranker
+    that reads one ranking feature fewer. It loads, its ranker reads the features it was
+    trained on (they are only ever appended), and a refresh of it keeps that ranker."""
+    from tailored.data.ranking_features import DENSE_FEATURES
+
+    new = TwoStage.load(built[2].path)
+    assert new.item_regression.weights.shape == (1682, 1682)  # every movie has a rating
+    assert new.ranker_dense == len(DENSE_FEATURES)
+    old = tmp_path / "bundles" / "v000001"
+    shutil.copytree(built[2].path, old)
+    for key in ("item_ease_rows", "item_ease_weights"):
+        (old / BUNDLE_FILES[key]).unlink()
+    n_old = len(DENSE_FEATURES) - 1
+    args, dense, expect = _ranker_reading(new, n_old, old / BUNDLE_FILES["ranker"])
+    _reseal(old)
 
     two = TwoStage.load(old)
     assert two.item_regression.weights.shape == (0, 0)
-    assert (two.item_regression.scores(np.array([1, 2]), cands[0]) == 0).all()
-    assert two.ranker_dense == len(DENSE_FEATURES) - 1
+    assert (two.item_regression.scores(np.array([1, 2]), args["candidates"][0]) == 0).all()
+    assert two.ranker_dense == n_old
     got = two.rank(**args, dense=dense)  # all the features this version computes
     np.testing.assert_allclose(got[0], expect, rtol=1e-4, atol=1e-4)
+
+    second = refresh(old, progress_bar=False)  # the model is fitted; the old ranker stays
+    refreshed = TwoStage.load(second.path)
+    assert refreshed.item_regression.weights.shape[0] > 0
+    assert refreshed.ranker_dense == n_old
+    np.testing.assert_allclose(refreshed.rank(**args, dense=dense)[0], expect, rtol=1e-4, atol=1e-4)
+
+
+def test_a_ranker_reading_more_features_than_this_version_is_refused(
+    built: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    from tailored.data.ranking_features import DENSE_FEATURES
+
+    copy = tmp_path / "v000001"
+    shutil.copytree(built[2].path, copy)
+    n = len(DENSE_FEATURES) + 1
+    _ranker_reading(TwoStage.load(built[2].path), n, copy / BUNDLE_FILES["ranker"])
+    _reseal(copy)
+    with pytest.raises(BundleError, match=rf"ranker\.onnx: reads {n} ranking features"):
+        TwoStage.load(copy)
+
+
+def test_the_item_item_model_files_are_checked(
+    built: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    copy = tmp_path / "v000001"
+    shutil.copytree(built[2].path, copy)
+    rows_path = copy / BUNDLE_FILES["item_ease_rows"]
+    rows = np.load(rows_path)
+    for bad in (np.r_[rows[:-1], 1682], rows.astype(np.float32), np.r_[-2, rows[1:]]):
+        np.save(rows_path, bad)
+        _reseal(copy)
+        with pytest.raises(BundleError, match=r"ease_rows\.npy .* not an item-item model"):
+            TwoStage.load(copy)
+    (copy / BUNDLE_FILES["item_ease_weights"]).unlink()
+    np.save(rows_path, rows)
+    _reseal(copy)
+    with pytest.raises(BundleError, match=r"no items/ease_weights\.npy beside its pair"):
+        TwoStage.load(copy)
 
 
 def test_bundle_build_cli_refuses_a_missing_run(tmp_path: Path) -> None:
