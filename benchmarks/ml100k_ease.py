@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from benchmarks._machine import machine
-from tailored.data.movielens import fetch_movielens_100k
+from benchmarks._ml100k import split_a_events
 from tailored.data.ranking_features import ItemRegression
-from tailored.data.splits import user_temporal_split
 from tailored.train.metrics import Csr, per_user_metrics, topk_from_scores
 from tailored.train.run import write_json_atomic
 
@@ -44,11 +42,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dataset", type=Path, help="a converted MovieLens-100k (default: fetch)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
-    dataset = a.dataset or fetch_movielens_100k()
-    t = pq.read_table(dataset / "events.parquet", columns=["user_id", "item_id", "timestamp"])
-    user = np.unique(t["user_id"].to_numpy(zero_copy_only=False), return_inverse=True)[1]
-    item = np.unique(t["item_id"].to_numpy(zero_copy_only=False), return_inverse=True)[1] + 1
-    split = user_temporal_split(user, t["timestamp"].cast("int64").to_numpy())
+    user, item, _, split = split_a_events(a.dataset)
+    item = item + 1  # the item-item model numbers items from 1
     n_items = int(item.max())
     result: dict[str, Any] = {"benchmark": "ml100k_ease", "machine": machine(), "ndcg@10": {}}
     for name, target in (("valid", 1), ("test", 2)):
