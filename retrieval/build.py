@@ -200,6 +200,19 @@ def _user_snapshot(data: Interactions, length: int) -> dict[str, np.ndarray]:
     }
 
 
+def _user_seen(data: Interactions) -> dict[str, np.ndarray]:
+    """Every item each user has a positive for, for serving's "already interacted" filter
+    (the snapshot above keeps only the most recent): user u's distinct item rows, sorted, at
+    ``user_seen_items[user_seen_offsets[u]:user_seen_offsets[u + 1]]``."""
+    users = np.repeat(np.arange(data.n_users, dtype=np.int64), np.diff(data.offsets))
+    pairs = np.unique(users * (data.n_items + 1) + data.item)
+    counts = np.bincount(pairs // (data.n_items + 1), minlength=data.n_users)
+    return {
+        "user_seen_offsets": np.r_[0, np.cumsum(counts)].astype(np.int64),
+        "user_seen_items": (pairs % (data.n_items + 1)).astype(np.int32),
+    }
+
+
 def _neighbors(data: Interactions, seed: int) -> ItemNeighbors:
     """The serving snapshot of the ranker's co-occurrence table: every positive event (the
     offline evaluation builds its own from the splits before the evaluated one)."""
@@ -372,6 +385,8 @@ def _write_bundle(
             _save(w, "user_categorical", uin["user_cat"])
             _save(w, "user_numeric", uin["user_num"])
             for name, arr in _user_snapshot(data, USER_SNAPSHOT_EVENTS).items():
+                _save(w, name, arr)
+            for name, arr in _user_seen(data).items():
                 _save(w, name, arr)
         new_items = int((train_index == 0).sum())
         all_metrics = {

@@ -55,6 +55,8 @@ BUNDLE_FILES = {
     "user_numeric": "users/numeric.npy",
     "user_history": "users/history.npy",
     "user_history_times": "users/history_times.npy",
+    "user_seen_offsets": "users/seen_offsets.npy",
+    "user_seen_items": "users/seen_items.npy",
 }
 _USER_FILES = (
     "user_embeddings",
@@ -80,13 +82,17 @@ class UserSnapshot:
     """What the bundle knows of its users at build time: ``ids`` str [U] pseudonyms; encoded
     profiles ``categorical`` int64 [U, C] and ``numeric`` float32 [U, F]; each user's most
     recent positives, ``history`` int32 [U, L] bundle rows and ``history_times`` int64 [U, L]
-    seconds, left-padded with 0, most recent last."""
+    seconds, left-padded with 0, most recent last; every item each user has a positive for,
+    user u's at ``seen_items[seen_offsets[u]:seen_offsets[u + 1]]`` (a bundle older than
+    these two: the history stands in)."""
 
     ids: np.ndarray
     categorical: np.ndarray
     numeric: np.ndarray
     history: np.ndarray
     history_times: np.ndarray
+    seen_offsets: np.ndarray | None = None
+    seen_items: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._rows = {str(u): i for i, u in enumerate(self.ids)}
@@ -97,6 +103,12 @@ class UserSnapshot:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def seen(self, row: int) -> np.ndarray:
+        """The bundle rows the user at ``row`` has a positive for (build time), int [S]."""
+        if self.seen_offsets is None or self.seen_items is None:
+            return self.history[row][self.history[row] > 0]
+        return self.seen_items[self.seen_offsets[row] : self.seen_offsets[row + 1]]
 
     @classmethod
     def load(cls, root: Path) -> UserSnapshot | None:
@@ -109,7 +121,33 @@ class UserSnapshot:
             numeric=load_npy(root / BUNDLE_FILES["user_numeric"]),
             history=load_npy(root / BUNDLE_FILES["user_history"]),
             history_times=load_npy(root / BUNDLE_FILES["user_history_times"]),
+            **_seen(root, len(ids)),
         )
+
+
+def _seen(root: Path, n_users: int) -> dict[str, np.ndarray]:
+    names = {k: root / BUNDLE_FILES[k] for k in ("user_seen_offsets", "user_seen_items")}
+    found = {k for k, path in names.items() if path.exists()}
+    if not found:
+        return {}
+    if len(found) == 1:
+        raise BundleError(f"{root}: {BUNDLE_FILES[found.pop()]} without its pair")
+    offsets, items = (load_npy(path) for path in names.values())
+    if not (
+        np.issubdtype(offsets.dtype, np.integer)
+        and offsets.shape == (n_users + 1,)
+        and np.issubdtype(items.dtype, np.integer)
+        and items.ndim == 1
+        and offsets[0] == 0
+        and offsets[-1] == len(items)
+        and (np.diff(offsets) >= 0).all()
+    ):
+        raise BundleError(
+            f"{root}: {BUNDLE_FILES['user_seen_offsets']} ({offsets.dtype} {offsets.shape}) and "
+            f"{BUNDLE_FILES['user_seen_items']} ({items.dtype} {items.shape}) are not each of "
+            f"{n_users} users' items"
+        )
+    return {"seen_offsets": offsets, "seen_items": items}
 
 
 @dataclass(frozen=True)
@@ -219,7 +257,7 @@ class TwoStage:
         manifest = verify_bundle(path)
         root = manifest.path
         optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
-        optional |= {"item_ease_rows", "item_ease_weights"}
+        optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():

@@ -140,7 +140,9 @@ class Recommender:
             context=context,
             history=self._window(hist),
         )
-        seen = set(hist.tolist())
+        seen = set(hist.tolist())  # the snapshot's recent positives and the online ones
+        if row is not None and self.two.users is not None:
+            seen.update(self.two.users.seen(row).tolist())  # and every older one
         scores, cands = self.two.retrieve(emb, self.cfg.candidates, [seen | excluded])
         keep = cands[0] > 0
         cands, scores = cands[0][keep], scores[0][keep]

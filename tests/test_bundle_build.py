@@ -251,7 +251,7 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     assert new.ranker_dense == len(DENSE_FEATURES)
     old = tmp_path / "bundles" / "v000001"
     shutil.copytree(built[2].path, old)
-    for key in ("item_ease_rows", "item_ease_weights"):
+    for key in ("item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"):
         (old / BUNDLE_FILES[key]).unlink()
     n_old = len(DENSE_FEATURES) - 1
     args, dense, expect = _ranker_reading(new, n_old, old / BUNDLE_FILES["ranker"])
@@ -261,6 +261,13 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     assert two.item_regression.weights.shape == (0, 0)
     assert (two.item_regression.scores(np.array([1, 2]), args["candidates"][0]) == 0).all()
     assert two.ranker_dense == n_old
+    # without every user's items, serving's "already interacted" falls back to the snapshot
+    assert new.users is not None and two.users is not None
+    assert new.users.seen_offsets is not None
+    row = int(np.argmax(np.diff(new.users.seen_offsets)))  # the heaviest user: 737 movies
+    recent = new.users.history[row][new.users.history[row] > 0]
+    assert len(new.users.seen(row)) > len(recent) == 200 and set(recent) < set(new.users.seen(row))
+    np.testing.assert_array_equal(two.users.seen(row), recent)
     got = two.rank(**args, dense=dense)  # all the features this version computes
     np.testing.assert_allclose(got[0], expect, rtol=1e-4, atol=1e-4)
 

@@ -101,6 +101,21 @@ def test_a_known_user_gets_k_personalized_items_with_reasons(running: Running) -
     assert running.client.recommend("1", 10).request_id != resp.request_id
 
 
+def test_nothing_a_heavy_user_ever_rated_comes_back(running: Running) -> None:
+    """Beyond the 200 most recent positives the bundle keeps for the ranker's features: user
+    "13" rated 636 movies; none of them is recommended, even among 100."""
+    from tailored.config import from_dict
+    from tailored.train.run import load_data
+
+    two = running.service.bundle.current.two
+    data = load_data(from_dict(two.manifest.config, where="manifest"))
+    u = int(np.flatnonzero(data.user_ids == Pseudonymizer(TEST_KEY)("13"))[0])
+    rated = {str(data.item_ids[i - 1]) for i in data.item[data.user == u]}
+    assert len(rated) > 2 * 200  # most of them older than the snapshot's 200
+    ids = [i.item_id for i in running.client.recommend("13", 100).items]
+    assert len(ids) == 100 and not rated & set(ids)
+
+
 def test_clicks_change_the_next_page_without_retraining(
     running: Running, serve_bundle: Path
 ) -> None:
