@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 before = client.recommend(args.user, 10)
                 shown = {i.item_id for i in before.items}
                 counts = {g: sum(g in tags[i] for i in shown) for g in _PREFERRED}
-                genre = min(_PREFERRED, key=lambda g: (counts[g], _PREFERRED.index(g)))
+                # the genre least on the page; of those, the one with the most titles to show
+                size = {g: sum(g in t for t in item_genres) for g in _PREFERRED}
+                genre = min(_PREFERRED, key=lambda g: (counts[g], -size[g]))
                 _show(f"user {args.user}: recommendations now", before, genre, tags)
                 rows = [
                     r
