@@ -59,6 +59,7 @@ __all__ = [
     "ItemNeighbors",
     "ItemRegression",
     "dense_features",
+    "distinct_pairs",
     "item_tags",
     "ranker_inputs",
 ]
@@ -250,6 +251,15 @@ class ItemNeighbors:
         return total, best
 
 
+def distinct_pairs(
+    users: np.ndarray, items: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, item) pairs of events' users and items (1-based, at most
+    ``n_items``), sorted by user then item: (users, items) int64 [P]."""
+    pairs = np.unique(np.asarray(users, np.int64) * (n_items + 1) + np.asarray(items, np.int64))
+    return pairs // (n_items + 1), pairs % (n_items + 1)
+
+
 @dataclass
 class ItemRegression:
     """An item-item linear model of users' histories over the most active items (EASE,
@@ -287,10 +297,7 @@ class ItemRegression:
 
         if max_items <= 0 or not len(items):
             return cls.empty(n_items)
-        users = np.asarray(users, np.int64)
-        items = np.asarray(items, np.int64)
-        pairs = np.unique(users * (n_items + 1) + items)
-        u, i = pairs // (n_items + 1), pairs % (n_items + 1)
+        u, i = distinct_pairs(users, items, n_items)
         count = np.bincount(i, minlength=n_items + 1)
         count[0] = 0
         top = np.argsort(-count, kind="stable")[:max_items]

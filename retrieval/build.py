@@ -29,7 +29,12 @@ from tailored.bundle import BundleWriter, load_json, resolve_bundle, verify_bund
 from tailored.config import Config, RankerConfig, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
 from tailored.data.interactions import Interactions
-from tailored.data.ranking_features import HISTORY_EVENTS, ItemNeighbors, ItemRegression
+from tailored.data.ranking_features import (
+    HISTORY_EVENTS,
+    ItemNeighbors,
+    ItemRegression,
+    distinct_pairs,
+)
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
@@ -204,27 +209,24 @@ def _user_seen(data: Interactions) -> dict[str, np.ndarray]:
     """Every item each user has a positive for, for serving's "already interacted" filter
     (the snapshot above keeps only the most recent): user u's distinct item rows, sorted, at
     ``user_seen_items[user_seen_offsets[u]:user_seen_offsets[u + 1]]``."""
-    users = np.repeat(np.arange(data.n_users, dtype=np.int64), np.diff(data.offsets))
-    pairs = np.unique(users * (data.n_items + 1) + data.item)
-    counts = np.bincount(pairs // (data.n_items + 1), minlength=data.n_users)
+    users, items = distinct_pairs(data.user, data.item, data.n_items)
+    counts = np.bincount(users, minlength=data.n_users)
     return {
         "user_seen_offsets": np.r_[0, np.cumsum(counts)].astype(np.int64),
-        "user_seen_items": (pairs % (data.n_items + 1)).astype(np.int32),
+        "user_seen_items": items.astype(np.int32),
     }
 
 
 def _neighbors(data: Interactions, seed: int) -> ItemNeighbors:
     """The serving snapshot of the ranker's co-occurrence table: every positive event (the
     offline evaluation builds its own from the splits before the evaluated one)."""
-    users = np.repeat(np.arange(data.n_users), np.diff(data.offsets))
-    return ItemNeighbors.of(users, data.item, data.offsets, data.n_items, seed=seed)
+    return ItemNeighbors.of(data.user, data.item, data.offsets, data.n_items, seed=seed)
 
 
 def _regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:
     """The serving snapshot of the ranker's item-item model: every positive event."""
-    users = np.repeat(np.arange(data.n_users), np.diff(data.offsets))
     return ItemRegression.of(
-        users, data.item, data.n_items, max_items=cfg.ease_items, l2=cfg.ease_l2
+        data.user, data.item, data.n_items, max_items=cfg.ease_items, l2=cfg.ease_l2
     )
 
 

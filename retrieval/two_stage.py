@@ -125,14 +125,23 @@ class UserSnapshot:
         )
 
 
+def _optional_pair(root: Path, first: str, second: str) -> tuple[np.ndarray, ...] | None:
+    """Two bundle files that come together (``BUNDLE_FILES`` keys): both loaded, or None
+    where a bundle older than them has neither; one without the other is refused."""
+    paths = [root / BUNDLE_FILES[k] for k in (first, second)]
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == 2:
+        return None
+    if missing:
+        raise BundleError(f"{root}: no {missing[0].relative_to(root)} beside its pair")
+    return tuple(load_npy(p) for p in paths)
+
+
 def _seen(root: Path, n_users: int) -> dict[str, np.ndarray]:
-    names = {k: root / BUNDLE_FILES[k] for k in ("user_seen_offsets", "user_seen_items")}
-    found = {k for k, path in names.items() if path.exists()}
-    if not found:
+    pair = _optional_pair(root, "user_seen_offsets", "user_seen_items")
+    if pair is None:
         return {}
-    if len(found) == 1:
-        raise BundleError(f"{root}: {BUNDLE_FILES[found.pop()]} without its pair")
-    offsets, items = (load_npy(path) for path in names.values())
+    offsets, items = pair
     if not (
         np.issubdtype(offsets.dtype, np.integer)
         and offsets.shape == (n_users + 1,)
@@ -200,13 +209,10 @@ def _dense_width(ranker: Any | None, root: Path) -> int:
 
 
 def _regression(root: Path, n_items: int) -> ItemRegression:
-    rows, weights = (root / BUNDLE_FILES[k] for k in ("item_ease_rows", "item_ease_weights"))
-    if not rows.exists() and not weights.exists():
+    pair = _optional_pair(root, "item_ease_rows", "item_ease_weights")
+    if pair is None:
         return ItemRegression.empty(n_items)
-    if not rows.exists() or not weights.exists():
-        missing = rows if not rows.exists() else weights
-        raise BundleError(f"{root}: no {missing.relative_to(root)} beside its pair")
-    r, w = load_npy(rows), load_npy(weights)
+    r, w = pair
     k = w.shape[0] if w.ndim == 2 else -1
     if not (
         np.issubdtype(r.dtype, np.integer)
