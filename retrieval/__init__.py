@@ -1,4 +1,4 @@
-"""tailored.retrieval: item indexes (exact, HNSW, IVF-PQ, torch top-k) and how to choose one.
+"""tailored.retrieval: item indexes (exact, HNSW, IVF-Flat, IVF-PQ, torch top-k) and how to choose one.
 
 Importing this package imports FAISS and numpy but not torch: :class:`TorchTopKIndex`
 imports torch when one is constructed.
@@ -21,6 +21,7 @@ from tailored.retrieval.faiss_indexes import (
     set_num_threads,
 )
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
+from tailored.retrieval.ivfflat import IVFFlatIndex
 from tailored.retrieval.ivfpq import IVFPQIndex
 from tailored.retrieval.torch_index import TorchTopKIndex
 
@@ -30,6 +31,7 @@ __all__ = [
     "ExactIndex",
     "Exclude",
     "HNSWIndex",
+    "IVFFlatIndex",
     "IVFPQIndex",
     "IndexChoice",
     "IndexInputError",

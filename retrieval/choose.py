@@ -4,15 +4,15 @@ The rule (:func:`choose_index`), for ``N`` items of dimension ``d``:
 
 * ``N < 100,000``: ``exact``. A flat scan of 100k x 64 floats is ~2 ms per query on one core,
   and exact needs no training and no recall check.
-* otherwise ``ivfpq`` (IVF-PQ shortlist, exact re-scoring): ``nlist`` = the power of two
-  nearest ``4 sqrt(N)`` (4,096 at 1M), ``nprobe = nlist / 512`` (at least 8), ``m = d / 4``
-  sub-vectors of 8 bits (4 dims per code byte; the largest divisor of d at most d/4 when 4
-  does not divide d), ``k_factor = 4``. Chosen over HNSW because it builds in a fraction of
-  the time (no graph) and, with the refine step, its scores are exact; HNSW is one override
-  away. ``benchmarks/index_bench.py`` measures the choice at 1M x 64: recall@100 0.985 on
-  clustered data. nprobe is the knob least sure to carry over to real embeddings, which
-  cluster less: ``build_index(..., target_recall=0.95)`` doubles it until the recall measured
-  on sample queries reaches the target.
+* otherwise ``ivfflat`` (IVF over the float vectors): ``nlist`` = the power of two nearest
+  ``4 sqrt(N)`` (4,096 at 1M), ``nprobe = nlist / 512`` (at least 8). Its scores are exact and
+  its recall is limited only by the cells visited. It replaced IVF-PQ with exact re-scoring
+  as the default: that keeps the same float vectors plus its codes, and at d = 64 and serving
+  depth it was 2-5x slower at every nprobe for the same recall
+  (``benchmarks/index_bench.py``, 1M x 64). ``ivfpq`` (``m = d / 4`` sub-vectors of 8 bits,
+  ``k_factor = 4``) and HNSW are one override away. nprobe is the knob least sure to carry
+  over to real embeddings, which cluster less: ``build_index(..., target_recall=0.95)``
+  doubles it until the recall measured on sample queries reaches the target.
 
 Overrides (a config table) replace any default by key; ``kind`` picks the kind. With ``kind``
 left at "auto", parameters of the kind not chosen are ignored (a small catalog simply gets
@@ -47,7 +47,7 @@ EXACT_MAX_ITEMS = 100_000
 _MAX_EF_SEARCH = 4096
 _MAX_K_FACTOR = 64  # IVF-PQ refine shortlist: k * k_factor re-scored exactly
 _MIN_GAIN = 0.005  # a knob doubled for less recall than this is not worth its cost
-_KINDS = ("exact", "hnsw", "ivfpq", "torch")
+_KINDS = ("exact", "hnsw", "ivfflat", "ivfpq", "torch")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,10 @@ class IndexChoice:
 def _defaults(kind: str, n_items: int, dim: int) -> dict[str, Any]:
     if kind == "hnsw":
         return {"M": 32, "efConstruction": 80, "efSearch": 128}
+    nlist = 2 ** round(math.log2(max(16.0, 4 * math.sqrt(max(n_items, 1)))))
+    if kind == "ivfflat":
+        return {"nlist": nlist, "nprobe": max(8, nlist // 512)}
     if kind == "ivfpq":
-        nlist = 2 ** round(math.log2(max(16.0, 4 * math.sqrt(max(n_items, 1)))))
         m = max(i for i in range(1, max(1, dim // 4) + 1) if dim % i == 0)
         return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": max(8, nlist // 512), "k_factor": 4}
     return {}
@@ -82,7 +84,7 @@ def choose_index(n_items: int, dim: int, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"index kind {kind!r} is not one of {['auto', *_KINDS]}")
     auto = kind == "auto"
     if auto:
-        kind = "exact" if n_items < EXACT_MAX_ITEMS else "ivfpq"
+        kind = "exact" if n_items < EXACT_MAX_ITEMS else "ivfflat"
         reason = f"{n_items:,} items {'<' if kind == 'exact' else '>='} {EXACT_MAX_ITEMS:,}"
     else:
         reason = "set by configuration"
@@ -178,6 +180,7 @@ def _tune(
     recall reached."""
     recall = measure(index.search(queries, k)[1])
     limits = {
+        "ivfflat": {"nprobe": index.describe().get("effective", {}).get("nlist", 1)},
         "ivfpq": {
             "nprobe": index.describe().get("effective", {}).get("nlist", 1),
             "k_factor": _MAX_K_FACTOR,

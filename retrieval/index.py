@@ -36,6 +36,7 @@ Exclude = Sequence[Collection[int] | np.ndarray | None] | None
 # Modules defining the implementations, imported on first load() so this one stays light.
 _IMPLEMENTATIONS = (
     "tailored.retrieval.faiss_indexes",
+    "tailored.retrieval.ivfflat",
     "tailored.retrieval.ivfpq",
     "tailored.retrieval.torch_index",
 )
@@ -204,7 +205,7 @@ class ItemIndex(ABC):
 
     @classmethod
     def for_kind(cls, kind: str) -> type[ItemIndex]:
-        """The implementation registered under ``kind`` ("exact", "hnsw", "ivfpq", "torch")."""
+        """The implementation registered under ``kind`` ("exact", "hnsw", "ivfflat", "ivfpq", "torch")."""
         for module in _IMPLEMENTATIONS:
             importlib.import_module(module)  # registers its classes; imports no torch
         if kind not in cls._kinds:

@@ -270,7 +270,7 @@ class IndexConfig:
     """The item index: its kind ("auto" picks by catalog size) and parameter overrides, and
     how the recall of an approximate index against exact search is measured."""
 
-    kind: str = "auto"  # "auto" | "exact" | "hnsw" | "ivfpq" | "torch"
+    kind: str = "auto"  # "auto" | "exact" | "hnsw" | "ivfflat" | "ivfpq" | "torch"
     params: dict[str, float] = field(default_factory=dict)
     recall_queries: int = 1000  # user embeddings sampled to measure recall@k
     recall_k: int = 100
@@ -279,7 +279,7 @@ class IndexConfig:
     target_recall: float = 0.95
 
     def validate(self) -> None:
-        _one_of("index", "kind", self.kind, ("auto", "exact", "hnsw", "ivfpq", "torch"))
+        _one_of("index", "kind", self.kind, ("auto", "exact", "hnsw", "ivfflat", "ivfpq", "torch"))
         _positive("index", "recall_queries", self.recall_queries)
         _positive("index", "recall_k", self.recall_k)
         if not 0.0 <= self.target_recall <= 1.0:

@@ -13,6 +13,7 @@ from tailored.errors import ConfigError
 from tailored.retrieval import (
     ExactIndex,
     HNSWIndex,
+    IVFFlatIndex,
     IVFPQIndex,
     build_index,
     choose_index,
@@ -30,19 +31,29 @@ def test_small_catalogs_get_the_exact_index() -> None:
     assert isinstance(choice.create(64), ExactIndex)
 
 
-def test_large_catalogs_get_ivfpq_sized_by_the_rule() -> None:
-    # 4 sqrt(1e6) = 4000 -> nlist 4096; nprobe max(8, 4096 / 512) = 8; m = 64 / 4 = 16
+def test_large_catalogs_get_ivfflat_sized_by_the_rule() -> None:
+    # 4 sqrt(1e6) = 4000 -> nlist 4096; nprobe max(8, 4096 / 512) = 8
     choice = choose_index(1_000_000, 64)
-    assert choice.kind == "ivfpq"
-    assert choice.params == {"nlist": 4096, "m": 16, "nbits": 8, "nprobe": 8, "k_factor": 4}
-    # 4 sqrt(1e8) = 40000 -> 32768; d = 96 -> m = 24; d = 75: divisors <= 18 -> m = 15
+    assert choice.kind == "ivfflat"
+    assert choice.params == {"nlist": 4096, "nprobe": 8}
+    assert isinstance(choice.create(64), IVFFlatIndex)
+    # 4 sqrt(1e8) = 40000 -> 32768; 4 sqrt(1e5) = 1265 -> 1024, nprobe 8; at 1e8, nprobe 64
     assert choose_index(100_000_000, 96).params["nlist"] == 32768
-    assert choose_index(100_000_000, 96).params["m"] == 24
-    assert choose_index(200_000, 75).params["m"] == 15
-    # 4 sqrt(1e5) = 1265 -> 1024, nprobe 8; 4 sqrt(1e8) -> 32768, nprobe 64
     assert choose_index(100_000, 64).params["nprobe"] == 8
     assert choose_index(100_000_000, 64).params["nprobe"] == 64
+
+
+def test_ivfpq_is_one_override_away_sized_by_the_rule() -> None:
+    # m = 64 / 4 = 16; d = 96 -> m = 24; d = 75: divisors <= 18 -> m = 15
+    choice = choose_index(1_000_000, 64, {"kind": "ivfpq"})
+    assert choice.params == {"nlist": 4096, "m": 16, "nbits": 8, "nprobe": 8, "k_factor": 4}
     assert isinstance(choice.create(64), IVFPQIndex)
+    assert choose_index(100_000_000, 96, {"kind": "ivfpq"}).params["m"] == 24
+    assert choose_index(200_000, 75, {"kind": "ivfpq"}).params["m"] == 15
+    # auto: parameters only IVF-PQ has are ignored by the IVF-Flat it picks, not an error
+    assert choose_index(1_000_000, 64, {"k_factor": 16}).params == {"nlist": 4096, "nprobe": 8}
+    with pytest.raises(ConfigError, match="'k_factor' does not apply to kind 'ivfflat'"):
+        choose_index(1_000_000, 64, {"kind": "ivfflat", "k_factor": 16})
 
 
 def test_overrides_by_key() -> None:
@@ -132,6 +143,21 @@ def test_build_index_measures_recall_of_approximate_indexes() -> None:
     truth.build(loose.vectors, loose.ids)
     assert tuned.recall == measure_recall(tuned.index, truth, loose.queries, 10)
     assert tuned.recall <= tuned.recall_tolerant  # ties only ever add hits
+    # IVF-Flat scores whole cells exactly: nprobe alone is tuned, and every cell is exact
+    flat = build_index(
+        loose.vectors,
+        loose.ids,
+        kind="ivfflat",
+        params={"nlist": 32, "nprobe": 1},
+        sample_queries=loose.queries,
+        k=10,
+        target_recall=0.95,
+    )
+    assert flat.recall_tolerant is not None and flat.recall_tolerant >= 0.95
+    assert flat.index.params["nprobe"] in (4, 8, 16)
+    assert flat.describe()["effective"] == {"nlist": 32}
+    flat.index.set_search_params(nprobe=32)
+    assert measure_recall(flat.index, truth, loose.queries, 10) == 1.0
     info = approx.describe()
     assert (info["kind"], info["recall_k"], info["effective"]) == (
         "ivfpq",

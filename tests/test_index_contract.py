@@ -19,6 +19,7 @@ from tailored.retrieval import (
     HNSWIndex,
     IndexInputError,
     ItemIndex,
+    IVFFlatIndex,
     IVFPQIndex,
     TorchTopKIndex,
     faiss_gpu_count,
@@ -34,12 +35,13 @@ TOL = 1e-5  # float32 inner products of unit vectors in 32 dims agree to ~1e-7
 FACTORIES: dict[str, Callable[[], ItemIndex]] = {
     "exact": lambda: ExactIndex(DIM),
     "hnsw": lambda: HNSWIndex(DIM, M=16, efConstruction=64, efSearch=48),
+    "ivfflat": lambda: IVFFlatIndex(DIM, nlist=16, nprobe=6),
     "ivfpq": lambda: IVFPQIndex(DIM, nlist=16, m=16, nbits=5, nprobe=6, k_factor=8),
     "torch": lambda: TorchTopKIndex(DIM),
 }
 pytestmark = pytest.mark.usefixtures("faiss_one_thread")
 
-RECALL_FLOOR = {"exact": 1.0, "torch": 1.0, "hnsw": 0.95, "ivfpq": 0.9}
+RECALL_FLOOR = {"exact": 1.0, "torch": 1.0, "hnsw": 0.95, "ivfflat": 0.9, "ivfpq": 0.9}
 CATALOG = clustered_catalog(2000, DIM, 40, n_clusters=20, seed=7)
 
 
@@ -159,7 +161,7 @@ def test_save_load_round_trip(built: ItemIndex, tmp_path: Path) -> None:
 
 
 def test_search_params_change_without_rebuild(built: ItemIndex, tmp_path: Path) -> None:
-    if not isinstance(built, HNSWIndex | IVFPQIndex):
+    if not isinstance(built, HNSWIndex | IVFFlatIndex | IVFPQIndex):
         pytest.skip("no search-time parameters")
     name = built.search_params[0]
     built.set_search_params(**{name: 3})
