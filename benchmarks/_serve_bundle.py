@@ -39,13 +39,17 @@ class Sizes:
     ranker_users: int
     ranker_epochs: int
     batch_size: int = 4096  # few optimizer steps: each updates the 1M-row id table densely
+    # users of the training run's final evaluation (0: the config's 20,000); on the device
+    # machine the full-catalogue evaluation, not the capped epoch, is most of the train step
+    final_eval_users: int = 0
 
     @property
     def name(self) -> str:
-        return (
+        name = (
             f"items{self.items}-users{self.users}-epu{self.events_per_user:g}"
             f"-ep{self.max_epochs}-b{self.batch_size}-rk{self.ranker_users}x{self.ranker_epochs}"
         )
+        return name + (f"-ev{self.final_eval_users}" if self.final_eval_users else "")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ def _config(dataset: Path, s: Sizes) -> str:
     base = base.replace("max_epochs = 5", f"max_epochs = {s.max_epochs}")
     base = base.replace("limit_val_users = 5000", "limit_val_users = 2000")
     base = base.replace("batch_size = 1024", f"batch_size = {s.batch_size}")
+    if s.final_eval_users:
+        base += f"final_eval_users = {s.final_eval_users}\n"
     return (
         base
         + f"max_minutes = {s.max_minutes}\nprogress_bar = false\n\n"

@@ -1,6 +1,9 @@
 """Where a Recommend's time goes: the server's servicer (``_Personalization.Recommend``, the
 whole request path below gRPC: edge checks, pseudonym, online state, towers, index, ranker,
-diversity, the response message) called in-process under cProfile for ``--requests`` users.
+diversity, the response message) called in-process under cProfile for ``--requests`` users;
+and the recall of the index as served (its ``[serve] index_search`` settings) on those
+requests' own user vectors: the candidates it returned against an exact search of the same
+depth over the bundle's item vectors.
 
     python -m benchmarks._serve_profile BUNDLE STATE USERS.json OUT.json [--requests 300]
 
@@ -46,6 +49,47 @@ def _top(stats: pstats.Stats, key: str, n: int, calls: int) -> list[dict[str, An
     return rows[:n]
 
 
+def _served_recall(
+    service: Any, servicer: Any, reqs: list[Any], ctx: _Context, depth: int
+) -> dict[str, Any]:
+    """Recall@``depth`` of the index as served, on the user vectors these requests searched
+    with (recorded by wrapping the bundle's ``retrieve`` once more, after the timed loops):
+    strict (the exact top ids found) and tolerant (ann-benchmarks: a hit scores within 1e-3
+    of the exact ``depth``-th best), without exclusions on either side."""
+    import numpy as np
+
+    from tailored.retrieval import ExactIndex, measure_recall, tolerant_recall
+
+    two = service.bundle.current.two
+    vectors: list[Any] = []
+    retrieve = two.retrieve
+
+    def recording(emb: Any, n: int, exclude: Any = None) -> Any:
+        vectors.append(np.array(emb, np.float32))
+        return retrieve(emb, n, exclude)
+
+    two.retrieve = recording
+    try:
+        for r in reqs:
+            servicer.Recommend(r, ctx)
+    finally:
+        two.retrieve = retrieve
+    q = np.concatenate(vectors)
+    items = np.ascontiguousarray(two.item_embeddings[1:], np.float32)
+    ids = np.arange(1, len(items) + 1, dtype=np.int64)
+    exact = ExactIndex(items.shape[1])
+    exact.build(items, ids)
+    truth_scores, _ = exact.search(q, depth)
+    found = two.index.search(q, depth)[1]
+    return {
+        **two.index.describe(),
+        "queries": len(q),
+        "depth": depth,
+        "recall": round(measure_recall(two.index, exact, q, depth), 4),
+        "recall_tolerant": round(tolerant_recall(found, truth_scores, items, ids, q), 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path)
@@ -81,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in reqs:
         servicer.Recommend(r, ctx)
     plain = (time.perf_counter() - start) / len(reqs)
+    served = _served_recall(service, servicer, reqs, ctx, cfg.candidates)
     prof = cProfile.Profile()
     prof.enable()
     for r in reqs:
@@ -90,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "requests": len(reqs),
         "servicer_ms_per_request_unprofiled": round(plain * 1000, 3),
+        "served_index": served,
         "top_by_cumtime": _top(stats, "cumtime", 30, len(reqs)),
         "top_by_tottime": _top(stats, "tottime", 20, len(reqs)),
     }

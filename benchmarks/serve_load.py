@@ -73,6 +73,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4096, help="two-tower training batch")
     p.add_argument("--ranker-users", type=int, default=5000, help="ranker training requests")
     p.add_argument("--ranker-epochs", type=int, default=3)
+    p.add_argument(
+        "--final-eval-users",
+        type=int,
+        default=0,
+        help="users of the training run's final evaluation (0: the config's)",
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each")
     p.add_argument("--concurrency", default="1,8,32")
@@ -487,6 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.ranker_users,
         a.ranker_epochs,
         a.batch_size,
+        a.final_eval_users,
     )
     start = time.perf_counter()
     # a second version (a refresh of the first) only for the swap phase

@@ -1,4 +1,5 @@
-"""tailored.retrieval: item indexes (exact, HNSW, IVF-Flat, IVF-PQ, torch top-k) and how to choose one.
+"""tailored.retrieval: item indexes (exact, HNSW, IVF-Flat, IVF-PQ, torch top-k) and how to
+choose one.
 
 Importing this package imports FAISS and numpy but not torch: :class:`TorchTopKIndex`
 imports torch when one is constructed.

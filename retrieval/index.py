@@ -205,7 +205,8 @@ class ItemIndex(ABC):
 
     @classmethod
     def for_kind(cls, kind: str) -> type[ItemIndex]:
-        """The implementation registered under ``kind`` ("exact", "hnsw", "ivfflat", "ivfpq", "torch")."""
+        """The implementation registered under ``kind`` ("exact", "hnsw", "ivfflat", "ivfpq",
+        "torch")."""
         for module in _IMPLEMENTATIONS:
             importlib.import_module(module)  # registers its classes; imports no torch
         if kind not in cls._kinds:
