@@ -28,7 +28,7 @@ else
     # long the towers trained
     size=(--train-minutes 1 --final-eval-users 2000 --ranker-users 3000 --ranker-epochs 2
         --seconds 6 --warmup 1)
-    cfgs="processes12 processes4 processes1"
+    cfgs=${CFGS:-processes12 processes4 processes1}
 fi
 for c in $cfgs; do
     echo "== recommend phase, [serve] of benchmarks/serve_configs/$c.toml ($(( $(date +%s) - start )) s)"

@@ -425,7 +425,8 @@ def _profile_phase(
             *(["--config", str(a.server_config)] if a.server_config else []),
         ],
         check=True,
-        env={**e, "PYTHONPATH": root},
+        # the repo first, and whatever the caller's path held (the device machine's wheels)
+        env={**e, "PYTHONPATH": os.pathsep.join(x for x in (root, e.get("PYTHONPATH")) if x)},
         stdout=subprocess.DEVNULL,
     )
     prof: dict[str, Any] = json.loads(out.read_text())
