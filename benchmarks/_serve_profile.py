@@ -49,16 +49,10 @@ def _top(stats: pstats.Stats, key: str, n: int, calls: int) -> list[dict[str, An
     return rows[:n]
 
 
-def _served_recall(
-    service: Any, servicer: Any, reqs: list[Any], ctx: _Context, depth: int
-) -> dict[str, Any]:
-    """Recall@``depth`` of the index as served, on the user vectors these requests searched
-    with (recorded by wrapping the bundle's ``retrieve`` once more, after the timed loops):
-    strict (the exact top ids found) and tolerant (ann-benchmarks: a hit scores within 1e-3
-    of the exact ``depth``-th best), without exclusions on either side."""
+def record_user_vectors(service: Any, servicer: Any, reqs: list[Any], ctx: _Context) -> Any:
+    """The user vectors these requests search the index with, float32 [R, d]: their
+    Recommend calls again, with the bundle's ``retrieve`` wrapped to record its queries."""
     import numpy as np
-
-    from tailored.retrieval import ExactIndex, measure_recall, tolerant_recall
 
     two = service.bundle.current.two
     vectors: list[Any] = []
@@ -74,19 +68,51 @@ def _served_recall(
             servicer.Recommend(r, ctx)
     finally:
         two.retrieve = retrieve
-    q = np.concatenate(vectors)
-    items = np.ascontiguousarray(two.item_embeddings[1:], np.float32)
-    ids = np.arange(1, len(items) + 1, dtype=np.int64)
-    exact = ExactIndex(items.shape[1])
-    exact.build(items, ids)
-    truth_scores, _ = exact.search(q, depth)
-    found = two.index.search(q, depth)[1]
+    return np.concatenate(vectors)
+
+
+class ExactTruth:
+    """The exact top ``depth`` of queries ``q`` over the bundle's item vectors, and the
+    recall of any index's answers against it: strict (the exact top ids found) and tolerant
+    (ann-benchmarks: a hit scores within 1e-3 of the exact ``depth``-th best)."""
+
+    def __init__(self, two: Any, q: Any, depth: int) -> None:
+        import numpy as np
+
+        from tailored.retrieval import ExactIndex
+
+        self.items = np.ascontiguousarray(two.item_embeddings[1:], np.float32)
+        self.ids = np.arange(1, len(self.items) + 1, dtype=np.int64)
+        self.q, self.depth = q, depth
+        self.index = ExactIndex(self.items.shape[1])
+        self.index.build(self.items, self.ids)
+        self.scores, self.found = self.index.search(q, depth)
+
+    def recall(self, index: Any) -> dict[str, float]:
+        import numpy as np
+
+        from tailored.retrieval import tolerant_recall
+
+        found = index.search(self.q, self.depth)[1]
+        strict = np.mean(
+            [np.isin(t[t >= 0], f).mean() for t, f in zip(self.found, found, strict=True)]
+        )
+        tolerant = tolerant_recall(found, self.scores, self.items, self.ids, self.q)
+        return {"recall": round(float(strict), 4), "recall_tolerant": round(tolerant, 4)}
+
+
+def _served_recall(
+    service: Any, servicer: Any, reqs: list[Any], ctx: _Context, depth: int
+) -> dict[str, Any]:
+    """Recall@``depth`` of the index as served, on the user vectors these requests searched
+    with, without exclusions on either side (:class:`ExactTruth`)."""
+    two = service.bundle.current.two
+    q = record_user_vectors(service, servicer, reqs, ctx)
     return {
         **two.index.describe(),
         "queries": len(q),
         "depth": depth,
-        "recall": round(measure_recall(two.index, exact, q, depth), 4),
-        "recall_tolerant": round(tolerant_recall(found, truth_scores, items, ids, q), 4),
+        **ExactTruth(two, q, depth).recall(two.index),
     }
 
 

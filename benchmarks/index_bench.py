@@ -87,7 +87,7 @@ def run_kind(
 
 def _sweep(index: Any, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace) -> list:
     """Recall and batch-1 speed over the search-time knob, without rebuilding."""
-    knob = {"ivfpq": "nprobe", "hnsw": "efSearch"}.get(index.kind)
+    knob = {"ivfflat": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}.get(index.kind)
     if knob is None:
         return []
     base, out = index.params[knob], []

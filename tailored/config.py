@@ -340,7 +340,8 @@ class ServeConfig:
     # searches under concurrent requests; a costly one (many IVF cells) gains from more
     index_threads: int = 0
     # search-time parameters of the bundle's index, replacing the ones it was tuned with
-    # (IVF-PQ nprobe, k_factor; HNSW efSearch): latency against recall without a rebuild
+    # (IVF-Flat nprobe; IVF-PQ nprobe, k_factor; HNSW efSearch): latency against recall
+    # without a rebuild
     index_search: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> ServeConfig:

@@ -156,6 +156,7 @@ def test_build_index_measures_recall_of_approximate_indexes() -> None:
     assert flat.recall_tolerant is not None and flat.recall_tolerant >= 0.95
     assert flat.index.params["nprobe"] in (4, 8, 16)
     assert flat.describe()["effective"] == {"nlist": 32}
+    assert isinstance(flat.index, IVFFlatIndex)
     flat.index.set_search_params(nprobe=32)
     assert measure_recall(flat.index, truth, loose.queries, 10) == 1.0
     info = approx.describe()

@@ -1,0 +1,146 @@
+"""The index at serving depth on the serving benchmark's own embeddings: recall against
+exact search, and the time of one search, as nprobe varies, for the bundle's IVF-Flat index
+and for an IVF-PQ index with exact re-scoring (the previous default) built in the same run
+over the same item vectors.
+
+The queries are the user vectors of ``--requests`` Recommend calls for known users of the
+synthetic site (the servicer called in-process, as :mod:`benchmarks._serve_profile` does),
+so they are what serving searches with. Searches are batch 1 on one FAISS thread at depth
+``--depth`` (the ranker's candidates), through the public ``ItemIndex.search``; each time is
+the best of ``--rounds`` passes over the queries. Exact search is the baseline.
+
+    python -m benchmarks.serve_index_sweep            # the cached 1M-item bundle
+
+JSON to ``benchmarks/results/serve_index_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._machine import machine
+from benchmarks._serve_bundle import KEY, Sizes, ensure_bundle, raw_user_id
+from benchmarks._serve_profile import ExactTruth, _Context, record_user_vectors
+
+__all__ = ["main"]
+
+OUT = Path(__file__).parent / "results" / "serve_index_sweep.json"
+
+
+def _ms_per_search(index: Any, q: np.ndarray, depth: int, rounds: int) -> float:
+    for row in q[:10]:  # warm
+        index.search(row[None], depth)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for row in q:
+            index.search(row[None], depth)
+        best = min(best, (time.perf_counter() - start) / len(q))
+    return round(best * 1000, 4)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--depth", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 2048])
+    p.add_argument("--ivfpq-nprobe", type=int, nargs="+", default=[128, 512, 2048])
+    p.add_argument("--ivfpq-k-factor", type=int, default=16)
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)
+    os.environ["TAILORED_PSEUDONYM_KEY"] = KEY  # the benchmark's key, as serve_load's
+    from tailored.config import load_serve_config
+    from tailored.data.pseudonym import Pseudonymizer, load_key
+    from tailored.retrieval import IVFFlatIndex, IVFPQIndex, set_num_threads
+    from tailored.serve.bundles import LiveBundle
+    from tailored.serve.server import Service, _Personalization
+    from tailored.serve.sqlite_state import SQLiteState
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    start = time.perf_counter()
+    sizes = Sizes(50_000, 1_000_000, 60.0, 1, 8.0, 5000, 3)  # serve_load's defaults
+    built = ensure_bundle(sizes, versions=1)
+    set_num_threads(1)
+    cfg = load_serve_config(None, overrides={"clock": "bundle"})
+    with tempfile.TemporaryDirectory(prefix="serve_index_sweep.") as tmp:
+        service = Service(
+            LiveBundle(built.versions[0], cfg),
+            SQLiteState(Path(tmp) / "state.db"),
+            Pseudonymizer(load_key()),
+            cfg,
+        )
+        rng = np.random.default_rng(0)
+        users = rng.choice(built.n_users, a.requests, replace=False)
+        reqs = [
+            pb.RecommendRequest(user_id=raw_user_id(int(u), built.n_users), k=10, surface="home")
+            for u in users
+        ]
+        q = record_user_vectors(service, _Personalization(service), reqs, _Context())
+        two = service.bundle.current.two
+        truth = ExactTruth(two, q, a.depth)
+        rows: list[dict[str, Any]] = [
+            {"kind": "exact", "ms": _ms_per_search(truth.index, q[:30], a.depth, 1)}
+        ]
+        print(rows[-1], flush=True)
+        flat = two.index
+        if not isinstance(flat, IVFFlatIndex):
+            raise SystemExit(f"{built.versions[0]}: a {flat.kind} index, not ivfflat")
+        for nprobe in a.nprobe:
+            flat.set_search_params(nprobe=nprobe)
+            rows.append(
+                {
+                    "kind": "ivfflat",
+                    "nprobe": nprobe,
+                    **truth.recall(flat),
+                    "ms": _ms_per_search(flat, q, a.depth, a.rounds),
+                }
+            )
+            print(rows[-1], flush=True)
+        pq = IVFPQIndex(q.shape[1], nlist=int(flat.params["nlist"]), m=16, nbits=8)
+        built_at = time.perf_counter()
+        pq.build(truth.items, truth.ids)
+        pq_build = time.perf_counter() - built_at
+        for nprobe in a.ivfpq_nprobe:
+            pq.set_search_params(nprobe=nprobe, k_factor=a.ivfpq_k_factor)
+            rows.append(
+                {
+                    "kind": "ivfpq",
+                    "nprobe": nprobe,
+                    "k_factor": a.ivfpq_k_factor,
+                    **truth.recall(pq),
+                    "ms": _ms_per_search(pq, q, a.depth, a.rounds),
+                }
+            )
+            print(rows[-1], flush=True)
+        sizes_bytes = {"ivfflat": flat.describe()["bytes"], "ivfpq": pq.describe()["bytes"]}
+        service.close()
+    result = {
+        "benchmark": "serve_index_sweep",
+        "settings": vars(a) | {"out": str(a.out)},
+        "machine": machine(),
+        "bundle": str(built.versions[0]),
+        "queries": len(q),
+        "ivfpq_build_seconds": round(pq_build, 1),
+        "index_bytes": sizes_bytes,
+        "runs": rows,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = a.out.with_name(f".{a.out.name}.{os.getpid()}.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp_out, a.out)
+    print(f"-> {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
