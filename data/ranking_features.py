@@ -429,14 +429,15 @@ def ranker_inputs(
     def per_request(a: np.ndarray) -> np.ndarray:
         return np.repeat(a, c, axis=0)
 
+    # contiguous, of the graph's types: no copy where a gather or repeat already made one
     return {
-        "user_cat": per_request(users.categorical).astype(np.int64),
-        "user_num": per_request(users.numeric).astype(np.float32),
-        "context": per_request(context).astype(np.int64),
-        "item_cat": items.categorical[flat].astype(np.int64),
-        "item_multi": items.multi[flat].astype(np.int64),
-        "item_num": items.numeric[flat].astype(np.float32),
-        "dense": dense.reshape(r * c, -1).astype(np.float32),
-        "user_emb": per_request(user_emb).astype(np.float32),
-        "item_emb": item_emb[flat].astype(np.float32),
+        "user_cat": np.ascontiguousarray(per_request(users.categorical), np.int64),
+        "user_num": np.ascontiguousarray(per_request(users.numeric), np.float32),
+        "context": np.ascontiguousarray(per_request(context), np.int64),
+        "item_cat": np.ascontiguousarray(items.categorical[flat], np.int64),
+        "item_multi": np.ascontiguousarray(items.multi[flat], np.int64),
+        "item_num": np.ascontiguousarray(items.numeric[flat], np.float32),
+        "dense": np.ascontiguousarray(dense.reshape(r * c, -1), np.float32),
+        "user_emb": np.ascontiguousarray(per_request(user_emb), np.float32),
+        "item_emb": np.ascontiguousarray(item_emb[flat], np.float32),
     }

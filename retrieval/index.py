@@ -166,8 +166,9 @@ class ItemIndex(ABC):
         keep = pos >= 0
         found = np.where(keep, self._ids[np.maximum(pos, 0)], -1)
         for i, excl in enumerate(excluded):
-            if excl.size:
-                keep[i] &= ~np.isin(found[i], excl)
+            if excl.size:  # sorted and unique (exclusion_arrays): a binary search each
+                at = np.minimum(np.searchsorted(excl, found[i]), excl.size - 1)
+                keep[i] &= excl[at] != found[i]
         if not keep.all():  # kept entries first, their order unchanged
             order = np.argsort(~keep, axis=1, kind="stable")
             raw, found, keep = (np.take_along_axis(a, order, 1) for a in (raw, found, keep))
