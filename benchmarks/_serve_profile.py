@@ -68,6 +68,8 @@ def record_user_vectors(service: Any, servicer: Any, reqs: list[Any], ctx: _Cont
             servicer.Recommend(r, ctx)
     finally:
         two.retrieve = retrieve
+    if not vectors:
+        raise RuntimeError("no request reached the index (all popular or cold start?)")
     return np.concatenate(vectors)
 
 

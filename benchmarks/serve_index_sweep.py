@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks._machine import machine
-from benchmarks._serve_bundle import KEY, Sizes, ensure_bundle, raw_user_id
+from benchmarks._serve_bundle import KEY, ensure_bundle, raw_user_id
 from benchmarks._serve_profile import ExactTruth, _Context, record_user_vectors
+from benchmarks.serve_load import _args as serve_load_args
+from benchmarks.serve_load import sizes_of
 
 __all__ = ["main"]
 
@@ -67,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tailored.serve.v1 import personalization_pb2 as pb
 
     start = time.perf_counter()
-    sizes = Sizes(50_000, 1_000_000, 60.0, 1, 8.0, 5000, 3)  # serve_load's defaults
-    built = ensure_bundle(sizes, versions=1)
+    built = ensure_bundle(sizes_of(serve_load_args([])), versions=1)  # serve_load's bundle
     set_num_threads(1)
     cfg = load_serve_config(None, overrides={"clock": "bundle"})
     with tempfile.TemporaryDirectory(prefix="serve_index_sweep.") as tmp:
@@ -78,51 +79,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Pseudonymizer(load_key()),
             cfg,
         )
-        rng = np.random.default_rng(0)
-        users = rng.choice(built.n_users, a.requests, replace=False)
-        reqs = [
-            pb.RecommendRequest(user_id=raw_user_id(int(u), built.n_users), k=10, surface="home")
-            for u in users
-        ]
-        q = record_user_vectors(service, _Personalization(service), reqs, _Context())
-        two = service.bundle.current.two
-        truth = ExactTruth(two, q, a.depth)
-        rows: list[dict[str, Any]] = [
-            {"kind": "exact", "ms": _ms_per_search(truth.index, q[:30], a.depth, 1)}
-        ]
-        print(rows[-1], flush=True)
-        flat = two.index
-        if not isinstance(flat, IVFFlatIndex):
-            raise SystemExit(f"{built.versions[0]}: a {flat.kind} index, not ivfflat")
-        for nprobe in a.nprobe:
-            flat.set_search_params(nprobe=nprobe)
-            rows.append(
-                {
-                    "kind": "ivfflat",
-                    "nprobe": nprobe,
-                    **truth.recall(flat),
-                    "ms": _ms_per_search(flat, q, a.depth, a.rounds),
-                }
-            )
+        try:
+            rng = np.random.default_rng(0)
+            users = rng.choice(built.n_users, a.requests, replace=False)
+            reqs = [
+                pb.RecommendRequest(
+                    user_id=raw_user_id(int(u), built.n_users), k=10, surface="home"
+                )
+                for u in users
+            ]
+            q = record_user_vectors(service, _Personalization(service), reqs, _Context())
+            two = service.bundle.current.two
+            truth = ExactTruth(two, q, a.depth)
+            rows: list[dict[str, Any]] = [
+                {"kind": "exact", "ms": _ms_per_search(truth.index, q[:30], a.depth, 1)}
+            ]
             print(rows[-1], flush=True)
-        pq = IVFPQIndex(q.shape[1], nlist=int(flat.params["nlist"]), m=16, nbits=8)
-        built_at = time.perf_counter()
-        pq.build(truth.items, truth.ids)
-        pq_build = time.perf_counter() - built_at
-        for nprobe in a.ivfpq_nprobe:
-            pq.set_search_params(nprobe=nprobe, k_factor=a.ivfpq_k_factor)
-            rows.append(
-                {
-                    "kind": "ivfpq",
-                    "nprobe": nprobe,
-                    "k_factor": a.ivfpq_k_factor,
-                    **truth.recall(pq),
-                    "ms": _ms_per_search(pq, q, a.depth, a.rounds),
-                }
-            )
-            print(rows[-1], flush=True)
-        sizes_bytes = {"ivfflat": flat.describe()["bytes"], "ivfpq": pq.describe()["bytes"]}
-        service.close()
+            flat = two.index
+            if not isinstance(flat, IVFFlatIndex):
+                raise SystemExit(f"{built.versions[0]}: a {flat.kind} index, not ivfflat")
+            for nprobe in a.nprobe:
+                flat.set_search_params(nprobe=nprobe)
+                rows.append(
+                    {
+                        "kind": "ivfflat",
+                        "nprobe": nprobe,
+                        **truth.recall(flat),
+                        "ms": _ms_per_search(flat, q, a.depth, a.rounds),
+                    }
+                )
+                print(rows[-1], flush=True)
+            pq = IVFPQIndex(q.shape[1], nlist=int(flat.params["nlist"]), m=16, nbits=8)
+            built_at = time.perf_counter()
+            pq.build(truth.items, truth.ids)
+            pq_build = time.perf_counter() - built_at
+            for nprobe in a.ivfpq_nprobe:
+                pq.set_search_params(nprobe=nprobe, k_factor=a.ivfpq_k_factor)
+                rows.append(
+                    {
+                        "kind": "ivfpq",
+                        "nprobe": nprobe,
+                        "k_factor": a.ivfpq_k_factor,
+                        **truth.recall(pq),
+                        "ms": _ms_per_search(pq, q, a.depth, a.rounds),
+                    }
+                )
+                print(rows[-1], flush=True)
+            sizes_bytes = {"ivfflat": flat.describe()["bytes"], "ivfpq": pq.describe()["bytes"]}
+        finally:
+            service.close()
     result = {
         "benchmark": "serve_index_sweep",
         "settings": vars(a) | {"out": str(a.out)},

@@ -483,9 +483,9 @@ def _write(path: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    a = _args(argv)
-    sizes = Sizes(
+def sizes_of(a: argparse.Namespace) -> Sizes:
+    """The bundle's sizes from the command line (``_args``; its defaults: the 1M-item one)."""
+    return Sizes(
         a.users,
         a.items,
         a.events_per_user,
@@ -496,6 +496,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.batch_size,
         a.final_eval_users,
     )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = _args(argv)
+    sizes = sizes_of(a)
     start = time.perf_counter()
     # a second version (a refresh of the first) only for the swap phase
     built = ensure_bundle(sizes, rebuild=a.rebuild, versions=2 if "swap" in a.phases else 1)

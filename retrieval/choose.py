@@ -7,12 +7,14 @@ The rule (:func:`choose_index`), for ``N`` items of dimension ``d``:
 * otherwise ``ivfflat`` (IVF over the float vectors): ``nlist`` = the power of two nearest
   ``4 sqrt(N)`` (4,096 at 1M), ``nprobe = nlist / 512`` (at least 8). Its scores are exact and
   its recall is limited only by the cells visited. It replaced IVF-PQ with exact re-scoring
-  as the default: that keeps the same float vectors plus its codes, and at d = 64 and serving
-  depth it was 2-5x slower at every nprobe for the same recall
-  (``benchmarks/index_bench.py``, 1M x 64). ``ivfpq`` (``m = d / 4`` sub-vectors of 8 bits,
-  ``k_factor = 4``) and HNSW are one override away. nprobe is the knob least sure to carry
-  over to real embeddings, which cluster less: ``build_index(..., target_recall=0.95)``
-  doubles it until the recall measured on sample queries reaches the target.
+  as the default, which keeps the same float vectors plus its codes: at 1M x 64 IVF-Flat was
+  1.7-2.2x faster at equal nprobe and found more (``benchmarks/index_bench.py``, clustered
+  data), and 2.6x faster at serving depth for more recall on trained embeddings
+  (``benchmarks/serve_index_sweep.py``, nprobe 128). ``ivfpq`` (``m = d / 4`` sub-vectors of
+  8 bits, ``k_factor = 4``) and HNSW are one override away. nprobe is the knob least sure to
+  carry over to real embeddings, which cluster less: ``build_index(...,
+  target_recall=0.95)`` doubles it until the recall measured on sample queries reaches the
+  target, up to a quarter of the cells (:data:`IVF_MAX_PROBED`; a warning if it falls short).
 
 Overrides (a config table) replace any default by key; ``kind`` picks the kind. With ``kind``
 left at "auto", parameters of the kind not chosen are ignored (a small catalog simply gets
@@ -21,6 +23,7 @@ the exact index); a key no kind knows is an error.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -47,7 +50,12 @@ EXACT_MAX_ITEMS = 100_000
 _MAX_EF_SEARCH = 4096
 _MAX_K_FACTOR = 64  # IVF-PQ refine shortlist: k * k_factor re-scored exactly
 _MIN_GAIN = 0.005  # a knob doubled for less recall than this is not worth its cost
+# the share of an IVF index's cells tuning may visit: at 1M x 64 on the serving benchmark's
+# embeddings (benchmarks/serve_index_sweep.py), IVF-Flat searched 512 of 4,096 cells in 2.0 ms
+# and 2,048 in 7.7 ms, against 8.3 ms for the exact index
+IVF_MAX_PROBED = 0.25
 _KINDS = ("exact", "hnsw", "ivfflat", "ivfpq", "torch")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,19 +182,20 @@ def _tune(
     index: Any, queries: np.ndarray, measure: Callable[[np.ndarray], float], k: int, target: float
 ) -> float:
     """Raise the search-time knobs until ``measure`` (a recall@k of the found ids) reaches
-    ``target``: each step doubles the knob that gains most (IVF-PQ: nprobe, or the refine
+    ``target``: each step doubles the knob that gains most (IVF: nprobe, and IVF-PQ's refine
     shortlist k_factor; HNSW: efSearch), and tuning stops where no knob gains at least
-    ``_MIN_GAIN``: a PQ-limited index does not scan every cell for nothing. Returns the
-    recall reached."""
+    ``_MIN_GAIN``: a PQ-limited index does not scan every cell for nothing. An IVF index
+    visits at most a quarter of its cells (:data:`IVF_MAX_PROBED`): past that a search costs
+    about as much as the exact scan, so an index that misses the target there is left at
+    the cap with a warning (embeddings that cluster poorly; ``[serve] index_search`` or an
+    exact index are the choices then). Returns the recall reached."""
     recall = measure(index.search(queries, k)[1])
-    limits = {
-        "ivfflat": {"nprobe": index.describe().get("effective", {}).get("nlist", 1)},
-        "ivfpq": {
-            "nprobe": index.describe().get("effective", {}).get("nlist", 1),
-            "k_factor": _MAX_K_FACTOR,
-        },
-        "hnsw": {"efSearch": _MAX_EF_SEARCH},
-    }.get(index.kind, {})
+    limits: dict[str, int] = {"efSearch": _MAX_EF_SEARCH} if index.kind == "hnsw" else {}
+    if index.kind in ("ivfflat", "ivfpq"):
+        cells = int(index.describe()["effective"]["nlist"])  # one serialization of the index
+        limits["nprobe"] = max(1, int(cells * IVF_MAX_PROBED))
+        if index.kind == "ivfpq":
+            limits["k_factor"] = _MAX_K_FACTOR
     while recall < target:
         best: tuple[float, str, int] | None = None
         for knob, limit in limits.items():
@@ -202,6 +211,15 @@ def _tune(
             break
         recall, knob, value = best
         index.set_search_params(**{knob: value})
+    if recall < target:
+        _log.warning(
+            "%s index: recall@%d %.3f after tuning %s, short of the target %.3f",
+            index.kind,
+            k,
+            recall,
+            {knob: index.params[knob] for knob in limits},
+            target,
+        )
     return recall
 
 

@@ -1,10 +1,12 @@
-"""FAISS backends: exact (flat), HNSW, and IVF-PQ with an exact re-scoring of its shortlist.
+"""FAISS backends: exact (flat) and HNSW here; IVF-Flat (``ivfflat.py``) and IVF-PQ with an
+exact re-scoring of its shortlist (``ivfpq.py``) on the same plumbing.
 
 Each keeps a CPU FAISS index, the one written to disk, whose rows are positions ``0..N-1``
 (the base class maps them to item ids). Where FAISS sees a GPU (``faiss.get_num_gpus() > 0``,
-i.e. a faiss-gpu build on a CUDA machine), exact and IVF-PQ search on a GPU copy made on
-first search after a change; :func:`_gpu_copy` is the only place that decides. HNSW has no
-FAISS GPU version and stays on the CPU.
+i.e. a faiss-gpu build on a CUDA machine), exact and IVF search on a GPU copy made on first
+search after a change; :func:`_gpu_copy` is the only place that decides. A copy FAISS refuses
+(IVF's nprobe above its GPU limit of 2,048) leaves that search on the CPU until the contents
+or the parameters change. HNSW has no FAISS GPU version and stays on the CPU.
 """
 
 from __future__ import annotations
@@ -70,8 +72,15 @@ class _FaissIndex(ItemIndex):
     def __init__(self, dim: int, *, gpu: bool | None = None) -> None:
         self._gpu = gpu if self.gpu_capable else False
         self._device_index: Any | None = None
+        self._gpu_refused = False  # the copy failed for the current contents and parameters
         self._index: Any = None
         super().__init__(dim)
+
+    def _changed(self) -> None:
+        """Contents or search parameters changed: the next GPU search copies afresh (a copy
+        refused for a parameter, IVF's nprobe above FAISS's GPU limit, may succeed now)."""
+        self._device_index = None
+        self._gpu_refused = False
 
     @abstractmethod
     def _new_index(self) -> Any:
@@ -81,7 +90,7 @@ class _FaissIndex(ItemIndex):
         """Apply search-time parameters (efSearch, nprobe...) to a fresh or loaded index."""
 
     def set_search_params(self, **params: int) -> None:
-        """Change search-time parameters (HNSW efSearch; IVF-PQ nprobe, k_factor) without a
+        """Change search-time parameters (HNSW efSearch; IVF nprobe; IVF-PQ k_factor) without a
         rebuild; they are saved with the index."""
         for name, value in params.items():
             if name not in self.search_params:
@@ -90,7 +99,7 @@ class _FaissIndex(ItemIndex):
                 raise IndexInputError(f"{self.kind}: {name} must be >= 1, got {value}")
             setattr(self, name, int(value))
         self._configure(self._index)
-        self._device_index = None
+        self._changed()
 
     def _train(self, vectors: np.ndarray) -> None:
         """Train an untrained index on the first vectors added (IVF-PQ)."""
@@ -98,20 +107,20 @@ class _FaissIndex(ItemIndex):
     def _backend_reset(self) -> None:
         self._index = self._new_index()
         self._configure(self._index)
-        self._device_index = None
+        self._changed()
 
     def _backend_add(self, vectors: np.ndarray) -> None:
         if not self._index.is_trained:
             self._train(vectors)
         self._index.add(vectors)
-        self._device_index = None
+        self._changed()
 
     def _backend_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self._index
         if self.gpu_capable and self._gpu is not False and k <= _GPU_MAX_K:
-            if self._device_index is None:
+            if self._device_index is None and not self._gpu_refused:
                 self._device_index = _gpu_copy(self._index, self._gpu)
-                self._gpu = self._gpu if self._device_index is not None else False
+                self._gpu_refused = self._device_index is None
             index = self._device_index if self._device_index is not None else index
         scores, rows = index.search(queries, k)
         return scores, rows.astype(np.int64, copy=False)
@@ -131,7 +140,7 @@ class _FaissIndex(ItemIndex):
             raise IndexInputError(f"{path}: dimension {index.d}, index.json says {self.dim}")
         self._index = index
         self._configure(index)
-        self._device_index = None
+        self._changed()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -1,4 +1,5 @@
-"""The item index interface: every backend (exact, HNSW, IVF-PQ, torch) is an :class:`ItemIndex`.
+"""The item index interface: every backend (exact, HNSW, IVF-Flat, IVF-PQ, torch) is an
+:class:`ItemIndex`.
 
 An index holds item vectors (float32 ``[N, d]``) under the caller's item ids (int64 ``[N]``,
 unique, >= 0) and answers maximum-inner-product queries. The base class owns everything the

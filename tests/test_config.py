@@ -25,6 +25,7 @@ def test_shipped_configs_load(path: Path) -> None:
         ("[train]\nfinal_eval_users = -1\n", "[train] final_eval_users: must be >= 0, got -1"),
         ("[train]\nprecision = 'fp8'\n", "[train] precision: 'fp8' is not one of"),
         ("[data]\nsplit = 'random'\n", "[data] split: 'random' is not one of"),
+        ("[index]\nkind = 'annoy'\n", "[index] kind: 'annoy' is not one of"),
         ("[data]\npositive_events = { like = 1.0 }\n", "[data] positive_events.like: not an"),
         ("[serving]\nport = 1\n", "unknown section(s) ['serving']"),
         ("[model\n", "not valid TOML"),
@@ -36,6 +37,13 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, expected: str) 
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(path) in str(e.value) and expected in str(e.value)
+
+
+def test_every_index_kind_is_accepted() -> None:
+    from tailored.retrieval.choose import _KINDS
+
+    for kind in ("auto", *_KINDS):
+        assert load_config(values={"index": {"kind": kind}}).index.kind == kind
 
 
 def test_overrides_apply_and_none_is_ignored() -> None:

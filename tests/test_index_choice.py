@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from tailored.retrieval import (
     IVFPQIndex,
     build_index,
     choose_index,
+    load_index,
     measure_recall,
     tolerant_recall,
 )
@@ -165,6 +167,49 @@ def test_build_index_measures_recall_of_approximate_indexes() -> None:
         10,
         {"nlist": 8, "nbits": 5},
     )
+
+
+def test_a_catalog_too_small_for_nlist_trains_fewer_cells_and_keeps_them(
+    tmp_path: Path,
+) -> None:
+    data = clustered_catalog(2000, 16, 20, n_clusters=10, seed=4)
+    index = IVFFlatIndex(16, nlist=4096, nprobe=64)
+    index.build(data.vectors, data.ids)
+    assert index.describe()["effective"] == {"nlist": 2000 // 39}  # 39 items a cell at least
+    loaded = load_index(index.save(tmp_path / "ivf"))
+    assert loaded.describe()["effective"] == {"nlist": 51} and loaded.params["nprobe"] == 64
+    for a, b in zip(index.search(data.queries, 10), loaded.search(data.queries, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    exact = ExactIndex(16)
+    exact.build(data.vectors, data.ids)
+    assert measure_recall(loaded, exact, data.queries, 10) == 1.0  # 64 probes >= 51 cells
+
+
+def test_ivf_tuning_stops_at_a_quarter_of_the_cells_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # unclustered vectors: no nprobe short of every cell finds the whole exact top 10
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(4000, 16)).astype(np.float32)
+    queries = rng.normal(size=(30, 16)).astype(np.float32)
+    for kind, params in (
+        ("ivfflat", {"nlist": 64, "nprobe": 1}),
+        ("ivfpq", {"nlist": 64, "m": 4, "nbits": 5, "nprobe": 1, "k_factor": 8}),
+    ):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tailored.retrieval.choose"):
+            built = build_index(
+                vectors,
+                np.arange(4000),
+                kind=kind,
+                params=params,
+                sample_queries=queries,
+                k=10,
+                target_recall=0.999,
+            )
+        assert built.index.params["nprobe"] == 16  # 64 cells / 4
+        assert built.recall_tolerant is not None and built.recall_tolerant < 0.999
+        assert f"{kind} index: recall@10" in caplog.text and "short of the target" in caplog.text
 
 
 def test_index_code_does_not_import_torch() -> None:

@@ -1,4 +1,4 @@
-"""One contract for every ItemIndex backend (exact, HNSW, IVF-PQ, torch top-k).
+"""One contract for every ItemIndex backend (exact, HNSW, IVF-Flat, IVF-PQ, torch top-k).
 
 Ground truth is brute force in float64 over seeded clustered vectors
 (:mod:`tailored.retrieval.synthetic`). Exact backends must return an exact top k (up to ties

@@ -378,7 +378,7 @@ def test_mmr_and_category_cap_diversify(serve_bundle: Path, tmp_path: Path) -> N
 
 def test_index_search_parameters_apply_at_load_and_bad_ones_are_named() -> None:
     from tailored.errors import TailoredError
-    from tailored.retrieval import ExactIndex, IVFPQIndex
+    from tailored.retrieval import ExactIndex, IVFFlatIndex, IVFPQIndex
     from tailored.serve.bundles import apply_search_params
 
     rng = np.random.default_rng(0)
@@ -395,3 +395,10 @@ def test_index_search_parameters_apply_at_load_and_bad_ones_are_named() -> None:
         apply_search_params(ivf, {"efSearch": 64})
     with pytest.raises(TailoredError, match="exact index has no search-time parameters"):
         apply_search_params(exact, {"nprobe": 4})
+    # IVF-Flat, the default above 100k items, has nprobe alone: IVF-PQ's k_factor is refused
+    flat = IVFFlatIndex(8, nlist=16, nprobe=1)
+    flat.build(vectors, np.arange(2000))
+    apply_search_params(flat, {"nprobe": 16})
+    assert (flat.search(vectors[:5], 10)[1] == exact.search(vectors[:5], 10)[1]).all()
+    with pytest.raises(TailoredError, match=r"index_search: ivfflat: 'k_factor' is not one of"):
+        apply_search_params(flat, {"nprobe": 16, "k_factor": 4})
