@@ -8,8 +8,8 @@ The rule (:func:`choose_index`), for ``N`` items of dimension ``d``:
   ``4 sqrt(N)`` (4,096 at 1M), ``nprobe = nlist / 512`` (at least 8). Its scores are exact and
   its recall is limited only by the cells visited. It replaced IVF-PQ with exact re-scoring
   as the default, which keeps the same float vectors plus its codes: at 1M x 64 IVF-Flat was
-  1.7-2.2x faster at equal nprobe and found more (``benchmarks/index_bench.py``, clustered
-  data), and 2.6x faster at serving depth for more recall on trained embeddings
+  1.6-2.1x as fast at equal nprobe and found more (``benchmarks/index_bench.py``, clustered
+  data), and 2.5x as fast at serving depth, for more recall, on trained embeddings
   (``benchmarks/serve_index_sweep.py``, nprobe 128). ``ivfpq`` (``m = d / 4`` sub-vectors of
   8 bits, ``k_factor = 4``) and HNSW are one override away. nprobe is the knob least sure to
   carry over to real embeddings, which cluster less: ``build_index(...,
