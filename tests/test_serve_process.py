@@ -303,6 +303,41 @@ def test_several_processes_share_one_address_the_state_and_a_reload(
     assert user not in out
 
 
+def test_several_processes_share_one_redis(
+    serve_bundle: Path, home: Path, tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    prefix = f"tailored-test-{uuid.uuid4().hex}"
+    config = tmp_path / "serve.toml"
+    config.write_text("[serve]\nprocesses = 2\n")
+    server = ServerProcess(
+        serve_bundle, "--config", str(config), "--state", f"{redis_url}?prefix={prefix}", home=home
+    )
+    clients: dict[int, Client] = {}
+    try:
+        clients = _by_worker(server.target, 2)
+        user = f"redis-multi-{uuid.uuid4().hex[:8]}"
+        assert clients[1].recommend(user, 5).strategy == "popular"
+        assert clients[0].track([pb.Event(user_id=user, item_id="50", type=pb.CLICK)]).accepted
+        after = clients[1].recommend(user, 10)  # the other process reads the click from Redis
+        assert after.strategy == "personalized" and "50" not in {i.item_id for i in after.items}
+        clients[1].set_consent(user, [])  # consent withdrawn through one, seen by the other
+        assert clients[0].recommend(user, 5).strategy == "popular"
+        assert list(redis.Redis.from_url(redis_url).scan_iter(f"{prefix}:*"))  # it was Redis
+    finally:
+        for c in clients.values():
+            c.close()
+        out = server.stop()
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    assert server.proc.returncode == 0, out
+    assert user not in out
+
+
 def test_the_workers_stop_when_their_supervisor_is_killed(
     serve_bundle: Path, home: Path, tmp_path: Path
 ) -> None:
