@@ -8,6 +8,7 @@ synthetic site (the servicer called in-process, as :mod:`benchmarks._serve_profi
 so they are what serving searches with. Searches are batch 1 on one FAISS thread at depth
 ``--depth`` (the ranker's candidates), through the public ``ItemIndex.search``; each time is
 the best of ``--rounds`` passes over the queries. Exact search is the baseline.
+``--hnsw-ef-search`` adds an HNSW index (built on two threads: minutes at 1M items).
 
     python -m benchmarks.serve_index_sweep            # the cached 1M-item bundle
 
@@ -57,12 +58,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 2048])
     p.add_argument("--ivfpq-nprobe", type=int, nargs="+", default=[128, 512, 2048])
     p.add_argument("--ivfpq-k-factor", type=int, default=16)
+    p.add_argument(
+        "--hnsw-ef-search",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also build HNSW (M 32, minutes at 1M items) and search with these efSearch",
+    )
+    p.add_argument("--hnsw-ef-construction", type=int, default=80)
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     os.environ["TAILORED_PSEUDONYM_KEY"] = KEY  # the benchmark's key, as serve_load's
     from tailored.config import load_serve_config
     from tailored.data.pseudonym import Pseudonymizer, load_key
-    from tailored.retrieval import IVFFlatIndex, IVFPQIndex, set_num_threads
+    from tailored.retrieval import HNSWIndex, IVFFlatIndex, IVFPQIndex, set_num_threads
     from tailored.serve.bundles import LiveBundle
     from tailored.serve.server import Service, _Personalization
     from tailored.serve.sqlite_state import SQLiteState
@@ -126,6 +135,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
                 print(rows[-1], flush=True)
             sizes_bytes = {"ivfflat": flat.describe()["bytes"], "ivfpq": pq.describe()["bytes"]}
+            build_seconds = {"ivfpq": round(pq_build, 1)}
+            if a.hnsw_ef_search:
+                hnsw = HNSWIndex(q.shape[1], M=32, efConstruction=a.hnsw_ef_construction)
+                set_num_threads(2)  # the build on both cores, the searches on one
+                built_at = time.perf_counter()
+                hnsw.build(truth.items, truth.ids)
+                build_seconds["hnsw"] = round(time.perf_counter() - built_at, 1)
+                set_num_threads(1)
+                for ef in a.hnsw_ef_search:
+                    hnsw.set_search_params(efSearch=ef)
+                    rows.append(
+                        {
+                            "kind": "hnsw",
+                            "efSearch": ef,
+                            **truth.recall(hnsw),
+                            "ms": _ms_per_search(hnsw, q, a.depth, a.rounds),
+                        }
+                    )
+                    print(rows[-1], flush=True)
+                sizes_bytes["hnsw"] = hnsw.describe()["bytes"]
         finally:
             service.close()
     result = {
@@ -134,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "bundle": str(built.versions[0]),
         "queries": len(q),
-        "ivfpq_build_seconds": round(pq_build, 1),
+        "build_seconds": build_seconds,
         "index_bytes": sizes_bytes,
         "runs": rows,
         "wall_seconds": round(time.perf_counter() - start, 1),
