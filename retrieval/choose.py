@@ -98,6 +98,7 @@ def choose_index(n_items: int, dim: int, overrides: Mapping[str, Any] | None = N
         reason = "set by configuration"
     params = _defaults(kind, n_items, dim)
     known = {key for other in _KINDS for key in _defaults(other, n_items, dim)}
+    ignored = []
     for key, value in rest.items():
         if key in params:
             params[key] = value
@@ -106,6 +107,10 @@ def choose_index(n_items: int, dim: int, overrides: Mapping[str, Any] | None = N
                 f"index parameter {key!r} does not apply to kind {kind!r}; "
                 f"its parameters: {sorted(params) or 'none'}"
             )
+        else:  # another kind's, for when auto picks it: said where the choice is recorded
+            ignored.append(key)
+    if ignored:
+        reason += f"; {', '.join(sorted(ignored))} ignored (not {kind} parameters)"
     return IndexChoice(kind, params, reason)
 
 

@@ -53,7 +53,9 @@ def test_ivfpq_is_one_override_away_sized_by_the_rule() -> None:
     assert choose_index(100_000_000, 96, {"kind": "ivfpq"}).params["m"] == 24
     assert choose_index(200_000, 75, {"kind": "ivfpq"}).params["m"] == 15
     # auto: parameters only IVF-PQ has are ignored by the IVF-Flat it picks, not an error
-    assert choose_index(1_000_000, 64, {"k_factor": 16}).params == {"nlist": 4096, "nprobe": 8}
+    flat = choose_index(1_000_000, 64, {"k_factor": 16, "m": 8, "nprobe": 16})
+    assert flat.params == {"nlist": 4096, "nprobe": 16}
+    assert flat.reason == "1,000,000 items >= 100,000; k_factor, m ignored (not ivfflat parameters)"
     with pytest.raises(ConfigError, match="'k_factor' does not apply to kind 'ivfflat'"):
         choose_index(1_000_000, 64, {"kind": "ivfflat", "k_factor": 16})
 
