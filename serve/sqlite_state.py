@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS consent (
 CREATE TABLE IF NOT EXISTS unavailable (item TEXT PRIMARY KEY);
 """
 _MAX_GROUP = 256  # queued writes committed together at most
+# Opening waits this long at most for another process (a sibling worker, a replica) that
+# holds the file: switching a new file to WAL and creating the schema take locks for which
+# SQLite does not always call its busy handler, so "database is locked" is retried here.
+_OPEN_SECONDS = 10.0
 
 _Write = Callable[[sqlite3.Connection], Any]
 
@@ -66,8 +70,7 @@ class SQLiteState(OnlineState):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        writer = self._connect()
-        writer.executescript(_SCHEMA)
+        writer = self._connect(schema=True)
         self._queue: queue.Queue[tuple[_Write, Future[Any]] | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(
@@ -75,15 +78,37 @@ class SQLiteState(OnlineState):
         )
         self._thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.Error as e:
-            raise StateError(f"{self.path}: cannot open the online state ({e})") from e
-        return conn
+    def _connect(self, *, schema: bool = False) -> sqlite3.Connection:
+        deadline = time.monotonic() + _OPEN_SECONDS
+        pause = 0.005
+        while True:
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=_OPEN_SECONDS
+                )
+                conn.execute(f"PRAGMA busy_timeout={int(_OPEN_SECONDS * 1000)}")
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    conn.close()
+                    raise StateError(
+                        f"{self.path}: cannot open the online state (journal mode is {mode!r}, "
+                        "not WAL; is the file on a file system without shared memory?)"
+                    )
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                if schema:
+                    conn.executescript(_SCHEMA)
+                return conn
+            except sqlite3.Error as e:
+                if conn is not None:
+                    conn.close()
+                locked = isinstance(e, sqlite3.OperationalError) and (
+                    "locked" in str(e) or "busy" in str(e)
+                )
+                if not locked or time.monotonic() + pause > deadline:
+                    raise StateError(f"{self.path}: cannot open the online state ({e})") from e
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
 
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
