@@ -9,6 +9,9 @@ user pseudonym as the caller gives it; raw user ids never reach Redis):
   ``STREAM_ID`` the event's entry in ``P:events``. At most ``max_events_per_user`` are kept;
   the oldest by time go first.
 - ``P:seq:U``      U's arrival counter (INCRBY).
+- ``P:logged:U``   ZSET of the ``P:events`` ids of U's events that the per-user cap dropped
+  from ``P:ev:U`` (scored by the id's milliseconds), so that an erasure still finds them in
+  the log; ids the log itself has dropped are pruned when U's next events are capped.
 - ``P:consent:U``  U's purposes, sorted and comma-joined (``""``: consent to nothing); no
   key: never set.
 - ``P:unavailable`` SET of site item ids not to recommend.
@@ -20,8 +23,9 @@ Atomicity: :meth:`RedisState.record` is one Lua script that checks each user's c
 appends (or drops) their events; :meth:`~RedisState.set_consent` and
 :meth:`~RedisState.forget` are one script each, so an event can never land between a
 withdrawal and the erasure it implies. They also delete the user's entries still in
-``P:events`` (the ids kept in ``P:ev:U``); events already trimmed from ``P:ev:U`` by the
-per-user cap stay in the stream until its own cap drops them. A script touches keys of
+``P:events`` (the ids kept in ``P:ev:U`` and ``P:logged:U``), so that nothing of theirs is
+left readable. (Redis frees a deleted stream entry's memory once the rest of its node is
+deleted too.) A script touches keys of
 several users, so this needs one Redis (with replicas if wanted), not Redis Cluster.
 
 Durability: Redis acknowledges a write once it is in Redis's memory, and :meth:`record`
@@ -50,7 +54,7 @@ from tailored.serve.state import (
 
 __all__ = ["RedisState"]
 
-# KEYS: stream, then per user: consent, seq, events.
+# KEYS: stream, then per user: consent, seq, events, logged.
 # ARGV: default_allows ('1'/'0'), cap, stream maxlen, purpose, then per user: the user, n,
 # then n pairs of (time_ms, json).
 _RECORD = """
@@ -60,8 +64,9 @@ local maxlen = ARGV[3]
 local needle = ',' .. ARGV[4] .. ','
 local accepted, dropped = 0, 0
 local a = 5
-for k = 2, #KEYS, 3 do
+for k = 2, #KEYS, 4 do
   local consent_key, seq_key, events_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local logged_key = KEYS[k + 3]
   local user, n = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
   local consent = redis.call('GET', consent_key)
@@ -84,7 +89,20 @@ for k = 2, #KEYS, 3 do
     end
     local extra = redis.call('ZCARD', events_key) - cap
     if extra > 0 then
+      -- the dropped events stay in the log: remember their ids for an erasure
+      for _, m in ipairs(redis.call('ZRANGE', events_key, 0, extra - 1)) do
+        local id = string.match(m, '^%d+|([^|]+)|')
+        redis.call('ZADD', logged_key, tonumber(string.match(id, '^%d+')), id)
+      end
       redis.call('ZREMRANGEBYRANK', events_key, 0, extra - 1)
+      -- and forget those the log has dropped since (its ids only grow)
+      local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+      if #first == 0 then
+        redis.call('DEL', logged_key)
+      else
+        redis.call('ZREMRANGEBYSCORE', logged_key, '-inf',
+                   '(' .. string.match(first[1][1], '^%d+'))
+      end
     end
     accepted = accepted + n
   end
@@ -92,8 +110,9 @@ end
 return {accepted, dropped}
 """
 
-# KEYS: consent, seq, events, stream. ARGV: 'set' and the purposes, or 'forget'; then
-# whether to erase the events ('1'/'0'). Returns the number of events erased.
+# KEYS: consent, seq, events, logged, stream. ARGV: 'set' and the purposes, or 'forget';
+# then whether to erase the events ('1'/'0'). Returns the number of events erased: those
+# kept for serving, and those only the log still held.
 _ERASE = """
 if ARGV[1] == 'set' then
   redis.call('SET', KEYS[1], ARGV[2])
@@ -108,15 +127,20 @@ local ids = {}
 for _, m in ipairs(members) do
   ids[#ids + 1] = string.match(m, '^%d+|([^|]+)|')
   if #ids == 500 then
-    redis.call('XDEL', KEYS[4], unpack(ids))
+    redis.call('XDEL', KEYS[5], unpack(ids))
     ids = {}
   end
 end
 if #ids > 0 then
-  redis.call('XDEL', KEYS[4], unpack(ids))
+  redis.call('XDEL', KEYS[5], unpack(ids))
 end
-redis.call('DEL', KEYS[2], KEYS[3])
-return #members
+local logged = 0
+local old = redis.call('ZRANGE', KEYS[4], 0, -1)
+for i = 1, #old, 500 do
+  logged = logged + redis.call('XDEL', KEYS[5], unpack(old, i, math.min(i + 499, #old)))
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return #members + logged
 """
 
 
@@ -181,7 +205,7 @@ class RedisState(OnlineState):
     # -- keys and calls --------------------------------------------------------------------
     def _keys(self, user: str) -> list[str]:
         p = self.prefix
-        return [f"{p}:consent:{user}", f"{p}:seq:{user}", f"{p}:ev:{user}"]
+        return [f"{p}:consent:{user}", f"{p}:seq:{user}", f"{p}:ev:{user}", f"{p}:logged:{user}"]
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
@@ -213,7 +237,7 @@ class RedisState(OnlineState):
         return RecordResult(int(accepted), int(dropped))
 
     def user(self, user: str, limit: int) -> UserState:
-        consent_key, _, events_key = self._keys(user)
+        consent_key, _, events_key, _ = self._keys(user)
         limit = max(int(limit), 0)
 
         def read() -> list[Any]:

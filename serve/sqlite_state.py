@@ -4,10 +4,15 @@ Writes go through one writer thread that commits whatever is queued in one trans
 (group commit) with ``synchronous=FULL``, so an event is on disk (fsync) before
 :meth:`SQLiteState.record` returns, and concurrent Track calls share an fsync. Readers use
 their own connections (one per thread); WAL lets them read while the writer writes.
+
+Erasure (:meth:`SQLiteState.forget`, withdrawing consent) leaves nothing readable behind in
+the files: ``secure_delete`` zeroes deleted rows in the database's pages, and the write-ahead
+log, whose frames still hold them, is checkpointed and truncated before the call returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import sqlite3
@@ -70,6 +75,7 @@ class SQLiteState(OnlineState):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._erased = False  # an erasure committed, the log not yet scrubbed (writer thread)
         writer = self._connect(schema=True)
         self._queue: queue.Queue[tuple[_Write, Future[Any]] | None] = queue.Queue()
         self._closed = False
@@ -96,6 +102,8 @@ class SQLiteState(OnlineState):
                         "not WAL; is the file on a file system without shared memory?)"
                     )
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                # deleted rows are overwritten, not left in free pages (not every build's default)
+                conn.execute("PRAGMA secure_delete=ON")
                 if schema:
                     conn.executescript(_SCHEMA)
                 return conn
@@ -140,8 +148,15 @@ class SQLiteState(OnlineState):
             self._commit(conn, group)
         conn.close()
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, group: list[tuple[_Write, Future[Any]]]) -> None:
+    def _scrub_log(self, conn: sqlite3.Connection) -> None:
+        """After an erasure: copy the log into the database (where ``secure_delete`` has
+        zeroed the erased rows) and truncate it, since its frames still hold them. Waits for
+        readers (the busy timeout); one still reading after that leaves it for the next
+        commit to try again."""
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        self._erased = bool(busy)
+
+    def _commit(self, conn: sqlite3.Connection, group: list[tuple[_Write, Future[Any]]]) -> None:
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -161,6 +176,9 @@ class SQLiteState(OnlineState):
             for _, fut in group:
                 fut.set_exception(StateError(f"online state write failed: {e}"))
             return
+        if self._erased:  # before the erasure's caller hears it is done
+            with contextlib.suppress(sqlite3.Error):  # the rows are gone; the next commit tries
+                self._scrub_log(conn)
         for (_, fut), res in zip(group, results, strict=True):
             if isinstance(res, Exception):
                 fut.set_exception(res)
@@ -231,18 +249,24 @@ class SQLiteState(OnlineState):
             )
             if PERSONALIZATION in chosen:
                 return 0
-            return conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
+            return self._erase(conn, user)
 
         forgotten: int = self._write(write)
         return forgotten
 
     def forget(self, user: str) -> int:
         def write(conn: sqlite3.Connection) -> int:
-            conn.execute("DELETE FROM consent WHERE user=?", (user,))
-            return conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
+            gone = conn.execute("DELETE FROM consent WHERE user=?", (user,)).rowcount
+            self._erased = self._erased or gone > 0
+            return self._erase(conn, user)
 
         removed: int = self._write(write)
         return removed
+
+    def _erase(self, conn: sqlite3.Connection, user: str) -> int:
+        n = conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
+        self._erased = self._erased or n > 0
+        return n
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
         ids = [(i,) for i in item_ids]

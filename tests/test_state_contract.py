@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -314,6 +315,34 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
             assert all(s.user(f"p{i}", 10).events == (ev("a", 1),) for i in range(4))
 
 
+def _bytes_on_disk(path: Path) -> bytes:
+    return b"".join(f.read_bytes() for f in sorted(path.parent.glob(path.name + "*")))
+
+
+@pytest.mark.parametrize("how", ["forget", "withdraw"])
+def test_sqlite_erasure_leaves_nothing_in_its_files(tmp_path: Path, how: str) -> None:
+    # while the server runs: the write-ahead log's frames and the database's free pages
+    # held erased events until something overwrote them
+    path = tmp_path / "state.db"
+    with SQLiteState(path) as s:
+        s.record({"keeper": [ev(f"kept-{i}", i) for i in range(50)]}, default_allows=True)
+        s.record(
+            {"erased-user": [ev(f"erased-item-{i}", i) for i in range(300)]}, default_allows=True
+        )
+        assert len(s.user("erased-user", 1000).events) == 300  # a reader saw them
+        assert b"erased-item-" in _bytes_on_disk(path)
+        if how == "forget":
+            assert s.forget("erased-user") == 300
+        else:
+            assert s.set_consent("erased-user", ["analytics"]) == 300
+        on_disk = _bytes_on_disk(path)
+        assert b"erased-item-" not in on_disk
+        assert how == "withdraw" or b"erased-user" not in on_disk
+        assert b"kept-49" in on_disk
+        s.record({"keeper": [ev("after", 99)]}, default_allows=True)
+        assert len(s.user("keeper", 1000).events) == 51
+
+
 # -- Redis's own -----------------------------------------------------------------------------
 @pytest.fixture
 def redis_state(redis_url: str, redis_prefix: str) -> Iterator[RedisState]:
@@ -364,6 +393,45 @@ def test_redis_erasure_reaches_the_event_log(
         client.close()
     p = redis_prefix
     assert keys == sorted([f"{p}:events", f"{p}:consent:v", f"{p}:ev:w", f"{p}:seq:w"])
+
+
+def test_redis_erasure_reaches_events_the_cap_dropped_from_serving(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    # the cap (5) keeps u's 5 latest for serving; the log keeps all 8 until erasure
+    redis_state.record({"u": [ev(f"i{t}", t) for t in range(8)]}, default_allows=True)
+    redis_state.record({"w": [ev("d", 1)], "u": [ev("j", 0)]}, default_allows=True)
+    assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["u"] * 8 + ["w", "u"]
+    assert len(redis_state.user("u", 100).events) == 5
+    assert redis_state.forget("u") == 9
+    assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert not list(client.scan_iter(match=f"{redis_prefix}:*:u"))
+    finally:
+        client.close()
+
+
+def test_redis_drops_remembered_ids_once_the_log_has_dropped_them(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    logged = f"{redis_prefix}:logged:u"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        redis_state.record({"u": [ev(f"i{t}", t) for t in range(8)]}, default_allows=True)
+        assert client.zcard(logged) == 3
+        time.sleep(0.01)  # the log's next ids fall in a later millisecond
+        client.xtrim(f"{redis_prefix}:events", maxlen=0, approximate=False)
+        redis_state.record({"u": [ev("late", 100)]}, default_allows=True)
+        # the event the cap dropped now was logged before the trim: nothing left to remember
+        assert client.zcard(logged) == 0
+        redis_state.record({"u": [ev("later", 200)]}, default_allows=True)
+        assert client.zcard(logged) == 0  # the dropped event's entry is gone from the log
+        redis_state.record({"u": [ev(f"n{t}", 300 + t) for t in range(6)]}, default_allows=True)
+        # dropped: i5-i7 (gone from the log), late, later and n0 (there): 3 remembered
+        assert client.zcard(logged) == 3
+    finally:
+        client.close()
 
 
 def test_redis_url_prefix_and_errors(redis_url: str) -> None:
