@@ -123,7 +123,13 @@ def ensure_bundle(
     info_path = work / "build.json"
     if rebuild and work.exists():
         shutil.rmtree(work)
-    if not info_path.is_file() or len(json.loads(info_path.read_text())["versions"]) < versions:
+    cached = json.loads(info_path.read_text()) if info_path.is_file() else None
+    if (
+        cached is None
+        or len(cached["versions"]) < versions
+        # built from another configs/synthetic.toml (an index or model setting changed)
+        or cached.get("config") != _config(work / "dataset", s)
+    ):
         _build(work, s, refresh=versions >= 2)
     info = json.loads(info_path.read_text())
     root = work / "bundles"

@@ -8,7 +8,11 @@ synthetic site (the servicer called in-process, as :mod:`benchmarks._serve_profi
 so they are what serving searches with. Searches are batch 1 on one FAISS thread at depth
 ``--depth`` (the ranker's candidates), through the public ``ItemIndex.search``; each time is
 the best of ``--rounds`` passes over the queries. Exact search is the baseline.
-``--hnsw-ef-search`` adds an HNSW index (built on two threads: minutes at 1M items).
+``--hnsw-ef-search`` adds an HNSW index (built on two threads: minutes at 1M items), and
+``--fastscan-nprobe`` an IVF-PQ fast-scan index (4-bit codes, ``--fastscan-m`` of them,
+scanned with SIMD) with exact re-scoring of ``k * k_factor`` (FAISS's
+``IndexRefineFlat(IndexIVFPQFastScan)``; not a kind tailored builds, measured here to see
+whether it would pay).
 
     python -m benchmarks.serve_index_sweep            # the cached 1M-item bundle
 
@@ -50,13 +54,66 @@ def _ms_per_search(index: Any, q: np.ndarray, depth: int, rounds: int) -> float:
     return round(best * 1000, 4)
 
 
+class _Positions:
+    """A raw FAISS index searched as an ``ItemIndex`` is (ids = position + 1, as the
+    bundle's item rows)."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, pos = self.index.search(np.ascontiguousarray(q, np.float32), k)
+        return scores, np.where(pos >= 0, pos + 1, -1)
+
+
+def _fastscan(
+    a: argparse.Namespace, truth: Any, q: np.ndarray, nlist: int, build_seconds: dict[str, float]
+) -> list[dict[str, Any]]:
+    import faiss
+
+    from tailored.retrieval import set_num_threads
+
+    d = q.shape[1]
+    ivf = faiss.IndexIVFPQFastScan(
+        faiss.IndexFlatIP(d), d, nlist, a.fastscan_m, 4, faiss.METRIC_INNER_PRODUCT
+    )
+    sample = np.random.default_rng(1).choice(
+        len(truth.items), min(len(truth.items), 200_000), replace=False
+    )
+    set_num_threads(2)  # the build on both cores, the searches on one
+    built_at = time.perf_counter()
+    ivf.train(truth.items[np.sort(sample)])
+    refine = faiss.IndexRefineFlat(ivf)  # trained first: it takes is_trained from ivf
+    refine.add(truth.items)
+    build_seconds["ivfpq_fastscan"] = round(time.perf_counter() - built_at, 1)
+    set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    for nprobe in a.fastscan_nprobe:
+        for k_factor in a.fastscan_k_factor:
+            ivf.nprobe, refine.k_factor = nprobe, float(k_factor)
+            index = _Positions(refine)
+            rows.append(
+                {
+                    "kind": "ivfpq_fastscan",
+                    "m": a.fastscan_m,
+                    "nbits": 4,
+                    "nprobe": nprobe,
+                    "k_factor": k_factor,
+                    **truth.recall(index),
+                    "ms": _ms_per_search(index, q, a.depth, a.rounds),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--depth", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 2048])
-    p.add_argument("--ivfpq-nprobe", type=int, nargs="+", default=[128, 512, 2048])
+    p.add_argument("--nprobe", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512, 2048])
+    p.add_argument("--ivfpq-nprobe", type=int, nargs="*", default=[128, 512, 2048])
     p.add_argument("--ivfpq-k-factor", type=int, default=16)
     p.add_argument(
         "--hnsw-ef-search",
@@ -66,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also build HNSW (M 32, minutes at 1M items) and search with these efSearch",
     )
     p.add_argument("--hnsw-ef-construction", type=int, default=80)
+    p.add_argument("--fastscan-nprobe", type=int, nargs="*", default=[])
+    p.add_argument("--fastscan-k-factor", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--fastscan-m", type=int, default=32, help="4-bit codes per vector")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     os.environ["TAILORED_PSEUDONYM_KEY"] = KEY  # the benchmark's key, as serve_load's
@@ -118,10 +178,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     }
                 )
                 print(rows[-1], flush=True)
+            sizes_bytes = {"ivfflat": flat.describe()["bytes"]}
+            build_seconds: dict[str, float] = {}
             pq = IVFPQIndex(q.shape[1], nlist=int(flat.params["nlist"]), m=16, nbits=8)
-            built_at = time.perf_counter()
-            pq.build(truth.items, truth.ids)
-            pq_build = time.perf_counter() - built_at
+            if a.ivfpq_nprobe:
+                built_at = time.perf_counter()
+                pq.build(truth.items, truth.ids)
+                build_seconds["ivfpq"] = round(time.perf_counter() - built_at, 1)
+                sizes_bytes["ivfpq"] = pq.describe()["bytes"]
             for nprobe in a.ivfpq_nprobe:
                 pq.set_search_params(nprobe=nprobe, k_factor=a.ivfpq_k_factor)
                 rows.append(
@@ -134,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     }
                 )
                 print(rows[-1], flush=True)
-            sizes_bytes = {"ivfflat": flat.describe()["bytes"], "ivfpq": pq.describe()["bytes"]}
-            build_seconds = {"ivfpq": round(pq_build, 1)}
+            if a.fastscan_nprobe:
+                rows += _fastscan(a, truth, q, int(flat.params["nlist"]), build_seconds)
             if a.hnsw_ef_search:
                 hnsw = HNSWIndex(q.shape[1], M=32, efConstruction=a.hnsw_ef_construction)
                 set_num_threads(2)  # the build on both cores, the searches on one
