@@ -11,7 +11,11 @@ user pseudonym as the caller gives it; raw user ids never reach Redis):
 - ``P:seq:U``      U's arrival counter (INCRBY).
 - ``P:logged:U``   ZSET of the ``P:events`` ids of U's events that the per-user cap dropped
   from ``P:ev:U`` (scored by the id's milliseconds), so that an erasure still finds them in
-  the log; ids the log itself has dropped are pruned when U's next events are capped.
+  the log. Ids the log itself has dropped are pruned when U's next events are capped, and
+  the whole set once the log has dropped its newest id (``P:logged-users``).
+- ``P:logged-users`` ZSET of the users with a ``P:logged:U``, scored by its newest id's
+  milliseconds: every Track deletes a few of those sets whose newest id the log has
+  dropped, so that users who do not come back leave nothing behind.
 - ``P:consent:U``  U's purposes, sorted and comma-joined (``""``: consent to nothing); no
   key: never set.
 - ``P:unavailable`` SET of site item ids not to recommend.
@@ -23,9 +27,13 @@ Atomicity: :meth:`RedisState.record` is one Lua script that checks each user's c
 appends (or drops) their events; :meth:`~RedisState.set_consent` and
 :meth:`~RedisState.forget` are one script each, so an event can never land between a
 withdrawal and the erasure it implies. They also delete the user's entries still in
-``P:events`` (the ids kept in ``P:ev:U`` and ``P:logged:U``), so that nothing of theirs is
-left readable. (Redis frees a deleted stream entry's memory once the rest of its node is
-deleted too.) A script touches keys of
+``P:events`` (the ids kept in ``P:ev:U`` and ``P:logged:U``), so that no command reads
+anything of theirs again. What Redis itself keeps is the operator's to know: a deleted
+stream entry's bytes stay in memory (and in an RDB snapshot or a replica's full sync) until
+the rest of its node is deleted too, and an append-only file keeps the original writes until
+it is rewritten (``BGREWRITEAOF``). Events the cap dropped before ``P:logged:U`` existed
+stay in the log until its own cap drops them. The record script builds ``P:logged:U``
+names from the prefix for the users it sweeps, and a script touches keys of
 several users, so this needs one Redis (with replicas if wanted), not Redis Cluster.
 
 Durability: Redis acknowledges a write once it is in Redis's memory, and :meth:`record`
@@ -54,17 +62,29 @@ from tailored.serve.state import (
 
 __all__ = ["RedisState"]
 
-# KEYS: stream, then per user: consent, seq, events, logged.
-# ARGV: default_allows ('1'/'0'), cap, stream maxlen, purpose, then per user: the user, n,
-# then n pairs of (time_ms, json).
+# KEYS: stream, users with logged ids, then per user: consent, seq, events, logged.
+# ARGV: default_allows ('1'/'0'), cap, stream maxlen, purpose, key prefix, then per user:
+# the user, n, then n pairs of (time_ms, json).
 _RECORD = """
 local default_allows = ARGV[1] == '1'
 local cap = tonumber(ARGV[2])
 local maxlen = ARGV[3]
 local needle = ',' .. ARGV[4] .. ','
+local prefix = ARGV[5]
+local stream, users_key = KEYS[1], KEYS[2]
+
+-- below the log's first entry: '(MS' (scores of ids the log has dropped), or everything
+local function dropped_bound()
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #first == 0 then
+    return '+inf'
+  end
+  return '(' .. string.match(first[1][1], '^%d+')
+end
+
 local accepted, dropped = 0, 0
-local a = 5
-for k = 2, #KEYS, 4 do
+local a = 6
+for k = 3, #KEYS, 4 do
   local consent_key, seq_key, events_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local logged_key = KEYS[k + 3]
   local user, n = ARGV[a], tonumber(ARGV[a + 1])
@@ -82,7 +102,7 @@ for k = 2, #KEYS, 4 do
     for i = 1, n do
       local time_ms, event = ARGV[a], ARGV[a + 1]
       a = a + 2
-      local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+      local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
                             'user', user, 'event', event)
       redis.call('ZADD', events_key, time_ms,
                  string.format('%016d', seq + i) .. '|' .. id .. '|' .. event)
@@ -96,23 +116,32 @@ for k = 2, #KEYS, 4 do
       end
       redis.call('ZREMRANGEBYRANK', events_key, 0, extra - 1)
       -- and forget those the log has dropped since (its ids only grow)
-      local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-      if #first == 0 then
-        redis.call('DEL', logged_key)
+      redis.call('ZREMRANGEBYSCORE', logged_key, '-inf', dropped_bound())
+      local newest = redis.call('ZRANGE', logged_key, -1, -1, 'WITHSCORES')
+      if #newest == 0 then
+        redis.call('ZREM', users_key, user)
       else
-        redis.call('ZREMRANGEBYSCORE', logged_key, '-inf',
-                   '(' .. string.match(first[1][1], '^%d+'))
+        redis.call('ZADD', users_key, newest[2], user)
       end
     end
     accepted = accepted + n
   end
 end
+-- users whose newest remembered id the log has dropped: all of theirs are gone (a few each
+-- call, so that users who never come back do not keep ids forever)
+local stale = redis.call('ZRANGEBYSCORE', users_key, '-inf', dropped_bound(), 'LIMIT', 0, 64)
+for _, user in ipairs(stale) do
+  redis.call('DEL', prefix .. ':logged:' .. user)
+end
+if #stale > 0 then
+  redis.call('ZREM', users_key, unpack(stale))
+end
 return {accepted, dropped}
 """
 
-# KEYS: consent, seq, events, logged, stream. ARGV: 'set' and the purposes, or 'forget';
-# then whether to erase the events ('1'/'0'). Returns the number of events erased: those
-# kept for serving, and those only the log still held.
+# KEYS: consent, seq, events, logged, stream, users with logged ids. ARGV: 'set' and the
+# purposes, or 'forget'; then whether to erase the events ('1'/'0'); then the user. Returns
+# the number of events erased: those kept for serving, and those only the log still held.
 _ERASE = """
 if ARGV[1] == 'set' then
   redis.call('SET', KEYS[1], ARGV[2])
@@ -140,6 +169,7 @@ for i = 1, #old, 500 do
   logged = logged + redis.call('XDEL', KEYS[5], unpack(old, i, math.min(i + 499, #old)))
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[6], ARGV[4])
 return #members + logged
 """
 
@@ -219,19 +249,20 @@ class RedisState(OnlineState):
     def record(
         self, events: Mapping[str, Sequence[StoredEvent]], *, default_allows: bool
     ) -> RecordResult:
-        keys = [f"{self.prefix}:events"]
+        keys = [f"{self.prefix}:events", f"{self.prefix}:logged-users"]
         args: list[Any] = [
             "1" if default_allows else "0",
             self.max_events_per_user,
             self.stream_maxlen,
             PERSONALIZATION,
+            self.prefix,
         ]
         for user, evs in events.items():
             keys += self._keys(user)
             args += [user, len(evs)]
             for e in evs:
                 args += [int(e.time_ms), _encode(e)]
-        if len(keys) == 1:
+        if len(keys) == 2:
             return RecordResult(0, 0)
         accepted, dropped = self._call("record", self._record, keys=keys, args=args)
         return RecordResult(int(accepted), int(dropped))
@@ -256,13 +287,14 @@ class RedisState(OnlineState):
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         chosen = frozenset(purposes)
         erase = PERSONALIZATION not in chosen
-        keys = [*self._keys(user), f"{self.prefix}:events"]
-        args = ["set", ",".join(sorted(chosen)), "1" if erase else "0"]
+        keys = [*self._keys(user), f"{self.prefix}:events", f"{self.prefix}:logged-users"]
+        args = ["set", ",".join(sorted(chosen)), "1" if erase else "0", user]
         return int(self._call("set consent", self._erase, keys=keys, args=args))
 
     def forget(self, user: str) -> int:
-        keys = [*self._keys(user), f"{self.prefix}:events"]
-        return int(self._call("forget", self._erase, keys=keys, args=["forget", "", "1"]))
+        keys = [*self._keys(user), f"{self.prefix}:events", f"{self.prefix}:logged-users"]
+        args = ["forget", "", "1", user]
+        return int(self._call("forget", self._erase, keys=keys, args=args))
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
         ids = list(item_ids)

@@ -8,11 +8,15 @@ their own connections (one per thread); WAL lets them read while the writer writ
 Erasure (:meth:`SQLiteState.forget`, withdrawing consent) leaves nothing readable behind in
 the files: ``secure_delete`` zeroes deleted rows in the database's pages, and the write-ahead
 log, whose frames still hold them, is checkpointed and truncated before the call returns.
+A reader that holds an older snapshot (another process's long read, a backup) blocks that
+for as long as it reads: the writer waits for it at most a quarter of a second, then goes
+on and tries again in the background (1 s, doubling up to a minute apart) until the log is
+truncated, with a warning in the log each time it could not.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import queue
 import sqlite3
@@ -57,6 +61,13 @@ _MAX_GROUP = 256  # queued writes committed together at most
 # holds the file: switching a new file to WAL and creating the schema take locks for which
 # SQLite does not always call its busy handler, so "database is locked" is retried here.
 _OPEN_SECONDS = 10.0
+# After an erasure, the log's truncation waits this long at most for readers of an older
+# snapshot (holding every write meanwhile), then is retried this many seconds later,
+# doubling, at most this far apart.
+_SCRUB_WAIT = 0.25
+_SCRUB_RETRY = (1.0, 60.0)
+
+_log = logging.getLogger(__name__)
 
 _Write = Callable[[sqlite3.Connection], Any]
 
@@ -75,7 +86,12 @@ class SQLiteState(OnlineState):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._erased = False  # an erasure committed, the log not yet scrubbed (writer thread)
+        # writer thread only: an erasure in the group being committed; when to try again to
+        # scrub the log of an earlier one (monotonic seconds; None: nothing to scrub), and
+        # the pause before the try after that
+        self._erased = False
+        self._scrub_at: float | None = None
+        self._scrub_pause = _SCRUB_RETRY[0]
         writer = self._connect(schema=True)
         self._queue: queue.Queue[tuple[_Write, Future[Any]] | None] = queue.Queue()
         self._closed = False
@@ -132,7 +148,16 @@ class SQLiteState(OnlineState):
     # -- the writer ------------------------------------------------------------------------
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         while True:
-            first = self._queue.get()
+            if self._scrub_at is not None and time.monotonic() >= self._scrub_at:
+                self._scrub_log(conn)
+            try:
+                first = self._queue.get(
+                    timeout=None
+                    if self._scrub_at is None
+                    else max(self._scrub_at - time.monotonic(), 0.0)
+                )
+            except queue.Empty:
+                continue  # time to scrub again
             if first is None:
                 break
             group = [first]
@@ -150,14 +175,33 @@ class SQLiteState(OnlineState):
 
     def _scrub_log(self, conn: sqlite3.Connection) -> None:
         """After an erasure: copy the log into the database (where ``secure_delete`` has
-        zeroed the erased rows) and truncate it, since its frames still hold them. Waits for
-        readers (the busy timeout); one still reading after that leaves it for the next
-        commit to try again."""
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        self._erased = bool(busy)
+        zeroed the erased rows) and truncate it, since its frames still hold them. Waits
+        ``_SCRUB_WAIT`` at most for readers of an older snapshot; if one still reads, the
+        next try is scheduled."""
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(_SCRUB_WAIT * 1000)}")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(_OPEN_SECONDS * 1000)}")
+            problem = "a reader holds an older snapshot" if busy else ""
+        except sqlite3.Error as e:
+            problem = str(e)
+        if not problem:
+            self._scrub_at, self._scrub_pause = None, _SCRUB_RETRY[0]
+            return
+        _log.warning(
+            "%s: the write-ahead log still holds erased events (%s); trying again in %.0f s",
+            self.path,
+            problem,
+            self._scrub_pause,
+        )
+        self._scrub_at = time.monotonic() + self._scrub_pause
+        self._scrub_pause = min(self._scrub_pause * 2, _SCRUB_RETRY[1])
 
     def _commit(self, conn: sqlite3.Connection, group: list[tuple[_Write, Future[Any]]]) -> None:
         results: list[Any] = []
+        self._erased = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             for write, _ in group:
@@ -177,8 +221,8 @@ class SQLiteState(OnlineState):
                 fut.set_exception(StateError(f"online state write failed: {e}"))
             return
         if self._erased:  # before the erasure's caller hears it is done
-            with contextlib.suppress(sqlite3.Error):  # the rows are gone; the next commit tries
-                self._scrub_log(conn)
+            self._erased = False
+            self._scrub_log(conn)
         for (_, fut), res in zip(group, results, strict=True):
             if isinstance(res, Exception):
                 fut.set_exception(res)

@@ -6,7 +6,9 @@ The Redis cases need a server (the ``redis_url`` fixture: skipped without one, f
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import sqlite3
 import threading
 import time
 import uuid
@@ -343,6 +345,36 @@ def test_sqlite_erasure_leaves_nothing_in_its_files(tmp_path: Path, how: str) ->
         assert len(s.user("keeper", 1000).events) == 51
 
 
+def test_sqlite_erasure_under_a_long_reader_neither_stalls_nor_gives_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a reader of an older snapshot (another process, a backup) blocks the log's truncation:
+    # writes go on, and the truncation is retried in the background once it has left
+    path = tmp_path / "state.db"
+    with SQLiteState(path) as s:
+        s.record(
+            {"erased-user": [ev(f"erased-item-{i}", i) for i in range(100)]}, default_allows=True
+        )
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 100
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="tailored.serve.sqlite_state"):
+            assert s.forget("erased-user") == 100
+            s.record({"keeper": [ev("kept", 1)]}, default_allows=True)
+        # not the 10 s busy timeout at each write (a liveness bound, not a timing target)
+        assert time.monotonic() - start < 5.0
+        assert "still holds erased events" in caplog.text and "erased-user" not in caplog.text
+        assert b"erased-item-" in _bytes_on_disk(path)  # the reader still sees them
+        reader.execute("COMMIT")
+        reader.close()
+        deadline = time.monotonic() + 10.0
+        while b"erased-item-" in _bytes_on_disk(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b"erased-item-" not in _bytes_on_disk(path)  # the retry, with no write to wait for
+        assert s.user("keeper", 10).events == (ev("kept", 1),)
+
+
 # -- Redis's own -----------------------------------------------------------------------------
 @pytest.fixture
 def redis_state(redis_url: str, redis_prefix: str) -> Iterator[RedisState]:
@@ -403,11 +435,13 @@ def test_redis_erasure_reaches_events_the_cap_dropped_from_serving(
     redis_state.record({"w": [ev("d", 1)], "u": [ev("j", 0)]}, default_allows=True)
     assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["u"] * 8 + ["w", "u"]
     assert len(redis_state.user("u", 100).events) == 5
-    assert redis_state.forget("u") == 9
-    assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
+        assert client.zscore(f"{redis_prefix}:logged-users", "u") is not None
+        assert redis_state.forget("u") == 9
+        assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
         assert not list(client.scan_iter(match=f"{redis_prefix}:*:u"))
+        assert client.zscore(f"{redis_prefix}:logged-users", "u") is None
     finally:
         client.close()
 
@@ -430,6 +464,29 @@ def test_redis_drops_remembered_ids_once_the_log_has_dropped_them(
         redis_state.record({"u": [ev(f"n{t}", 300 + t) for t in range(6)]}, default_allows=True)
         # dropped: i5-i7 (gone from the log), late, later and n0 (there): 3 remembered
         assert client.zcard(logged) == 3
+    finally:
+        client.close()
+
+
+def test_redis_forgets_remembered_ids_of_users_who_do_not_come_back(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    users = f"{redis_prefix}:logged-users"
+    try:
+        redis_state.record({"u": [ev(f"i{t}", t) for t in range(8)]}, default_allows=True)
+        time.sleep(0.01)  # u's log ids and v's fall in different milliseconds
+        redis_state.record({"v": [ev(f"j{t}", t) for t in range(7)]}, default_allows=True)
+        assert client.zcard(f"{redis_prefix}:logged:u") == 3
+        assert client.zrange(users, 0, -1) == ["u", "v"]
+        # the log drops u's entries (not v's); another user's Track sweeps u's set away
+        entries = cast(list[tuple[str, Any]], client.xrange(f"{redis_prefix}:events", count=9))
+        cut = entries[-1][0]
+        client.xtrim(f"{redis_prefix}:events", minid=cut, approximate=False)
+        redis_state.record({"w": [ev("x", 1)]}, default_allows=True)
+        assert not client.exists(f"{redis_prefix}:logged:u")
+        assert client.zrange(users, 0, -1) == ["v"]
+        assert client.zcard(f"{redis_prefix}:logged:v") == 2
     finally:
         client.close()
 
