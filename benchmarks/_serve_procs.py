@@ -110,11 +110,13 @@ def tailored_server(
     *,
     timeout: float = 900,
     config: Path | None = None,
+    state_url: str | None = None,
 ) -> ServerProcess:
     """``tailored serve BUNDLE --port 0 --state sqlite:///STATE --clock bundle --no-watch``
-    (``--config CONFIG`` where given)."""
+    (``--config CONFIG`` where given; ``--state STATE_URL`` instead where given, the log
+    still beside ``STATE``)."""
     cmd = [sys.executable, "-m", "tailored.cli", "serve", str(bundle), "--port", "0"]
-    cmd += ["--state", f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
+    cmd += ["--state", state_url or f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
     if config is not None:
         cmd += ["--config", str(config)]
     log = state.with_suffix(".log")

@@ -7,13 +7,13 @@ Phases (``--phases``, each a fixed number of seconds, ``--seconds``):
   (threads of a separate client process, blocking calls in a loop, loopback), known users of
   the synthetic site and a few unknown ones; the same client against the no-op servicer
   (:mod:`benchmarks._serve_noop`) gives the ceiling, and the figure is the ratio.
-* ``track``: events durably acknowledged per second (SQLite state, batches of 1 and 20,
-  concurrency 8), and the time from a click's acknowledgement to the first Recommend that
-  no longer returns the clicked item.
+* ``track``: events durably acknowledged per second (SQLite state, or Redis with
+  ``--redis``; batches of 1 and 20, concurrency 8), and the time from a click's
+  acknowledgement to the first Recommend that no longer returns the clicked item.
 * ``swap``: ReloadBundle 10 times (alternating two versions) under a concurrency-8 load;
   failed requests, each swap's load seconds.
 * ``kill``: Track load, SIGKILL to the server after ~3 s; every acknowledged event must be in
-  the SQLite file (events stored whose acknowledgement was lost are allowed).
+  the SQLite file (always SQLite) (events stored whose acknowledgement was lost are allowed).
 * ``profile``: cProfile over the servicer's Recommend in-process (:mod:`benchmarks._serve_profile`).
 
 The bundle is built by the real pipeline on synthetic data and cached
@@ -121,6 +121,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="a TOML file whose [serve] table the servers (and the profile) run with, e.g. "
         "index_search = { nprobe = 64 }",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="the recommend, track and swap phases' server keeps its online state in this "
+        "Redis (redis://HOST:PORT/DB), under a fresh key prefix deleted afterwards",
     )
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument(
@@ -498,6 +504,44 @@ def sizes_of(a: argparse.Namespace) -> Sizes:
     )
 
 
+def _state_of(redis_url: str | None) -> dict[str, Any]:
+    """The online state the phases' server used, for the JSON (no password)."""
+    if not redis_url:
+        return {"backend": "sqlite", "synchronous": "FULL"}
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        info = client.info("persistence")
+        server = client.info("server")
+        try:  # what "acknowledged" means there: the operator's AOF settings
+            fsync = client.config_get("appendfsync").get("appendfsync")
+        except redis.RedisError:  # CONFIG may be disabled
+            fsync = None
+    finally:
+        client.close()
+    return {
+        "backend": "redis",
+        "redis_version": server.get("redis_version"),
+        "appendonly": bool(info.get("aof_enabled")),
+        "appendfsync": fsync,
+    }
+
+
+def _drop_redis_prefix(redis_url: str | None, prefix: str) -> None:
+    if not redis_url:
+        return
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = _args(argv)
     sizes = sizes_of(a)
@@ -544,7 +588,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ):
         tmp = Path(d)
         if {"recommend", "track", "swap"} & set(a.phases):
-            server = tailored_server(built.versions[0], tmp / "state.db", e, config=a.server_config)
+            prefix = f"serve-load-{secrets.token_hex(6)}"
+            state_url = (
+                f"{a.redis}{'&' if '?' in a.redis else '?'}prefix={prefix}" if a.redis else None
+            )
+            result["state"] = _state_of(a.redis)
+            try:
+                server = tailored_server(
+                    built.versions[0],
+                    tmp / "state.db",
+                    e,
+                    config=a.server_config,
+                    state_url=state_url,
+                )
+            except BaseException:
+                _drop_redis_prefix(a.redis, prefix)
+                raise
             result["server"] = {"startup_seconds": round(server.startup_seconds, 1)}
             print(f"server up in {server.startup_seconds:.1f} s on {server.target}", flush=True)
             try:
@@ -557,6 +616,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     result["swap"] = _swap_phase(a, client, server, token, built, pools)
             finally:
                 server.stop()
+                _drop_redis_prefix(a.redis, prefix)
         if "kill" in a.phases:
             result["kill"] = _kill_phase(a, client, built, tmp, e, pools)
         if "profile" in a.phases:
