@@ -34,6 +34,33 @@ class _Context:
         raise RuntimeError(f"{code}: {message}")
 
 
+def in_process_service(bundle: Path, state: Path, cfg: Any) -> Any:
+    """The server's ``Service`` over ``bundle`` in this process, with ``[serve]`` settings
+    ``cfg`` and its online state in the SQLite file ``state``; the pseudonymization key
+    comes from ``TAILORED_PSEUDONYM_KEY``. The caller closes it."""
+    from tailored.data.pseudonym import Pseudonymizer, load_key
+    from tailored.serve.bundles import LiveBundle
+    from tailored.serve.server import Service
+    from tailored.serve.sqlite_state import SQLiteState
+
+    return Service(LiveBundle(bundle, cfg), SQLiteState(state), Pseudonymizer(load_key()), cfg)
+
+
+def known_user_requests(n_users: int, requests: int, seed: int = 0) -> list[Any]:
+    """``requests`` Recommend requests (k 10, surface home), each for another known user
+    of the synthetic site of ``n_users`` (seeded)."""
+    import numpy as np
+
+    from benchmarks._serve_bundle import raw_user_id
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    users = np.random.default_rng(seed).choice(n_users, requests, replace=False)
+    return [
+        pb.RecommendRequest(user_id=raw_user_id(int(u), n_users), k=10, surface="home")
+        for u in users
+    ]
+
+
 def _top(stats: pstats.Stats, key: str, n: int, calls: int) -> list[dict[str, Any]]:
     rows = []
     for (file, line, fn), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
@@ -130,16 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from tailored.config import load_serve_config
-    from tailored.data.pseudonym import Pseudonymizer, load_key
-    from tailored.serve.bundles import LiveBundle
-    from tailored.serve.server import Service, _Personalization
-    from tailored.serve.sqlite_state import SQLiteState
+    from tailored.serve.server import _Personalization
     from tailored.serve.v1 import personalization_pb2 as pb
 
     cfg = load_serve_config(args.config, overrides={"clock": "bundle"})
-    service = Service(
-        LiveBundle(args.bundle, cfg), SQLiteState(args.state), Pseudonymizer(load_key()), cfg
-    )
+    service = in_process_service(args.bundle, args.state, cfg)
     servicer = _Personalization(service)
     users = json.loads(args.users.read_text())
     reqs = [

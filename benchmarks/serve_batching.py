@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks._machine import machine
-from benchmarks._serve_bundle import KEY, ensure_bundle, raw_user_id
-from benchmarks._serve_profile import _Context
+from benchmarks._serve_bundle import KEY, ensure_bundle
+from benchmarks._serve_profile import _Context, in_process_service, known_user_requests
 from benchmarks.serve_load import _args as serve_load_args
 from benchmarks.serve_load import sizes_of
 
@@ -65,22 +65,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ["TAILORED_PSEUDONYM_KEY"] = KEY  # the benchmark's key, as serve_load's
     from tailored.config import load_serve_config
     from tailored.data.features import MAX_MULTI, FeatureTable
-    from tailored.data.pseudonym import Pseudonymizer, load_key
-    from tailored.serve.bundles import LiveBundle
-    from tailored.serve.server import Service, _Personalization
-    from tailored.serve.sqlite_state import SQLiteState
-    from tailored.serve.v1 import personalization_pb2 as pb
+    from tailored.serve.server import _Personalization
 
     start = time.perf_counter()
     built = ensure_bundle(sizes_of(serve_load_args([])), versions=1)  # serve_load's bundle
     cfg = load_serve_config(a.server_config, overrides={"clock": "bundle"})
     with tempfile.TemporaryDirectory(prefix="serve_batching.") as tmp:
-        service = Service(
-            LiveBundle(built.versions[0], cfg),
-            SQLiteState(Path(tmp) / "state.db"),
-            Pseudonymizer(load_key()),
-            cfg,
-        )
+        service = in_process_service(built.versions[0], Path(tmp) / "state.db", cfg)
         try:
             two: Any = service.bundle.current.two  # its methods are wrapped below
             towers: list[dict[str, Any]] = []
@@ -102,11 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             two.user_embeddings, two.rank, two.index.search = tower_in, rank_in, search_in
             servicer = _Personalization(service)
-            rng = np.random.default_rng(0)
             try:
-                for u in rng.choice(built.n_users, a.requests, replace=False):
-                    user = raw_user_id(int(u), built.n_users)
-                    req = pb.RecommendRequest(user_id=user, k=10, surface="home")
+                for req in known_user_requests(built.n_users, a.requests):
                     servicer.Recommend(req, _Context())
             finally:
                 two.user_embeddings, two.rank, two.index.search = user_embeddings, rank, search

@@ -32,8 +32,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks._machine import machine
-from benchmarks._serve_bundle import KEY, ensure_bundle, raw_user_id
-from benchmarks._serve_profile import ExactTruth, _Context, record_user_vectors
+from benchmarks._serve_bundle import KEY, ensure_bundle
+from benchmarks._serve_profile import (
+    ExactTruth,
+    _Context,
+    in_process_service,
+    known_user_requests,
+    record_user_vectors,
+)
 from benchmarks.serve_load import _args as serve_load_args
 from benchmarks.serve_load import sizes_of
 
@@ -130,33 +136,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     os.environ["TAILORED_PSEUDONYM_KEY"] = KEY  # the benchmark's key, as serve_load's
     from tailored.config import load_serve_config
-    from tailored.data.pseudonym import Pseudonymizer, load_key
     from tailored.retrieval import HNSWIndex, IVFFlatIndex, IVFPQIndex, set_num_threads
-    from tailored.serve.bundles import LiveBundle
-    from tailored.serve.server import Service, _Personalization
-    from tailored.serve.sqlite_state import SQLiteState
-    from tailored.serve.v1 import personalization_pb2 as pb
+    from tailored.serve.server import _Personalization
 
     start = time.perf_counter()
     built = ensure_bundle(sizes_of(serve_load_args([])), versions=1)  # serve_load's bundle
     set_num_threads(1)
     cfg = load_serve_config(None, overrides={"clock": "bundle"})
     with tempfile.TemporaryDirectory(prefix="serve_index_sweep.") as tmp:
-        service = Service(
-            LiveBundle(built.versions[0], cfg),
-            SQLiteState(Path(tmp) / "state.db"),
-            Pseudonymizer(load_key()),
-            cfg,
-        )
+        service = in_process_service(built.versions[0], Path(tmp) / "state.db", cfg)
         try:
-            rng = np.random.default_rng(0)
-            users = rng.choice(built.n_users, a.requests, replace=False)
-            reqs = [
-                pb.RecommendRequest(
-                    user_id=raw_user_id(int(u), built.n_users), k=10, surface="home"
-                )
-                for u in users
-            ]
+            reqs = known_user_requests(built.n_users, a.requests)
             q = record_user_vectors(service, _Personalization(service), reqs, _Context())
             two = service.bundle.current.two
             truth = ExactTruth(two, q, a.depth)
