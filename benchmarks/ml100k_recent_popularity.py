@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks._machine import machine
 from benchmarks._ml100k import split_a_events
+from tailored.paths import write_json_atomic
 from tailored.train.metrics import Csr, per_user_metrics, topk_from_scores
-from tailored.train.run import write_json_atomic
 
 __all__ = ["main"]
 

@@ -17,7 +17,6 @@ JSON to ``benchmarks/results/serve_batching.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -65,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ["TAILORED_PSEUDONYM_KEY"] = KEY  # the benchmark's key, as serve_load's
     from tailored.config import load_serve_config
     from tailored.data.features import MAX_MULTI, FeatureTable
+    from tailored.paths import write_json_atomic
     from tailored.serve.server import _Personalization
 
     start = time.perf_counter()
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = a.out.with_name(f".{a.out.name}.{os.getpid()}.tmp")  # no torch import here
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, a.out)
+    write_json_atomic(a.out, result)
     print(f"-> {a.out}")
     return result
 

@@ -22,7 +22,6 @@ JSON to ``benchmarks/results/serve_index_sweep.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -42,6 +41,7 @@ from benchmarks._serve_profile import (
 )
 from benchmarks.serve_load import _args as serve_load_args
 from benchmarks.serve_load import sizes_of
+from tailored.paths import write_json_atomic
 
 __all__ = ["main"]
 
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": rows,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = a.out.with_name(f".{a.out.name}.{os.getpid()}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, a.out)
+    write_json_atomic(a.out, result)
     print(f"-> {a.out}")
     return result
 

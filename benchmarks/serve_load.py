@@ -13,7 +13,8 @@ Phases (``--phases``, each a fixed number of seconds, ``--seconds``):
 * ``swap``: ReloadBundle 10 times (alternating two versions) under a concurrency-8 load;
   failed requests, each swap's load seconds.
 * ``kill``: Track load, SIGKILL to the server after ~3 s; every acknowledged event must be in
-  the SQLite file (always SQLite) (events stored whose acknowledgement was lost are allowed).
+  the SQLite file, whatever ``--redis`` says (events stored whose acknowledgement was lost
+  are allowed).
 * ``profile``: cProfile over the servicer's Recommend in-process (:mod:`benchmarks._serve_profile`).
 
 The bundle is built by the real pipeline on synthetic data and cached
@@ -28,6 +29,7 @@ JSON to ``benchmarks/results/serve_load.json`` (atomically).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -52,6 +54,7 @@ from benchmarks._serve_bundle import (
 )
 from benchmarks._serve_client import LoadClients
 from benchmarks._serve_procs import ServerProcess, noop_server, tailored_server
+from tailored.paths import write_json_atomic
 
 __all__ = ["main"]
 
@@ -482,13 +485,6 @@ def _dirty() -> list[str]:
     return [line[3:] for line in out.splitlines() if line[3:] and not line.startswith("??")]
 
 
-def _write(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def sizes_of(a: argparse.Namespace) -> Sizes:
     """The bundle's sizes from the command line (``_args``; its defaults: the 1M-item one)."""
     return Sizes(
@@ -583,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "calls; latency = perf_counter around each call; loopback",
     }
     with (
+        contextlib.ExitStack() as stack,
         tempfile.TemporaryDirectory(prefix="serve_load.") as d,
         LoadClients(a.client_processes) as client,
     ):
@@ -593,17 +590,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{a.redis}{'&' if '?' in a.redis else '?'}prefix={prefix}" if a.redis else None
             )
             result["state"] = _state_of(a.redis)
-            try:
-                server = tailored_server(
-                    built.versions[0],
-                    tmp / "state.db",
-                    e,
-                    config=a.server_config,
-                    state_url=state_url,
-                )
-            except BaseException:
-                _drop_redis_prefix(a.redis, prefix)
-                raise
+            stack.callback(_drop_redis_prefix, a.redis, prefix)  # once the server has stopped
+            server = tailored_server(
+                built.versions[0], tmp / "state.db", e, config=a.server_config, state_url=state_url
+            )
             result["server"] = {"startup_seconds": round(server.startup_seconds, 1)}
             print(f"server up in {server.startup_seconds:.1f} s on {server.target}", flush=True)
             try:
@@ -616,14 +606,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     result["swap"] = _swap_phase(a, client, server, token, built, pools)
             finally:
                 server.stop()
-                _drop_redis_prefix(a.redis, prefix)
         if "kill" in a.phases:
             result["kill"] = _kill_phase(a, client, built, tmp, e, pools)
         if "profile" in a.phases:
             result["profile"] = _profile_phase(a, built, tmp, e, pools)
     result["goals"] = _goals(result, a.concurrency)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    _write(a.out, result)
+    write_json_atomic(a.out, result)
     print(json.dumps(result["goals"], indent=1))
     print(f"-> {a.out}")
     return result

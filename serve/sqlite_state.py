@@ -148,16 +148,14 @@ class SQLiteState(OnlineState):
     # -- the writer ------------------------------------------------------------------------
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         while True:
-            if self._scrub_at is not None and time.monotonic() >= self._scrub_at:
+            wait = None if self._scrub_at is None else self._scrub_at - time.monotonic()
+            if wait is not None and wait <= 0:  # time to try scrubbing the log again
                 self._scrub_log(conn)
+                continue
             try:
-                first = self._queue.get(
-                    timeout=None
-                    if self._scrub_at is None
-                    else max(self._scrub_at - time.monotonic(), 0.0)
-                )
+                first = self._queue.get(timeout=wait)
             except queue.Empty:
-                continue  # time to scrub again
+                continue
             if first is None:
                 break
             group = [first]
@@ -221,7 +219,6 @@ class SQLiteState(OnlineState):
                 fut.set_exception(StateError(f"online state write failed: {e}"))
             return
         if self._erased:  # before the erasure's caller hears it is done
-            self._erased = False
             self._scrub_log(conn)
         for (_, fut), res in zip(group, results, strict=True):
             if isinstance(res, Exception):

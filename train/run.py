@@ -12,7 +12,6 @@ A run directory holds::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -33,12 +32,12 @@ from tailored.config import Config, ModelConfig
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
-from tailored.paths import dataset_dir
+from tailored.paths import dataset_dir, write_json_atomic
 from tailored.train.datamodule import TwoTowerDataModule
 from tailored.train.model import TowerSpec, TwoTower
 from tailored.train.task import TwoTowerTask
 
-__all__ = ["RunResult", "ThroughputMeter", "build_model", "load_data", "train", "write_json_atomic"]
+__all__ = ["RunResult", "ThroughputMeter", "build_model", "load_data", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -136,15 +135,6 @@ def build_model(
         user_id_buckets=m.user_id_buckets,
         causal_history=m.causal_history,
     )
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _logger(cfg: Config, out: Path) -> Logger:
