@@ -31,16 +31,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/typecheck.py
+	$(BIN)/python tools/importlint.py
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.movielens --seeds 0 1 2
-	$(BIN)/python -m benchmarks.synth_scale
-	$(BIN)/python -m benchmarks.train_throughput
-	$(BIN)/python -m benchmarks.two_stage --seeds 0 1 2
-	$(BIN)/python -m benchmarks.index_bench
-	$(BIN)/python -m benchmarks.ranker_latency
-	$(BIN)/python -m benchmarks.refresh_throughput
-	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.quality.movielens --seeds 0 1 2
+	$(BIN)/python -m benchmarks.scale.synth_scale
+	$(BIN)/python -m benchmarks.scale.train_throughput
+	$(BIN)/python -m benchmarks.quality.two_stage --seeds 0 1 2
+	$(BIN)/python -m benchmarks.serving.index_bench
+	$(BIN)/python -m benchmarks.serving.ranker_latency
+	$(BIN)/python -m benchmarks.scale.refresh_throughput
+	$(BIN)/python -m benchmarks.serving.serve_load
 
 # regenerate serve/v1's code from its .proto (tests/test_proto.py checks it is current)
 proto: $(STAMP)

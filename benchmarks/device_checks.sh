@@ -18,14 +18,15 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
     | tee "$OUT/device.txt"
 
 echo "== refresh throughput and torch CUDA exact top-k, 1M items"
-python3 -m benchmarks.refresh_throughput --items 1000000 --out "$OUT/refresh_throughput_gpu.json" \
-    > "$OUT/refresh.log" 2>&1; echo "rc $?"; tail -20 "$OUT/refresh.log"
+python3 -m benchmarks.scale.refresh_throughput --items 1000000 \
+    --out "$OUT/refresh_throughput_gpu.json" > "$OUT/refresh.log" 2>&1
+echo "rc $?"; tail -20 "$OUT/refresh.log"
 
 echo "== training throughput, synthetic site (batch as configured, then a GPU-sized batch)"
-python3 -m benchmarks.train_throughput --users 200000 --items 100000 --minutes 1 --epochs 1 \
+python3 -m benchmarks.scale.train_throughput --users 200000 --items 100000 --minutes 1 --epochs 1 \
     --eval-users 2000 --out-json "$OUT/train_throughput_gpu.json" > "$OUT/train.log" 2>&1
 echo "rc $?"; tail -12 "$OUT/train.log"
-python3 -m benchmarks.train_throughput --users 200000 --items 100000 --minutes 1 --epochs 1 \
+python3 -m benchmarks.scale.train_throughput --users 200000 --items 100000 --minutes 1 --epochs 1 \
     --eval-users 2000 --set train.batch_size=8192 --set train.lr=3e-3 \
     --out-json "$OUT/train_throughput_gpu_b8192.json" > "$OUT/train_b8192.log" 2>&1
 echo "rc $?"; tail -12 "$OUT/train_b8192.log"
@@ -33,8 +34,9 @@ echo "rc $?"; tail -12 "$OUT/train_b8192.log"
 echo "== MovieLens-100k variants, each seed a two-stage run, 16 at once on the one GPU"
 left=$(( BUDGET - ($(date +%s) - start) ))
 minutes=$(python3 -c "print(max(1.0, ($left - 20) / 60))")
-python3 -m benchmarks.movielens_sweep --variants benchmarks/sweeps/ml100k.toml --seeds 0 2 \
-    --jobs 16 --minutes "$minutes" --set 'train.precision="32-true"' \
+python3 -m benchmarks.explorations.movielens_sweep \
+    --variants benchmarks/explorations/sweeps/movielens.toml --seeds 0 2 --jobs 16 \
+    --minutes "$minutes" --set 'train.precision="32-true"' \
     --out-json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
 echo "rc $?"; grep -v "^    \|FAILED" "$OUT/sweep.log" | tail -40
 echo "elapsed $(( $(date +%s) - start )) s"

@@ -31,11 +31,11 @@ else
     cfgs=${CFGS:-processes12 processes4 processes1}
 fi
 for c in $cfgs; do
-    echo "== recommend phase, [serve] of benchmarks/serve_configs/$c.toml ($(( $(date +%s) - start )) s)"
+    echo "== recommend phase, [serve] of benchmarks/serving/configs/$c.toml ($(( $(date +%s) - start )) s)"
     # the first configuration also profiles the servicer in-process (and the served recall)
     phases=recommend; [ "$c" = "${cfgs%% *}" ] && phases=recommend,profile
-    $PY -m benchmarks.serve_load --phases "$phases" "${size[@]}" --connections 16 \
-        --client-processes 4 --server-config "benchmarks/serve_configs/$c.toml" \
+    $PY -m benchmarks.serving.serve_load --phases "$phases" "${size[@]}" --connections 16 \
+        --client-processes 4 --server-config "benchmarks/serving/configs/$c.toml" \
         --out "$OUT/serve_load_device_$c.json" > "$OUT/serve_$c.log" 2>&1
     echo "rc $?"; grep -v "^ *[{}]\|\"" "$OUT/serve_$c.log" | tail -12
     cp "$TAILORED_HOME"/bench/serve_load/*/build.json "$OUT/build.json" 2>/dev/null

@@ -116,22 +116,83 @@ def load_interactions(
     """Read a dataset and return its split positive interactions (see module doc)."""
     directory = Path(directory)
     meta = read_dataset_meta(directory)
+    if split == "presplit" and not meta.presplit:
+        raise SchemaError(
+            f"{directory}: split 'presplit' needs data imported with train/valid/test files"
+        )
     users_t = pq.read_table(directory / "users.parquet")
     items_t = pq.read_table(directory / "items.parquet")
     user_ids = users_t.column("user_id").combine_chunks()
     item_ids = items_t.column("item_id").combine_chunks()
     user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
     item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
-    ctx_names = list(meta.schema.context_fields)
-
-    cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
+    ev = _read_positives(directory, meta, rule, user_ids, item_ids, split, batch_rows)
     if split == "presplit":
-        if not meta.presplit:
-            raise SchemaError(
-                f"{directory}: split 'presplit' needs data imported with train/valid/test files"
-            )
-        cols.append("split")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "c")}
+        labels = ev.split
+    elif split == "global_time":
+        labels = global_time_split(ev.timestamp, valid_start=valid_start, test_start=test_start)
+    else:
+        labels = user_temporal_split(
+            ev.user, ev.timestamp, valid_ratio=valid_ratio, test_ratio=test_ratio
+        )
+    order = _order(ev.user, ev.timestamp)
+    counts = np.bincount(ev.user, minlength=len(user_ids))
+    return Interactions(
+        meta=meta,
+        user_ids=user_ids.to_numpy(zero_copy_only=False),
+        item_ids=item_ids.to_numpy(zero_copy_only=False),
+        users=user_enc.transform(users_t),
+        items=item_enc.transform(items_t).with_padding_row(),
+        user_encoder=user_enc,
+        item_encoder=item_enc,
+        context_vocabs=ev.context_vocabs,
+        user=ev.user[order],
+        item=ev.item[order],
+        timestamp=ev.timestamp[order],
+        split=labels[order],
+        weight=ev.weight[order],
+        context=ev.context[order],
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        item_titles=(
+            items_t.column("title").to_numpy(zero_copy_only=False)
+            if "title" in items_t.column_names
+            else None
+        ),
+        user_numeric_raw={
+            name: users_t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            for name in user_enc.numeric
+        },
+    )
+
+
+@dataclass
+class _Positives:
+    """The positive events of a dataset in file order: user and item indices (items
+    1-based), times, weights, encoded context, and the imported split labels (presplit)."""
+
+    user: np.ndarray  # int32 [E]
+    item: np.ndarray  # int32 [E]
+    timestamp: np.ndarray  # int64 [E]
+    weight: np.ndarray  # float32 [E]
+    context: np.ndarray  # int64 [E, K]
+    context_vocabs: dict[str, list[str]]
+    split: np.ndarray  # int8 [E], or [0] unless presplit
+
+
+def _read_positives(
+    directory: Path,
+    meta: DatasetMeta,
+    rule: PositiveRule,
+    user_ids: pa.Array,
+    item_ids: pa.Array,
+    split: str,
+    batch_rows: int,
+) -> _Positives:
+    """``events.parquet`` read in batches of ``batch_rows``, keeping what ``rule`` counts."""
+    ctx_names = list(meta.schema.context_fields)
+    cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
+    cols += ["split"] if split == "presplit" else []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s")}
     ctx_raw: list[pa.Table] = []
     for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(
         batch_size=batch_rows, columns=cols
@@ -152,44 +213,15 @@ def load_interactions(
     if not parts["u"]:
         raise SchemaError(f"{directory}: no positive events (types {sorted(rule.weights)})")
     user = np.concatenate(parts["u"]).astype(np.int32)
-    item = np.concatenate(parts["i"]).astype(np.int32)
-    ts = np.concatenate(parts["t"]).astype(np.int64)
-    weight = np.concatenate(parts["w"])
     context, ctx_vocabs = _encode_context(ctx_raw, ctx_names, len(user))
-    if split == "presplit":
-        labels = np.concatenate(parts["s"])
-    elif split == "global_time":
-        labels = global_time_split(ts, valid_start=valid_start, test_start=test_start)
-    else:
-        labels = user_temporal_split(user, ts, valid_ratio=valid_ratio, test_ratio=test_ratio)
-    order = _order(user, ts)
-    counts = np.bincount(user, minlength=len(user_ids))
-    titles = (
-        items_t.column("title").to_numpy(zero_copy_only=False)
-        if "title" in items_t.column_names
-        else None
-    )
-    return Interactions(
-        meta=meta,
-        user_ids=user_ids.to_numpy(zero_copy_only=False),
-        item_ids=item_ids.to_numpy(zero_copy_only=False),
-        users=user_enc.transform(users_t),
-        items=item_enc.transform(items_t).with_padding_row(),
-        user_encoder=user_enc,
-        item_encoder=item_enc,
+    return _Positives(
+        user=user,
+        item=np.concatenate(parts["i"]).astype(np.int32),
+        timestamp=np.concatenate(parts["t"]).astype(np.int64),
+        weight=np.concatenate(parts["w"]),
+        context=context,
         context_vocabs=ctx_vocabs,
-        user=user[order],
-        item=item[order],
-        timestamp=ts[order],
-        split=labels[order],
-        weight=weight[order],
-        context=context[order],
-        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
-        item_titles=titles,
-        user_numeric_raw={
-            name: users_t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-            for name in user_enc.numeric
-        },
+        split=np.concatenate(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
     )
 
 

@@ -360,6 +360,33 @@ def dense_features(
     out = np.zeros((c, len(DENSE_FEATURES)), np.float32)
     out[:, 0] = scores
     out[:, 1] = np.log1p(np.arange(c))
+    _item_features(out, candidates, activity, now)
+    h = len(history)
+    out[:, 12] = np.log1p(h)
+    if not h:
+        out[:, 10] = np.log1p(_NEVER_HOURS)
+        out[:, 11] = 1.0
+        out[:, 13] = np.log1p(_NEVER_HOURS)
+        return out
+    _tag_features(out, candidates, tags, history, history_times, now)
+    out[:, 13] = _log_hours(np.asarray(now - history_times[-1]))
+    out[:, 14], out[:, 15] = neighbors.scores(history[-_RECENT:], candidates)
+    sims = item_emb[candidates] @ item_emb[history[-_SIM_RECENT:]].T  # [C, <=5]
+    out[:, 16] = sims[:, -1]
+    out[:, 17] = sims.mean(1)
+    if regression is not None:
+        out[:, 18] = regression.scores(history, candidates)
+    return out
+
+
+def _item_features(
+    out: np.ndarray,
+    candidates: np.ndarray,
+    activity: ItemActivity | ActivitySnapshot,
+    now: float,
+) -> None:
+    """Columns 2-6 of ``out``: the candidates' positives before ``now``, in the last week and
+    month, their age in days and whether they have none."""
     before, week, month = activity.counts(candidates, now)
     out[:, 2] = np.log1p(before)
     out[:, 3] = np.log1p(week)
@@ -368,42 +395,39 @@ def dense_features(
     seen = (before > 0) & (first >= 0)
     out[:, 5] = np.where(seen, np.log1p(np.maximum(now - first, 0) / _DAY), 0.0)
     out[:, 6] = ~seen
+
+
+def _tag_features(
+    out: np.ndarray,
+    candidates: np.ndarray,
+    tags: np.ndarray,
+    history: np.ndarray,
+    history_times: np.ndarray,
+    now: float,
+) -> None:
+    """Columns 7-11 of ``out``: how much of a (non-empty) history shares each candidate's
+    tags, overall and recently, and how long ago the user last met one of them."""
     cand_tags = tags[candidates]  # [C, G]
     present = cand_tags > 0
     n_present = np.maximum(present.sum(1), 1)
-    h = len(history)
     hist_tags = tags[history]  # [H, G]
     # the tag codes this request can see (not the whole table's max: a 1M-item scan each time)
     n_tags = int(max(cand_tags.max(initial=0), hist_tags.max(initial=0))) + 1
-    if h:
-        share = np.bincount(hist_tags.ravel(), minlength=n_tags) / h
-        recent = hist_tags[-_RECENT:]
-        share_recent = np.bincount(recent.ravel(), minlength=n_tags) / len(recent)
-        last = np.full(n_tags, -np.inf)
-        np.maximum.at(last, hist_tags.ravel(), np.repeat(history_times, hist_tags.shape[1]))
-        last[0] = -np.inf
-        s = np.where(present, share[cand_tags], 0.0)
-        out[:, 7] = s.sum(1) / n_present
-        out[:, 8] = s.max(1)
-        out[:, 9] = np.where(present, share_recent[cand_tags], 0.0).sum(1) / n_present
-        latest = np.where(present, last[cand_tags], -np.inf).max(1)
-        never = ~np.isfinite(latest)
-        gap = np.where(never, _NEVER_HOURS * 3600.0, now - np.where(never, now, latest))
-        out[:, 10] = _log_hours(gap)
-        out[:, 11] = never
-        out[:, 13] = _log_hours(np.asarray(now - history_times[-1]))
-        out[:, 14], out[:, 15] = neighbors.scores(history[-_RECENT:], candidates)
-        sims = item_emb[candidates] @ item_emb[history[-_SIM_RECENT:]].T  # [C, <=5]
-        out[:, 16] = sims[:, -1]
-        out[:, 17] = sims.mean(1)
-        if regression is not None:
-            out[:, 18] = regression.scores(history, candidates)
-    else:
-        out[:, 10] = np.log1p(_NEVER_HOURS)
-        out[:, 11] = 1.0
-        out[:, 13] = np.log1p(_NEVER_HOURS)
-    out[:, 12] = np.log1p(h)
-    return out
+    share = np.bincount(hist_tags.ravel(), minlength=n_tags) / len(history)
+    recent = hist_tags[-_RECENT:]
+    share_recent = np.bincount(recent.ravel(), minlength=n_tags) / len(recent)
+    last = np.full(n_tags, -np.inf)
+    np.maximum.at(last, hist_tags.ravel(), np.repeat(history_times, hist_tags.shape[1]))
+    last[0] = -np.inf
+    s = np.where(present, share[cand_tags], 0.0)
+    out[:, 7] = s.sum(1) / n_present
+    out[:, 8] = s.max(1)
+    out[:, 9] = np.where(present, share_recent[cand_tags], 0.0).sum(1) / n_present
+    latest = np.where(present, last[cand_tags], -np.inf).max(1)
+    never = ~np.isfinite(latest)
+    gap = np.where(never, _NEVER_HOURS * 3600.0, now - np.where(never, now, latest))
+    out[:, 10] = _log_hours(gap)
+    out[:, 11] = never
 
 
 def ranker_inputs(
@@ -416,7 +440,7 @@ def ranker_inputs(
     dense: np.ndarray,
     user_emb: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """The ranker's inputs (``tailored.train.ranker.RANKER_INPUTS``) for R requests of C
+    """The ranker's inputs (``tailored.train.ranker.model.RANKER_INPUTS``) for R requests of C
     candidates each, one row per (request, candidate), request-major: arrays [R*C, ...].
 
     ``users`` [R, ...] and ``context`` int64 [R, K] the requests' users and contexts;

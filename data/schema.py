@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tailored.config import EVENT_TYPES
 from tailored.errors import TailoredError
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "write_dataset_meta",
 ]
 
-EVENT_TYPES: tuple[str, ...] = ("impression", "click", "view", "rating", "purchase")
 FIELD_KINDS: tuple[str, ...] = ("categorical", "multi_categorical", "numeric", "text")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 FORMAT_VERSION = 1

@@ -1,5 +1,6 @@
-"""tailored.retrieval: item indexes (exact, HNSW, IVF-Flat, IVF-PQ, torch top-k) and how to
-choose one.
+"""tailored.retrieval: item indexes (exact, HNSW, IVF-Flat, IVF-PQ, torch top-k), how to
+choose one, and the embedding refresh's predict loop (:mod:`.embed`, which imports torch and
+the two-tower model from ``tailored.train``).
 
 Importing this package imports FAISS and numpy but not torch: :class:`TorchTopKIndex`
 imports torch when one is constructed.

@@ -8,9 +8,9 @@ The rule (:func:`choose_index`), for ``N`` items of dimension ``d``:
   ``4 sqrt(N)`` (4,096 at 1M), ``nprobe = nlist / 512`` (at least 8). Its scores are exact and
   its recall is limited only by the cells visited. It replaced IVF-PQ with exact re-scoring
   as the default, which keeps the same float vectors plus its codes: at 1M x 64 IVF-Flat was
-  1.6-2.1x as fast at equal nprobe and found more (``benchmarks/index_bench.py``, clustered
-  data), and 2.5x as fast at serving depth, for more recall, on trained embeddings
-  (``benchmarks/serve_index_sweep.py``, nprobe 128). ``ivfpq`` (``m = d / 4`` sub-vectors of
+  1.6-2.1x as fast at equal nprobe and found more (``benchmarks/serving/index_bench.py``,
+  clustered data), and 2.5x as fast at serving depth, for more recall, on trained embeddings
+  (``benchmarks/serving/serve_index_sweep.py``, nprobe 128). ``ivfpq`` (``m = d / 4`` sub-vectors of
   8 bits, ``k_factor = 4``) and HNSW are one override away. nprobe is the knob least sure to
   carry over to real embeddings, which cluster less: ``build_index(...,
   target_recall=0.95)`` doubles it until the recall measured on sample queries reaches the
@@ -51,8 +51,8 @@ _MAX_EF_SEARCH = 4096
 _MAX_K_FACTOR = 64  # IVF-PQ refine shortlist: k * k_factor re-scored exactly
 _MIN_GAIN = 0.005  # a knob doubled for less recall than this is not worth its cost
 # the share of an IVF index's cells tuning may visit: at 1M x 64 on the serving benchmark's
-# embeddings (benchmarks/serve_index_sweep.py), IVF-Flat searched 512 of 4,096 cells in 2.0 ms
-# and 2,048 in 7.7 ms, against 8.3 ms for the exact index
+# embeddings (benchmarks/serving/serve_index_sweep.py), IVF-Flat searched 512 of 4,096 cells
+# in 2.0 ms and 2,048 in 7.7 ms, against 8.3 ms for the exact index
 IVF_MAX_PROBED = 0.25
 _KINDS = ("exact", "hnsw", "ivfflat", "ivfpq", "torch")
 _log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from tailored.data.features import FeatureTable
-from tailored.train.model import TwoTower
+from tailored.train.two_tower.model import TwoTower
 
 __all__ = ["EmbeddedItems", "embed_items", "embed_users"]
 

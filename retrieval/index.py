@@ -227,7 +227,10 @@ def load_index(path: str | Path, **options: Any) -> ItemIndex:
         raise TailoredError(f"{root}: not a readable saved index ({e})") from e
     if meta.get("format") != FORMAT:
         raise TailoredError(f"{root}/index.json: format {meta.get('format')!r}, expected {FORMAT}")
-    index = ItemIndex.for_kind(meta["kind"])(int(meta["dim"]), **meta["params"], **options)
+    try:
+        index = ItemIndex.for_kind(meta["kind"])(int(meta["dim"]), **meta["params"], **options)
+    except TailoredError as e:  # the file is named here, the constructor cannot
+        raise type(e)(f"{root}: {e}") from e
     index._backend_read(root / "index.faiss")
     index._ids = np.ascontiguousarray(ids, dtype=np.int64)
     if index._backend_count() != ids.shape[0] or ids.shape[0] != meta["count"]:

@@ -33,7 +33,11 @@ class TorchTopKIndex(ItemIndex):
         try:
             import torch
         except ImportError as e:  # serving installs may leave torch out
-            raise IndexInputError("the torch index needs torch: pip install torch") from e
+            raise IndexInputError(
+                'the torch index (a bundle built with [index] kind = "torch") needs torch, '
+                "which this environment lacks: pip install torch, or build the bundle with "
+                "another [index] kind"
+            ) from e
         self._torch = torch
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

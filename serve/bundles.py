@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tailored.bundle import latest_bundle, resolve_bundle
+from tailored.bundle.format import latest_bundle, resolve_bundle
+from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig
 from tailored.errors import TailoredError
 from tailored.retrieval import IndexInputError, ItemIndex
-from tailored.retrieval.two_stage import TwoStage
 from tailored.serve.recommender import Recommender, Request
 
 __all__ = ["LiveBundle", "apply_search_params"]
@@ -35,11 +35,11 @@ def load_recommender(path: Path, cfg: ServeConfig) -> Recommender:
         import faiss
 
         faiss.omp_set_num_threads(cfg.index_threads)
-    two = TwoStage.load(resolve_bundle(path), threads=cfg.onnx_threads)
+    bundle = LoadedBundle.load(resolve_bundle(path), threads=cfg.onnx_threads)
     if cfg.index_search:
-        apply_search_params(two.index, cfg.index_search)
-    rec = Recommender(two, cfg)
-    probe = str(two.users.ids[0]) if two.users is not None and len(two.users) else "0" * 32
+        apply_search_params(bundle.index, cfg.index_search)
+    rec = Recommender(bundle, cfg)
+    probe = str(bundle.users.ids[0]) if bundle.users is not None and len(bundle.users) else "0" * 32
     for user in (probe, "0" * 32):
         rec.recommend(
             Request(
@@ -89,7 +89,7 @@ class LiveBundle:
 
     @property
     def version(self) -> str:
-        return self.current.two.version
+        return self.current.bundle.version
 
     def reload(self, path: Path | None = None) -> tuple[str, str, float, Path]:
         """Load ``path`` (default: the latest under the source) and swap it in; returns
@@ -107,9 +107,9 @@ class LiveBundle:
             self.current = rec  # the swap: one reference assignment
             self.reloads += 1
             seconds = time.perf_counter() - start
-            _log.info("bundle %s -> %s in %.2f s", previous, rec.two.version, seconds)
-            self.on_swap(rec.two.version)
-            return rec.two.version, previous, seconds, rec.two.manifest.path
+            _log.info("bundle %s -> %s in %.2f s", previous, rec.bundle.version, seconds)
+            self.on_swap(rec.bundle.version)
+            return rec.bundle.version, previous, seconds, rec.bundle.manifest.path
 
     def watch(self, interval: float) -> None:
         """Poll the source directory every ``interval`` seconds; load new versions."""
@@ -123,7 +123,7 @@ class LiveBundle:
     def _watch_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
             latest = latest_bundle(self.source) if self.source.is_dir() else None
-            current = self.current.two.manifest.path
+            current = self.current.bundle.manifest.path
             if latest is None or latest == current or latest in self._refused:
                 continue
             if latest.name < current.name and current.parent == latest.parent:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tailored.bundle import resolve_bundle
-from tailored.retrieval.two_stage import TwoStage
+from tailored.bundle.format import resolve_bundle
+from tailored.bundle.runtime import LoadedBundle
 from tailored.serve.client import Client, Serving
 from tailored.serve.v1 import personalization_pb2 as pb
 
@@ -29,14 +29,14 @@ __all__ = ["main"]
 _PREFERRED = ("Musical", "Horror", "Western", "Film-Noir")
 
 
-def _genres(two: TwoStage) -> tuple[str, list[set[str]]]:
+def _genres(bundle: LoadedBundle) -> tuple[str, list[set[str]]]:
     """The bundle's first multi-valued item field (genres) and each item's values."""
-    enc = two.info["item_encoder"]
+    enc = bundle.info["item_encoder"]
     multi = [f["name"] for f in enc["fields"] if f["kind"] == "multi_categorical"]
     if not multi:
         raise SystemExit("the demo needs an item field with several values (genres)")
     vocab = enc["vocabs"][multi[0]]
-    codes = two.items.multi[1:, 0, :]
+    codes = bundle.items.multi[1:, 0, :]
     return multi[0], [{vocab[c - 1] for c in row if c > 0} for row in codes]
 
 
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    two = TwoStage.load(resolve_bundle(args.bundle))
-    field, item_genres = _genres(two)
-    tags = {str(i): g for i, g in zip(two.item_ids, item_genres, strict=True)}
-    popular = np.argsort(-two.activity.table[1:, 0], kind="stable")
+    bundle = LoadedBundle.load(resolve_bundle(args.bundle))
+    field, item_genres = _genres(bundle)
+    tags = {str(i): g for i, g in zip(bundle.item_ids, item_genres, strict=True)}
+    popular = np.argsort(-bundle.activity.table[1:, 0], kind="stable")
     with tempfile.TemporaryDirectory(prefix="tailored-demo-") as tmp:
         cmd = [sys.executable, "-m", "tailored.cli", "serve", str(args.bundle), "--port", "0"]
         cmd += ["--state", f"sqlite:///{tmp}/state.db", "--clock", "bundle", "--no-watch"]
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows = [
                     r
                     for r in popular
-                    if genre in item_genres[r] and str(two.item_ids[r]) not in shown
+                    if genre in item_genres[r] and str(bundle.item_ids[r]) not in shown
                 ][: args.clicks]
-                clicked = [str(two.item_ids[r]) for r in rows]
-                titles = two.item_titles if two.item_titles is not None else two.item_ids
+                clicked = [str(bundle.item_ids[r]) for r in rows]
+                titles = bundle.item_titles if bundle.item_titles is not None else bundle.item_ids
                 print(f"\nuser {args.user} clicks {len(clicked)} {genre} titles ({field}):")
                 for r in rows:
                     print(f"   - {titles[r]}")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig, from_dict
 from tailored.data.features import MAX_MULTI, FeatureTable, user_hash_buckets
 from tailored.data.ranking_features import dense_features, item_tags
 from tailored.errors import TailoredError
-from tailored.retrieval.two_stage import TwoStage
 from tailored.serve.diversity import category_cap, mmr
 from tailored.serve.state import StoredEvent
 
@@ -69,22 +69,24 @@ class Recommendation:
 class Recommender:
     """A verified bundle made ready for requests (lookup tables built once, at load)."""
 
-    def __init__(self, two: TwoStage, cfg: ServeConfig) -> None:
-        self.two = two
+    def __init__(self, bundle: LoadedBundle, cfg: ServeConfig) -> None:
+        self.bundle = bundle
         self.cfg = cfg
-        self.item_row = {str(v): i + 1 for i, v in enumerate(two.item_ids)}
-        titles = two.item_titles
+        self.item_row = {str(v): i + 1 for i, v in enumerate(bundle.item_ids)}
+        titles = bundle.item_titles
         self.labels = [
             str(t) if t is not None and str(t) else str(i)
             for t, i in zip(
-                titles if titles is not None else [None] * two.n_items, two.item_ids, strict=True
+                titles if titles is not None else [None] * bundle.n_items,
+                bundle.item_ids,
+                strict=True,
             )
         ]
-        self.tags = item_tags(two.items)
-        act = two.activity.table
+        self.tags = item_tags(bundle.items)
+        act = bundle.activity.table
         # best first: recent popularity, then all-time; row 0 (padding) last
         self.popular = np.lexsort((-act[1:, 0], -act[1:, 2])).astype(np.int64) + 1
-        self.user_encoder = two.user_encoder()
+        self.user_encoder = bundle.user_encoder()
         # profile value -> code per categorical user field, built once (not per request)
         self.profile_codes = {
             name: {v: j + 1 for j, v in enumerate(self.user_encoder.vocabs[name])}
@@ -92,10 +94,10 @@ class Recommender:
         }
         self.context_vocabs = {
             name: {v: j + 1 for j, v in enumerate(vocab)}
-            for name, vocab in two.info.get("context_vocabs", {}).items()
+            for name, vocab in bundle.info.get("context_vocabs", {}).items()
         }
-        self.context_values = [list(v) for v in two.info.get("context_vocabs", {}).values()]
-        data_cfg = from_dict(two.manifest.config, where="bundle config").data
+        self.context_values = [list(v) for v in bundle.info.get("context_vocabs", {}).values()]
+        data_cfg = from_dict(bundle.manifest.config, where="bundle config").data
         self.positive = data_cfg.positive_events
         self.min_view_seconds = data_cfg.min_view_seconds
         self.min_rating = data_cfg.min_rating
@@ -103,8 +105,8 @@ class Recommender:
 
     def _cap_categories(self) -> np.ndarray:
         """Per item row, its value of the category-cap field (0 = none), int64 [N+1]."""
-        items = self.two.items
-        enc = self.two.info["item_encoder"]
+        items = self.bundle.items
+        enc = self.bundle.info["item_encoder"]
         cats = [f["name"] for f in enc["fields"] if f["kind"] == "categorical"]
         multis = [f["name"] for f in enc["fields"] if f["kind"] == "multi_categorical"]
         name = self.cfg.cap_field or (cats or multis or [""])[0]
@@ -117,7 +119,7 @@ class Recommender:
                 f"[serve] cap_field: {name!r} is no categorical item field of this bundle "
                 f"(it has {cats + multis})"
             )
-        return np.zeros(self.two.n_items + 1, np.int64)
+        return np.zeros(self.bundle.n_items + 1, np.int64)
 
     # -- the request path --------------------------------------------------------------------
     def recommend(self, req: Request, unavailable: Collection[str] = ()) -> Recommendation:
@@ -126,24 +128,24 @@ class Recommender:
         context, has_context = self._context(req)
         if not req.personalized:  # no behaviour of theirs; the page's context is no profile
             return self._popular(req.k, excluded, context[0])
-        row = self.two.users.row(req.user) if self.two.users is not None else None
-        if row is not None and self.two.users is not None:  # the bundle knows this user
-            snap = self.two.users
+        row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
+        if row is not None and self.bundle.users is not None:  # the bundle knows this user
+            snap = self.bundle.users
             user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
         if row is None and not len(hist) and not has_profile and not has_context:
             return self._popular(req.k, excluded, context[0])
-        emb = self.two.user_embeddings(
-            user_hash=user_hash_buckets(np.array([req.user]), self.two.info["user_id_buckets"]),
+        emb = self.bundle.user_embeddings(
+            user_hash=user_hash_buckets(np.array([req.user]), self.bundle.info["user_id_buckets"]),
             user_cat=user_cat,
             user_num=user_num,
             context=context,
             history=self._window(hist),
         )
         seen = set(hist.tolist())  # the snapshot's recent positives and the online ones
-        if row is not None and self.two.users is not None:
-            seen.update(self.two.users.seen(row).tolist())  # and every older one
-        scores, cands = self.two.retrieve(emb, self.cfg.candidates, [seen | excluded])
+        if row is not None and self.bundle.users is not None:
+            seen.update(self.bundle.users.seen(row).tolist())  # and every older one
+        scores, cands = self.bundle.retrieve(emb, self.cfg.candidates, [seen | excluded])
         keep = cands[0] > 0
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
@@ -155,20 +157,20 @@ class Recommender:
             history_times=times,
             now=req.time,
             tags=self.tags,
-            activity=self.two.activity,
-            neighbors=self.two.item_neighbors,
-            item_emb=self.two.item_embeddings,
-            regression=self.two.item_regression,
+            activity=self.bundle.activity,
+            neighbors=self.bundle.item_neighbors,
+            item_emb=self.bundle.item_embeddings,
+            regression=self.bundle.item_regression,
         )
         users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
-        ranked = self.two.rank(
+        ranked = self.bundle.rank(
             users=users, context=context, candidates=cands[None], dense=dense[None], user_emb=emb
         )[0]
         picked = self._diversify(ranked, cands, req.k)
         rows = cands[picked]
         personal = row is not None or len(hist) > 0
         return Recommendation(
-            item_ids=[str(self.two.item_ids[r - 1]) for r in rows],
+            item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
             titles=self._titles(rows),
             scores=[float(ranked[p]) for p in picked],
             reasons=self._reasons(rows, hist)
@@ -178,7 +180,7 @@ class Recommender:
         )
 
     def _titles(self, rows: np.ndarray) -> list[str]:
-        titles = self.two.item_titles
+        titles = self.bundle.item_titles
         if titles is None:
             return [""] * len(rows)
         return [str(t) if t is not None else "" for t in titles[rows - 1]]
@@ -192,8 +194,8 @@ class Recommender:
         given) where the bundle has them, then overall; scores descending."""
         ban = np.fromiter(excluded, np.int64, len(excluded))
         rows, counts = (
-            self.two.context_popular.top(context)
-            if self.two.context_popular is not None
+            self.bundle.context_popular.top(context)
+            if self.bundle.context_popular is not None
             else (np.zeros(0, np.int64), np.zeros(0, np.float32))
         )
         keep = ~np.isin(rows, ban)
@@ -203,13 +205,13 @@ class Recommender:
             top = self.popular[: k + len(excluded) + len(rows)]
             top = top[~np.isin(top, np.concatenate([ban, rows]))][: k - len(rows)]
             rows = np.concatenate([rows, top])
-            counts = np.concatenate([counts, self.two.activity.table[top, 0]])
+            counts = np.concatenate([counts, self.bundle.activity.table[top, 0]])
             reasons += ["popular right now"] * len(top)
         # log(1 + positives), never above the score before it: the context's counts and the
         # overall list's (ordered by recent positives) are not on one scale, the page order is
         scores = np.minimum.accumulate(np.log1p(np.asarray(counts, np.float64)))
         return Recommendation(
-            item_ids=[str(self.two.item_ids[r - 1]) for r in rows],
+            item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
             titles=self._titles(rows),
             scores=[float(x) for x in scores],
             reasons=reasons,
@@ -238,13 +240,13 @@ class Recommender:
         The bundle's snapshot, then the online events after the bundle's data ends."""
         rows: list[int] = []
         times: list[int] = []
-        users = self.two.users
+        users = self.bundle.users
         if row is not None and users is not None:
             snap = users.history[row]
             filled = snap > 0
             rows += snap[filled].tolist()
             times += users.history_times[row][filled].tolist()
-        after = self.two.last_event_time
+        after = self.bundle.last_event_time
         new = [
             (t, r)
             for e in online
@@ -258,7 +260,7 @@ class Recommender:
         return np.asarray(rows, np.int64), np.asarray(times, np.int64)
 
     def _window(self, hist: np.ndarray) -> np.ndarray:
-        length = self.two.history_length
+        length = self.bundle.history_length
         out = np.zeros((1, length), np.int64)
         recent = hist[-length:]
         if len(recent):
@@ -299,7 +301,7 @@ class Recommender:
 
     def _diversify(self, scores: np.ndarray, cands: np.ndarray, k: int) -> np.ndarray:
         if self.cfg.diversity == "mmr":
-            return mmr(scores, self.two.item_embeddings[cands], k, self.cfg.mmr_lambda)
+            return mmr(scores, self.bundle.item_embeddings[cands], k, self.cfg.mmr_lambda)
         if self.cfg.diversity == "category_cap":
             return category_cap(scores, self.categories[cands], k, self.cfg.cap_per_value)
         return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
@@ -307,7 +309,7 @@ class Recommender:
     def _reasons(self, rows: np.ndarray, hist: np.ndarray) -> list[str]:
         """ "because you <verb> <title>": the recent history item most like each result."""
         recent = hist[-_REASON_RECENT:]
-        emb = self.two.item_embeddings
+        emb = self.bundle.item_embeddings
         nearest = recent[np.argmax(emb[rows] @ emb[recent].T, axis=1)]
         verb = self.cfg.history_verb
         return [f"because you {verb} {self.labels[r - 1]}" for r in nearest]

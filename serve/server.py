@@ -27,7 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tailored.bundle import BundleError
+from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
@@ -85,7 +85,7 @@ class Service:
         self.started = time.time()
         self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._lock = threading.Lock()
-        fingerprint = bundle.current.two.manifest.data.get("key_fingerprint")
+        fingerprint = bundle.current.bundle.manifest.data.get("key_fingerprint")
         if fingerprint and fingerprint != pseudonymizer.fingerprint:
             raise TailoredError(
                 "the pseudonymization key differs from the one the bundle's data was written "
@@ -96,7 +96,7 @@ class Service:
     def now(self) -> float:
         """The serving clock, unix seconds (see [serve] clock)."""
         if self.cfg.clock == "bundle":  # one second after the bundle's data ends, then on
-            return self.bundle.current.two.last_event_time + 1 + (time.time() - self.started)
+            return self.bundle.current.bundle.last_event_time + 1 + (time.time() - self.started)
         return time.time()
 
     def unavailable(self) -> frozenset[str]:
@@ -188,7 +188,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
                     result.item_ids, result.scores, result.reasons, result.titles, strict=True
                 )
             ],
-            bundle_version=rec.two.version,
+            bundle_version=rec.bundle.version,
             request_id=uuid.uuid4().hex,
             strategy=result.strategy,
         )
@@ -266,14 +266,14 @@ class _Admin(pb_grpc.AdminServicer):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         self._authorize(context)
         s = self.service
-        two = s.bundle.current.two
+        bundle = s.bundle.current.bundle
         return pb.StatusResponse(
-            bundle_version=two.version,
-            bundle_path=str(two.manifest.path),
-            items=two.n_items,
-            users=len(two.users) if two.users is not None else 0,
-            index_kind=two.index.kind,
-            ranker=two.ranker is not None,
+            bundle_version=bundle.version,
+            bundle_path=str(bundle.manifest.path),
+            items=bundle.n_items,
+            users=len(bundle.users) if bundle.users is not None else 0,
+            index_kind=bundle.index.kind,
+            ranker=bundle.ranker is not None,
             state_backend=s.state.backend,
             uptime_seconds=time.time() - s.started,
             reloads=s.bundle.reloads,

@@ -139,12 +139,12 @@ class Siblings:
         self._thread.start()
 
     def _report(self) -> None:
-        two = self.bundle.current.two
+        bundle = self.bundle.current.bundle
         info = {
             "pid": os.getpid(),
-            "version": two.version,
-            "path": str(two.manifest.path.resolve()),
-            "items": two.n_items,
+            "version": bundle.version,
+            "path": str(bundle.manifest.path.resolve()),
+            "items": bundle.n_items,
             "backend": self.backend,
             "ready": True,
             "refused": self._refusal,
@@ -174,7 +174,7 @@ class Siblings:
             if request is None or request[0] == self._seen:
                 return
             self._seen, path = request
-            if path.resolve() == self.bundle.current.two.manifest.path.resolve():
+            if path.resolve() == self.bundle.current.bundle.manifest.path.resolve():
                 return
             try:
                 self.bundle.reload(path)
@@ -287,63 +287,109 @@ def supervise(
     verbose: bool = False,
     start_seconds: float = 600.0,
 ) -> int:
-    """Run ``processes`` workers (``python -m tailored.cli serve`` with ``worker_args``, the
+    """Run ``processes`` workers (``python -m tailored.serve.app`` with ``worker_args``, the
     port and their control options) until SIGTERM or SIGINT; returns the exit status."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-    from tailored.serve.client import serving_line
-
     sweep_stale(Path(tempfile.gettempdir()))
-    work = Path(tempfile.mkdtemp(prefix=_PREFIX))
-    (work / _PID_FILE).write_text(f"{os.getpid()}\n")
-    control = Control(work)
-    metrics_dir = work / "metrics"
-    metrics_dir.mkdir()
-    port = port or _free_port(host)
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        SUPERVISOR_ENV: str(os.getpid()),
-    }
-
-    def start(i: int) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "tailored.cli", *(["-v"] if verbose else [])]
-        cmd += ["serve", *worker_args, "--host", host, "--port", str(port)]
-        cmd += ["--worker", f"{i}/{processes}", "--control", str(work)]
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    procs = [start(i) for i in range(processes)]
+    sup = _Supervisor(worker_args, processes, host, port or _free_port(host), verbose, stop)
     try:
-        deadline = time.monotonic() + start_seconds
-        while len([r for r in control.reports().values() if r.get("ready")]) < processes:
-            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+        sup.start_all()
+        if not sup.wait_ready(start_seconds):
+            return 130
+        if metrics_port >= 0:
+            sup.serve_metrics(metrics_port)
+        sup.announce()
+        sup.keep_alive()
+        return 0
+    except TailoredError as e:
+        print(f"tailored serve: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        sup.stop_all()
+
+
+class _Supervisor:
+    """The supervisor's workers, their control directory and their metrics directory."""
+
+    def __init__(
+        self,
+        worker_args: list[str],
+        processes: int,
+        host: str,
+        port: int,
+        verbose: bool,
+        stop: threading.Event,
+    ) -> None:
+        self.worker_args, self.processes, self.host, self.port = worker_args, processes, host, port
+        self.verbose, self.stop = verbose, stop
+        self.work = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.work / _PID_FILE).write_text(f"{os.getpid()}\n")
+        self.control = Control(self.work)
+        self.metrics_dir = self.work / "metrics"
+        self.metrics_dir.mkdir()
+        self.env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            SUPERVISOR_ENV: str(os.getpid()),
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, i: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "tailored.serve.app", *(["-v"] if self.verbose else [])]
+        cmd += [*self.worker_args, "--host", self.host, "--port", str(self.port)]
+        cmd += ["--worker", f"{i}/{self.processes}", "--control", str(self.work)]
+        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+
+    def start_all(self) -> None:
+        self.procs = [self.start(i) for i in range(self.processes)]
+
+    def wait_ready(self, seconds: float) -> bool:
+        """Until every worker reports ready; False if stopped meanwhile."""
+        deadline = time.monotonic() + seconds
+        while len([r for r in self.control.reports().values() if r.get("ready")]) < len(self.procs):
+            dead = [i for i, p in enumerate(self.procs) if p.poll() is not None]
             if dead:
                 raise TailoredError(
                     f"serve: worker(s) {dead} exited while starting (their errors are above)"
                 )
-            if stop.wait(0.1):
-                return 130
+            if self.stop.wait(0.1):
+                return False
             if time.monotonic() > deadline:
-                raise TailoredError(f"serve: the workers were not ready in {start_seconds:.0f} s")
-        if metrics_port >= 0:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
-            server, _ = start_http_server(metrics_port, addr=host, registry=registry)
-            _log.info(
-                "metrics of %d workers on http://%s:%d/metrics", processes, host, server.server_port
-            )
-        first = control.reports()[0]
-        print(
-            serving_line(first["version"], int(first["items"]), host, port, first["backend"])
-            + f" ({processes} processes)",
-            flush=True,
+                raise TailoredError(f"serve: the workers were not ready in {seconds:.0f} s")
+        return True
+
+    def serve_metrics(self, port: int) -> None:
+        """Every worker's metrics, merged, on ``port`` (prometheus-client multiprocess)."""
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
+        server, _ = start_http_server(port, addr=self.host, registry=registry)
+        _log.info(
+            "metrics of %d workers on http://%s:%d/metrics",
+            self.processes,
+            self.host,
+            server.server_port,
         )
+
+    def announce(self) -> None:
+        from tailored.serve.client import serving_line
+
+        first = self.control.reports()[0]
+        line = serving_line(
+            first["version"], int(first["items"]), self.host, self.port, first["backend"]
+        )
+        print(f"{line} ({self.processes} processes)", flush=True)
+
+    def keep_alive(self) -> None:
+        """Restart a worker that exits, within :class:`RestartBudget`, until stopped."""
+        from prometheus_client import multiprocess
+
         restarts = RestartBudget()
-        while not stop.wait(0.5):
-            for i, p in enumerate(procs):
+        while not self.stop.wait(0.5):
+            for i, p in enumerate(self.procs):
                 if p.poll() is None:
                     continue
                 _log.error(
@@ -352,27 +398,26 @@ def supervise(
                     p.pid,
                     p.returncode,
                 )
-                multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+                multiprocess.mark_process_dead(p.pid, str(self.metrics_dir))
                 if not restarts.allow(time.monotonic()):
                     raise TailoredError(
                         f"serve: workers died {restarts.limit} times within "
                         f"{restarts.window:.0f} s; stopping (their errors are above)"
                     )
-                if stop.wait(_RESTART_PAUSE):
-                    break
-                procs[i] = start(i)
-        return 0
-    except TailoredError as e:
-        print(f"tailored serve: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for p in procs:
+                if self.stop.wait(_RESTART_PAUSE):
+                    return
+                self.procs[i] = self.start(i)
+
+    def stop_all(self) -> None:
+        """SIGTERM to every worker, SIGKILL to one still there after 15 s; the control
+        directory removed."""
+        for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for p in self.procs:
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)

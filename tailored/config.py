@@ -19,6 +19,7 @@ from typing import Any
 from tailored.errors import ConfigError
 
 __all__ = [
+    "EVENT_TYPES",
     "Config",
     "DataConfig",
     "IndexConfig",
@@ -30,6 +31,9 @@ __all__ = [
     "load_config",
     "load_serve_config",
 ]
+
+# the event types a dataset and Track accept (tailored.data.schema validates against them)
+EVENT_TYPES: tuple[str, ...] = ("impression", "click", "view", "rating", "purchase")
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,6 @@ class DataConfig:
                 "[data] valid_start/test_start: the global_time split needs "
                 "0 < valid_start < test_start (unix seconds)"
             )
-        from tailored.data.schema import EVENT_TYPES
-
         for k, w in self.positive_events.items():
             if k not in EVENT_TYPES:
                 raise ConfigError(f"[data] positive_events.{k}: not an event type {EVENT_TYPES}")

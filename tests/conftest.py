@@ -70,9 +70,9 @@ def redis_url() -> str:
 def serve_bundle(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundles root holding one small bundle (ranker included) of real MovieLens-100k, built
     once per test session for the serving tests; its data was written with ``TEST_KEY``."""
+    from tailored.bundle.build import build_bundle
     from tailored.config import load_config
-    from tailored.retrieval.build import build_bundle
-    from tailored.train.run import train
+    from tailored.train.two_tower.fit import train
     from tests.test_train import small_config
 
     base = tmp_path_factory.mktemp("serve-bundle")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tailored.bundle import (
+from tailored.bundle.format import (
     MANIFEST,
     BundleError,
     BundleWriter,
@@ -90,7 +90,7 @@ def test_versions_increment_and_latest_is_highest(tmp_path: Path) -> None:
 def test_version_taken_concurrently_takes_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tailored.bundle as bundle_module
+    import tailored.bundle.format as bundle_module
 
     root = tmp_path / "bundles"
     _write(root)

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tailored.bundle import BundleError, verify_bundle
+from tailored.bundle.build import BuildResult, build_bundle, refresh
+from tailored.bundle.evaluate import evaluate_bundle
+from tailored.bundle.format import BUNDLE_FILES, BundleError, verify_bundle
+from tailored.bundle.runtime import LoadedBundle
 from tailored.cli import main
 from tailored.config import load_config
-from tailored.retrieval.build import BuildResult, build_bundle, refresh
-from tailored.retrieval.two_stage import BUNDLE_FILES, TwoStage
-from tailored.train.evaluate_bundle import evaluate_bundle
-from tailored.train.run import train
+from tailored.train.two_tower.fit import train
 from tests.test_train import small_config
 
 # two members, two lists per user: the ensemble goes through export, bundle and evaluation
@@ -122,10 +122,10 @@ def test_loading_refuses_an_altered_bundle(
     data[-1] ^= 0xFF
     emb.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"embeddings\.npy"):
-        TwoStage.load(copy)
+        LoadedBundle.load(copy)
     emb.unlink()
     with pytest.raises(BundleError, match=r"embeddings\.npy"):
-        TwoStage.load(copy)
+        LoadedBundle.load(copy)
 
 
 def test_refresh_under_ddp_writes_the_same_embeddings(
@@ -174,7 +174,7 @@ def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildRe
     )
     second = refresh(first.path, progress_bar=False)
     assert second.path.name == "v000002" and second.items == 1683 and second.new_items == 1
-    old, new = TwoStage.load(first.path), TwoStage.load(second.path)
+    old, new = LoadedBundle.load(first.path), LoadedBundle.load(second.path)
     assert new.item_neighbors.ids.shape[0] == 1684  # padding row + 1,683 items
     assert new.item_ids[-1] == "new-movie-1" and new.n_items == 1683
     # known items keep their embeddings; the new one has a unit-norm embedding of its own
@@ -201,7 +201,7 @@ def _reseal(bundle: Path) -> None:
 
 
 def _ranker_reading(
-    two: TwoStage, n_dense: int, path: Path
+    bundle: LoadedBundle, n_dense: int, path: Path
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """A ranker (random weights) that reads the first ``n_dense`` ranking features, exported
     to ``path``: (rank() arguments but ``dense``, all the features, its torch scores)."""
@@ -209,14 +209,14 @@ def _ranker_reading(
 
     from tailored.config import from_dict
     from tailored.data.ranking_features import DENSE_FEATURES, ranker_inputs
-    from tailored.train.export import export_ranker
-    from tailored.train.ranker import RANKER_INPUTS, Ranker
-    from tailored.train.ranking import ranker_spec
-    from tailored.train.run import load_data
+    from tailored.train.ranker.export import export_ranker
+    from tailored.train.ranker.fit import ranker_spec
+    from tailored.train.ranker.model import RANKER_INPUTS, Ranker
+    from tailored.train.runs import load_data
 
-    cfg = from_dict(two.manifest.config, where="manifest")
+    cfg = from_dict(bundle.manifest.config, where="manifest")
     data = load_data(cfg)
-    spec = ranker_spec(data, two.item_embeddings.shape[1], cfg.ranker)
+    spec = ranker_spec(data, bundle.item_embeddings.shape[1], cfg.ranker)
     torch.manual_seed(0)
     ranker = Ranker(dataclasses.replace(spec, dense=n_dense)).eval()
     rng = np.random.default_rng(0)
@@ -226,10 +226,10 @@ def _ranker_reading(
         "users": data.users.take(np.array([3])),
         "context": np.zeros((1, data.context.shape[1]), np.int64),
         "candidates": np.array([[5, 9, 14, 200]]),
-        "user_emb": rng.normal(size=(1, two.item_embeddings.shape[1])).astype(np.float32),
+        "user_emb": rng.normal(size=(1, bundle.item_embeddings.shape[1])).astype(np.float32),
     }
     feeds = ranker_inputs(
-        **args, items=two.items, item_emb=two.item_embeddings, dense=dense[..., :n_dense]
+        **args, items=bundle.items, item_emb=bundle.item_embeddings, dense=dense[..., :n_dense]
     )
     example = {k: torch.from_numpy(feeds[k]) for k in RANKER_INPUTS}
     export_ranker(ranker, example, path)
@@ -246,7 +246,7 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     trained on (they are only ever appended), and a refresh of it keeps that ranker."""
     from tailored.data.ranking_features import DENSE_FEATURES
 
-    new = TwoStage.load(built[2].path)
+    new = LoadedBundle.load(built[2].path)
     assert new.item_regression.weights.shape == (1682, 1682)  # every movie has a rating
     assert new.ranker_dense == len(DENSE_FEATURES)
     old = tmp_path / "bundles" / "v000001"
@@ -257,22 +257,22 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     args, dense, expect = _ranker_reading(new, n_old, old / BUNDLE_FILES["ranker"])
     _reseal(old)
 
-    two = TwoStage.load(old)
-    assert two.item_regression.weights.shape == (0, 0)
-    assert (two.item_regression.scores(np.array([1, 2]), args["candidates"][0]) == 0).all()
-    assert two.ranker_dense == n_old
+    bundle = LoadedBundle.load(old)
+    assert bundle.item_regression.weights.shape == (0, 0)
+    assert (bundle.item_regression.scores(np.array([1, 2]), args["candidates"][0]) == 0).all()
+    assert bundle.ranker_dense == n_old
     # without every user's items, serving's "already interacted" falls back to the snapshot
-    assert new.users is not None and two.users is not None
+    assert new.users is not None and bundle.users is not None
     assert new.users.seen_offsets is not None
     row = int(np.argmax(np.diff(new.users.seen_offsets)))  # the heaviest user: 737 movies
     recent = new.users.history[row][new.users.history[row] > 0]
     assert len(new.users.seen(row)) > len(recent) == 200 and set(recent) < set(new.users.seen(row))
-    np.testing.assert_array_equal(two.users.seen(row), recent)
-    got = two.rank(**args, dense=dense)  # all the features this version computes
+    np.testing.assert_array_equal(bundle.users.seen(row), recent)
+    got = bundle.rank(**args, dense=dense)  # all the features this version computes
     np.testing.assert_allclose(got[0], expect, rtol=1e-4, atol=1e-4)
 
     second = refresh(old, progress_bar=False)  # the model is fitted; the old ranker stays
-    refreshed = TwoStage.load(second.path)
+    refreshed = LoadedBundle.load(second.path)
     assert refreshed.item_regression.weights.shape[0] > 0
     assert refreshed.ranker_dense == n_old
     np.testing.assert_allclose(refreshed.rank(**args, dense=dense)[0], expect, rtol=1e-4, atol=1e-4)
@@ -286,10 +286,10 @@ def test_a_ranker_reading_more_features_than_this_version_is_refused(
     copy = tmp_path / "v000001"
     shutil.copytree(built[2].path, copy)
     n = len(DENSE_FEATURES) + 1
-    _ranker_reading(TwoStage.load(built[2].path), n, copy / BUNDLE_FILES["ranker"])
+    _ranker_reading(LoadedBundle.load(built[2].path), n, copy / BUNDLE_FILES["ranker"])
     _reseal(copy)
     with pytest.raises(BundleError, match=rf"ranker\.onnx: reads {n} ranking features"):
-        TwoStage.load(copy)
+        LoadedBundle.load(copy)
 
 
 def test_the_item_item_model_files_are_checked(
@@ -303,12 +303,12 @@ def test_the_item_item_model_files_are_checked(
         np.save(rows_path, bad)
         _reseal(copy)
         with pytest.raises(BundleError, match=r"ease_rows\.npy .* not an item-item model"):
-            TwoStage.load(copy)
+            LoadedBundle.load(copy)
     (copy / BUNDLE_FILES["item_ease_weights"]).unlink()
     np.save(rows_path, rows)
     _reseal(copy)
     with pytest.raises(BundleError, match=r"no items/ease_weights\.npy beside its pair"):
-        TwoStage.load(copy)
+        LoadedBundle.load(copy)
 
 
 def test_bundle_build_cli_refuses_a_missing_run(tmp_path: Path) -> None:

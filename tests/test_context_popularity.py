@@ -11,20 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tailored.bundle.build import build_bundle
+from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig, load_config
 from tailored.data.interactions import Interactions
 from tailored.data.synth import generate_synthetic
-from tailored.retrieval.build import build_bundle
-from tailored.retrieval.two_stage import TwoStage
 from tailored.serve.recommender import Recommendation, Recommender, Request
-from tailored.train.run import load_data, train
+from tailored.train.runs import load_data
+from tailored.train.two_tower.fit import train
 from tests.conftest import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Interactions, TwoStage]:
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Interactions, LoadedBundle]:
     base = tmp_path_factory.mktemp("context")
     ds = base / "site"
     generate_synthetic(ds, n_users=800, n_items=300, events_per_user=25, seed=3, key=TEST_KEY)
@@ -45,7 +46,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Interactions, T
     )
     train(cfg, out=base / "run")
     built = build_bundle(base / "run", base / "bundles", progress_bar=False)
-    return load_data(cfg), TwoStage.load(built.path)
+    return load_data(cfg), LoadedBundle.load(built.path)
 
 
 def _oracle(data: Interactions) -> dict[tuple[str, str], list[int]]:
@@ -61,7 +62,9 @@ def _oracle(data: Interactions) -> dict[tuple[str, str], list[int]]:
     }
 
 
-def _ask(two: TwoStage, k: int, exclude: tuple[str, ...] = (), **context: str) -> Recommendation:
+def _ask(
+    bundle: LoadedBundle, k: int, exclude: tuple[str, ...] = (), **context: str
+) -> Recommendation:
     surface = context.pop("surface", "home")
     req = Request(
         user="someone",
@@ -72,15 +75,15 @@ def _ask(two: TwoStage, k: int, exclude: tuple[str, ...] = (), **context: str) -
         context=context,
         exclude=exclude,
     )
-    return Recommender(two, ServeConfig(surfaces=(surface,))).recommend(req)
+    return Recommender(bundle, ServeConfig(surfaces=(surface,))).recommend(req)
 
 
 def test_the_bundle_ranks_items_by_positives_in_each_context(
-    synthetic: tuple[Interactions, TwoStage],
+    synthetic: tuple[Interactions, LoadedBundle],
 ) -> None:
-    data, two = synthetic
+    data, bundle = synthetic
     assert set(data.context_vocabs) == {"surface", "device"}
-    pop = two.context_popular
+    pop = bundle.context_popular
     assert pop is not None
     oracle = _oracle(data)
     for f, (name, vocab) in enumerate(data.context_vocabs.items()):
@@ -91,57 +94,57 @@ def test_the_bundle_ranks_items_by_positives_in_each_context(
 
 
 def test_without_consent_a_request_gets_what_is_popular_in_its_context(
-    synthetic: tuple[Interactions, TwoStage],
+    synthetic: tuple[Interactions, LoadedBundle],
 ) -> None:
-    data, two = synthetic
+    data, bundle = synthetic
     oracle = _oracle(data)
     devices = data.context_vocabs["device"]
     tops = {}
     for device in devices:
         # a surface the data has no events for: the device alone decides
-        rec = _ask(two, 10, surface="nowhere", device=device)
+        rec = _ask(bundle, 10, surface="nowhere", device=device)
         expected = oracle[("device", device)][:10]
-        assert [two.item_ids[r - 1] for r in expected] == rec.item_ids
+        assert [bundle.item_ids[r - 1] for r in expected] == rec.item_ids
         assert rec.reasons == [f"popular on {device}"] * 10
         assert rec.strategy == "popular"
         tops[device] = rec.item_ids
     assert len({tuple(t) for t in tops.values()}) > 1  # the devices' lists differ
     # an excluded item is skipped, the next one takes its place
     first = tops[devices[0]]
-    rec = _ask(two, 10, exclude=(first[0],), surface="nowhere", device=devices[0])
+    rec = _ask(bundle, 10, exclude=(first[0],), surface="nowhere", device=devices[0])
     assert rec.item_ids[:9] == first[1:] and first[0] not in rec.item_ids
 
 
 def test_surface_and_device_together_sum_their_counts(
-    synthetic: tuple[Interactions, TwoStage],
+    synthetic: tuple[Interactions, LoadedBundle],
 ) -> None:
-    data, two = synthetic
+    data, bundle = synthetic
     surface, device = data.context_vocabs["surface"][0], data.context_vocabs["device"][0]
     total: Counter[int] = Counter()
     for name, value in (("surface", surface), ("device", device)):
         f = list(data.context_vocabs).index(name)
         code = data.context_vocabs[name].index(value) + 1
         total.update(data.item[data.context[:, f] == code].tolist())
-    rec = _ask(two, 5, surface=surface, device=device)
-    got = [int(np.flatnonzero(two.item_ids == i)[0]) + 1 for i in rec.item_ids]
+    rec = _ask(bundle, 5, surface=surface, device=device)
+    got = [int(np.flatnonzero(bundle.item_ids == i)[0]) + 1 for i in rec.item_ids]
     assert [total[r] for r in got] == sorted((c for c in total.values()), reverse=True)[:5]
     assert rec.reasons[0] == f"popular on {surface}, {device}"
 
 
-def test_no_context_gives_the_overall_list(synthetic: tuple[Interactions, TwoStage]) -> None:
-    _, two = synthetic
-    rec = _ask(two, 10, surface="nowhere")
+def test_no_context_gives_the_overall_list(synthetic: tuple[Interactions, LoadedBundle]) -> None:
+    _, bundle = synthetic
+    rec = _ask(bundle, 10, surface="nowhere")
     assert rec.reasons == ["popular right now"] * 10
-    overall = Recommender(two, ServeConfig(surfaces=("nowhere",))).popular[:10]
-    assert rec.item_ids == [two.item_ids[r - 1] for r in overall]
+    overall = Recommender(bundle, ServeConfig(surfaces=("nowhere",))).popular[:10]
+    assert rec.item_ids == [bundle.item_ids[r - 1] for r in overall]
 
 
 def test_lists_follow_the_models_vocabulary_when_the_data_has_changed(
-    synthetic: tuple[Interactions, TwoStage],
+    synthetic: tuple[Interactions, LoadedBundle],
 ) -> None:
     # a refresh reads the data as it is now: a value the model never saw (the data's first
     # device) and one it saw that the data no longer has ("fax") must not shift the others
-    from tailored.retrieval.build import _context_popular
+    from tailored.bundle.snapshot import context_popular as _context_popular
 
     data, _ = synthetic
     devices = data.context_vocabs["device"]
@@ -158,15 +161,15 @@ def test_lists_follow_the_models_vocabulary_when_the_data_has_changed(
 
 
 def test_a_context_list_that_runs_out_continues_overall_with_descending_scores(
-    synthetic: tuple[Interactions, TwoStage],
+    synthetic: tuple[Interactions, LoadedBundle],
 ) -> None:
-    data, two = synthetic
+    data, bundle = synthetic
     device = data.context_vocabs["device"][0]
-    full = _ask(two, 1000, surface="nowhere", device=device)
+    full = _ask(bundle, 1000, surface="nowhere", device=device)
     in_context = [i for i, r in zip(full.item_ids, full.reasons, strict=True) if "on" in r]
-    # all but the device's two least popular items excluded: those two, then the overall list
+    # all but the device's two least popular items excluded: those bundle, then the overall list
     # (items without a positive on this device, some with many on others)
-    rec = _ask(two, 10, tuple(in_context[:-2]), surface="nowhere", device=device)
+    rec = _ask(bundle, 10, tuple(in_context[:-2]), surface="nowhere", device=device)
     assert rec.item_ids[:2] == in_context[-2:]
     assert rec.reasons == [f"popular on {device}"] * 2 + ["popular right now"] * 8
     assert not set(rec.item_ids[2:]) & set(in_context)

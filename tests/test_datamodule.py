@@ -12,7 +12,7 @@ import torch
 
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
 from tailored.data.splits import TEST, TRAIN, VALID
-from tailored.train.datamodule import TwoTowerDataModule, sequence_chunks
+from tailored.train.two_tower.data import TwoTowerDataModule, sequence_chunks
 
 L = 5
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from tailored.train.export import (
+from tailored.train.onnx import max_abs_diff
+from tailored.train.two_tower.export import (
     USER_TOWER_INPUTS,
     UserTowerServing,
     export_user_tower,
     history_table,
-    max_abs_diff,
     user_tower_example,
 )
-from tailored.train.model import TowerSpec, TwoTower
+from tailored.train.two_tower.model import TowerSpec, TwoTower
 
 
 def _model(encoder: str, causal: bool) -> TwoTower:

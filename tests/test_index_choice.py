@@ -225,3 +225,47 @@ def test_index_code_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _saved_torch_index(tmp_path: Path) -> Path:
+    from tailored.retrieval import TorchTopKIndex
+
+    index = TorchTopKIndex(4, device="cpu")
+    index.add(np.eye(4, dtype=np.float32), np.arange(1, 5))
+    return index.save(tmp_path / "torch-index")
+
+
+def test_a_torch_index_imports_torch_only_when_one_is_loaded(tmp_path: Path) -> None:
+    """Serving imports no torch unless the bundle's index is the torch one: loading that is
+    the explicit request, and it answers searches."""
+    path = _saved_torch_index(tmp_path)
+    code = (
+        "import sys, numpy as np\n"
+        "from tailored.bundle.runtime import LoadedBundle\n"
+        "from tailored.serve.server import Service\n"
+        "from tailored.retrieval import load_index\n"
+        "assert 'torch' not in sys.modules, 'torch imported before the index was loaded'\n"
+        f"index = load_index({str(path)!r})\n"
+        "assert 'torch' in sys.modules\n"
+        "print(index.search(np.eye(4, dtype=np.float32)[:1], 1)[1].tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[[1]]"
+
+
+def test_a_torch_index_without_torch_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = _saved_torch_index(tmp_path)
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # an install without torch: importing it fails\n"
+        "from tailored.retrieval import IndexInputError, load_index\n"
+        "try:\n"
+        f"    load_index({str(path)!r})\n"
+        "except IndexInputError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert str(path) in out.stdout
+    assert "needs torch" in out.stdout and "pip install torch" in out.stdout

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from tailored.config import load_config
 from tailored.data.synth import generate_synthetic
-from tailored.train.evaluate import load_run
-from tailored.train.run import train
+from tailored.train.runs import load_run
 from tailored.train.truth import planted_truth_recall
+from tailored.train.two_tower.fit import train
 
 from .conftest import ROOT, TEST_KEY
 

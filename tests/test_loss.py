@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from tailored.config import LossConfig
-from tailored.train.datamodule import SequenceBatch
-from tailored.train.loss import sampled_softmax_loss
-from tailored.train.model import TowerSpec, TwoTower
-from tailored.train.task import TwoTowerTask
+from tailored.train.two_tower.data import SequenceBatch
+from tailored.train.two_tower.loss import sampled_softmax_loss
+from tailored.train.two_tower.model import TowerSpec, TwoTower
+from tailored.train.two_tower.task import TwoTowerTask
 
 
 def test_plain_in_batch_softmax_is_cross_entropy_over_the_batch() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tailored.train.model import TowerSpec, TwoTower
+from tailored.train.two_tower.model import TowerSpec, TwoTower
 
 SPEC = TowerSpec(
     n_items=20,

@@ -12,11 +12,12 @@ from tailored.config import RankerConfig
 from tailored.data.features import FeatureTable
 from tailored.data.ranking_features import DENSE_FEATURES
 from tailored.errors import TailoredError
-from tailored.train.export import export_ranker, max_abs_diff
-from tailored.train.ranker import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
-from tailored.train.ranker_data import Requests
-from tailored.train.ranker_task import RankerTables, lambdarank_loss, list_ndcg, train_ranker
-from tailored.train.ranking import list_cuts
+from tailored.train.onnx import max_abs_diff
+from tailored.train.ranker.data import Requests
+from tailored.train.ranker.export import export_ranker
+from tailored.train.ranker.fit import list_cuts
+from tailored.train.ranker.model import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
+from tailored.train.ranker.task import RankerTables, lambdarank_loss, list_ndcg, train_ranker
 
 
 def test_list_ndcg_by_hand() -> None:
@@ -178,8 +179,8 @@ def test_requests_with_a_prefix_move_target_events_into_the_history(movielens_di
     two of its events; each later request excludes what joined the history and is labelled
     by what is left (real MovieLens-100k, exact retrieval over random vectors)."""
     from tailored.data.splits import TRAIN, VALID
-    from tailored.train.ranker_data import build_requests, exact_retriever
-    from tailored.train.run import load_data
+    from tailored.train.ranker.data import build_requests, exact_retriever
+    from tailored.train.runs import load_data
     from tests.test_train import small_config
 
     data = load_data(small_config(movielens_dir))

@@ -15,7 +15,7 @@ from tailored.data.ranking_features import (
     item_tags,
     ranker_inputs,
 )
-from tailored.train.ranker_data import exact_retriever
+from tailored.train.ranker.data import exact_retriever
 
 DAY = 86_400
 F = {name: j for j, name in enumerate(DENSE_FEATURES)}

@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from tailored.bundle import latest_bundle
+from tailored.bundle.format import latest_bundle
 from tailored.config import load_serve_config
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.serve.bundles import LiveBundle

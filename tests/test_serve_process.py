@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tailored.bundle import latest_bundle
+from tailored.bundle.format import latest_bundle
 from tailored.cli import main
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.serve.client import Client, Serving
@@ -392,7 +392,7 @@ def test_a_broadcast_reports_a_refusing_or_superseding_sibling(
     control = Control(tmp_path)
     bundle = LiveBundle(serve_bundle, ServeConfig())
     me = Siblings(control, WorkerInfo(0, 2), bundle, "sqlite")
-    served = bundle.current.two.manifest.path
+    served = bundle.current.bundle.manifest.path
 
     def worker_1(answer: str) -> None:
         deadline = time.monotonic() + 10

@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tailored.bundle import latest_bundle
+from tailored.bundle.format import latest_bundle
 from tailored.config import load_serve_config
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.serve.bundles import LiveBundle
@@ -92,11 +92,11 @@ def test_a_known_user_gets_k_personalized_items_with_reasons(running: Running) -
     assert all(i.reason.startswith("because you watched ") for i in resp.items)
     assert all(i.title for i in resp.items)
     # nothing the user already rated comes back (user "1" rated 272 of the 1,682 movies)
-    two = running.service.bundle.current.two
-    assert two.users is not None
-    row = two.users.row(Pseudonymizer(TEST_KEY)("1"))
+    bundle = running.service.bundle.current.bundle
+    assert bundle.users is not None
+    row = bundle.users.row(Pseudonymizer(TEST_KEY)("1"))
     assert row is not None
-    seen = {str(two.item_ids[r - 1]) for r in two.users.history[row] if r > 0}
+    seen = {str(bundle.item_ids[r - 1]) for r in bundle.users.history[row] if r > 0}
     assert not seen & set(ids)
     assert running.client.recommend("1", 10).request_id != resp.request_id
 
@@ -105,10 +105,10 @@ def test_nothing_a_heavy_user_ever_rated_comes_back(running: Running) -> None:
     """Beyond the 200 most recent positives the bundle keeps for the ranker's features: user
     "13" rated 636 movies; none of them is recommended, even among 100."""
     from tailored.config import from_dict
-    from tailored.train.run import load_data
+    from tailored.train.runs import load_data
 
-    two = running.service.bundle.current.two
-    data = load_data(from_dict(two.manifest.config, where="manifest"))
+    bundle = running.service.bundle.current.bundle
+    data = load_data(from_dict(bundle.manifest.config, where="manifest"))
     u = int(np.flatnonzero(data.user_ids == Pseudonymizer(TEST_KEY)("13"))[0])
     rated = {str(data.item_ids[i - 1]) for i in data.item[data.user == u]}
     assert len(rated) > 2 * 200  # most of them older than the snapshot's 200
@@ -289,7 +289,7 @@ def test_reload_swaps_under_load_without_failing_a_request(
         for path in (other, version, other):
             resp = running.client.reload(str(path))
             assert resp.bundle_version == version.name and resp.load_seconds > 0
-            assert running.service.bundle.current.two.manifest.path == path
+            assert running.service.bundle.current.bundle.manifest.path == path
     finally:
         stop.set()
         for t in threads:
@@ -362,9 +362,9 @@ def test_mmr_and_category_cap_diversify(serve_bundle: Path, tmp_path: Path) -> N
     try:
         a = plain.client.recommend("6", 10)
         b = capped.client.recommend("6", 10)
-        two = capped.service.bundle.current.two
+        bundle = capped.service.bundle.current.bundle
         cats = capped.service.bundle.current.categories
-        row = {str(v): i + 1 for i, v in enumerate(two.item_ids)}
+        row = {str(v): i + 1 for i, v in enumerate(bundle.item_ids)}
         first_genre = [int(cats[row[i.item_id]]) for i in b.items]
         assert len(set(first_genre)) == len(first_genre)  # one per first genre
         assert [i.item_id for i in a.items] != [i.item_id for i in b.items]

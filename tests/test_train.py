@@ -12,7 +12,7 @@ import torch
 from tailored.cli import main
 from tailored.config import Config, load_config
 from tailored.train.evaluate import evaluate_run, format_report
-from tailored.train.run import RunResult, train
+from tailored.train.two_tower.fit import RunResult, train
 
 SMALL: dict[str, dict[str, Any]] = {
     "model": {
@@ -61,7 +61,7 @@ def test_items_without_a_training_positive_are_embedded_as_new_items(
     small_run: tuple[Path, RunResult], movielens_dir: Path
 ) -> None:
     from tailored.data.splits import TRAIN
-    from tailored.train.run import load_data
+    from tailored.train.runs import load_data
 
     out, _ = small_run
     data = load_data(small_config(movielens_dir))

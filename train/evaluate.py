@@ -10,20 +10,16 @@ split, validation items — what a live system knows) or the training split only
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tailored.config import Config, from_dict
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.errors import TailoredError
-from tailored.train.datamodule import TwoTowerDataModule
 from tailored.train.metrics import (
     Csr,
     activity_bands,
@@ -35,67 +31,20 @@ from tailored.train.metrics import (
     topk_from_scores,
     topk_shared,
 )
-from tailored.train.model import TowerSpec, TwoTower
-from tailored.train.run import build_model, load_data
+from tailored.train.runs import LoadedRun, load_run
+from tailored.train.two_tower.data import TwoTowerDataModule
 
 __all__ = [
-    "LoadedRun",
+    "KS",
     "eval_plan",
     "evaluate",
     "evaluate_run",
     "format_report",
-    "load_run",
+    "user_csr",
+    "user_groups",
 ]
 
 KS = (10, 20)
-
-
-@dataclass
-class LoadedRun:
-    cfg: Config
-    model: TwoTower
-    data: Interactions
-
-
-def load_run(run_dir: Path, data: Interactions | None = None) -> LoadedRun:
-    """The trained model of ``run_dir`` and its dataset (re-read and re-split)."""
-    run_dir = Path(run_dir)
-    for name in ("config.json", "model.json", "model.pt"):
-        if not (run_dir / name).is_file():
-            raise TailoredError(
-                f"{run_dir}: not a finished run (no {name}); train one with `tailored train`"
-            )
-    try:
-        cfg = from_dict(
-            json.loads((run_dir / "config.json").read_text()), where=str(run_dir / "config.json")
-        )
-        info = json.loads((run_dir / "model.json").read_text())
-        spec = TowerSpec.from_json(info["spec"])
-        trained_on = info["dataset"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise TailoredError(f"{run_dir}: config.json or model.json is malformed ({e!r})") from e
-    data = data if data is not None else load_data(cfg)
-    if data.meta.key_fingerprint != trained_on["key_fingerprint"]:
-        raise TailoredError(
-            f"{run_dir}: trained on data pseudonymized with another key "
-            f"than {trained_on['path']} now has"
-        )
-    if data.meta.counts != trained_on["counts"]:
-        raise TailoredError(
-            f"{run_dir}: the dataset at {trained_on['path']} changed since "
-            f"training (counts {trained_on['counts']} then, "
-            f"{data.meta.counts} now); train again"
-        )
-    model = build_model(
-        spec, cfg.model, data.items.categorical, data.items.multi, data.items.numeric
-    )
-    try:
-        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, KeyError) as e:
-        raise TailoredError(f"{run_dir / 'model.pt'}: cannot load the model ({e})") from e
-    model.eval()
-    return LoadedRun(cfg, model, data)
 
 
 def evaluate_run(
@@ -124,7 +73,8 @@ def eval_plan(
     return target, seen, hist_splits, users
 
 
-def _csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
+def user_csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
+    """The lists of ``users`` (per-user 1-based item lists) as 0-based item rows."""
     # model items are 1-based; metrics count items from 0
     return Csr.from_lists([hist[u] - 1 for u in users])
 
@@ -165,14 +115,14 @@ def evaluate(
         u = b.users.numpy()
         user_emb = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
         scores = (user_emb @ item_emb.T).numpy()
-        excl = _csr(seen_lists, u)
+        excl = user_csr(seen_lists, u)
         topk[row : row + len(u)] = topk_from_scores(scores, excl, k)
         pop_topk[row : row + len(u)] = topk_shared(pop_scores, excl, k)
         row += len(u)
-    relevant = _csr(data.per_user((target,)), users)
+    relevant = user_csr(data.per_user((target,)), users)
     model_metrics = aggregate_metrics(topk, relevant, KS, pop, data.n_items)
     pop_metrics = aggregate_metrics(pop_topk, relevant, KS, pop, data.n_items)
-    groups = _groups(data, users)
+    groups = user_groups(data, users)
     per_user = per_user_metrics(topk, relevant, KS)
     return {
         "split": split,
@@ -185,7 +135,8 @@ def evaluate(
     }
 
 
-def _groups(data: Interactions, users: np.ndarray) -> dict[str, np.ndarray]:
+def user_groups(data: Interactions, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Each of ``users``' group per breakdown: activity band, gender, age band."""
     out: dict[str, np.ndarray] = {}
     n_train = np.bincount(data.user[data.split == TRAIN], minlength=data.n_users)
     out["activity"] = activity_bands(n_train[users])

@@ -15,9 +15,9 @@ import torch
 
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth_truth import load_truth, true_topk
-from tailored.train.datamodule import TwoTowerDataModule
-from tailored.train.evaluate import LoadedRun
 from tailored.train.metrics import Csr, popularity_scores, topk_from_scores, topk_shared
+from tailored.train.runs import LoadedRun
+from tailored.train.two_tower.data import TwoTowerDataModule
 
 __all__ = ["planted_truth_recall"]
 

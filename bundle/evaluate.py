@@ -1,0 +1,169 @@
+"""``tailored evaluate BUNDLE``: the full two-stage system as it serves (user tower in
+onnxruntime -> index top-N -> ranker in onnxruntime -> top-K) beside retrieval alone (the
+index's top-K of the same lists) and popularity, with the same metrics as a run's evaluation.
+
+The bundle's configuration names the dataset; it must be the data the bundle was built on
+(same key, same counts), so that bundle rows are the dataset's item indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailored.bundle.runtime import LoadedBundle
+from tailored.config import RankerConfig, from_dict
+from tailored.data.features import user_hash_buckets
+from tailored.data.interactions import Interactions
+from tailored.data.splits import TRAIN, VALID
+from tailored.errors import TailoredError
+from tailored.train.evaluate import KS, eval_plan, user_csr, user_groups
+from tailored.train.metrics import (
+    aggregate_metrics,
+    grouped_metrics,
+    per_user_metrics,
+    popularity_scores,
+    topk_shared,
+)
+from tailored.train.ranker.data import Requests, build_requests
+from tailored.train.runs import load_data
+from tailored.train.two_tower.data import UserHistory
+
+__all__ = ["evaluate_bundle", "rerank"]
+
+
+def _check_same_data(bundle: LoadedBundle, data: Interactions) -> None:
+    snap = bundle.manifest.data
+    if snap.get("key_fingerprint") != data.meta.key_fingerprint or snap.get("counts") != (
+        data.meta.counts
+    ):
+        raise TailoredError(
+            f"{bundle.manifest.path}: built on other data than {snap.get('path')} holds now "
+            f"(counts {snap.get('counts')} then, {data.meta.counts} now); evaluate a bundle "
+            "built on the data it is evaluated with"
+        )
+    if len(bundle.item_ids) != data.n_items or not np.array_equal(bundle.item_ids, data.item_ids):
+        raise TailoredError(f"{bundle.manifest.path}: its items are not the dataset's items")
+
+
+def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best candidates (int [R, C], 0 = none) by ``scores`` [R, C], as 0-based item
+    numbers for the metrics (-1 where there are fewer), int64 [R, k]."""
+    s = np.where(candidates > 0, scores, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(candidates, order, 1)
+    return np.where(top > 0, top - 1, -1)
+
+
+def _two_stage_requests(
+    bundle: LoadedBundle,
+    data: Interactions,
+    users: np.ndarray,
+    hist_splits: tuple[int, ...],
+    target: int,
+    n_candidates: int,
+    ranker: RankerConfig,
+) -> Requests:
+    info = bundle.info
+    hashes = user_hash_buckets(data.user_ids[users], int(info.get("user_id_buckets", 0)))
+    history = UserHistory.of(data, hist_splits).last(users, bundle.history_length)
+    emb = np.concatenate(
+        [
+            bundle.user_embeddings(
+                user_hash=hashes[i : i + 512],
+                user_cat=data.users.categorical[users[i : i + 512]],
+                user_num=data.users.numeric[users[i : i + 512]],
+                context=np.zeros((len(users[i : i + 512]), data.context.shape[1]), np.int64),
+                history=history[i : i + 512],
+            )
+            for i in range(0, len(users), 512)
+        ]
+    )
+    return build_requests(
+        data,
+        users,
+        emb,
+        lambda ue, excl, n: bundle.retrieve(ue, n, excl),
+        item_emb=bundle.item_embeddings,
+        history_splits=hist_splits,
+        target=target,
+        n_candidates=n_candidates,
+        ease_items=ranker.ease_items,
+        ease_l2=ranker.ease_l2,
+    )
+
+
+def evaluate_bundle(
+    path: Path,
+    *,
+    split: str = "test",
+    history: str = "all",
+    max_users: int = 0,
+    seed: int = 0,
+    data: Interactions | None = None,
+) -> dict[str, Any]:
+    """Two-stage, retrieval-only and popularity metrics of the bundle at ``path``."""
+    bundle = LoadedBundle.load(Path(path))
+    cfg = from_dict(bundle.manifest.config, where=f"{bundle.manifest.path}/manifest.json config")
+    data = data if data is not None else load_data(cfg)
+    _check_same_data(bundle, data)
+    target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
+    n_cand = max(cfg.ranker.candidates, max(KS))
+    req = _two_stage_requests(bundle, data, users, hist_splits, target, n_cand, cfg.ranker)
+    if hist_splits != seen:  # train-only history: valid items are still not recommended
+        _drop(req, UserHistory.of(data, (VALID,)), users)
+    k = max(KS)
+    ranked = _ranked(bundle, data, req, k)
+    retrieval = rerank(
+        -np.arange(n_cand, dtype=np.float32)[None, :].repeat(len(users), 0), req.candidates, k
+    )
+    pop = data.item_popularity((TRAIN,))[1:]
+    seen_lists = data.per_user(seen)
+    pop_top = topk_shared(popularity_scores(pop), user_csr(seen_lists, users), k)
+    relevant = user_csr(data.per_user((target,)), users)
+    per_user = per_user_metrics(ranked, relevant, KS)
+    return {
+        "bundle": str(bundle.manifest.path),
+        "version": bundle.version,
+        "split": split,
+        "history": history,
+        "users": len(users),
+        "items": data.n_items,
+        "candidates": n_cand,
+        "ranker": bundle.ranker is not None,
+        "metrics": aggregate_metrics(ranked, relevant, KS, pop, data.n_items),
+        "retrieval": aggregate_metrics(retrieval, relevant, KS, pop, data.n_items),
+        "popularity": aggregate_metrics(pop_top, relevant, KS, pop, data.n_items),
+        "groups": grouped_metrics(
+            {k2: per_user[k2] for k2 in ("ndcg@10", "recall@10")}, user_groups(data, users)
+        ),
+    }
+
+
+def _drop(req: Requests, history: UserHistory, users: np.ndarray) -> None:
+    """Zero the candidates of each request that are in its user's ``history``."""
+    for row, u in enumerate(users):
+        items = history.items[history.offsets[u] : history.offsets[u + 1]]
+        req.candidates[row, np.isin(req.candidates[row], items)] = 0
+
+
+def _ranked(bundle: LoadedBundle, data: Interactions, req: Requests, k: int) -> np.ndarray:
+    """The ranker's top ``k`` of each request's candidates (see :func:`rerank`)."""
+    return np.concatenate(
+        [
+            rerank(
+                bundle.rank(
+                    users=data.users.take(r.users),
+                    context=np.zeros((len(r.users), data.context.shape[1]), np.int64),
+                    candidates=r.candidates,
+                    dense=r.dense,
+                    user_emb=r.user_emb,
+                ),
+                r.candidates,
+                k,
+            )
+            for r in req.batches(256)
+        ]
+    )

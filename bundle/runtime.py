@@ -1,0 +1,368 @@
+"""A loaded bundle's models, run without torch: user tower (onnxruntime) -> index top-N ->
+ranker (onnxruntime). Serving and the two-stage offline evaluation both use this class.
+
+Items are addressed by bundle row (1-based; row r is ``item_ids[r - 1]``, 0 = none), which
+is also what the index stores as ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tailored.bundle.format import (
+    BUNDLE_FILES,
+    BundleError,
+    Manifest,
+    load_json,
+    load_npy,
+    verify_bundle,
+)
+from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.ranking_features import (
+    DENSE_FEATURES,
+    ActivitySnapshot,
+    ItemNeighbors,
+    ItemRegression,
+    ranker_inputs,
+)
+from tailored.errors import TailoredError
+from tailored.retrieval.index import Exclude, ItemIndex, load_index
+
+__all__ = ["ContextPopular", "LoadedBundle", "UserSnapshot"]
+
+_USER_FILES = (
+    "user_embeddings",
+    "user_ids",
+    "user_categorical",
+    "user_numeric",
+    "user_history",
+    "user_history_times",
+)
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class UserSnapshot:
+    """What the bundle knows of its users at build time: ``ids`` str [U] pseudonyms; encoded
+    profiles ``categorical`` int64 [U, C] and ``numeric`` float32 [U, F]; each user's most
+    recent positives, ``history`` int32 [U, L] bundle rows and ``history_times`` int64 [U, L]
+    seconds, left-padded with 0, most recent last; every item each user has a positive for,
+    user u's at ``seen_items[seen_offsets[u]:seen_offsets[u + 1]]`` (a bundle older than
+    these two: the history stands in)."""
+
+    ids: np.ndarray
+    categorical: np.ndarray
+    numeric: np.ndarray
+    history: np.ndarray
+    history_times: np.ndarray
+    seen_offsets: np.ndarray | None = None
+    seen_items: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self._rows = {str(u): i for i, u in enumerate(self.ids)}
+
+    def row(self, pseudonym: str) -> int | None:
+        """The user's row, or None for a user the bundle does not know."""
+        return self._rows.get(pseudonym)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def seen(self, row: int) -> np.ndarray:
+        """The bundle rows the user at ``row`` has a positive for (build time), int [S]."""
+        if self.seen_offsets is None or self.seen_items is None:
+            return self.history[row][self.history[row] > 0]
+        return self.seen_items[self.seen_offsets[row] : self.seen_offsets[row + 1]]
+
+    @classmethod
+    def load(cls, root: Path) -> UserSnapshot | None:
+        if not all((root / BUNDLE_FILES[k]).exists() for k in _USER_FILES):
+            return None
+        ids = pq.read_table(root / BUNDLE_FILES["user_ids"]).column("user_id")
+        return cls(
+            ids=ids.to_numpy(zero_copy_only=False),
+            categorical=load_npy(root / BUNDLE_FILES["user_categorical"]),
+            numeric=load_npy(root / BUNDLE_FILES["user_numeric"]),
+            history=load_npy(root / BUNDLE_FILES["user_history"]),
+            history_times=load_npy(root / BUNDLE_FILES["user_history_times"]),
+            **_seen(root, len(ids)),
+        )
+
+
+def _optional_pair(root: Path, first: str, second: str) -> tuple[np.ndarray, ...] | None:
+    """Two bundle files that come together (``BUNDLE_FILES`` keys): both loaded, or None
+    where a bundle older than them has neither; one without the other is refused."""
+    paths = [root / BUNDLE_FILES[k] for k in (first, second)]
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == 2:
+        return None
+    if missing:
+        raise BundleError(f"{root}: no {missing[0].relative_to(root)} beside its pair")
+    return tuple(load_npy(p) for p in paths)
+
+
+def _seen(root: Path, n_users: int) -> dict[str, np.ndarray]:
+    pair = _optional_pair(root, "user_seen_offsets", "user_seen_items")
+    if pair is None:
+        return {}
+    offsets, items = pair
+    if not (
+        np.issubdtype(offsets.dtype, np.integer)
+        and offsets.shape == (n_users + 1,)
+        and np.issubdtype(items.dtype, np.integer)
+        and items.ndim == 1
+        and offsets[0] == 0
+        and offsets[-1] == len(items)
+        and (np.diff(offsets) >= 0).all()
+    ):
+        raise BundleError(
+            f"{root}: {BUNDLE_FILES['user_seen_offsets']} ({offsets.dtype} {offsets.shape}) and "
+            f"{BUNDLE_FILES['user_seen_items']} ({items.dtype} {items.shape}) are not each of "
+            f"{n_users} users' items"
+        )
+    return {"seen_offsets": offsets, "seen_items": items}
+
+
+@dataclass(frozen=True)
+class ContextPopular:
+    """The items with the most positives in each context (``device = mobile``, ``surface =
+    home``...), for the non-personalized result of a request that gives its context.
+
+    ``rows``: int64 [K, V+1, T] item rows, best first, 0-padded, for the K context fields of
+    ``model.json``'s ``context_vocabs`` in order and their value codes (0, unknown, empty);
+    ``counts``: float32 [K, V+1, T] their positives in that context."""
+
+    rows: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def load(cls, root: Path) -> ContextPopular | None:
+        path = root / BUNDLE_FILES["context_popular"]
+        if not path.exists():  # a bundle without context fields, or of an older format
+            return None
+        return cls(load_npy(path), load_npy(root / BUNDLE_FILES["context_popular_counts"]))
+
+    def top(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items popular in the given context, codes int64 [K] (0 = not given): rows and
+        scores (positives summed over the given fields), best first; ties keep the order of
+        the first given field's list."""
+        given = [(f, int(c)) for f, c in enumerate(codes) if 0 < c < self.rows.shape[1]]
+        if not given:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        rows = np.concatenate([self.rows[f, c] for f, c in given])
+        counts = np.concatenate([self.counts[f, c] for f, c in given])
+        keep = rows > 0
+        rows, counts = rows[keep], counts[keep]
+        uniq, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        total = np.bincount(inverse, weights=counts).astype(np.float32)
+        order = np.lexsort((first, -total))
+        return uniq[order].astype(np.int64), total[order]
+
+
+def _dense_width(ranker: Any | None, root: Path) -> int:
+    for i in ranker.get_inputs() if ranker is not None else ():
+        if i.name == "dense" and len(i.shape) == 2 and isinstance(i.shape[1], int):
+            if i.shape[1] > len(DENSE_FEATURES):
+                raise BundleError(
+                    f"{root / BUNDLE_FILES['ranker']}: reads {i.shape[1]} ranking features; "
+                    f"this version of tailored computes {len(DENSE_FEATURES)} (a bundle "
+                    "written by a newer version?)"
+                )
+            return int(i.shape[1])
+    return 0
+
+
+def _regression(root: Path, n_items: int) -> ItemRegression:
+    pair = _optional_pair(root, "item_ease_rows", "item_ease_weights")
+    if pair is None:
+        return ItemRegression.empty(n_items)
+    r, w = pair
+    k = w.shape[0] if w.ndim == 2 else -1
+    if not (
+        np.issubdtype(r.dtype, np.integer)
+        and r.shape == (n_items + 1,)
+        and np.issubdtype(w.dtype, np.floating)
+        and w.shape == (k, k)
+        and (not len(r) or (int(r.min()) >= -1 and int(r.max()) < k))
+    ):
+        raise BundleError(
+            f"{root}: {BUNDLE_FILES['item_ease_rows']} ({r.dtype} {r.shape}) and "
+            f"{BUNDLE_FILES['item_ease_weights']} ({w.dtype} {w.shape}) are not an item-item "
+            f"model of {n_items} items: rows must be integers in [-1, K) for each item and "
+            "row 0, weights a float K x K matrix"
+        )
+    return ItemRegression(r.astype(np.int64), w)
+
+
+@dataclass
+class LoadedBundle:
+    """The serving half of a bundle (see the module doc). Build with :meth:`load`."""
+
+    manifest: Manifest
+    info: dict[str, Any]  # model/model.json
+    item_ids: np.ndarray  # str [N] site ids
+    item_titles: np.ndarray | None
+    items: FeatureTable  # encoded metadata [N+1, ...], row 0 padding
+    item_embeddings: np.ndarray  # float32 [N+1, D]
+    item_history: np.ndarray  # float32 [N+1, id_dim]
+    activity: ActivitySnapshot  # item counts all / 7 days / 30 days, first seen, at build time
+    item_neighbors: ItemNeighbors  # co-occurrence neighbours, from every event at build time
+    # the item-item model, from every event at build time (a bundle older than it: none)
+    item_regression: ItemRegression
+    index: ItemIndex
+    user_tower: Any
+    ranker: Any | None
+    users: UserSnapshot | None = None  # without one, every user is new to the bundle
+    # per context field and value, the items with the most positives in it (build time)
+    context_popular: ContextPopular | None = None
+    ranker_input_names: frozenset[str] = frozenset()  # what the ranker graph reads, once
+    # how many ranking features the ranker reads: the first ones (features are only ever
+    # appended, so a ranker of an older bundle reads those it was trained on); 0 = all
+    ranker_dense: int = 0
+
+    @classmethod
+    def load(cls, path: Path, *, threads: int = 1) -> LoadedBundle:
+        """Verify the bundle at ``path`` against its manifest (refusing a missing, extra or
+        altered file) and load it; ``threads`` per onnxruntime session."""
+        manifest = verify_bundle(path)
+        root = manifest.path
+        optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
+        optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
+        optional |= set(_USER_FILES)
+        for key, name in BUNDLE_FILES.items():
+            if key not in optional and not (root / name).exists():
+                raise BundleError(
+                    f"{root}: no {name}, which serving needs (a bundle of an older format?); "
+                    "write a new version with `tailored refresh`"
+                )
+        info = load_json(root / BUNDLE_FILES["model"])
+        items_t = pq.read_table(root / BUNDLE_FILES["items"])
+        titles = items_t.column("title").to_numpy(zero_copy_only=False)
+        ranker_path = root / BUNDLE_FILES["ranker"]
+        ranker = _session(ranker_path, threads) if ranker_path.exists() else None
+        return cls(
+            manifest=manifest,
+            info=info,
+            item_ids=items_t.column("item_id").to_numpy(zero_copy_only=False),
+            item_titles=titles,
+            items=FeatureTable(
+                load_npy(root / BUNDLE_FILES["item_categorical"]),
+                load_npy(root / BUNDLE_FILES["item_multi"]),
+                load_npy(root / BUNDLE_FILES["item_numeric"]),
+            ),
+            item_embeddings=load_npy(root / BUNDLE_FILES["item_embeddings"]),
+            item_history=load_npy(root / BUNDLE_FILES["item_history"]),
+            activity=ActivitySnapshot(
+                load_npy(root / BUNDLE_FILES["item_activity"]),
+                load_npy(root / BUNDLE_FILES["item_first_seen"]),
+            ),
+            item_neighbors=ItemNeighbors(
+                load_npy(root / BUNDLE_FILES["item_neighbors"]),
+                load_npy(root / BUNDLE_FILES["item_neighbor_weights"]),
+            ),
+            item_regression=_regression(root, len(items_t)),
+            index=load_index(root / BUNDLE_FILES["index"]),
+            user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
+            ranker=ranker,
+            users=UserSnapshot.load(root),
+            context_popular=ContextPopular.load(root),
+            ranker_input_names=frozenset(
+                i.name for i in (ranker.get_inputs() if ranker is not None else ())
+            ),
+            ranker_dense=_dense_width(ranker, root),
+        )
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def last_event_time(self) -> int:
+        """The bundle's data ends here (unix seconds): online events after it are new."""
+        return int(self.manifest.data.get("last_event_time", 0))
+
+    @property
+    def history_length(self) -> int:
+        return int(self.info["history_length"])
+
+    def user_encoder(self) -> FeatureEncoder:
+        return FeatureEncoder.from_json(self.info["user_encoder"])
+
+    def user_embeddings(
+        self,
+        *,
+        user_hash: np.ndarray,
+        user_cat: np.ndarray,
+        user_num: np.ndarray,
+        context: np.ndarray,
+        history: np.ndarray,
+    ) -> np.ndarray:
+        """Users' tower inputs (``history`` int [B, L] bundle rows, 0-padded on the left,
+        most recent last) -> float32 [B, D]."""
+        if history.shape[1] != self.history_length:
+            raise TailoredError(
+                f"history: expected {self.history_length} slots, got {history.shape[1]}"
+            )
+        feeds = {
+            "user_hash": np.asarray(user_hash, np.int64),
+            "user_cat": np.asarray(user_cat, np.int64),
+            "user_num": np.asarray(user_num, np.float32),
+            "context": np.asarray(context, np.int64),
+            "history": self.item_history[history].astype(np.float32),
+            "history_mask": history > 0,
+        }
+        (emb,) = self.user_tower.run(None, feeds)
+        return np.asarray(emb, np.float32)
+
+    def retrieve(
+        self, user_emb: np.ndarray, n: int, exclude: Exclude = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` bundle rows by the index: (scores float32 [B, n], rows int64 [B, n]);
+        rows 0 (score 0) where fewer are available."""
+        scores, ids = self.index.search(user_emb, n, exclude)
+        found = ids > 0
+        return np.where(found, scores, 0.0).astype(np.float32), np.where(found, ids, 0)
+
+    def rank(
+        self,
+        *,
+        users: FeatureTable,
+        context: np.ndarray,
+        candidates: np.ndarray,
+        dense: np.ndarray,
+        user_emb: np.ndarray,
+    ) -> np.ndarray:
+        """Ranker scores float32 [R, C] of ``candidates`` (int [R, C], bundle rows) for R
+        requests; without a ranker in the bundle, the retrieval scores (``dense[..., 0]``)."""
+        if self.ranker is None:
+            return dense[..., 0].astype(np.float32)
+        feeds = ranker_inputs(
+            users=users,
+            context=context,
+            items=self.items,
+            item_emb=self.item_embeddings,
+            candidates=candidates,
+            dense=dense[..., : self.ranker_dense] if self.ranker_dense else dense,
+            user_emb=user_emb,
+        )
+        # the exporter drops inputs a ranker does not read (fields the config turned off)
+        names = self.ranker_input_names
+        (score,) = self.ranker.run(None, {k: v for k, v in feeds.items() if k in names})
+        return np.asarray(score, np.float32).reshape(candidates.shape)

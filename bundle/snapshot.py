@@ -1,0 +1,128 @@
+"""What a bundle knows of its data at build time, for serving: per item, the activity counts,
+first-seen times, co-occurrence neighbours, the item-item model and the most popular items
+per request context; per user, the most recent positives and every item seen. numpy only.
+
+Each function reads :class:`~tailored.data.interactions.Interactions` and returns arrays
+in bundle rows (item row r is the dataset's item r; 0 is padding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tailored.config import RankerConfig
+from tailored.data.interactions import Interactions
+from tailored.data.ranking_features import ItemNeighbors, ItemRegression, distinct_pairs
+
+__all__ = [
+    "CONTEXT_POPULAR_TOP",
+    "activity",
+    "context_popular",
+    "first_seen",
+    "neighbors",
+    "regression",
+    "user_seen",
+    "user_snapshot",
+]
+
+_DAY = 86_400
+# items kept per context value for the non-personalized result in that context
+CONTEXT_POPULAR_TOP = 1000
+
+
+def activity(data: Interactions) -> np.ndarray:
+    """Per item row: positives in all, the last 7 and the last 30 days of the data, float32
+    [N+1, 3] (the serving snapshot of the ranker's item-count features)."""
+    end = int(data.timestamp.max()) + 1 if len(data.timestamp) else 0
+    cols = [
+        np.bincount(data.item[data.timestamp >= end - d], minlength=data.n_items + 1)
+        for d in (end + 1, 7 * _DAY, 30 * _DAY)
+    ]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def context_popular(
+    data: Interactions, vocabs: dict[str, list[str]], top: int = CONTEXT_POPULAR_TOP
+) -> dict[str, np.ndarray]:
+    """Per context field and value, the ``top`` items with the most positives in it (see
+    :class:`~tailored.bundle.runtime.ContextPopular`); ties by item row.
+
+    ``vocabs``: the model's context vocabularies (``model.json``), which serving codes
+    requests with. The data's own may differ (a refresh reads the dataset as it is now, with
+    values added or gone since training): its codes are mapped onto the model's by value."""
+    width = max((len(v) for v in vocabs.values()), default=0) + 1
+    t = min(top, data.n_items)
+    rows = np.zeros((len(vocabs), width, t), np.int64)
+    counts = np.zeros((len(vocabs), width, t), np.float32)
+    for f, (name, vocab) in enumerate(vocabs.items()):
+        if name not in data.context_vocabs:
+            continue
+        to_model = {v: j + 1 for j, v in enumerate(vocab)}
+        remap = np.array(
+            [0, *(to_model.get(v, 0) for v in data.context_vocabs[name])], dtype=np.int64
+        )
+        codes = remap[data.context[:, list(data.context_vocabs).index(name)]]
+        # one pass over the events for all values: (value, item) pairs counted together
+        given = (codes > 0) & (data.item > 0)
+        pairs, n = np.unique(
+            codes[given] * (data.n_items + 1) + data.item[given].astype(np.int64),
+            return_counts=True,
+        )
+        values, items = np.divmod(pairs, data.n_items + 1)
+        bounds = np.searchsorted(values, np.arange(1, len(vocab) + 2))
+        for v in range(1, len(vocab) + 1):
+            lo, hi = bounds[v - 1], bounds[v]
+            best = lo + np.lexsort((items[lo:hi], -n[lo:hi]))[:t]  # ties by item row
+            rows[f, v, : len(best)] = items[best]
+            counts[f, v, : len(best)] = n[best]
+    return {"context_popular": rows, "context_popular_counts": counts}
+
+
+def first_seen(data: Interactions) -> np.ndarray:
+    """Per item row: the time of its first positive (seconds; -1 if none), int64 [N+1]."""
+    first = np.full(data.n_items + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, data.item, data.timestamp.astype(np.int64))
+    return np.where(first == np.iinfo(np.int64).max, -1, first)
+
+
+def user_snapshot(data: Interactions, length: int) -> dict[str, np.ndarray]:
+    """Every user's ``length`` most recent positives for serving: item rows int32 [U, L] and
+    times int64 [U, L] (seconds), left-padded with 0, most recent last."""
+    end = data.offsets[1:]
+    idx = end[:, None] - np.arange(length, 0, -1)[None, :]
+    valid = idx >= data.offsets[:-1, None]
+    safe = np.clip(idx, 0, max(len(data.item) - 1, 0))
+    if not len(data.item):
+        return {
+            "user_history": np.zeros(idx.shape, np.int32),
+            "user_history_times": np.zeros(idx.shape, np.int64),
+        }
+    return {
+        "user_history": np.where(valid, data.item[safe], 0).astype(np.int32),
+        "user_history_times": np.where(valid, data.timestamp[safe], 0).astype(np.int64),
+    }
+
+
+def user_seen(data: Interactions) -> dict[str, np.ndarray]:
+    """Every item each user has a positive for, for serving's "already interacted" filter
+    (the snapshot above keeps only the most recent): user u's distinct item rows, sorted, at
+    ``user_seen_items[user_seen_offsets[u]:user_seen_offsets[u + 1]]``."""
+    users, items = distinct_pairs(data.user, data.item, data.n_items)
+    counts = np.bincount(users, minlength=data.n_users)
+    return {
+        "user_seen_offsets": np.r_[0, np.cumsum(counts)].astype(np.int64),
+        "user_seen_items": items.astype(np.int32),
+    }
+
+
+def neighbors(data: Interactions, seed: int) -> ItemNeighbors:
+    """The serving snapshot of the ranker's co-occurrence table: every positive event (the
+    offline evaluation builds its own from the splits before the evaluated one)."""
+    return ItemNeighbors.of(data.user, data.item, data.offsets, data.n_items, seed=seed)
+
+
+def regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:
+    """The serving snapshot of the ranker's item-item model: every positive event."""
+    return ItemRegression.of(
+        data.user, data.item, data.n_items, max_items=cfg.ease_items, l2=cfg.ease_l2
+    )

@@ -1,0 +1,149 @@
+"""``tailored serve``, ``tailored recommend`` and ``tailored track``: the server (assembled in
+:mod:`tailored.serve.app`) and a client for people trying it by hand. gRPC and the serving
+modules are imported inside handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from tailored.cli._common import Sub
+from tailored.errors import TailoredError
+
+__all__ = ["register"]
+
+
+def register(sub: Sub) -> None:
+    _add_serve(sub)
+    _add_recommend(sub)
+    _add_track(sub)
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+def _add_serve(sub: Sub) -> None:
+    from tailored.serve.app import add_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a bundle over gRPC (Recommend, Track, SetConsent, Admin)",
+        description="Verify and load a bundle and serve it over gRPC, with the health and "
+        "reflection services and Prometheus metrics. BUNDLE is a version directory or a "
+        "bundles root; a root is watched and new versions are swapped in under load.",
+    )
+    add_arguments(p)
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tailored.serve.app import run
+
+    return run(args, verbose=args.verbose)
+
+
+# --- recommend / track --------------------------------------------------------------------------
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="127.0.0.1:50051", help="the server, HOST:PORT")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+
+
+def _add_recommend(sub: Sub) -> None:
+    p = sub.add_parser(
+        "recommend",
+        help="ask a running server for one user's recommendations",
+        description="Call Recommend on a running `tailored serve` and print the items.",
+    )
+    _add_target(p)
+    p.add_argument("--user", required=True, help="the site's user id")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--surface", default="home")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="ITEM", help="item ids to skip")
+    p.add_argument("--profile", nargs="*", default=[], metavar="FIELD=VALUE", help="for a new user")
+    p.add_argument("--device", default="")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.set_defaults(handler=_recommend)
+
+
+def _call(fn: Any) -> Any:
+    import grpc
+
+    try:
+        return fn()
+    except grpc.RpcError as e:
+        raise TailoredError(f"{e.code().name}: {e.details()}") from None
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from tailored.serve.client import Client
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    profile = {}
+    for pair in args.profile:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise TailoredError(f"--profile {pair!r}: expected FIELD=VALUE")
+        profile[name] = value
+    with Client(args.target, timeout=args.timeout) as client:
+        resp = _call(
+            lambda: client.recommend(
+                args.user,
+                args.k,
+                surface=args.surface,
+                exclude=args.exclude,
+                profile=profile,
+                context=pb.Context(device=args.device),
+            )
+        )
+    if args.json:
+        print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=1))
+        return 0
+    print(f"bundle {resp.bundle_version}, {resp.strategy}, request {resp.request_id}")
+    for rank, item in enumerate(resp.items, 1):
+        name = item.title or item.item_id
+        print(f"{rank:3d}. {name:<45.45} {item.score:8.3f}  {item.reason}")
+    return 0
+
+
+def _add_track(sub: Sub) -> None:
+    p = sub.add_parser(
+        "track",
+        help="send events (clicks, views, ratings...) to a running server",
+        description="Call Track on a running `tailored serve`: one event per --item.",
+    )
+    _add_target(p)
+    p.add_argument("--user", required=True, help="the site's user id")
+    p.add_argument("--item", required=True, nargs="+", metavar="ITEM", help="item id(s)")
+    p.add_argument("--type", default="click", help="impression|click|view|rating|purchase")
+    p.add_argument("--value", type=float, default=0.0, help="rating, dwell seconds or amount")
+    p.add_argument("--surface", default="home")
+    p.set_defaults(handler=_track)
+
+
+def _track(args: argparse.Namespace) -> int:
+    from tailored.serve.client import Client, event_type
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    try:
+        kind = event_type(args.type)
+    except ValueError as e:
+        raise TailoredError(f"--type: {e}") from None
+    events = [
+        pb.Event(
+            user_id=args.user,
+            item_id=item,
+            type=kind,  # type: ignore[arg-type]
+            value=args.value,
+            surface=args.surface,
+        )
+        for item in args.item
+    ]
+    with Client(args.target, timeout=args.timeout) as client:
+        resp = _call(lambda: client.track(events))
+    print(f"accepted {resp.accepted}, dropped {resp.dropped} (no consent)")
+    return 0

@@ -1,0 +1,197 @@
+"""Ranking requests: for each user, retrieval's top-C candidates with their ranking features
+and labels. The ranker trains on them (hard negatives: what retrieval itself ranks high) and
+the two-stage evaluation scores them. numpy only; the retrieval and the user embeddings are
+passed in, so the same code serves the torch model and the ONNX bundle.
+
+A user's request is made at ``now`` = the time of their first event in the target split
+(when they came back); the history is what is known before it, and item activity counts
+only the events of the known splits before ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tailored.config import RankerConfig
+from tailored.data.interactions import Interactions
+from tailored.data.ranking_features import (
+    DENSE_FEATURES,
+    ItemActivity,
+    ItemNeighbors,
+    ItemRegression,
+    dense_features,
+    item_tags,
+)
+
+__all__ = ["Requests", "Retriever", "build_requests", "exact_retriever"]
+
+# (user embeddings float32 [B, D], items to exclude per user) -> (scores [B, C], items [B, C])
+# with 1-based item indices, 0 where fewer than C items are available
+Retriever = Callable[[np.ndarray, list[np.ndarray], int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Requests:
+    """R ranking requests of C candidates each (item 0 = no candidate)."""
+
+    users: np.ndarray  # int64 [R]
+    now: np.ndarray  # int64 [R] request time, seconds
+    user_emb: np.ndarray  # float32 [R, D]
+    candidates: np.ndarray  # int64 [R, C], retrieved order
+    scores: np.ndarray  # float32 [R, C] retrieval scores
+    dense: np.ndarray  # float32 [R, C, F]
+    labels: np.ndarray  # float32 [R, C], 1 = a target-split item of the user
+    n_relevant: np.ndarray  # int64 [R] the user's target items (also those not retrieved)
+
+    def take(self, rows: np.ndarray) -> Requests:
+        return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    def batches(self, size: int) -> list[Requests]:
+        """Consecutive runs of at most ``size`` requests, in order."""
+        n = len(self.users)
+        return [self.take(np.arange(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def exact_retriever(item_emb: np.ndarray) -> Retriever:
+    """Exact inner-product retrieval over ``item_emb`` float32 [N+1, D] (row 0 padding)."""
+
+    def retrieve(
+        user_emb: np.ndarray, exclude: list[np.ndarray], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = user_emb @ item_emb.T
+        scores[:, 0] = -np.inf
+        for row, items in enumerate(exclude):
+            scores[row, items] = -np.inf
+        n = min(n, scores.shape[1] - 1)
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+        ids = np.take_along_axis(top, order, 1)
+        s = np.take_along_axis(scores, ids, 1)
+        return s.astype(np.float32), np.where(np.isfinite(s), ids, 0)
+
+    return retrieve
+
+
+@dataclass(frozen=True)
+class _Events:
+    """Some splits' positives grouped by user: user u's at ``[offsets[u]:offsets[u + 1]]``."""
+
+    items: np.ndarray  # int64 [E], 1-based
+    times: np.ndarray  # [E] seconds
+    offsets: np.ndarray  # int64 [U+1]
+
+
+def _with_times(data: Interactions, splits: tuple[int, ...]) -> _Events:
+    keep = np.isin(data.split, splits)
+    counts = np.bincount(data.user[keep], minlength=data.n_users)
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    return _Events(data.item[keep].astype(np.int64), data.timestamp[keep], offsets)
+
+
+def _history(h: _Events, t: _Events, u: int, t_start: int) -> tuple[np.ndarray, np.ndarray]:
+    """User ``u``'s history events (items, times), with their target-split events before
+    ``t_start`` moved in."""
+    mine = slice(h.offsets[u], h.offsets[u + 1])
+    if t_start == t.offsets[u]:
+        return h.items[mine], h.times[mine]
+    moved = slice(t.offsets[u], t_start)
+    return np.r_[h.items[mine], t.items[moved]], np.r_[h.times[mine], t.times[moved]]
+
+
+def _candidates(
+    retrieve: Retriever,
+    user_emb: np.ndarray,
+    exclude: list[np.ndarray],
+    n: int,
+    batch: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's ``n`` retrieved items (int64 [R, n], 0 = none) and their retrieval
+    scores (float32 [R, n], 0 where none), ``batch`` requests per call."""
+    r = len(exclude)
+    cands = np.zeros((r, n), np.int64)
+    scores = np.full((r, n), -np.inf, np.float32)
+    for start in range(0, r, batch):
+        excl = exclude[start : start + batch]
+        s, ids = retrieve(user_emb[start : start + batch], excl, n)
+        cands[start : start + len(excl), : ids.shape[1]] = ids
+        scores[start : start + len(excl), : s.shape[1]] = s
+    return cands, np.where(cands > 0, scores, 0.0).astype(np.float32)
+
+
+def _stats(
+    data: Interactions, h: _Events, seed: int, ease_items: int, ease_l2: float
+) -> dict[str, Any]:
+    """What the ranking features read of the history events: item activity, co-occurrence
+    neighbours, the item-item model, and the items' tags."""
+    h_users = np.repeat(np.arange(data.n_users), np.diff(h.offsets))
+    return {
+        "activity": ItemActivity.of(h.items, h.times, data.n_items),
+        "neighbors": ItemNeighbors.of(h_users, h.items, h.offsets, data.n_items, seed=seed),
+        "regression": ItemRegression.of(
+            h_users, h.items, data.n_items, max_items=ease_items, l2=ease_l2
+        ),
+        "tags": item_tags(data.items),
+    }
+
+
+def build_requests(
+    data: Interactions,
+    users: np.ndarray,
+    user_emb: np.ndarray,
+    retrieve: Retriever,
+    *,
+    item_emb: np.ndarray,
+    history_splits: tuple[int, ...],
+    target: int,
+    n_candidates: int,
+    batch: int = 512,
+    seed: int = 0,
+    prefix: np.ndarray | None = None,
+    ease_items: int = RankerConfig.ease_items,
+    ease_l2: float = RankerConfig.ease_l2,
+) -> Requests:
+    """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
+    ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
+    history; item activity counts the ``history_splits`` events of all users before ``now``,
+    and co-occurrence and the item-item model (``ease_items``, ``ease_l2``: see
+    :class:`~tailored.config.RankerConfig`) the ``history_splits`` events. ``item_emb``
+    [N+1, D] item embeddings.
+
+    ``prefix`` int [R] (default 0): a request's first ``prefix`` target-split events are
+    moved into its history (the embeddings must have been made with them), so one user
+    gives several requests, each made when the next of their target events happened and
+    labelled by the rest; every row needs at least one target event left.
+    """
+    h = _with_times(data, history_splits)
+    t = _with_times(data, (target,))
+    users = np.asarray(users, np.int64)
+    r = len(users)
+    pre = np.zeros(r, np.int64) if prefix is None else np.asarray(prefix, np.int64)
+    t_start = t.offsets[users] + pre
+    if len(pre) != r or (pre < 0).any() or (t_start >= t.offsets[users + 1]).any():
+        raise ValueError("prefix: needs one value per user, each leaving a target event")
+    histories = [_history(h, t, users[row], t_start[row]) for row in range(r)]
+    cands, scores = _candidates(retrieve, user_emb, [h[0] for h in histories], n_candidates, batch)
+    stats = _stats(data, h, seed, ease_items, ease_l2)
+    now = t.times[t_start]
+    dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
+    labels = np.zeros((r, n_candidates), np.float32)
+    n_rel = (t.offsets[users + 1] - t_start).astype(np.int64)
+    for row, u in enumerate(users):
+        items, times = histories[row]
+        dense[row] = dense_features(
+            candidates=cands[row],
+            scores=scores[row],
+            history=items,
+            history_times=times,
+            now=float(now[row]),
+            item_emb=item_emb,
+            **stats,
+        )
+        relevant = t.items[t_start[row] : t.offsets[u + 1]]
+        labels[row] = np.isin(cands[row], relevant) & (cands[row] > 0)
+    return Requests(users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel)

@@ -1,0 +1,261 @@
+"""``tailored train``: from a validated :class:`~tailored.config.Config` to a run directory
+(its files: :mod:`tailored.train.runs`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+
+from tailored.config import Config
+from tailored.data.interactions import Interactions
+from tailored.data.splits import TRAIN
+from tailored.errors import TailoredError
+from tailored.paths import write_json_atomic
+from tailored.train.runs import LoadedRun, load_data, save_model
+from tailored.train.two_tower.data import TwoTowerDataModule
+from tailored.train.two_tower.model import TwoTower, build_model, tower_spec
+from tailored.train.two_tower.task import TwoTowerTask
+
+__all__ = ["RunResult", "ThroughputMeter", "train"]
+
+_log = logging.getLogger(__name__)
+_MONITOR = "valid/ndcg@10"  # the checkpoint kept, and early stopping, go by it
+
+
+@dataclass
+class RunResult:
+    out: Path
+    best_valid_ndcg10: float
+    epochs: int
+    samples_per_second: float  # training examples per second of training (validation excluded)
+    train_seconds: float
+
+
+class ThroughputMeter(pl.Callback):
+    """Training examples per second of wall time spent training, validation excluded; on
+    several devices, examples of this rank times the world size."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # from the end of the previous step (or the epoch's start): data loading included,
+        # validation (which runs after the epoch's last step) excluded
+        now = time.perf_counter()
+        if self._start is not None:
+            self.seconds += now - self._start
+            self.samples += batch.examples * trainer.world_size
+        self._start = now
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def _logger(cfg: Config, out: Path) -> Logger:
+    if cfg.train.logger == "tensorboard":
+        return TensorBoardLogger(save_dir=out, name="logs", version="")
+    return CSVLogger(save_dir=out, name="logs", version="")
+
+
+def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunResult:
+    """Train the two-tower model and write the run directory ``out``; return its summary."""
+    out = _clean_run_dir(Path(out))
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    data = data if data is not None else load_data(cfg)
+    spec = tower_spec(data)
+    m = cfg.model
+    model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
+    # items without a training positive: their id vectors would stay at random initial values
+    untrained = torch.from_numpy(data.item_popularity((TRAIN,)) == 0)
+    if m.reset_untrained_ids:
+        model.item_tower.treat_as_new(untrained)
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=_MONITOR,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
+    meter = ThroughputMeter()
+    trainer = _trainer(cfg, out, [ckpt, meter])
+    trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
+    epochs = trainer.current_epoch
+    best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
+    if trainer.is_global_zero:
+        _keep_best(model, ckpt.best_model_path, untrained if m.reset_untrained_ids else None)
+        save_model(out, cfg, spec, data, model)
+        _write_metrics(out, cfg, model, data, best, epochs, meter)
+        _log.info(
+            "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
+            best,
+            epochs,
+            meter.samples_per_second,
+        )
+    return RunResult(
+        out=out,
+        best_valid_ndcg10=best,
+        epochs=epochs,
+        samples_per_second=meter.samples_per_second,
+        train_seconds=meter.seconds,
+    )
+
+
+def _clean_run_dir(out: Path) -> Path:
+    """``out``, created; a run directory trained into again starts clean: stale checkpoints
+    would be picked up as "best" and old logs mixed with new ones (other DDP ranks start
+    after rank 0 has done this)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        for stale in ("checkpoints", "logs"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+    return out
+
+
+def _data_module(cfg: Config, data: Interactions) -> TwoTowerDataModule:
+    m = cfg.model
+    return TwoTowerDataModule(
+        data,
+        history_length=m.history_length,
+        batch_size=cfg.train.batch_size,
+        user_id_buckets=m.user_id_buckets,
+        num_workers=cfg.train.num_workers,
+        limit_val_users=cfg.train.limit_val_users,
+        seed=cfg.train.seed,
+        target_window=cfg.train.target_window,
+        mask_user_positives=cfg.loss.mask_user_positives,
+        sequences=m.causal_history,
+        sequence_targets=cfg.train.sequence_targets,
+    )
+
+
+def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
+    return TwoTowerTask(
+        model,
+        cfg.loss,
+        item_popularity=torch.from_numpy(data.item_popularity()),
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        item_id_dropout=cfg.model.item_id_dropout,
+        context_dropout=cfg.model.context_dropout,
+        lr_patience=cfg.train.lr_patience,
+        lr_factor=cfg.train.lr_factor,
+    )
+
+
+def _trainer(cfg: Config, out: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """Lightning's Trainer as ``[train]`` configures it: early stopping on validation
+    ndcg@10, EMA weights if asked, bf16 on CUDA, DDP on several devices."""
+    t = cfg.train
+    callbacks = [EarlyStopping(monitor=_MONITOR, mode="max", patience=t.patience), *callbacks]
+    if t.ema_decay:
+        # validation runs on the averaged weights, and checkpoints hold them as "state_dict"
+        callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
+    cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy if t.devices > 1 else "auto",
+        precision=_precision(t.precision, cuda),
+        max_epochs=t.max_epochs,
+        max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
+        callbacks=callbacks,
+        logger=_logger(cfg, out),
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the data module shards (see its loaders)
+        deterministic=False,
+        num_sanity_val_steps=0,
+        # sequence chunks are cut afresh each epoch
+        reload_dataloaders_every_n_epochs=1 if cfg.model.causal_history else 0,
+        log_every_n_steps=10,
+    )
+
+
+def _keep_best(model: TwoTower, best_path: str, untrained: torch.Tensor | None) -> None:
+    """Load the best checkpoint's weights into ``model``; items without a training positive
+    (``untrained``, bool [N+1]) are then embedded from their metadata alone."""
+    if not best_path:
+        raise TailoredError(
+            "training stopped before the first validation (max_minutes too small?); "
+            "no checkpoint to keep"
+        )
+    state = torch.load(best_path, map_location="cpu", weights_only=True)
+    prefix = "model."
+    weights = {
+        k.removeprefix(prefix): v for k, v in state["state_dict"].items() if k.startswith(prefix)
+    }
+    model.load_state_dict(weights)
+    if untrained is not None:
+        n = model.item_tower.reset_ids(untrained)
+        _log.info(
+            "%d of %d items had no training positive: embedded from metadata", n, len(untrained) - 1
+        )
+
+
+def _precision(name: str, cuda: bool) -> Literal["32-true", "bf16-mixed"]:
+    if name == "auto":
+        return "bf16-mixed" if cuda else "32-true"
+    return "bf16-mixed" if name == "bf16-mixed" else "32-true"
+
+
+def _write_metrics(
+    out: Path,
+    cfg: Config,
+    model: TwoTower,
+    data: Interactions,
+    best: float,
+    epochs: int,
+    meter: ThroughputMeter,
+) -> None:
+    """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
+    ``[train] final_eval_users`` sampled users), beside the popularity baseline, and how
+    training went."""
+    from tailored.train.evaluate import evaluate
+
+    model.eval()
+    run = LoadedRun(cfg, model, data)
+    report: dict[str, Any] = {
+        "best_valid_ndcg@10": best,
+        "epochs": epochs,
+        "samples_per_second": meter.samples_per_second,
+        "train_seconds": meter.seconds,
+    }
+    for split in ("valid", "test"):
+        r = evaluate(
+            run,
+            split=split,
+            history="all",
+            max_users=cfg.train.final_eval_users,
+            seed=cfg.train.seed,
+        )
+        report[split] = {
+            "users": r["users"],
+            "metrics": r["metrics"],
+            "popularity": r["popularity"],
+        }
+    write_json_atomic(out / "metrics.json", report)
