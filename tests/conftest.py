@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TEST_KEY = bytes.fromhex("00112233445566778899aabbccddeeff" * 2)
+from tests.helpers import ROOT, TEST_KEY, small_config
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +72,6 @@ def serve_bundle(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from tailored.bundle.build import build_bundle
     from tailored.config import load_config
     from tailored.train.two_tower.fit import train
-    from tests.test_train import small_config
 
     base = tmp_path_factory.mktemp("serve-bundle")
     small = small_config(movielens_dir, train={"max_epochs": 2}).to_dict()

@@ -6,8 +6,7 @@ import pytest
 
 from tailored.config import load_config
 from tailored.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)

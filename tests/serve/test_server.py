@@ -18,37 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tailored.bundle.format import latest_bundle
-from tailored.config import load_serve_config
 from tailored.data.pseudonym import Pseudonymizer
-from tailored.serve.bundles import LiveBundle
 from tailored.serve.client import Client
-from tailored.serve.server import Service, create_server
-from tailored.serve.sqlite_state import SQLiteState
 from tailored.serve.v1 import personalization_pb2 as pb
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
+from tests.serve.helpers import TOKEN, Running
 
-TOKEN = "test-admin-token"
-
-
-class Running:
-    def __init__(self, bundles: Path, state_path: Path, **overrides: object) -> None:
-        self.cfg = load_serve_config(overrides={"clock": "bundle", **overrides})
-        self.service = Service(
-            LiveBundle(bundles, self.cfg),
-            SQLiteState(state_path),
-            Pseudonymizer(TEST_KEY),
-            self.cfg,
-            admin_token=TOKEN,
-        )
-        self.server, self.port = create_server("127.0.0.1:0", self.service)
-        self.server.start()
-        self.target = f"127.0.0.1:{self.port}"
-        self.client = Client(self.target, token=TOKEN)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.server.stop(None)
-        self.service.close()
+pytestmark = pytest.mark.slow  # serves the session's trained bundle (conftest's serve_bundle)
 
 
 @pytest.fixture(scope="module")

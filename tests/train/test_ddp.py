@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # trains under DDP in two processes
+
 
 def test_ddp_two_cpu_processes(movielens_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "ddp.toml"

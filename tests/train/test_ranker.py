@@ -99,6 +99,7 @@ def _planted(n_req: int = 400, c: int = 20, n_items: int = 60, seed: int = 0):
     return RankerTables(users, np.ones((n_req, 1), np.int64), items, item_emb), req
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["softmax", "lambdarank"])
 def test_the_ranker_learns_a_planted_signal(loss: str) -> None:
     tables, req = _planted()
@@ -110,6 +111,7 @@ def test_the_ranker_learns_a_planted_signal(loss: str) -> None:
     assert result.holdout_ndcg10 > result.holdout_retrieval_ndcg10 + 0.3
 
 
+@pytest.mark.slow
 def test_ranker_onnx_agrees_with_torch(tmp_path: Path) -> None:
     tables, req = _planted(n_req=8)
     torch.manual_seed(0)
@@ -145,6 +147,7 @@ def test_ranker_output_shape(rows: int) -> None:
     assert out.shape == (rows,)
 
 
+@pytest.mark.slow
 def test_an_ensemble_holds_out_disjoint_folds_and_exports_as_one_graph(tmp_path: Path) -> None:
     tables, req = _planted(n_req=300)
     # each user gives two requests: the folds must keep a user's requests on one side
@@ -181,7 +184,7 @@ def test_requests_with_a_prefix_move_target_events_into_the_history(movielens_di
     from tailored.data.splits import TRAIN, VALID
     from tailored.train.ranker.data import build_requests, exact_retriever
     from tailored.train.runs import load_data
-    from tests.test_train import small_config
+    from tests.helpers import small_config
 
     data = load_data(small_config(movielens_dir))
     valid = data.split == VALID

@@ -11,8 +11,7 @@ from tailored.data.interactions import PositiveRule, load_interactions
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.data.schema import read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID
-
-from .conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 
 def test_counts_and_fields(movielens_dir: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 _spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "tools" / "gen_proto.py")
 assert _spec is not None and _spec.loader is not None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from tailored.data.synth import generate_synthetic
 from tailored.serve.recommender import Recommendation, Recommender, Request
 from tailored.train.runs import load_data
 from tailored.train.two_tower.fit import train
-from tests.conftest import TEST_KEY
+from tests.helpers import ROOT, TEST_KEY
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # trains on a synthetic site and builds a bundle
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tailored.config import load_config
 from tailored.data.synth import generate_synthetic
 from tailored.train.runs import load_run
 from tailored.train.truth import planted_truth_recall
 from tailored.train.two_tower.fit import train
+from tests.helpers import ROOT, TEST_KEY
 
-from .conftest import ROOT, TEST_KEY
+pytestmark = pytest.mark.slow  # trains on a synthetic site
 
 
 def test_recall_against_the_planted_truth_beats_popularity(tmp_path: Path) -> None:

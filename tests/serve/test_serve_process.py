@@ -25,7 +25,9 @@ from tailored.data.pseudonym import Pseudonymizer
 from tailored.serve.client import Client, Serving
 from tailored.serve.sqlite_state import SQLiteState
 from tailored.serve.v1 import personalization_pb2 as pb
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
+
+pytestmark = pytest.mark.slow  # serves the session's trained bundle (conftest's serve_bundle)
 
 TOKEN = "process-admin-token"
 RAW_USER = "raw-site-user-4f9c1d"  # must never appear in the server's output

@@ -52,7 +52,9 @@ from tailored.serve.server import Service, create_server
 from tailored.serve.sqlite_state import SQLiteState
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
+
+pytestmark = pytest.mark.slow  # serves the session's trained bundle (conftest's serve_bundle)
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

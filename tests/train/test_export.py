@@ -47,6 +47,7 @@ def _model(encoder: str, causal: bool) -> TwoTower:
     return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("encoder", "causal"), [("gru", False), ("transformer", False), ("mean", False), ("gru", True)]
 )

@@ -5,7 +5,6 @@ MovieLens-100k, a small model)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import subprocess
@@ -25,7 +24,9 @@ from tailored.bundle.runtime import LoadedBundle
 from tailored.cli import main
 from tailored.config import load_config
 from tailored.train.two_tower.fit import train
-from tests.test_train import small_config
+from tests.helpers import reseal, small_config
+
+pytestmark = pytest.mark.slow  # trains a run and builds bundles from it
 
 # two members, two lists per user: the ensemble goes through export, bundle and evaluation
 RANKER = {
@@ -189,17 +190,6 @@ def test_refresh_embeds_new_items_from_metadata(built: tuple[Path, Path, BuildRe
     ).read_bytes()
 
 
-def _reseal(bundle: Path) -> None:
-    """Rewrite a copied bundle's manifest for the files it now holds, as its writer would."""
-    manifest_path = bundle / "manifest.json"
-    doc = json.loads(manifest_path.read_text())
-    doc["files"] = [f for f in doc["files"] if (bundle / f["path"]).exists()]
-    for f in doc["files"]:
-        blob = (bundle / f["path"]).read_bytes()
-        f.update(size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
-    manifest_path.write_text(json.dumps(doc))
-
-
 def _ranker_reading(
     bundle: LoadedBundle, n_dense: int, path: Path
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
@@ -255,7 +245,7 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
         (old / BUNDLE_FILES[key]).unlink()
     n_old = len(DENSE_FEATURES) - 1
     args, dense, expect = _ranker_reading(new, n_old, old / BUNDLE_FILES["ranker"])
-    _reseal(old)
+    reseal(old)
 
     bundle = LoadedBundle.load(old)
     assert bundle.item_regression.weights.shape == (0, 0)
@@ -287,7 +277,7 @@ def test_a_ranker_reading_more_features_than_this_version_is_refused(
     shutil.copytree(built[2].path, copy)
     n = len(DENSE_FEATURES) + 1
     _ranker_reading(LoadedBundle.load(built[2].path), n, copy / BUNDLE_FILES["ranker"])
-    _reseal(copy)
+    reseal(copy)
     with pytest.raises(BundleError, match=rf"ranker\.onnx: reads {n} ranking features"):
         LoadedBundle.load(copy)
 
@@ -301,12 +291,12 @@ def test_the_item_item_model_files_are_checked(
     rows = np.load(rows_path)
     for bad in (np.r_[rows[:-1], 1682], rows.astype(np.float32), np.r_[-2, rows[1:]]):
         np.save(rows_path, bad)
-        _reseal(copy)
+        reseal(copy)
         with pytest.raises(BundleError, match=r"ease_rows\.npy .* not an item-item model"):
             LoadedBundle.load(copy)
     (copy / BUNDLE_FILES["item_ease_weights"]).unlink()
     np.save(rows_path, rows)
-    _reseal(copy)
+    reseal(copy)
     with pytest.raises(BundleError, match=r"no items/ease_weights\.npy beside its pair"):
         LoadedBundle.load(copy)
 

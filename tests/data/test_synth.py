@@ -19,8 +19,7 @@ from tailored.data.pseudonym import Pseudonymizer
 from tailored.data.schema import TableKind, read_dataset_meta, validate_table
 from tailored.data.synth import SynthError, generate_synthetic
 from tailored.data.synth_truth import AGE_BANDS, GENDERS, REGIONS, SynthTruth, load_truth, true_topk
-
-from .conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 N_USERS, N_ITEMS = 2000, 1000
 

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from tailored.cli import main
-from tailored.config import Config, load_config
 from tailored.train.evaluate import evaluate_run, format_report
 from tailored.train.two_tower.fit import RunResult, train
+from tests.helpers import small_config
 
-SMALL: dict[str, dict[str, Any]] = {
-    "model": {
-        "sequence_encoder": "gru",
-        "dim": 32,
-        "id_dim": 32,
-        "hidden": 64,
-        "history_length": 20,
-    },
-    "train": {"max_epochs": 3, "batch_size": 512, "lr": 3e-3, "progress_bar": False},
-}
-
-
-def small_config(dataset: Path, **sections: dict[str, Any]) -> Config:
-    values: dict[str, Any] = {"data": {"dataset": str(dataset), "positive_events": {"rating": 1.0}}}
-    for name, section in SMALL.items():
-        values[name] = {**section, **sections.get(name, {})}
-    return load_config(values=values)
+pytestmark = pytest.mark.slow  # trains small models on MovieLens-100k
 
 
 @pytest.fixture(scope="module")
