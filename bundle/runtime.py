@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from tailored.bundle.checks import check_loaded
 from tailored.bundle.format import (
     BUNDLE_FILES,
     BundleError,
@@ -253,7 +254,7 @@ class LoadedBundle:
         titles = items_t.column("title").to_numpy(zero_copy_only=False)
         ranker_path = root / BUNDLE_FILES["ranker"]
         ranker = _session(ranker_path, threads) if ranker_path.exists() else None
-        return cls(
+        bundle = cls(
             manifest=manifest,
             info=info,
             item_ids=items_t.column("item_id").to_numpy(zero_copy_only=False),
@@ -284,6 +285,8 @@ class LoadedBundle:
             ),
             ranker_dense=_dense_width(ranker, root),
         )
+        check_loaded(bundle)  # the hashes say the files are as written, not that they agree
+        return bundle
 
     @property
     def version(self) -> str:

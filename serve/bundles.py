@@ -11,12 +11,13 @@ and loads each new committed version it finds.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tailored.bundle.format import latest_bundle, resolve_bundle
+from tailored.bundle.format import BundleError, latest_bundle, resolve_bundle
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig
 from tailored.errors import TailoredError
@@ -83,7 +84,8 @@ class LiveBundle:
         self._lock = threading.Lock()  # one load at a time; requests never take it
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._refused: set[Path] = set()
+        # refused versions, with what their files looked like then (tried again if that changes)
+        self._refused: dict[Path, tuple[int, int]] = {}
         # called with the new version after every swap, whoever asked for it (the metrics)
         self.on_swap: Callable[[str], None] = lambda version: None
 
@@ -98,12 +100,17 @@ class LiveBundle:
         with self._lock:
             start = time.perf_counter()
             previous = self.version
+            source = Path(path) if path else self.source
             try:
-                rec = load_recommender(Path(path) if path else self.source, self.cfg)
-            except (TailoredError, OSError, ValueError) as e:
+                rec = load_recommender(source, self.cfg)
+            except Exception as e:  # whatever a bundle holds, the current one keeps serving
                 self.failed_reloads += 1
                 _log.warning("bundle refused, still serving %s: %s", previous, e)
-                raise
+                if isinstance(e, TailoredError | OSError | ValueError):
+                    raise
+                raise BundleError(
+                    f"{source}: cannot be loaded ({type(e).__name__}: {e}); rebuild it"
+                ) from e
             self.current = rec  # the swap: one reference assignment
             self.reloads += 1
             seconds = time.perf_counter() - start
@@ -122,18 +129,41 @@ class LiveBundle:
 
     def _watch_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            latest = latest_bundle(self.source) if self.source.is_dir() else None
-            current = self.current.bundle.manifest.path
-            if latest is None or latest == current or latest in self._refused:
-                continue
-            if latest.name < current.name and current.parent == latest.parent:
-                continue  # never go back to an older version
             try:
-                self.reload(latest)
-            except (TailoredError, OSError, ValueError):
-                self._refused.add(latest)  # logged by reload; retried only if it changes
+                self._check_for_new()
+            except Exception:  # the watcher outlives anything a bundles directory holds
+                _log.exception("bundle watcher: checking %s failed; trying again", self.source)
+
+    def _check_for_new(self) -> None:
+        latest = latest_bundle(self.source) if self.source.is_dir() else None
+        current = self.current.bundle.manifest.path
+        if latest is None or latest == current:
+            return
+        if latest.name < current.name and current.parent == latest.parent:
+            return  # never go back to an older version
+        seen = _files_signature(latest)
+        if self._refused.get(latest) == seen:
+            return  # refused as it is; a copy still being written changes, and is tried again
+        try:
+            self.reload(latest)
+        except (TailoredError, OSError, ValueError):
+            self._refused[latest] = seen  # logged by reload
 
     def close(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+
+
+def _files_signature(path: Path) -> tuple[int, int]:
+    """How many files a bundle directory holds and the newest modification (ns): what
+    changes while someone is still copying it in."""
+    count, newest = 0, 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime_ns)
+            except OSError:
+                continue
+            count += 1
+    return count, newest

@@ -129,14 +129,13 @@ def parse_events(
         name = EVENT_NAMES.get(e.type)
         if name is None:
             raise RequestError(f"{where}.type", f"must be one of {sorted(EVENT_NAMES.values())}")
-        if e.time_unix_ms < 0:
-            raise RequestError(f"{where}.time_unix_ms", f"must be >= 0, got {e.time_unix_ms}")
-        if not math.isfinite(e.value):
-            raise RequestError(f"{where}.value", f"must be a finite number, got {e.value}")
-        if name == "view" and e.value < 0:
-            raise RequestError(f"{where}.value", f"dwell seconds must be >= 0, got {e.value}")
-        if len(e.surface) > MAX_ID:
-            raise RequestError(f"{where}.surface", f"at most {MAX_ID} characters")
+        _check_event_time(e.time_unix_ms, now_ms, cfg, f"{where}.time_unix_ms")
+        _check_event_value(name, e.value, cfg, f"{where}.value")
+        if e.surface and e.surface not in cfg.surfaces:
+            shown = e.surface if len(e.surface) <= 40 else f"{e.surface[:40]}..."
+            raise RequestError(
+                f"{where}.surface", f"unknown surface {shown!r}; known: {list(cfg.surfaces)}"
+            )
         parse_context(e.context, f"{where}.context")
         stored = StoredEvent(
             item_id=e.item_id,
@@ -147,6 +146,45 @@ def parse_events(
         )
         out.setdefault(pseudonym(e.user_id), []).append(stored)
     return out
+
+
+def _check_event_time(time_ms: int, now_ms: int, cfg: ServeConfig, where: str) -> None:
+    """0 (the server's clock), or within the window around the serving clock."""
+    if time_ms == 0:
+        return
+    if time_ms < 0:
+        raise RequestError(where, f"must be >= 0, got {time_ms}")
+    ahead_ms = int(cfg.event_max_future_seconds * 1000)
+    if time_ms > now_ms + ahead_ms:
+        raise RequestError(
+            where,
+            f"{time_ms} is more than {cfg.event_max_future_seconds:g} s ahead of the server's "
+            f"clock ({now_ms}); times are milliseconds since 1970 (not seconds or nanoseconds)",
+        )
+    oldest_ms = now_ms - int(cfg.event_max_age_days * 86_400_000)
+    if time_ms < oldest_ms:
+        raise RequestError(
+            where,
+            f"{time_ms} is more than {cfg.event_max_age_days:g} days before the server's clock "
+            f"({now_ms}); times are milliseconds since 1970, and older events belong in a "
+            "dataset import",
+        )
+
+
+def _check_event_value(name: str, value: float, cfg: ServeConfig, where: str) -> None:
+    """What the value means for this event type: a rating, dwell seconds, an amount."""
+    if not math.isfinite(value):
+        raise RequestError(where, f"must be a finite number, got {value}")
+    if name == "rating" and not cfg.rating_min <= value <= cfg.rating_max:
+        raise RequestError(
+            where, f"a rating must be in [{cfg.rating_min:g}, {cfg.rating_max:g}], got {value:g}"
+        )
+    if name == "view" and not 0 <= value <= cfg.max_view_seconds:
+        raise RequestError(
+            where, f"dwell seconds must be in [0, {cfg.max_view_seconds:g}], got {value:g}"
+        )
+    if name == "purchase" and value < 0:
+        raise RequestError(where, f"a purchase amount must be >= 0, got {value:g}")
 
 
 def parse_purposes(purposes: list[str]) -> frozenset[str]:

@@ -237,27 +237,32 @@ class Recommender:
         self, row: int | None, online: tuple[StoredEvent, ...]
     ) -> tuple[np.ndarray, np.ndarray]:
         """The user's positives, oldest first: bundle rows int64 [H], times int64 [H] (s).
-        The bundle's snapshot, then the online events after the bundle's data ends."""
-        rows: list[int] = []
-        times: list[int] = []
+
+        The bundle's snapshot and the online events merged by time. An online event may be
+        older than the bundle's data (a late or backfilled event): it takes its place in time
+        order. One that repeats a snapshot event (same item, same second: the site's log fed
+        the bundle too) is counted once."""
+        pairs: list[tuple[int, int]] = []  # (time, row)
         users = self.bundle.users
         if row is not None and users is not None:
             snap = users.history[row]
             filled = snap > 0
-            rows += snap[filled].tolist()
-            times += users.history_times[row][filled].tolist()
-        after = self.bundle.last_event_time
-        new = [
-            (t, r)
-            for e in online
-            if (t := e.time_ms // 1000) > after
-            and self._is_positive(e)
-            and (r := self.item_row.get(e.item_id)) is not None
-        ]
-        new.sort(key=lambda tr: tr[0])  # stable: ties keep arrival order
-        rows += [r for _, r in new]
-        times += [t for t, _ in new]
-        return np.asarray(rows, np.int64), np.asarray(times, np.int64)
+            pairs += zip(
+                users.history_times[row][filled].tolist(), snap[filled].tolist(), strict=True
+            )
+        snapshot = set(pairs)
+        for e in online:
+            r = self.item_row.get(e.item_id)
+            if r is None or not self._is_positive(e):
+                continue
+            pair = (e.time_ms // 1000, r)
+            if pair not in snapshot:
+                pairs.append(pair)
+        pairs.sort(key=lambda tr: tr[0])  # stable: ties keep the snapshot, then arrival order
+        return (
+            np.fromiter((r for _, r in pairs), np.int64, len(pairs)),
+            np.fromiter((t for t, _ in pairs), np.int64, len(pairs)),
+        )
 
     def _window(self, hist: np.ndarray) -> np.ndarray:
         length = self.bundle.history_length

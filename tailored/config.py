@@ -9,6 +9,7 @@ arguments, never a dict.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -72,6 +73,11 @@ class DataConfig:
                 raise ConfigError(f"[data] positive_events.{k}: weight must be > 0, got {w}")
         if not self.positive_events:
             raise ConfigError("[data] positive_events: name at least one event type")
+        if self.min_view_seconds < 0:
+            raise ConfigError(f"[data] min_view_seconds: must be >= 0, got {self.min_view_seconds}")
+        for name in ("valid_start", "test_start"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[data] {name}: must be >= 0 (unix seconds)")
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,8 @@ class TrainConfig:
         for name in ("max_epochs", "batch_size", "devices", "patience", "target_window"):
             _positive("train", name, getattr(self, name))
         _positive("train", "lr", self.lr)
+        if not 0 <= self.seed < 2**32:  # what numpy and Lightning accept as a seed
+            raise ConfigError(f"[train] seed: must be in [0, 2**32), got {self.seed}")
         for name in (
             "weight_decay",
             "num_workers",
@@ -286,6 +294,8 @@ class IndexConfig:
         _positive("index", "recall_k", self.recall_k)
         if not 0.0 <= self.target_recall <= 1.0:
             raise ConfigError(f"[index] target_recall: must be in [0, 1], got {self.target_recall}")
+        for name, value in self.params.items():  # nlist, nprobe, m, k_factor, M, efSearch...
+            _positive("index", f"params.{name}", value)
 
 
 @dataclass(frozen=True)
@@ -334,6 +344,15 @@ class ServeConfig:
     reload_wait_seconds: float = 100.0  # under the client's 120 s deadline for a reload
     max_concurrent_rpcs: int = 64  # beyond this, RESOURCE_EXHAUSTED instead of a queue
     max_events_per_track: int = 1000
+    # Track refuses an event stamped more than this ahead of the serving clock (a client
+    # sending nanoseconds, or a wrong clock, would otherwise freeze the user's newest events)
+    event_max_future_seconds: float = 300.0
+    # ... or older than this (a backfill beyond it belongs in a dataset import)
+    event_max_age_days: float = 365.0
+    # a rating outside [rating_min, rating_max] is refused (MovieLens: 1-5; thumbs: -1/1)
+    rating_min: float = 0.0
+    rating_max: float = 10.0
+    max_view_seconds: float = 86_400.0  # a view's dwell time at most
     watch_seconds: float = 5.0  # poll a bundles directory for new versions (0 = never)
     clock: str = "wall"  # "wall", or "bundle": time starts at the bundle's last event
     history_verb: str = "watched"  # "because you <verb> <title>"
@@ -383,23 +402,31 @@ class ServeConfig:
             )
         if self.watch_seconds < 0:
             raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
+        for name in ("event_max_future_seconds", "event_max_age_days", "max_view_seconds"):
+            _positive("serve", name, getattr(self, name))
+        if not self.rating_min < self.rating_max:
+            raise ConfigError(
+                f"[serve] rating_min ({self.rating_min}) must be below rating_max "
+                f"({self.rating_max})"
+            )
         return self
 
 
 def load_serve_config(
     path: Path | None = None, *, overrides: dict[str, Any] | None = None
 ) -> ServeConfig:
-    """The [serve] table of the TOML file at ``path`` (other tables are ignored, so one file
-    may hold training and serving settings), with ``overrides`` (None values ignored)."""
+    """The [serve] table of the TOML file at ``path`` (the training tables may sit beside it,
+    so one file may hold training and serving settings; any other table is refused), with
+    ``overrides`` (None values ignored)."""
     where = str(path) if path is not None else "configuration"
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = dict(tomllib.loads(Path(path).read_text()).get("serve", {}))
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: no such file") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from e
+        doc = _read_toml(path)
+        _check_sections(doc, {*_SECTIONS, "serve"}, where)
+        serve = doc.get("serve", {})
+        if not isinstance(serve, dict):
+            raise ConfigError(f"{where}: [serve] must be a table")
+        raw = dict(serve)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     cfg: ServeConfig = _build(ServeConfig, raw, "serve", where)
     try:
@@ -429,12 +456,9 @@ def load_config(
     where = str(path) if path is not None else "configuration"
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: no such file") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from e
+        raw = _read_toml(path)
+        _check_sections(raw, {*_SECTIONS, "serve"}, where)
+        raw.pop("serve", None)  # the serving tables are load_serve_config's
     if values:
         raw = {**raw, **values}
     for dotted, value in (overrides or {}).items():
@@ -444,12 +468,25 @@ def load_config(
     return from_dict(raw, where=where)
 
 
-def from_dict(raw: dict[str, Any], *, where: str = "configuration") -> Config:
-    unknown = set(raw) - set(_SECTIONS)
-    if unknown:
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such file") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from e
+
+
+def _check_sections(raw: dict[str, Any], known: set[str], where: str) -> None:
+    """A misspelled table (``[serv]``) would be silently ignored: refuse it."""
+    if unknown := set(raw) - known:
         raise ConfigError(
-            f"{where}: unknown section(s) {sorted(unknown)}; expected {sorted(_SECTIONS)}"
+            f"{where}: unknown section(s) {sorted(unknown)}; expected {sorted(known)}"
         )
+
+
+def from_dict(raw: dict[str, Any], *, where: str = "configuration") -> Config:
+    _check_sections(raw, set(_SECTIONS), where)
     sections = {
         name: _build(cls, raw.get(name, {}), name, where) for name, cls in _SECTIONS.items()
     }
@@ -482,6 +519,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float, str, bool):
         if type(value) is not hint:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        if hint is float and not math.isfinite(value):  # TOML has nan and inf literals
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return value
     if origin is dict:
         _, vt = typing.get_args(hint)

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
@@ -72,6 +72,14 @@ MAX_ID = 256
 MAX_EXCLUDE = 1000
 MAX_MAP = 64
 MAX_EVENTS = 1000
+# the serving clock runs from the bundle's data end (MovieLens-100k's last rating; the fixture
+# checks it) and Track takes events within [now - 365 days, now + 300 s] (the defaults)
+ML100K_END_MS = 893_286_638_000
+DAY_MS = 86_400_000
+MAX_AGE_MS = 365 * DAY_MS
+MAX_AHEAD_MS = 300_000
+RATINGS = (0.0, 10.0)  # [serve] rating_min, rating_max
+MAX_DWELL = 86_400.0  # [serve] max_view_seconds
 MAX_PURPOSES = 16
 PERSONALIZATION = "personalization"
 # MovieLens-100k's user fields (the fixture checks them against the bundle's model.json)
@@ -153,6 +161,7 @@ class World:
     known_users: frozenset[str] = field(repr=False)  # the bundle's user pseudonyms
     catalog: frozenset[str] = field(repr=False)
     pseudonym: Pseudonymizer = field(repr=False)
+    now_ms: Callable[[], int] = field(repr=False, default=lambda: 0)  # the serving clock
     model: Model = field(default_factory=Model)
 
     def known(self, user: str) -> bool:
@@ -195,7 +204,30 @@ def expect_profile(profile: Any) -> grpc.StatusCode:
     return OK
 
 
-def expect_track(req: pb.TrackRequest) -> grpc.StatusCode:
+def time_ok(t: int, now_ms: int) -> bool:
+    """0 (the server's clock) or within the window around it (see ML100K_END_MS)."""
+    return t == 0 or now_ms - MAX_AGE_MS <= t <= now_ms + MAX_AHEAD_MS
+
+
+def near_an_edge(t: int, now_ms: int) -> bool:
+    """Within a minute of the window's edges: the server's clock has moved on by the time it
+    answers, so the oracle cannot tell."""
+    return t != 0 and min(abs(t - (now_ms - MAX_AGE_MS)), abs(t - (now_ms + MAX_AHEAD_MS))) < 60_000
+
+
+def value_ok(e: pb.Event) -> bool:
+    if not math.isfinite(e.value):
+        return False
+    if e.type == pb.RATING:
+        return RATINGS[0] <= e.value <= RATINGS[1]
+    if e.type == pb.VIEW:  # dwell seconds
+        return 0 <= e.value <= MAX_DWELL
+    if e.type == pb.PURCHASE:  # an amount
+        return e.value >= 0
+    return True
+
+
+def expect_track(req: pb.TrackRequest, now_ms: int) -> grpc.StatusCode:
     if not 1 <= len(req.events) <= MAX_EVENTS:
         return invalid("number of events")
     for e in req.events:
@@ -205,14 +237,12 @@ def expect_track(req: pb.TrackRequest) -> grpc.StatusCode:
             return invalid("event type")
         if not context_ok(e.context):
             return invalid("event context")
-        if e.time_unix_ms < 0:
+        if not time_ok(e.time_unix_ms, now_ms):
             return invalid("event time")
-        if not math.isfinite(e.value):
+        if not value_ok(e):
             return invalid("event value")
-        if len(e.surface) > MAX_ID:
+        if e.surface and e.surface not in SURFACES:
             return invalid("event surface")
-        if e.type == pb.VIEW and e.value < 0:  # dwell seconds
-            return invalid("view dwell")
     return OK
 
 
@@ -340,6 +370,7 @@ def world(serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         cfg,
         admin_token=TOKEN,
     )
+    assert service.bundle.current.bundle.last_event_time * 1000 == ML100K_END_MS
     server, port = create_server("127.0.0.1:0", service)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -354,6 +385,7 @@ def world(serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             known_users=frozenset(users.column("user_id").to_pylist()),
             catalog=frozenset(items.column("item_id").to_pylist()),
             pseudonym=Pseudonymizer(TEST_KEY),
+            now_ms=lambda: int(service.now() * 1000),
         )
     finally:
         channel.close()
@@ -393,8 +425,10 @@ USER_IDS = ids(
     )
 )
 ITEM_IDS = ids(st.integers(0, 1700).map(str))  # the catalog: "1".."1682"
+# the serving clock starts a second after ML100K_END_MS and runs while the tests do
+_AROUND_NOW = st.integers(ML100K_END_MS - 400 * DAY_MS, ML100K_END_MS + 3_600_000)
 TIMES = mostly(
-    st.one_of(st.just(0), st.integers(1, 2**41), st.just(2**63 - 1)),
+    st.one_of(st.just(0), _AROUND_NOW, st.integers(1, 2**41), st.just(2**63 - 1)),
     st.one_of(st.sampled_from([-1, -(2**63)]), st.integers(-(2**63), 2**63 - 1)),
 )
 
@@ -518,7 +552,7 @@ GOOD_EVENTS = st.builds(
     user_id=st.integers(0, 1000).map(str),
     item_id=st.integers(1, 1682).map(str),
     type=st.sampled_from(range(1, 6)),
-    time_unix_ms=st.integers(0, 2**41),
+    time_unix_ms=st.one_of(st.just(0), st.integers(ML100K_END_MS - 300 * DAY_MS, ML100K_END_MS)),
     value=st.floats(0, 5),
     surface=st.sampled_from(SURFACES),
 )
@@ -634,7 +668,9 @@ def test_recommend(world: World, req: pb.RecommendRequest) -> None:
 @fuzz(250)
 @given(req=TRACKS)
 def test_track(world: World, req: pb.TrackRequest) -> None:
-    expected = expect_track(req)
+    now_ms = world.now_ms()
+    assume(not any(near_an_edge(e.time_unix_ms, now_ms) for e in req.events))
+    expected = expect_track(req, now_ms)
     code, resp, details = call(world.personalization.Track, req)
     event(f"expected {expected.name}")
     assert code == expected, details
@@ -756,7 +792,9 @@ def expect_raw(method: Method, data: bytes, auth: Any, w: World) -> tuple[Any, A
     if name == "Recommend":
         return expect_recommend(req), req
     if name == "Track":
-        return expect_track(req), req
+        now_ms = w.now_ms()
+        assume(not any(near_an_edge(e.time_unix_ms, now_ms) for e in req.events))
+        return expect_track(req, now_ms), req
     if name == "SetConsent":
         return expect_consent(req), req
     if name == "ReloadBundle":

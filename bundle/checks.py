@@ -1,0 +1,97 @@
+"""What a loaded bundle's arrays must agree on, beyond their hashes.
+
+A manifest proves that the files are the ones written, not that the writer was right: a
+bundle copied together from two builds, or written by a buggy tool, can hash correctly and
+still hold item embeddings for fewer items than its item table, or NaN vectors. Serving
+indexes these arrays by item row on every request, so a mismatch would fail there (or, for
+NaN, answer ``score=nan``). :func:`check_loaded` refuses such a bundle at load with a
+:class:`~tailored.bundle.format.BundleError` that names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tailored.bundle.format import BUNDLE_FILES, BundleError
+
+if TYPE_CHECKING:
+    from tailored.bundle.runtime import LoadedBundle
+
+__all__ = ["check_loaded"]
+
+
+def check_loaded(bundle: LoadedBundle) -> None:
+    """Refuse ``bundle`` unless every array has the shape, dtype and values its users expect:
+    item tables of N+1 rows, finite float tables, item references within 0..N, an index of N
+    vectors of the embeddings' width, user tables of one row per user."""
+    c = _Checker(bundle)
+    emb = bundle.item_embeddings
+    c.rows("item_embeddings", emb, "float", 2)
+    c.rows("item_history", bundle.item_history, "float", 2)
+    c.rows("item_categorical", bundle.items.categorical, "int", 2)
+    c.rows("item_multi", bundle.items.multi, "int", 3)
+    c.rows("item_numeric", bundle.items.numeric, "float", 2)
+    c.rows("item_activity", bundle.activity.table, "float", 2)
+    c.rows("item_first_seen", bundle.activity.first_seen, "int", 1)
+    neighbors = bundle.item_neighbors
+    c.rows("item_neighbors", neighbors.ids, "int", 2)
+    c.refs("item_neighbors", neighbors.ids)
+    c.same_shape("item_neighbor_weights", neighbors.weights, "item_neighbors", neighbors.ids)
+    c.rows("item_neighbor_weights", neighbors.weights, "float", 2)
+    if len(bundle.index) != c.n - 1 or bundle.index.dim != emb.shape[1]:
+        raise c.fail(
+            "index",
+            f"{len(bundle.index)} vectors of dimension {bundle.index.dim}, but the bundle has "
+            f"{c.n - 1} items embedded in {emb.shape[1]} dimensions",
+        )
+    if bundle.context_popular is not None:
+        c.refs("context_popular", bundle.context_popular.rows)
+    users = bundle.users
+    if users is None:
+        return
+    u = len(users)
+    c.rows("user_categorical", users.categorical, "int", 2, u)
+    c.rows("user_numeric", users.numeric, "float", 2, u)
+    c.rows("user_history", users.history, "int", 2, u)
+    c.refs("user_history", users.history)
+    c.rows("user_history_times", users.history_times, "int", 2, u)
+    c.same_shape("user_history_times", users.history_times, "user_history", users.history)
+    if users.seen_items is not None:
+        c.refs("user_seen_items", users.seen_items)
+
+
+class _Checker:
+    def __init__(self, bundle: LoadedBundle) -> None:
+        self.root = bundle.manifest.path
+        self.n = len(bundle.item_ids) + 1  # item rows: the items and the padding row 0
+
+    def fail(self, key: str, what: str) -> BundleError:
+        return BundleError(f"{self.root / BUNDLE_FILES[key]}: {what}; rebuild the bundle")
+
+    def rows(self, key: str, arr: np.ndarray, kind: str, ndim: int, count: int = 0) -> None:
+        """``arr`` is ``ndim``-d, of ``kind`` ("int" or "float", finite), with ``count`` rows
+        (default: one per item row)."""
+        count = count or self.n
+        ok = np.issubdtype(arr.dtype, np.floating if kind == "float" else np.integer)
+        if not ok or arr.ndim != ndim or arr.shape[0] != count:
+            whose = "items.parquet's items and the padding row" if count == self.n else "users"
+            raise self.fail(
+                key,
+                f"{arr.dtype} {arr.shape}, expected {ndim}-d {kind} with {count} rows ({whose})",
+            )
+        if kind == "float" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise self.fail(key, f"{bad} values are NaN or infinite")
+
+    def refs(self, key: str, arr: np.ndarray) -> None:
+        """``arr`` holds item rows: each within 0..N."""
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.n):
+            raise self.fail(key, f"refers to item rows outside 0..{self.n - 1}")
+
+    def same_shape(self, key: str, arr: np.ndarray, other_key: str, other: np.ndarray) -> None:
+        if arr.shape != other.shape:
+            raise self.fail(
+                key, f"shape {arr.shape}, not {BUNDLE_FILES[other_key]}'s {other.shape}"
+            )
