@@ -56,6 +56,11 @@ class ServerMetrics:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
+    def count(self, method: str, code: str) -> None:
+        """A call answered before the servicer (refused on arrival, or undecodable): counted
+        like the others, not timed."""
+        self.requests.labels(method, code).inc()
+
     def set_bundle(self, version: str) -> None:
         if self._version is not None and self._version != version:
             # several processes: the value lives in a file, which remove() would leave (and

@@ -5,8 +5,9 @@ standard health and reflection services.
 :func:`create_server` builds a server on an address (port 0: any free port) for a
 :class:`Service`; tests start it on loopback and talk to it over a real channel. Domain errors
 become status codes in one place (:func:`_rpc`); each RPC is counted and timed there.
-Overload is refused, not queued: beyond ``max_concurrent_rpcs`` gRPC answers
-RESOURCE_EXHAUSTED. No raw user id is logged: ids are pseudonymized at the edge.
+Overload is refused, not queued: beyond ``max_concurrent_rpcs`` running calls, one arriving
+is answered RESOURCE_EXHAUSTED at once and counted (:mod:`tailored.serve.admission`). No raw
+user id is logged: ids are pseudonymized at the edge.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
+from tailored.serve.admission import Admission
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
 from tailored.serve.metrics import ServerMetrics
@@ -43,6 +45,7 @@ from tailored.serve.workers import Siblings
 __all__ = ["SERVICE_NAMES", "Service", "create_server"]
 
 _log = logging.getLogger(__name__)
+_BACKSTOP_RPCS = 10_000  # calls inside gRPC at once, refusals being answered included
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Personalization"].full_name,
     pb.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -80,6 +83,7 @@ class Service:
         token = admin_token if admin_token is not None else os.environ.get(cfg.admin_token_env)
         self.admin_token = token or None
         self.metrics = metrics or ServerMetrics()
+        self.admission = Admission(cfg.max_concurrent_rpcs, SERVICE_NAMES, self.metrics.count)
         self.metrics.set_bundle(bundle.version)
         bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
@@ -300,9 +304,14 @@ def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:
     """A server on ``address`` (``host:port``; port 0 picks a free one), not yet started;
     returns (server, bound port)."""
     cfg = service.cfg
+    # every admitted call has a thread at once (max_concurrent_rpcs <= workers); the threads
+    # beyond the workers answer refusals and health checks, which take microseconds
+    threads = cfg.workers + max(4, cfg.workers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
-        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
+        interceptors=[service.admission],
+        # a backstop only (refused there, a call is not counted): admission refuses first
+        maximum_concurrent_rpcs=_BACKSTOP_RPCS,
     )
     pb_grpc.add_PersonalizationServicer_to_server(_Personalization(service), server)
     pb_grpc.add_AdminServicer_to_server(_Admin(service), server)

@@ -342,7 +342,9 @@ class ServeConfig:
     processes: int = 1
     # ReloadBundle with several processes: seconds to wait for every process to follow
     reload_wait_seconds: float = 100.0  # under the client's 120 s deadline for a reload
-    max_concurrent_rpcs: int = 64  # beyond this, RESOURCE_EXHAUSTED instead of a queue
+    # RPCs running at once (at most workers: each starts on its thread at once); one more
+    # arriving is answered RESOURCE_EXHAUSTED at once instead of waiting in a queue
+    max_concurrent_rpcs: int = 8
     max_events_per_track: int = 1000
     # Track refuses an event stamped more than this ahead of the serving clock (a client
     # sending nanoseconds, or a wrong clock, would otherwise freeze the user's newest events)
@@ -380,6 +382,11 @@ class ServeConfig:
             _positive("serve", name, getattr(self, name))
         for name in ("max_concurrent_rpcs", "max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
+        if self.max_concurrent_rpcs > self.workers:
+            raise ConfigError(
+                f"[serve] max_concurrent_rpcs ({self.max_concurrent_rpcs}) must be <= workers "
+                f"({self.workers}): calls beyond the threads would wait in a queue"
+            )
         if self.candidates < self.max_k:
             raise ConfigError(
                 f"[serve] candidates ({self.candidates}) must be >= max_k ({self.max_k})"
