@@ -179,7 +179,8 @@ class BundleWriter:
         self.staging = self.root / f".staging-{uuid.uuid4().hex}"
 
     def __enter__(self) -> BundleWriter:
-        self.staging.mkdir(parents=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(mode=0o700)  # user data inside: this account's only
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -208,6 +209,7 @@ class BundleWriter:
         files = []
         for rel in _scan(self.staging):
             full = self.staging / rel
+            full.chmod(0o600)  # user embeddings and histories: this account's only
             _fsync(full)
             files.append({"path": rel, "size": full.stat().st_size, "sha256": _sha256(full)})
         objects = dict(zip(_OBJECTS, (config, data, metrics, extra), strict=True))

@@ -106,7 +106,9 @@ def _write_events(
         **dict(ev.context),
     }
     for split, src in ev.files:
+        rows = 0
         for offset, chunk in _chunks(src, _events_columns(ev), chunk_rows):
+            rows += chunk.num_rows
             where = _Where(src.label, offset)
             t = _events(chunk, ev, pseudo, where)
             if split is not None:
@@ -115,6 +117,10 @@ def _write_events(
                 w.write_events(t, source=src.label, row_offset=offset)
             users = pc.unique(pa.concat_arrays([users, t.column("user_id").combine_chunks()]))
             items = pc.unique(pa.concat_arrays([items, t.column("item_id").combine_chunks()]))
+        if not rows:  # a header alone: a dataset without behaviour is a mistake, not data
+            raise SchemaError(
+                f"{src.label}: no events (a header and no rows); nothing was imported"
+            )
     return users, items
 
 

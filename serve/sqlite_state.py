@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -81,7 +82,10 @@ class SQLiteState(OnlineState):
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise StateError(f"sqlite synchronous must be FULL, NORMAL or EXTRA: {synchronous}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # user data: readable by this account only (SQLite gives its -wal and -shm files the
+        # database file's permissions)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._synchronous = synchronous
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,13 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["bundle", "verify", "--help"])
     assert e.value.code == 0
     assert "usage: tailored bundle verify" in capsys.readouterr().out
+
+
+def test_a_bundle_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Bundles hold user embeddings and histories: the version directory is 0700 and every
+    file 0600, like a dataset's directory."""
+    with BundleWriter(tmp_path / "bundles") as w:
+        np.save(w.path("users/embeddings.npy"), np.zeros((2, 3), np.float32))
+        version = w.commit()
+    assert stat.S_IMODE(version.stat().st_mode) == 0o700
+    assert stat.S_IMODE((version / "users" / "embeddings.npy").stat().st_mode) == 0o600

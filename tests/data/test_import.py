@@ -459,3 +459,11 @@ def test_presplit_data_is_trained_on_as_split(tmp_path: Path) -> None:
     whole = import_dataset(_shop(tmp_path / "in2"), tmp_path / "ds2", key=KEY)
     with pytest.raises(SchemaError, match="needs data imported with train/valid/test files"):
         load_interactions(whole, rule, split="presplit")
+
+
+def test_an_events_file_with_a_header_and_no_rows_is_refused(tmp_path: Path) -> None:
+    """It used to import as a dataset of 0 events, exit 0: a mistake in the export, not data."""
+    mapping = _shop(tmp_path / "in", events=_csv([]))
+    with pytest.raises(SchemaError, match=r"ratings.csv: no events \(a header and no rows\)"):
+        import_dataset(mapping, tmp_path / "out" / "ds", key=KEY)
+    assert _leftovers(tmp_path / "out") == []

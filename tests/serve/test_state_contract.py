@@ -501,3 +501,21 @@ def test_redis_url_prefix_and_errors(redis_url: str) -> None:
         RedisState.from_url("redis://:s3cret@127.0.0.1:1/0?prefix=p")
     assert "127.0.0.1:1" in str(info.value) and "connect" in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+def test_the_sqlite_state_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Users' events: the database, its write-ahead log and a folder it creates are this
+    account's only (they were created 0644 and 0755)."""
+    import stat
+
+    path = tmp_path / "serve" / "state.db"
+    s = SQLiteState(path)
+    try:
+        s.record({"u": [ev("i1", 1_000)]}, default_allows=True)
+        files = [path, *(p for p in path.parent.iterdir() if p.name.startswith("state.db-"))]
+        assert len(files) >= 2  # the database and its -wal (and -shm)
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        s.close()
