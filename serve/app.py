@@ -106,7 +106,9 @@ def _serve_one(args: argparse.Namespace, cfg: ServeConfig) -> int:
     key = load_key(args.key_file, create=False)
     worker = _worker(args)
     bundle, request_seq = _load_bundle(args, cfg, worker)
-    state = open_state(cfg.state or str(tailored_home() / "serve" / "state.db"))
+    state = open_state(
+        cfg.state or str(tailored_home() / "serve" / "state.db"), timeout=cfg.state_timeout_seconds
+    )
     stop = threading.Event()
     siblings = _siblings(args, worker, bundle, state.backend, request_seq, stop)
     service = Service(bundle, state, Pseudonymizer(key), cfg, siblings=siblings)

@@ -50,6 +50,19 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.degraded = Counter(
+            "tailored_degraded_responses",
+            "Answers given without the online state (unreachable), by method",
+            ["method"],
+            registry=self.registry,
+        )
+        self.state_up = Gauge(
+            "tailored_online_state_up",
+            "1 while the online state answers, 0 while it is unreachable",
+            registry=self.registry,
+            multiprocess_mode="min",
+        )
+        self.state_up.set(1)
         self._version: str | None = None
 
     def observe(self, method: str, code: str, seconds: float) -> None:

@@ -205,17 +205,29 @@ class RedisState(OnlineState):
 
     @classmethod
     def from_url(
-        cls, url: str, *, max_events_per_user: int = 1000, stream_maxlen: int = 1_000_000
+        cls,
+        url: str,
+        *,
+        max_events_per_user: int = 1000,
+        stream_maxlen: int = 1_000_000,
+        timeout: float | None = None,
     ) -> RedisState:
         """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=NAME]`` (also ``rediss://``,
-        ``unix://``); checks that Redis answers."""
+        ``unix://``); checks that Redis answers. ``timeout``: seconds to connect or to get
+        an answer (a hung Redis fails a call in that time, not never)."""
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefixes = [v for k, v in query if k == "prefix"]
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         try:
             client = redis.Redis.from_url(
-                urlunsplit(parts._replace(query=rest)), decode_responses=True
+                urlunsplit(parts._replace(query=rest)),
+                decode_responses=True,
+                **(
+                    {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+                    if timeout
+                    else {}
+                ),
             )
         except (ValueError, redis.RedisError) as e:
             raise StateError(f"{_redact(url)}: not a Redis URL ({e})") from e

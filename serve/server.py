@@ -35,6 +35,7 @@ from tailored.errors import TailoredError
 from tailored.serve.admission import Admission
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
+from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
 from tailored.serve.recommender import Request, RequestError
 from tailored.serve.state import PERSONALIZATION, OnlineState, StateError
@@ -45,6 +46,9 @@ from tailored.serve.workers import Siblings
 __all__ = ["SERVICE_NAMES", "Service", "create_server"]
 
 _log = logging.getLogger(__name__)
+# the health entry of the online state: NOT_SERVING while it is unreachable (Recommend still
+# answers, degraded; "" stays SERVING so that a load balancer keeps the replica)
+STATE_HEALTH = "tailored.online_state"
 _BACKSTOP_RPCS = 10_000  # calls inside gRPC at once, refusals being answered included
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Personalization"].full_name,
@@ -83,7 +87,9 @@ class Service:
         token = admin_token if admin_token is not None else os.environ.get(cfg.admin_token_env)
         self.admin_token = token or None
         self.metrics = metrics or ServerMetrics()
-        self.admission = Admission(cfg.max_concurrent_rpcs, SERVICE_NAMES, self.metrics.count)
+        self.admission = Admission(cfg.admitted_rpcs, SERVICE_NAMES, self.metrics.count)
+        self.guard = StateGuard(cfg.state_retry_seconds, self._state_changed)
+        self.health: health.HealthServicer | None = None  # set by create_server
         self.metrics.set_bundle(bundle.version)
         bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
@@ -104,11 +110,30 @@ class Service:
         return time.time()
 
     def unavailable(self) -> frozenset[str]:
+        """The items marked unavailable (cached briefly); the last known set while the online
+        state is unreachable."""
         at, items = self._unavailable
         if time.monotonic() - at > _UNAVAILABLE_TTL:
-            items = self.state.unavailable()
+            try:
+                items = self.guard.call(self.state.unavailable)
+            except StateError:
+                return items
             self._unavailable = (time.monotonic(), items)
         return items
+
+    def _state_changed(self, up: bool) -> None:
+        """The online state became unreachable, or reachable again."""
+        if up:
+            _log.warning("online state (%s) reachable again: serving in full", self.state.backend)
+        else:
+            _log.error(
+                "online state (%s) unreachable: Recommend answers degraded, Track UNAVAILABLE",
+                self.state.backend,
+            )
+        self.metrics.state_up.set(1 if up else 0)
+        if self.health is not None:
+            status = health_pb2.HealthCheckResponse
+            self.health.set(STATE_HEALTH, status.SERVING if up else status.NOT_SERVING)
 
     def default_allows(self) -> bool:
         return self.cfg.consent_default == "granted"
@@ -167,8 +192,14 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         args = RecommendArgs.parse(request, s.cfg)
         rec = s.bundle.current  # this request finishes on this bundle, whatever swaps
         user = s.pseudonym(args.user_id)
-        state = s.state.user(user, s.cfg.history_events)
-        personalized = state.allows(PERSONALIZATION, default=s.default_allows())
+        try:
+            state = s.guard.call(s.state.user, user, s.cfg.history_events)
+        except StateError:  # degrade: consent unknown, so personalized for no one
+            state = None
+            s.metrics.degraded.labels("Recommend").inc()
+        personalized = state is not None and state.allows(
+            PERSONALIZATION, default=s.default_allows()
+        )
         _check_deadline(context, "ranking")
         result = rec.recommend(
             Request(
@@ -180,7 +211,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
                 context=args.context,
                 exclude=args.exclude,
                 profile=args.profile,
-                online=state.events if personalized else (),
+                online=state.events if personalized and state is not None else (),
             ),
             s.unavailable(),
         )
@@ -195,6 +226,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             bundle_version=rec.bundle.version,
             request_id=uuid.uuid4().hex,
             strategy=result.strategy,
+            degraded=state is None,
         )
 
     @_rpc("Track")
@@ -202,7 +234,8 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         s = self.service
         events = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000))
         _check_deadline(context, "storing")
-        result = s.state.record(events, default_allows=s.default_allows())  # durable now
+        # durable now; while the state is unreachable, UNAVAILABLE (nothing acknowledged)
+        result = s.guard.call(s.state.record, events, default_allows=s.default_allows())
         s.metrics.events.labels("accepted").inc(result.accepted)
         s.metrics.events.labels("dropped").inc(result.dropped)
         return pb.TrackResponse(accepted=result.accepted, dropped=result.dropped)
@@ -316,8 +349,9 @@ def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:
     pb_grpc.add_PersonalizationServicer_to_server(_Personalization(service), server)
     pb_grpc.add_AdminServicer_to_server(_Admin(service), server)
     health_servicer = health.HealthServicer()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *SERVICE_NAMES, STATE_HEALTH):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    service.health = health_servicer
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -113,13 +113,15 @@ class OnlineState(ABC):
         self.close()
 
 
-def open_state(url: str) -> OnlineState:
+def open_state(url: str, *, timeout: float | None = None) -> OnlineState:
     """The backend for ``url``: ``sqlite:///PATH`` (or a plain path) or ``redis://HOST:PORT/DB``
-    (a ``?prefix=NAME`` query keeps several deployments apart on one Redis)."""
+    (a ``?prefix=NAME`` query keeps several deployments apart on one Redis). ``timeout``:
+    seconds a call to a remote backend may take (connecting or answering) before it fails
+    with :class:`StateError`."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         from tailored.serve.redis_state import RedisState
 
-        return RedisState.from_url(url)
+        return RedisState.from_url(url, timeout=timeout)
     from pathlib import Path
 
     from tailored.serve.sqlite_state import SQLiteState

@@ -342,9 +342,9 @@ class ServeConfig:
     processes: int = 1
     # ReloadBundle with several processes: seconds to wait for every process to follow
     reload_wait_seconds: float = 100.0  # under the client's 120 s deadline for a reload
-    # RPCs running at once (at most workers: each starts on its thread at once); one more
-    # arriving is answered RESOURCE_EXHAUSTED at once instead of waiting in a queue
-    max_concurrent_rpcs: int = 8
+    # RPCs running at once (0: workers; at most workers, so each starts on its thread at
+    # once); one more arriving is answered RESOURCE_EXHAUSTED at once instead of queueing
+    max_concurrent_rpcs: int = 0
     max_events_per_track: int = 1000
     # Track refuses an event stamped more than this ahead of the serving clock (a client
     # sending nanoseconds, or a wrong clock, would otherwise freeze the user's newest events)
@@ -356,6 +356,12 @@ class ServeConfig:
     rating_max: float = 10.0
     max_view_seconds: float = 86_400.0  # a view's dwell time at most
     watch_seconds: float = 5.0  # poll a bundles directory for new versions (0 = never)
+    # a remote online state (Redis) must answer within this, else the call fails: Recommend
+    # then answers degraded (popular in context), Track UNAVAILABLE
+    state_timeout_seconds: float = 1.0
+    # after a failure, the state is not asked again for this long (requests answer degraded
+    # at once instead of each waiting for the timeout); then the next request tries it
+    state_retry_seconds: float = 1.0
     clock: str = "wall"  # "wall", or "bundle": time starts at the bundle's last event
     history_verb: str = "watched"  # "because you <verb> <title>"
     onnx_threads: int = 1  # intra-op threads per onnxruntime session
@@ -366,6 +372,11 @@ class ServeConfig:
     # (IVF-Flat nprobe; IVF-PQ nprobe, k_factor; HNSW efSearch): latency against recall
     # without a rebuild
     index_search: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def admitted_rpcs(self) -> int:
+        """RPCs allowed to run at once: ``max_concurrent_rpcs``, or ``workers`` for 0."""
+        return self.max_concurrent_rpcs or self.workers
 
     def validate(self) -> ServeConfig:
         object.__setattr__(self, "surfaces", tuple(self.surfaces))
@@ -380,8 +391,13 @@ class ServeConfig:
             "processes",
         ):
             _positive("serve", name, getattr(self, name))
-        for name in ("max_concurrent_rpcs", "max_events_per_track", "onnx_threads"):
+        for name in ("max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
+        if self.max_concurrent_rpcs < 0:
+            raise ConfigError(
+                f"[serve] max_concurrent_rpcs: must be >= 0 (0: workers), got "
+                f"{self.max_concurrent_rpcs}"
+            )
         if self.max_concurrent_rpcs > self.workers:
             raise ConfigError(
                 f"[serve] max_concurrent_rpcs ({self.max_concurrent_rpcs}) must be <= workers "
@@ -409,7 +425,13 @@ class ServeConfig:
             )
         if self.watch_seconds < 0:
             raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
-        for name in ("event_max_future_seconds", "event_max_age_days", "max_view_seconds"):
+        for name in (
+            "event_max_future_seconds",
+            "event_max_age_days",
+            "max_view_seconds",
+            "state_timeout_seconds",
+            "state_retry_seconds",
+        ):
             _positive("serve", name, getattr(self, name))
         if not self.rating_min < self.rating_max:
             raise ConfigError(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'tailored/serve/v1/personalization.proto\x12\x0btailored.v1\"\x9d\x01\n\x07\x43ontext\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12.\n\x05\x65xtra\x18\x04 \x03(\x0b\x32\x1f.tailored.v1.Context.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12%\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x14.tailored.v1.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12;\n\x07profile\x18\x06 \x03(\x0b\x32*.tailored.v1.RecommendRequest.ProfileEntry\x1a.\n\x0cProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\"~\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.tailored.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08strategy\x18\x04 \x01(\t\"\xac\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.tailored.v1.EventType\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x0f\n\x07surface\x18\x06 \x01(\t\x12%\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x14.tailored.v1.Context\"2\n\x0cTrackRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tailored.v1.Event\"2\n\rTrackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x05\"6\n\x11SetConsentRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\"@\n\x12SetConsentResponse\x12\x10\n\x08purposes\x18\x01 \x03(\t\x12\x18\n\x10\x65vents_forgotten\x18\x02 \x01(\x05\"#\n\x13ReloadBundleRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"^\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\"\x0f\n\rStatusRequest\"\x97\x02\n\x0eStatusResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x13\n\x0b\x62undle_path\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x03\x12\r\n\x05users\x18\x04 \x01(\x03\x12\x12\n\nindex_kind\x18\x05 \x01(\t\x12\x0e\n\x06ranker\x18\x06 \x01(\x08\x12\x15\n\rstate_backend\x18\x07 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x12\x0f\n\x07reloads\x18\t \x01(\x03\x12\x16\n\x0e\x66\x61iled_reloads\x18\n \x01(\x03\x12\x10\n\x08surfaces\x18\x0b \x03(\t\x12\x0e\n\x06worker\x18\x0c \x01(\x05\x12\x0f\n\x07workers\x18\r \x01(\x05\x12\x0b\n\x03pid\x18\x0e \x01(\x05\"A\n\x1aSetItemAvailabilityRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\"8\n\x1bSetItemAvailabilityResponse\x12\x19\n\x11unavailable_total\x18\x01 \x01(\x05*f\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nIMPRESSION\x10\x01\x12\t\n\x05\x43LICK\x10\x02\x12\x08\n\x04VIEW\x10\x03\x12\n\n\x06RATING\x10\x04\x12\x0c\n\x08PURCHASE\x10\x05\x32\xec\x01\n\x0fPersonalization\x12J\n\tRecommend\x12\x1d.tailored.v1.RecommendRequest\x1a\x1e.tailored.v1.RecommendResponse\x12>\n\x05Track\x12\x19.tailored.v1.TrackRequest\x1a\x1a.tailored.v1.TrackResponse\x12M\n\nSetConsent\x12\x1e.tailored.v1.SetConsentRequest\x1a\x1f.tailored.v1.SetConsentResponse2\x89\x02\n\x05\x41\x64min\x12S\n\x0cReloadBundle\x12 .tailored.v1.ReloadBundleRequest\x1a!.tailored.v1.ReloadBundleResponse\x12\x41\n\x06Status\x12\x1a.tailored.v1.StatusRequest\x1a\x1b.tailored.v1.StatusResponse\x12h\n\x13SetItemAvailability\x12\'.tailored.v1.SetItemAvailabilityRequest\x1a(.tailored.v1.SetItemAvailabilityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'tailored/serve/v1/personalization.proto\x12\x0btailored.v1\"\x9d\x01\n\x07\x43ontext\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12.\n\x05\x65xtra\x18\x04 \x03(\x0b\x32\x1f.tailored.v1.Context.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12%\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x14.tailored.v1.Context\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12;\n\x07profile\x18\x06 \x03(\x0b\x32*.tailored.v1.RecommendRequest.ProfileEntry\x1a.\n\x0cProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\"\x90\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.tailored.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\"\xac\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.tailored.v1.EventType\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x0f\n\x07surface\x18\x06 \x01(\t\x12%\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x14.tailored.v1.Context\"2\n\x0cTrackRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.tailored.v1.Event\"2\n\rTrackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x05\"6\n\x11SetConsentRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\"@\n\x12SetConsentResponse\x12\x10\n\x08purposes\x18\x01 \x03(\t\x12\x18\n\x10\x65vents_forgotten\x18\x02 \x01(\x05\"#\n\x13ReloadBundleRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"^\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\"\x0f\n\rStatusRequest\"\x97\x02\n\x0eStatusResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x13\n\x0b\x62undle_path\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x03\x12\r\n\x05users\x18\x04 \x01(\x03\x12\x12\n\nindex_kind\x18\x05 \x01(\t\x12\x0e\n\x06ranker\x18\x06 \x01(\x08\x12\x15\n\rstate_backend\x18\x07 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x12\x0f\n\x07reloads\x18\t \x01(\x03\x12\x16\n\x0e\x66\x61iled_reloads\x18\n \x01(\x03\x12\x10\n\x08surfaces\x18\x0b \x03(\t\x12\x0e\n\x06worker\x18\x0c \x01(\x05\x12\x0f\n\x07workers\x18\r \x01(\x05\x12\x0b\n\x03pid\x18\x0e \x01(\x05\"A\n\x1aSetItemAvailabilityRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\"8\n\x1bSetItemAvailabilityResponse\x12\x19\n\x11unavailable_total\x18\x01 \x01(\x05*f\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nIMPRESSION\x10\x01\x12\t\n\x05\x43LICK\x10\x02\x12\x08\n\x04VIEW\x10\x03\x12\n\n\x06RATING\x10\x04\x12\x0c\n\x08PURCHASE\x10\x05\x32\xec\x01\n\x0fPersonalization\x12J\n\tRecommend\x12\x1d.tailored.v1.RecommendRequest\x1a\x1e.tailored.v1.RecommendResponse\x12>\n\x05Track\x12\x19.tailored.v1.TrackRequest\x1a\x1a.tailored.v1.TrackResponse\x12M\n\nSetConsent\x12\x1e.tailored.v1.SetConsentRequest\x1a\x1f.tailored.v1.SetConsentResponse2\x89\x02\n\x05\x41\x64min\x12S\n\x0cReloadBundle\x12 .tailored.v1.ReloadBundleRequest\x1a!.tailored.v1.ReloadBundleResponse\x12\x41\n\x06Status\x12\x1a.tailored.v1.StatusRequest\x1a\x1b.tailored.v1.StatusResponse\x12h\n\x13SetItemAvailability\x12\'.tailored.v1.SetItemAvailabilityRequest\x1a(.tailored.v1.SetItemAvailabilityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT_EXTRAENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDREQUEST_PROFILEENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_PROFILEENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1624
-  _globals['_EVENTTYPE']._serialized_end=1726
+  _globals['_EVENTTYPE']._serialized_start=1643
+  _globals['_EVENTTYPE']._serialized_end=1745
   _globals['_CONTEXT']._serialized_start=57
   _globals['_CONTEXT']._serialized_end=214
   _globals['_CONTEXT_EXTRAENTRY']._serialized_start=170
@@ -47,32 +47,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_PROFILEENTRY']._serialized_end=454
   _globals['_RECOMMENDEDITEM']._serialized_start=456
   _globals['_RECOMMENDEDITEM']._serialized_end=536
-  _globals['_RECOMMENDRESPONSE']._serialized_start=538
-  _globals['_RECOMMENDRESPONSE']._serialized_end=664
-  _globals['_EVENT']._serialized_start=667
-  _globals['_EVENT']._serialized_end=839
-  _globals['_TRACKREQUEST']._serialized_start=841
-  _globals['_TRACKREQUEST']._serialized_end=891
-  _globals['_TRACKRESPONSE']._serialized_start=893
-  _globals['_TRACKRESPONSE']._serialized_end=943
-  _globals['_SETCONSENTREQUEST']._serialized_start=945
-  _globals['_SETCONSENTREQUEST']._serialized_end=999
-  _globals['_SETCONSENTRESPONSE']._serialized_start=1001
-  _globals['_SETCONSENTRESPONSE']._serialized_end=1065
-  _globals['_RELOADBUNDLEREQUEST']._serialized_start=1067
-  _globals['_RELOADBUNDLEREQUEST']._serialized_end=1102
-  _globals['_RELOADBUNDLERESPONSE']._serialized_start=1104
-  _globals['_RELOADBUNDLERESPONSE']._serialized_end=1198
-  _globals['_STATUSREQUEST']._serialized_start=1200
-  _globals['_STATUSREQUEST']._serialized_end=1215
-  _globals['_STATUSRESPONSE']._serialized_start=1218
-  _globals['_STATUSRESPONSE']._serialized_end=1497
-  _globals['_SETITEMAVAILABILITYREQUEST']._serialized_start=1499
-  _globals['_SETITEMAVAILABILITYREQUEST']._serialized_end=1564
-  _globals['_SETITEMAVAILABILITYRESPONSE']._serialized_start=1566
-  _globals['_SETITEMAVAILABILITYRESPONSE']._serialized_end=1622
-  _globals['_PERSONALIZATION']._serialized_start=1729
-  _globals['_PERSONALIZATION']._serialized_end=1965
-  _globals['_ADMIN']._serialized_start=1968
-  _globals['_ADMIN']._serialized_end=2233
+  _globals['_RECOMMENDRESPONSE']._serialized_start=539
+  _globals['_RECOMMENDRESPONSE']._serialized_end=683
+  _globals['_EVENT']._serialized_start=686
+  _globals['_EVENT']._serialized_end=858
+  _globals['_TRACKREQUEST']._serialized_start=860
+  _globals['_TRACKREQUEST']._serialized_end=910
+  _globals['_TRACKRESPONSE']._serialized_start=912
+  _globals['_TRACKRESPONSE']._serialized_end=962
+  _globals['_SETCONSENTREQUEST']._serialized_start=964
+  _globals['_SETCONSENTREQUEST']._serialized_end=1018
+  _globals['_SETCONSENTRESPONSE']._serialized_start=1020
+  _globals['_SETCONSENTRESPONSE']._serialized_end=1084
+  _globals['_RELOADBUNDLEREQUEST']._serialized_start=1086
+  _globals['_RELOADBUNDLEREQUEST']._serialized_end=1121
+  _globals['_RELOADBUNDLERESPONSE']._serialized_start=1123
+  _globals['_RELOADBUNDLERESPONSE']._serialized_end=1217
+  _globals['_STATUSREQUEST']._serialized_start=1219
+  _globals['_STATUSREQUEST']._serialized_end=1234
+  _globals['_STATUSRESPONSE']._serialized_start=1237
+  _globals['_STATUSRESPONSE']._serialized_end=1516
+  _globals['_SETITEMAVAILABILITYREQUEST']._serialized_start=1518
+  _globals['_SETITEMAVAILABILITYREQUEST']._serialized_end=1583
+  _globals['_SETITEMAVAILABILITYRESPONSE']._serialized_start=1585
+  _globals['_SETITEMAVAILABILITYRESPONSE']._serialized_end=1641
+  _globals['_PERSONALIZATION']._serialized_start=1748
+  _globals['_PERSONALIZATION']._serialized_end=1984
+  _globals['_ADMIN']._serialized_start=1987
+  _globals['_ADMIN']._serialized_end=2252
 # @@protoc_insertion_point(module_scope)

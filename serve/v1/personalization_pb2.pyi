@@ -77,16 +77,18 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "bundle_version", "request_id", "strategy")
+    __slots__ = ("items", "bundle_version", "request_id", "strategy", "degraded")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     bundle_version: str
     request_id: str
     strategy: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., request_id: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
+    degraded: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context")
