@@ -70,13 +70,15 @@ class _Checker:
     def fail(self, key: str, what: str) -> BundleError:
         return BundleError(f"{self.root / BUNDLE_FILES[key]}: {what}; rebuild the bundle")
 
-    def rows(self, key: str, arr: np.ndarray, kind: str, ndim: int, count: int = 0) -> None:
-        """``arr`` is ``ndim``-d, of ``kind`` ("int" or "float", finite), with ``count`` rows
-        (default: one per item row)."""
-        count = count or self.n
+    def rows(
+        self, key: str, arr: np.ndarray, kind: str, ndim: int, users: int | None = None
+    ) -> None:
+        """``arr`` is ``ndim``-d, of ``kind`` ("int" or "float", finite), with one row per
+        item row, or per user where ``users`` is given."""
+        count = self.n if users is None else users
         ok = np.issubdtype(arr.dtype, np.floating if kind == "float" else np.integer)
         if not ok or arr.ndim != ndim or arr.shape[0] != count:
-            whose = "items.parquet's items and the padding row" if count == self.n else "users"
+            whose = "items.parquet's items and the padding row" if users is None else "users"
             raise self.fail(
                 key,
                 f"{arr.dtype} {arr.shape}, expected {ndim}-d {kind} with {count} rows ({whose})",

@@ -3,8 +3,9 @@ instead of stalling it.
 
 A Redis that is down fails a call at once; one that hangs fails it after ``[serve]
 state_timeout_seconds``. Either way, :class:`StateGuard` then answers "unreachable" at once
-for ``state_retry_seconds`` (no request waits for a timeout meanwhile) and lets the next call
-through after that; the first success closes it again. ``on_change(up)`` hears each
+for ``state_retry_seconds`` (no request waits for a timeout meanwhile), then lets one call
+through to try it (the others keep failing at once until that one succeeds or the next
+pause is over); the first success closes it again. ``on_change(up)`` hears each
 transition: the server logs it, sets a gauge and the health service's ``tailored.online_state``
 entry, so that recovery needs nobody.
 """
@@ -32,9 +33,14 @@ class StateGuard:
         self._lock = threading.Lock()
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``, or :class:`StateError` at once while the breaker is open."""
-        if time.monotonic() < self._down_until:
-            raise StateError("the online state is unreachable (retrying shortly)")
+        """``fn(*args, **kwargs)``, or :class:`StateError` at once while the breaker is open.
+        Once the pause is over, one call tries the state; the others still fail at once."""
+        with self._lock:
+            if not self.up:
+                now = time.monotonic()
+                if now < self._down_until:
+                    raise StateError("the online state is unreachable (retrying shortly)")
+                self._down_until = now + self.retry_seconds  # this caller probes it
         try:
             result = fn(*args, **kwargs)
         except StateError:
@@ -45,9 +51,12 @@ class StateGuard:
         return result
 
     def _set(self, up: bool) -> None:
+        # notified under the lock, so that the last transition is the one the health service
+        # and the gauge show, whatever the order concurrent calls finish in
         with self._lock:
             if not up:
                 self._down_until = time.monotonic() + self.retry_seconds
-            changed, self.up = self.up != up, up
-        if changed:
+            if self.up == up:
+                return
+            self.up = up
             self.on_change(up)

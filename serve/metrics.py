@@ -60,7 +60,7 @@ class ServerMetrics:
             "tailored_online_state_up",
             "1 while the online state answers, 0 while it is unreachable",
             registry=self.registry,
-            multiprocess_mode="min",
+            multiprocess_mode="livemin",  # a dead worker's last value does not linger
         )
         self.state_up.set(1)
         self._version: str | None = None

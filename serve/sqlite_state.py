@@ -85,7 +85,11 @@ class SQLiteState(OnlineState):
         # user data: readable by this account only (SQLite gives its -wal and -shm files the
         # database file's permissions)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        try:
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)  # a file from before this version was 0644
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot open the online state ({e})") from e
         self._synchronous = synchronous
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

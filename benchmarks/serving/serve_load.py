@@ -212,7 +212,7 @@ def _recommend_phase(
         tmp / "template.pb",
         e,
         workers=cfg.workers,
-        max_rpcs=cfg.max_concurrent_rpcs,
+        max_rpcs=cfg.admitted_rpcs,
         processes=a.noop_processes or cfg.processes,
     )
     runs: dict[str, Any] = {}
