@@ -1,16 +1,17 @@
-"""Admission: a call either runs at once or is refused at once, and a request that does not
-decode is the caller's error.
+"""Admission: at most ``limit`` calls run at once, the others are refused and counted, and a
+request that does not decode is the caller's error.
 
 gRPC's own ``maximum_concurrent_rpcs`` counts the calls waiting for a worker thread as
-running, so with more of them allowed than there are threads, calls queue (at concurrency
-64 against 8 threads, the median call waited behind 56 others); and the calls it refuses
-never reach the servicer, so no metric sees them. :class:`Admission` is a server interceptor
-that wraps each of tailored's RPCs: when a pool thread takes the call, it runs if fewer than
-``limit`` calls are running, and is otherwise answered RESOURCE_EXHAUSTED at once, counted in
-``tailored_requests{code="RESOURCE_EXHAUSTED"}`` by method. The server's pool has more
-threads than the limit, so an admitted call never waits for one behind other work, and the
-extra threads answer refusals (microseconds each). Deciding when the thread takes the call,
-not when it arrives, means a call cancelled before that holds no place. The health and
+running, so with more of them allowed than there are threads, calls queued inside the
+servicer's pool (at concurrency 64 against 8 threads, the median call waited behind 56
+others); and the calls it refuses never reach the servicer, so no metric sees them.
+:class:`Admission` is a server interceptor that wraps each of tailored's RPCs: when a pool
+thread takes the call, it runs if fewer than ``limit`` calls are running, and is otherwise
+answered RESOURCE_EXHAUSTED, counted in ``tailored_requests{code="RESOURCE_EXHAUSTED"}`` by
+method. Deciding when the thread takes the call, not when it arrives, means a call cancelled
+before that holds no place. What this does not remove: gRPC's Python server hands every call,
+refusals included, to one first-in-first-out pool, so under heavy overload a call still
+waits there before the decision (benchmarks/RESULTS.md, "Overload"). The health and
 reflection services pass through untouched.
 
 A request whose bytes are not the method's message (truncated, or a string field holding

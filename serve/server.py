@@ -5,9 +5,9 @@ standard health and reflection services.
 :func:`create_server` builds a server on an address (port 0: any free port) for a
 :class:`Service`; tests start it on loopback and talk to it over a real channel. Domain errors
 become status codes in one place (:func:`_rpc`); each RPC is counted and timed there.
-Overload is refused, not queued: beyond ``max_concurrent_rpcs`` running calls, one arriving
-is answered RESOURCE_EXHAUSTED at once and counted (:mod:`tailored.serve.admission`). No raw
-user id is logged: ids are pseudonymized at the edge.
+Overload is refused: beyond ``max_concurrent_rpcs`` running calls, one more is answered
+RESOURCE_EXHAUSTED and counted (:mod:`tailored.serve.admission`). No raw user id is logged:
+ids are pseudonymized at the edge.
 """
 
 from __future__ import annotations
@@ -337,8 +337,8 @@ def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:
     """A server on ``address`` (``host:port``; port 0 picks a free one), not yet started;
     returns (server, bound port)."""
     cfg = service.cfg
-    # every admitted call has a thread at once (max_concurrent_rpcs <= workers); the threads
-    # beyond the workers answer refusals and health checks, which take microseconds
+    # at most max_concurrent_rpcs (<= workers) calls run at once; the threads beyond the
+    # workers answer refusals and health checks, which take microseconds
     threads = cfg.workers + max(4, cfg.workers)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
