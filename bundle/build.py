@@ -306,6 +306,7 @@ def _build_index(src: _Source, emb: _Embedded) -> BuiltIndex:
         sample_queries=queries,
         k=idx.recall_k,
         target_recall=idx.target_recall or None,
+        budget_ms=idx.search_budget_ms or None,
     )
 
 

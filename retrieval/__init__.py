@@ -14,6 +14,7 @@ from tailored.retrieval.choose import (
     build_index,
     choose_index,
     measure_recall,
+    search_seconds,
     tolerant_recall,
 )
 from tailored.retrieval.faiss_indexes import (
@@ -44,6 +45,7 @@ __all__ = [
     "faiss_gpu_count",
     "load_index",
     "measure_recall",
+    "search_seconds",
     "set_num_threads",
     "tolerant_recall",
 ]

@@ -16,6 +16,13 @@ The rule (:func:`choose_index`), for ``N`` items of dimension ``d``:
   target_recall=0.95)`` doubles it until the recall measured on sample queries reaches the
   target, up to a quarter of the cells (:data:`IVF_MAX_PROBED`; a warning if it falls short).
 
+A latency budget bounds that tuning: with ``budget_ms``, a setting is taken only if one search
+(batch 1, one thread, ``k`` deep: the median over the sample queries) stays within it, and a
+starting setting over the budget is narrowed first. So the index serves the best recall the
+budget affords rather than the target at any price (at 1M x 64 the target alone chose nprobe
+1,024 of 4,096 cells: 4 ms a search, a quarter of the served rate). The build records the
+setting, its recall and its time, and every step tried (:meth:`BuiltIndex.describe`).
+
 Overrides (a config table) replace any default by key; ``kind`` picks the kind. With ``kind``
 left at "auto", parameters of the kind not chosen are ignored (a small catalog simply gets
 the exact index); a key no kind knows is an error.
@@ -27,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +50,7 @@ __all__ = [
     "build_index",
     "choose_index",
     "measure_recall",
+    "search_seconds",
     "tolerant_recall",
 ]
 
@@ -183,49 +191,156 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-def _tune(
-    index: Any, queries: np.ndarray, measure: Callable[[np.ndarray], float], k: int, target: float
-) -> float:
-    """Raise the search-time knobs until ``measure`` (a recall@k of the found ids) reaches
-    ``target``: each step doubles the knob that gains most (IVF: nprobe, and IVF-PQ's refine
-    shortlist k_factor; HNSW: efSearch), and tuning stops where no knob gains at least
-    ``_MIN_GAIN``: a PQ-limited index does not scan every cell for nothing. An IVF index
-    visits at most a quarter of its cells (:data:`IVF_MAX_PROBED`): past that a search costs
-    about as much as the exact scan, so an index that misses the target there is left at
-    the cap with a warning (embeddings that cluster poorly; ``[serve] index_search`` or an
-    exact index are the choices then). Returns the recall reached."""
-    recall = measure(index.search(queries, k)[1])
+_TIMED_QUERIES = 200  # single-query searches timed per setting (their median is kept)
+
+SearchTimer = Callable[[ItemIndex, np.ndarray, int], float]
+
+
+def search_seconds(index: ItemIndex, queries: np.ndarray, k: int) -> float:
+    """The median time of one search (batch 1, ``k`` deep) over up to :data:`_TIMED_QUERIES`
+    of ``queries``, on one FAISS thread (as a loaded server with ``[serve] index_threads =
+    1`` runs it; concurrent requests share the cores), after one untimed search."""
+    import faiss
+
+    sample = np.ascontiguousarray(queries[:_TIMED_QUERIES], dtype=np.float32)
+    if not len(sample):
+        return 0.0
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.search(sample[:1], k)
+        times = []
+        for row in range(len(sample)):
+            start = time.perf_counter()
+            index.search(sample[row : row + 1], k)
+            times.append(time.perf_counter() - start)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.median(times))
+
+
+@dataclass
+class Tuning:
+    """How the search-time parameters were chosen: each setting measured (its parameters,
+    tolerant recall@k and ms per search), the budget, and why tuning stopped."""
+
+    budget_ms: float | None
+    stopped: str = ""  # "target reached", "budget", "no gain", "cap" or "not tuned"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"budget_ms": self.budget_ms, "stopped": self.stopped, "steps": self.steps}
+
+
+def _knob_limits(index: Any) -> dict[str, int]:
     limits: dict[str, int] = {"efSearch": _MAX_EF_SEARCH} if index.kind == "hnsw" else {}
     if index.kind in ("ivfflat", "ivfpq"):
         cells = int(index.describe()["effective"]["nlist"])  # one serialization of the index
         limits["nprobe"] = max(1, int(cells * IVF_MAX_PROBED))
         if index.kind == "ivfpq":
             limits["k_factor"] = _MAX_K_FACTOR
-    while recall < target:
-        best: tuple[float, str, int] | None = None
+    return limits
+
+
+def _tune(
+    index: Any,
+    queries: np.ndarray,
+    measure: Callable[[np.ndarray], float],
+    k: int,
+    target: float | None,
+    budget_ms: float | None,
+    timer: SearchTimer,
+) -> tuple[float, float, Tuning]:
+    """Move the search-time knobs (IVF: nprobe, and IVF-PQ's refine shortlist k_factor; HNSW:
+    efSearch) to the best ``measure`` (a recall@k of the found ids) within ``budget_ms`` per
+    search, stopping once it reaches ``target``.
+
+    A start over the budget is narrowed first: each step halves the knob that loses least.
+    Then each step doubles the knob that gains most among those whose doubled setting stays
+    within the budget, and tuning stops where none gains at least ``_MIN_GAIN`` (a PQ-limited
+    index does not scan every cell for nothing). An IVF index visits at most a quarter of its
+    cells (:data:`IVF_MAX_PROBED`): past that a search costs about as much as the exact scan.
+    An index left short of the target says why in a warning (``[serve] index_search``, a
+    larger budget or an exact index are the choices then). Returns (recall, seconds per
+    search, the tuning record)."""
+    limits = _knob_limits(index)
+    budget = budget_ms / 1e3 if budget_ms else None
+    tuning = Tuning(budget_ms)
+
+    def trial(params: dict[str, int]) -> tuple[float, float]:
+        before = {knob: int(index.params[knob]) for knob in params}
+        index.set_search_params(**params)
+        got = (measure(index.search(queries, k)[1]), timer(index, queries, k))
+        tuning.steps.append(
+            {
+                "params": {knob: int(index.params[knob]) for knob in limits},
+                "recall_tolerant": round(got[0], 4),
+                "search_ms": round(got[1] * 1e3, 4),
+            }
+        )
+        index.set_search_params(**before)
+        return got
+
+    recall, seconds = trial({})
+    while budget is not None and seconds > budget:  # narrow a start the budget cannot afford
+        options = []
+        for knob in limits:
+            before = int(index.params[knob])
+            if before > 1:
+                options.append((*trial({knob: before // 2}), knob, before // 2))
+        if not options:
+            break
+        recall, seconds, knob, value = max(options, key=lambda o: (o[0], -o[1]))
+        index.set_search_params(**{knob: value})
+    stopped = "target reached"
+    while target is not None and recall < target:
+        best: tuple[float, float, str, int] | None = None
+        over_budget = capped = False
         for knob, limit in limits.items():
             before = int(index.params[knob])
             if before >= limit:
+                capped = True
                 continue
-            index.set_search_params(**{knob: min(limit, 2 * before)})
-            gained = measure(index.search(queries, k)[1])
-            index.set_search_params(**{knob: before})
+            gained, cost = trial({knob: min(limit, 2 * before)})
+            if budget is not None and cost > budget:
+                over_budget = True
+                continue
             if best is None or gained > best[0]:
-                best = (gained, knob, min(limit, 2 * before))
+                best = (gained, cost, knob, min(limit, 2 * before))
         if best is None or best[0] - recall < _MIN_GAIN:
+            stopped = "budget" if over_budget else "cap" if capped and best is None else "no gain"
             break
-        recall, knob, value = best
+        recall, seconds, knob, value = best
         index.set_search_params(**{knob: value})
-    if recall < target:
+    if budget is not None and seconds > budget:
+        stopped = "budget"
+    tuning.stopped = stopped
+    settings = {knob: int(index.params[knob]) for knob in limits}
+    if target is not None and recall < target:
+        why = {
+            "budget": f"the search budget of {budget_ms} ms allows no wider search",
+            "cap": f"an IVF search visits at most {IVF_MAX_PROBED:.0%} of its cells",
+            "no gain": "widening the search gains nothing more",
+        }[stopped]
         _log.warning(
-            "%s index: recall@%d %.3f after tuning %s, short of the target %.3f",
+            "%s index: recall@%d %.3f at %s (%.3f ms a search), short of the target %.3f: %s",
             index.kind,
             k,
             recall,
-            {knob: index.params[knob] for knob in limits},
+            settings,
+            seconds * 1e3,
             target,
+            why,
         )
-    return recall
+    elif budget is not None and seconds > budget:
+        _log.warning(
+            "%s index: %.3f ms a search at %s, over the budget of %s ms at its narrowest",
+            index.kind,
+            seconds * 1e3,
+            settings,
+            budget_ms,
+        )
+    return recall, seconds, tuning
 
 
 @dataclass
@@ -239,6 +354,8 @@ class BuiltIndex:
     recall: float | None = None  # strict: the exact top k's ids found
     recall_k: int | None = None
     recall_tolerant: float | None = None  # ties within RECALL_EPSILON count (tuned on)
+    search_ms: float | None = None  # one search at the kept setting (see search_seconds)
+    tuning: Tuning | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -249,6 +366,8 @@ class BuiltIndex:
             "recall_k": self.recall_k,
             "recall_tolerant": self.recall_tolerant,
             "recall_epsilon": RECALL_EPSILON if self.recall_tolerant is not None else None,
+            "search_ms": None if self.search_ms is None else round(self.search_ms, 4),
+            "tuning": None if self.tuning is None else self.tuning.describe(),
         }
 
 
@@ -261,12 +380,15 @@ def build_index(
     sample_queries: np.ndarray | None = None,
     k: int = 100,
     target_recall: float | None = None,
+    budget_ms: float | None = None,
+    timer: SearchTimer = search_seconds,
 ) -> BuiltIndex:
     """Choose (:func:`choose_index`), build over ``vectors`` (float ``[N, d]``) and ``ids``
-    (int64 ``[N]``) and, when the index is approximate and ``sample_queries`` (float
-    ``[B, d]``) are given, measure recall@k against an exact index built for the purpose.
-    With ``target_recall``, a search-time knob below it is raised first (see module doc);
-    the index's ``params`` then hold the value used."""
+    (int64 ``[N]``) and, when ``sample_queries`` (float ``[B, d]``) are given, time one
+    search (``timer``, :func:`search_seconds` by default) and, for an approximate index,
+    measure recall@k against an exact index built for the purpose. With ``target_recall``
+    and/or ``budget_ms``, the search-time knobs are tuned first (see module doc); the
+    index's ``params`` then hold the values used."""
     shape = np.shape(vectors)
     if len(shape) != 2:
         raise IndexInputError(f"vectors: expected shape [n, d], got {shape}")
@@ -285,10 +407,15 @@ def build_index(
         def tolerant(found: np.ndarray) -> float:
             return _tolerant(found, truth_scores, vecs, rows_of, sample_queries)
 
-        if target_recall is not None:
-            _tune(index, sample_queries, tolerant, k, target_recall)
+        if target_recall is not None or budget_ms is not None:
+            _, seconds, built.tuning = _tune(
+                index, sample_queries, tolerant, k, target_recall, budget_ms, timer
+            )
+            built.search_ms = seconds * 1e3
         found = index.search(sample_queries, k)[1]
         built.recall = _recall(found, truth)
         built.recall_tolerant = tolerant(found)
         built.recall_k = k
+    if sample_queries is not None and built.search_ms is None:
+        built.search_ms = timer(index, sample_queries, k) * 1e3
     return built

@@ -319,6 +319,7 @@ class _Admin(pb_grpc.AdminServicer):
             worker=s.siblings.me.index if s.siblings is not None else 0,
             workers=s.siblings.me.count if s.siblings is not None else 1,
             pid=os.getpid(),
+            **_index_status(bundle.index, bundle.manifest.metrics, bool(s.cfg.index_search)),
         )
 
     @_rpc("SetItemAvailability")
@@ -360,3 +361,17 @@ def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:
     if port == 0:
         raise TailoredError(f"cannot listen on {address} (in use, or not an address here)")
     return server, port
+
+
+def _index_status(index: Any, metrics: dict[str, Any], replaced: bool) -> dict[str, Any]:
+    """Status's index fields: the search-time parameters as served, and what the bundle's
+    build measured at the setting it kept (``metrics.index``)."""
+    built = metrics.get("index") or {}
+    recall = built.get("recall_tolerant")
+    knobs = getattr(index, "search_params", ())  # none for an exact index
+    return {
+        "index_search": {knob: int(index.params[knob]) for knob in knobs},
+        "index_recall": 1.0 if index.exact else float(recall or 0.0),
+        "index_search_ms": float(built.get("search_ms") or 0.0),
+        "index_search_source": "serve config" if replaced else "bundle",
+    }

@@ -287,6 +287,10 @@ class IndexConfig:
     # an approximate index searches wider (nprobe / efSearch doubled) until its measured
     # recall@k reaches this (0: keep the chosen parameters)
     target_recall: float = 0.95
+    # ... but only as wide as one search (batch 1, one thread, recall_k deep, timed on the
+    # building machine) stays within this many milliseconds; a default over it is narrowed
+    # (0: no budget). 0.75 ms keeps the search under the user tower's cost on a server core
+    search_budget_ms: float = 0.75
 
     def validate(self) -> None:
         _one_of("index", "kind", self.kind, ("auto", "exact", "hnsw", "ivfflat", "ivfpq", "torch"))
@@ -294,6 +298,11 @@ class IndexConfig:
         _positive("index", "recall_k", self.recall_k)
         if not 0.0 <= self.target_recall <= 1.0:
             raise ConfigError(f"[index] target_recall: must be in [0, 1], got {self.target_recall}")
+        if not 0.0 <= self.search_budget_ms < math.inf:
+            raise ConfigError(
+                f"[index] search_budget_ms: must be a finite number >= 0 (0: no budget), "
+                f"got {self.search_budget_ms}"
+            )
         for name, value in self.params.items():  # nlist, nprobe, m, k_factor, M, efSearch...
             _positive("index", f"params.{name}", value)
 

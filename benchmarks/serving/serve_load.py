@@ -185,6 +185,10 @@ def _status(target: str, token: str, items: int) -> dict[str, Any]:
         "index_kind": s.index_kind,
         "ranker": s.ranker,
         "state_backend": s.state_backend,
+        "index_search": dict(s.index_search),
+        "index_recall": s.index_recall,
+        "index_search_ms": s.index_search_ms,
+        "index_search_source": s.index_search_source,
     }
     if not s.ranker or s.items != items:
         raise RuntimeError(f"the server is not serving the bundle meant: {out}")

@@ -82,6 +82,8 @@ def test_a_bundle_holds_everything_and_verifies(built: tuple[Path, Path, BuildRe
     # 400 users with validation items, and a second list for most of them
     assert 400 < m["ranker"]["requests"] <= 800
     assert m["index"]["kind"] == "exact"  # 1,682 items: exact search is cheapest
+    # an exact index has nothing to tune, but its search is timed like any other
+    assert m["index"]["tuning"] is None and m["index"]["search_ms"] > 0
     assert m["refresh"]["new_items"] == 0 and m["refresh"]["items_per_second"] > 0
     assert m["two_tower"]["test"]["metrics"]["ndcg@10"] > 0
     assert manifest.extra["source"] == str(run.resolve())

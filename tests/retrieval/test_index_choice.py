@@ -3,6 +3,7 @@ that the index code keeps torch out of a serving process."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,14 @@ from tailored.errors import ConfigError
 from tailored.retrieval import (
     ExactIndex,
     HNSWIndex,
+    ItemIndex,
     IVFFlatIndex,
     IVFPQIndex,
     build_index,
     choose_index,
     load_index,
     measure_recall,
+    search_seconds,
     tolerant_recall,
 )
 from tailored.retrieval.synthetic import clustered_catalog
@@ -212,6 +215,99 @@ def test_ivf_tuning_stops_at_a_quarter_of_the_cells_with_a_warning(
         assert built.index.params["nprobe"] == 16  # 64 cells / 4
         assert built.recall_tolerant is not None and built.recall_tolerant < 0.999
         assert f"{kind} index: recall@10" in caplog.text and "short of the target" in caplog.text
+
+
+def _cost_per_probe(index: ItemIndex, queries: np.ndarray, k: int) -> float:
+    """A stand-in clock for the budget tests: 0.1 ms per cell visited (a real IVF search's
+    time grows the same way), so the budget's arithmetic is exact and the test not timing."""
+    return 1e-4 * index.params["nprobe"]
+
+
+def test_tuning_keeps_the_best_recall_the_search_budget_affords(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loose = clustered_catalog(2000, 16, 30, n_clusters=50, spread=1.0, seed=3)
+    build = functools.partial(
+        build_index, sample_queries=loose.queries, k=10, timer=_cost_per_probe
+    )
+    unbounded = build(
+        loose.vectors,
+        loose.ids,
+        kind="ivfflat",
+        params={"nlist": 32, "nprobe": 1},
+        target_recall=0.95,
+    )
+    wide = unbounded.index.params["nprobe"]
+    assert wide in (4, 8, 16) and unbounded.tuning is not None
+    assert unbounded.tuning.stopped == "target reached"
+    # a budget of 0.25 ms affords 2 cells: the target is not reached, and the log says why
+    with caplog.at_level("WARNING", logger="tailored.retrieval.choose"):
+        bounded = build(
+            loose.vectors,
+            loose.ids,
+            kind="ivfflat",
+            params={"nlist": 32, "nprobe": 1},
+            target_recall=0.95,
+            budget_ms=0.25,
+        )
+    assert bounded.index.params["nprobe"] == 2
+    assert bounded.search_ms == pytest.approx(0.2)
+    assert bounded.recall_tolerant is not None and unbounded.recall_tolerant is not None
+    assert bounded.recall_tolerant < 0.95 <= unbounded.recall_tolerant
+    assert "search budget of 0.25 ms" in caplog.text
+    info = bounded.describe()
+    assert info["search_ms"] == pytest.approx(0.2) and info["tuning"]["stopped"] == "budget"
+    assert info["tuning"]["budget_ms"] == 0.25
+    # every setting measured is on record, the one refused for its cost included
+    tried = {step["params"]["nprobe"]: step for step in info["tuning"]["steps"]}
+    assert set(tried) == {1, 2, 4} and tried[4]["search_ms"] == pytest.approx(0.4)
+    assert tried[2]["recall_tolerant"] == pytest.approx(bounded.recall_tolerant, abs=1e-4)
+    # a start the budget cannot afford is narrowed: 32 cells -> 2
+    narrowed = build(
+        loose.vectors,
+        loose.ids,
+        kind="ivfflat",
+        params={"nlist": 32, "nprobe": 32},
+        target_recall=0.95,
+        budget_ms=0.25,
+    )
+    assert narrowed.index.params["nprobe"] == 2 and narrowed.search_ms == pytest.approx(0.2)
+    # a budget wide enough changes nothing
+    roomy = build(
+        loose.vectors,
+        loose.ids,
+        kind="ivfflat",
+        params={"nlist": 32, "nprobe": 1},
+        target_recall=0.95,
+        budget_ms=10.0,
+    )
+    assert roomy.index.params["nprobe"] == wide
+
+
+def test_every_index_built_with_sample_queries_records_its_search_time() -> None:
+    data = clustered_catalog(3000, 16, 40, n_clusters=10, seed=6)
+    exact = build_index(data.vectors, data.ids, sample_queries=data.queries, k=10)
+    assert exact.search_ms is not None and exact.search_ms > 0 and exact.tuning is None
+    flat = build_index(
+        data.vectors,
+        data.ids,
+        kind="ivfflat",
+        params={"nlist": 16, "nprobe": 1},
+        sample_queries=data.queries,
+        k=10,
+        budget_ms=1e3,
+    )
+    assert flat.search_ms is not None and flat.search_ms > 0
+    assert flat.describe()["search_ms"] == pytest.approx(flat.search_ms, abs=1e-4)
+    # timed on one thread, and the process's FAISS threads are given back afterwards
+    import faiss
+
+    faiss.omp_set_num_threads(2)
+    try:
+        assert search_seconds(flat.index, data.queries, 10) > 0
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(1)
 
 
 def test_index_code_does_not_import_torch() -> None:

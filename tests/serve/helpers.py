@@ -1,8 +1,16 @@
-"""What the serving tests share: a real server on a loopback port over a bundle."""
+"""What the serving tests (and the fault benchmark) share: a real server on a loopback port
+over a bundle, and a private ``redis-server`` to stop and pause."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
+
+import redis
 
 from tailored.config import load_serve_config
 from tailored.data.pseudonym import Pseudonymizer
@@ -12,7 +20,7 @@ from tailored.serve.server import Service, create_server
 from tailored.serve.sqlite_state import SQLiteState
 from tests.helpers import TEST_KEY
 
-__all__ = ["TOKEN", "Running"]
+__all__ = ["TOKEN", "PrivateRedis", "Running"]
 
 TOKEN = "test-admin-token"
 
@@ -36,3 +44,52 @@ class Running:
         self.client.close()
         self.server.stop(None)
         self.service.close()
+
+
+class PrivateRedis:
+    """``redis-server`` on a free loopback port (never the machine's shared one) that a test
+    or benchmark may stop, pause and start again. In memory only, or with ``durable`` an
+    append-only file fsync'd on every write in ``workdir``, which a restart reads back."""
+
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        binary = self.binary()
+        if binary is None:
+            raise RuntimeError("no redis-server binary to start a private Redis with")
+        self.path, self.workdir, self.durable = binary, workdir, durable
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("redis-server")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--dir", str(self.workdir), "--appendonly"]
+        args += ["yes", "--appendfsync", "always"] if self.durable else ["no"]
+        self.proc = subprocess.Popen([self.path, *args], stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.RedisError:  # not listening yet, or reading its append-only file
+                time.sleep(0.05)
+        raise RuntimeError("the private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def pause(self, paused: bool) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)

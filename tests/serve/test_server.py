@@ -219,6 +219,9 @@ def test_admin_needs_the_bearer_token(running: Running) -> None:
     status = running.client.status()
     assert status.items == 1682 and status.users == 943 and status.ranker
     assert status.state_backend == "sqlite" and list(status.surfaces) == ["home", "item", "search"]
+    # the bundle's exact index: nothing to tune, its build-time search time reported
+    assert dict(status.index_search) == {} and status.index_recall == 1.0
+    assert status.index_search_ms > 0 and status.index_search_source == "bundle"
 
 
 def test_a_bad_bundle_is_refused_and_the_old_one_keeps_serving(
@@ -378,3 +381,50 @@ def test_index_search_parameters_apply_at_load_and_bad_ones_are_named() -> None:
     assert (flat.search(vectors[:5], 10)[1] == exact.search(vectors[:5], 10)[1]).all()
     with pytest.raises(TailoredError, match=r"index_search: ivfflat: 'k_factor' is not one of"):
         apply_search_params(flat, {"nprobe": 16, "k_factor": 4})
+
+
+def test_status_reports_the_tuned_index_and_a_serve_override(
+    serve_bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle whose index is IVF-Flat, tuned at build within a search budget: Status shows
+    the setting served, the recall and time the build measured for it, and whether
+    ``[serve] index_search`` replaced it."""
+    from tailored.retrieval import build_index
+    from tests.helpers import reseal
+
+    version = latest_bundle(serve_bundle)
+    assert version is not None
+    bundle = tmp_path / "bundles" / "v000001"
+    shutil.copytree(version, bundle)
+    items = np.load(bundle / "items" / "embeddings.npy")[1:]
+    users = np.load(bundle / "users" / "embeddings.npy")
+    built = build_index(
+        items,
+        np.arange(1, len(items) + 1, dtype=np.int64),
+        kind="ivfflat",
+        params={"nlist": 16, "nprobe": 1},
+        sample_queries=users[:200],
+        k=50,
+        target_recall=0.95,
+        budget_ms=100.0,
+    )
+    shutil.rmtree(bundle / "index")
+    built.index.save(bundle / "index")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["metrics"]["index"] = built.describe()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    reseal(bundle)
+    tuned = built.index.params["nprobe"]
+    assert built.recall_tolerant is not None and built.search_ms is not None
+    for overrides, nprobe, source in (({}, tuned, "bundle"), ({"nprobe": 16}, 16, "serve config")):
+        running = Running(bundle.parent, tmp_path / f"state-{source}.db", index_search=overrides)
+        try:
+            status = running.client.status()
+            assert status.index_kind == "ivfflat"
+            assert dict(status.index_search) == {"nprobe": nprobe}
+            assert status.index_search_source == source
+            # the build's measurement of its own setting, whichever setting is served
+            assert status.index_recall == pytest.approx(built.recall_tolerant)
+            assert status.index_search_ms == pytest.approx(built.search_ms, abs=1e-4)
+        finally:
+            running.stop()

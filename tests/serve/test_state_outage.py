@@ -6,17 +6,12 @@ own on another port (never the machine's shared one), stopped and paused for rea
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
@@ -28,59 +23,18 @@ from tailored.serve.server import STATE_HEALTH, Service, create_server
 from tailored.serve.state import open_state
 from tailored.serve.v1 import personalization_pb2 as pb
 from tests.helpers import TEST_KEY
+from tests.serve.helpers import PrivateRedis
 
 pytestmark = pytest.mark.slow  # serves the session's trained bundle (conftest's serve_bundle)
 
 
-class PrivateRedis:
-    """``redis-server`` on a free loopback port, in memory only, that a test may stop, pause
-    and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "no redis-server binary to start a private Redis with"
-            if os.environ.get("TAILORED_REQUIRE_REDIS") == "1":
-                pytest.fail(message)
-            pytest.skip(message)
-        self.binary, self.workdir = binary, workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-        self.proc = subprocess.Popen(
-            [self.binary, *args, "no", "--dir", str(self.workdir)], stdout=subprocess.DEVNULL
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("the private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def pause(self, paused: bool) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if PrivateRedis.binary() is None:
+        message = "no redis-server binary to start a private Redis with"
+        if os.environ.get("TAILORED_REQUIRE_REDIS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     r = PrivateRedis(tmp_path)
     r.start()
     yield r
