@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +31,7 @@ from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
-from tailored.serve.admission import Admission
+from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
 from tailored.serve.guard import StateGuard
@@ -87,7 +86,12 @@ class Service:
         token = admin_token if admin_token is not None else os.environ.get(cfg.admin_token_env)
         self.admin_token = token or None
         self.metrics = metrics or ServerMetrics()
-        self.admission = Admission(cfg.admitted_rpcs, SERVICE_NAMES, self.metrics.count)
+        self.admission = Admission(
+            cfg.admitted_rpcs,
+            SERVICE_NAMES,
+            self.metrics.count,
+            max_queue_seconds=cfg.max_queue_ms / 1e3,
+        )
         self.guard = StateGuard(cfg.state_retry_seconds, self._state_changed)
         self.health: health.HealthServicer | None = None  # set by create_server
         self.metrics.set_bundle(bundle.version)
@@ -342,7 +346,7 @@ def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:
     # workers answer refusals and health checks, which take microseconds
     threads = cfg.workers + max(4, cfg.workers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
+        TimedPool(threads),  # each call knows how long it waited for its thread
         interceptors=[service.admission],
         # a backstop only (refused there, a call is not counted): admission refuses first
         maximum_concurrent_rpcs=_BACKSTOP_RPCS,

@@ -354,6 +354,9 @@ class ServeConfig:
     # RPCs running at once (0: workers; at most workers, so each starts on its thread at
     # once); one more arriving is answered RESOURCE_EXHAUSTED at once instead of queueing
     max_concurrent_rpcs: int = 0
+    # a call that waited longer than this for a thread (the server is past its capacity) is
+    # refused with RESOURCE_EXHAUSTED when the thread takes it, at once (0: no limit)
+    max_queue_ms: float = 100.0
     max_events_per_track: int = 1000
     # Track refuses an event stamped more than this ahead of the serving clock (a client
     # sending nanoseconds, or a wrong clock, would otherwise freeze the user's newest events)
@@ -434,6 +437,10 @@ class ServeConfig:
             )
         if self.watch_seconds < 0:
             raise ConfigError(f"[serve] watch_seconds: must be >= 0, got {self.watch_seconds}")
+        if self.max_queue_ms < 0:
+            raise ConfigError(
+                f"[serve] max_queue_ms: must be >= 0 (0: no limit), got {self.max_queue_ms}"
+            )
         for name in (
             "event_max_future_seconds",
             "event_max_age_days",

@@ -5,6 +5,7 @@ limit is refused at once and counted; an undecodable request is INVALID_ARGUMENT
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,3 +70,36 @@ def test_other_services_pass_through_untouched() -> None:
     admission = Admission(0, {"tailored.v1.Personalization"}, lambda m, c: None)
     out = admission.intercept_service(lambda d: handler, _Details("/grpc.health.v1.Health/Check"))
     assert out is handler
+
+
+def test_a_call_that_waited_too_long_for_a_thread_is_refused_when_taken() -> None:
+    from tailored.serve.admission import TimedPool, queued_seconds
+
+    counted: list[tuple[str, str]] = []
+    admission = Admission(
+        4, {"tailored.v1.Personalization"}, lambda m, c: counted.append((m, c)), 0.05
+    )
+    handler = admission.intercept_service(
+        lambda d: grpc.unary_unary_rpc_method_handler(lambda r, c: queued_seconds()),
+        _Details("/tailored.v1.Personalization/Recommend"),
+    ).unary_unary
+    pool = TimedPool(1)
+    release = threading.Event()
+    try:
+        busy = pool.submit(release.wait, 10)  # the only thread, taken
+        late = pool.submit(handler, b"", _Context())
+        time.sleep(0.2)
+        release.set()
+        assert busy.result(10) is True
+        with pytest.raises(_Aborted) as refused:
+            late.result(10)
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "waited" in str(refused.value) and "max_queue_ms (50)" in str(refused.value)
+        assert counted == [("Recommend", "RESOURCE_EXHAUSTED")]
+        # a call that finds a thread free starts at once, and sees how long it waited
+        waited = pool.submit(handler, b"", _Context()).result(10)
+        assert 0.0 <= waited < 0.05 and counted == [("Recommend", "RESOURCE_EXHAUSTED")]
+        assert queued_seconds() == 0.0  # not a pool thread
+    finally:
+        release.set()
+        pool.shutdown()

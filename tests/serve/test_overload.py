@@ -1,5 +1,6 @@
-"""Overload: beyond ``max_concurrent_rpcs`` running calls, a call is refused on arrival with
-RESOURCE_EXHAUSTED instead of waiting in a queue, and every refusal is in the metrics."""
+"""Overload: beyond ``max_concurrent_rpcs`` running calls, or after waiting longer than
+``max_queue_ms`` for a thread, a call is refused with RESOURCE_EXHAUSTED when a thread takes
+it, and every refusal is in the metrics (the admission itself: test_admission.py)."""
 
 from __future__ import annotations
 
