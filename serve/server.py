@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import math
 import os
 import threading
 import time
@@ -147,6 +148,30 @@ class Service:
         self.state.close()
 
 
+class LogLimit:
+    """At most one log line per ``seconds`` for each key: :meth:`due` answers how many were
+    held back since the last one when a line is due, else ``None`` (an outage fails every
+    call, and a line per call would flood the log)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            at, held = self._last.get(key, (-math.inf, 0))
+            if now - at >= self.seconds:
+                self._last[key] = (now, 0)
+                return held
+            self._last[key] = (at, held + 1)
+            return None
+
+
+_STATE_ERRORS = LogLimit()
+
+
 def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Count and time the RPC, and turn domain errors into status codes."""
 
@@ -164,7 +189,9 @@ def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except BundleError as e:
                 code, message = grpc.StatusCode.FAILED_PRECONDITION, str(e)
             except StateError as e:  # the online state is unreachable or failed: retry later
-                _log.error("%s failed: %s", method, e)
+                held_back = _STATE_ERRORS.due(method)
+                if held_back is not None:  # one line per method every few seconds, not per call
+                    _log.error("%s failed: %s (and %d more since the last)", method, e, held_back)
                 code, message = grpc.StatusCode.UNAVAILABLE, str(e)
             except Exception:
                 _log.exception("%s failed", method)  # the request is not logged: it has ids

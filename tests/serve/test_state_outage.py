@@ -102,3 +102,15 @@ def test_an_outage_degrades_recommend_refuses_track_and_recovers(
     finally:
         server.stop(None)
         service.close()
+
+
+def test_errors_of_an_outage_are_logged_once_in_a_while_with_a_count() -> None:
+    from tailored.serve.server import LogLimit
+
+    limit = LogLimit(0.2)
+    assert limit.due("Track") == 0  # the first is logged
+    assert [limit.due("Track") for _ in range(5)] == [None] * 5  # held back, counted
+    assert limit.due("Recommend") == 0  # another method has its own
+    time.sleep(0.25)
+    assert limit.due("Track") == 5  # the next line says how many were held back
+    assert limit.due("Track") is None
