@@ -10,7 +10,7 @@ NaN, answer ``score=nan``). :func:`check_loaded` refuses such a bundle at load w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from tailored.bundle.format import BUNDLE_FILES, BundleError
 if TYPE_CHECKING:
     from tailored.bundle.runtime import LoadedBundle
 
-__all__ = ["check_loaded"]
+__all__ = ["ACTIVITY_COLUMNS", "check_loaded"]
+
+ACTIVITY_COLUMNS = 3  # an item's positive events: all, the last 7 days, the last 30 days
 
 
 def check_loaded(bundle: LoadedBundle) -> None:
@@ -40,11 +42,24 @@ def check_loaded(bundle: LoadedBundle) -> None:
     c.refs("item_neighbors", neighbors.ids)
     c.same_shape("item_neighbor_weights", neighbors.weights, "item_neighbors", neighbors.ids)
     c.rows("item_neighbor_weights", neighbors.weights, "float", 2)
+    if bundle.activity.table.shape[1:] != (ACTIVITY_COLUMNS,):
+        raise c.fail(
+            "item_activity",
+            f"{bundle.activity.table.shape}, expected {ACTIVITY_COLUMNS} columns (all, 7 days, "
+            "30 days)",
+        )
+    _widths(c, bundle)
     if len(bundle.index) != c.n - 1 or bundle.index.dim != emb.shape[1]:
         raise c.fail(
             "index",
             f"{len(bundle.index)} vectors of dimension {bundle.index.dim}, but the bundle has "
             f"{c.n - 1} items embedded in {emb.shape[1]} dimensions",
+        )
+    ids = np.sort(bundle.index.ids)
+    if not np.array_equal(ids, np.arange(1, c.n, dtype=np.int64)):
+        raise BundleError(
+            f"{c.root / BUNDLE_FILES['index'] / 'ids.npy'}: the index's ids must be the item "
+            f"rows 1..{c.n - 1}, each once; rebuild the bundle"
         )
     if bundle.context_popular is not None:
         c.refs("context_popular", bundle.context_popular.rows)
@@ -60,6 +75,26 @@ def check_loaded(bundle: LoadedBundle) -> None:
     c.same_shape("user_history_times", users.history_times, "user_history", users.history)
     if users.seen_items is not None:
         c.refs("user_seen_items", users.seen_items)
+
+
+def _widths(c: _Checker, bundle: LoadedBundle) -> None:
+    """Each array's width is what the ONNX graphs that read it declare: the user tower's
+    profile, history and output widths, the ranker's item and user feature widths."""
+    tower = {i.name: i.shape[1:] for i in bundle.user_tower.get_inputs()}
+    out = bundle.user_tower.get_outputs()[0].shape[1:]
+    c.width("item_embeddings", bundle.item_embeddings, out, "the user tower's output")
+    c.width("item_history", bundle.item_history, tower.get("history", [None, None])[1:])
+    users = bundle.users
+    if users is not None:
+        c.width("user_categorical", users.categorical, tower.get("user_cat"))
+        c.width("user_numeric", users.numeric, tower.get("user_num"))
+    if bundle.ranker is None:
+        return
+    ranker = {i.name: i.shape[1:] for i in bundle.ranker.get_inputs()}
+    c.width("item_categorical", bundle.items.categorical, ranker.get("item_cat"))
+    c.width("item_multi", bundle.items.multi, ranker.get("item_multi"))
+    c.width("item_numeric", bundle.items.numeric, ranker.get("item_num"))
+    c.width("item_embeddings", bundle.item_embeddings, ranker.get("item_emb"))
 
 
 class _Checker:
@@ -86,6 +121,23 @@ class _Checker:
         if kind == "float" and not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             raise self.fail(key, f"{bad} values are NaN or infinite")
+
+    def width(
+        self, key: str, arr: np.ndarray, declared: list[Any] | None, reader: str = ""
+    ) -> None:
+        """``arr``'s shape past its rows is ``declared`` (an ONNX input's shape past the
+        batch; a symbolic dimension matches anything; ``None``: nothing reads it)."""
+        if declared is None:
+            return
+        got = arr.shape[1:]
+        if len(got) != len(declared) or any(
+            isinstance(d, int) and d != g for d, g in zip(declared, got, strict=False)
+        ):
+            raise self.fail(
+                key,
+                f"rows of shape {tuple(got)}, but {reader or 'the model that reads it'} "
+                f"expects {tuple(declared)}",
+            )
 
     def refs(self, key: str, arr: np.ndarray) -> None:
         """``arr`` holds item rows: each within 0..N."""

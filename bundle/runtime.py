@@ -186,6 +186,15 @@ def _dense_width(ranker: Any | None, root: Path) -> int:
     return 0
 
 
+def _index(root: Path) -> ItemIndex:
+    """The bundle's index; a missing or inconsistent one is a :class:`BundleError` (the
+    message names the file)."""
+    try:
+        return load_index(root / BUNDLE_FILES["index"])
+    except TailoredError as e:
+        raise BundleError(f"{e}; rebuild the bundle") from e
+
+
 def _regression(root: Path, n_items: int) -> ItemRegression:
     pair = _optional_pair(root, "item_ease_rows", "item_ease_weights")
     if pair is None:
@@ -204,6 +213,11 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
             f"{BUNDLE_FILES['item_ease_weights']} ({w.dtype} {w.shape}) are not an item-item "
             f"model of {n_items} items: rows must be integers in [-1, K) for each item and "
             "row 0, weights a float K x K matrix"
+        )
+    if not np.isfinite(w).all():
+        raise BundleError(
+            f"{root / BUNDLE_FILES['item_ease_weights']}: {int((~np.isfinite(w)).sum())} "
+            "values are NaN or infinite; rebuild the bundle"
         )
     return ItemRegression(r.astype(np.int64), w)
 
@@ -275,7 +289,7 @@ class LoadedBundle:
                 load_npy(root / BUNDLE_FILES["item_neighbor_weights"]),
             ),
             item_regression=_regression(root, len(items_t)),
-            index=load_index(root / BUNDLE_FILES["index"]),
+            index=_index(root),
             user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
             ranker=ranker,
             users=UserSnapshot.load(root),

@@ -101,6 +101,13 @@ class ItemIndex(ABC):
     def __len__(self) -> int:
         return int(self._ids.shape[0])
 
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids of the vectors, in the order added (int64 ``[N]``, read-only)."""
+        view = self._ids.view()
+        view.flags.writeable = False
+        return view
+
     def build(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Replace the contents with ``vectors`` (float ``[N, d]``) under ``ids`` (int ``[N]``).
 
@@ -231,11 +238,13 @@ def load_index(path: str | Path, **options: Any) -> ItemIndex:
         index = ItemIndex.for_kind(meta["kind"])(int(meta["dim"]), **meta["params"], **options)
     except TailoredError as e:  # the file is named here, the constructor cannot
         raise type(e)(f"{root}: {e}") from e
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise TailoredError(f"{root}/ids.npy: {ids.dtype} {ids.shape}, expected 1-d integers")
     index._backend_read(root / "index.faiss")
     index._ids = np.ascontiguousarray(ids, dtype=np.int64)
     if index._backend_count() != ids.shape[0] or ids.shape[0] != meta["count"]:
         raise TailoredError(
-            f"{root}: {index._backend_count()} vectors, {ids.shape[0]} ids, "
-            f"index.json says {meta['count']}"
+            f"{root}/ids.npy: {ids.shape[0]} ids, but index.faiss holds "
+            f"{index._backend_count()} vectors and index.json says {meta['count']}"
         )
     return index
