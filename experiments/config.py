@@ -1,0 +1,371 @@
+"""Experiments declared in a TOML file: what runs, on whom, and what each variant changes.
+
+An experiments file::
+
+    [holdout]                 # optional: users kept out of every experiment
+    share = 0.05
+    salt = "holdout-2026"
+
+    [[experiment]]
+    name = "ranker-off"
+    layer = "ranking"         # experiments of one layer never share a user; layers are independent
+    salt = "ranker-off-1"     # the variant draw; never reused by another experiment
+    traffic = 0.5             # the share of the layer's users it takes ...
+    traffic_offset = 0.0      # ... starting here in the layer ([offset, offset + traffic))
+    start = 2026-12-01T00:00:00Z
+    end = 2027-01-01T00:00:00Z
+    control = "on"            # default: the first variant
+
+    [[experiment.variant]]
+    name = "on"
+    weight = 0.5
+
+    [[experiment.variant]]
+    name = "off"
+    weight = 0.5
+    ranker = false            # what the variant changes (see VARIANT_KEYS)
+
+A variant may change only what :data:`VARIANT_KEYS` names. Everything is checked at load and
+a refusal names the file, the experiment and the field (:class:`ExperimentError`); a server
+that is asked to load a bad file keeps the configuration it has.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tailored.errors import TailoredError
+
+__all__ = [
+    "VARIANT_KEYS",
+    "Experiment",
+    "ExperimentError",
+    "Experiments",
+    "Holdout",
+    "Variant",
+    "load_experiments",
+    "parse_experiments",
+]
+
+# what a variant may change, and the type of each value
+VARIANT_KEYS: dict[str, type] = {
+    "bundle": str,  # a bundle version (v000003) served instead of the current one
+    "ranker": bool,  # the re-ranker on or off
+    "candidates": int,  # retrieved per request before ranking
+    "mmr_lambda": float,  # diversity strength: 1 = relevance only
+    "popularity": bool,  # the non-personalized control: popular in the request's context
+}
+_EXPERIMENT_KEYS = {
+    "name",
+    "layer",
+    "salt",
+    "traffic",
+    "traffic_offset",
+    "start",
+    "end",
+    "control",
+    "variant",
+    "description",
+}
+_WEIGHT_TOLERANCE = 1e-9
+
+
+class ExperimentError(TailoredError):
+    """An experiments file that cannot be run; the message names the file, experiment and
+    field."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    weight: float
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    layer: str
+    salt: str
+    variants: tuple[Variant, ...]
+    control: str
+    start: dt.datetime
+    end: dt.datetime
+    traffic: float = 1.0
+    traffic_offset: float = 0.0
+    description: str = ""
+
+    def running(self, now: float) -> bool:
+        """Whether ``now`` (unix seconds) is within [start, end)."""
+        return self.start.timestamp() <= now < self.end.timestamp()
+
+    def status(self, now: float) -> str:
+        if now < self.start.timestamp():
+            return "scheduled"
+        return "running" if now < self.end.timestamp() else "ended"
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(v.weight for v in self.variants)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    share: float = 0.0
+    salt: str = "holdout"
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """Every experiment of a file, and the global holdout."""
+
+    experiments: tuple[Experiment, ...] = ()
+    holdout: Holdout = Holdout()
+    source: str = ""
+
+    def get(self, name: str) -> Experiment:
+        for e in self.experiments:
+            if e.name == name:
+                return e
+        known = [e.name for e in self.experiments]
+        raise ExperimentError(f"{self.source or 'experiments'}: no experiment {name!r} ({known})")
+
+    def bundles(self) -> frozenset[str]:
+        """The bundle versions the variants name (a server loads each beside its own)."""
+        return frozenset(
+            str(v.changes["bundle"])
+            for e in self.experiments
+            for v in e.variants
+            if "bundle" in v.changes
+        )
+
+
+def load_experiments(path: str | Path) -> Experiments:
+    """Read and check an experiments file (see the module docstring)."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ExperimentError(f"{p}: cannot read ({e.strerror or e})") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ExperimentError(f"{p}: not valid TOML ({e})") from e
+    return parse_experiments(doc, str(p))
+
+
+def parse_experiments(doc: Mapping[str, Any], source: str = "experiments") -> Experiments:
+    """Check a parsed experiments document (see the module docstring)."""
+    unknown = set(doc) - {"experiment", "holdout"}
+    if unknown:
+        raise ExperimentError(
+            f"{source}: unknown table(s) {sorted(unknown)}; expected [[experiment]] and [holdout]"
+        )
+    holdout = _holdout(doc.get("holdout", {}), source)
+    raw = doc.get("experiment", [])
+    if not isinstance(raw, list):
+        raise ExperimentError(f"{source}: 'experiment' must be an array of tables [[experiment]]")
+    experiments = tuple(_experiment(e, i, source) for i, e in enumerate(raw))
+    _check_together(experiments, holdout, source)
+    return Experiments(experiments, holdout, source)
+
+
+def _holdout(raw: Any, source: str) -> Holdout:
+    if not isinstance(raw, Mapping):
+        raise ExperimentError(f"{source}: [holdout] must be a table")
+    unknown = set(raw) - {"share", "salt"}
+    if unknown:
+        raise ExperimentError(f"{source}: [holdout] unknown key(s) {sorted(unknown)}")
+    share = _number(raw.get("share", 0.0), f"{source}: [holdout] share")
+    if not 0.0 <= share < 1.0:
+        raise ExperimentError(f"{source}: [holdout] share: must be in [0, 1), got {share}")
+    salt = raw.get("salt", "holdout")
+    if not isinstance(salt, str) or not salt:
+        raise ExperimentError(f"{source}: [holdout] salt: must be a non-empty string")
+    return Holdout(share, salt)
+
+
+def _experiment(raw: Any, index: int, source: str) -> Experiment:
+    if not isinstance(raw, Mapping):
+        raise ExperimentError(f"{source}: experiment #{index + 1} must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ExperimentError(
+            f"{source}: experiment #{index + 1}: 'name' must be a non-empty string"
+        )
+    where = f"{source}: experiment {name!r}"
+    unknown = set(raw) - _EXPERIMENT_KEYS
+    if unknown:
+        raise ExperimentError(
+            f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(_EXPERIMENT_KEYS)}"
+        )
+    for key in ("layer", "salt"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            raise ExperimentError(f"{where}: {key!r} must be a non-empty string")
+    traffic = _number(raw.get("traffic", 1.0), f"{where}: traffic")
+    offset = _number(raw.get("traffic_offset", 0.0), f"{where}: traffic_offset")
+    if not 0.0 < traffic <= 1.0:
+        raise ExperimentError(f"{where}: traffic: must be in (0, 1], got {traffic}")
+    if not offset >= 0.0 or offset + traffic > 1.0 + _WEIGHT_TOLERANCE:
+        raise ExperimentError(
+            f"{where}: traffic_offset + traffic must lie within [0, 1] (the layer's users), "
+            f"got [{offset}, {offset + traffic})"
+        )
+    start, end = _time(raw, "start", where), _time(raw, "end", where)
+    if end <= start:
+        raise ExperimentError(f"{where}: end ({end.isoformat()}) is not after start")
+    variants = _variants(raw.get("variant"), where)
+    control = raw.get("control", variants[0].name)
+    if control not in {v.name for v in variants}:
+        raise ExperimentError(
+            f"{where}: control {control!r} is not one of its variants {[v.name for v in variants]}"
+        )
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ExperimentError(f"{where}: description must be a string")
+    return Experiment(
+        name=name,
+        layer=raw["layer"],
+        salt=raw["salt"],
+        variants=variants,
+        control=control,
+        start=start,
+        end=end,
+        traffic=traffic,
+        traffic_offset=offset,
+        description=description,
+    )
+
+
+def _variants(raw: Any, where: str) -> tuple[Variant, ...]:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ExperimentError(
+            f"{where}: needs at least two variants ([[experiment.variant]] tables)"
+        )
+    out = []
+    names: set[str] = set()
+    for i, v in enumerate(raw):
+        if not isinstance(v, Mapping):
+            raise ExperimentError(f"{where}: variant #{i + 1} must be a table")
+        name = v.get("name")
+        if not isinstance(name, str) or not name:
+            raise ExperimentError(f"{where}: variant #{i + 1}: 'name' must be a non-empty string")
+        if name in names:
+            raise ExperimentError(f"{where}: variant {name!r} is declared twice")
+        names.add(name)
+        at = f"{where}, variant {name!r}"
+        weight = _number(v.get("weight"), f"{at}: weight")
+        if not weight > 0:
+            raise ExperimentError(f"{at}: weight: must be > 0, got {weight}")
+        changes = {k: x for k, x in v.items() if k not in ("name", "weight")}
+        for key, value in changes.items():
+            if key not in VARIANT_KEYS:
+                raise ExperimentError(
+                    f"{at}: unknown key {key!r}; a variant may change {sorted(VARIANT_KEYS)}"
+                )
+            _check_change(key, value, at)
+        out.append(Variant(name, weight, changes))
+    total = sum(v.weight for v in out)
+    if abs(total - 1.0) > 1e-6:
+        raise ExperimentError(
+            f"{where}: variant weights sum to {total:g}, not 1 "
+            f"({', '.join(f'{v.name} {v.weight:g}' for v in out)})"
+        )
+    return tuple(out)
+
+
+def _check_change(key: str, value: Any, at: str) -> None:
+    kind = VARIANT_KEYS[key]
+    if kind is float:
+        value = _number(value, f"{at}: {key}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ExperimentError(f"{at}: {key}: must be an integer, got {value!r}")
+    elif not isinstance(value, kind):
+        raise ExperimentError(f"{at}: {key}: must be a {kind.__name__}, got {value!r}")
+    if key == "candidates" and value < 1:
+        raise ExperimentError(f"{at}: candidates: must be >= 1, got {value}")
+    if key == "mmr_lambda" and not 0.0 <= value <= 1.0:
+        raise ExperimentError(f"{at}: mmr_lambda: must be in [0, 1], got {value}")
+    if key == "bundle" and not value:
+        raise ExperimentError(f"{at}: bundle: must name a bundle version, like 'v000003'")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ExperimentError(f"{where}: must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ExperimentError(f"{where}: must be a finite number, got {value}")
+    return float(value)
+
+
+def _time(raw: Mapping[str, Any], key: str, where: str) -> dt.datetime:
+    value = raw.get(key)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError as e:
+            raise ExperimentError(f"{where}: {key}: not an ISO 8601 time ({value!r})") from e
+    if not isinstance(value, dt.datetime):
+        raise ExperimentError(
+            f"{where}: {key}: must be a date-time with its offset, like 2026-12-01T00:00:00Z"
+        )
+    if value.tzinfo is None:
+        raise ExperimentError(
+            f"{where}: {key}: {value.isoformat()} has no UTC offset (write ...Z or +01:00)"
+        )
+    return value
+
+
+def _check_together(experiments: tuple[Experiment, ...], holdout: Holdout, source: str) -> None:
+    """Names and salts unique; within a layer, experiments whose time windows overlap take
+    disjoint shares of the layer's users."""
+    names: dict[str, int] = {}
+    salts: dict[str, str] = {holdout.salt: "[holdout]"} if holdout.share else {}
+    for e in experiments:
+        if e.name in names:
+            raise ExperimentError(f"{source}: experiment {e.name!r} is declared twice")
+        names[e.name] = 1
+        if e.salt in salts:
+            raise ExperimentError(
+                f"{source}: experiment {e.name!r}: salt {e.salt!r} is already used by "
+                f"{salts[e.salt]}; a reused salt makes assignments correlate across "
+                "experiments (give each its own)"
+            )
+        salts[e.salt] = f"experiment {e.name!r}"
+    for i, a in enumerate(experiments):
+        for b in experiments[i + 1 :]:
+            if a.end <= b.start or b.end <= a.start:
+                continue
+            if a.layer != b.layer:  # one user may be in both: they must not change one thing
+                both = _changed(a) & _changed(b)
+                if both:
+                    raise ExperimentError(
+                        f"{source}: experiments {a.name!r} (layer {a.layer!r}) and {b.name!r} "
+                        f"(layer {b.layer!r}) run at the same time and both change "
+                        f"{sorted(both)}; put them in one layer to make them exclusive"
+                    )
+                continue
+            lo = max(a.traffic_offset, b.traffic_offset)
+            hi = min(a.traffic_offset + a.traffic, b.traffic_offset + b.traffic)
+            if hi - lo > _WEIGHT_TOLERANCE:
+                raise ExperimentError(
+                    f"{source}: experiments {a.name!r} and {b.name!r} run at the same time in "
+                    f"layer {a.layer!r} and both take the layer's users in [{lo:g}, {hi:g}); "
+                    "give them disjoint traffic_offset / traffic, or different layers"
+                )
+
+
+def _changed(e: Experiment) -> set[str]:
+    return {key for v in e.variants for key in v.changes}
