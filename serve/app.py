@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=-1, help="Prometheus port (-1: off)")
     p.add_argument("--no-watch", action="store_true", help="do not watch for new versions")
     p.add_argument("--clock", choices=["wall", "bundle"], help="override [serve] clock")
+    p.add_argument(
+        "--experiments", type=Path, help="an experiments file (override [serve] experiments)"
+    )
     p.add_argument("--key-file", type=Path, help="pseudonymization key (default: as for data)")
     # set by the supervisor of [serve] processes > 1 for each of its workers
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -55,6 +58,7 @@ def worker_args(args: argparse.Namespace) -> list[str]:
         ("--config", args.config),
         ("--state", args.state),
         ("--clock", args.clock),
+        ("--experiments", args.experiments),
         ("--key-file", args.key_file),
     ):
         if value is not None:
@@ -66,7 +70,11 @@ def run(args: argparse.Namespace, *, verbose: bool = False) -> int:
     """Serve until SIGTERM or SIGINT (the flags of :func:`add_arguments`); the exit status."""
     from tailored.config import load_serve_config
 
-    cfg = load_serve_config(args.config, overrides={"state": args.state, "clock": args.clock})
+    experiments = str(args.experiments) if args.experiments is not None else None
+    cfg = load_serve_config(
+        args.config,
+        overrides={"state": args.state, "clock": args.clock, "experiments": experiments},
+    )
     if cfg.processes > 1 and args.worker is None:
         return _supervise(args, cfg, verbose)
     return _serve_one(args, cfg)

@@ -116,6 +116,14 @@ class Client:
         )
         return resp
 
+    def reload_experiments(self, path: str = "") -> pb.ReloadExperimentsResponse:
+        resp: pb.ReloadExperimentsResponse = self.admin.ReloadExperiments(
+            pb.ReloadExperimentsRequest(path=path),
+            timeout=max(self.timeout, 120),
+            metadata=self._auth,
+        )
+        return resp
+
     def reload(self, path: str = "") -> pb.ReloadBundleResponse:
         resp: pb.ReloadBundleResponse = self.admin.ReloadBundle(
             pb.ReloadBundleRequest(path=path), timeout=max(self.timeout, 120), metadata=self._auth

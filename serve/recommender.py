@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,9 @@ class Request:
     exclude: Collection[str] = ()
     profile: Mapping[str, str] = None  # type: ignore[assignment]
     online: tuple[StoredEvent, ...] = ()
+    # an experiment variant's changes (tailored.experiments.VARIANT_KEYS): candidates,
+    # ranker, mmr_lambda, popularity; {} serves as configured
+    variant: Mapping[str, Any] = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,9 @@ class Recommender:
         excluded = self._rows(req.exclude) | self._rows(unavailable)
         user_cat, user_num, has_profile = self._profile(req.profile or {})  # always checked
         context, has_context = self._context(req)
-        if not req.personalized:  # no behaviour of theirs; the page's context is no profile
+        variant = req.variant or {}
+        if not req.personalized or variant.get("popularity"):  # no behaviour of theirs (or
+            # the experiment's non-personalized control); the page's context is no profile
             return self._popular(req.k, excluded, context[0])
         row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
         if row is not None and self.bundle.users is not None:  # the bundle knows this user
@@ -145,7 +151,8 @@ class Recommender:
         seen = set(hist.tolist())  # the snapshot's recent positives and the online ones
         if row is not None and self.bundle.users is not None:
             seen.update(self.bundle.users.seen(row).tolist())  # and every older one
-        scores, cands = self.bundle.retrieve(emb, self.cfg.candidates, [seen | excluded])
+        depth = int(variant.get("candidates", self.cfg.candidates))
+        scores, cands = self.bundle.retrieve(emb, depth, [seen | excluded])
         keep = cands[0] > 0
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
@@ -163,10 +170,17 @@ class Recommender:
             regression=self.bundle.item_regression,
         )
         users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
-        ranked = self.bundle.rank(
-            users=users, context=context, candidates=cands[None], dense=dense[None], user_emb=emb
-        )[0]
-        picked = self._diversify(ranked, cands, req.k)
+        if variant.get("ranker", True):
+            ranked = self.bundle.rank(
+                users=users,
+                context=context,
+                candidates=cands[None],
+                dense=dense[None],
+                user_emb=emb,
+            )[0]
+        else:  # the experiment's "no re-ranker": the two towers' own order
+            ranked = scores.astype(np.float32)
+        picked = self._diversify(ranked, cands, req.k, variant.get("mmr_lambda"))
         rows = cands[picked]
         personal = row is not None or len(hist) > 0
         return Recommendation(
@@ -304,9 +318,12 @@ class Recommender:
         codes = [vocab.get(given.get(name, ""), 0) for name, vocab in self.context_vocabs.items()]
         return np.asarray([codes], np.int64).reshape(1, len(codes)), any(codes)
 
-    def _diversify(self, scores: np.ndarray, cands: np.ndarray, k: int) -> np.ndarray:
-        if self.cfg.diversity == "mmr":
-            return mmr(scores, self.bundle.item_embeddings[cands], k, self.cfg.mmr_lambda)
+    def _diversify(
+        self, scores: np.ndarray, cands: np.ndarray, k: int, mmr_lambda: float | None = None
+    ) -> np.ndarray:
+        if mmr_lambda is not None or self.cfg.diversity == "mmr":
+            strength = self.cfg.mmr_lambda if mmr_lambda is None else float(mmr_lambda)
+            return mmr(scores, self.bundle.item_embeddings[cands], k, strength)
         if self.cfg.diversity == "category_cap":
             return category_cap(scores, self.categories[cands], k, self.cfg.cap_per_value)
         return np.argsort(-scores, kind="stable")[:k].astype(np.int64)

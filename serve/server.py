@@ -32,13 +32,15 @@ from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
+from tailored.experiments import Assignment
 from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
+from tailored.serve.experiments import ServedExperiments, load_served
 from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
 from tailored.serve.recommender import Request, RequestError
-from tailored.serve.state import PERSONALIZATION, OnlineState, StateError
+from tailored.serve.state import PERSONALIZATION, OnlineState, StateError, StoredEvent
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
 from tailored.serve.workers import Siblings
@@ -98,6 +100,9 @@ class Service:
         self.metrics.set_bundle(bundle.version)
         bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
+        self.experiments: ServedExperiments | None = None
+        if cfg.experiments:
+            self.experiments = self.load_experiments(cfg.experiments)
         self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._lock = threading.Lock()
         fingerprint = bundle.current.bundle.manifest.data.get("key_fingerprint")
@@ -107,6 +112,12 @@ class Service:
                 "with (fingerprints differ): known users would look new; serve with the "
                 "dataset's key (TAILORED_PSEUDONYM_KEY or $TAILORED_HOME/pseudonym.key)"
             )
+
+    def load_experiments(self, path: str) -> ServedExperiments:
+        """Check the experiments file at ``path`` and load the bundles its variants name,
+        beside the served bundle (:func:`tailored.serve.experiments.load_served`)."""
+        current = self.bundle.current
+        return load_served(path, current.bundle.manifest.path.parent, self.cfg, current)
 
     def now(self) -> float:
         """The serving clock, unix seconds (see [serve] clock)."""
@@ -205,6 +216,26 @@ def _rpc(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return wrap
 
 
+def _log_exposures(
+    s: Service,
+    experiments: ServedExperiments,
+    user: str,
+    assigned: tuple[Assignment, ...],
+    events: tuple[StoredEvent, ...],
+    now: float,
+    surface: str,
+) -> None:
+    """Write the user's first exposure to each experiment they are served under; a state
+    that fails here fails no request (the exposure is written on a later one)."""
+    new = experiments.exposures(user, assigned, events, int(now * 1000), surface)
+    if not new:
+        return
+    try:
+        s.guard.call(s.state.record, {user: new}, default_allows=s.default_allows())
+    except StateError:
+        experiments.forget_written(user, assigned)
+
+
 def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -231,18 +262,29 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         personalized = state is not None and state.allows(
             PERSONALIZATION, default=s.default_allows()
         )
+        now = s.now()
+        experiments = s.experiments  # one configuration for the whole request
+        assigned: tuple[Assignment, ...] = ()
+        changes: dict[str, Any] = {}
+        if experiments is not None and personalized and state is not None:
+            # without consent: the control experience (the configured one), counted nowhere
+            assigned = experiments.assign(user, now)
+            changes = experiments.changes(assigned)
+            rec = experiments.recommender(changes, rec)
+            _log_exposures(s, experiments, user, assigned, state.events, now, args.surface)
         _check_deadline(context, "ranking")
         result = rec.recommend(
             Request(
                 user=user,
                 k=args.k,
                 surface=args.surface,
-                time=args.time_ms / 1000 if args.time_ms else s.now(),
+                time=args.time_ms / 1000 if args.time_ms else now,
                 personalized=personalized,
                 context=args.context,
                 exclude=args.exclude,
                 profile=args.profile,
                 online=state.events if personalized and state is not None else (),
+                variant=changes,
             ),
             s.unavailable(),
         )
@@ -258,6 +300,9 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             request_id=uuid.uuid4().hex,
             strategy=result.strategy,
             degraded=state is None,
+            assignments=[
+                pb.Assignment(experiment=a.experiment, variant=a.variant) for a in assigned
+            ],
         )
 
     @_rpc("Track")
@@ -328,6 +373,38 @@ class _Admin(pb_grpc.AdminServicer):
                 )
         return pb.ReloadBundleResponse(
             bundle_version=new, previous_version=old, load_seconds=seconds
+        )
+
+    @_rpc("ReloadExperiments")
+    def ReloadExperiments(
+        self, request: pb.ReloadExperimentsRequest, context: grpc.ServicerContext
+    ) -> pb.ReloadExperimentsResponse:
+        self._authorize(context)
+        s = self.service
+        if s.siblings is not None and s.siblings.me.count > 1:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "ReloadExperiments reaches one of this address's processes ([serve] processes "
+                "> 1): restart the server with the new [serve] experiments instead",
+            )
+        path = request.path or s.cfg.experiments
+        if not path:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "path: no experiments file given, and the server was started without one",
+            )
+        try:
+            served = s.load_experiments(path)
+        except TailoredError as e:  # the running configuration stays
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+        s.experiments = served
+        now = s.now()
+        exps = served.experiments.experiments
+        _log.info("experiments reloaded from %s: %d declared", path, len(exps))
+        return pb.ReloadExperimentsResponse(
+            running=[e.name for e in exps if e.running(now)],
+            experiments=len(exps),
+            bundles=sorted(served.bundles),
         )
 
     @_rpc("Status")

@@ -354,6 +354,8 @@ class ServeConfig:
     # RPCs running at once (0: workers; at most workers, so each starts on its thread at
     # once); one more arriving is answered RESOURCE_EXHAUSTED at once instead of queueing
     max_concurrent_rpcs: int = 0
+    # an experiments file (tailored.experiments) loaded at start; ReloadExperiments reloads it
+    experiments: str = ""
     # a call that waited longer than this for a thread (the server is past its capacity) is
     # refused with RESOURCE_EXHAUSTED when the thread takes it, at once (0: no limit)
     max_queue_ms: float = 100.0

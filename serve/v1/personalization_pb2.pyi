@@ -77,18 +77,28 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "bundle_version", "request_id", "strategy", "degraded")
+    __slots__ = ("items", "bundle_version", "request_id", "strategy", "degraded", "assignments")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     bundle_version: str
     request_id: str
     strategy: str
     degraded: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ...) -> None: ...
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("experiment", "variant")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    variant: str
+    def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context")
@@ -218,3 +228,19 @@ class SetItemAvailabilityResponse(_message.Message):
     UNAVAILABLE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     unavailable_total: int
     def __init__(self, unavailable_total: _Optional[int] = ...) -> None: ...
+
+class ReloadExperimentsRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class ReloadExperimentsResponse(_message.Message):
+    __slots__ = ("running", "experiments", "bundles")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    running: _containers.RepeatedScalarFieldContainer[str]
+    experiments: int
+    bundles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, running: _Optional[_Iterable[str]] = ..., experiments: _Optional[int] = ..., bundles: _Optional[_Iterable[str]] = ...) -> None: ...

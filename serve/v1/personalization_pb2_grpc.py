@@ -197,6 +197,11 @@ class AdminStub:
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadBundleRequest.SerializeToString,
                 response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadBundleResponse.FromString,
                 _registered_method=True)
+        self.ReloadExperiments = channel.unary_unary(
+                '/tailored.v1.Admin/ReloadExperiments',
+                request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsRequest.SerializeToString,
+                response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/tailored.v1.Admin/Status',
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.StatusRequest.SerializeToString,
@@ -214,6 +219,14 @@ class AdminServicer:
 
     def ReloadBundle(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadExperiments(self, request, context):
+        """replace the running experiments; a file that does not check (or a bundle a variant
+        names that does not verify) is refused with INVALID_ARGUMENT and nothing changes
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -237,6 +250,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReloadBundle,
                     request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadBundleRequest.FromString,
                     response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadBundleResponse.SerializeToString,
+            ),
+            'ReloadExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadExperiments,
+                    request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsRequest.FromString,
+                    response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -276,6 +294,33 @@ class Admin:
             '/tailored.v1.Admin/ReloadBundle',
             tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadBundleRequest.SerializeToString,
             tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailored.v1.Admin/ReloadExperiments',
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsRequest.SerializeToString,
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
