@@ -45,7 +45,7 @@ which the operator configures; with neither AOF nor snapshots a Redis restart lo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -295,6 +295,18 @@ class RedisState(OnlineState):
             consent=None if consent is None else _split(consent),
             events=tuple(_decode(m) for m in (members[0] if members else [])),
         )
+
+    def scan(self, types: Collection[str] | None = None) -> Iterator[tuple[str, StoredEvent]]:
+        chosen = None if types is None else frozenset(types)
+        pattern = f"{self.prefix}:ev:*"
+        start = len(self.prefix) + len(":ev:")
+        keys = self._call("scan users", lambda: sorted(self._client.scan_iter(pattern, 1000)))
+        for key in keys:
+            members = self._call("scan user", self._client.zrange, key, 0, -1)
+            for m in members:
+                event = _decode(m)
+                if chosen is None or event.type in chosen:
+                    yield key[start:], event
 
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         chosen = frozenset(purposes)

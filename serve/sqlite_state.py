@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -285,6 +285,24 @@ class SQLiteState(OnlineState):
             consent=None if row is None else _split(row[0]),
             events=tuple(StoredEvent(*r) for r in reversed(rows)),
         )
+
+    def scan(self, types: Collection[str] | None = None) -> Iterator[tuple[str, StoredEvent]]:
+        conn = self._connect()  # its own connection: a long read beside the requests'
+        try:
+            where, args = "", ()
+            if types is not None:
+                chosen = tuple(types)
+                where = f"WHERE type IN ({','.join('?' * len(chosen))}) " if chosen else "WHERE 0 "
+                args = chosen
+            rows = conn.execute(
+                "SELECT user, item, type, time_ms, value, surface FROM events "
+                f"{where}ORDER BY user, time_ms, seq",
+                args,
+            )
+            for user, *event in rows:
+                yield user, StoredEvent(*event)
+        finally:
+            conn.close()
 
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         chosen = frozenset(purposes)

@@ -11,7 +11,7 @@ returns; only then does the server acknowledge it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -84,6 +84,12 @@ class OnlineState(ABC):
     @abstractmethod
     def user(self, user: str, limit: int) -> UserState:
         """``user``'s consent and last ``limit`` events by time (ties by arrival)."""
+
+    @abstractmethod
+    def scan(self, types: Collection[str] | None = None) -> Iterator[tuple[str, StoredEvent]]:
+        """Every kept event as (user pseudonym, event), of ``types`` only if given; users one
+        after another, each user's events by time (for analyses such as experiment
+        metrics, not for requests)."""
 
     @abstractmethod
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:

@@ -102,6 +102,24 @@ def test_events_oldest_first_ties_in_arrival_order(state: OnlineState) -> None:
     assert got.events[0] == ev("b", 100)
 
 
+def test_scan_returns_every_kept_event_by_user_then_time(state: OnlineState) -> None:
+    state.record(
+        {"b": [ev("x", 20), ev("exp:one", 10, "exposure")], "a": [ev("y", 5), ev("z", 1)]},
+        default_allows=True,
+    )
+    state.record({"c": [ev("w", 3)]}, default_allows=False)  # dropped: no consent
+    assert list(state.scan()) == [
+        ("a", ev("z", 1)),
+        ("a", ev("y", 5)),
+        ("b", ev("exp:one", 10, "exposure")),
+        ("b", ev("x", 20)),
+    ]
+    assert list(state.scan({"exposure"})) == [("b", ev("exp:one", 10, "exposure"))]
+    assert list(state.scan(())) == []
+    state.forget("a")
+    assert [u for u, _ in state.scan()] == ["b", "b"]
+
+
 def test_limit_returns_the_most_recent(state: OnlineState) -> None:
     state.record({"u": [ev(f"i{t}", t) for t in range(10)]}, default_allows=True)
     assert [e.time_ms for e in state.user("u", 3).events] == [7, 8, 9]
