@@ -289,7 +289,8 @@ class SQLiteState(OnlineState):
     def scan(self, types: Collection[str] | None = None) -> Iterator[tuple[str, StoredEvent]]:
         conn = self._connect()  # its own connection: a long read beside the requests'
         try:
-            where, args = "", ()
+            where = ""
+            args: tuple[str, ...] = ()
             if types is not None:
                 chosen = tuple(types)
                 where = f"WHERE type IN ({','.join('?' * len(chosen))}) " if chosen else "WHERE 0 "
