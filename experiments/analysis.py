@@ -1,0 +1,282 @@
+"""An experiment's result from the event log: who was exposed to what, what they did after,
+and the statistics of each variant against the control.
+
+The input is the online state's events as ``(user, type, item_id, time_ms, value)`` (the
+serving layer's ``OnlineState.scan``). A user is in the analysis from their first exposure
+to the experiment (an ``exposure`` event, item id ``EXPERIMENT:VARIANT``): their variant is
+that exposure's, and only their events at or after it count (events before it, within
+``pre_days``, are the CUPED covariate of the same metric). The metrics, per exposed user:
+
+- ``clicks`` per user, ``conversions`` (purchases) per user, ``dwell`` (seconds of views)
+  per user, ``impressions`` per user, and ``<type>`` per user for each extra event type
+  asked for: means, compared with Welch's test, CUPED-adjusted;
+- ``ctr``: clicks over impressions, a ratio metric (delta method), for the users with at
+  least one impression.
+
+Each non-control variant is compared with the control at a fixed horizon and with the
+always-valid sequential interval (:mod:`tailored.experiments.stats`); the users per variant
+are checked against the declared weights (SRM). :func:`analyze` also gives the cumulative
+lift of the first metric day by day, for the report's chart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tailored.experiments.config import Experiment
+from tailored.experiments.stats import (
+    DEFAULT_PLANNED_N,
+    compare_means,
+    compare_ratios,
+    srm_test,
+)
+
+__all__ = ["EXPOSURE", "MEAN_METRICS", "Event", "analyze", "exposed_users"]
+
+EXPOSURE = "exposure"
+Event = tuple[str, str, str, int, float]  # user, type, item_id, time_ms, value
+# metric -> (event type, what is summed: "count" or "value")
+MEAN_METRICS: dict[str, tuple[str, str]] = {
+    "clicks": ("click", "count"),
+    "conversions": ("purchase", "count"),
+    "dwell": ("view", "value"),
+    "impressions": ("impression", "count"),
+}
+_DAY_MS = 86_400_000
+
+
+@dataclass
+class _User:
+    variant: str
+    exposed_ms: int
+    after: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    before: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    events: list[tuple[int, str, float]] = field(default_factory=list)  # (time, type, value)
+
+
+def exposed_users(experiment: Experiment, events: Iterable[Event]) -> dict[str, tuple[str, int]]:
+    """Each exposed user's (variant, first exposure time in ms)."""
+    prefix = f"{experiment.name}:"
+    names = {v.name for v in experiment.variants}
+    first: dict[str, tuple[str, int]] = {}
+    for user, kind, item, time_ms, _ in events:
+        if kind != EXPOSURE or not item.startswith(prefix):
+            continue
+        variant = item[len(prefix) :]
+        if variant in names and (user not in first or time_ms < first[user][1]):
+            first[user] = (variant, time_ms)
+    return first
+
+
+def _users(
+    experiment: Experiment, events: Sequence[Event], extra_types: Sequence[str], pre_days: float
+) -> dict[str, _User]:
+    exposed = exposed_users(experiment, events)
+    users = {u: _User(v, t) for u, (v, t) in exposed.items()}
+    measured = {**{k: v for k, v in MEAN_METRICS.items()}, **{t: (t, "count") for t in extra_types}}
+    by_type: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for metric, (kind, how) in measured.items():
+        by_type[kind].append((metric, how))
+    pre_ms = pre_days * _DAY_MS
+    for user, kind, _, time_ms, value in events:
+        u = users.get(user)
+        if u is None or kind not in by_type:
+            continue
+        for metric, how in by_type[kind]:
+            amount = float(value) if how == "value" else 1.0
+            if time_ms >= u.exposed_ms:
+                u.after[metric] += amount
+            elif time_ms >= u.exposed_ms - pre_ms:
+                u.before[metric] += amount
+        if time_ms >= u.exposed_ms:
+            u.events.append((time_ms, kind, float(value)))
+    return users
+
+
+def _arms(users: dict[str, _User], variant: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [u for u in users.values() if u.variant == variant]
+    after = np.array([u.after.get(metric, 0.0) for u in rows], dtype=np.float64)
+    before = np.array([u.before.get(metric, 0.0) for u in rows], dtype=np.float64)
+    return after, before
+
+
+def _compare(
+    users: dict[str, _User],
+    control: str,
+    variant: str,
+    metric: str,
+    *,
+    alpha: float,
+    planned_n: int,
+) -> dict[str, Any]:
+    """Fixed-horizon (CUPED when the covariate varies) and sequential comparisons, or why
+    there is none."""
+    y_c, x_c = _arms(users, control, metric)
+    y_t, x_t = _arms(users, variant, metric)
+    if min(len(y_c), len(y_t)) < 2:
+        return {"error": "fewer than 2 exposed users in an arm"}
+    out: dict[str, Any] = {}
+    try:
+        use_cuped = float(np.var(np.concatenate([x_c, x_t]))) > 0
+        covariates: dict[str, Any] = (
+            {"covariate_control": x_c, "covariate_treatment": x_t} if use_cuped else {}
+        )
+        out["fixed"] = compare_means(y_c, y_t, alpha=alpha, **covariates).to_dict()
+        out["plain"] = compare_means(y_c, y_t, alpha=alpha).to_dict()
+        out["sequential"] = compare_means(
+            y_c, y_t, alpha=alpha, sequential=True, planned_n=planned_n
+        ).to_dict()
+        out["cuped"] = use_cuped
+    except ValueError as e:  # no variance at all (every user 0), say
+        out = {"error": str(e)}
+    return out
+
+
+def _ratio(
+    users: dict[str, _User], control: str, variant: str, *, alpha: float, planned_n: int
+) -> dict[str, Any]:
+    def arm(name: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = [u for u in users.values() if u.variant == name and u.after.get("impressions")]
+        clicks = np.array([u.after.get("clicks", 0.0) for u in rows], dtype=np.float64)
+        shown = np.array([u.after["impressions"] for u in rows], dtype=np.float64)
+        return clicks, shown
+
+    (nc, dc), (nt, dt_) = arm(control), arm(variant)
+    if min(len(nc), len(nt)) < 2:
+        return {"error": "fewer than 2 users with impressions in an arm"}
+    try:
+        return {
+            "fixed": compare_ratios(nc, dc, nt, dt_, alpha=alpha).to_dict(),
+            "sequential": compare_ratios(
+                nc, dc, nt, dt_, alpha=alpha, sequential=True, planned_n=planned_n
+            ).to_dict(),
+        }
+    except ValueError as e:
+        return {"error": str(e)}
+
+
+def _verdict(metric: str, variant: str, result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"{metric}, {variant}: no result ({result['error']})"
+    seq = result["sequential"]
+    fixed = result["fixed"]
+    lift = fixed["rel_lift"]
+    lo, hi = seq["rel_ci"]
+    if lift is None or lo is None or hi is None:
+        return f"{metric}, {variant}: control is 0, no relative lift"
+    span = f"{lift:+.1%} (always-valid 95% interval {lo:+.1%} to {hi:+.1%})"
+    if seq["significant"]:
+        word = "better" if fixed["abs_lift"] > 0 else "worse"
+        return f"{metric}, {variant}: {word} than control, {span}"
+    return f"{metric}, {variant}: no difference shown yet, {span}"
+
+
+def analyze(
+    experiment: Experiment,
+    events: Iterable[Event],
+    *,
+    now_ms: int,
+    extra_types: Sequence[str] = (),
+    pre_days: float = 14.0,
+    alpha: float = 0.05,
+    planned_n: int = DEFAULT_PLANNED_N,
+    srm_threshold: float = 0.001,
+) -> dict[str, Any]:
+    """The experiment's result as JSON values (see the module docstring)."""
+    log = list(events)
+    users = _users(experiment, log, extra_types, pre_days)
+    names = [v.name for v in experiment.variants]
+    counts = [sum(u.variant == n for u in users.values()) for n in names]
+    srm = (
+        srm_test(counts, list(experiment.weights), threshold=srm_threshold) if sum(counts) else None
+    )
+    metrics = [*MEAN_METRICS, *extra_types]
+    results: dict[str, dict[str, Any]] = {m: {} for m in [*metrics, "ctr"]}
+    verdicts = []
+    for v in names:
+        if v == experiment.control:
+            continue
+        for m in metrics:
+            results[m][v] = _compare(
+                users, experiment.control, v, m, alpha=alpha, planned_n=planned_n
+            )
+            verdicts.append(_verdict(f"{m} per user", v, results[m][v]))
+        results["ctr"][v] = _ratio(users, experiment.control, v, alpha=alpha, planned_n=planned_n)
+        verdicts.append(_verdict("CTR", v, results["ctr"][v]))
+    if srm is not None and srm.mismatch:
+        verdicts.insert(
+            0,
+            f"SAMPLE RATIO MISMATCH (p = {srm.p_value:.2g}): users per variant {counts} do not "
+            f"match the weights {list(experiment.weights)}; the assignment or the logging is "
+            "broken, and no result below can be trusted",
+        )
+    first = min((u.exposed_ms for u in users.values()), default=now_ms)
+    return {
+        "experiment": experiment.name,
+        "layer": experiment.layer,
+        "status": experiment.status(now_ms / 1000),
+        "start": experiment.start.isoformat(),
+        "end": experiment.end.isoformat(),
+        "control": experiment.control,
+        "now": dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).isoformat(),
+        "days": max(0.0, (now_ms - first) / _DAY_MS),
+        "variants": {
+            n: {"weight": w, "users": c}
+            for n, w, c in zip(names, experiment.weights, counts, strict=True)
+        },
+        "users": sum(counts),
+        "srm": None if srm is None else srm.to_dict(),
+        "alpha": alpha,
+        "planned_n": planned_n,
+        "pre_days": pre_days,
+        "metrics": results,
+        "verdicts": verdicts,
+        "daily": _daily(users, experiment, first, now_ms, alpha=alpha, planned_n=planned_n),
+    }
+
+
+def _daily(
+    users: dict[str, _User],
+    experiment: Experiment,
+    first: int,
+    now_ms: int,
+    *,
+    alpha: float,
+    planned_n: int,
+) -> list[dict[str, Any]]:
+    """Clicks per user, cumulative: at the end of each day since the first exposure, the
+    users exposed by then and their clicks by then, each variant against the control."""
+    out: list[dict[str, Any]] = []
+    days = max(1, math.ceil((now_ms - first) / _DAY_MS))
+    for day in range(1, days + 1):
+        cut = first + day * _DAY_MS
+        seen = {}
+        for name, u in users.items():
+            if u.exposed_ms >= cut:
+                continue
+            clicks = sum(1.0 for t, kind, _ in u.events if kind == "click" and t < cut)
+            seen[name] = _User(u.variant, u.exposed_ms, after={"clicks": clicks})
+        row: dict[str, Any] = {"day": day, "users": len(seen)}
+        for v in experiment.variants:
+            if v.name == experiment.control:
+                continue
+            got = _compare(
+                seen, experiment.control, v.name, "clicks", alpha=alpha, planned_n=planned_n
+            )
+            if "error" not in got:
+                row[v.name] = {
+                    "rel_lift": got["plain"]["rel_lift"],
+                    "rel_ci": got["sequential"]["rel_ci"],
+                    "fixed_rel_ci": got["plain"]["rel_ci"],
+                    "significant": got["sequential"]["significant"],
+                    "fixed_significant": got["plain"]["significant"],
+                }
+        out.append(row)
+    return out
