@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dataset_dir", "tailored_home", "write_json_atomic"]
+__all__ = ["dataset_dir", "tailored_home", "write_json_atomic", "write_text_atomic"]
 
 
 def tailored_home() -> Path:
@@ -27,9 +27,18 @@ def dataset_dir(name_or_path: str | Path) -> Path:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside ``path`` (its folder created if missing), then
     rename it into place: readers see the old file or the new one, never half of one."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` as :func:`write_json_atomic` writes JSON: beside ``path``, then renamed;
+    a failure removes the temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -4,67 +4,13 @@ daily cumulative lift is there for the chart."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
-from tailored.experiments import Assigner, parse_experiments
 from tailored.experiments.analysis import Event, analyze, exposed_users
-
-DAY = 86_400_000
-START_MS = 1_764_547_200_000  # 2025-12-01
-
-
-def _experiment(weights: tuple[float, float] = (0.5, 0.5)) -> Any:
-    return parse_experiments(
-        {
-            "experiment": [
-                {
-                    "name": "ranker",
-                    "layer": "l",
-                    "salt": "s",
-                    "start": "2025-12-01T00:00:00+00:00",
-                    "end": "2026-01-01T00:00:00+00:00",
-                    "variant": [
-                        {"name": "control", "weight": weights[0]},
-                        {"name": "treatment", "weight": weights[1], "ranker": False},
-                    ],
-                }
-            ]
-        }
-    )
-
-
-def _log(lift: float, *, users: int = 4000, seed: int = 0, drop: float = 0.0) -> list[Event]:
-    """Users exposed over 7 days; each with a propensity that drives their clicks before and
-    after exposure (so the pre-period predicts the post-period), treatment clicks x (1+lift);
-    ``drop``: that share of the treatment's exposures never logged (a broken pipeline)."""
-    exps = _experiment()
-    assigner = Assigner(exps)
-    rng = np.random.default_rng(seed)
-    log: list[Event] = []
-    for i in range(users):
-        user = f"{i:032x}"
-        (a,) = assigner.assign(user, START_MS / 1000 + 1)
-        if a.variant == "treatment" and rng.random() < drop:
-            continue
-        exposed = START_MS + int(rng.uniform(0, 7 * DAY))
-        rate = rng.gamma(2.0, 1.0)
-        for _ in range(rng.poisson(rate)):  # before: the CUPED covariate
-            log.append((user, "click", "item", exposed - int(rng.uniform(1, 13 * DAY)), 0.0))
-        log.append((user, "exposure", f"ranker:{a.variant}", exposed, 0.0))
-        after = rate * (1 + lift if a.variant == "treatment" else 1.0)
-        for _ in range(rng.poisson(after)):
-            log.append((user, "click", "item", exposed + int(rng.uniform(0, DAY)), 0.0))
-        for _ in range(rng.poisson(8)):
-            log.append((user, "impression", "item", exposed + 1, 0.0))
-        log.append((user, "view", "item", exposed + 2, float(rng.exponential(30))))
-    return log
+from tests.experiments.helpers import DAY, START_MS, event_log, experiment
 
 
 def test_a_planted_lift_is_found_and_cuped_narrows_it() -> None:
-    exp = _experiment().get("ranker")
-    result = analyze(exp, _log(0.2), now_ms=START_MS + 8 * DAY)
+    exp = experiment().get("ranker")
+    result = analyze(exp, event_log(0.2), now_ms=START_MS + 8 * DAY)
     assert result["users"] == 4000 and result["srm"]["mismatch"] is False
     users = [result["variants"][v]["users"] for v in ("control", "treatment")]
     assert abs(users[0] - users[1]) < 200
@@ -86,8 +32,8 @@ def test_a_planted_lift_is_found_and_cuped_narrows_it() -> None:
 
 
 def test_no_lift_shows_no_difference() -> None:
-    exp = _experiment().get("ranker")
-    result = analyze(exp, _log(0.0, seed=3), now_ms=START_MS + 8 * DAY)
+    exp = experiment().get("ranker")
+    result = analyze(exp, event_log(0.0, seed=3), now_ms=START_MS + 8 * DAY)
     for metric in ("clicks", "conversions", "impressions", "dwell"):
         assert not result["metrics"][metric]["treatment"].get("sequential", {}).get("significant")
     assert any(
@@ -97,14 +43,14 @@ def test_no_lift_shows_no_difference() -> None:
 
 
 def test_a_broken_split_is_flagged_first() -> None:
-    exp = _experiment().get("ranker")
-    result = analyze(exp, _log(0.0, drop=0.2), now_ms=START_MS + 8 * DAY)
+    exp = experiment().get("ranker")
+    result = analyze(exp, event_log(0.0, drop=0.2), now_ms=START_MS + 8 * DAY)
     assert result["srm"]["mismatch"] is True
     assert result["verdicts"][0].startswith("SAMPLE RATIO MISMATCH")
 
 
 def test_only_events_after_the_first_exposure_count() -> None:
-    exp = _experiment().get("ranker")
+    exp = experiment().get("ranker")
     log: list[Event] = []
     for i, variant in enumerate(["control", "treatment"] * 3):
         user = f"u{i}"
