@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tailored.cli._common import Sub
+from tailored.cli._common import Sub, rpc
 
 __all__ = ["register"]
 
@@ -50,6 +50,25 @@ def register(sub: Sub) -> None:
         "--planned-users", type=int, default=5000, help="the sequential test's planned users"
     )
     rep.set_defaults(handler=_report)
+    pro = group.add_parser(
+        "promote",
+        help="make a variant everyone's experience, through the admin service, and audit it",
+        description="Analyze the experiment (as report does), refuse when its split is "
+        "broken (sample ratio mismatch) unless --force, call the server's Promote, and append "
+        "the decision with its figures to the audit file.",
+    )
+    pro.add_argument("name")
+    pro.add_argument("variant")
+    _common(pro, state=True)
+    pro.add_argument("--target", default="127.0.0.1:50051", help="the server, HOST:PORT")
+    pro.add_argument(
+        "--audit",
+        type=Path,
+        help="the audit file, JSON lines (default: $TAILORED_HOME/experiments/audit.jsonl)",
+    )
+    pro.add_argument("--reason", default="", help="why, in words, for the audit")
+    pro.add_argument("--force", action="store_true", help="promote despite an SRM")
+    pro.set_defaults(handler=_promote)
 
 
 def _common(p: argparse.ArgumentParser, *, state: bool) -> None:
@@ -145,4 +164,63 @@ def _report(args: argparse.Namespace) -> int:
         print(f"  {verdict}")
     if args.html is not None:
         print(f"wrote {args.html}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    import os
+
+    from tailored.errors import TailoredError
+    from tailored.experiments import load_experiments
+    from tailored.experiments.analysis import analyze
+    from tailored.paths import tailored_home
+    from tailored.serve.client import Client
+
+    e = load_experiments(args.experiments).get(args.name)
+    try:
+        variant = e.variant(args.variant)
+    except KeyError as err:
+        raise TailoredError(
+            f"{args.name}: no variant {args.variant!r} ({[v.name for v in e.variants]})"
+        ) from err
+    now = _now(args)
+    result = analyze(e, _events(args), now_ms=int(now * 1000))
+    srm = result["srm"]
+    if srm is not None and srm["mismatch"] and not args.force:
+        raise TailoredError(
+            f"{args.name}: sample ratio mismatch (p = {srm['p_value']:.2g}); the split is "
+            "broken and its results cannot be trusted (--force to promote anyway)"
+        )
+    with Client(args.target, token=os.environ.get("TAILORED_ADMIN_TOKEN")) as client:
+        resp = rpc(lambda: client.promote(args.name, args.variant))
+    record = {
+        "time": dt.datetime.fromtimestamp(time.time(), dt.UTC).isoformat(),
+        "experiment": e.name,
+        "variant": variant.name,
+        "changes": dict(variant.changes),
+        "reason": args.reason,
+        "forced": bool(args.force),
+        "target": args.target,
+        "bundle_version": resp.bundle_version,
+        "defaults": dict(resp.defaults),
+        "users": result["users"],
+        "days": result["days"],
+        "srm": srm,
+        "verdicts": result["verdicts"],
+    }
+    audit = args.audit or tailored_home() / "experiments" / "audit.jsonl"
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    with open(audit, "a") as f:  # append-only, on disk before this returns
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    print(
+        f"{e.name}: {variant.name} promoted; the server serves bundle {resp.bundle_version}"
+        + (f" with {dict(resp.defaults)}" if resp.defaults else "")
+    )
+    print(f"audit: {audit}")
+    print(
+        f"end {e.name} in {args.experiments} (its 'end'), or a restart or ReloadExperiments "
+        "will run it again"
+    )
     return 0

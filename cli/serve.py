@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from tailored.cli._common import Sub
+from tailored.cli._common import Sub, rpc
 from tailored.errors import TailoredError
 
 __all__ = ["register"]
@@ -68,15 +67,6 @@ def _add_recommend(sub: Sub) -> None:
     p.set_defaults(handler=_recommend)
 
 
-def _call(fn: Any) -> Any:
-    import grpc
-
-    try:
-        return fn()
-    except grpc.RpcError as e:
-        raise TailoredError(f"{e.code().name}: {e.details()}") from None
-
-
 def _recommend(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
@@ -90,7 +80,7 @@ def _recommend(args: argparse.Namespace) -> int:
             raise TailoredError(f"--profile {pair!r}: expected FIELD=VALUE")
         profile[name] = value
     with Client(args.target, timeout=args.timeout) as client:
-        resp = _call(
+        resp = rpc(
             lambda: client.recommend(
                 args.user,
                 args.k,
@@ -144,6 +134,6 @@ def _track(args: argparse.Namespace) -> int:
         for item in args.item
     ]
     with Client(args.target, timeout=args.timeout) as client:
-        resp = _call(lambda: client.track(events))
+        resp = rpc(lambda: client.track(events))
     print(f"accepted {resp.accepted}, dropped {resp.dropped} (no consent)")
     return 0

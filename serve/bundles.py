@@ -84,6 +84,9 @@ class LiveBundle:
         self._lock = threading.Lock()  # one load at a time; requests never take it
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # versions a running experiment serves to its variant: the watcher does not make
+        # the newest of them everyone's bundle (promoting it does)
+        self.reserved: frozenset[str] = frozenset()
         # refused versions, with what their files looked like then (tried again if that changes)
         self._refused: dict[Path, tuple[int, int]] = {}
         # called with the new version after every swap, whoever asked for it (the metrics)
@@ -137,7 +140,7 @@ class LiveBundle:
     def _check_for_new(self) -> None:
         latest = latest_bundle(self.source) if self.source.is_dir() else None
         current = self.current.bundle.manifest.path
-        if latest is None or latest == current:
+        if latest is None or latest == current or latest.name in self.reserved:
             return
         if latest.name < current.name and current.parent == latest.parent:
             return  # never go back to an older version

@@ -124,6 +124,14 @@ class Client:
         )
         return resp
 
+    def promote(self, experiment: str, variant: str) -> pb.PromoteResponse:
+        resp: pb.PromoteResponse = self.admin.Promote(
+            pb.PromoteRequest(experiment=experiment, variant=variant),
+            timeout=max(self.timeout, 120),
+            metadata=self._auth,
+        )
+        return resp
+
     def reload(self, path: str = "") -> pb.ReloadBundleResponse:
         resp: pb.ReloadBundleResponse = self.admin.ReloadBundle(
             pb.ReloadBundleRequest(path=path), timeout=max(self.timeout, 120), metadata=self._auth

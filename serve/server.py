@@ -32,7 +32,7 @@ from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
-from tailored.experiments import Assignment
+from tailored.experiments import Assignment, ExperimentError, Experiments
 from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
@@ -101,8 +101,10 @@ class Service:
         bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
         self.experiments: ServedExperiments | None = None
+        # what promoted variants changed, for everyone (a variant's own changes win)
+        self.defaults: dict[str, Any] = {}
         if cfg.experiments:
-            self.experiments = self.load_experiments(cfg.experiments)
+            self.set_experiments(self.load_experiments(cfg.experiments))
         self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._lock = threading.Lock()
         fingerprint = bundle.current.bundle.manifest.data.get("key_fingerprint")
@@ -118,6 +120,12 @@ class Service:
         beside the served bundle (:func:`tailored.serve.experiments.load_served`)."""
         current = self.bundle.current
         return load_served(path, current.bundle.manifest.path.parent, self.cfg, current)
+
+    def set_experiments(self, served: ServedExperiments | None) -> None:
+        """Run ``served`` from the next request on; the bundle watcher leaves the versions
+        its variants serve alone."""
+        self.experiments = served
+        self.bundle.reserved = served.experiments.bundles() if served is not None else frozenset()
 
     def now(self) -> float:
         """The serving clock, unix seconds (see [serve] clock)."""
@@ -265,11 +273,11 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         now = s.now()
         experiments = s.experiments  # one configuration for the whole request
         assigned: tuple[Assignment, ...] = ()
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = dict(s.defaults)
         if experiments is not None and personalized and state is not None:
             # without consent: the control experience (the configured one), counted nowhere
             assigned = experiments.assign(user, now)
-            changes = experiments.changes(assigned)
+            changes.update(experiments.changes(assigned))
             rec = experiments.recommender(changes, rec)
             _log_exposures(s, experiments, user, assigned, state.events, now, args.surface)
         _check_deadline(context, "ranking")
@@ -397,7 +405,7 @@ class _Admin(pb_grpc.AdminServicer):
             served = s.load_experiments(path)
         except TailoredError as e:  # the running configuration stays
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
-        s.experiments = served
+        s.set_experiments(served)
         now = s.now()
         exps = served.experiments.experiments
         _log.info("experiments reloaded from %s: %d declared", path, len(exps))
@@ -405,6 +413,55 @@ class _Admin(pb_grpc.AdminServicer):
             running=[e.name for e in exps if e.running(now)],
             experiments=len(exps),
             bundles=sorted(served.bundles),
+        )
+
+    @_rpc("Promote")
+    def Promote(
+        self, request: pb.PromoteRequest, context: grpc.ServicerContext
+    ) -> pb.PromoteResponse:
+        self._authorize(context)
+        s = self.service
+        served = s.experiments
+        if s.siblings is not None and s.siblings.me.count > 1:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "Promote reaches one of this address's processes ([serve] processes > 1): "
+                "change the configuration and restart instead",
+            )
+        if served is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "no experiments are running")
+        try:
+            experiment = served.experiments.get(request.experiment)
+            variant = experiment.variant(request.variant)
+        except (ExperimentError, KeyError) as e:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"experiment / variant: {request.experiment!r} / {request.variant!r} is not "
+                f"running here ({e})",
+            ) from e
+        changes = dict(variant.changes)
+        version = changes.pop("bundle", None)
+        if version is not None and version != s.bundle.version:
+            s.bundle.reload(served.bundles[str(version)].bundle.manifest.path)
+        s.defaults.update(changes)
+        kept = Experiments(
+            tuple(e for e in served.experiments.experiments if e.name != experiment.name),
+            served.experiments.holdout,
+            served.experiments.source,
+        )
+        s.set_experiments(ServedExperiments(kept, served.bundles, served.path))
+        now = s.now()
+        _log.warning(
+            "experiment %s: variant %s promoted (bundle %s, defaults %s)",
+            experiment.name,
+            variant.name,
+            s.bundle.version,
+            s.defaults,
+        )
+        return pb.PromoteResponse(
+            bundle_version=s.bundle.version,
+            defaults={k: str(v) for k, v in s.defaults.items()},
+            running=[e.name for e in kept.experiments if e.running(now)],
         )
 
     @_rpc("Status")

@@ -244,3 +244,28 @@ class ReloadExperimentsResponse(_message.Message):
     experiments: int
     bundles: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, running: _Optional[_Iterable[str]] = ..., experiments: _Optional[int] = ..., bundles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ("experiment", "variant")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    variant: str
+    def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class PromoteResponse(_message.Message):
+    __slots__ = ("bundle_version", "defaults", "running")
+    class DefaultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    defaults: _containers.ScalarMap[str, str]
+    running: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle_version: _Optional[str] = ..., defaults: _Optional[_Mapping[str, str]] = ..., running: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -202,6 +202,11 @@ class AdminStub:
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsRequest.SerializeToString,
                 response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsResponse.FromString,
                 _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/tailored.v1.Admin/Promote',
+                request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PromoteResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/tailored.v1.Admin/Status',
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.StatusRequest.SerializeToString,
@@ -231,6 +236,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Promote(self, request, context):
+        """make a variant everyone's experience: its bundle becomes the served one, its other
+        changes the defaults, and the experiment ends in this server (until a restart or a
+        ReloadExperiments brings it back: end it in the file too)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -255,6 +269,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReloadExperiments,
                     request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsRequest.FromString,
                     response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PromoteRequest.FromString,
+                    response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PromoteResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -321,6 +340,33 @@ class Admin:
             '/tailored.v1.Admin/ReloadExperiments',
             tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsRequest.SerializeToString,
             tailored_dot_serve_dot_v1_dot_personalization__pb2.ReloadExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailored.v1.Admin/Promote',
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.PromoteRequest.SerializeToString,
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.PromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,

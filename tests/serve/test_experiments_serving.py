@@ -6,6 +6,7 @@ configuration keeps serving."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -156,5 +157,43 @@ def test_a_bad_experiments_file_is_refused_and_the_running_one_stays(
         assert [a.experiment for a in running.client.recommend("1", 5).assignments] == [
             "personalization"
         ]
+    finally:
+        running.stop()
+
+
+def test_promote_makes_the_variant_everyones_and_is_audited(
+    served: tuple[Running, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tailored.cli import main
+    from tests.serve.helpers import TOKEN
+
+    running, path = served
+    try:
+        # the watcher leaves the candidate alone while the experiment runs
+        assert running.service.bundle.reserved == {"v000002"}
+        for user in (str(u) for u in range(1, 31)):
+            running.client.recommend(user, 5)
+        monkeypatch.setenv("TAILORED_ADMIN_TOKEN", TOKEN)
+        audit = tmp_path / "audit.jsonl"
+        state = f"sqlite:///{path.parent / 'state.db'}"  # the server's (see `served`)
+        now = dt.datetime.fromtimestamp(running.service.now(), dt.UTC).isoformat()
+        args = ["experiment", "promote", "new-bundle", "candidate", "--experiments", str(path)]
+        args += ["--state", state, "--target", running.target, "--audit", str(audit)]
+        args += ["--now", now, "--reason", "better offline NDCG"]
+        assert main(args) == 0
+        status = running.client.status()
+        assert status.bundle_version == "v000002"
+        assert dict(running.service.defaults) == {"mmr_lambda": 1.0}
+        for user in ("1", "2", "3", "4"):  # everyone, whatever their old variant
+            resp = running.client.recommend(user, 5)
+            assert resp.bundle_version == "v000002"
+            assert [a.experiment for a in resp.assignments] == ["personalization"]
+        (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert (record["experiment"], record["variant"]) == ("new-bundle", "candidate")
+        assert record["bundle_version"] == "v000002" and record["reason"] == "better offline NDCG"
+        assert record["users"] == 30 and record["verdicts"]
+        # promoting what is no longer running is refused, and nothing is audited
+        assert main(args) == 2
+        assert len(audit.read_text().splitlines()) == 1
     finally:
         running.stop()
