@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tailored.cli._common import Sub, rpc
 from tailored.errors import TailoredError
@@ -17,6 +18,7 @@ def register(sub: Sub) -> None:
     _add_serve(sub)
     _add_recommend(sub)
     _add_track(sub)
+    _add_simulate(sub)
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -137,3 +139,63 @@ def _track(args: argparse.Namespace) -> int:
         resp = rpc(lambda: client.track(events))
     print(f"accepted {resp.accepted}, dropped {resp.dropped} (no consent)")
     return 0
+
+
+# --- simulate ---------------------------------------------------------------------------------
+
+
+def _add_simulate(sub: Sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulated users of a synthetic site calling a live server (the closed loop)",
+        description="The users of a dataset written by `tailored data synth`, whose tastes "
+        "are its planted truth, ask the server for pages over simulated days, click by a "
+        "choice model with position bias and fatigue, dwell and sometimes buy, and send every "
+        "impression, click, view and purchase through Track. The days end at the server's "
+        "present (its Status, with TAILORED_ADMIN_TOKEN set; else this machine's clock).",
+    )
+    p.add_argument("--target", default="127.0.0.1:50051", help="the server, HOST:PORT")
+    p.add_argument("--dataset", type=Path, required=True, help="a `tailored data synth` dataset")
+    p.add_argument("--users", type=int, required=True, help="how many of its users")
+    p.add_argument("--days", type=float, required=True, help="simulated days")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=10, help="items per page")
+    p.add_argument("--sessions-per-day", type=float, default=1.0)
+    p.add_argument("--fatigue", type=float, default=0.5, help="click odds kept per repeat")
+    p.add_argument("--concurrency", type=int, default=4, help="simulated users at once")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="stop after this long")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import os
+
+    from tailored.serve.simulator import simulate
+
+    report = simulate(
+        args.target,
+        args.dataset,
+        users=args.users,
+        days=args.days,
+        seed=args.seed,
+        k=args.k,
+        sessions_per_day=args.sessions_per_day,
+        fatigue=args.fatigue,
+        token=os.environ.get("TAILORED_ADMIN_TOKEN"),
+        concurrency=args.concurrency,
+        max_seconds=args.max_seconds,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        ev = report.events
+        print(
+            f"{report.users} users, {report.days:g} days: {report.requests} pages "
+            f"({report.failed_recommend} failed), {sum(ev.values())} events tracked "
+            f"({report.failed_track} calls failed): {ev.get('click', 0)} clicks on "
+            f"{ev.get('impression', 0)} impressions, {ev.get('purchase', 0)} purchases; "
+            f"{report.seconds:.0f} s" + (" (stopped early)" if report.stopped_early else "")
+        )
+    failed = report.failed_recommend + report.failed_track
+    return 1 if failed and not report.requests else 0

@@ -279,7 +279,10 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             assigned = experiments.assign(user, now)
             changes.update(experiments.changes(assigned))
             rec = experiments.recommender(changes, rec)
-            _log_exposures(s, experiments, user, assigned, state.events, now, args.surface)
+            # an exposure is stamped with the request's time (a simulation's, a replay's)
+            # unless that is ahead of the server's clock
+            seen_at = args.time_ms / 1000 if 0 < args.time_ms <= now * 1000 else now
+            _log_exposures(s, experiments, user, assigned, state.events, seen_at, args.surface)
         _check_deadline(context, "ranking")
         result = rec.recommend(
             Request(
@@ -484,6 +487,7 @@ class _Admin(pb_grpc.AdminServicer):
             worker=s.siblings.me.index if s.siblings is not None else 0,
             workers=s.siblings.me.count if s.siblings is not None else 1,
             pid=os.getpid(),
+            now_unix_ms=int(s.now() * 1000),
             **_index_status(bundle.index, bundle.manifest.metrics, bool(s.cfg.index_search)),
         )
 

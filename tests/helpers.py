@@ -11,7 +11,7 @@ from typing import Any
 
 from tailored.config import Config, load_config
 
-__all__ = ["ROOT", "SMALL", "TEST_KEY", "reseal", "small_config"]
+__all__ = ["ROOT", "SMALL", "TEST_KEY", "reseal", "small_config", "synthetic_bundle"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = bytes.fromhex("00112233445566778899aabbccddeeff" * 2)
@@ -47,3 +47,37 @@ def reseal(bundle: Path) -> None:
         blob = (bundle / f["path"]).read_bytes()
         f.update(size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
     manifest_path.write_text(json.dumps(doc))
+
+
+def synthetic_bundle(
+    base: Path, *, users: int = 800, items: int = 300, seed: int = 3
+) -> tuple[Path, Config]:
+    """A small synthetic site (``base/site``, with its planted truth) and a bundle of a model
+    trained on it: the bundles root (``base/bundles``) and the training configuration.
+    Minutes at most on 2 cores."""
+    from tailored.bundle.build import build_bundle
+    from tailored.data.synth import generate_synthetic
+    from tailored.train.two_tower.fit import train
+
+    ds = base / "site"
+    generate_synthetic(
+        ds, n_users=users, n_items=items, events_per_user=25, seed=seed, key=TEST_KEY
+    )
+    cfg = load_config(
+        ROOT / "configs" / "synthetic.toml",
+        overrides={
+            "data.dataset": str(ds),
+            "model.dim": 16,
+            "model.id_dim": 16,
+            "model.hidden": 32,
+            "train.max_epochs": 1,
+            "train.progress_bar": False,
+            "ranker.max_epochs": 1,
+            "ranker.candidates": 30,
+            "ranker.hidden": 16,
+            "index.recall_queries": 50,
+        },
+    )
+    train(cfg, out=base / "run")
+    build_bundle(base / "run", base / "bundles", progress_bar=False)
+    return base / "bundles", cfg

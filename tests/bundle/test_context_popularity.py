@@ -10,15 +10,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tailored.bundle.build import build_bundle
 from tailored.bundle.runtime import LoadedBundle
-from tailored.config import ServeConfig, load_config
+from tailored.config import ServeConfig
 from tailored.data.interactions import Interactions
-from tailored.data.synth import generate_synthetic
 from tailored.serve.recommender import Recommendation, Recommender, Request
 from tailored.train.runs import load_data
-from tailored.train.two_tower.fit import train
-from tests.helpers import ROOT, TEST_KEY
+from tests.helpers import synthetic_bundle
 
 pytestmark = pytest.mark.slow  # trains on a synthetic site and builds a bundle
 
@@ -26,26 +23,8 @@ pytestmark = pytest.mark.slow  # trains on a synthetic site and builds a bundle
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Interactions, LoadedBundle]:
     base = tmp_path_factory.mktemp("context")
-    ds = base / "site"
-    generate_synthetic(ds, n_users=800, n_items=300, events_per_user=25, seed=3, key=TEST_KEY)
-    cfg = load_config(
-        ROOT / "configs" / "synthetic.toml",
-        overrides={
-            "data.dataset": str(ds),
-            "model.dim": 16,
-            "model.id_dim": 16,
-            "model.hidden": 32,
-            "train.max_epochs": 1,
-            "train.progress_bar": False,
-            "ranker.max_epochs": 1,
-            "ranker.candidates": 30,
-            "ranker.hidden": 16,
-            "index.recall_queries": 50,
-        },
-    )
-    train(cfg, out=base / "run")
-    built = build_bundle(base / "run", base / "bundles", progress_bar=False)
-    return load_data(cfg), LoadedBundle.load(built.path)
+    bundles, cfg = synthetic_bundle(base)
+    return load_data(cfg), LoadedBundle.load(bundles / "v000001")
 
 
 def _oracle(data: Interactions) -> dict[tuple[str, str], list[int]]:

@@ -1,0 +1,90 @@
+"""The simulator closes the loop through a real server: simulated users of a synthetic site
+ask for pages over simulated days, react by the planted truth, and Track what they saw and
+did; with an experiment running, the analysis reads the result back from the state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tailored.experiments import load_experiments
+from tailored.experiments.analysis import analyze
+from tailored.serve.simulator import simulate
+from tests.helpers import synthetic_bundle
+from tests.serve.helpers import TOKEN, Running
+
+pytestmark = pytest.mark.slow  # trains on a synthetic site and serves it
+
+EXPERIMENT = """
+[[experiment]]
+name = "personalization"
+layer = "content"
+salt = "sim-1"
+start = 1990-01-01T00:00:00Z
+end = 2100-01-01T00:00:00Z
+control = "popular"
+
+[[experiment.variant]]
+name = "popular"
+weight = 0.5
+popularity = true
+
+[[experiment.variant]]
+name = "personalized"
+weight = 0.5
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("simulated-site")
+    bundles, _ = synthetic_bundle(base, users=600, items=300)
+    return base / "site", bundles
+
+
+def test_a_simulation_through_the_server_feeds_the_experiment(
+    site: tuple[Path, Path], tmp_path: Path
+) -> None:
+    dataset, bundles = site
+    path = tmp_path / "experiments.toml"
+    path.write_text(EXPERIMENT)
+    running = Running(bundles, tmp_path / "state.db", experiments=str(path))
+    try:
+        report = simulate(
+            running.target, dataset, users=300, days=3, seed=1, token=TOKEN, concurrency=2
+        )
+        now_ms = running.client.status().now_unix_ms
+        events = [
+            (u, e.type, e.item_id, e.time_ms, e.value) for u, e in running.service.state.scan()
+        ]
+    finally:
+        running.stop()
+    assert report.failed_recommend == report.failed_track == 0 and not report.stopped_early
+    assert 600 < report.requests < 1200  # Poisson(1) pages a user a day: about 900
+    assert report.events["impression"] == 10 * report.requests
+    assert 0 < report.events["click"] < report.events["impression"]
+    assert report.events["view"] == report.events["click"]
+    # every event within the simulated days, which end at the server's present
+    assert (
+        report.end_unix_ms <= now_ms and report.start_unix_ms == report.end_unix_ms - 3 * 86_400_000
+    )
+    tracked = [t for _, kind, _, t, _ in events if kind != "exposure"]
+    assert min(tracked) >= report.start_unix_ms and max(tracked) <= report.end_unix_ms
+    pages = {tag: n for tag, n in report.assignments.items()}
+    assert set(pages) == {"personalization:popular", "personalization:personalized"}
+    # both variants were served and clicked (which wins at this scale is not asserted: a
+    # one-epoch model on 600 users is no match for popularity here; see the closing note)
+    assert all(report.clicks_by_variant.get(tag, 0) > 0 for tag in pages)
+    # and the analysis sees the same users, exposed at their first simulated page
+    result = analyze(
+        load_experiments(path).get("personalization"), events, now_ms=now_ms, pre_days=0
+    )
+    assert 250 < result["users"] <= 300 and result["srm"]["mismatch"] is False
+    clicks = result["metrics"]["clicks"]["personalized"]["plain"]
+    counted = (
+        clicks["mean_control"] * clicks["n_control"]
+        + clicks["mean_treatment"] * clicks["n_treatment"]
+    )
+    assert round(counted) == report.events["click"]  # every click came after an exposure
+    assert 2 <= len(result["daily"]) <= 4
