@@ -275,13 +275,13 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         assigned: tuple[Assignment, ...] = ()
         changes: dict[str, Any] = dict(s.defaults)
         if experiments is not None and personalized and state is not None:
-            # without consent: the control experience (the configured one), counted nowhere
-            assigned = experiments.assign(user, now)
+            # without consent: the control experience (the configured one), counted nowhere.
+            # The request's time (a simulation's, a replay's; never ahead of the server's
+            # clock) decides which experiments run and stamps the exposure
+            seen_at = args.time_ms / 1000 if 0 < args.time_ms <= now * 1000 else now
+            assigned = experiments.assign(user, seen_at)
             changes.update(experiments.changes(assigned))
             rec = experiments.recommender(changes, rec)
-            # an exposure is stamped with the request's time (a simulation's, a replay's)
-            # unless that is ahead of the server's clock
-            seen_at = args.time_ms / 1000 if 0 < args.time_ms <= now * 1000 else now
             _log_exposures(s, experiments, user, assigned, state.events, seen_at, args.surface)
         _check_deadline(context, "ranking")
         result = rec.recommend(

@@ -1,0 +1,143 @@
+"""Personalization against the popularity control, through the real server: the lift, CUPED's
+variance reduction, and the users an experiment needs.
+
+On the serving benchmark's small synthetic bundle (:mod:`benchmarks.serving._bundle`: 2,000
+users, 5,000 items, its planted truth kept), ``tailored serve`` runs one experiment: the
+control is "popular in context" (non-personalized), the treatment the two-stage
+personalized page, 50/50. ``tailored simulate`` sends the site's users for ``--days``
+simulated days; the experiment starts ``--experiment-days`` before the end, so the days
+before it are each user's pre-exposure period, CUPED's covariate. The analysis
+(:func:`tailored.experiments.analysis.analyze`) gives the lift in clicks per user and CTR with
+their intervals and CUPED's variance reduction; :func:`tailored.experiments.stats.users_needed`
+the users per arm for 80% power at the lift observed.
+
+    python -m benchmarks.experiments.power                 # writes results/experiment_power.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._machine import machine
+from benchmarks._paths import RESULTS
+from benchmarks.serving._bundle import Sizes, ensure_bundle, env
+from benchmarks.serving._procs import ServerProcess, _serving_port
+from tailored.paths import write_json_atomic
+
+__all__ = ["main"]
+
+_TOKEN = "power-admin-token"
+
+
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments.power", description=__doc__)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--days", type=float, default=14.0, help="simulated days in all")
+    p.add_argument("--experiment-days", type=float, default=7.0, help="the last days: the test")
+    p.add_argument("--out", type=Path, default=RESULTS / "experiment_power.json")
+    return p.parse_args(argv)
+
+
+def _file(start: dt.datetime) -> str:
+    return f"""
+[[experiment]]
+name = "personalization"
+layer = "content"
+salt = "power-1"
+start = {start.strftime("%Y-%m-%dT%H:%M:%SZ")}
+end = 2100-01-01T00:00:00Z
+control = "popular"
+
+[[experiment.variant]]
+name = "popular"
+weight = 0.5
+popularity = true
+
+[[experiment.variant]]
+name = "personalized"
+weight = 0.5
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from tailored.experiments import load_experiments
+    from tailored.experiments.analysis import analyze, exposed_users
+    from tailored.experiments.stats import users_needed
+    from tailored.serve.simulator import simulate
+    from tailored.serve.sqlite_state import SQLiteState
+
+    a = _args(argv)
+    started = time.perf_counter()
+    built = ensure_bundle(Sizes(2000, 5000, 30.0, 1, 2.0, 500, 2, batch_size=1024), versions=1)
+    manifest = json.loads((built.versions[0] / "manifest.json").read_text())
+    present = int(manifest["data"]["last_event_time"])  # the server's clock starts here
+    start = dt.datetime.fromtimestamp(present - a.experiment_days * 86_400 + 60, dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="power.") as d:
+        tmp = Path(d)
+        path = tmp / "experiments.toml"
+        path.write_text(_file(start))
+        cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0])]
+        cmd += ["--port", "0", "--state", f"sqlite:///{tmp}/state.db", "--clock", "bundle"]
+        cmd += ["--no-watch", "--experiments", str(path)]
+        e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
+        server = ServerProcess(cmd, tmp / "server.log", e, _serving_port).wait_ready(600)
+        try:
+            sim = simulate(server.target, built.dataset, users=a.users, days=a.days, token=_TOKEN)
+        finally:
+            server.stop()
+        with SQLiteState(tmp / "state.db") as state:
+            events = [(u, ev.type, ev.item_id, ev.time_ms, ev.value) for u, ev in state.scan()]
+        experiment = load_experiments(path).get("personalization")
+    result = analyze(experiment, events, now_ms=sim.end_unix_ms, pre_days=a.days)
+    clicks = result["metrics"]["clicks"]["personalized"]
+    # the control's clicks per exposed user after exposure: the power calculation's baseline
+    exposed = exposed_users(experiment, events)
+    after: dict[str, float] = dict.fromkeys(
+        (u for u, (v, _) in exposed.items() if v == "popular"), 0.0
+    )
+    for user, kind, _, t, _ in events:
+        if kind == "click" and user in after and t >= exposed[user][1]:
+            after[user] += 1.0
+    base = np.array(list(after.values()))
+    lift = clicks["plain"]["rel_lift"]
+    needed = (
+        users_needed(float(base.mean()), float(base.std(ddof=1)), abs(lift))
+        if lift not in (None, 0.0)
+        else None
+    )
+    out = {
+        "benchmark": "experiment_power",
+        "machine": machine(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+        "simulation": sim.to_dict(),
+        "users": result["users"],
+        "variants": result["variants"],
+        "srm": result["srm"],
+        "clicks_per_user": clicks,
+        "ctr": result["metrics"]["ctr"]["personalized"],
+        "conversions_per_user": result["metrics"]["conversions"]["personalized"],
+        "cuped_variance_reduction_clicks": clicks["fixed"].get("variance_reduction"),
+        "baseline_clicks_per_user": {"mean": float(base.mean()), "sd": float(base.std(ddof=1))},
+        "users_per_arm_for_80pct_power": needed,
+        "verdicts": result["verdicts"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(a.out, out)
+    print("\n".join(result["verdicts"]))
+    print(f"CUPED: {out['cuped_variance_reduction_clicks']}; users per arm for 80% power: {needed}")
+    print(f"wrote {a.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
