@@ -44,6 +44,14 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--days", type=float, default=14.0, help="simulated days in all")
     p.add_argument("--experiment-days", type=float, default=7.0, help="the last days: the test")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="two-tower epochs of the bundle (1: the serving benchmark's cached smoke bundle)",
+    )
+    p.add_argument("--train-minutes", type=float, default=2.0)
+    p.add_argument("--fatigue", type=float, default=0.5, help="the simulator's (1: none)")
     p.add_argument("--out", type=Path, default=RESULTS / "experiment_power.json")
     return p.parse_args(argv)
 
@@ -78,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     a = _args(argv)
     started = time.perf_counter()
-    built = ensure_bundle(Sizes(2000, 5000, 30.0, 1, 2.0, 500, 2, batch_size=1024), versions=1)
+    sizes = Sizes(2000, 5000, 30.0, a.epochs, a.train_minutes, 500, 2, batch_size=1024)
+    built = ensure_bundle(sizes, versions=1)
     manifest = json.loads((built.versions[0] / "manifest.json").read_text())
     present = int(manifest["data"]["last_event_time"])  # the server's clock starts here
     start = dt.datetime.fromtimestamp(present - a.experiment_days * 86_400 + 60, dt.UTC)
@@ -92,7 +101,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
         server = ServerProcess(cmd, tmp / "server.log", e, _serving_port).wait_ready(600)
         try:
-            sim = simulate(server.target, built.dataset, users=a.users, days=a.days, token=_TOKEN)
+            sim = simulate(
+                server.target,
+                built.dataset,
+                users=a.users,
+                days=a.days,
+                token=_TOKEN,
+                fatigue=a.fatigue,
+            )
         finally:
             server.stop()
         with SQLiteState(tmp / "state.db") as state:
@@ -119,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": "experiment_power",
         "machine": machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+        "bundle_offline_test": {
+            "two_tower_ndcg@10": manifest["metrics"]["two_tower"]["test"]["metrics"]["ndcg@10"],
+            "popularity_ndcg@10": manifest["metrics"]["two_tower"]["test"]["popularity"]["ndcg@10"],
+        },
         "simulation": sim.to_dict(),
         "users": result["users"],
         "variants": result["variants"],
