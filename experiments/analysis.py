@@ -38,7 +38,7 @@ from tailored.experiments.stats import (
     srm_test,
 )
 
-__all__ = ["EXPOSURE", "MEAN_METRICS", "Event", "analyze", "exposed_users"]
+__all__ = ["EXPOSURE", "MEAN_METRICS", "Event", "analyze", "exposed_users", "per_user"]
 
 EXPOSURE = "exposure"
 Event = tuple[str, str, str, int, float]  # user, type, item_id, time_ms, value
@@ -80,7 +80,7 @@ def _users(
 ) -> dict[str, _User]:
     exposed = exposed_users(experiment, events)
     users = {u: _User(v, t) for u, (v, t) in exposed.items()}
-    measured = {**{k: v for k, v in MEAN_METRICS.items()}, **{t: (t, "count") for t in extra_types}}
+    measured = {**MEAN_METRICS, **{t: (t, "count") for t in extra_types}}
     by_type: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for metric, (kind, how) in measured.items():
         by_type[kind].append((metric, how))
@@ -105,6 +105,13 @@ def _arms(users: dict[str, _User], variant: str, metric: str) -> tuple[np.ndarra
     after = np.array([u.after.get(metric, 0.0) for u in rows], dtype=np.float64)
     before = np.array([u.before.get(metric, 0.0) for u in rows], dtype=np.float64)
     return after, before
+
+
+def per_user(experiment: Experiment, events: Iterable[Event], metric: str) -> dict[str, np.ndarray]:
+    """Each variant's exposed users' ``metric`` (one of :data:`MEAN_METRICS`) after their
+    first exposure, one value a user: what the comparisons are computed from."""
+    users = _users(experiment, list(events), (), 0.0)
+    return {v.name: _arms(users, v.name, metric)[0] for v in experiment.variants}
 
 
 def _compare(

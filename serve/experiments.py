@@ -83,16 +83,22 @@ class ServedExperiments:
         """The exposure events to write for ``user`` now: one per experiment they have no
         exposure of yet (among ``events``, their events read for this request, and the
         exposures this process wrote)."""
-        logged = {e.item_id.partition(":")[0] for e in events if e.type == EXPOSURE}
-        out = []
+        out: list[StoredEvent] = []
         with self._lock:
-            for a in assignments:
+            todo = [a for a in assignments if (user, a.experiment) not in self._written]
+        if not todo:  # the usual request: this process wrote them all already
+            return out
+        logged = {e.item_id.partition(":")[0] for e in events if e.type == EXPOSURE}
+        with self._lock:
+            for a in todo:
                 key = (user, a.experiment)
-                if a.experiment in logged or key in self._written:
+                if key in self._written:
                     continue
-                self._written[key] = None
+                self._written[key] = None  # written now, or found in the state: not again
                 if len(self._written) > _REMEMBERED:
                     self._written.popitem(last=False)
+                if a.experiment in logged:
+                    continue
                 item = exposure_id(a.experiment, a.variant)
                 out.append(StoredEvent(item, EXPOSURE, now_ms, 0.0, surface))
         return out

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import tempfile
 import time
 import tomllib
@@ -36,15 +35,15 @@ from typing import Any
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.serving._bundle import Sizes, ensure_bundle, env
-from benchmarks.serving._procs import ServerProcess, _serving_port
+from benchmarks.experiments._loop import serve_and_simulate
+from benchmarks.serving._bundle import Sizes, ensure_bundle
 from tailored.experiments import Assigner, Experiments, parse_experiments
 from tailored.experiments.analysis import EXPOSURE, MEAN_METRICS, Event, analyze
 from tailored.paths import write_json_atomic
+from tests.experiments.helpers import experiment_toml
 
 __all__ = ["main"]
 
-_TOKEN = "aa-admin-token"
 _METRICS = [*MEAN_METRICS, "ctr"]
 
 
@@ -63,46 +62,18 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _experiment(name: str, salt: str) -> str:
-    return f"""
-[[experiment]]
-name = "{name}"
-layer = "aa"
-salt = "{salt}"
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-
-[[experiment.variant]]
-name = "a"
-weight = 0.5
-
-[[experiment.variant]]
-name = "b"
-weight = 0.5
-"""
+    return experiment_toml(name, "aa", salt, [("a", 0.5, {}), ("b", 0.5, {})])
 
 
 def _simulate_once(
     built: Any, tmp: Path, name: str, salt: str, users: int, days: float, seed: int
 ) -> tuple[list[Event], int, dict[str, Any]]:
     """A fresh server with the A/A experiment, one simulation, its events and present."""
-    from tailored.serve.simulator import simulate
-    from tailored.serve.sqlite_state import SQLiteState
-
     work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=tmp))
     (work / "aa.toml").write_text(_experiment(name, salt))
-    cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0]), "--port", "0"]
-    cmd += ["--state", f"sqlite:///{work}/state.db", "--clock", "bundle", "--no-watch"]
-    cmd += ["--experiments", str(work / "aa.toml")]
-    e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
-    server = ServerProcess(cmd, work / "server.log", e, _serving_port).wait_ready(600)
-    try:
-        report = simulate(
-            server.target, built.dataset, users=users, days=days, seed=seed, token=_TOKEN
-        )
-    finally:
-        server.stop()
-    with SQLiteState(work / "state.db") as state:
-        events = [(u, ev.type, ev.item_id, ev.time_ms, ev.value) for u, ev in state.scan()]
+    events, report = serve_and_simulate(
+        built.versions[0], built.dataset, work / "aa.toml", work, users=users, days=days, seed=seed
+    )
     return events, report.end_unix_ms, report.to_dict()
 
 

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,13 +26,12 @@ from typing import Any
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.serving._bundle import Sizes, ensure_bundle, env
-from benchmarks.serving._procs import ServerProcess, _serving_port
+from benchmarks.experiments._loop import serve_and_simulate
+from benchmarks.serving._bundle import BuiltBundle, Sizes, ensure_bundle
 from tailored.paths import write_json_atomic
+from tests.experiments.helpers import experiment_toml
 
 __all__ = ["main"]
-
-_TOKEN = "candidate-admin-token"
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,24 +47,14 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _file(start: dt.datetime) -> str:
-    return f"""
-[[experiment]]
-name = "candidate"
-layer = "model"
-salt = "candidate-1"
-start = {start.strftime("%Y-%m-%dT%H:%M:%SZ")}
-end = 2100-01-01T00:00:00Z
-control = "current"
-
-[[experiment.variant]]
-name = "current"
-weight = 0.5
-
-[[experiment.variant]]
-name = "candidate"
-weight = 0.5
-bundle = "v000002"
-"""
+    return experiment_toml(
+        "candidate",
+        "model",
+        "candidate-1",
+        [("current", 0.5, {}), ("candidate", 0.5, {"bundle": "v000002"})],
+        control="current",
+        start=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
 
 
 def _offline(version: Path) -> dict[str, float]:
@@ -81,22 +69,16 @@ def _offline(version: Path) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from tailored.experiments import load_experiments
     from tailored.experiments.analysis import analyze
-    from tailored.serve.simulator import simulate
-    from tailored.serve.sqlite_state import SQLiteState
 
     a = _args(argv)
     started = time.perf_counter()
 
-    def bundle(epochs: int) -> Path:
-        built = ensure_bundle(
-            Sizes(2000, 5000, 30.0, epochs, 6.0, 500, 2, batch_size=1024), versions=1
-        )
-        return built.versions[0]
+    def bundle(epochs: int) -> BuiltBundle:
+        sizes = Sizes(2000, 5000, 30.0, epochs, 6.0, 500, 2, batch_size=1024)
+        return ensure_bundle(sizes, versions=1)
 
-    current, candidate = bundle(a.current_epochs), bundle(a.candidate_epochs)
-    dataset = ensure_bundle(
-        Sizes(2000, 5000, 30.0, a.current_epochs, 6.0, 500, 2, batch_size=1024), versions=1
-    ).dataset
+    built = bundle(a.current_epochs)  # the same site and key as the candidate's
+    current, candidate = built.versions[0], bundle(a.candidate_epochs).versions[0]
     manifest = json.loads((current / "manifest.json").read_text())
     present = int(manifest["data"]["last_event_time"])
     start = dt.datetime.fromtimestamp(present - a.days * 86_400 - 3_600, dt.UTC)
@@ -109,17 +91,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (root / "v000002" / "manifest.json").write_text(json.dumps({**doc, "version": "v000002"}))
         path = tmp / "experiments.toml"
         path.write_text(_file(start))
-        cmd = [sys.executable, "-m", "tailored.cli", "serve", str(root / "v000001")]
-        cmd += ["--port", "0", "--state", f"sqlite:///{tmp}/state.db", "--clock", "bundle"]
-        cmd += ["--no-watch", "--experiments", str(path)]
-        e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
-        server = ServerProcess(cmd, tmp / "server.log", e, _serving_port).wait_ready(600)
-        try:
-            sim = simulate(server.target, dataset, users=a.users, days=a.days, token=_TOKEN)
-        finally:
-            server.stop()
-        with SQLiteState(tmp / "state.db") as state:
-            events = [(u, ev.type, ev.item_id, ev.time_ms, ev.value) for u, ev in state.scan()]
+        events, sim = serve_and_simulate(
+            root / "v000001", built.dataset, path, tmp, users=a.users, days=a.days
+        )
         experiment = load_experiments(path).get("candidate")
     result = analyze(experiment, events, now_ms=sim.end_unix_ms, pre_days=0)
     out = {

@@ -19,24 +19,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.serving._bundle import Sizes, ensure_bundle, env
-from benchmarks.serving._procs import ServerProcess, _serving_port
+from benchmarks.experiments._loop import serve_and_simulate
+from benchmarks.serving._bundle import Sizes, ensure_bundle
 from tailored.paths import write_json_atomic
+from tests.experiments.helpers import personalization
 
 __all__ = ["main"]
-
-_TOKEN = "power-admin-token"
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -57,32 +53,13 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _file(start: dt.datetime) -> str:
-    return f"""
-[[experiment]]
-name = "personalization"
-layer = "content"
-salt = "power-1"
-start = {start.strftime("%Y-%m-%dT%H:%M:%SZ")}
-end = 2100-01-01T00:00:00Z
-control = "popular"
-
-[[experiment.variant]]
-name = "popular"
-weight = 0.5
-popularity = true
-
-[[experiment.variant]]
-name = "personalized"
-weight = 0.5
-"""
+    return personalization("power-1", start=start.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from tailored.experiments import load_experiments
-    from tailored.experiments.analysis import analyze, exposed_users
+    from tailored.experiments.analysis import analyze, per_user
     from tailored.experiments.stats import users_needed
-    from tailored.serve.simulator import simulate
-    from tailored.serve.sqlite_state import SQLiteState
 
     a = _args(argv)
     started = time.perf_counter()
@@ -95,36 +72,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tmp = Path(d)
         path = tmp / "experiments.toml"
         path.write_text(_file(start))
-        cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0])]
-        cmd += ["--port", "0", "--state", f"sqlite:///{tmp}/state.db", "--clock", "bundle"]
-        cmd += ["--no-watch", "--experiments", str(path)]
-        e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
-        server = ServerProcess(cmd, tmp / "server.log", e, _serving_port).wait_ready(600)
-        try:
-            sim = simulate(
-                server.target,
-                built.dataset,
-                users=a.users,
-                days=a.days,
-                token=_TOKEN,
-                fatigue=a.fatigue,
-            )
-        finally:
-            server.stop()
-        with SQLiteState(tmp / "state.db") as state:
-            events = [(u, ev.type, ev.item_id, ev.time_ms, ev.value) for u, ev in state.scan()]
+        events, sim = serve_and_simulate(
+            built.versions[0],
+            built.dataset,
+            path,
+            tmp,
+            users=a.users,
+            days=a.days,
+            fatigue=a.fatigue,
+        )
         experiment = load_experiments(path).get("personalization")
     result = analyze(experiment, events, now_ms=sim.end_unix_ms, pre_days=a.days)
     clicks = result["metrics"]["clicks"]["personalized"]
     # the control's clicks per exposed user after exposure: the power calculation's baseline
-    exposed = exposed_users(experiment, events)
-    after: dict[str, float] = dict.fromkeys(
-        (u for u, (v, _) in exposed.items() if v == "popular"), 0.0
-    )
-    for user, kind, _, t, _ in events:
-        if kind == "click" and user in after and t >= exposed[user][1]:
-            after[user] += 1.0
-    base = np.array(list(after.values()))
+    base = per_user(experiment, events, "clicks")["popular"]
     lift = clicks["plain"]["rel_lift"]
     needed = (
         users_needed(float(base.mean()), float(base.std(ddof=1)), abs(lift))

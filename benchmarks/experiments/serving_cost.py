@@ -31,25 +31,11 @@ from benchmarks.serving._bundle import Sizes, ensure_bundle, env, raw_user_id
 from benchmarks.serving._procs import ServerProcess, _serving_port
 from benchmarks.serving.overload import _load
 from tailored.paths import write_json_atomic
+from tests.experiments.helpers import experiment_toml
 
 __all__ = ["main"]
 
-_EXPERIMENT = """
-[[experiment]]
-name = "cost"
-layer = "cost"
-salt = "cost-1"
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-
-[[experiment.variant]]
-name = "a"
-weight = 0.5
-
-[[experiment.variant]]
-name = "b"
-weight = 0.5
-"""
+_EXPERIMENT = experiment_toml("cost", "cost", "cost-1", [("a", 0.5, {}), ("b", 0.5, {})])
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,29 +23,14 @@ from typing import Any
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.serving._bundle import Sizes, ensure_bundle, env
-from benchmarks.serving._procs import ServerProcess, _serving_port
+from benchmarks.experiments._loop import serve_and_simulate
+from benchmarks.serving._bundle import Sizes, ensure_bundle
 from tailored.paths import write_json_atomic
+from tests.experiments.helpers import experiment_toml
 
 __all__ = ["main"]
 
-_TOKEN = "srm-admin-token"
-_FILE = """
-[[experiment]]
-name = "split"
-layer = "split"
-salt = "split-1"
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-
-[[experiment.variant]]
-name = "a"
-weight = 0.52
-
-[[experiment.variant]]
-name = "b"
-weight = 0.48
-"""
+_FILE = experiment_toml("split", "split", "split-1", [("a", 0.52, {}), ("b", 0.48, {})])
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -60,8 +44,6 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from tailored.experiments import Variant, load_experiments
     from tailored.experiments.analysis import analyze
-    from tailored.serve.simulator import simulate
-    from tailored.serve.sqlite_state import SQLiteState
 
     a = _args(argv)
     started = time.perf_counter()
@@ -70,19 +52,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tmp = Path(d)
         path = tmp / "experiments.toml"
         path.write_text(_FILE)
-        cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0])]
-        cmd += ["--port", "0", "--state", f"sqlite:///{tmp}/state.db", "--clock", "bundle"]
-        cmd += ["--no-watch", "--experiments", str(path)]
-        e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
-        server = ServerProcess(cmd, tmp / "server.log", e, _serving_port).wait_ready(600)
-        try:
-            sim = simulate(server.target, built.dataset, users=a.users, days=a.days, token=_TOKEN)
-        finally:
-            server.stop()
-        with SQLiteState(tmp / "state.db") as state:
-            events = [
-                (u, ev.type, ev.item_id, ev.time_ms, ev.value) for u, ev in state.scan({"exposure"})
-            ]
+        events, sim = serve_and_simulate(
+            built.versions[0],
+            built.dataset,
+            path,
+            tmp,
+            users=a.users,
+            days=a.days,
+            event_types={"exposure"},
+        )
         served = load_experiments(path).get("split")
     declared = dataclasses.replace(
         served, variants=tuple(Variant(v.name, 0.5, v.changes) for v in served.variants)

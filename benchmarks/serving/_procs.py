@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,13 @@ from tailored.serve.client import Serving
 __all__ = ["ServerGroup", "ServerProcess", "noop_server", "tailored_server"]
 
 _NOOP = re.compile(r"listening on (\d+)")
+
+
+def free_port() -> int:
+    """A free loopback port (a server restarted on it binds the same one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _serving_port(line: str) -> int | None:

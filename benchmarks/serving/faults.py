@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -48,7 +47,7 @@ import numpy as np
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
 from benchmarks.serving._bundle import KEY, Sizes, ensure_bundle, env, raw_user_id
-from benchmarks.serving._procs import ServerProcess, _serving_port
+from benchmarks.serving._procs import ServerProcess, _serving_port, free_port
 from tailored.paths import write_json_atomic
 from tests.helpers import reseal
 from tests.serve.helpers import PrivateRedis
@@ -320,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         redis_server.start()
         config = tmp / "serve.toml"
         config.write_text("[serve]\nwatch_seconds = 0.5\n")
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-m", "tailored.cli", "serve", str(root), "--port", str(port)]
         cmd += ["--state", redis_server.url, "--clock", "bundle", "--config", str(config)]
         e = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
@@ -446,13 +445,6 @@ def _bundle_phase(traffic: _Traffic, target: str, root: Path, steady: float) -> 
     out["serving_at_end"] = Path(after.bundle_path).name
     out["drops"] = drops
     return out
-
-
-def _free_port() -> int:
-    """A free loopback port, chosen once: the restarted server binds the same one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

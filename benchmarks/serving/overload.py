@@ -16,7 +16,6 @@ Recommend by code over the same interval: the refusals must be equal.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
 from benchmarks.serving._bundle import Sizes, ensure_bundle, env, raw_user_id
-from benchmarks.serving._procs import ServerProcess, _serving_port
+from benchmarks.serving._procs import ServerProcess, _serving_port, free_port
 from tailored.paths import write_json_atomic
 
 __all__ = ["main"]
@@ -48,12 +47,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-config", type=Path, help="a TOML file with a [serve] table")
     p.add_argument("--out", type=Path, default=RESULTS / "overload.json")
     return p.parse_args(argv)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _recommend_counts(metrics_port: int) -> dict[str, float]:
@@ -131,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     levels = [int(c) for c in a.concurrency.split(",")]
     sizes = Sizes(a.users, a.items, 30.0, 1, 2.0, 500, 2, batch_size=1024)
     built = ensure_bundle(sizes, versions=1)
-    metrics_port = _free_port()
+    metrics_port = free_port()
     rows = []
     with tempfile.TemporaryDirectory(prefix="overload.") as d:
         cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0]), "--port", "0"]

@@ -13,25 +13,16 @@ import pytest
 from tailored.cli import main
 from tailored.serve.sqlite_state import SQLiteState
 from tailored.serve.state import StoredEvent
-from tests.experiments.helpers import event_log
+from tests.experiments.helpers import event_log, experiment_toml
 
-EXPERIMENTS = """
-[[experiment]]
-name = "ranker"
-layer = "l"
-salt = "s"
-start = 2025-12-01T00:00:00Z
-end = 2026-01-01T00:00:00Z
-
-[[experiment.variant]]
-name = "control"
-weight = 0.5
-
-[[experiment.variant]]
-name = "treatment"
-weight = 0.5
-ranker = false
-"""
+EXPERIMENTS = experiment_toml(
+    "ranker",
+    "l",
+    "s",
+    [("control", 0.5, {}), ("treatment", 0.5, {"ranker": False})],
+    start="2025-12-01T00:00:00Z",
+    end="2026-01-01T00:00:00Z",
+)
 NOW = "2025-12-09T00:00:00+00:00"
 
 

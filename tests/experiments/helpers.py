@@ -1,14 +1,56 @@
-"""What the experiment tests share: a two-variant experiment and a synthetic event log with
-a planted lift."""
+"""What the experiment tests (and benchmarks) share: an experiments file's text, a two-variant
+experiment and a synthetic event log with a planted lift."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from tailored.experiments import Assigner, parse_experiments
 from tailored.experiments.analysis import Event
+
+
+def experiment_toml(
+    name: str,
+    layer: str,
+    salt: str,
+    variants: Sequence[tuple[str, float, Mapping[str, Any]]],
+    *,
+    control: str | None = None,
+    start: str = "1990-01-01T00:00:00Z",
+    end: str = "2100-01-01T00:00:00Z",
+) -> str:
+    """One ``[[experiment]]`` of an experiments file: ``variants`` as (name, weight, changes);
+    by default running over any time a test or a simulation uses."""
+    out = [f'\n[[experiment]]\nname = "{name}"\nlayer = "{layer}"\nsalt = "{salt}"']
+    out.append(f"start = {start}\nend = {end}")
+    if control is not None:
+        out.append(f'control = "{control}"')
+    for variant, weight, changes in variants:
+        out.append(f'\n[[experiment.variant]]\nname = "{variant}"\nweight = {weight}')
+        out += [f"{key} = {_toml_value(value)}" for key, value in changes.items()]
+    return "\n".join(out) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def personalization(salt: str, *, start: str = "1990-01-01T00:00:00Z") -> str:
+    """The popularity control against the personalized page, half and half."""
+    return experiment_toml(
+        "personalization",
+        "content",
+        salt,
+        [("popular", 0.5, {"popularity": True}), ("personalized", 0.5, {})],
+        control="popular",
+        start=start,
+    )
+
 
 DAY = 86_400_000
 START_MS = 1_764_547_200_000  # 2025-12-01

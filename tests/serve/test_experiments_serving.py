@@ -17,46 +17,18 @@ import pytest
 from tailored.bundle.format import latest_bundle
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.experiments import Assigner, load_experiments
+from tests.experiments.helpers import experiment_toml, personalization
 from tests.helpers import TEST_KEY
 from tests.serve.helpers import Running
 
 pytestmark = pytest.mark.slow  # serves the session's trained bundle (conftest's serve_bundle)
 
-EXPERIMENTS = """
-[[experiment]]
-name = "personalization"
-layer = "content"
-salt = "pers-1"
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-control = "popular"
-
-[[experiment.variant]]
-name = "popular"
-weight = 0.5
-popularity = true
-
-[[experiment.variant]]
-name = "personalized"
-weight = 0.5
-
-[[experiment]]
-name = "new-bundle"
-layer = "model"
-salt = "bundle-1"
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-
-[[experiment.variant]]
-name = "current"
-weight = 0.5
-
-[[experiment.variant]]
-name = "candidate"
-weight = 0.5
-bundle = "v000002"
-mmr_lambda = 1.0
-"""
+EXPERIMENTS = personalization("pers-1") + experiment_toml(
+    "new-bundle",
+    "model",
+    "bundle-1",
+    [("current", 0.5, {}), ("candidate", 0.5, {"bundle": "v000002", "mmr_lambda": 1.0})],
+)
 
 
 @pytest.fixture

@@ -11,29 +11,13 @@ import pytest
 from tailored.experiments import load_experiments
 from tailored.experiments.analysis import analyze
 from tailored.serve.simulator import simulate
+from tests.experiments.helpers import personalization
 from tests.helpers import synthetic_bundle
 from tests.serve.helpers import TOKEN, Running
 
 pytestmark = pytest.mark.slow  # trains on a synthetic site and serves it
 
-EXPERIMENT = """
-[[experiment]]
-name = "personalization"
-layer = "content"
-salt = "sim-1"
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-control = "popular"
-
-[[experiment.variant]]
-name = "popular"
-weight = 0.5
-popularity = true
-
-[[experiment.variant]]
-name = "personalized"
-weight = 0.5
-"""
+EXPERIMENT = personalization("sim-1")
 
 
 @pytest.fixture(scope="module")

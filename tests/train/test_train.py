@@ -108,7 +108,7 @@ def test_a_causal_sequence_run_keeps_the_averaged_weights_it_validated(
     )
     result = train(cfg, out=tmp_path)
     assert result.epochs == 2 and result.samples_per_second > 0
-    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
     assert "current_model_state" in ckpt  # the raw weights, kept beside the average
     report = evaluate_run(tmp_path, split="valid")
     assert report["metrics"]["ndcg@10"] == pytest.approx(result.best_valid_ndcg10, abs=1e-4)
