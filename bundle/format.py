@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -315,24 +316,31 @@ def verify_bundle(path: str | Path) -> Manifest:
     return manifest
 
 
-def latest_bundle(root: str | Path) -> Path | None:
-    """The highest committed version directory (one with a manifest) under ``root``, or None."""
-    done = {n: p for n, p in _versions(Path(root)).items() if (p / MANIFEST).is_file()}
+def latest_bundle(root: str | Path, exclude: Collection[str] = ()) -> Path | None:
+    """The highest committed version directory (one with a manifest) under ``root``, leaving
+    out the version names in ``exclude``, or None."""
+    done = {
+        n: p
+        for n, p in _versions(Path(root)).items()
+        if p.name not in exclude and (p / MANIFEST).is_file()
+    }
     return done[max(done)] if done else None
 
 
-def resolve_bundle(path: str | Path) -> Path:
-    """A version directory as is, or the latest version under a bundle root."""
+def resolve_bundle(path: str | Path, exclude: Collection[str] = ()) -> Path:
+    """A version directory as is, or the latest version under a bundle root (leaving out the
+    version names in ``exclude``: a running experiment's candidates, say)."""
     p = Path(path)
     if (p / MANIFEST).is_file():
         return p
     if not p.is_dir():
         raise BundleError(f"{p}: no such bundle directory")
-    latest = latest_bundle(p)
+    latest = latest_bundle(p, exclude)
     if latest is None:
+        also = f", other than {sorted(exclude)}" if exclude else ""
         raise BundleError(
             f"{p}: neither a bundle (no {MANIFEST}) nor a root holding committed versions "
-            "(vNNNNNN/); build one first"
+            f"(vNNNNNN/){also}; build one first"
         )
     return latest
 

@@ -171,7 +171,7 @@ def _promote(args: argparse.Namespace) -> int:
     import os
 
     from tailored.errors import TailoredError
-    from tailored.experiments import load_experiments
+    from tailored.experiments import decisions_path, load_experiments
     from tailored.experiments.analysis import analyze
     from tailored.paths import tailored_home
     from tailored.serve.client import Client
@@ -183,6 +183,11 @@ def _promote(args: argparse.Namespace) -> int:
         raise TailoredError(
             f"{args.name}: no variant {args.variant!r} ({[v.name for v in e.variants]})"
         ) from err
+    if e.decided is not None:
+        raise TailoredError(
+            f"{args.name}: decided already ({e.decided.variant!r} promoted at "
+            f"{e.end.isoformat()}, recorded in {decisions_path(args.experiments)})"
+        )
     now = _now(args)
     result = analyze(e, _events(args), now_ms=int(now * 1000))
     srm = result["srm"]
@@ -192,7 +197,7 @@ def _promote(args: argparse.Namespace) -> int:
             "broken and its results cannot be trusted (--force to promote anyway)"
         )
     with Client(args.target, token=os.environ.get("TAILORED_ADMIN_TOKEN")) as client:
-        resp = rpc(lambda: client.promote(args.name, args.variant))
+        resp = rpc(lambda: client.promote(args.name, args.variant, args.reason))
     record = {
         "time": dt.datetime.fromtimestamp(time.time(), dt.UTC).isoformat(),
         "experiment": e.name,
@@ -220,7 +225,7 @@ def _promote(args: argparse.Namespace) -> int:
     )
     print(f"audit: {audit}")
     print(
-        f"end {e.name} in {args.experiments} (its 'end'), or a restart or ReloadExperiments "
-        "will run it again"
+        f"decision recorded in {decisions_path(args.experiments)}: every process serving "
+        f"{args.experiments} applies it, after a restart too"
     )
     return 0

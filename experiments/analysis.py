@@ -4,8 +4,9 @@ and the statistics of each variant against the control.
 The input is the online state's events as ``(user, type, item_id, time_ms, value)`` (the
 serving layer's ``OnlineState.scan``). A user is in the analysis from their first exposure
 to the experiment (an ``exposure`` event, item id ``EXPERIMENT:VARIANT``): their variant is
-that exposure's, and only their events at or after it count (events before it, within
-``pre_days``, are the CUPED covariate of the same metric). The metrics, per exposed user:
+that exposure's, and only their events at or after it, and before the experiment's end (or
+the decision that ended it), count (events before it, within ``pre_days``, are the CUPED
+covariate of the same metric). The metrics, per exposed user:
 
 - ``clicks`` per user, ``conversions`` (purchases) per user, ``dwell`` (seconds of views)
   per user, ``impressions`` per user, and ``<type>`` per user for each extra event type
@@ -85,9 +86,10 @@ def _users(
     for metric, (kind, how) in measured.items():
         by_type[kind].append((metric, how))
     pre_ms = pre_days * _DAY_MS
+    end_ms = experiment.end.timestamp() * 1000  # its end, or the decision that ended it
     for user, kind, _, time_ms, value in events:
         u = users.get(user)
-        if u is None or kind not in by_type:
+        if u is None or kind not in by_type or time_ms >= end_ms:
             continue
         for metric, how in by_type[kind]:
             amount = float(value) if how == "value" else 1.0

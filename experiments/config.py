@@ -28,15 +28,25 @@ An experiments file::
 A variant may change only what :data:`VARIANT_KEYS` names. Everything is checked at load and
 a refusal names the file, the experiment and the field (:class:`ExperimentError`); a server
 that is asked to load a bad file keeps the configuration it has.
+
+Decisions: promoting a variant (``tailored experiment promote``, the admin ``Promote``) is
+recorded beside the file, in ``NAME.decisions.json`` (:func:`decisions_path`;
+:mod:`tailored.experiments.decisions` writes it). Loading the file applies them: a decided
+experiment ends at its decision, the promoted variants' changes become everyone's defaults
+(:meth:`Experiments.defaults`, :meth:`Experiments.promoted_bundle`), and the bundles of the
+variants that lost stay reserved (:meth:`Experiments.reserved`), never served to everyone by
+a bundle watcher or at start. A decision keeps what the variant changed when it was made, so
+it outlives the experiment's removal from the file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +54,16 @@ from tailored.errors import TailoredError
 
 __all__ = [
     "VARIANT_KEYS",
+    "Decision",
     "Experiment",
     "ExperimentError",
     "Experiments",
     "Holdout",
     "Variant",
+    "decisions_path",
     "load_experiments",
     "parse_experiments",
+    "read_decisions",
 ]
 
 # what a variant may change, and the type of each value
@@ -89,6 +102,29 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """A promoted variant: what it changed then, the bundles of the variants it beat, when
+    (unix seconds, the deciding server's clock) and why."""
+
+    experiment: str
+    variant: str
+    at: float
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    rejected: tuple[str, ...] = ()  # bundle versions of the other variants
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment,
+            "variant": self.variant,
+            "at": dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat(),
+            "changes": dict(self.changes),
+            "rejected": list(self.rejected),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     layer: str
@@ -100,12 +136,16 @@ class Experiment:
     traffic: float = 1.0
     traffic_offset: float = 0.0
     description: str = ""
+    decided: Decision | None = None  # promoted: ``end`` is the decision's time
 
     def running(self, now: float) -> bool:
-        """Whether ``now`` (unix seconds) is within [start, end)."""
-        return self.start.timestamp() <= now < self.end.timestamp()
+        """Whether ``now`` (unix seconds) is within [start, end) and nothing was decided (a
+        decided experiment serves no one, whatever a clock says)."""
+        return self.decided is None and self.start.timestamp() <= now < self.end.timestamp()
 
     def status(self, now: float) -> str:
+        if self.decided is not None:
+            return f"promoted {self.decided.variant}"
         if now < self.start.timestamp():
             return "scheduled"
         return "running" if now < self.end.timestamp() else "ended"
@@ -134,6 +174,7 @@ class Experiments:
     experiments: tuple[Experiment, ...] = ()
     holdout: Holdout = Holdout()
     source: str = ""
+    decisions: tuple[Decision, ...] = ()  # in the order they were made
 
     def get(self, name: str) -> Experiment:
         for e in self.experiments:
@@ -151,9 +192,85 @@ class Experiments:
             if "bundle" in v.changes
         )
 
+    def defaults(self) -> dict[str, Any]:
+        """What the promoted variants changed, for everyone (a later decision wins), the
+        bundle aside (:meth:`promoted_bundle`)."""
+        out: dict[str, Any] = {}
+        for d in self.decisions:
+            out.update({k: v for k, v in d.changes.items() if k != "bundle"})
+        return out
+
+    def promoted_bundle(self) -> str | None:
+        """The bundle version the latest decision that named one made everyone's."""
+        named = [str(d.changes["bundle"]) for d in self.decisions if "bundle" in d.changes]
+        return named[-1] if named else None
+
+    def reserved(self) -> frozenset[str]:
+        """Versions not to serve to everyone unasked: the candidates of undecided experiments
+        (a control's bundle is the current one) and the bundles that lost a decision, unless
+        a later one promoted them."""
+        out = {
+            str(v.changes["bundle"])
+            for e in self.experiments
+            if e.decided is None
+            for v in e.variants
+            if "bundle" in v.changes and v.name != e.control
+        }
+        out.update(b for d in self.decisions for b in d.rejected)
+        promoted = self.promoted_bundle()
+        return frozenset(out - {promoted} if promoted else out)
+
+
+def decisions_path(path: str | Path) -> Path:
+    """Where the decisions about the experiments of the file at ``path`` are recorded."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.decisions.json")
+
+
+def read_decisions(path: str | Path) -> tuple[Decision, ...]:
+    """The decisions recorded for the experiments file at ``path`` (none when there is no
+    decisions file); a malformed one is refused, naming the entry and field."""
+    where = decisions_path(path)
+    try:
+        doc = json.loads(where.read_text())
+    except FileNotFoundError:
+        return ()
+    except OSError as e:
+        raise ExperimentError(f"{where}: cannot read ({e.strerror or e})") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ExperimentError(f"{where}: not valid JSON ({e})") from e
+    raw = doc.get("decisions") if isinstance(doc, dict) else None
+    if not isinstance(raw, list):
+        raise ExperimentError(f"{where}: expected an object with a 'decisions' list")
+    out = []
+    for i, d in enumerate(raw):
+        at = f"{where}: decision #{i + 1}"
+        if not isinstance(d, dict):
+            raise ExperimentError(f"{at}: must be an object")
+        for key in ("experiment", "variant"):
+            if not isinstance(d.get(key), str) or not d[key]:
+                raise ExperimentError(f"{at}: {key!r} must be a non-empty string")
+        when = _time(d, "at", at).timestamp()
+        changes = d.get("changes", {})
+        rejected = d.get("rejected", [])
+        if not isinstance(changes, dict):
+            raise ExperimentError(f"{at}: 'changes' must be an object")
+        for key, value in changes.items():
+            if key not in VARIANT_KEYS:
+                raise ExperimentError(f"{at}: changes: unknown key {key!r}")
+            _check_change(key, value, f"{at}: changes")
+        if not isinstance(rejected, list) or not all(isinstance(b, str) for b in rejected):
+            raise ExperimentError(f"{at}: 'rejected' must be a list of bundle versions")
+        reason = d.get("reason", "")
+        out.append(
+            Decision(d["experiment"], d["variant"], when, changes, tuple(rejected), str(reason))
+        )
+    return tuple(sorted(out, key=lambda d: d.at))
+
 
 def load_experiments(path: str | Path) -> Experiments:
-    """Read and check an experiments file (see the module docstring)."""
+    """Read and check an experiments file and apply the decisions recorded beside it (see
+    the module docstring)."""
     p = Path(path)
     try:
         doc = tomllib.loads(p.read_text())
@@ -161,11 +278,14 @@ def load_experiments(path: str | Path) -> Experiments:
         raise ExperimentError(f"{p}: cannot read ({e.strerror or e})") from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ExperimentError(f"{p}: not valid TOML ({e})") from e
-    return parse_experiments(doc, str(p))
+    return parse_experiments(doc, str(p), read_decisions(p))
 
 
-def parse_experiments(doc: Mapping[str, Any], source: str = "experiments") -> Experiments:
-    """Check a parsed experiments document (see the module docstring)."""
+def parse_experiments(
+    doc: Mapping[str, Any], source: str = "experiments", decisions: Sequence[Decision] = ()
+) -> Experiments:
+    """Check a parsed experiments document (see the module docstring), with ``decisions``
+    applied: each decided experiment ends at its decision (earlier than its ``end``)."""
     unknown = set(doc) - {"experiment", "holdout"}
     if unknown:
         raise ExperimentError(
@@ -175,9 +295,16 @@ def parse_experiments(doc: Mapping[str, Any], source: str = "experiments") -> Ex
     raw = doc.get("experiment", [])
     if not isinstance(raw, list):
         raise ExperimentError(f"{source}: 'experiment' must be an array of tables [[experiment]]")
-    experiments = tuple(_experiment(e, i, source) for i, e in enumerate(raw))
+    raw_exps = tuple(_experiment(e, i, source) for i, e in enumerate(raw))
+    by_name = {d.experiment: d for d in decisions}
+    experiments = tuple(_decided(e, by_name[e.name]) if e.name in by_name else e for e in raw_exps)
     _check_together(experiments, holdout, source)
-    return Experiments(experiments, holdout, source)
+    return Experiments(experiments, holdout, source, tuple(decisions))
+
+
+def _decided(e: Experiment, d: Decision) -> Experiment:
+    at = dt.datetime.fromtimestamp(max(d.at, e.start.timestamp() + 1e-3), dt.UTC)
+    return replace(e, end=min(e.end, at), decided=d)
 
 
 def _holdout(raw: Any, source: str) -> Holdout:

@@ -10,6 +10,7 @@ supervisor starts each worker as ``python -m tailored.serve.app ...`` with the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -113,13 +114,16 @@ def _serve_one(args: argparse.Namespace, cfg: ServeConfig) -> int:
 
     key = load_key(args.key_file, create=False)
     worker = _worker(args)
+    cfg, experiments_seq = _experiments(args, cfg, worker)
     bundle, request_seq = _load_bundle(args, cfg, worker)
     state = open_state(
         cfg.state or str(tailored_home() / "serve" / "state.db"), timeout=cfg.state_timeout_seconds
     )
     stop = threading.Event()
-    siblings = _siblings(args, worker, bundle, state.backend, request_seq, stop)
+    siblings = _siblings(args, worker, bundle, state.backend, request_seq, experiments_seq, stop)
     service = Service(bundle, state, Pseudonymizer(key), cfg, siblings=siblings)
+    if siblings is not None:
+        siblings.follow_experiments = service.follow_experiments
     server, port = create_server(f"{args.host}:{args.port}", service)
     if args.metrics_port >= 0:
         _, mport = service.metrics.serve_http(args.metrics_port, args.host)
@@ -144,20 +148,38 @@ def _serve_one(args: argparse.Namespace, cfg: ServeConfig) -> int:
     return 0
 
 
+def _experiments(
+    args: argparse.Namespace, cfg: ServeConfig, worker: WorkerInfo | None
+) -> tuple[ServeConfig, str | None]:
+    """The configuration with the experiments file to run and, for a worker, the sequence
+    number of the experiments request it runs (a restarted worker runs what its siblings
+    were asked to)."""
+    from tailored.serve.workers import Control
+
+    request = Control(args.control).experiments_request() if worker is not None else None
+    if request is None:
+        return cfg, None
+    return dataclasses.replace(cfg, experiments=request[1]), request[0]
+
+
 def _load_bundle(
     args: argparse.Namespace, cfg: ServeConfig, worker: WorkerInfo | None
 ) -> tuple[LiveBundle, str | None]:
     """The bundle to serve and, for a worker, the sequence number of the reload request it
-    serves (a restarted worker serves what its siblings were asked to)."""
+    serves (a restarted worker serves what its siblings were asked to). From a bundles
+    root: its latest version that no experiment reserves (a candidate under test, or one
+    that lost)."""
     from tailored.serve.bundles import LiveBundle
+    from tailored.serve.experiments import reserved_versions
     from tailored.serve.workers import Control
 
+    reserved = reserved_versions(cfg.experiments)
     source, request = args.bundle, None
     if worker is not None:
         request = Control(args.control).reload_request()
         source = request[1] if request is not None else source
     try:
-        return LiveBundle(source, cfg, watch_root=args.bundle), (
+        return LiveBundle(source, cfg, watch_root=args.bundle, reserved=reserved), (
             request[0] if request is not None else None
         )
     except (TailoredError, OSError, ValueError) as e:
@@ -167,7 +189,7 @@ def _load_bundle(
         _log.error(
             "worker %s: cannot load %s (%s); serving %s", args.worker, source, e, args.bundle
         )
-        return LiveBundle(args.bundle, cfg), None
+        return LiveBundle(args.bundle, cfg, reserved=reserved), None
 
 
 def _siblings(
@@ -176,6 +198,7 @@ def _siblings(
     bundle: LiveBundle,
     backend: str,
     loaded_seq: str | None,
+    experiments_seq: str | None,
     stop: threading.Event,
 ) -> Siblings | None:
     """A worker's link to the others (reloads, reports); None for a lone server."""
@@ -189,6 +212,7 @@ def _siblings(
         bundle,
         backend,
         loaded_seq=loaded_seq,
+        experiments_seq=experiments_seq,
         supervisor=int(os.environ[SUPERVISOR_ENV]) if SUPERVISOR_ENV in os.environ else None,
         on_orphaned=stop.set,
     )

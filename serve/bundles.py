@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from tailored.bundle.format import BundleError, latest_bundle, resolve_bundle
@@ -29,14 +29,15 @@ __all__ = ["LiveBundle", "apply_search_params"]
 _log = logging.getLogger(__name__)
 
 
-def load_recommender(path: Path, cfg: ServeConfig) -> Recommender:
-    """Verify and load the bundle at ``path`` (a version or a root: its latest), then warm it:
-    one request through every stage, so that the first real request pays no set-up."""
+def load_recommender(path: Path, cfg: ServeConfig, exclude: Collection[str] = ()) -> Recommender:
+    """Verify and load the bundle at ``path`` (a version, or a root: its latest version not in
+    ``exclude``), then warm it: one request through every stage, so that the first real
+    request pays no set-up."""
     if cfg.index_threads:
         import faiss
 
         faiss.omp_set_num_threads(cfg.index_threads)
-    bundle = LoadedBundle.load(resolve_bundle(path), threads=cfg.onnx_threads)
+    bundle = LoadedBundle.load(resolve_bundle(path, exclude), threads=cfg.onnx_threads)
     if cfg.index_search:
         apply_search_params(bundle.index, cfg.index_search)
     rec = Recommender(bundle, cfg)
@@ -73,20 +74,28 @@ def apply_search_params(index: ItemIndex, params: Mapping[str, int]) -> None:
 class LiveBundle:
     """The current :class:`Recommender` and the means to replace it."""
 
-    def __init__(self, path: Path, cfg: ServeConfig, *, watch_root: Path | None = None) -> None:
-        """Serve ``path`` (a version, or a root: its latest); ``watch_root`` (default
-        ``path``) is where :meth:`watch` and a reload without a path look for versions."""
+    def __init__(
+        self,
+        path: Path,
+        cfg: ServeConfig,
+        *,
+        watch_root: Path | None = None,
+        reserved: frozenset[str] = frozenset(),
+    ) -> None:
+        """Serve ``path`` (a version, or a root: its latest not ``reserved``); ``watch_root``
+        (default ``path``) is where :meth:`watch` and a reload without a path look for
+        versions."""
         self.cfg = cfg
         self.source = Path(watch_root if watch_root is not None else path)
-        self.current = load_recommender(Path(path), cfg)
+        self.current = load_recommender(Path(path), cfg, reserved)
         self.reloads = 0
         self.failed_reloads = 0
         self._lock = threading.Lock()  # one load at a time; requests never take it
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        # versions a running experiment serves to its variant: the watcher does not make
-        # the newest of them everyone's bundle (promoting it does)
-        self.reserved: frozenset[str] = frozenset()
+        # versions an experiment serves to a variant, or that lost one: neither the watcher
+        # nor a reload without a path makes them everyone's bundle (promoting one does)
+        self.reserved = reserved
         # refused versions, with what their files looked like then (tried again if that changes)
         self._refused: dict[Path, tuple[int, int]] = {}
         # called with the new version after every swap, whoever asked for it (the metrics)
@@ -105,7 +114,7 @@ class LiveBundle:
             previous = self.version
             source = Path(path) if path else self.source
             try:
-                rec = load_recommender(source, self.cfg)
+                rec = load_recommender(source, self.cfg, () if path else self.reserved)
             except Exception as e:  # whatever a bundle holds, the current one keeps serving
                 self.failed_reloads += 1
                 _log.warning("bundle refused, still serving %s: %s", previous, e)
@@ -138,9 +147,9 @@ class LiveBundle:
                 _log.exception("bundle watcher: checking %s failed; trying again", self.source)
 
     def _check_for_new(self) -> None:
-        latest = latest_bundle(self.source) if self.source.is_dir() else None
+        latest = latest_bundle(self.source, self.reserved) if self.source.is_dir() else None
         current = self.current.bundle.manifest.path
-        if latest is None or latest == current or latest.name in self.reserved:
+        if latest is None or latest == current:
             return
         if latest.name < current.name and current.parent == latest.parent:
             return  # never go back to an older version

@@ -124,9 +124,9 @@ class Client:
         )
         return resp
 
-    def promote(self, experiment: str, variant: str) -> pb.PromoteResponse:
+    def promote(self, experiment: str, variant: str, reason: str = "") -> pb.PromoteResponse:
         resp: pb.PromoteResponse = self.admin.Promote(
-            pb.PromoteRequest(experiment=experiment, variant=variant),
+            pb.PromoteRequest(experiment=experiment, variant=variant, reason=reason),
             timeout=max(self.timeout, 120),
             metadata=self._auth,
         )

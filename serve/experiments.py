@@ -13,14 +13,23 @@ metrics read it. "Once" is kept by the user's events read for the request (an ex
 among them is not written again) and by a bounded in-process memory of the exposures
 written; a replica that has not seen one, or a user with more events than one request reads
 (``[serve] history_events``), may write it again, and the analysis takes each user's first.
+
+The write is off the request path (:class:`ExposureWriter`): the request hands its exposure
+to a writer thread, which writes everything handed to it since its last write in one call
+to the state (one transaction, one sync: a group commit). The exposure keeps the request's
+time. An exposure that cannot be written (the state is down, the queue is full, the process
+stops hard) is forgotten by the in-process memory, so the user's next request writes it
+again, stamped then: the analysis misses what that user did in between, never counts them
+twice.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +42,19 @@ from tailored.experiments import load_experiments as read_experiments
 from tailored.serve.recommender import Recommender
 from tailored.serve.state import StoredEvent
 
-__all__ = ["EXPOSURE", "ServedExperiments", "exposure_id", "load_served"]
+__all__ = [
+    "EXPOSURE",
+    "ExposureWriter",
+    "ServedExperiments",
+    "exposure_id",
+    "load_served",
+    "reserved_versions",
+]
 
 EXPOSURE = "exposure"  # the event type of an exposure
 _REMEMBERED = 1_000_000  # exposures remembered per process, least recent forgotten first
+_PENDING = 100_000  # exposures waiting for the writer; beyond, written on a later request
+_BATCH = 5_000  # users' exposures in one write at most
 _log = logging.getLogger(__name__)
 
 
@@ -54,6 +72,8 @@ class ServedExperiments:
 
     def __post_init__(self) -> None:
         self.assigner = Assigner(self.experiments)
+        # what promoted variants changed, for everyone (a variant's own changes win)
+        self.defaults: dict[str, Any] = self.experiments.defaults()
         self._written: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -111,16 +131,24 @@ class ServedExperiments:
 
 
 def load_served(
-    path: str | Path, bundles_dir: Path, cfg: ServeConfig, current: Recommender
+    path: str | Path,
+    bundles_dir: Path,
+    cfg: ServeConfig,
+    current: Recommender,
+    loaded_before: Mapping[str, Recommender] | None = None,
 ) -> ServedExperiments:
-    """Check the experiments file at ``path`` and load the bundles its variants name (each
-    a version under ``bundles_dir``, verified and loaded like the served one; the served
-    version itself is not loaded twice)."""
+    """Check the experiments file at ``path`` (with its decisions) and load the bundles its
+    running or scheduled variants name (each a version under ``bundles_dir``, verified and
+    loaded like the served one; the served version, and those in ``loaded_before``, are not
+    loaded again)."""
     from tailored.serve.bundles import load_recommender
 
     experiments = read_experiments(path)
+    before = dict(loaded_before or {})
     loaded: dict[str, Recommender] = {}
     for e in experiments.experiments:
+        if e.decided is not None:
+            continue  # its variants serve no one any more
         for v in e.variants:
             version = v.changes.get("bundle")
             if version is None or version in loaded:
@@ -129,9 +157,91 @@ def load_served(
             if version == current.bundle.version:
                 loaded[version] = current
                 continue
+            if version in before:
+                loaded[version] = before[version]
+                continue
             try:
                 loaded[version] = load_recommender(resolve_bundle(bundles_dir / version), cfg)
             except TailoredError as err:
                 raise ExperimentError(f"{where}: {err}") from err
             _log.info("experiment %s, variant %s: bundle %s loaded", e.name, v.name, version)
     return ServedExperiments(experiments, loaded, str(path))
+
+
+def reserved_versions(path: str | Path | None) -> frozenset[str]:
+    """The bundle versions that the experiments file at ``path`` (with its decisions) keeps
+    from being everyone's: a server starting from a bundles root serves the latest other
+    one (:meth:`tailored.experiments.Experiments.reserved`)."""
+    return read_experiments(path).reserved() if path else frozenset()
+
+
+_Pending = tuple[str, list[StoredEvent], Callable[[], None]]
+
+
+class ExposureWriter:
+    """Writes exposures to the online state from one thread, in groups (see the module
+    docstring). ``record`` stores ``{user: events}`` durably or raises; ``on_result`` is
+    told how many exposures each write stored or lost."""
+
+    def __init__(
+        self,
+        record: Callable[[dict[str, list[StoredEvent]]], object],
+        on_result: Callable[[str, int], None] = lambda outcome, n: None,
+    ) -> None:
+        self._record = record
+        self._on_result = on_result
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(_PENDING)
+        self._thread = threading.Thread(target=self._run, name="exposures", daemon=True)
+        self._thread.start()
+
+    def put(self, user: str, events: list[StoredEvent], forget: Callable[[], None]) -> None:
+        """Write ``events`` of ``user`` soon; ``forget`` is called if they cannot be."""
+        try:
+            self._queue.put_nowait((user, events, forget))
+        except queue.Full:
+            forget()
+            self._on_result("dropped", len(events))
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first] if first is not None else []
+            while first is not None and len(batch) < _BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    first = None  # stop after this write
+                    break
+                batch.append(item)
+            if batch:
+                self._write(batch)
+            for _ in range(len(batch) + (first is None)):
+                self._queue.task_done()
+            if first is None:
+                return
+
+    def _write(self, batch: list[_Pending]) -> None:
+        by_user: dict[str, list[StoredEvent]] = {}
+        for user, events, _ in batch:
+            by_user.setdefault(user, []).extend(events)
+        n = sum(len(events) for _, events, _ in batch)
+        try:
+            self._record(by_user)
+        except Exception as e:  # any failure: each user's exposure is written next time
+            for _, _, forget in batch:
+                forget()
+            self._on_result("failed", n)
+            _log.debug("exposures not written (%s): %d users retried later", e, len(by_user))
+            return
+        self._on_result("written", n)
+
+    def flush(self) -> None:
+        """Wait until everything handed over so far is written (or given up)."""
+        self._queue.join()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is pending, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)

@@ -44,6 +44,13 @@ class ServerMetrics:
             # several processes ([serve] processes): the number of live ones serving it
             multiprocess_mode="livesum",
         )
+        self.exposures = Counter(
+            "tailored_exposures",
+            "Experiment exposures handed to the state, by outcome (written; failed or "
+            "dropped: written again on the user's next request)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "tailored_bundle_reloads",
             "Bundle loads after the first, by outcome",

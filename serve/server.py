@@ -32,11 +32,11 @@ from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
-from tailored.experiments import Assignment, ExperimentError, Experiments
+from tailored.experiments import Assignment, decide
 from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
-from tailored.serve.experiments import ServedExperiments, load_served
+from tailored.serve.experiments import ExposureWriter, ServedExperiments, load_served
 from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
 from tailored.serve.recommender import Request, RequestError
@@ -101,8 +101,12 @@ class Service:
         bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
         self.experiments: ServedExperiments | None = None
-        # what promoted variants changed, for everyone (a variant's own changes win)
-        self.defaults: dict[str, Any] = {}
+        self.exposures = ExposureWriter(
+            lambda batch: self.guard.call(
+                self.state.record, batch, default_allows=self.default_allows()
+            ),
+            lambda outcome, n: self.metrics.exposures.labels(outcome).inc(n),
+        )
         if cfg.experiments:
             self.set_experiments(self.load_experiments(cfg.experiments))
         self._unavailable: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -117,15 +121,29 @@ class Service:
 
     def load_experiments(self, path: str) -> ServedExperiments:
         """Check the experiments file at ``path`` and load the bundles its variants name,
-        beside the served bundle (:func:`tailored.serve.experiments.load_served`)."""
+        beside the served bundle (:func:`tailored.serve.experiments.load_served`; those
+        loaded for the running configuration are kept, not loaded again)."""
         current = self.bundle.current
-        return load_served(path, current.bundle.manifest.path.parent, self.cfg, current)
+        before = self.experiments.bundles if self.experiments is not None else None
+        return load_served(path, current.bundle.manifest.path.parent, self.cfg, current, before)
 
     def set_experiments(self, served: ServedExperiments | None) -> None:
         """Run ``served`` from the next request on; the bundle watcher leaves the versions
-        its variants serve alone."""
+        its variants serve, and those that lost a decision, alone."""
         self.experiments = served
-        self.bundle.reserved = served.experiments.bundles() if served is not None else frozenset()
+        self.bundle.reserved = served.experiments.reserved() if served is not None else frozenset()
+
+    def follow_experiments(self, path: str) -> None:
+        """What a sibling's ``ReloadExperiments`` or ``Promote`` asks of this process: run
+        the file at ``path`` with its decisions (the promoted bundle served by then, through
+        the bundle's own broadcast). Raises TailoredError and keeps the running
+        configuration when it cannot."""
+        self.set_experiments(self.load_experiments(path))
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """What promoted variants changed, for everyone (a variant's own changes win)."""
+        return self.experiments.defaults if self.experiments is not None else {}
 
     def now(self) -> float:
         """The serving clock, unix seconds (see [serve] clock)."""
@@ -164,6 +182,7 @@ class Service:
 
     def close(self) -> None:
         self.bundle.close()
+        self.exposures.close()  # what requests handed over is written before the state closes
         self.state.close()
 
 
@@ -233,15 +252,12 @@ def _log_exposures(
     now: float,
     surface: str,
 ) -> None:
-    """Write the user's first exposure to each experiment they are served under; a state
-    that fails here fails no request (the exposure is written on a later one)."""
+    """Hand the user's first exposure to each experiment they are served under to the
+    writer thread; a state that fails there fails no request (the exposure is written on a
+    later one)."""
     new = experiments.exposures(user, assigned, events, int(now * 1000), surface)
-    if not new:
-        return
-    try:
-        s.guard.call(s.state.record, {user: new}, default_allows=s.default_allows())
-    except StateError:
-        experiments.forget_written(user, assigned)
+    if new:
+        s.exposures.put(user, new, lambda: experiments.forget_written(user, assigned))
 
 
 def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
@@ -392,13 +408,7 @@ class _Admin(pb_grpc.AdminServicer):
     ) -> pb.ReloadExperimentsResponse:
         self._authorize(context)
         s = self.service
-        if s.siblings is not None and s.siblings.me.count > 1:
-            raise _Abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "ReloadExperiments reaches one of this address's processes ([serve] processes "
-                "> 1): restart the server with the new [serve] experiments instead",
-            )
-        path = request.path or s.cfg.experiments
+        path = request.path or (s.experiments.path if s.experiments else "") or s.cfg.experiments
         if not path:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -409,6 +419,7 @@ class _Admin(pb_grpc.AdminServicer):
         except TailoredError as e:  # the running configuration stays
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
         s.set_experiments(served)
+        self._tell_siblings(path)
         now = s.now()
         exps = served.experiments.experiments
         _log.info("experiments reloaded from %s: %d declared", path, len(exps))
@@ -418,6 +429,20 @@ class _Admin(pb_grpc.AdminServicer):
             bundles=sorted(served.bundles),
         )
 
+    def _tell_siblings(self, path: str) -> None:
+        """Every process of this address runs the experiments file at ``path`` before the
+        call returns (UNAVAILABLE names those that do not)."""
+        s = self.service
+        if s.siblings is None or s.siblings.me.count < 2:
+            return
+        behind = s.siblings.broadcast_experiments(path, s.cfg.reload_wait_seconds)
+        if behind:
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"experiments {path} run in worker {s.siblings.me.index}, but not in "
+                f"{'; '.join(behind)}; call again to retry",
+            )
+
     @_rpc("Promote")
     def Promote(
         self, request: pb.PromoteRequest, context: grpc.ServicerContext
@@ -425,46 +450,50 @@ class _Admin(pb_grpc.AdminServicer):
         self._authorize(context)
         s = self.service
         served = s.experiments
-        if s.siblings is not None and s.siblings.me.count > 1:
+        if served is None or not served.path:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "no experiments are running")
+        now = s.now()
+        try:  # recorded beside the file first: a restart, or any process, applies it
+            decision = decide(served.path, request.experiment, request.variant, now, request.reason)
+            after = s.load_experiments(served.path)
+        except TailoredError as e:
             raise _Abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "Promote reaches one of this address's processes ([serve] processes > 1): "
-                "change the configuration and restart instead",
-            )
-        if served is None:
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "no experiments are running")
-        try:
-            experiment = served.experiments.get(request.experiment)
-            variant = experiment.variant(request.variant)
-        except (ExperimentError, KeyError) as e:
-            raise _Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"experiment / variant: {request.experiment!r} / {request.variant!r} is not "
-                f"running here ({e})",
+                f"experiment / variant {request.experiment!r} / {request.variant!r}: {e}",
             ) from e
-        changes = dict(variant.changes)
-        version = changes.pop("bundle", None)
+        version = after.experiments.promoted_bundle()
         if version is not None and version != s.bundle.version:
-            s.bundle.reload(served.bundles[str(version)].bundle.manifest.path)
-        s.defaults.update(changes)
-        kept = Experiments(
-            tuple(e for e in served.experiments.experiments if e.name != experiment.name),
-            served.experiments.holdout,
-            served.experiments.source,
-        )
-        s.set_experiments(ServedExperiments(kept, served.bundles, served.path))
-        now = s.now()
+            root = s.bundle.current.bundle.manifest.path.parent
+            try:
+                _, _, _, loaded = s.bundle.reload(root / version)
+            except (TailoredError, OSError, ValueError) as e:
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{decision.experiment}: {decision.variant} is recorded as promoted, but "
+                    f"its bundle {version} cannot be served ({e}); fix it and call "
+                    "ReloadBundle",
+                ) from e
+            if s.siblings is not None and s.siblings.me.count > 1:
+                behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
+                if behind:
+                    raise _Abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"bundle {version} is served by worker {s.siblings.me.index}, but not "
+                        f"by {'; '.join(behind)}; call ReloadExperiments to retry",
+                    )
+        s.set_experiments(after)
+        self._tell_siblings(served.path)
         _log.warning(
             "experiment %s: variant %s promoted (bundle %s, defaults %s)",
-            experiment.name,
-            variant.name,
+            decision.experiment,
+            decision.variant,
             s.bundle.version,
             s.defaults,
         )
         return pb.PromoteResponse(
             bundle_version=s.bundle.version,
             defaults={k: str(v) for k, v in s.defaults.items()},
-            running=[e.name for e in kept.experiments if e.running(now)],
+            running=[e.name for e in after.experiments.experiments if e.running(now)],
         )
 
     @_rpc("Status")

@@ -14,6 +14,9 @@ The workers share a control directory (:class:`Control`), made by the supervisor
 * ``reload.json``: the bundle every worker must serve after a ``ReloadBundle``. The worker
   that receives the call loads the bundle, writes this file, and answers once every worker
   reports that bundle (:meth:`Siblings.broadcast`); a restarted worker starts from it.
+* ``experiments.json``: the experiments file every worker must run after a
+  ``ReloadExperiments`` or a ``Promote`` (whose decision is recorded beside that file), in
+  the same way (:meth:`Siblings.broadcast_experiments`); a restarted worker starts from it.
 
 A new version in a watched bundles directory needs no message: every worker watches it.
 The online state is shared as it is between replicas: the SQLite file (WAL, one writer at a
@@ -99,6 +102,17 @@ class Control:
             return None
         return str(obj.get("seq", "")), Path(obj["path"])
 
+    def request_experiments(self, path: str) -> str:
+        seq = uuid.uuid4().hex
+        _write_json(self.path / "experiments.json", {"seq": seq, "path": path})
+        return seq
+
+    def experiments_request(self) -> tuple[str, str] | None:
+        obj = _read_json(self.path / "experiments.json")
+        if obj is None or not isinstance(obj.get("path"), str):
+            return None
+        return str(obj.get("seq", "")), obj["path"]
+
 
 class Siblings:
     """A worker's side of the control directory: it reports what it serves and follows the
@@ -116,6 +130,7 @@ class Siblings:
         backend: str,
         *,
         loaded_seq: str | None = None,
+        experiments_seq: str | None = None,
         supervisor: int | None = None,
         on_orphaned: Callable[[], None] = lambda: None,
     ) -> None:
@@ -127,6 +142,11 @@ class Siblings:
         self._parent = supervisor if supervisor is not None else os.getppid()
         self._seen = loaded_seq
         self._refusal: dict[str, str] = {}  # the last request this worker could not follow
+        # the experiments request this worker runs, and how it runs one (set by its server)
+        self._experiments_seen = experiments_seq
+        self._tried: str | None = None
+        self._experiments_refusal: dict[str, str] = {}
+        self.follow_experiments: Callable[[str], None] | None = None
         self._lock = threading.Lock()  # following a request, or making one: one at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,6 +168,8 @@ class Siblings:
             "backend": self.backend,
             "ready": True,
             "refused": self._refusal,
+            "experiments": self._experiments_seen,
+            "experiments_refused": self._experiments_refusal,
         }
         if info != self._reported:
             self.control.report(self.me.index, info)
@@ -164,6 +186,7 @@ class Siblings:
                 return
             try:
                 self._follow()
+                self._follow_experiments()  # after the bundle: a promotion names one
                 self._report()
             except Exception:  # never let the follower die silently: log and go on
                 _log.exception("worker %d: following the control directory", self.me.index)
@@ -181,6 +204,26 @@ class Siblings:
             except (TailoredError, OSError, ValueError) as e:  # logged by reload
                 self._refusal = {"seq": request[0], "error": str(e)}
 
+    def _follow_experiments(self) -> None:
+        with self._lock:
+            request = self.control.experiments_request()
+            follow = self.follow_experiments
+            if (
+                request is None
+                or request[0] in (self._experiments_seen, self._tried)
+                or (follow is None)
+            ):
+                return
+            seq, path = request
+            self._tried = seq  # once: a refusal is reported, not tried again every poll
+            try:
+                follow(path)
+            except (TailoredError, OSError, ValueError) as e:
+                _log.warning("worker %d: experiments %s refused: %s", self.me.index, path, e)
+                self._experiments_refusal = {"seq": seq, "error": str(e)}
+                return
+            self._experiments_seen = seq
+
     def broadcast(self, path: Path, timeout: float) -> list[str]:
         """Ask every worker to serve ``path`` (already served here) and wait until they
         report it; returns, for each worker that does not, why (refused it, superseded by a
@@ -189,22 +232,55 @@ class Siblings:
             seq = self._seen = self.control.request_reload(path)
         self._report()
         want = str(Path(path).resolve())
+        return self._wait(
+            seq, "path", want, "refused", self.control.reload_request, "reload", timeout
+        )
+
+    def broadcast_experiments(self, path: str, timeout: float) -> list[str]:
+        """Ask every worker to run the experiments file at ``path`` (run here already) and
+        wait until they report it, as :meth:`broadcast` does for a bundle."""
+        with self._lock:
+            seq = self._experiments_seen = self.control.request_experiments(path)
+            self._experiments_refusal = {}
+        self._report()
+        return self._wait(
+            seq,
+            "experiments",
+            seq,
+            "experiments_refused",
+            self.control.experiments_request,
+            "ReloadExperiments",
+            timeout,
+        )
+
+    def _wait(
+        self,
+        seq: str,
+        field: str,
+        want: str,
+        refused_field: str,
+        latest_request: Callable[[], tuple[str, Any] | None],
+        what: str,
+        timeout: float,
+    ) -> list[str]:
+        """Until every worker reports ``want`` in ``field``: the workers that refused
+        request ``seq``, were superseded, or did not within ``timeout`` seconds, and why."""
         deadline = time.monotonic() + timeout
         while True:
             reports = self.control.reports()
-            behind = [i for i in range(self.me.count) if reports.get(i, {}).get("path") != want]
+            behind = [i for i in range(self.me.count) if reports.get(i, {}).get(field) != want]
             refused = [
-                f"worker {i} (refused it: {reports[i]['refused'].get('error')})"
+                f"worker {i} (refused it: {reports[i][refused_field].get('error')})"
                 for i in behind
-                if (reports.get(i, {}).get("refused") or {}).get("seq") == seq
+                if (reports.get(i, {}).get(refused_field) or {}).get("seq") == seq
             ]
             if refused:
                 return refused
             if not behind:
                 return []
-            latest = self.control.reload_request()
+            latest = latest_request()
             if latest is not None and latest[0] != seq:
-                return [f"workers {behind} (a later reload asked for {latest[1]})"]
+                return [f"workers {behind} (a later {what} asked for {latest[1]})"]
             if time.monotonic() > deadline:
                 return [f"workers {behind} (not within {timeout:.0f} s; see their logs)"]
             time.sleep(_POLL / 2)

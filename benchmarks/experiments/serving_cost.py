@@ -1,14 +1,34 @@
-"""What running an experiment costs Recommend: the same server with one running experiment
-and with none, loaded in turn in the same run.
+"""What running an experiment costs Recommend, measured within one server: requests of users
+in the experiment against requests of users outside it, interleaved on the same connections.
 
-Two ``tailored serve`` processes on the serving benchmark's small bundle
-(:mod:`benchmarks.serving._bundle`, 5,000 items), each with its own SQLite state: one with an
-experiments file holding one running experiment of two variants that change nothing (so the
-pages are the same and only assignment, the response's assignments and the exposure writes
-differ), one without. Their loads alternate, ``--rounds`` times each (concurrency
-``--concurrency``, ``--seconds`` each), so that the machine's drift falls on both alike; the
-first round of each also pays every user's first exposure write. Also measured in this
-process: one assignment plus the exposure check, per request, in microseconds.
+One ``tailored serve`` process on the serving benchmark's small bundle
+(:mod:`benchmarks.serving._bundle`: 5,000 items, 2,000 users) with SQLite state runs one
+experiment at a time, of ``traffic = 0.5`` and two variants that change nothing. A user whose
+place in the layer falls in the traffic is *assigned*: the server picks a variant, returns it
+in the response's ``assignments`` and writes an exposure on their first request; the other
+half is *unassigned* (the assignment's layer hash alone). The pages are the same, so the
+difference between the two groups' latency is what being in the experiment costs a request.
+
+Both groups meet the same machine: the client knows each user's group beforehand (the
+benchmark's pseudonymization key and :class:`tailored.experiments.Assigner`, checked against
+every response's ``assignments``, which tag the request), and each of ``--concurrency``
+client threads (one connection each) alternates an assigned and an unassigned user, back to
+back, timing every call. Each of ``--rounds`` rounds reloads a new experiment
+(``ReloadExperiments``: a new name and layer, so new groups and no exposure written yet) and
+measures two phases:
+
+- *first exposure*: every user once, the groups interleaved evenly: the assigned users'
+  exposure is written to the state in the request (while those writes wait, the unassigned
+  requests beside them meet a lighter load, so this difference is a request's, not the
+  server's);
+- *steady*: ``--seconds`` of random users of each group in turn, whose exposures are written.
+
+Per phase and group: p50, p90 and mean (ms, client-side); the assigned minus the unassigned
+p50 and mean, with bootstrap 95% intervals (each group's requests resampled), per round and
+pooled over the rounds. A warm-up round (its own experiment; 5 s steady at most) comes first
+and is not reported.
+What the difference leaves out: the layer hash an unassigned request pays too, measured with
+the assigned path in this process, in microseconds, by ``_in_process``.
 
     python -m benchmarks.experiments.serving_cost      # writes results/experiment_cost.json
 """
@@ -18,119 +38,360 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+import tomllib
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.serving._bundle import Sizes, ensure_bundle, env, raw_user_id
+from benchmarks.serving._bundle import KEY, Sizes, ensure_bundle, env, raw_user_id
 from benchmarks.serving._procs import ServerProcess, _serving_port
-from benchmarks.serving.overload import _load
+from tailored.data.pseudonym import Pseudonymizer
+from tailored.experiments import Assigner, parse_experiments
 from tailored.paths import write_json_atomic
-from tests.experiments.helpers import experiment_toml
+from tailored.serve.client import Client
 
 __all__ = ["main"]
 
-_EXPERIMENT = experiment_toml("cost", "cost", "cost-1", [("a", 0.5, {}), ("b", 0.5, {})])
+_TOKEN = "experiment-cost"  # the admin token the server is started with (ReloadExperiments)
+_K = 10
+_BOOTSTRAP = 2000  # resamples per interval
+_PHASES = ("first_exposure", "steady")
+
+# (user id, assigned?): what a client thread requests next
+_Users = Iterator[tuple[str, bool]]
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.experiments.serving_cost", description=__doc__
     )
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--concurrency", type=int, default=4)
+    # 6 x 30 s: about 80,000 steady requests a group on 2 cores, an interval of about
+    # +-0.03 ms on the difference of p50s (4 x 5 s gave +-0.13 ms); about 5 minutes in all
+    p.add_argument("--rounds", type=int, default=6, help="experiments, each measured anew")
+    p.add_argument("--seconds", type=float, default=30.0, help="the steady phase of each round")
+    p.add_argument("--concurrency", type=int, default=4, help="client threads")
     p.add_argument("--out", type=Path, default=RESULTS / "experiment_cost.json")
     return p.parse_args(argv)
 
 
+def _experiment(name: str, traffic: float = 0.5) -> str:
+    """An experiments file: one experiment (its own layer and salt) on ``traffic`` of the
+    users, two variants that change nothing, running over any time a bundle's clock gives."""
+    return f"""
+[[experiment]]
+name = "{name}"
+layer = "{name}"
+salt = "{name}"
+traffic = {traffic}
+start = 1990-01-01T00:00:00Z
+end = 2100-01-01T00:00:00Z
+
+[[experiment.variant]]
+name = "a"
+weight = 0.5
+
+[[experiment.variant]]
+name = "b"
+weight = 0.5
+"""
+
+
+def _groups(text: str, n_users: int) -> tuple[list[str], list[str]]:
+    """The site's ids of the users ``text``'s experiment assigns, and of the others."""
+    assigner = Assigner(parse_experiments(tomllib.loads(text)))
+    pseudonym = Pseudonymizer(bytes.fromhex(KEY))
+    now = time.time()
+    assigned: list[str] = []
+    unassigned: list[str] = []
+    for i in range(n_users):
+        raw = raw_user_id(i, n_users)
+        (assigned if assigner.assign(pseudonym(raw), now) else unassigned).append(raw)
+    return assigned, unassigned
+
+
+def _interleaved(assigned: list[str], unassigned: list[str], seed: int) -> list[tuple[str, bool]]:
+    """Every user once, each group shuffled and the two spread evenly through the order."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for users, flag in ((assigned, True), (unassigned, False)):
+        order = rng.permutation(len(users))
+        rows += [((j + 0.5) / len(users), users[o], flag) for j, o in enumerate(order)]
+    rows.sort(key=lambda r: r[0])
+    return [(user, flag) for _, user, flag in rows]
+
+
+def _drive(
+    target: str, concurrency: int, users: Callable[[int], _Users], experiment: str
+) -> dict[str, Any]:
+    """``concurrency`` threads, one connection each, calling Recommend back to back for the
+    users ``users(thread)`` yields; each answered call's latency (ms), by the group the
+    response's ``assignments`` say."""
+    from tailored.serve.v1 import personalization_pb2 as pb
+    from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
+
+    ms: dict[bool, list[float]] = {True: [], False: []}
+    counts = {"errors": 0, "mispredicted": 0, "other_experiment": 0}
+    lock = threading.Lock()
+    start = threading.Event()
+
+    def client(i: int) -> None:
+        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.PersonalizationStub(channel)
+        mine: dict[bool, list[float]] = {True: [], False: []}
+        bad = dict.fromkeys(counts, 0)
+        start.wait()
+        for user, predicted in users(i):
+            req = pb.RecommendRequest(user_id=user, k=_K, surface="home")
+            t0 = time.perf_counter()
+            try:
+                resp = stub.Recommend(req, timeout=30)
+            except grpc.RpcError:
+                bad["errors"] += 1
+                continue
+            took = (time.perf_counter() - t0) * 1000
+            names = [a.experiment for a in resp.assignments]
+            bad["mispredicted"] += bool(names) != predicted
+            bad["other_experiment"] += any(n != experiment for n in names)
+            mine[bool(names)].append(took)
+        channel.close()
+        with lock:
+            for group, xs in mine.items():
+                ms[group] += xs
+            for key, n in bad.items():
+                counts[key] += n
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the channels connect
+    started = time.perf_counter()
+    start.set()
+    for t in threads:
+        t.join()
+    return {
+        "assigned": np.array(ms[True]),
+        "unassigned": np.array(ms[False]),
+        "seconds": time.perf_counter() - started,
+        **counts,
+    }
+
+
+def _first_pass(order: list[tuple[str, bool]]) -> Callable[[int], _Users]:
+    """Every thread takes the next user of one shared ``order`` until none is left."""
+    shared = iter(order)
+    lock = threading.Lock()
+
+    def users(_: int) -> _Users:
+        while True:
+            with lock:
+                nxt = next(shared, None)
+            if nxt is None:
+                return
+            yield nxt
+
+    return users
+
+
+def _steady(
+    assigned: list[str], unassigned: list[str], seconds: float, seed: int
+) -> Callable[[int], _Users]:
+    """Each thread alternates a random assigned and a random unassigned user (even threads
+    start with the assigned, odd with the unassigned) until ``seconds`` after its first."""
+
+    def users(i: int) -> _Users:
+        rng = np.random.default_rng([seed, i])
+        deadline = time.perf_counter() + seconds
+        turn = i % 2 == 0
+        while time.perf_counter() < deadline:
+            group = assigned if turn else unassigned
+            yield group[int(rng.integers(len(group)))], turn
+            turn = not turn
+
+    return users
+
+
+def _stats(x: np.ndarray) -> dict[str, Any]:
+    return {
+        "n": len(x),
+        "p50_ms": round(float(np.median(x)), 3),
+        "p90_ms": round(float(np.percentile(x, 90)), 3),
+        "mean_ms": round(float(np.mean(x)), 3),
+    }
+
+
+def _interval(
+    a: np.ndarray, b: np.ndarray, stat: Callable[..., Any], rng: np.random.Generator
+) -> list[float]:
+    """Bootstrap 95% interval of ``stat(a) - stat(b)``, each sample resampled on its own."""
+    diffs = []
+    chunk = max(1, min(_BOOTSTRAP, 4_000_000 // max(len(a), len(b), 1)))  # bounded memory
+    for done in range(0, _BOOTSTRAP, chunk):
+        n = min(chunk, _BOOTSTRAP - done)
+        ra = stat(a[rng.integers(len(a), size=(n, len(a)))], axis=1)
+        rb = stat(b[rng.integers(len(b), size=(n, len(b)))], axis=1)
+        diffs.append(ra - rb)
+    lo, hi = np.percentile(np.concatenate(diffs), [2.5, 97.5])
+    return [round(float(lo), 3), round(float(hi), 3)]
+
+
+def _compare(a: np.ndarray, b: np.ndarray, seed: int) -> dict[str, Any]:
+    """The assigned group ``a`` against the unassigned ``b``: each one's figures and the
+    differences (a - b, ms) of p50 and mean, with their intervals."""
+    if not len(a) or not len(b):
+        return {"assigned": len(a), "unassigned": len(b), "note": "a group had no answers"}
+    rng = np.random.default_rng(seed)
+    return {
+        "assigned": _stats(a),
+        "unassigned": _stats(b),
+        "p50_difference_ms": round(float(np.median(a) - np.median(b)), 3),
+        "p50_difference_95ci_ms": _interval(a, b, np.median, rng),
+        "mean_difference_ms": round(float(np.mean(a) - np.mean(b)), 3),
+        "mean_difference_95ci_ms": _interval(a, b, np.mean, rng),
+    }
+
+
 def _in_process(n_users: int) -> dict[str, float]:
-    """Microseconds per request for the assignment and the exposure check alone."""
-    from tailored.experiments import parse_experiments
+    """Microseconds per request for the assignment and the exposure check alone, for a user
+    the experiment takes (exposure remembered, as after their first page) and one it does
+    not."""
     from tailored.serve.experiments import ServedExperiments
 
-    served = ServedExperiments(parse_experiments(_toml(_EXPERIMENT)))
-    users = [f"{i:032x}" for i in range(n_users)]
+    served = ServedExperiments(parse_experiments(tomllib.loads(_experiment("in-process"))))
     now = time.time()
-    for u in users:  # every exposure remembered, as after each user's first page
-        served.exposures(u, served.assign(u, now), (), int(now * 1000), "home")
-    start = time.perf_counter()
-    rounds = 20
-    for _ in range(rounds):
-        for u in users:
-            assigned = served.assign(u, now)
-            served.changes(assigned)
-            served.exposures(u, assigned, (), int(now * 1000), "home")
-    per = (time.perf_counter() - start) / (rounds * len(users))
-    return {"microseconds_per_request": round(per * 1e6, 2)}
+    users: dict[bool, list[str]] = {True: [], False: []}
+    for i in range(n_users):
+        u = f"{i:032x}"
+        users[bool(served.assign(u, now))].append(u)
+    out = {}
+    for group, name in ((True, "assigned"), (False, "unassigned")):
+        for u in users[group]:
+            served.exposures(u, served.assign(u, now), (), int(now * 1000), "home")
+        start = time.perf_counter()
+        repeats = 20
+        for _ in range(repeats):
+            for u in users[group]:
+                assigned = served.assign(u, now)
+                served.changes(assigned)
+                served.exposures(u, assigned, (), int(now * 1000), "home")
+        per = (time.perf_counter() - start) / (repeats * len(users[group]))
+        out[f"{name}_microseconds_per_request"] = round(per * 1e6, 2)
+    return out
 
 
-def _toml(text: str) -> dict[str, Any]:
-    import tomllib
+def _round(
+    client: Client, target: str, tmp: Path, name: str, n_users: int, seconds: float, threads: int
+) -> dict[str, Any]:
+    """Reload experiment ``name`` and measure its two phases."""
+    path = tmp / f"{name}.toml"
+    path.write_text(_experiment(name))
+    t0 = time.perf_counter()
+    client.reload_experiments(str(path))
+    reload_s = time.perf_counter() - t0
+    assigned, unassigned = _groups(path.read_text(), n_users)
+    seed = zlib.crc32(name.encode())
+    phases = {
+        "first_exposure": _first_pass(_interleaved(assigned, unassigned, seed)),
+        "steady": _steady(assigned, unassigned, seconds, seed),
+    }
+    row: dict[str, Any] = {"experiment": name, "reload_seconds": round(reload_s, 3)}
+    row["users"] = {"assigned": len(assigned), "unassigned": len(unassigned)}
+    for phase, users in phases.items():
+        got = _drive(target, threads, users, name)
+        row[phase] = {
+            "raw": got,  # the latencies, dropped from the JSON once pooled
+            "seconds": round(got["seconds"], 2),
+            "errors": got["errors"],
+            "mispredicted": got["mispredicted"],
+            "other_experiment": got["other_experiment"],
+            **_compare(got["assigned"], got["unassigned"], seed),
+        }
+    return row
 
-    return tomllib.loads(text)
+
+def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each phase over all rounds: every round's requests of a group together."""
+    out = {}
+    for i, phase in enumerate(_PHASES):
+        a = np.concatenate([r[phase]["raw"]["assigned"] for r in rows])
+        b = np.concatenate([r[phase]["raw"]["unassigned"] for r in rows])
+        out[phase] = _compare(a, b, i)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = _args(argv)
     sizes = Sizes(2000, 5000, 30.0, 1, 2.0, 500, 2, batch_size=1024)
     built = ensure_bundle(sizes, versions=1)
-    rows: dict[str, list[dict[str, Any]]] = {"none": [], "one experiment": []}
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="experiment-cost.") as d:
         tmp = Path(d)
-        (tmp / "exp.toml").write_text(_EXPERIMENT)
-        servers = {}
-        for name, extra in (
-            ("none", []),
-            ("one experiment", ["--experiments", str(tmp / "exp.toml")]),
-        ):
-            state = tmp / f"{name.replace(' ', '-')}.db"
-            cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0])]
-            cmd += ["--port", "0", "--state", f"sqlite:///{state}", "--clock", "bundle"]
-            cmd += ["--no-watch", *extra]
-            log = tmp / f"{state.stem}.log"
-            servers[name] = ServerProcess(cmd, log, env(), _serving_port).wait_ready(600)
+        (tmp / "warmup.toml").write_text(_experiment("warmup"))
+        cmd = [sys.executable, "-m", "tailored.cli", "serve", str(built.versions[0])]
+        cmd += ["--port", "0", "--state", f"sqlite:///{tmp / 'state.db'}", "--clock", "bundle"]
+        cmd += ["--no-watch", "--experiments", str(tmp / "warmup.toml")]
+        server_env = {**env(), "TAILORED_ADMIN_TOKEN": _TOKEN}
+        server = ServerProcess(cmd, tmp / "server.log", server_env, _serving_port)
+        server.wait_ready(600)
+        client = Client(server.target, token=_TOKEN)
+        n, c = built.n_users, a.concurrency
         try:
+            warm = _round(client, server.target, tmp, "warmup", n, min(a.seconds, 5), c)
+            print(f"  warm-up: {warm['steady']['assigned']}", flush=True)
             for r in range(a.rounds):
-                for name, server in servers.items():
-                    row = _load(server.target, a.concurrency, a.seconds, 10, built.n_users)
-                    row["round"] = r
-                    rows[name].append(row)
-                    print(f"  round {r} {name}: {row}", flush=True)
+                row = _round(client, server.target, tmp, f"cost-{r}", n, a.seconds, c)
+                row["round"] = r
+                rows.append(row)
+                for phase in _PHASES:
+                    p = row[phase]
+                    print(
+                        f"  round {r} {phase}: p50 {p['assigned']['p50_ms']} vs "
+                        f"{p['unassigned']['p50_ms']} ms, difference {p['p50_difference_ms']} "
+                        f"{p['p50_difference_95ci_ms']}; mean difference "
+                        f"{p['mean_difference_ms']} {p['mean_difference_95ci_ms']}",
+                        flush=True,
+                    )
         finally:
-            for server in servers.values():
-                server.stop()
-    summary = {}
-    for name, rs in rows.items():
-        later = rs[1:] or rs  # after the first round every user's exposure is written
-        summary[name] = {
-            "p50_ms_first_round": rs[0]["answered_p50_ms"],
-            "p50_ms_later_rounds": round(
-                float(np.median([x["answered_p50_ms"] for x in later])), 2
-            ),
-            "qps_later_rounds": round(
-                float(np.median([x["answered_per_second"] for x in later])), 1
-            ),
-        }
-    base = summary["none"]["p50_ms_later_rounds"]
-    summary["p50_difference_ms"] = round(summary["one experiment"]["p50_ms_later_rounds"] - base, 2)
+            client.channel.close()
+            server.stop()
+    summary = _pooled(rows)
+    for row in rows:
+        for phase in _PHASES:
+            del row[phase]["raw"]
     out = {
         "benchmark": "experiment_cost",
         "machine": machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-        "users": built.n_users,
+        "config": {
+            "bundle": str(built.versions[0]),
+            "users": built.n_users,
+            "k": _K,
+            "traffic": 0.5,
+            "variants": "a, b: 0.5 each, changing nothing",
+            "bootstrap_resamples": _BOOTSTRAP,
+            "experiment": _experiment("cost-ROUND"),
+        },
+        "method": "one server; per round a new experiment (ReloadExperiments); client threads "
+        "alternate assigned and unassigned users; latency = perf_counter around each call, "
+        "grouped by the response's assignments; differences are assigned - unassigned",
         "example_user": raw_user_id(0, built.n_users),
         "rounds": rows,
         "summary": summary,
         "in_process": _in_process(built.n_users),
     }
     write_json_atomic(a.out, out)
-    print(f"wrote {a.out}: {summary}, in process {out['in_process']}")
+    print(f"wrote {a.out}")
+    for phase, s in summary.items():
+        print(f"  {phase}: {s}")
+    print(f"  in process: {out['in_process']}")
     return out
 
 

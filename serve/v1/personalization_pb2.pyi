@@ -248,12 +248,14 @@ class ReloadExperimentsResponse(_message.Message):
     def __init__(self, running: _Optional[_Iterable[str]] = ..., experiments: _Optional[int] = ..., bundles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("experiment", "variant")
+    __slots__ = ("experiment", "variant", "reason")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     variant: str
-    def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PromoteResponse(_message.Message):
     __slots__ = ("bundle_version", "defaults", "running")

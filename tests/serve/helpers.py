@@ -16,6 +16,7 @@ from tailored.config import load_serve_config
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.client import Client
+from tailored.serve.experiments import reserved_versions
 from tailored.serve.server import Service, create_server
 from tailored.serve.sqlite_state import SQLiteState
 from tests.helpers import TEST_KEY
@@ -29,7 +30,7 @@ class Running:
     def __init__(self, bundles: Path, state_path: Path, **overrides: object) -> None:
         self.cfg = load_serve_config(overrides={"clock": "bundle", **overrides})
         self.service = Service(
-            LiveBundle(bundles, self.cfg),
+            LiveBundle(bundles, self.cfg, reserved=reserved_versions(self.cfg.experiments)),
             SQLiteState(state_path),
             Pseudonymizer(TEST_KEY),
             self.cfg,

@@ -72,6 +72,7 @@ def test_each_answer_carries_the_assignments_and_follows_them(
             )
             # one exposure per experiment, written on the first request only
             for _ in range(2):
+                running.service.exposures.flush()  # written off the request path
                 events = running.service.state.user(pseudo(user), 1000).events
                 exposures = sorted(e.item_id for e in events if e.type == "exposure")
                 assert exposures == sorted(f"{k}:{v}" for k, v in got.items())
@@ -167,5 +168,42 @@ def test_promote_makes_the_variant_everyones_and_is_audited(
         # promoting what is no longer running is refused, and nothing is audited
         assert main(args) == 2
         assert len(audit.read_text().splitlines()) == 1
+        (decision,) = load_experiments(path).decisions
+        assert (decision.variant, decision.reason) == ("candidate", "better offline NDCG")
     finally:
         running.stop()
+    # the decision outlives the server: restarted from the bundles root, it serves the
+    # promoted bundle with the promoted changes, and the experiment stays over
+    again = Running(path.parent / "bundles", path.parent / "state.db", experiments=str(path))
+    try:
+        assert again.client.status().bundle_version == "v000002"
+        assert dict(again.service.defaults) == {"mmr_lambda": 1.0}
+        resp = again.client.recommend("1", 5)
+        assert [a.experiment for a in resp.assignments] == ["personalization"]
+    finally:
+        again.stop()
+
+
+def test_keeping_the_control_keeps_the_candidate_from_everyone(
+    served: tuple[Running, Path],
+) -> None:
+    running, path = served
+    try:
+        resp = running.client.promote("new-bundle", "current", "no lift shown")
+        assert resp.bundle_version == "v000001" and dict(resp.defaults) == {}
+        # the candidate lost: the watcher never makes it everyone's bundle
+        assert running.service.bundle.reserved == {"v000002"}
+        running.service.bundle._check_for_new()
+        assert running.client.status().bundle_version == "v000001"
+        with pytest.raises(grpc.RpcError) as err:  # decided once
+            running.client.promote("new-bundle", "candidate")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "decided already" in str(err.value.details())
+    finally:
+        running.stop()
+    # nor does a restart from the bundles root, although it is the latest version there
+    again = Running(path.parent / "bundles", path.parent / "state.db", experiments=str(path))
+    try:
+        assert again.client.status().bundle_version == "v000001"
+    finally:
+        again.stop()

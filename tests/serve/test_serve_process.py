@@ -4,6 +4,7 @@ watched bundles directory, a kill -9 during Track, logs without raw user ids, an
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -303,6 +304,82 @@ def test_several_processes_share_one_address_the_state_and_a_reload(
         out = server.stop()
     assert server.proc.returncode == 0, out
     assert user not in out
+
+
+def test_several_processes_reload_and_promote_experiments_together(
+    serve_bundle: Path, home: Path, tmp_path: Path
+) -> None:
+    """ReloadExperiments and Promote reach one process; every process runs the result
+    before the call returns, and a restarted one starts from it."""
+    from tests.experiments.helpers import experiment_toml
+
+    first = latest_bundle(serve_bundle)
+    assert first is not None
+    root = tmp_path / "bundles"
+    shutil.copytree(first, root / "v000001")
+    shutil.copytree(first, root / "v000002")
+    manifest = json.loads((root / "v000002" / "manifest.json").read_text())
+    (root / "v000002" / "manifest.json").write_text(json.dumps({**manifest, "version": "v000002"}))
+    experiments = tmp_path / "experiments.toml"
+    model = experiment_toml(
+        "model", "model", "m-1", [("current", 0.5, {}), ("new", 0.5, {"bundle": "v000002"})]
+    )
+    experiments.write_text(model)
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[serve]\nprocesses = 2\nexperiments = "{experiments}"\n')
+    server = ServerProcess(
+        root,
+        *("--config", str(config), "--state", f"sqlite:///{tmp_path / 's.db'}"),
+        home=home,
+    )
+    clients: dict[int, Client] = {}
+    try:
+        clients = _by_worker(server.target, 2)
+        users = [f"exp-user-{i}" for i in range(40)]
+
+        def running(c: Client) -> set[str]:
+            return {a.experiment for u in users for a in c.recommend(u, 3).assignments}
+
+        # the candidate v000002 is the latest version, reserved by the experiment that
+        # tests it: both processes started on v000001 from the bundles root
+        assert all(running(c) == {"model"} for c in clients.values())
+        assert all(c.status().bundle_version == "v000001" for c in clients.values())
+        # a reload through worker 1 returns once both run the new file
+        experiments.write_text(
+            model + experiment_toml("ranker", "ranking", "r-1", [("on", 0.5, {}), ("x", 0.5, {})])
+        )
+        resp = clients[1].reload_experiments("")
+        assert list(resp.running) == ["model", "ranker"] and list(resp.bundles) == ["v000002"]
+        assert all(running(c) == {"model", "ranker"} for c in clients.values())
+        # promoted through worker 0: both serve the candidate to everyone
+        promoted = clients[0].promote("model", "new", "won")
+        assert promoted.bundle_version == "v000002" and list(promoted.running) == ["ranker"]
+        for c in clients.values():
+            assert c.status().bundle_version == "v000002" and running(c) == {"ranker"}
+        # a worker that dies comes back running the decided file
+        pid = clients[1].status().pid
+        os.kill(pid, signal.SIGKILL)
+        clients.pop(1).close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                again = _by_worker(server.target, 2, tries=50)
+            except (AssertionError, grpc.RpcError):
+                assert time.monotonic() < deadline, "the killed worker was not restarted"
+                time.sleep(0.5)
+                continue
+            clients[1] = again.pop(1)
+            for c in again.values():
+                c.close()
+            break
+        assert clients[1].status().pid != pid
+        assert clients[1].status().bundle_version == "v000002"
+        assert running(clients[1]) == {"ranker"}
+    finally:
+        for c in clients.values():
+            c.close()
+        out = server.stop()
+    assert server.proc.returncode == 0, out
 
 
 def test_several_processes_share_one_redis(

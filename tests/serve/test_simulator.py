@@ -39,6 +39,7 @@ def test_a_simulation_through_the_server_feeds_the_experiment(
             running.target, dataset, users=300, days=3, seed=1, token=TOKEN, concurrency=2
         )
         now_ms = running.client.status().now_unix_ms
+        running.service.exposures.flush()  # written off the request path
         events = [
             (u, e.type, e.item_id, e.time_ms, e.value) for u, e in running.service.state.scan()
         ]
