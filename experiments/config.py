@@ -73,6 +73,7 @@ VARIANT_KEYS: dict[str, type] = {
     "candidates": int,  # retrieved per request before ranking
     "mmr_lambda": float,  # diversity strength: 1 = relevance only
     "popularity": bool,  # the non-personalized control: popular in the request's context
+    "hide_after_impressions": int,  # [serve] hide_after_impressions for the variant's users
 }
 _EXPERIMENT_KEYS = {
     "name",
@@ -423,6 +424,8 @@ def _check_change(key: str, value: Any, at: str) -> None:
         raise ExperimentError(f"{at}: {key}: must be a {kind.__name__}, got {value!r}")
     if key == "candidates" and value < 1:
         raise ExperimentError(f"{at}: candidates: must be >= 1, got {value}")
+    if key == "hide_after_impressions" and value < 0:
+        raise ExperimentError(f"{at}: hide_after_impressions: must be >= 0, got {value}")
     if key == "mmr_lambda" and not 0.0 <= value <= 1.0:
         raise ExperimentError(f"{at}: mmr_lambda: must be in [0, 1], got {value}")
     if key == "bundle" and not value:

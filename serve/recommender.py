@@ -8,6 +8,11 @@ and context the request gives, through the same towers; with neither, or without
 personalization, the result is what is popular in the request's context (the bundle counts
 positives per context value: this device, this surface), then overall. Never an error for an
 unknown user.
+
+With consent, a page leaves out what the user already engaged with and, with ``[serve]
+hide_after_impressions = N``, what they were shown N times (among their events read) without
+a click; so does an experiment's popularity control (popular in context, less what this user
+consumed or passed over), so that it differs from the personalized page in the ranking only.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class Request:
     profile: Mapping[str, str] = None  # type: ignore[assignment]
     online: tuple[StoredEvent, ...] = ()
     # an experiment variant's changes (tailored.experiments.VARIANT_KEYS): candidates,
-    # ranker, mmr_lambda, popularity; {} serves as configured
+    # ranker, mmr_lambda, popularity, hide_after_impressions; {} serves as configured
     variant: Mapping[str, Any] = None  # type: ignore[assignment]
 
 
@@ -131,14 +136,20 @@ class Recommender:
         user_cat, user_num, has_profile = self._profile(req.profile or {})  # always checked
         context, has_context = self._context(req)
         variant = req.variant or {}
-        if not req.personalized or variant.get("popularity"):  # no behaviour of theirs (or
-            # the experiment's non-personalized control); the page's context is no profile
+        if not req.personalized:  # no behaviour of theirs; the page's context is no profile
             return self._popular(req.k, excluded, context[0])
+        hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
+        excluded |= self._passed_over(req.online, hide)
         row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
         if row is not None and self.bundle.users is not None:  # the bundle knows this user
             snap = self.bundle.users
             user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
+        seen = set(hist.tolist())  # the snapshot's recent positives and the online ones
+        if row is not None and self.bundle.users is not None:
+            seen.update(self.bundle.users.seen(row).tolist())  # and every older one
+        if variant.get("popularity"):  # the experiment's non-personalized control
+            return self._popular(req.k, excluded | seen, context[0])
         if row is None and not len(hist) and not has_profile and not has_context:
             return self._popular(req.k, excluded, context[0])
         emb = self.bundle.user_embeddings(
@@ -148,9 +159,6 @@ class Recommender:
             context=context,
             history=self._window(hist),
         )
-        seen = set(hist.tolist())  # the snapshot's recent positives and the online ones
-        if row is not None and self.bundle.users is not None:
-            seen.update(self.bundle.users.seen(row).tolist())  # and every older one
         depth = int(variant.get("candidates", self.cfg.candidates))
         scores, cands = self.bundle.retrieve(emb, depth, [seen | excluded])
         keep = cands[0] > 0
@@ -239,6 +247,20 @@ class Recommender:
             if 0 < c <= len(vocab)
         ]
         return f"popular on {', '.join(values)}"
+
+    def _passed_over(self, online: tuple[StoredEvent, ...], times: int) -> set[int]:
+        """The rows of items shown ``times`` times or more among ``online`` and never
+        engaged with there (0: none)."""
+        if times <= 0:
+            return set()
+        shown: dict[str, int] = {}
+        engaged: set[str] = set()
+        for e in online:
+            if e.type == "impression":
+                shown[e.item_id] = shown.get(e.item_id, 0) + 1
+            elif e.type != "exposure":
+                engaged.add(e.item_id)
+        return self._rows([i for i, n in shown.items() if n >= times and i not in engaged])
 
     def _is_positive(self, e: StoredEvent) -> bool:
         if e.type not in self.positive:

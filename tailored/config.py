@@ -341,6 +341,9 @@ class ServeConfig:
     cap_field: str = ""  # category_cap: item field (default: the first categorical one)
     cap_per_value: int = 3  # category_cap: items per value of that field at most
     history_events: int = 200  # a user's online events read per request
+    # an item shown to a user this many times (among their events read) with no click is
+    # not shown to them again (0: never hidden): a page that does not go stale
+    hide_after_impressions: int = 0
     consent_default: str = "granted"  # a user who never set consent: "granted" | "denied"
     admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
     state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
@@ -407,6 +410,11 @@ class ServeConfig:
             _positive("serve", name, getattr(self, name))
         for name in ("max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
+        if self.hide_after_impressions < 0:
+            raise ConfigError(
+                f"[serve] hide_after_impressions: must be >= 0 (0: never), got "
+                f"{self.hide_after_impressions}"
+            )
         if self.max_concurrent_rpcs < 0:
             raise ConfigError(
                 f"[serve] max_concurrent_rpcs: must be >= 0 (0: workers), got "

@@ -27,11 +27,12 @@ def serve_and_simulate(
     seed: int = 0,
     fatigue: float = 0.5,
     event_types: set[str] | None = None,
+    serve_toml: str = "",
 ) -> tuple[list[Event], SimulationReport]:
     """Serve ``bundle`` (a version; its state a new SQLite file in ``work``) with the
     ``experiments`` file, simulate ``users`` of ``dataset`` for ``days`` days against it, stop
     it, and return the events it stored (of ``event_types`` if given) and the simulation's
-    report."""
+    report. ``serve_toml``: a serving configuration's text, for ``--config``."""
     from tailored.serve.simulator import simulate
     from tailored.serve.sqlite_state import SQLiteState
 
@@ -39,6 +40,9 @@ def serve_and_simulate(
     cmd = [sys.executable, "-m", "tailored.cli", "serve", str(bundle), "--port", "0"]
     cmd += ["--state", f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
     cmd += ["--experiments", str(experiments)]
+    if serve_toml:
+        (work / "serve.toml").write_text(serve_toml)
+        cmd += ["--config", str(work / "serve.toml")]
     e = {**env(), "TAILORED_ADMIN_TOKEN": TOKEN}
     server = ServerProcess(cmd, work / "server.log", e, _serving_port).wait_ready(600)
     try:

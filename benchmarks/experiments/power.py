@@ -9,7 +9,11 @@ simulated days; the experiment starts ``--experiment-days`` before the end, so t
 before it are each user's pre-exposure period, CUPED's covariate. The analysis
 (:func:`tailored.experiments.analysis.analyze`) gives the lift in clicks per user and CTR with
 their intervals and CUPED's variance reduction; :func:`tailored.experiments.stats.users_needed`
-the users per arm for 80% power at the lift observed.
+the users per arm for 80% power at the lift observed and at ``--planned-lift``.
+
+Both arms leave out what the user already engaged with and, with ``--hide-after N``
+(``[serve] hide_after_impressions``, for everyone and the pre-period too), what they were
+shown N times without a click: the arms differ in their ranking only.
 
     python -m benchmarks.experiments.power                 # writes results/experiment_power.json
 """
@@ -48,6 +52,16 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--train-minutes", type=float, default=2.0)
     p.add_argument("--fatigue", type=float, default=0.5, help="the simulator's (1: none)")
+    p.add_argument(
+        "--hide-after",
+        type=int,
+        default=3,
+        help="[serve] hide_after_impressions for every user, both arms (0: the old pages, "
+        "never refreshed by what was passed over)",
+    )
+    p.add_argument(
+        "--planned-lift", type=float, default=0.05, help="the lift to size an experiment for"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "experiment_power.json")
     return p.parse_args(argv)
 
@@ -80,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             users=a.users,
             days=a.days,
             fatigue=a.fatigue,
+            serve_toml=f"[serve]\nhide_after_impressions = {a.hide_after}\n",
         )
         experiment = load_experiments(path).get("personalization")
     result = analyze(experiment, events, now_ms=sim.end_unix_ms, pre_days=a.days)
@@ -110,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "cuped_variance_reduction_clicks": clicks["fixed"].get("variance_reduction"),
         "baseline_clicks_per_user": {"mean": float(base.mean()), "sd": float(base.std(ddof=1))},
         "users_per_arm_for_80pct_power": needed,
+        "users_per_arm_for_80pct_power_at_planned_lift": {
+            "lift": a.planned_lift,
+            "users": users_needed(float(base.mean()), float(base.std(ddof=1)), a.planned_lift),
+        },
         "verdicts": result["verdicts"],
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tailored.bundle.format import latest_bundle
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.serve.client import Client
+from tailored.serve.recommender import Request
 from tailored.serve.v1 import personalization_pb2 as pb
 from tests.helpers import TEST_KEY
 from tests.serve.helpers import TOKEN, Running
@@ -113,6 +114,45 @@ def test_clicks_change_the_next_page_without_retraining(
         return sum(i.item_id in set(by_genre["Horror"]) for i in resp.items)
 
     assert horror_share(after) > horror_share(before)
+
+
+def test_items_passed_over_are_hidden_and_the_popular_control_skips_what_was_consumed(
+    serve_bundle: Path, tmp_path: Path
+) -> None:
+    r = Running(serve_bundle, tmp_path / "s.db", hide_after_impressions=2)
+    try:
+        user = "3"
+        first = [i.item_id for i in r.client.recommend(user, 10).items]
+        shown = [pb.Event(user_id=user, item_id=i, type=pb.IMPRESSION) for i in first]
+        r.client.track(shown[:5])
+        again = [i.item_id for i in r.client.recommend(user, 10).items]
+        assert set(first[:5]) <= set(again)  # shown once, not yet passed over
+        clicked = first[0]
+        r.client.track([*shown[:5], _click(user, clicked)])
+        after = {i.item_id for i in r.client.recommend(user, 10).items}
+        assert not after & set(first[:5])  # passed over twice, or clicked: gone
+        assert set(first[5:]) & after  # the rest stay
+        # the experiment's popularity control: popular, less what this user engaged with
+        # or passed over; a user without consent gets the plain list
+        plain = [i.item_id for i in r.client.recommend("no-history-user", 10).items]
+        r.client.track([_click(user, plain[0])])
+        rec = r.service.bundle.current
+        state = r.service.state.user(r.service.pseudonym(user), 200)
+        control = rec.recommend(
+            Request(
+                user=r.service.pseudonym(user),
+                k=10,
+                surface="home",
+                time=r.service.now(),
+                personalized=True,
+                online=state.events,
+                variant={"popularity": True},
+            )
+        )
+        assert control.strategy == "popular" and plain[0] not in control.item_ids
+        assert not set(control.item_ids) & set(first[:5])
+    finally:
+        r.stop()
 
 
 def test_without_consent_nothing_is_personalized_or_kept(running: Running) -> None:
