@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import json
 import time
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +115,20 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _events(args: argparse.Namespace, types: set[str] | None = None) -> list[Any]:
+def _events(args: argparse.Namespace) -> Callable[[Collection[str] | None], Iterator[Any]]:
+    """The server's event log as the analysis reads it: a pass over the events of the types
+    asked for, streamed from the online state (never all in memory)."""
     from tailored.paths import tailored_home
     from tailored.serve.state import open_state
 
     url = args.state or str(tailored_home() / "serve" / "state.db")
-    with open_state(url) as state:
-        return [(u, e.type, e.item_id, e.time_ms, e.value) for u, e in state.scan(types)]
+
+    def read(types: Collection[str] | None) -> Iterator[Any]:
+        with open_state(url) as state:
+            for u, e in state.scan(types):
+                yield (u, e.type, e.item_id, e.time_ms, e.value)
+
+    return read
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -129,7 +137,7 @@ def _status(args: argparse.Namespace) -> int:
 
     e = load_experiments(args.experiments).get(args.name)
     now = _now(args)
-    exposed = exposed_users(e, _events(args, {EXPOSURE}))
+    exposed = exposed_users(e, _events(args)({EXPOSURE}))
     first = min((t for _, t in exposed.values()), default=None)
     days = 0.0 if first is None else max(0.0, (now * 1000 - first) / 86_400_000)
     print(f"{e.name}: {e.status(now)}, {len(exposed):,} users exposed over {days:.1f} days")

@@ -2,7 +2,9 @@
 and the statistics of each variant against the control.
 
 The input is the online state's events as ``(user, type, item_id, time_ms, value)`` (the
-serving layer's ``OnlineState.scan``). A user is in the analysis from their first exposure
+serving layer's ``OnlineState.scan``), read in two passes (:data:`EventSource`: the
+exposures, then the measured types), so that memory grows with the exposed users, not with
+the log. A user is in the analysis from their first exposure
 to the experiment (an ``exposure`` event, item id ``EXPERIMENT:VARIANT``): their variant is
 that exposure's, and only their events at or after it, and before the experiment's end (or
 the decision that ended it), count (events before it, within ``pre_days``, are the CUPED
@@ -25,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +41,15 @@ from tailored.experiments.stats import (
     srm_test,
 )
 
-__all__ = ["EXPOSURE", "MEAN_METRICS", "Event", "analyze", "exposed_users", "per_user"]
+__all__ = [
+    "EXPOSURE",
+    "MEAN_METRICS",
+    "Event",
+    "EventSource",
+    "analyze",
+    "exposed_users",
+    "per_user",
+]
 
 EXPOSURE = "exposure"
 Event = tuple[str, str, str, int, float]  # user, type, item_id, time_ms, value
@@ -53,13 +63,27 @@ MEAN_METRICS: dict[str, tuple[str, str]] = {
 _DAY_MS = 86_400_000
 
 
+# the event log, read in passes: called with the event types wanted (None: all), it returns
+# a fresh iterable of them (an OnlineState's scan); a list of events serves as well
+EventSource = Callable[[Collection[str] | None], Iterable[Event]]
+
+
 @dataclass
 class _User:
     variant: str
     exposed_ms: int
     after: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     before: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    events: list[tuple[int, str, float]] = field(default_factory=list)  # (time, type, value)
+    # clicks after exposure by day since the experiment's first exposure (0-based), for the
+    # daily chart: a user holds a few numbers, never their events
+    daily_clicks: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+
+
+def _source(events: Iterable[Event] | EventSource) -> EventSource:
+    if callable(events):
+        return events
+    log = events if isinstance(events, Sequence) else list(events)
+    return lambda types: log if types is None else (e for e in log if e[1] in types)
 
 
 def exposed_users(experiment: Experiment, events: Iterable[Event]) -> dict[str, tuple[str, int]]:
@@ -77,17 +101,20 @@ def exposed_users(experiment: Experiment, events: Iterable[Event]) -> dict[str, 
 
 
 def _users(
-    experiment: Experiment, events: Sequence[Event], extra_types: Sequence[str], pre_days: float
+    experiment: Experiment, source: EventSource, extra_types: Sequence[str], pre_days: float
 ) -> dict[str, _User]:
-    exposed = exposed_users(experiment, events)
+    """Two passes over the log: the exposures, then the measured events of the exposed
+    users, summed as they stream by (memory grows with the users, not the events)."""
+    exposed = exposed_users(experiment, source({EXPOSURE}))
     users = {u: _User(v, t) for u, (v, t) in exposed.items()}
+    first = min((u.exposed_ms for u in users.values()), default=0)
     measured = {**MEAN_METRICS, **{t: (t, "count") for t in extra_types}}
     by_type: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for metric, (kind, how) in measured.items():
         by_type[kind].append((metric, how))
     pre_ms = pre_days * _DAY_MS
     end_ms = experiment.end.timestamp() * 1000  # its end, or the decision that ended it
-    for user, kind, _, time_ms, value in events:
+    for user, kind, _, time_ms, value in source(set(by_type)):
         u = users.get(user)
         if u is None or kind not in by_type or time_ms >= end_ms:
             continue
@@ -97,8 +124,8 @@ def _users(
                 u.after[metric] += amount
             elif time_ms >= u.exposed_ms - pre_ms:
                 u.before[metric] += amount
-        if time_ms >= u.exposed_ms:
-            u.events.append((time_ms, kind, float(value)))
+        if kind == "click" and time_ms >= u.exposed_ms:
+            u.daily_clicks[(time_ms - first) // _DAY_MS] += 1.0
     return users
 
 
@@ -109,10 +136,12 @@ def _arms(users: dict[str, _User], variant: str, metric: str) -> tuple[np.ndarra
     return after, before
 
 
-def per_user(experiment: Experiment, events: Iterable[Event], metric: str) -> dict[str, np.ndarray]:
+def per_user(
+    experiment: Experiment, events: Iterable[Event] | EventSource, metric: str
+) -> dict[str, np.ndarray]:
     """Each variant's exposed users' ``metric`` (one of :data:`MEAN_METRICS`) after their
     first exposure, one value a user: what the comparisons are computed from."""
-    users = _users(experiment, list(events), (), 0.0)
+    users = _users(experiment, _source(events), (), 0.0)
     return {v.name: _arms(users, v.name, metric)[0] for v in experiment.variants}
 
 
@@ -189,7 +218,7 @@ def _verdict(metric: str, variant: str, result: dict[str, Any]) -> str:
 
 def analyze(
     experiment: Experiment,
-    events: Iterable[Event],
+    events: Iterable[Event] | EventSource,
     *,
     now_ms: int,
     extra_types: Sequence[str] = (),
@@ -199,8 +228,7 @@ def analyze(
     srm_threshold: float = 0.001,
 ) -> dict[str, Any]:
     """The experiment's result as JSON values (see the module docstring)."""
-    log = list(events)
-    users = _users(experiment, log, extra_types, pre_days)
+    users = _users(experiment, _source(events), extra_types, pre_days)
     names = [v.name for v in experiment.variants]
     counts = [sum(u.variant == n for u in users.values()) for n in names]
     srm = (
@@ -270,7 +298,7 @@ def _daily(
         for name, u in users.items():
             if u.exposed_ms >= cut:
                 continue
-            clicks = sum(1.0 for t, kind, _ in u.events if kind == "click" and t < cut)
+            clicks = sum(n for d, n in u.daily_clicks.items() if d < day)
             seen[name] = _User(u.variant, u.exposed_ms, after={"clicks": clicks})
         row: dict[str, Any] = {"day": day, "users": len(seen)}
         for v in experiment.variants:
