@@ -47,6 +47,7 @@ __all__ = [
     "Event",
     "EventSource",
     "analyze",
+    "difference_shown",
     "exposed_users",
     "per_user",
 ]
@@ -200,6 +201,19 @@ def _ratio(
         return {"error": str(e)}
 
 
+def difference_shown(result: dict[str, Any]) -> bool:
+    """Whether a comparison shows a difference: the always-valid test of the absolute lift
+    rejects zero and the always-valid interval of the relative lift leaves it out too (the
+    relative one also carries the control mean's uncertainty; a verdict of "better" beside
+    an interval that spans zero would contradict itself)."""
+    if "error" in result:
+        return False
+    seq = result["sequential"]
+    lo, hi = seq["rel_ci"]
+    rel_excludes_zero = lo is None or hi is None or lo > 0 or hi < 0
+    return bool(seq["significant"]) and rel_excludes_zero
+
+
 def _verdict(metric: str, variant: str, result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{metric}, {variant}: no result ({result['error']})"
@@ -210,7 +224,7 @@ def _verdict(metric: str, variant: str, result: dict[str, Any]) -> str:
     if lift is None or lo is None or hi is None:
         return f"{metric}, {variant}: control is 0, no relative lift"
     span = f"{lift:+.1%} (always-valid 95% interval {lo:+.1%} to {hi:+.1%})"
-    if seq["significant"]:
+    if difference_shown(result):
         word = "better" if fixed["abs_lift"] > 0 else "worse"
         return f"{metric}, {variant}: {word} than control, {span}"
     return f"{metric}, {variant}: no difference shown yet, {span}"
@@ -312,7 +326,7 @@ def _daily(
                     "rel_lift": got["plain"]["rel_lift"],
                     "rel_ci": got["sequential"]["rel_ci"],
                     "fixed_rel_ci": got["plain"]["rel_ci"],
-                    "significant": got["sequential"]["significant"],
+                    "significant": difference_shown(got),
                     "fixed_significant": got["plain"]["significant"],
                 }
         out.append(row)

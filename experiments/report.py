@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from tailored.experiments.analysis import difference_shown
+
 __all__ = ["render_html"]
 
 _W, _H, _PAD = 640, 260, 44
@@ -46,11 +48,12 @@ def _metric_rows(result: dict[str, Any]) -> str:
                 )
                 continue
             fixed, seq = r["fixed"], r["sequential"]
-            state = "significant" if seq["significant"] else "not yet"
+            shown = difference_shown(r)
+            state = "significant" if shown else "not yet"
             reduction = fixed.get("variance_reduction")
             cuped = "–" if reduction is None else f"{reduction:.0%}"
             rows.append(
-                f"<tr class='{'sig' if seq['significant'] else ''}'><td>{name}</td>"
+                f"<tr class='{'sig' if shown else ''}'><td>{name}</td>"
                 f"<td>{html.escape(variant)}</td>"
                 f"<td>{_num(fixed['mean_control'])} → {_num(fixed['mean_treatment'])}</td>"
                 f"<td>{_pct(fixed['rel_lift'])}</td><td>{_ci(fixed['rel_ci'])}</td>"

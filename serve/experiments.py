@@ -15,11 +15,11 @@ written; a replica that has not seen one, or a user with more events than one re
 (``[serve] history_events``), may write it again, and the analysis takes each user's first.
 
 The write is off the request path (:class:`ExposureWriter`): the request hands its exposure
-to a writer thread, which gathers what arrives over the next 50 ms and writes it in one call
-to the state (one transaction, one sync: a group commit). Writing at once, in the request,
-cost a first page 4.7 ms at p50; waking the writer at once, 0.7 ms (the write's Python work
-holding the interpreter while that request ranked): see ``benchmarks/experiments/
-serving_cost``. The exposure keeps the request's
+to a writer thread, which sleeps 50 ms after the first one arrives and then writes all that
+came in one call to the state (one transaction, one sync: a group commit). Writing in the
+request cost a first page 4.7 ms at p50; waking the writer for each exposure, 0.7 ms (its
+Python work holding the interpreter while that request ranked): see
+``benchmarks/experiments/serving_cost``. The exposure keeps the request's
 time. An exposure that cannot be written (the state is down, the queue is full, the process
 stops hard) is forgotten by the in-process memory, so the user's next request writes it
 again, stamped then: the analysis misses what that user did in between, never counts them
@@ -211,10 +211,11 @@ class ExposureWriter:
         while True:
             first = self._queue.get()
             batch = [first] if first is not None else []
-            until = time.monotonic() + _LINGER
+            if first is not None:  # asleep, not waiting on the queue: a put wakes no one
+                time.sleep(_LINGER)
             while first is not None and len(batch) < _BATCH:
                 try:
-                    item = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:

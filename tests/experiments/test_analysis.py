@@ -89,3 +89,23 @@ def test_a_streamed_log_gives_the_same_result_in_two_passes() -> None:
         frozenset({"exposure"}),
         frozenset({"click", "purchase", "view", "impression"}),
     ]
+
+
+def test_a_verdict_never_contradicts_its_interval() -> None:
+    """The absolute test may reject zero while the relative interval, which also carries the
+    control mean's uncertainty, spans it: then no difference is claimed."""
+    from tailored.experiments.analysis import _verdict, difference_shown
+
+    def result(significant: bool, rel_ci: list[float]) -> dict[str, object]:
+        return {
+            "fixed": {"rel_lift": 0.446, "abs_lift": 0.01},
+            "sequential": {"significant": significant, "rel_ci": rel_ci},
+        }
+
+    spans = result(True, [-0.063, 0.961])
+    assert not difference_shown(spans)
+    assert "no difference shown yet" in _verdict("conversions per user", "b", spans)
+    clear = result(True, [0.15, 0.44])
+    assert difference_shown(clear)
+    assert "better than control" in _verdict("clicks per user", "b", clear)
+    assert not difference_shown(result(False, [0.15, 0.44]))
