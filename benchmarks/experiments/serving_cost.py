@@ -31,7 +31,10 @@ within-user difference (:func:`_within_user`): each user's assigned requests aga
 own unassigned ones, across rounds, with an interval from resampling users. A warm-up
 round (its own experiment; 5 s steady at most) comes first and is not reported.
 What the difference leaves out: the layer hash an unassigned request pays too, measured with
-the assigned path in this process, in microseconds, by ``_in_process``.
+the assigned path in this process, in microseconds, by ``_in_process``. And the server's own
+cost without the network, on the same users and requests (``_in_server``): the Recommend
+handler of a service running an experiment that takes everyone against one running none,
+called directly, the same request to both.
 
     python -m benchmarks.experiments.serving_cost      # writes results/experiment_cost.json
 """
@@ -81,6 +84,9 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=6, help="experiments, each measured anew")
     p.add_argument("--seconds", type=float, default=30.0, help="the steady phase of each round")
     p.add_argument("--concurrency", type=int, default=4, help="client threads")
+    p.add_argument(
+        "--in-server-requests", type=int, default=8000, help="paired handler calls (_in_server)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "experiment_cost.json")
     return p.parse_args(argv)
 
@@ -296,6 +302,75 @@ def _in_process(n_users: int) -> dict[str, float]:
     return out
 
 
+class _Context:
+    """What the Recommend handler asks of gRPC's ServicerContext when called directly: no
+    deadline, no metadata."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def abort(self, code: object, message: str) -> None:
+        raise RuntimeError(f"{code}: {message}")
+
+
+def _in_server(version: Path, n_users: int, requests: int) -> dict[str, Any]:
+    """The server's own cost, without the network: two services in this process on one
+    bundle and one SQLite state, one running an experiment that takes every user, one
+    running none; the same request (a random user) goes to both, in alternating order, and
+    each handler call is timed. The paired differences' mean has a 95% interval from
+    resampling requests."""
+    from tailored.config import load_serve_config
+    from tailored.data.pseudonym import Pseudonymizer
+    from tailored.serve.bundles import LiveBundle
+    from tailored.serve.server import Service, _Personalization
+    from tailored.serve.sqlite_state import SQLiteState
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    with tempfile.TemporaryDirectory(prefix="experiment-cost-in-server.") as d:
+        tmp = Path(d)
+        (tmp / "all.toml").write_text(_experiment("in-server", traffic=1.0))
+        on = load_serve_config(overrides={"clock": "bundle", "experiments": str(tmp / "all.toml")})
+        off = load_serve_config(overrides={"clock": "bundle"})
+        bundle = LiveBundle(version, off)
+        state = SQLiteState(tmp / "state.db")
+        key = Pseudonymizer(bytes.fromhex(KEY))
+        with_exp = Service(bundle, state, key, on, admin_token=_TOKEN)
+        without = Service(bundle, state, key, off, admin_token=_TOKEN)
+        handlers = (_Personalization(with_exp), _Personalization(without))
+        users = [raw_user_id(i, n_users) for i in range(n_users)]
+        ctx = _Context()
+        for u in users:  # every first exposure written first: the steady state
+            handlers[0].Recommend(pb.RecommendRequest(user_id=u, k=_K, surface="home"), ctx)
+        with_exp.exposures.flush()
+        rng = np.random.default_rng(7)
+        ms = np.zeros((requests, 2))
+        for r in range(requests):
+            req = pb.RecommendRequest(
+                user_id=users[int(rng.integers(n_users))], k=_K, surface="home"
+            )
+            for h in (0, 1) if r % 2 else (1, 0):
+                t0 = time.perf_counter()
+                resp = handlers[h].Recommend(req, ctx)
+                ms[r, h] = (time.perf_counter() - t0) * 1000
+                assert len(resp.assignments) == (h == 0)
+        with_exp.close()
+        without.close()
+    diff = ms[:, 0] - ms[:, 1]
+    boot = diff[rng.integers(len(diff), size=(_BOOTSTRAP, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {
+        "requests": requests,
+        "with_experiment": _stats(ms[:, 0]),
+        "without": _stats(ms[:, 1]),
+        "paired_mean_difference_ms": round(float(diff.mean()), 4),
+        "paired_mean_difference_95ci_ms": [round(float(lo), 4), round(float(hi), 4)],
+        "paired_median_difference_ms": round(float(np.median(diff)), 4),
+    }
+
+
 def _round(
     client: Client, target: str, tmp: Path, name: str, n_users: int, seconds: float, threads: int
 ) -> dict[str, Any]:
@@ -427,12 +502,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rounds": rows,
         "summary": summary,
         "in_process": _in_process(built.n_users),
+        "in_server": _in_server(built.versions[0], built.n_users, a.in_server_requests),
     }
     write_json_atomic(a.out, out)
     print(f"wrote {a.out}")
     for phase, s in summary.items():
         print(f"  {phase}: {s}")
     print(f"  in process: {out['in_process']}")
+    print(f"  in server: {out['in_server']}")
     return out
 
 
