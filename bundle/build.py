@@ -33,7 +33,7 @@ from tailored.bundle.format import (
     resolve_bundle,
     verify_bundle,
 )
-from tailored.config import Config, from_dict
+from tailored.config import Config, SegmentsConfig, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import HISTORY_EVENTS
@@ -42,6 +42,7 @@ from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
 from tailored.retrieval.choose import BuiltIndex
 from tailored.retrieval.embed import EmbeddedItems, embed_items, embed_users
+from tailored.retrieval.segments import describe_segments, fit_segments
 from tailored.train.runs import load_data
 from tailored.train.two_tower.data import UserHistory
 from tailored.train.two_tower.model import TowerSpec, TwoTower, build_model
@@ -224,6 +225,7 @@ def _write_bundle(
         built.index.save(w.path(BUNDLE_FILES["index"] + "/index.json").parent)
         if emb.users is not None and uin is not None:
             _write_user_tables(w, data, uin, emb.users)
+            metrics["segments"] = _write_segments(w, src.cfg.segments, data, emb.users)
         result = BuildResult(
             root,
             n,
@@ -387,6 +389,54 @@ def _write_user_tables(
         _save(w, name, arr)
     for name, arr in snapshot.user_seen(data).items():
         _save(w, name, arr)
+
+
+def _write_segments(
+    w: BundleWriter, cfg: SegmentsConfig, data: Interactions, user_emb: np.ndarray
+) -> dict[str, Any]:
+    """k-means over the user embeddings, each user's segment, and each segment described
+    (:mod:`tailored.retrieval.segments`); what the manifest's metrics say of them."""
+    if cfg.k == 0 or len(user_emb) < cfg.k:
+        return {"k": 0, "why": "[segments] k = 0" if cfg.k == 0 else "fewer users than k"}
+    seg = fit_segments(user_emb, cfg.k, seed=0, niter=cfg.niter, sample=cfg.sample)
+    _save(w, "user_segments", seg.labels)
+    _save(w, "segment_centroids", seg.centroids)
+    seen = snapshot.user_seen(data)
+    described = describe_segments(
+        seg.labels,
+        user_items=(seen["user_seen_offsets"], seen["user_seen_items"].astype(np.int64) - 1),
+        item_values=_item_values(data),
+        item_names=[
+            str(t) if t else str(i)
+            for t, i in zip(
+                data.item_titles if data.item_titles is not None else [None] * data.n_items,
+                data.item_ids,
+                strict=True,
+            )
+        ],
+        user_values={
+            name: [vocab[c - 1] if c > 0 else "" for c in data.users.categorical[:, j].tolist()]
+            for j, name in enumerate(data.user_encoder.categorical)
+            for vocab in [data.user_encoder.vocabs[name]]
+        },
+    )
+    doc = {"k": seg.k, "objective": seg.objective, "segments": described}
+    w.path(BUNDLE_FILES["segments"]).write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    return {"k": seg.k, "sizes": [s["users"] for s in described]}
+
+
+def _item_values(data: Interactions) -> dict[str, list[list[str]]]:
+    """Each item's values of every categorical and multi-categorical item field (row 0, the
+    padding, left out)."""
+    enc, table = data.item_encoder, data.items
+    out: dict[str, list[list[str]]] = {}
+    for j, name in enumerate(enc.categorical):
+        vocab = enc.vocabs[name]
+        out[name] = [[vocab[c - 1]] if c > 0 else [] for c in table.categorical[1:, j].tolist()]
+    for j, name in enumerate(enc.multi):
+        vocab = enc.vocabs[name]
+        out[name] = [[vocab[c - 1] for c in row if c > 0] for row in table.multi[1:, j].tolist()]
+    return out
 
 
 def _data_identity(src: _Source, data: Interactions) -> dict[str, Any]:

@@ -76,6 +76,9 @@ BUNDLE_FILES = {
     "user_history_times": "users/history_times.npy",
     "user_seen_offsets": "users/seen_offsets.npy",
     "user_seen_items": "users/seen_items.npy",
+    "user_segments": "users/segments.npy",
+    "segment_centroids": "segments/centroids.npy",
+    "segments": "segments/segments.json",
 }
 _VERSION = re.compile(r"v(\d{6,})")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -256,6 +256,7 @@ class LoadedBundle:
         root = manifest.path
         optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
         optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
+        optional |= {"user_segments", "segment_centroids", "segments"}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():

@@ -1,5 +1,5 @@
-"""``tailored bundle build | verify`` and ``tailored refresh``: the versioned bundles that
-serving loads."""
+"""``tailored bundle build | verify``, ``tailored refresh`` and ``tailored segments``: the
+versioned bundles that serving loads, and the user segments they hold."""
 
 from __future__ import annotations
 
@@ -24,6 +24,73 @@ def register(sub: Sub) -> None:
     _add_bundle_build(bundle_sub)
     _add_bundle_verify(bundle_sub)
     _add_refresh(sub)
+    _add_segments(sub)
+
+
+# --- segments ---------------------------------------------------------------------------------
+
+
+def _add_segments(sub: Sub) -> None:
+    p = sub.add_parser(
+        "segments",
+        help="describe a bundle's user segments",
+        description="The user segments a bundle was built with (k-means over the user "
+        "embeddings, [segments] k), each described by what sets its members apart; with "
+        "--quality, the silhouette and k-means objective over a range of k, to choose k.",
+    )
+    p.add_argument("path", type=Path, help="a bundle version directory, or a root (its latest)")
+    p.add_argument("--json", action="store_true", help="print the descriptions as JSON")
+    p.add_argument(
+        "--quality",
+        metavar="K,K,...",
+        help="also cluster the bundle's user embeddings at each k (like 2,4,8,16) and report "
+        "the silhouette (higher: better separated) and the objective per user",
+    )
+    p.set_defaults(handler=_segments)
+
+
+def _segments(args: argparse.Namespace) -> int:
+    from tailored.bundle.format import BUNDLE_FILES, load_npy, resolve_bundle, verify_bundle
+    from tailored.errors import TailoredError
+
+    m = verify_bundle(resolve_bundle(args.path))
+    path = m.path / BUNDLE_FILES["segments"]
+    if not path.is_file():
+        raise TailoredError(
+            f"{m.path}: no segments (built with [segments] k = 0, without users, or by an "
+            "older version); set [segments] k and run tailored refresh"
+        )
+    doc = json.loads(path.read_text())
+    quality = None
+    if args.quality:
+        from tailored.retrieval.segments import k_quality
+
+        try:
+            ks = [int(k) for k in args.quality.split(",")]
+        except ValueError:
+            raise TailoredError(
+                f"--quality: expected k values like 2,4,8, got {args.quality!r}"
+            ) from None
+        emb = load_npy(m.path / BUNDLE_FILES["user_embeddings"])
+        if any(not 2 <= k <= len(emb) for k in ks):
+            raise TailoredError(f"--quality: each k must be in [2, {len(emb)}] (the users)")
+        quality = k_quality(emb, ks)
+    if args.json:
+        print(json.dumps({**doc, **({"quality": quality} if quality else {})}, indent=2))
+        return 0
+    users = sum(s["users"] for s in doc["segments"])
+    print(f"bundle {m.version}: {doc['k']} segments of {users:,} users")
+    for s in doc["segments"]:
+        print(f"  {s['summary']}")
+        items = ", ".join(f"{i['item']} ({i['lift']:.1f}x)" for i in s["items"])
+        if items:
+            print(f"    items: {items}")
+    for q in quality or []:
+        print(
+            f"  k = {q['k']}: silhouette {q['silhouette']:.3f}, "
+            f"objective {q['objective_per_user']:.4f} per user"
+        )
+    return 0
 
 
 # --- bundle build, refresh --------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "RankerConfig",
+    "SegmentsConfig",
     "ServeConfig",
     "TrainConfig",
     "load_config",
@@ -308,6 +309,22 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class SegmentsConfig:
+    """``[segments]``: user segments, k-means over the user embeddings at bundle build and
+    refresh (tailored.retrieval.segments)."""
+
+    k: int = 8  # segments (0: none); `tailored segments BUNDLE --quality 2,4,8,16` helps choose
+    niter: int = 25  # k-means iterations
+    sample: int = 200_000  # users the centroids are trained on at most (all are assigned)
+
+    def validate(self) -> None:
+        if self.k == 1 or self.k < 0:
+            raise ConfigError(f"[segments] k: must be 0 (none) or at least 2, got {self.k}")
+        _positive("segments", "niter", self.niter)
+        _positive("segments", "sample", self.sample)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -315,6 +332,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
 
     def validate(self) -> Config:
         self.data.validate()
@@ -323,6 +341,7 @@ class Config:
         self.train.validate()
         self.ranker.validate()
         self.index.validate()
+        self.segments.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -497,6 +516,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "ranker": RankerConfig,
     "index": IndexConfig,
+    "segments": SegmentsConfig,
 }
 
 
