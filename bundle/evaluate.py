@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tailored.bundle.format import BUNDLE_FILES, load_npy
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import RankerConfig, from_dict
 from tailored.data.features import user_hash_buckets
@@ -137,9 +138,20 @@ def evaluate_bundle(
         "retrieval": aggregate_metrics(retrieval, relevant, KS, pop, data.n_items),
         "popularity": aggregate_metrics(pop_top, relevant, KS, pop, data.n_items),
         "groups": grouped_metrics(
-            {k2: per_user[k2] for k2 in ("ndcg@10", "recall@10")}, user_groups(data, users)
+            {k2: per_user[k2] for k2 in ("ndcg@10", "recall@10")},
+            {**user_groups(data, users), **_segment_groups(bundle, users)},
         ),
     }
+
+
+def _segment_groups(bundle: LoadedBundle, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Each evaluated user's segment ("segment 3"), when the bundle has segments (its user
+    rows are the dataset's, checked by _check_same_data)."""
+    path = bundle.manifest.path / BUNDLE_FILES["user_segments"]
+    if not path.is_file():
+        return {}
+    labels = load_npy(path)
+    return {"segment": np.asarray([f"segment {s}" for s in labels[users].tolist()], dtype=object)}
 
 
 def _drop(req: Requests, history: UserHistory, users: np.ndarray) -> None:

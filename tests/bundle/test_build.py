@@ -100,6 +100,10 @@ def test_two_stage_evaluation_from_the_bundle(built: tuple[Path, Path, BuildResu
     assert report["retrieval"]["ndcg@10"] == pytest.approx(run_report["ndcg@10"], abs=2e-3)
     assert report["retrieval"]["ndcg@10"] > report["popularity"]["ndcg@10"]
     assert report["metrics"]["ndcg@10"] > report["popularity"]["ndcg@10"]
+    # metrics per user segment, beside the other groups: every evaluated user in one
+    segments = report["groups"]["segment"]
+    assert len(segments) == 8 and sum(g["users"] for g in segments.values()) == 943
+    assert all(0 <= g["ndcg@10"] <= 1 for g in segments.values())
 
 
 def test_evaluate_cli_on_a_bundle(

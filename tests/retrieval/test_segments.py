@@ -78,3 +78,15 @@ def test_a_bad_k_is_refused() -> None:
         fit_segments(emb, 1)
     with pytest.raises(ValueError, match="k must be in"):
         fit_segments(emb, 51)
+
+
+def test_the_silhouette_matches_scikit_learns() -> None:
+    from sklearn.metrics import silhouette_score
+
+    from tailored.retrieval.segments import _silhouette, _unit
+
+    emb, _ = _planted(users=600, seed=4)
+    seg = fit_segments(emb, 5, seed=2)
+    x = _unit(emb)
+    ours = _silhouette(np.clip(1.0 - x @ x.T, 0.0, 2.0), seg.labels, 5)
+    assert ours == pytest.approx(silhouette_score(x, seg.labels, metric="cosine"), abs=1e-4)
