@@ -75,6 +75,19 @@ def check_loaded(bundle: LoadedBundle) -> None:
     c.same_shape("user_history_times", users.history_times, "user_history", users.history)
     if users.seen_items is not None:
         c.refs("user_seen_items", users.seen_items)
+    seg = bundle.segments
+    if seg is not None:
+        c.rows("user_segments", seg.of_user, "int", 1, u)
+        k = len(seg.labels)
+        c.rows("segment_centroids", seg.centroids, "float", 2, k)  # finite; one per segment
+        if seg.centroids.shape[1:] != bundle.item_embeddings.shape[1:]:
+            raise c.fail(
+                "segment_centroids",
+                f"{seg.centroids.shape}: centroids of the embeddings' width "
+                f"({bundle.item_embeddings.shape[1]}) expected",
+            )
+        if len(seg.of_user) and not ((seg.of_user >= 0) & (seg.of_user < k)).all():
+            raise c.fail("user_segments", f"a user's segment outside 0..{k - 1} (the described)")
 
 
 def _widths(c: _Checker, bundle: LoadedBundle) -> None:
@@ -114,6 +127,7 @@ class _Checker:
         ok = np.issubdtype(arr.dtype, np.floating if kind == "float" else np.integer)
         if not ok or arr.ndim != ndim or arr.shape[0] != count:
             whose = "items.parquet's items and the padding row" if users is None else "users"
+            whose = "segments" if key == "segment_centroids" else whose
             raise self.fail(
                 key,
                 f"{arr.dtype} {arr.shape}, expected {ndim}-d {kind} with {count} rows ({whose})",

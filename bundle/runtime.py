@@ -55,6 +55,29 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+@dataclass(frozen=True)
+class SegmentModel:
+    """The bundle's user segments: ``centroids`` float32 [k, d] (unit length), ``labels`` a
+    few words naming each, ``of_user`` int32 [U] each bundle user's segment."""
+
+    centroids: np.ndarray
+    labels: tuple[str, ...]
+    of_user: np.ndarray
+
+    @classmethod
+    def load(cls, root: Path) -> SegmentModel | None:
+        paths = [root / BUNDLE_FILES[k] for k in ("segment_centroids", "segments", "user_segments")]
+        if not all(p.exists() for p in paths):
+            return None  # built with [segments] k = 0, or by an older version
+        doc = load_json(paths[1])
+        labels = tuple(str(s.get("label", f"segment {s['segment']}")) for s in doc["segments"])
+        return cls(load_npy(paths[0]), labels, load_npy(paths[2]))
+
+    def nearest(self, embedding: np.ndarray) -> int:
+        """The segment of a user embedding [1, d] or [d] (the most similar centroid)."""
+        return int(np.argmax(self.centroids @ np.asarray(embedding, np.float32).reshape(-1)))
+
+
 @dataclass
 class UserSnapshot:
     """What the bundle knows of its users at build time: ``ids`` str [U] pseudonyms; encoded
@@ -247,6 +270,7 @@ class LoadedBundle:
     # how many ranking features the ranker reads: the first ones (features are only ever
     # appended, so a ranker of an older bundle reads those it was trained on); 0 = all
     ranker_dense: int = 0
+    segments: SegmentModel | None = None  # k-means over the user embeddings, at build
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1) -> LoadedBundle:
@@ -299,6 +323,7 @@ class LoadedBundle:
                 i.name for i in (ranker.get_inputs() if ranker is not None else ())
             ),
             ranker_dense=_dense_width(ranker, root),
+            segments=SegmentModel.load(root),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree
         return bundle

@@ -12,7 +12,8 @@ who they are: its size; the item attribute values (genres, categories...) and th
 members engaged with more than the whole population does, with their lift (the segment's
 share over the population's: 2.0x = twice as often); the profile values (age band, gender,
 country...) that over-index; and how active its members are. ``summary`` puts the strongest
-of these into one sentence a product manager can read.
+of these into one sentence a product manager can read; ``label`` names the segment in a few
+words (what serving's "popular with people like you" says).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def describe_segments(
             seg["profile"][name] = _lifts(
                 _counts(vals[members]), _counts(vals), int(members.sum()), len(vals), top
             )
+        seg["label"] = _label(seg)
         seg["summary"] = _summary(seg)
         out.append(seg)
     return out
@@ -230,6 +232,23 @@ def _top_items(
         for r in order.tolist()
         if lift[r] >= _MIN_LIFT
     ]
+
+
+def _label(seg: Mapping[str, Any]) -> str:
+    """A few words naming the segment: its two strongest attribute values ("Horror and
+    Western"), else its strongest profile value, else its number."""
+    likes = sorted(
+        (r for rows in seg["over_indexing"].values() for r in rows), key=lambda r: -r["lift"]
+    )
+    if likes:
+        return " and ".join(r["value"] for r in likes[:2])
+    who = sorted(
+        ((name, r) for name, rows in seg["profile"].items() for r in rows),
+        key=lambda nr: -nr[1]["lift"],
+    )
+    if who:
+        return f"{who[0][0]} {who[0][1]['value']}"
+    return f"segment {seg['segment']}"
 
 
 def _summary(seg: Mapping[str, Any]) -> str:

@@ -195,9 +195,7 @@ class Recommender:
             item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
             titles=self._titles(rows),
             scores=[float(ranked[p]) for p in picked],
-            reasons=self._reasons(rows, hist)
-            if len(hist)
-            else ["popular with people like you"] * len(rows),
+            reasons=self._reasons(rows, hist) if len(hist) else [self._like_you(emb)] * len(rows),
             strategy="personalized" if personal else "cold_start",
         )
 
@@ -349,6 +347,14 @@ class Recommender:
         if self.cfg.diversity == "category_cap":
             return category_cap(scores, self.categories[cands], k, self.cfg.cap_per_value)
         return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
+
+    def _like_you(self, emb: np.ndarray) -> str:
+        """The reason for a page from a profile and context alone: the people like this user
+        are the segment nearest their embedding, named where the bundle has segments."""
+        segments = self.bundle.segments
+        if segments is None:
+            return "popular with people like you"
+        return f"popular with people like you ({segments.labels[segments.nearest(emb)]})"
 
     def _reasons(self, rows: np.ndarray, hist: np.ndarray) -> list[str]:
         """ "because you <verb> <title>": the recent history item most like each result."""

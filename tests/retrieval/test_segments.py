@@ -90,3 +90,19 @@ def test_the_silhouette_matches_scikit_learns() -> None:
     x = _unit(emb)
     ours = _silhouette(np.clip(1.0 - x @ x.T, 0.0, 2.0), seg.labels, 5)
     assert ours == pytest.approx(silhouette_score(x, seg.labels, metric="cosine"), abs=1e-4)
+
+
+def test_a_segment_is_labelled_by_its_strongest_values() -> None:
+    from tailored.retrieval.segments import _label
+
+    seg = {
+        "segment": 2,
+        "over_indexing": {
+            "genre": [{"value": "Horror", "lift": 2.1}, {"value": "Action", "lift": 1.4}],
+            "decade": [{"value": "1970s", "lift": 1.8}],
+        },
+        "profile": {"age": [{"value": "18-24", "lift": 3.0}]},
+    }
+    assert _label(seg) == "Horror and 1970s"
+    assert _label({**seg, "over_indexing": {}}) == "age 18-24"
+    assert _label({**seg, "over_indexing": {}, "profile": {}}) == "segment 2"

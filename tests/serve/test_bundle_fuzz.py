@@ -133,10 +133,12 @@ def good(serve_bundle: Path) -> Good:
         INDEX_IDS: (1, n),
         BUNDLE_FILES["item_ease_rows"]: (-1, bundle.item_regression.weights.shape[0] - 1),
     }
+    if bundle.segments is not None:  # each user's segment: 0..k-1
+        refs[BUNDLE_FILES["user_segments"]] = (0, len(bundle.segments.labels) - 1)
     files = tuple(
         sorted(
             p.relative_to(path).as_posix()
-            for part in ("items", "users", "index")
+            for part in ("items", "users", "index", "segments")
             for p in (path / part).rglob("*.npy")
         )
     )
