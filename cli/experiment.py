@@ -42,6 +42,13 @@ def register(sub: Sub) -> None:
     rep.add_argument("--json", action="store_true", help="print every figure as JSON")
     rep.add_argument("--html", type=Path, help="write the readable page here")
     rep.add_argument(
+        "--segments",
+        type=Path,
+        metavar="BUNDLE",
+        help="also the lift in clicks per user within each user segment of this bundle "
+        "(a version, or a root: its latest)",
+    )
+    rep.add_argument(
         "--event-types", nargs="*", default=[], metavar="TYPE", help="more per-user metrics"
     )
     rep.add_argument(
@@ -161,6 +168,7 @@ def _report(args: argparse.Namespace) -> int:
         extra_types=args.event_types,
         pre_days=args.pre_days,
         planned_n=args.planned_users,
+        segments=_segments_of(args.segments) if args.segments is not None else None,
     )
     if args.html is not None:
         write_text_atomic(args.html, render_html(result))
@@ -173,6 +181,23 @@ def _report(args: argparse.Namespace) -> int:
     if args.html is not None:
         print(f"wrote {args.html}")
     return 0
+
+
+def _segments_of(bundle: Path) -> dict[str, str]:
+    """Each of the bundle's users (pseudonym) -> their segment's number and label."""
+    import pyarrow.parquet as pq
+
+    from tailored.bundle.format import BUNDLE_FILES, load_npy, resolve_bundle, verify_bundle
+    from tailored.errors import TailoredError
+
+    m = verify_bundle(resolve_bundle(bundle))
+    if not (m.path / BUNDLE_FILES["user_segments"]).is_file():
+        raise TailoredError(f"--segments: {m.path} has no segments ([segments] k = 0?)")
+    labels = load_npy(m.path / BUNDLE_FILES["user_segments"])
+    doc = json.loads((m.path / BUNDLE_FILES["segments"]).read_text())
+    names = [f"{s['segment']}: {s.get('label', '')}" for s in doc["segments"]]
+    ids = pq.read_table(m.path / BUNDLE_FILES["user_ids"]).column("user_id").to_pylist()
+    return {str(u): names[int(s)] for u, s in zip(ids, labels.tolist(), strict=True)}
 
 
 def _promote(args: argparse.Namespace) -> int:

@@ -148,5 +148,37 @@ CUPED: the variance removed using each user's same metric before exposure.</p>
 <th>95% interval (fixed)</th><th>always-valid interval</th><th>decision</th><th>CUPED</th></tr>
 {_metric_rows(result)}</table>
 <h2>Cumulative lift in clicks per user</h2>{_chart(result)}
+{_segment_section(result.get("segments"))}
 </body></html>
 """
+
+
+def _segment_section(seg: dict[str, Any] | None) -> str:
+    """Clicks per user by user segment, with the multiple-comparison caveat first."""
+    if not seg:
+        return ""
+    rows = []
+    for label, row in seg["by_segment"].items():
+        users = ", ".join(f"{html.escape(v)} {n:,}" for v, n in row["users"].items())
+        for variant, r in row.items():
+            if variant == "users":
+                continue
+            if "error" in r:
+                cells = f"<td colspan=3>{html.escape(r['error'])}</td>"
+            else:
+                called = "yes" if r["significant_after_bonferroni"] else "no"
+                cells = (
+                    f"<td>{_pct(r['rel_lift'])}</td><td>{_ci(r['rel_ci'])}</td><td>{called}</td>"
+                )
+            rows.append(
+                f"<tr><td>{html.escape(label)}</td><td>{users}</td>"
+                f"<td>{html.escape(variant)}</td>{cells}</tr>"
+            )
+    return (
+        f"<h2>By user segment ({html.escape(seg['metric'])})</h2>"
+        f"<p class='muted'>{html.escape(seg['caveat'])}.</p>"
+        "<table><tr><th>segment</th><th>users</th><th>variant</th><th>lift</th>"
+        "<th>95% interval (fixed)</th><th>called (Bonferroni)</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )

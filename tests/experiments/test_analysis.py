@@ -109,3 +109,26 @@ def test_a_verdict_never_contradicts_its_interval() -> None:
     assert difference_shown(clear)
     assert "better than control" in _verdict("clicks per user", "b", clear)
     assert not difference_shown(result(False, [0.15, 0.44]))
+
+
+def test_the_lift_by_segment_finds_where_it_is_and_states_the_caveat() -> None:
+    from tailored.experiments.report import render_html
+
+    lifted = event_log(0.4, users=3000, seed=1)
+    flat = [("b" + e[0][1:], *e[1:]) for e in event_log(0.0, users=3000, seed=2)]
+    segments = {e[0]: "1: Horror" for e in lifted} | {e[0]: "2: Drama" for e in flat}
+    exp = experiment().experiments[0]
+    result = analyze(exp, [*lifted, *flat], now_ms=START_MS + 8 * DAY, segments=segments)
+    seg = result["segments"]
+    assert seg["tests"] == 2 and "Bonferroni" in seg["caveat"]
+    horror = seg["by_segment"]["1: Horror"]["treatment"]
+    drama = seg["by_segment"]["2: Drama"]["treatment"]
+    assert horror["significant_after_bonferroni"] and 0.25 < horror["rel_lift"] < 0.55
+    assert abs(drama["rel_lift"]) < 0.1  # nothing planted (called or not: chance decides)
+    for r in (horror, drama):  # called exactly below alpha / tests
+        assert r["significant_after_bonferroni"] == (r["p_value"] < 0.05 / 2)
+    users = seg["by_segment"]["1: Horror"]["users"]
+    assert sum(users.values()) == len({e[0] for e in lifted})
+    page = render_html(result)
+    assert "By user segment" in page and "1: Horror" in page and "Bonferroni" in page
+    assert analyze(exp, lifted, now_ms=START_MS + 8 * DAY)["segments"] is None
