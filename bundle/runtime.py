@@ -348,6 +348,9 @@ class LoadedBundle:
     def user_encoder(self) -> FeatureEncoder:
         return FeatureEncoder.from_json(self.info["user_encoder"])
 
+    def item_encoder(self) -> FeatureEncoder:
+        return FeatureEncoder.from_json(self.info["item_encoder"])
+
     def user_embeddings(
         self,
         *,

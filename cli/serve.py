@@ -17,6 +17,7 @@ __all__ = ["register"]
 def register(sub: Sub) -> None:
     _add_serve(sub)
     _add_recommend(sub)
+    _add_page(sub)
     _add_track(sub)
     _add_simulate(sub)
 
@@ -99,6 +100,58 @@ def _recommend(args: argparse.Namespace) -> int:
     for rank, item in enumerate(resp.items, 1):
         name = item.title or item.item_id
         print(f"{rank:3d}. {name:<45.45} {item.score:8.3f}  {item.reason}")
+    return 0
+
+
+def _add_page(sub: Sub) -> None:
+    p = sub.add_parser(
+        "page",
+        help="ask a running server for a page of modules",
+        description="Call Page on a running `tailored serve`: the modules in the order its "
+        "policy chose, each with its items and the propensity of its place.",
+    )
+    _add_target(p)
+    p.add_argument("--user", required=True, help="the site's user id")
+    p.add_argument(
+        "--module",
+        required=True,
+        nargs="+",
+        metavar="ID=TYPE[:PARAM]",
+        help="the candidate modules, like for-you=recommended trending=trending "
+        "horror=category:Horror more=similar:50 byw=because_you_watched",
+    )
+    p.add_argument("--k", type=int, default=5, help="items per module")
+    p.add_argument("--page-type", default="home")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.set_defaults(handler=_page)
+
+
+def _page(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from tailored.serve.client import Client
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    modules = []
+    for spec in args.module:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise TailoredError(f"--module {spec!r}: expected ID=TYPE or ID=TYPE:PARAM")
+        kind, _, param = rest.partition(":")
+        modules.append(pb.PageModule(id=name, type=kind, param=param))
+    with Client(args.target, timeout=args.timeout) as client:
+        resp = rpc(lambda: client.page(args.user, modules, args.k, page_type=args.page_type))
+    if args.json:
+        print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=1))
+        return 0
+    print(
+        f"bundle {resp.bundle_version}, {resp.policy} order, {resp.strategy}, "
+        f"request {resp.request_id}"
+    )
+    for m in resp.modules:
+        print(f"{m.position + 1}. {m.title or m.id} ({m.type}, propensity {m.propensity:.3f})")
+        for item in m.items:
+            print(f"     {item.title or item.item_id:<45.45} {item.score:8.3f}  {item.reason}")
     return 0
 
 

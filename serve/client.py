@@ -100,6 +100,29 @@ class Client:
         resp: pb.RecommendResponse = self.personalization.Recommend(req, timeout=self.timeout)
         return resp
 
+    def page(
+        self,
+        user_id: str,
+        modules: Iterable[pb.PageModule],
+        k: int = 10,
+        *,
+        page_type: str = "home",
+        exclude: Iterable[str] = (),
+        profile: Mapping[str, str] | None = None,
+        context: pb.Context | None = None,
+    ) -> pb.PageResponse:
+        req = pb.PageRequest(
+            user_id=user_id,
+            page_type=page_type,
+            modules=list(modules),
+            k=k,
+            exclude_item_ids=list(exclude),
+            profile=dict(profile or {}),
+            context=context,
+        )
+        resp: pb.PageResponse = self.personalization.Page(req, timeout=self.timeout)
+        return resp
+
     def track(self, events: Iterable[pb.Event]) -> pb.TrackResponse:
         req = pb.TrackRequest(events=list(events))
         resp: pb.TrackResponse = self.personalization.Track(req, timeout=self.timeout)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tailored.config import ServeConfig
+from tailored.serve.page import MODULE_TYPES, NEEDS_PARAM, ModuleSpec
 from tailored.serve.recommender import RequestError
 from tailored.serve.state import StoredEvent
 from tailored.serve.v1 import personalization_pb2 as pb
@@ -106,6 +107,56 @@ class RecommendArgs:
             exclude=frozenset(req.exclude_item_ids),
             profile=_check_map(dict(req.profile), "profile"),
         )
+
+
+def parse_page(req: pb.PageRequest, cfg: ServeConfig) -> tuple[RecommendArgs, list[ModuleSpec]]:
+    """A Page call's arguments, every one checked (INVALID_ARGUMENT names the first wrong
+    one): the request as Recommend's (its surface the page type), and the modules."""
+    check_id(req.user_id, "user_id")
+    if req.page_type not in cfg.surfaces:
+        raise RequestError(
+            "page_type", f"unknown page type {req.page_type!r}; known: {list(cfg.surfaces)}"
+        )
+    if not 1 <= req.k <= cfg.max_k:
+        raise RequestError("k", f"items per module must be between 1 and {cfg.max_k}, got {req.k}")
+    if not req.modules:
+        raise RequestError("modules", "no candidate modules: a page needs at least one")
+    if len(req.modules) > cfg.max_page_modules:
+        raise RequestError(
+            "modules", f"at most {cfg.max_page_modules} modules, got {len(req.modules)}"
+        )
+    modules: list[ModuleSpec] = []
+    ids: set[str] = set()
+    for i, m in enumerate(req.modules):
+        where = f"modules[{i}]"
+        check_id(m.id, f"{where}.id")
+        if m.id in ids:
+            raise RequestError(f"{where}.id", f"{m.id!r} is given twice; module ids are unique")
+        ids.add(m.id)
+        if m.type not in MODULE_TYPES:
+            shown = m.type if len(m.type) <= 40 else f"{m.type[:40]}..."
+            raise RequestError(
+                f"{where}.type", f"unknown module type {shown!r}; known: {list(MODULE_TYPES)}"
+            )
+        if m.type in NEEDS_PARAM:
+            what = "an item id" if m.type == "similar" else "an item attribute value"
+            if not m.param:
+                raise RequestError(f"{where}.param", f"a {m.type} module needs {what}")
+            check_id(m.param, f"{where}.param")
+        elif m.param:
+            raise RequestError(f"{where}.param", f"a {m.type} module takes no param")
+        if len(m.title) > MAX_ID:
+            raise RequestError(f"{where}.title", f"at most {MAX_ID} characters")
+        modules.append(ModuleSpec(m.id, m.type, m.param, m.title))
+    fake = pb.RecommendRequest(
+        user_id=req.user_id,
+        surface=req.page_type,
+        k=req.k,
+        context=req.context,
+        exclude_item_ids=req.exclude_item_ids,
+        profile=req.profile,
+    )
+    return RecommendArgs.parse(fake, cfg), modules  # page_type, the surface, checked above
 
 
 def parse_events(

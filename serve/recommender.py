@@ -95,6 +95,9 @@ class Recommender:
         act = bundle.activity.table
         # best first: recent popularity, then all-time; row 0 (padding) last
         self.popular = np.lexsort((-act[1:, 0], -act[1:, 2])).astype(np.int64) + 1
+        self.popular_rank = np.empty(bundle.n_items + 1, np.int64)  # row -> place in popular
+        self.popular_rank[self.popular] = np.arange(len(self.popular))
+        self.popular_rank[0] = len(self.popular)
         self.user_encoder = bundle.user_encoder()
         # profile value -> code per categorical user field, built once (not per request)
         self.profile_codes = {
@@ -111,6 +114,7 @@ class Recommender:
         self.min_view_seconds = data_cfg.min_view_seconds
         self.min_rating = data_cfg.min_rating
         self.categories = self._cap_categories()
+        self._by_value: dict[str, np.ndarray] | None = None  # attribute value -> item rows
 
     def _cap_categories(self) -> np.ndarray:
         """Per item row, its value of the category-cap field (0 = none), int64 [N+1]."""
@@ -131,13 +135,17 @@ class Recommender:
         return np.zeros(self.bundle.n_items + 1, np.int64)
 
     # -- the request path --------------------------------------------------------------------
-    def recommend(self, req: Request, unavailable: Collection[str] = ()) -> Recommendation:
+    def recommend(
+        self, req: Request, unavailable: Collection[str] = (), only: np.ndarray | None = None
+    ) -> Recommendation:
+        """The page for ``req``; ``only`` (bundle rows) restricts it to those items (a
+        page's category module): scored exactly, then ranked like the whole list."""
         excluded = self._rows(req.exclude) | self._rows(unavailable)
         user_cat, user_num, has_profile = self._profile(req.profile or {})  # always checked
         context, has_context = self._context(req)
         variant = req.variant or {}
         if not req.personalized:  # no behaviour of theirs; the page's context is no profile
-            return self._popular(req.k, excluded, context[0])
+            return self._fallback(req.k, excluded, context[0], only)
         hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
         excluded |= self._passed_over(req.online, hide)
         row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
@@ -149,9 +157,9 @@ class Recommender:
         if row is not None and self.bundle.users is not None:
             seen.update(self.bundle.users.seen(row).tolist())  # and every older one
         if variant.get("popularity"):  # the experiment's non-personalized control
-            return self._popular(req.k, excluded | seen, context[0])
+            return self._fallback(req.k, excluded | seen, context[0], only)
         if row is None and not len(hist) and not has_profile and not has_context:
-            return self._popular(req.k, excluded, context[0])
+            return self._fallback(req.k, excluded, context[0], only)
         emb = self.bundle.user_embeddings(
             user_hash=user_hash_buckets(np.array([req.user]), self.bundle.info["user_id_buckets"]),
             user_cat=user_cat,
@@ -160,11 +168,14 @@ class Recommender:
             history=self._window(hist),
         )
         depth = int(variant.get("candidates", self.cfg.candidates))
-        scores, cands = self.bundle.retrieve(emb, depth, [seen | excluded])
+        if only is not None:  # exact over the few items allowed
+            scores, cands = self._score_only(emb, only, depth, seen | excluded)
+        else:
+            scores, cands = self.bundle.retrieve(emb, depth, [seen | excluded])
         keep = cands[0] > 0
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
-            return self._popular(req.k, excluded | seen, context[0])
+            return self._fallback(req.k, excluded | seen, context[0], only)
         dense = dense_features(
             candidates=cands,
             scores=scores,
@@ -198,6 +209,88 @@ class Recommender:
             reasons=self._reasons(rows, hist) if len(hist) else [self._like_you(emb)] * len(rows),
             strategy="personalized" if personal else "cold_start",
         )
+
+    # -- what a page's modules need (tailored.serve.page) ---------------------------------------
+    def attribute_rows(self, value: str) -> np.ndarray:
+        """The bundle rows of the items that have ``value`` in any categorical or
+        multi-categorical item field (a genre, a category), int64 sorted; empty if none."""
+        if self._by_value is None:
+            enc = self.bundle.item_encoder()
+            by: dict[str, set[int]] = {}
+            cat, multi = self.bundle.items.categorical, self.bundle.items.multi
+            for j, name in enumerate(enc.categorical):
+                vocab = enc.vocabs[name]
+                for r in np.flatnonzero(cat[:, j] > 0).tolist():
+                    by.setdefault(vocab[cat[r, j] - 1], set()).add(r)
+            for j, name in enumerate(enc.multi):
+                vocab = enc.vocabs[name]
+                rows, slots = np.nonzero(multi[:, j, :] > 0)
+                for r, m in zip(rows.tolist(), slots.tolist(), strict=True):
+                    by.setdefault(vocab[multi[r, j, m] - 1], set()).add(r)
+            self._by_value = {v: np.array(sorted(rs), np.int64) for v, rs in by.items()}
+        return self._by_value.get(value, np.zeros(0, np.int64))
+
+    def latest_positive(self, req: Request) -> int | None:
+        """The bundle row of the user's most recent positive (snapshot or online), if any."""
+        if not req.personalized:
+            return None
+        row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
+        hist, _ = self._history(row, req.online)
+        return int(hist[-1]) if len(hist) else None
+
+    def neighbours(
+        self, req: Request, anchor: int | None, unavailable: Collection[str], verb: str
+    ) -> Recommendation:
+        """The co-occurrence neighbours of item row ``anchor`` (best first), less what the
+        request excludes and the user engaged with; reason "VERB <title of the anchor>"."""
+        if anchor is None:
+            return Recommendation([], [], [], [], "related")
+        ban = self._rows(req.exclude) | self._rows(unavailable) | {anchor}
+        if req.personalized:
+            row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
+            hist, _ = self._history(row, req.online)
+            ban.update(hist.tolist())
+            if row is not None and self.bundle.users is not None:
+                ban.update(self.bundle.users.seen(row).tolist())
+        nb = self.bundle.item_neighbors
+        ids, weights = nb.ids[anchor], nb.weights[anchor]
+        keep = (ids > 0) & ~np.isin(ids, np.fromiter(ban, np.int64, len(ban)))
+        rows, scores = ids[keep][: req.k], weights[keep][: req.k]
+        reason = f"{verb} {self.labels[anchor - 1]}"
+        return Recommendation(
+            item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
+            titles=self._titles(rows),
+            scores=[float(x) for x in scores],
+            reasons=[reason] * len(rows),
+            strategy="related",
+        )
+
+    def _fallback(
+        self, k: int, excluded: set[int], context: np.ndarray, only: np.ndarray | None
+    ) -> Recommendation:
+        """The popular page: in the request's context, or the most popular of ``only``."""
+        if only is None:
+            return self._popular(k, excluded, context)
+        ban = np.fromiter(excluded, np.int64, len(excluded))
+        rows = only[~np.isin(only, ban)]
+        rows = rows[np.argsort(self.popular_rank[rows], kind="stable")][:k]
+        scores = np.log1p(self.bundle.activity.table[rows, 0].astype(np.float64))
+        return Recommendation(
+            item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
+            titles=self._titles(rows),
+            scores=[float(x) for x in np.minimum.accumulate(scores)] if len(rows) else [],
+            reasons=["popular right now"] * len(rows),
+            strategy="popular",
+        )
+
+    def _score_only(
+        self, emb: np.ndarray, only: np.ndarray, depth: int, ban: set[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``bundle.retrieve`` for one user, over the rows ``only`` alone (exact)."""
+        rows = only[~np.isin(only, np.fromiter(ban, np.int64, len(ban)))]
+        scores = self.bundle.item_embeddings[rows] @ emb[0]
+        top = np.argsort(-scores, kind="stable")[:depth]
+        return scores[top][None].astype(np.float32), rows[top][None]
 
     def _titles(self, rows: np.ndarray) -> list[str]:
         titles = self.bundle.item_titles

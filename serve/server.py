@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,11 +36,18 @@ from tailored.errors import TailoredError
 from tailored.experiments import Assignment, decide
 from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
-from tailored.serve.edge import RecommendArgs, check_id, parse_events, parse_purposes
+from tailored.serve.edge import (
+    RecommendArgs,
+    check_id,
+    parse_events,
+    parse_page,
+    parse_purposes,
+)
 from tailored.serve.experiments import ExposureWriter, ServedExperiments, load_served
 from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
-from tailored.serve.recommender import Request, RequestError
+from tailored.serve.page import build_page
+from tailored.serve.recommender import Recommender, Request, RequestError
 from tailored.serve.state import PERSONALIZATION, OnlineState, StateError, StoredEvent
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
@@ -266,23 +274,29 @@ def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
         raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before {stage}")
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    rec: Recommender  # the bundle this request is answered from (a variant's, perhaps)
+    request: Request
+    assigned: tuple[Assignment, ...]
+    degraded: bool  # the online state could not be read
+
+
 class _Personalization(pb_grpc.PersonalizationServicer):
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    @_rpc("Recommend")
-    def Recommend(
-        self, request: pb.RecommendRequest, context: grpc.ServicerContext
-    ) -> pb.RecommendResponse:
+    def _prepare(self, args: RecommendArgs, method: str) -> _Prepared:
+        """What Recommend and Page share: the user's state and consent, their experiments
+        (exposures logged), the bundle and the request as the recommender reads it."""
         s = self.service
-        args = RecommendArgs.parse(request, s.cfg)
         rec = s.bundle.current  # this request finishes on this bundle, whatever swaps
         user = s.pseudonym(args.user_id)
         try:
             state = s.guard.call(s.state.user, user, s.cfg.history_events)
         except StateError:  # degrade: consent unknown, so personalized for no one
             state = None
-            s.metrics.degraded.labels("Recommend").inc()
+            s.metrics.degraded.labels(method).inc()
         personalized = state is not None and state.allows(
             PERSONALIZATION, default=s.default_allows()
         )
@@ -299,22 +313,30 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             changes.update(experiments.changes(assigned))
             rec = experiments.recommender(changes, rec)
             _log_exposures(s, experiments, user, assigned, state.events, seen_at, args.surface)
-        _check_deadline(context, "ranking")
-        result = rec.recommend(
-            Request(
-                user=user,
-                k=args.k,
-                surface=args.surface,
-                time=args.time_ms / 1000 if args.time_ms else now,
-                personalized=personalized,
-                context=args.context,
-                exclude=args.exclude,
-                profile=args.profile,
-                online=state.events if personalized and state is not None else (),
-                variant=changes,
-            ),
-            s.unavailable(),
+        request = Request(
+            user=user,
+            k=args.k,
+            surface=args.surface,
+            time=args.time_ms / 1000 if args.time_ms else now,
+            personalized=personalized,
+            context=args.context,
+            exclude=args.exclude,
+            profile=args.profile,
+            online=state.events if personalized and state is not None else (),
+            variant=changes,
         )
+        return _Prepared(rec, request, assigned, state is None)
+
+    @_rpc("Recommend")
+    def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendResponse:
+        s = self.service
+        args = RecommendArgs.parse(request, s.cfg)
+        prepared = self._prepare(args, "Recommend")
+        rec, assigned = prepared.rec, prepared.assigned
+        _check_deadline(context, "ranking")
+        result = rec.recommend(prepared.request, s.unavailable())
         _check_deadline(context, "answering")
         return pb.RecommendResponse(
             items=[
@@ -326,9 +348,54 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             bundle_version=rec.bundle.version,
             request_id=uuid.uuid4().hex,
             strategy=result.strategy,
-            degraded=state is None,
+            degraded=prepared.degraded,
             assignments=[
                 pb.Assignment(experiment=a.experiment, variant=a.variant) for a in assigned
+            ],
+        )
+
+    @_rpc("Page")
+    def Page(self, request: pb.PageRequest, context: grpc.ServicerContext) -> pb.PageResponse:
+        s = self.service
+        args, modules = parse_page(request, s.cfg)
+        prepared = self._prepare(args, "Page")
+        _check_deadline(context, "ranking")
+        page = build_page(
+            prepared.rec,
+            prepared.request,
+            modules,
+            policy=str(prepared.request.variant.get("page_policy", s.cfg.page_policy)),
+            unavailable=s.unavailable(),
+        )
+        _check_deadline(context, "answering")
+        return pb.PageResponse(
+            modules=[
+                pb.PageModuleResult(
+                    id=m.spec.id,
+                    type=m.spec.type,
+                    title=m.spec.title,
+                    items=[
+                        pb.RecommendedItem(item_id=i, score=sc, reason=r, title=t)
+                        for i, sc, r, t in zip(
+                            m.items.item_ids,
+                            m.items.scores,
+                            m.items.reasons,
+                            m.items.titles,
+                            strict=True,
+                        )
+                    ],
+                    position=m.position,
+                    propensity=m.propensity,
+                )
+                for m in page.modules
+            ],
+            request_id=uuid.uuid4().hex,
+            bundle_version=prepared.rec.bundle.version,
+            policy=page.policy,
+            strategy=page.strategy,
+            degraded=prepared.degraded,
+            assignments=[
+                pb.Assignment(experiment=a.experiment, variant=a.variant) for a in prepared.assigned
             ],
         )
 

@@ -363,6 +363,10 @@ class ServeConfig:
     # an item shown to a user this many times (among their events read) with no click is
     # not shown to them again (0: never hidden): a page that does not go stale
     hide_after_impressions: int = 0
+    # Page: how modules are ordered ("fixed": as the site sent them; "random"), and at most
+    # how many a page may offer
+    page_policy: str = "fixed"
+    max_page_modules: int = 12
     consent_default: str = "granted"  # a user who never set consent: "granted" | "denied"
     admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
     state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
@@ -429,6 +433,8 @@ class ServeConfig:
             _positive("serve", name, getattr(self, name))
         for name in ("max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
+        _one_of("serve", "page_policy", self.page_policy, ("fixed", "random"))
+        _positive("serve", "max_page_modules", self.max_page_modules)
         if self.hide_after_impressions < 0:
             raise ConfigError(
                 f"[serve] hide_after_impressions: must be >= 0 (0: never), got "

@@ -100,6 +100,77 @@ class Assignment(_message.Message):
     variant: str
     def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
+class PageModule(_message.Message):
+    __slots__ = ("id", "type", "param", "title")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PARAM_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    type: str
+    param: str
+    title: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., param: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
+
+class PageRequest(_message.Message):
+    __slots__ = ("user_id", "page_type", "modules", "k", "context", "exclude_item_ids", "profile")
+    class ProfileEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    page_type: str
+    modules: _containers.RepeatedCompositeFieldContainer[PageModule]
+    k: int
+    context: Context
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    profile: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., page_type: _Optional[str] = ..., modules: _Optional[_Iterable[_Union[PageModule, _Mapping]]] = ..., k: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., profile: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PageModuleResult(_message.Message):
+    __slots__ = ("id", "type", "title", "items", "position", "propensity")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    type: str
+    title: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    position: int
+    propensity: float
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., title: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ...) -> None: ...
+
+class PageResponse(_message.Message):
+    __slots__ = ("modules", "request_id", "bundle_version", "policy", "strategy", "degraded", "assignments")
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    modules: _containers.RepeatedCompositeFieldContainer[PageModuleResult]
+    request_id: str
+    bundle_version: str
+    policy: str
+    strategy: str
+    degraded: bool
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, modules: _Optional[_Iterable[_Union[PageModuleResult, _Mapping]]] = ..., request_id: _Optional[str] = ..., bundle_version: _Optional[str] = ..., policy: _Optional[str] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
+
 class Event(_message.Message):
     __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

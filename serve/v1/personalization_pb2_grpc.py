@@ -39,6 +39,11 @@ class PersonalizationStub:
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.Page = channel.unary_unary(
+                '/tailored.v1.Personalization/Page',
+                request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PageRequest.SerializeToString,
+                response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PageResponse.FromString,
+                _registered_method=True)
         self.Track = channel.unary_unary(
                 '/tailored.v1.Personalization/Track',
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.TrackRequest.SerializeToString,
@@ -55,6 +60,12 @@ class PersonalizationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Recommend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Page(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +90,11 @@ def add_PersonalizationServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.RecommendRequest.FromString,
                     response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Page': grpc.unary_unary_rpc_method_handler(
+                    servicer.Page,
+                    request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PageRequest.FromString,
+                    response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.PageResponse.SerializeToString,
             ),
             'Track': grpc.unary_unary_rpc_method_handler(
                     servicer.Track,
@@ -118,6 +134,33 @@ class Personalization:
             '/tailored.v1.Personalization/Recommend',
             tailored_dot_serve_dot_v1_dot_personalization__pb2.RecommendRequest.SerializeToString,
             tailored_dot_serve_dot_v1_dot_personalization__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Page(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailored.v1.Personalization/Page',
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.PageRequest.SerializeToString,
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.PageResponse.FromString,
             options,
             channel_credentials,
             insecure,
