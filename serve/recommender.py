@@ -114,7 +114,7 @@ class Recommender:
         self.min_view_seconds = data_cfg.min_view_seconds
         self.min_rating = data_cfg.min_rating
         self.categories = self._cap_categories()
-        self._by_value: dict[str, np.ndarray] | None = None  # attribute value -> item rows
+        self.by_value = self._attribute_index()  # attribute value -> item rows (pages)
 
     def _cap_categories(self) -> np.ndarray:
         """Per item row, its value of the category-cap field (0 = none), int64 [N+1]."""
@@ -214,21 +214,31 @@ class Recommender:
     def attribute_rows(self, value: str) -> np.ndarray:
         """The bundle rows of the items that have ``value`` in any categorical or
         multi-categorical item field (a genre, a category), int64 sorted; empty if none."""
-        if self._by_value is None:
-            enc = self.bundle.item_encoder()
-            by: dict[str, set[int]] = {}
-            cat, multi = self.bundle.items.categorical, self.bundle.items.multi
-            for j, name in enumerate(enc.categorical):
-                vocab = enc.vocabs[name]
-                for r in np.flatnonzero(cat[:, j] > 0).tolist():
-                    by.setdefault(vocab[cat[r, j] - 1], set()).add(r)
-            for j, name in enumerate(enc.multi):
-                vocab = enc.vocabs[name]
-                rows, slots = np.nonzero(multi[:, j, :] > 0)
-                for r, m in zip(rows.tolist(), slots.tolist(), strict=True):
-                    by.setdefault(vocab[multi[r, j, m] - 1], set()).add(r)
-            self._by_value = {v: np.array(sorted(rs), np.int64) for v, rs in by.items()}
-        return self._by_value.get(value, np.zeros(0, np.int64))
+        return self.by_value.get(value, np.zeros(0, np.int64))
+
+    def _attribute_index(self) -> dict[str, np.ndarray]:
+        """Attribute value -> its items' rows, over every categorical and multi-categorical
+        item field (built once, at load: vectorized, one sort per field)."""
+        enc = self.bundle.item_encoder()
+        cat, multi = self.bundle.items.categorical, self.bundle.items.multi
+        pairs: list[tuple[np.ndarray, np.ndarray, list[str]]] = []  # (rows, codes, vocab)
+        for j, name in enumerate(enc.categorical):
+            rows = np.flatnonzero(cat[:, j] > 0)
+            pairs.append((rows, cat[rows, j], enc.vocabs[name]))
+        for j, name in enumerate(enc.multi):
+            rows, slots = np.nonzero(multi[:, j, :] > 0)
+            pairs.append((rows, multi[rows, j, slots], enc.vocabs[name]))
+        out: dict[str, list[np.ndarray]] = {}
+        for rows, codes, vocab in pairs:
+            order = np.argsort(codes, kind="stable")
+            codes, rows = codes[order], rows[order]
+            cuts = np.flatnonzero(np.diff(codes)) + 1
+            for group_rows, group_codes in zip(
+                np.split(rows, cuts), np.split(codes, cuts), strict=True
+            ):
+                if len(group_codes):
+                    out.setdefault(vocab[int(group_codes[0]) - 1], []).append(group_rows)
+        return {v: np.unique(np.concatenate(rs)).astype(np.int64) for v, rs in out.items()}
 
     def latest_positive(self, req: Request) -> int | None:
         """The bundle row of the user's most recent positive (snapshot or online), if any."""
