@@ -404,6 +404,7 @@ def _write_segments(
     seen = snapshot.user_seen(data)
     described = describe_segments(
         seg.labels,
+        k=seg.k,
         user_items=(seen["user_seen_offsets"], seen["user_seen_items"].astype(np.int64) - 1),
         item_values=_item_values(data),
         item_names=[

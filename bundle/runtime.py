@@ -70,7 +70,10 @@ class SegmentModel:
         if not all(p.exists() for p in paths):
             return None  # built with [segments] k = 0, or by an older version
         doc = load_json(paths[1])
-        labels = tuple(str(s.get("label", f"segment {s['segment']}")) for s in doc["segments"])
+        described = doc.get("segments") if isinstance(doc, dict) else None
+        if not isinstance(described, list) or not all(isinstance(s, dict) for s in described):
+            raise BundleError(f"{paths[1]}: expected an object with a 'segments' list")
+        labels = tuple(str(s.get("label", f"segment {i}")) for i, s in enumerate(described))
         return cls(load_npy(paths[0]), labels, load_npy(paths[2]))
 
     def nearest(self, embedding: np.ndarray) -> int:

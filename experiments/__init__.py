@@ -19,13 +19,14 @@ from tailored.experiments.config import (
     parse_experiments,
     read_decisions,
 )
-from tailored.experiments.decisions import decide
+from tailored.experiments.decisions import DecisionRefused, decide
 
 __all__ = [
     "VARIANT_KEYS",
     "Assigner",
     "Assignment",
     "Decision",
+    "DecisionRefused",
     "Experiment",
     "ExperimentError",
     "Experiments",

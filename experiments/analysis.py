@@ -88,12 +88,15 @@ def _source(events: Iterable[Event] | EventSource) -> EventSource:
 
 
 def exposed_users(experiment: Experiment, events: Iterable[Event]) -> dict[str, tuple[str, int]]:
-    """Each exposed user's (variant, first exposure time in ms)."""
+    """Each exposed user's (variant, first exposure time in ms); exposures at or after the
+    experiment's end (or the decision that ended it) do not count: a process that had not
+    applied the decision yet may still have written some."""
     prefix = f"{experiment.name}:"
     names = {v.name for v in experiment.variants}
+    end_ms = experiment.end.timestamp() * 1000
     first: dict[str, tuple[str, int]] = {}
     for user, kind, item, time_ms, _ in events:
-        if kind != EXPOSURE or not item.startswith(prefix):
+        if kind != EXPOSURE or not item.startswith(prefix) or time_ms >= end_ms:
             continue
         variant = item[len(prefix) :]
         if variant in names and (user not in first or time_ms < first[user][1]):
@@ -311,17 +314,16 @@ def _by_segment(
     out: dict[str, Any] = {}
     for label in sorted(by):
         members = by[label]
-        row: dict[str, Any] = {
-            "users": {
-                v.name: sum(u.variant == v.name for u in members.values())
-                for v in experiment.variants
-            }
+        counts = {
+            v.name: sum(u.variant == v.name for u in members.values()) for v in experiment.variants
         }
+        results: dict[str, Any] = {}
+        row: dict[str, Any] = {"users": counts, "variants": results}
         for v in variants:
             y_c, x_c = _arms(members, experiment.control, "clicks")
             y_t, x_t = _arms(members, v, "clicks")
             if min(len(y_c), len(y_t)) < 2:
-                row[v] = {"error": "fewer than 2 users in an arm"}
+                results[v] = {"error": "fewer than 2 users in an arm"}
                 continue
             cuped = float(np.var(np.concatenate([x_c, x_t]))) > 0
             try:
@@ -333,10 +335,10 @@ def _by_segment(
                     covariate_treatment=x_t if cuped else None,
                 )
             except ValueError as e:  # no variance at all
-                row[v] = {"error": str(e)}
+                results[v] = {"error": str(e)}
                 continue
             c = cmp.to_dict()
-            row[v] = {
+            results[v] = {
                 "rel_lift": c["rel_lift"],
                 "rel_ci": c["rel_ci"],
                 "p_value": c["p_value"],

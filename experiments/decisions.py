@@ -23,7 +23,12 @@ from tailored.experiments.config import (
     load_experiments,
 )
 
-__all__ = ["decide"]
+__all__ = ["DecisionRefused", "decide"]
+
+
+class DecisionRefused(ExperimentError):
+    """A well-formed decision that cannot be made now: the experiment was decided already or
+    has not started, or the decision cannot be written beside the experiments file."""
 
 
 def decide(
@@ -31,9 +36,19 @@ def decide(
 ) -> Decision:
     """Promote ``variant`` of ``experiment`` (declared in the file at ``path``) as of ``at``
     (unix seconds): recorded durably before this returns. Refused (ExperimentError) when the
-    experiment or variant is unknown, the experiment has not started, or it was decided
-    already."""
+    experiment or variant is unknown; DecisionRefused when the experiment has not started,
+    was decided already, or the decision cannot be written (the folder must be writable)."""
     p = Path(path)
+    try:
+        return _decide(p, experiment, variant, at, reason)
+    except OSError as e:
+        raise DecisionRefused(
+            f"{decisions_path(p)}: cannot record the decision ({e.strerror or e}); the folder "
+            f"of {p} must be writable by the server"
+        ) from e
+
+
+def _decide(p: Path, experiment: str, variant: str, at: float, reason: str) -> Decision:
     with _locked(decisions_path(p)):
         exps = load_experiments(p)  # the file and the decisions so far, checked
         e = exps.get(experiment)
@@ -45,12 +60,12 @@ def decide(
                 f"({[v.name for v in e.variants]})"
             ) from None
         if e.decided is not None:
-            raise ExperimentError(
+            raise DecisionRefused(
                 f"{p}: experiment {experiment!r} was decided already: {e.decided.variant!r} "
                 f"promoted at {e.end.isoformat()}"
             )
         if at < e.start.timestamp():
-            raise ExperimentError(
+            raise DecisionRefused(
                 f"{p}: experiment {experiment!r} has not started (it starts "
                 f"{e.start.isoformat()}); there is nothing to decide"
             )

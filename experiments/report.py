@@ -160,9 +160,7 @@ def _segment_section(seg: dict[str, Any] | None) -> str:
     rows = []
     for label, row in seg["by_segment"].items():
         users = ", ".join(f"{html.escape(v)} {n:,}" for v, n in row["users"].items())
-        for variant, r in row.items():
-            if variant == "users":
-                continue
+        for variant, r in row["variants"].items():
             if "error" in r:
                 cells = f"<td colspan=3>{html.escape(r['error'])}</td>"
             else:

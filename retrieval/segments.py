@@ -129,16 +129,24 @@ def describe_segments(
     item_names: Sequence[str],
     user_values: Mapping[str, Sequence[str]],
     top: int = 3,
+    k: int | None = None,
 ) -> list[dict[str, Any]]:
     """Each segment in words (see the module docstring).
 
     ``labels``: int [U]; ``user_items``: (offsets int [U + 1], item rows int [E], 0-based)
     of what each user engaged with; ``item_values``: per item attribute, each item's values
     (a genre list; one category); ``item_names``: each item's title or id; ``user_values``:
-    per profile field, each user's value ("" when unknown)."""
+    per profile field, each user's value ("" when unknown); ``k``: the segments (default:
+    the highest label + 1; give it, so that a segment left with no members is described
+    too)."""
     offsets, items = user_items
-    k = int(labels.max()) + 1 if len(labels) else 0
+    if k is None:
+        k = int(labels.max()) + 1 if len(labels) else 0
     per_user = np.diff(offsets)
+    # the population's counts, once
+    every_item = {name: _value_counts(items, values) for name, values in item_values.items()}
+    every_user = {name: np.asarray(values, dtype=object) for name, values in user_values.items()}
+    every_user_counts = {name: _counts(vals) for name, vals in every_user.items()}
     event_seg = np.repeat(labels, per_user)
     n_items = len(item_names)
     out = []
@@ -161,16 +169,11 @@ def describe_segments(
         }
         for name, values in item_values.items():
             seg["over_indexing"][name] = _lifts(
-                _value_counts(mine, values),
-                _value_counts(items, values),
-                len(mine),
-                len(items),
-                top,
+                _value_counts(mine, values), every_item[name], len(mine), len(items), top
             )
-        for name, values in user_values.items():
-            vals = np.asarray(values, dtype=object)
+        for name, vals in every_user.items():
             seg["profile"][name] = _lifts(
-                _counts(vals[members]), _counts(vals), int(members.sum()), len(vals), top
+                _counts(vals[members]), every_user_counts[name], int(members.sum()), len(vals), top
             )
         seg["label"] = _label(seg)
         seg["summary"] = _summary(seg)

@@ -196,11 +196,15 @@ class ExposureWriter:
         self._record = record
         self._on_result = on_result
         self._queue: queue.Queue[_Pending | None] = queue.Queue(_PENDING)
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="exposures", daemon=True)
         self._thread.start()
 
     def put(self, user: str, events: list[StoredEvent], forget: Callable[[], None]) -> None:
         """Write ``events`` of ``user`` soon; ``forget`` is called if they cannot be."""
+        if self._closed:
+            forget()
+            return
         try:
             self._queue.put_nowait((user, events, forget))
         except queue.Full:
@@ -223,7 +227,10 @@ class ExposureWriter:
                     break
                 batch.append(item)
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except Exception:  # the thread outlives anything a callback raises
+                    _log.exception("exposure writer: a batch of %d was lost", len(batch))
             for _ in range(len(batch) + (first is None)):
                 self._queue.task_done()
             if first is None:
@@ -249,6 +256,11 @@ class ExposureWriter:
         self._queue.join()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is pending, then stop."""
-        self._queue.put(None)
+        """Write what is pending (for at most ``timeout`` seconds), then stop."""
+        self._closed = True
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            _log.error("exposure writer: still %d pending at close", self._queue.qsize())
+            return
         self._thread.join(timeout)

@@ -9,13 +9,19 @@ Sources (:data:`MODULE_TYPES`), each through the request path of :mod:`.recommen
 * ``because_you_watched``: the co-occurrence neighbours of the user's latest item;
 * ``similar``: the neighbours of one item (``param``: its id);
 * ``category``: the personalized list within one item attribute value (``param``: "Horror"),
-  scored exactly over that value's items and re-ranked like the whole list.
+  scored exactly over that value's items (its 20,000 most popular, for a bigger one) and
+  re-ranked like the whole list.
 
 Ordering policies: ``fixed`` (the order the site sent), ``random`` (uniform). Each module's
-``propensity`` is the probability the policy gave it its place, given the modules above: 1
-for ``fixed``; 1 / (modules left) for ``random``. The modules are filled top down, so that
-one higher up keeps its items and a lower one skips them; a module left with no items is
-not shown, and the positions close up.
+``propensity`` is the probability the policy gave it its place in the order of all the
+candidate modules, given those above it: 1 for ``fixed``; 1 / (modules left) for
+``random``. The modules are filled top down, so that one higher up keeps its items and a
+lower one skips them; a module left with no items is not shown, and the positions close up
+(``position`` counts the modules shown; the propensity stays that of the policy's order).
+
+Not built yet: the contextual bandit that is to order modules by what users click, which
+needs Track events that name the page and module; and the work each module repeats (the
+user's history, their embedding) is not shared between a page's modules.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ __all__ = ["Recommendation", "Recommender", "Request", "RequestError"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _REASON_RECENT = 20  # history items a reason may point at
+# a category module scores at most this many of the value's items (its most popular), as
+# retrieval reads at most `candidates` of the whole catalogue: bounded work per request
+_ONLY_CANDIDATES = 20_000
 
 
 class RequestError(TailoredError, ValueError):
@@ -213,7 +216,8 @@ class Recommender:
     # -- what a page's modules need (tailored.serve.page) ---------------------------------------
     def attribute_rows(self, value: str) -> np.ndarray:
         """The bundle rows of the items that have ``value`` in any categorical or
-        multi-categorical item field (a genre, a category), int64 sorted; empty if none."""
+        multi-categorical item field (a genre, a category), int64, most popular first;
+        empty if none."""
         return self.by_value.get(value, np.zeros(0, np.int64))
 
     def _attribute_index(self) -> dict[str, np.ndarray]:
@@ -238,7 +242,12 @@ class Recommender:
             ):
                 if len(group_codes):
                     out.setdefault(vocab[int(group_codes[0]) - 1], []).append(group_rows)
-        return {v: np.unique(np.concatenate(rs)).astype(np.int64) for v, rs in out.items()}
+        rank = self.popular_rank
+        index = {}
+        for v, rs in out.items():
+            rows = np.unique(np.concatenate(rs)).astype(np.int64)
+            index[v] = rows[np.argsort(rank[rows], kind="stable")]  # most popular first
+        return index
 
     def latest_positive(self, req: Request) -> int | None:
         """The bundle row of the user's most recent positive (snapshot or online), if any."""
@@ -282,8 +291,8 @@ class Recommender:
         if only is None:
             return self._popular(k, excluded, context)
         ban = np.fromiter(excluded, np.int64, len(excluded))
-        rows = only[~np.isin(only, ban)]
-        rows = rows[np.argsort(self.popular_rank[rows], kind="stable")][:k]
+        head = only[: k + len(ban)]  # most popular first: k are among these
+        rows = head[~np.isin(head, ban)][:k]
         scores = np.log1p(self.bundle.activity.table[rows, 0].astype(np.float64))
         return Recommendation(
             item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
@@ -297,9 +306,14 @@ class Recommender:
         self, emb: np.ndarray, only: np.ndarray, depth: int, ban: set[int]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like ``bundle.retrieve`` for one user, over the rows ``only`` alone (exact)."""
-        rows = only[~np.isin(only, np.fromiter(ban, np.int64, len(ban)))]
+        rows = only[:_ONLY_CANDIDATES]  # most popular first: the candidates of a big value
+        rows = rows[~np.isin(rows, np.fromiter(ban, np.int64, len(ban)))]
         scores = self.bundle.item_embeddings[rows] @ emb[0]
-        top = np.argsort(-scores, kind="stable")[:depth]
+        if len(rows) > depth:
+            part = np.argpartition(-scores, depth - 1)[:depth]
+            top = part[np.argsort(-scores[part], kind="stable")]
+        else:
+            top = np.argsort(-scores, kind="stable")
         return scores[top][None].astype(np.float32), rows[top][None]
 
     def _titles(self, rows: np.ndarray) -> list[str]:
@@ -359,7 +373,7 @@ class Recommender:
         for e in online:
             if e.type == "impression":
                 shown[e.item_id] = shown.get(e.item_id, 0) + 1
-            elif e.type != "exposure":
+            elif e.type == "click" or self._is_positive(e):  # a 1 s view or a low rating: no
                 engaged.add(e.item_id)
         return self._rows([i for i, n in shown.items() if n >= times and i not in engaged])
 

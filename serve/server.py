@@ -1,6 +1,6 @@
-"""The gRPC server: ``tailored.v1.Personalization`` (Recommend, Track, SetConsent) and
-``tailored.v1.Admin`` (ReloadBundle, Status, SetItemAvailability; bearer token), next to the
-standard health and reflection services.
+"""The gRPC server: ``tailored.v1.Personalization`` (Recommend, Page, Track, SetConsent) and
+``tailored.v1.Admin`` (ReloadBundle, ReloadExperiments, Promote, Status, SetItemAvailability;
+bearer token), next to the standard health and reflection services.
 
 :func:`create_server` builds a server on an address (port 0: any free port) for a
 :class:`Service`; tests start it on loopback and talk to it over a real channel. Domain errors
@@ -33,7 +33,7 @@ from tailored.bundle.format import BundleError
 from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
-from tailored.experiments import Assignment, decide
+from tailored.experiments import Assignment, DecisionRefused, decide
 from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import (
@@ -109,6 +109,7 @@ class Service:
         bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
         self.started = time.time()
         self.experiments: ServedExperiments | None = None
+        self.experiments_lock = threading.Lock()  # a load and its set, one at a time
         self.exposures = ExposureWriter(
             lambda batch: self.guard.call(
                 self.state.record, batch, default_allows=self.default_allows()
@@ -141,12 +142,16 @@ class Service:
         self.experiments = served
         self.bundle.reserved = served.experiments.reserved() if served is not None else frozenset()
 
-    def follow_experiments(self, path: str) -> None:
-        """What a sibling's ``ReloadExperiments`` or ``Promote`` asks of this process: run
-        the file at ``path`` with its decisions (the promoted bundle served by then, through
-        the bundle's own broadcast). Raises TailoredError and keeps the running
-        configuration when it cannot."""
-        self.set_experiments(self.load_experiments(path))
+    def follow_experiments(self, path: str) -> ServedExperiments:
+        """Run the experiments file at ``path`` with its decisions, loaded and set under one
+        lock, so that of two reloads (an admin call's, a sibling's) the later load is the
+        one that stays. What a sibling's ``ReloadExperiments`` or ``Promote`` asks of this
+        process too. Raises TailoredError and keeps the running configuration when it
+        cannot."""
+        with self.experiments_lock:
+            served = self.load_experiments(path)
+            self.set_experiments(served)
+            return served
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -303,7 +308,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         now = s.now()
         experiments = s.experiments  # one configuration for the whole request
         assigned: tuple[Assignment, ...] = ()
-        changes: dict[str, Any] = dict(s.defaults)
+        changes: dict[str, Any] = dict(experiments.defaults) if experiments is not None else {}
         if experiments is not None and personalized and state is not None:
             # without consent: the control experience (the configured one), counted nowhere.
             # The request's time (a simulation's, a replay's; never ahead of the server's
@@ -482,11 +487,10 @@ class _Admin(pb_grpc.AdminServicer):
                 "path: no experiments file given, and the server was started without one",
             )
         try:
-            served = s.load_experiments(path)
+            served = s.follow_experiments(path)
         except TailoredError as e:  # the running configuration stays
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
-        s.set_experiments(served)
-        self._tell_siblings(path)
+        self._tell_siblings(path, "ReloadExperiments")
         now = s.now()
         exps = served.experiments.experiments
         _log.info("experiments reloaded from %s: %d declared", path, len(exps))
@@ -496,18 +500,19 @@ class _Admin(pb_grpc.AdminServicer):
             bundles=sorted(served.bundles),
         )
 
-    def _tell_siblings(self, path: str) -> None:
+    def _tell_siblings(self, path: str, call: str) -> None:
         """Every process of this address runs the experiments file at ``path`` before the
-        call returns (UNAVAILABLE names those that do not)."""
+        call returns (UNAVAILABLE names those that do not, and how to retry)."""
         s = self.service
         if s.siblings is None or s.siblings.me.count < 2:
             return
         behind = s.siblings.broadcast_experiments(path, s.cfg.reload_wait_seconds)
         if behind:
+            again = "call again" if call == "ReloadExperiments" else "call ReloadExperiments"
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"experiments {path} run in worker {s.siblings.me.index}, but not in "
-                f"{'; '.join(behind)}; call again to retry",
+                f"{call}: experiments {path} run in worker {s.siblings.me.index}, but not in "
+                f"{'; '.join(behind)}; {again} to retry",
             )
 
     @_rpc("Promote")
@@ -522,34 +527,21 @@ class _Admin(pb_grpc.AdminServicer):
         now = s.now()
         try:  # recorded beside the file first: a restart, or any process, applies it
             decision = decide(served.path, request.experiment, request.variant, now, request.reason)
-            after = s.load_experiments(served.path)
+        except DecisionRefused as e:  # decided already, not started, the file not writable
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from e
+        except TailoredError as e:  # no such experiment or variant
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+        try:  # this process stops the experiment at once, whatever follows
+            after = s.follow_experiments(served.path)
         except TailoredError as e:
             raise _Abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"experiment / variant {request.experiment!r} / {request.variant!r}: {e}",
+                f"{decision.experiment}: {decision.variant} is recorded as promoted, but the "
+                f"experiments file cannot be loaded now ({e}); fix it and call "
+                "ReloadExperiments",
             ) from e
-        version = after.experiments.promoted_bundle()
-        if version is not None and version != s.bundle.version:
-            root = s.bundle.current.bundle.manifest.path.parent
-            try:
-                _, _, _, loaded = s.bundle.reload(root / version)
-            except (TailoredError, OSError, ValueError) as e:
-                raise _Abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{decision.experiment}: {decision.variant} is recorded as promoted, but "
-                    f"its bundle {version} cannot be served ({e}); fix it and call "
-                    "ReloadBundle",
-                ) from e
-            if s.siblings is not None and s.siblings.me.count > 1:
-                behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
-                if behind:
-                    raise _Abort(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"bundle {version} is served by worker {s.siblings.me.index}, but not "
-                        f"by {'; '.join(behind)}; call ReloadExperiments to retry",
-                    )
-        s.set_experiments(after)
-        self._tell_siblings(served.path)
+        self._serve_promoted(decision.changes.get("bundle"), decision)
+        self._tell_siblings(served.path, "Promote")
         _log.warning(
             "experiment %s: variant %s promoted (bundle %s, defaults %s)",
             decision.experiment,
@@ -562,6 +554,29 @@ class _Admin(pb_grpc.AdminServicer):
             defaults={k: str(v) for k, v in s.defaults.items()},
             running=[e.name for e in after.experiments.experiments if e.running(now)],
         )
+
+    def _serve_promoted(self, version: Any, decision: Any) -> None:
+        """Serve this decision's bundle, if it names one, here and in every sibling."""
+        s = self.service
+        if version is None or version == s.bundle.version:
+            return
+        path = s.bundle.current.bundle.manifest.path.parent / str(version)
+        try:
+            _, _, _, loaded = s.bundle.reload(path)
+        except (TailoredError, OSError, ValueError) as e:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{decision.experiment}: {decision.variant} is recorded as promoted, but its "
+                f"bundle cannot be served ({e}); fix it and call ReloadBundle {path}",
+            ) from e
+        if s.siblings is not None and s.siblings.me.count > 1:
+            behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
+            if behind:
+                raise _Abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"bundle {version} is served by worker {s.siblings.me.index}, but not "
+                    f"by {'; '.join(behind)}; call ReloadBundle {path} to retry",
+                )
 
     @_rpc("Status")
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:

@@ -146,7 +146,7 @@ class Siblings:
         self._experiments_seen = experiments_seq
         self._tried: str | None = None
         self._experiments_refusal: dict[str, str] = {}
-        self.follow_experiments: Callable[[str], None] | None = None
+        self.follow_experiments: Callable[[str], object] | None = None
         self._lock = threading.Lock()  # following a request, or making one: one at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -96,6 +97,32 @@ def test_a_bad_promotion_is_refused_and_nothing_is_written(tmp_path: Path) -> No
     with pytest.raises(ExperimentError, match="has not started"):
         decide(path, "model", "candidate", 0.0)
     assert not decisions_path(path).exists()
+
+
+def test_exposures_after_the_decision_do_not_join_the_analysis(tmp_path: Path) -> None:
+    path = _file(tmp_path)
+    t0 = int((START + DAY) * 1000)
+    events = []
+    for i in range(40):
+        variant = "current" if i % 2 else "candidate"
+        events.append((f"u{i}", "exposure", f"model:{variant}", t0, 0.0))
+        events.append((f"u{i}", "click", "7", t0 + 1000, 0.0))
+    for i in range(40, 80):  # a process that had not applied the decision yet
+        events.append((f"u{i}", "exposure", "model:candidate", t0 + 3 * DAY * 1000, 0.0))
+    decide(path, "model", "candidate", START + 2 * DAY)
+    result = analyze(load_experiments(path).get("model"), events, now_ms=t0 + 4 * DAY * 1000)
+    assert result["users"] == 40
+
+
+def test_a_decision_that_cannot_be_written_is_refused_by_name(tmp_path: Path) -> None:
+    from tailored.experiments import DecisionRefused
+
+    path = _file(tmp_path)
+    # the temporary file cannot be created, as in a read-only folder (tests run as root)
+    (tmp_path / f".{decisions_path(path).name}.{os.getpid()}.tmp").mkdir()
+    with pytest.raises(DecisionRefused, match="cannot record the decision") as err:
+        decide(path, "model", "candidate", START + DAY)
+    assert str(decisions_path(path)) in str(err.value)
 
 
 def test_two_deciders_at_once_lose_neither_decision(tmp_path: Path) -> None:

@@ -146,6 +146,7 @@ def test_promote_makes_the_variant_everyones_and_is_audited(
         assert running.service.bundle.reserved == {"v000002"}
         for user in (str(u) for u in range(1, 31)):
             running.client.recommend(user, 5)
+        running.service.exposures.flush()  # written off the request path, within 50 ms
         monkeypatch.setenv("TAILORED_ADMIN_TOKEN", TOKEN)
         audit = tmp_path / "audit.jsonl"
         state = f"sqlite:///{path.parent / 'state.db'}"  # the server's (see `served`)

@@ -33,4 +33,4 @@ def test_the_services_are_in_package_tailored_v1() -> None:
     assert pb.DESCRIPTOR.package == "tailored.v1"
     assert set(pb.DESCRIPTOR.services_by_name) == {"Personalization", "Admin"}
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["Personalization"].methods}
-    assert methods == {"Recommend", "Track", "SetConsent"}
+    assert methods == {"Recommend", "Page", "Track", "SetConsent"}
