@@ -1,5 +1,6 @@
-"""``tailored serve``, ``tailored recommend`` and ``tailored track``: the server (assembled in
-:mod:`tailored.serve.app`) and a client for people trying it by hand. gRPC and the serving
+"""``tailored serve``, ``tailored recommend``, ``page`` and ``track``, and ``tailored
+simulate``: the server (assembled in :mod:`tailored.serve.app`), a client for people trying
+it by hand, and simulated users. gRPC and the serving
 modules are imported inside handlers."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from tailored.cli._common import Sub, rpc
 from tailored.errors import TailoredError
@@ -130,15 +132,8 @@ def _page(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
     from tailored.serve.client import Client
-    from tailored.serve.v1 import personalization_pb2 as pb
 
-    modules = []
-    for spec in args.module:
-        name, sep, rest = spec.partition("=")
-        if not sep or not name or not rest:
-            raise TailoredError(f"--module {spec!r}: expected ID=TYPE or ID=TYPE:PARAM")
-        kind, _, param = rest.partition(":")
-        modules.append(pb.PageModule(id=name, type=kind, param=param))
+    modules = _page_modules(args.module)
     with Client(args.target, timeout=args.timeout) as client:
         resp = rpc(lambda: client.page(args.user, modules, args.k, page_type=args.page_type))
     if args.json:
@@ -153,6 +148,20 @@ def _page(args: argparse.Namespace) -> int:
         for item in m.items:
             print(f"     {item.title or item.item_id:<45.45} {item.score:8.3f}  {item.reason}")
     return 0
+
+
+def _page_modules(specs: list[str]) -> list[Any]:
+    """``--module ID=TYPE[:PARAM]`` values as PageModule messages."""
+    from tailored.serve.v1 import personalization_pb2 as pb
+
+    modules = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise TailoredError(f"--module {spec!r}: expected ID=TYPE or ID=TYPE:PARAM")
+        kind, _, param = rest.partition(":")
+        modules.append(pb.PageModule(id=name, type=kind, param=param))
+    return modules
 
 
 def _add_track(sub: Sub) -> None:
@@ -215,6 +224,13 @@ def _add_simulate(sub: Sub) -> None:
     p.add_argument("--k", type=int, default=10, help="items per page")
     p.add_argument("--sessions-per-day", type=float, default=1.0)
     p.add_argument("--fatigue", type=float, default=0.5, help="click odds kept per repeat")
+    p.add_argument(
+        "--module",
+        nargs="*",
+        default=[],
+        metavar="ID=TYPE[:PARAM]",
+        help="ask Page for these modules (k items each) instead of Recommend",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="simulated users at once")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop after this long")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -238,6 +254,7 @@ def _simulate(args: argparse.Namespace) -> int:
         token=os.environ.get("TAILORED_ADMIN_TOKEN"),
         concurrency=args.concurrency,
         max_seconds=args.max_seconds,
+        modules=_page_modules(args.module),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

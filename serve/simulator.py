@@ -4,7 +4,9 @@ are tested with (``tailored simulate``).
 The users are those of a dataset written by ``tailored data synth``; their tastes are its
 planted ground truth (:mod:`tailored.data.synth_truth`), and they behave as its generator's
 users do (:mod:`tailored.data.synth_sessions`): each simulated day, each user comes
-``Poisson(sessions_per_day)`` times, asks ``Recommend`` for a page of ``k`` items, examines
+``Poisson(sessions_per_day)`` times, asks ``Recommend`` for a page of ``k`` items (or, given
+page modules, ``Page`` for them, ``k`` items each: a module at position ``m`` is examined
+with ``(1 + m) ** -examine_decay`` and its items as a list's, the two multiplied), examines
 position ``p`` (0-based) with probability ``(1 + p) ** -examine_decay`` and clicks an examined
 item with probability ``sigmoid(s(u, i, t) + click_bias)``, ``s`` being the planted affinity at
 that moment. Fatigue: an item the user was already shown ``n`` times is clicked with
@@ -24,6 +26,7 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +60,10 @@ class SimulationReport:
     strategies: dict[str, int] = field(default_factory=dict)
     assignments: dict[str, int] = field(default_factory=dict)  # "experiment:variant" -> pages
     clicks_by_variant: dict[str, int] = field(default_factory=dict)
+    # page mode: pages each module was shown on, its clicks, and where it was shown
+    module_pages: dict[str, int] = field(default_factory=dict)
+    module_clicks: dict[str, int] = field(default_factory=dict)
+    module_positions: dict[str, int] = field(default_factory=dict)  # "MODULE@POSITION" -> pages
     seconds: float = 0.0
     stopped_early: bool = False
     errors: dict[str, int] = field(default_factory=dict)
@@ -116,9 +123,12 @@ def simulate(
     concurrency: int = 4,
     max_seconds: float = 600.0,
     timeout: float = 10.0,
+    modules: Sequence[Any] = (),
 ) -> SimulationReport:
     """Run ``users`` simulated users (the dataset's first) for ``days`` simulated days
-    against the server at ``target`` (see the module docstring)."""
+    against the server at ``target`` (see the module docstring). With ``modules``
+    (``PageModule`` messages), each visit asks ``Page`` for them, ``k`` items each,
+    instead of ``Recommend``."""
     from tailored.serve.client import Client
     from tailored.serve.v1 import personalization_pb2 as pb
 
@@ -173,10 +183,14 @@ def simulate(
         """One visit: a page, the user's reaction, its events (never after the end)."""
         raw = site.raw_id(user)
         t_ms = int(t * 1000)
+        ctx = pb.Context(time_unix_ms=t_ms)
         try:
-            resp = client.recommend(raw, k, surface=surface, context=pb.Context(time_unix_ms=t_ms))
+            if modules:
+                resp = client.page(raw, modules, k, page_type=surface, context=ctx)
+            else:
+                resp = client.recommend(raw, k, surface=surface, context=ctx)
         except grpc.RpcError as e:  # counted; the user comes back next session
-            count("errors", f"Recommend {e.code().name}")
+            count("errors", f"{'Page' if modules else 'Recommend'} {e.code().name}")
             with lock:
                 report.failed_recommend += 1
             return
@@ -186,16 +200,32 @@ def simulate(
         tags = [f"{a.experiment}:{a.variant}" for a in resp.assignments]
         for tag in tags:
             count("assignments", tag)
-        ids = [i.item_id for i in resp.items]
+        if modules:  # modules top down, each examined less than the one above
+            ids = [i.item_id for m in resp.modules for i in m.items]
+            module_of = [m.id for m in resp.modules for _ in m.items]
+            within = np.array([j for m in resp.modules for j in range(len(m.items))], np.float64)
+            row_at = np.array([m.position for m in resp.modules for _ in m.items], np.float64)
+            examine: np.ndarray = (1.0 + row_at) ** -site.examine_decay * (
+                1.0 + within
+            ) ** -site.examine_decay
+            for m in resp.modules:
+                count("module_pages", m.id)
+                count("module_positions", f"{m.id}@{m.position}")
+        else:
+            ids = [i.item_id for i in resp.items]
+            module_of = [""] * len(ids)
+            examine = (1.0 + np.arange(len(ids), dtype=np.float64)) ** -site.examine_decay
         rows = np.array([site.item_row.get(i, -1) for i in ids], np.int64)
         known = rows >= 0
         aff = np.full(len(ids), -np.inf)
         if known.any():
             aff[known] = site.truth.affinity(np.full(int(known.sum()), user), rows[known], int(t))
-        pos = np.arange(len(ids))
         repeat = np.array([fatigue ** seen[i] for i in ids])
-        p_click = (1.0 + pos) ** -site.examine_decay * _sigmoid(aff + site.click_bias) * repeat
+        p_click = examine * _sigmoid(aff + site.click_bias) * repeat
         clicked = r.random(len(ids)) < p_click
+        for p in np.flatnonzero(clicked).tolist():
+            if module_of[p]:
+                count("module_clicks", module_of[p])
         events = []
         for slot, item in enumerate(ids):
             seen[item] += 1

@@ -73,3 +73,53 @@ def test_a_simulation_through_the_server_feeds_the_experiment(
     )
     assert round(counted) == report.events["click"]  # every click came after an exposure
     assert 2 <= len(result["daily"]) <= 4
+
+
+def test_simulated_users_see_pages_and_the_layout_is_an_experiment(
+    site: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Page mode: each visit asks for four modules; the modules' order is an experiment's
+    variant (fixed against random); the report counts each module's pages, clicks and
+    positions, and the users scan modules top down."""
+    from tailored.serve.v1 import personalization_pb2 as pb
+    from tests.experiments.helpers import experiment_toml
+
+    dataset, bundles = site
+    path = tmp_path / "experiments.toml"
+    path.write_text(
+        experiment_toml(
+            "layout",
+            "page",
+            "layout-1",
+            [("fixed", 0.5, {"page_policy": "fixed"}), ("random", 0.5, {"page_policy": "random"})],
+        )
+    )
+    modules = [
+        pb.PageModule(id="for-you", type="recommended"),
+        pb.PageModule(id="trending", type="trending"),
+        pb.PageModule(id="because", type="because_you_watched"),
+        pb.PageModule(id="more", type="similar", param="i000001"),
+    ]
+    running = Running(bundles, tmp_path / "state.db", experiments=str(path))
+    try:
+        report = simulate(
+            running.target,
+            dataset,
+            users=200,
+            days=2,
+            seed=2,
+            k=4,
+            token=TOKEN,
+            concurrency=2,
+            modules=modules,
+        )
+    finally:
+        running.stop()
+    assert report.failed_recommend == report.failed_track == 0 and report.requests > 200
+    assert set(report.assignments) == {"layout:fixed", "layout:random"}
+    assert set(report.module_pages) <= {m.id for m in modules}
+    assert report.module_pages["for-you"] == report.module_pages["trending"] == report.requests
+    assert sum(report.module_clicks.values()) == report.events["click"] > 0
+    # under the fixed order the site's first module is always on top; random moves it
+    tops = {k: n for k, n in report.module_positions.items() if k.endswith("@0")}
+    assert tops["for-you@0"] < report.requests and tops.get("trending@0", 0) > 0
