@@ -64,6 +64,9 @@ class SimulationReport:
     module_pages: dict[str, int] = field(default_factory=dict)
     module_clicks: dict[str, int] = field(default_factory=dict)
     module_positions: dict[str, int] = field(default_factory=dict)  # "MODULE@POSITION" -> pages
+    # the same per experiment variant: "EXPERIMENT:VARIANT|MODULE" -> pages, clicks
+    module_pages_by_variant: dict[str, int] = field(default_factory=dict)
+    module_clicks_by_variant: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_early: bool = False
     errors: dict[str, int] = field(default_factory=dict)
@@ -211,6 +214,8 @@ def simulate(
             for m in resp.modules:
                 count("module_pages", m.id)
                 count("module_positions", f"{m.id}@{m.position}")
+                for tag in tags:
+                    count("module_pages_by_variant", f"{tag}|{m.id}")
         else:
             ids = [i.item_id for i in resp.items]
             module_of = [""] * len(ids)
@@ -226,6 +231,8 @@ def simulate(
         for p in np.flatnonzero(clicked).tolist():
             if module_of[p]:
                 count("module_clicks", module_of[p])
+                for tag in tags:
+                    count("module_clicks_by_variant", f"{tag}|{module_of[p]}")
         events = []
         for slot, item in enumerate(ids):
             seen[item] += 1

@@ -4,7 +4,9 @@ file, ``tailored simulate`` against it, and the events the server stored."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.serving._bundle import env
 from benchmarks.serving._procs import ServerProcess, _serving_port
@@ -28,11 +30,14 @@ def serve_and_simulate(
     fatigue: float = 0.5,
     event_types: set[str] | None = None,
     serve_toml: str = "",
+    modules: Sequence[Any] = (),
+    k: int = 10,
 ) -> tuple[list[Event], SimulationReport]:
     """Serve ``bundle`` (a version; its state a new SQLite file in ``work``) with the
     ``experiments`` file, simulate ``users`` of ``dataset`` for ``days`` days against it, stop
     it, and return the events it stored (of ``event_types`` if given) and the simulation's
-    report. ``serve_toml``: a serving configuration's text, for ``--config``."""
+    report. ``serve_toml``: a serving configuration's text, for ``--config``; ``modules``:
+    simulate pages of these (``Page``, ``k`` items each) instead of ``Recommend`` lists."""
     from tailored.serve.simulator import simulate
     from tailored.serve.sqlite_state import SQLiteState
 
@@ -47,7 +52,15 @@ def serve_and_simulate(
     server = ServerProcess(cmd, work / "server.log", e, _serving_port).wait_ready(600)
     try:
         report = simulate(
-            server.target, dataset, users=users, days=days, seed=seed, fatigue=fatigue, token=TOKEN
+            server.target,
+            dataset,
+            users=users,
+            days=days,
+            seed=seed,
+            fatigue=fatigue,
+            token=TOKEN,
+            modules=modules,
+            k=k,
         )
     finally:
         server.stop()
