@@ -21,12 +21,12 @@ lower one skips them; a module left with no items is not shown, and the position
 
 Not built yet: the contextual bandit that is to order modules by what users click, which
 needs Track events that name the page and module; and the work each module repeats (the
-user's history, their embedding) is not shared between a page's modules.
+user's history, their embedding, a ranker call) is not shared between a page's modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -80,15 +80,18 @@ def build_page(
     policy: str,
     unavailable: Collection[str] = (),
     rng: np.random.Generator | None = None,
+    before_module: Callable[[str], None] = lambda module: None,
 ) -> Page:
     """Order ``modules`` by ``policy`` and fill each with ``req.k`` items (see the module
-    docstring)."""
+    docstring); ``before_module(id)`` runs before each is filled (the server's deadline
+    check, which may raise)."""
     order, propensity = _order(policy, len(modules), rng or np.random.default_rng())
     placed: list[PlacedModule] = []
     shown: set[str] = set()
     strategy = ""
     for slot, i in enumerate(order):
         spec = modules[i]
+        before_module(spec.id)
         ask = replace(req, exclude=frozenset(req.exclude) | shown)
         items = _fill(rec, ask, spec, unavailable)
         if not items.item_ids:

@@ -371,6 +371,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             modules,
             policy=str(prepared.request.variant.get("page_policy", s.cfg.page_policy)),
             unavailable=s.unavailable(),
+            before_module=lambda module: _check_deadline(context, f"module {module}"),
         )
         _check_deadline(context, "answering")
         return pb.PageResponse(

@@ -144,3 +144,10 @@ def test_the_page_command(running: Running, capsys: pytest.CaptureFixture[str]) 
     assert "1. top (recommended, propensity 1.000)" in out and "similar to " in out
     assert main([*args[:-3], "broken"]) == 2
     assert "--module 'broken': expected ID=TYPE" in capsys.readouterr().err
+
+
+def test_a_page_past_its_deadline_is_refused(running: Running) -> None:
+    req = pb.PageRequest(user_id="6", page_type="home", modules=MODULES, k=5)
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.personalization.Page(req, timeout=1e-6)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
