@@ -34,7 +34,7 @@ from tailored.data.ranking_features import (
 from tailored.errors import TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
-__all__ = ["ContextPopular", "LoadedBundle", "UserSnapshot"]
+__all__ = ["ContextPopular", "LoadedBundle", "SegmentModel", "UserSnapshot"]
 
 _USER_FILES = (
     "user_embeddings",

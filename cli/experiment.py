@@ -187,17 +187,17 @@ def _segments_of(bundle: Path) -> dict[str, str]:
     """Each of the bundle's users (pseudonym) -> their segment's number and label."""
     import pyarrow.parquet as pq
 
-    from tailored.bundle.format import BUNDLE_FILES, load_npy, resolve_bundle, verify_bundle
+    from tailored.bundle.format import BUNDLE_FILES, resolve_bundle, verify_bundle
+    from tailored.bundle.runtime import SegmentModel
     from tailored.errors import TailoredError
 
     m = verify_bundle(resolve_bundle(bundle))
-    if not (m.path / BUNDLE_FILES["user_segments"]).is_file():
+    segments = SegmentModel.load(m.path)
+    if segments is None:
         raise TailoredError(f"--segments: {m.path} has no segments ([segments] k = 0?)")
-    labels = load_npy(m.path / BUNDLE_FILES["user_segments"])
-    doc = json.loads((m.path / BUNDLE_FILES["segments"]).read_text())
-    names = [f"{s['segment']}: {s.get('label', '')}" for s in doc["segments"]]
+    names = [f"{i}: {label}" for i, label in enumerate(segments.labels)]
     ids = pq.read_table(m.path / BUNDLE_FILES["user_ids"]).column("user_id").to_pylist()
-    return {str(u): names[int(s)] for u, s in zip(ids, labels.tolist(), strict=True)}
+    return {str(u): names[int(s)] for u, s in zip(ids, segments.of_user.tolist(), strict=True)}
 
 
 def _promote(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 from tailored.experiments.config import Experiment
 from tailored.experiments.stats import (
     DEFAULT_PLANNED_N,
+    Comparison,
     compare_means,
     compare_ratios,
     srm_test,
@@ -149,6 +150,22 @@ def per_user(
     return {v.name: _arms(users, v.name, metric)[0] for v in experiment.variants}
 
 
+def _fixed(
+    y_c: np.ndarray, x_c: np.ndarray, y_t: np.ndarray, x_t: np.ndarray, alpha: float
+) -> tuple[Comparison, bool]:
+    """The fixed-horizon comparison of ``y`` (control, treatment), CUPED-adjusted by the
+    pre-exposure ``x`` when it varies; and whether it was."""
+    use_cuped = float(np.var(np.concatenate([x_c, x_t]))) > 0
+    cmp = compare_means(
+        y_c,
+        y_t,
+        alpha=alpha,
+        covariate_control=x_c if use_cuped else None,
+        covariate_treatment=x_t if use_cuped else None,
+    )
+    return cmp, use_cuped
+
+
 def _compare(
     users: dict[str, _User],
     control: str,
@@ -166,11 +183,8 @@ def _compare(
         return {"error": "fewer than 2 exposed users in an arm"}
     out: dict[str, Any] = {}
     try:
-        use_cuped = float(np.var(np.concatenate([x_c, x_t]))) > 0
-        covariates: dict[str, Any] = (
-            {"covariate_control": x_c, "covariate_treatment": x_t} if use_cuped else {}
-        )
-        out["fixed"] = compare_means(y_c, y_t, alpha=alpha, **covariates).to_dict()
+        fixed, use_cuped = _fixed(y_c, x_c, y_t, x_t, alpha)
+        out["fixed"] = fixed.to_dict()
         out["plain"] = compare_means(y_c, y_t, alpha=alpha).to_dict()
         out["sequential"] = compare_means(
             y_c, y_t, alpha=alpha, sequential=True, planned_n=planned_n
@@ -325,15 +339,8 @@ def _by_segment(
             if min(len(y_c), len(y_t)) < 2:
                 results[v] = {"error": "fewer than 2 users in an arm"}
                 continue
-            cuped = float(np.var(np.concatenate([x_c, x_t]))) > 0
             try:
-                cmp = compare_means(
-                    y_c,
-                    y_t,
-                    alpha=alpha,
-                    covariate_control=x_c if cuped else None,
-                    covariate_treatment=x_t if cuped else None,
-                )
+                cmp, _ = _fixed(y_c, x_c, y_t, x_t, alpha)
             except ValueError as e:  # no variance at all
                 results[v] = {"error": str(e)}
                 continue

@@ -151,14 +151,12 @@ class Recommender:
             return self._fallback(req.k, excluded, context[0], only)
         hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
         excluded |= self._passed_over(req.online, hide)
-        row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
+        row = self._row(req.user)
         if row is not None and self.bundle.users is not None:  # the bundle knows this user
             snap = self.bundle.users
             user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
-        seen = set(hist.tolist())  # the snapshot's recent positives and the online ones
-        if row is not None and self.bundle.users is not None:
-            seen.update(self.bundle.users.seen(row).tolist())  # and every older one
+        seen = self._seen(row, hist)
         if variant.get("popularity"):  # the experiment's non-personalized control
             return self._fallback(req.k, excluded | seen, context[0], only)
         if row is None and not len(hist) and not has_profile and not has_context:
@@ -253,8 +251,7 @@ class Recommender:
         """The bundle row of the user's most recent positive (snapshot or online), if any."""
         if not req.personalized:
             return None
-        row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
-        hist, _ = self._history(row, req.online)
+        hist, _ = self._history(self._row(req.user), req.online)
         return int(hist[-1]) if len(hist) else None
 
     def neighbours(
@@ -266,11 +263,8 @@ class Recommender:
             return Recommendation([], [], [], [], "related")
         ban = self._rows(req.exclude) | self._rows(unavailable) | {anchor}
         if req.personalized:
-            row = self.bundle.users.row(req.user) if self.bundle.users is not None else None
-            hist, _ = self._history(row, req.online)
-            ban.update(hist.tolist())
-            if row is not None and self.bundle.users is not None:
-                ban.update(self.bundle.users.seen(row).tolist())
+            row = self._row(req.user)
+            ban |= self._seen(row, self._history(row, req.online)[0])
         nb = self.bundle.item_neighbors
         ids, weights = nb.ids[anchor], nb.weights[anchor]
         keep = (ids > 0) & ~np.isin(ids, np.fromiter(ban, np.int64, len(ban)))
@@ -376,6 +370,18 @@ class Recommender:
             elif e.type == "click" or self._is_positive(e):  # a 1 s view or a low rating: no
                 engaged.add(e.item_id)
         return self._rows([i for i, n in shown.items() if n >= times and i not in engaged])
+
+    def _row(self, user: str) -> int | None:
+        """The user's row in the bundle's snapshot, or None for a user it does not know."""
+        return self.bundle.users.row(user) if self.bundle.users is not None else None
+
+    def _seen(self, row: int | None, hist: np.ndarray) -> set[int]:
+        """What the user engaged with: ``hist`` (the snapshot's recent positives and the
+        online ones) and every older positive of the snapshot."""
+        seen = set(hist.tolist())
+        if row is not None and self.bundle.users is not None:
+            seen.update(self.bundle.users.seen(row).tolist())
+        return seen
 
     def _is_positive(self, e: StoredEvent) -> bool:
         if e.type not in self.positive:

@@ -452,25 +452,11 @@ class _Admin(pb_grpc.AdminServicer):
         self, request: pb.ReloadBundleRequest, context: grpc.ServicerContext
     ) -> pb.ReloadBundleResponse:
         self._authorize(context)
-        s = self.service
-        try:
-            new, old, seconds, loaded = s.bundle.reload(
-                Path(request.path) if request.path else None
-            )
-        except (TailoredError, OSError, ValueError) as e:
-            s.metrics.reloads.labels("refused").inc()
-            raise _Abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, still serving: {e}"
-            ) from e
-        s.metrics.reloads.labels("loaded").inc()
-        if s.siblings is not None:  # every process serves it before the call returns
-            behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
-            if behind:
-                raise _Abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"bundle {new} is served by worker {s.siblings.me.index}, but not by "
-                    f"{'; '.join(behind)}; call again to retry",
-                )
+        new, old, seconds = self._serve_everywhere(
+            Path(request.path) if request.path else None,
+            lambda e: f"bundle refused, still serving: {e}",
+            "call again to retry",
+        )
         return pb.ReloadBundleResponse(
             bundle_version=new, previous_version=old, load_seconds=seconds
         )
@@ -556,28 +542,44 @@ class _Admin(pb_grpc.AdminServicer):
             running=[e.name for e in after.experiments.experiments if e.running(now)],
         )
 
+    def _serve_everywhere(
+        self, path: Path | None, refused: Callable[[Exception], str], retry: str
+    ) -> tuple[str, str, float]:
+        """Load ``path`` (None: the latest not reserved) and serve it here, then in every
+        sibling before returning: (new version, previous version, load seconds).
+        FAILED_PRECONDITION with ``refused(error)`` when it cannot be loaded (the current
+        bundle keeps serving); UNAVAILABLE naming the workers behind, and ``retry``."""
+        s = self.service
+        try:
+            new, old, seconds, loaded = s.bundle.reload(path)
+        except (TailoredError, OSError, ValueError) as e:
+            s.metrics.reloads.labels("refused").inc()
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, refused(e)) from e
+        s.metrics.reloads.labels("loaded").inc()
+        if s.siblings is not None:  # every process serves it before the call returns
+            behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
+            if behind:
+                raise _Abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"bundle {new} is served by worker {s.siblings.me.index}, but not by "
+                    f"{'; '.join(behind)}; {retry}",
+                )
+        return new, old, seconds
+
     def _serve_promoted(self, version: Any, decision: Any) -> None:
         """Serve this decision's bundle, if it names one, here and in every sibling."""
         s = self.service
         if version is None or version == s.bundle.version:
             return
         path = s.bundle.current.bundle.manifest.path.parent / str(version)
-        try:
-            _, _, _, loaded = s.bundle.reload(path)
-        except (TailoredError, OSError, ValueError) as e:
-            raise _Abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"{decision.experiment}: {decision.variant} is recorded as promoted, but its "
-                f"bundle cannot be served ({e}); fix it and call ReloadBundle {path}",
-            ) from e
-        if s.siblings is not None and s.siblings.me.count > 1:
-            behind = s.siblings.broadcast(loaded, s.cfg.reload_wait_seconds)
-            if behind:
-                raise _Abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"bundle {version} is served by worker {s.siblings.me.index}, but not "
-                    f"by {'; '.join(behind)}; call ReloadBundle {path} to retry",
-                )
+        self._serve_everywhere(
+            path,
+            lambda e: (
+                f"{decision.experiment}: {decision.variant} is recorded as promoted, but "
+                f"its bundle cannot be served ({e}); fix it and call ReloadBundle {path}"
+            ),
+            f"call ReloadBundle {path} to retry",
+        )
 
     @_rpc("Status")
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:

@@ -63,6 +63,7 @@ from tailored.data.pseudonym import Pseudonymizer
 from tailored.experiments import Assigner, parse_experiments
 from tailored.paths import write_json_atomic
 from tailored.serve.client import Client
+from tests.experiments.helpers import experiment_toml
 
 __all__ = ["main"]
 
@@ -94,23 +95,7 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _experiment(name: str, traffic: float = 0.5) -> str:
     """An experiments file: one experiment (its own layer and salt) on ``traffic`` of the
     users, two variants that change nothing, running over any time a bundle's clock gives."""
-    return f"""
-[[experiment]]
-name = "{name}"
-layer = "{name}"
-salt = "{name}"
-traffic = {traffic}
-start = 1990-01-01T00:00:00Z
-end = 2100-01-01T00:00:00Z
-
-[[experiment.variant]]
-name = "a"
-weight = 0.5
-
-[[experiment.variant]]
-name = "b"
-weight = 0.5
-"""
+    return experiment_toml(name, name, name, [("a", 0.5, {}), ("b", 0.5, {})], traffic=traffic)
 
 
 def _groups(text: str, n_users: int) -> tuple[list[str], list[str]]:

@@ -21,10 +21,13 @@ def experiment_toml(
     control: str | None = None,
     start: str = "1990-01-01T00:00:00Z",
     end: str = "2100-01-01T00:00:00Z",
+    traffic: float = 1.0,
 ) -> str:
     """One ``[[experiment]]`` of an experiments file: ``variants`` as (name, weight, changes);
-    by default running over any time a test or a simulation uses."""
+    by default running over any time a test or a simulation uses, on all of its layer."""
     out = [f'\n[[experiment]]\nname = "{name}"\nlayer = "{layer}"\nsalt = "{salt}"']
+    if traffic != 1.0:
+        out.append(f"traffic = {traffic}")
     out.append(f"start = {start}\nend = {end}")
     if control is not None:
         out.append(f'control = "{control}"')

@@ -41,6 +41,16 @@ def _file(tmp_path: Path) -> Path:
     return path
 
 
+def _exposed_and_clicking(t0: int, users: int = 40) -> list[tuple[str, str, str, int, float]]:
+    """``users`` users exposed at ``t0`` (ms), half to each variant, each clicking once."""
+    events = []
+    for i in range(users):
+        variant = "current" if i % 2 else "candidate"
+        events.append((f"u{i}", "exposure", f"model:{variant}", t0, 0.0))
+        events.append((f"u{i}", "click", "7", t0 + 1000, 0.0))
+    return events
+
+
 def test_an_undecided_file_reserves_its_candidates_and_changes_nothing(tmp_path: Path) -> None:
     exps = load_experiments(_file(tmp_path))
     assert exps.decisions == () and exps.defaults() == {} and exps.promoted_bundle() is None
@@ -102,11 +112,7 @@ def test_a_bad_promotion_is_refused_and_nothing_is_written(tmp_path: Path) -> No
 def test_exposures_after_the_decision_do_not_join_the_analysis(tmp_path: Path) -> None:
     path = _file(tmp_path)
     t0 = int((START + DAY) * 1000)
-    events = []
-    for i in range(40):
-        variant = "current" if i % 2 else "candidate"
-        events.append((f"u{i}", "exposure", f"model:{variant}", t0, 0.0))
-        events.append((f"u{i}", "click", "7", t0 + 1000, 0.0))
+    events = _exposed_and_clicking(t0)
     for i in range(40, 80):  # a process that had not applied the decision yet
         events.append((f"u{i}", "exposure", "model:candidate", t0 + 3 * DAY * 1000, 0.0))
     decide(path, "model", "candidate", START + 2 * DAY)
@@ -175,12 +181,8 @@ def test_a_bad_decisions_file_is_refused_by_name(tmp_path: Path, text: str, mess
 def test_the_analysis_stops_counting_at_the_decision(tmp_path: Path) -> None:
     path = _file(tmp_path)
     t0 = int((START + DAY) * 1000)
-    events = []
-    for i in range(40):
-        variant = "current" if i % 2 else "candidate"
-        events.append((f"u{i}", "exposure", f"model:{variant}", t0, 0.0))
-        events.append((f"u{i}", "click", "7", t0 + 1000, 0.0))
-        events.append((f"u{i}", "click", "8", t0 + 3 * DAY * 1000, 0.0))  # after the decision
+    events = _exposed_and_clicking(t0)
+    events += [(f"u{i}", "click", "8", t0 + 3 * DAY * 1000, 0.0) for i in range(40)]  # after
     before = analyze(load_experiments(path).get("model"), events, now_ms=t0 + 4 * DAY * 1000)
     decide(path, "model", "candidate", START + 2 * DAY)
     after = analyze(load_experiments(path).get("model"), events, now_ms=t0 + 4 * DAY * 1000)

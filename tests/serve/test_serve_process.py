@@ -241,6 +241,24 @@ def _by_worker(target: str, want: int, tries: int = 200) -> dict[int, Client]:
     raise AssertionError(f"only workers {sorted(clients)} answered in {tries} connections")
 
 
+def _kill_and_reconnect(target: str, pid: int, worker: int, seconds: float = 60) -> Client:
+    """kill -9 the worker process ``pid``; once the supervisor has started it again, a
+    client connected to it (the other workers' clients closed)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            again = _by_worker(target, 2, tries=50)
+        except (AssertionError, grpc.RpcError):
+            assert time.monotonic() < deadline, "the killed worker was not restarted"
+            time.sleep(0.5)
+            continue
+        client = again.pop(worker)
+        for c in again.values():
+            c.close()
+        return client
+
+
 def test_several_processes_share_one_address_the_state_and_a_reload(
     serve_bundle: Path, home: Path, tmp_path: Path
 ) -> None:
@@ -283,20 +301,10 @@ def test_several_processes_share_one_address_the_state_and_a_reload(
         statuses = re.search(r'tailored_requests_total\{code="OK",method="Status"\} (\S+)', text)
         assert statuses is not None and float(statuses[1]) >= len(clients) * 3
         # a worker that dies is started again, on the bundle its siblings were asked to serve
-        os.kill(pids[1], signal.SIGKILL)
         clients.pop(1).close()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                again = _by_worker(server.target, 2, tries=50)
-            except (AssertionError, grpc.RpcError):
-                assert time.monotonic() < deadline, "the killed worker was not restarted"
-                time.sleep(0.5)
-                continue
-            status = again[1].status()
-            for c in again.values():
-                c.close()
-            break
+        restarted = _kill_and_reconnect(server.target, pids[1], 1)
+        status = restarted.status()
+        restarted.close()
         assert status.pid != pids[1] and status.bundle_path == str(root / "v000002")
     finally:
         for c in clients.values():
@@ -358,20 +366,8 @@ def test_several_processes_reload_and_promote_experiments_together(
             assert c.status().bundle_version == "v000002" and running(c) == {"ranker"}
         # a worker that dies comes back running the decided file
         pid = clients[1].status().pid
-        os.kill(pid, signal.SIGKILL)
         clients.pop(1).close()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                again = _by_worker(server.target, 2, tries=50)
-            except (AssertionError, grpc.RpcError):
-                assert time.monotonic() < deadline, "the killed worker was not restarted"
-                time.sleep(0.5)
-                continue
-            clients[1] = again.pop(1)
-            for c in again.values():
-                c.close()
-            break
+        clients[1] = _kill_and_reconnect(server.target, pid, 1)
         assert clients[1].status().pid != pid
         assert clients[1].status().bundle_version == "v000002"
         assert running(clients[1]) == {"ranker"}
