@@ -74,7 +74,8 @@ VARIANT_KEYS: dict[str, type] = {
     "mmr_lambda": float,  # diversity strength: 1 = relevance only
     "popularity": bool,  # the non-personalized control: popular in the request's context
     "hide_after_impressions": int,  # [serve] hide_after_impressions for the variant's users
-    "page_policy": str,  # how Page orders its modules: "fixed" or "random"
+    "page_policy": str,  # how Page orders its modules: "fixed", "random" or "bandit"
+    "page_learn": bool,  # whether the variant's pages teach the bandit ([serve] bandit_learn)
 }
 _EXPERIMENT_KEYS = {
     "name",
@@ -425,8 +426,10 @@ def _check_change(key: str, value: Any, at: str) -> None:
         raise ExperimentError(f"{at}: {key}: must be a {kind.__name__}, got {value!r}")
     if key == "candidates" and value < 1:
         raise ExperimentError(f"{at}: candidates: must be >= 1, got {value}")
-    if key == "page_policy" and value not in ("fixed", "random"):
-        raise ExperimentError(f"{at}: page_policy: must be 'fixed' or 'random', got {value!r}")
+    if key == "page_policy" and value not in ("fixed", "random", "bandit"):
+        raise ExperimentError(
+            f"{at}: page_policy: must be 'fixed', 'random' or 'bandit', got {value!r}"
+        )
     if key == "hide_after_impressions" and value < 0:
         raise ExperimentError(f"{at}: hide_after_impressions: must be >= 0, got {value}")
     if key == "mmr_lambda" and not 0.0 <= value <= 1.0:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tailored.config import ServeConfig
 from tailored.serve.page import MODULE_TYPES, NEEDS_PARAM, ModuleSpec
+from tailored.serve.page_learning import PageRef
 from tailored.serve.recommender import RequestError
 from tailored.serve.state import StoredEvent
 from tailored.serve.v1 import personalization_pb2 as pb
@@ -164,8 +165,9 @@ def parse_events(
     cfg: ServeConfig,
     pseudonym: Callable[[str], str],
     now_ms: int,
-) -> dict[str, list[StoredEvent]]:
-    """All events checked before any is stored; grouped by user pseudonym."""
+) -> tuple[dict[str, list[StoredEvent]], list[PageRef]]:
+    """All events checked before any is stored; grouped by user pseudonym. With them, the
+    events that name a page's module (checked against the page log by the server)."""
     if not req.events:
         raise RequestError("events", "no events")
     if len(req.events) > cfg.max_events_per_track:
@@ -173,6 +175,7 @@ def parse_events(
             "events", f"at most {cfg.max_events_per_track} per call, got {len(req.events)}"
         )
     out: dict[str, list[StoredEvent]] = {}
+    refs: list[PageRef] = []
     for i, e in enumerate(req.events):
         where = f"events[{i}]"
         check_id(e.user_id, f"{where}.user_id")
@@ -188,6 +191,17 @@ def parse_events(
                 f"{where}.surface", f"unknown surface {shown!r}; known: {list(cfg.surfaces)}"
             )
         parse_context(e.context, f"{where}.context")
+        if e.module and not e.request_id:
+            raise RequestError(
+                f"{where}.request_id", "a module is named: the page's request_id is needed too"
+            )
+        if e.request_id:
+            check_id(e.request_id, f"{where}.request_id")
+        if e.module:
+            check_id(e.module, f"{where}.module")
+            refs.append(
+                PageRef(where, pseudonym(e.user_id), e.request_id, e.module, e.item_id, name)
+            )
         stored = StoredEvent(
             item_id=e.item_id,
             type=name,
@@ -196,7 +210,7 @@ def parse_events(
             surface=e.surface,
         )
         out.setdefault(pseudonym(e.user_id), []).append(stored)
-    return out
+    return out, refs
 
 
 def _check_event_time(time_ms: int, now_ms: int, cfg: ServeConfig, where: str) -> None:

@@ -29,9 +29,7 @@ twice.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from tailored.config import ServeConfig
 from tailored.errors import TailoredError
 from tailored.experiments import Assigner, Assignment, ExperimentError, Experiments
 from tailored.experiments import load_experiments as read_experiments
+from tailored.serve.background import GroupWriter
 from tailored.serve.recommender import Recommender
 from tailored.serve.state import StoredEvent
 
@@ -183,7 +182,7 @@ def reserved_versions(path: str | Path | None) -> frozenset[str]:
 _Pending = tuple[str, list[StoredEvent], Callable[[], None]]
 
 
-class ExposureWriter:
+class ExposureWriter(GroupWriter[_Pending]):
     """Writes exposures to the online state from one thread, in groups (see the module
     docstring). ``record`` stores ``{user: events}`` durably or raises; ``on_result`` is
     told how many exposures each write stored or lost."""
@@ -195,72 +194,23 @@ class ExposureWriter:
     ) -> None:
         self._record = record
         self._on_result = on_result
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(_PENDING)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="exposures", daemon=True)
-        self._thread.start()
+        super().__init__(
+            "exposures", self._store, self._give_up, pending=_PENDING, batch=_BATCH, linger=_LINGER
+        )
 
-    def put(self, user: str, events: list[StoredEvent], forget: Callable[[], None]) -> None:
+    def put(self, user: str, events: list[StoredEvent], forget: Callable[[], None]) -> None:  # type: ignore[override]
         """Write ``events`` of ``user`` soon; ``forget`` is called if they cannot be."""
-        if self._closed:
-            forget()
-            return
-        try:
-            self._queue.put_nowait((user, events, forget))
-        except queue.Full:
-            forget()
-            self._on_result("dropped", len(events))
+        super().put((user, events, forget))
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            batch = [first] if first is not None else []
-            if first is not None:  # asleep, not waiting on the queue: a put wakes no one
-                time.sleep(_LINGER)
-            while first is not None and len(batch) < _BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    first = None  # stop after this write
-                    break
-                batch.append(item)
-            if batch:
-                try:
-                    self._write(batch)
-                except Exception:  # the thread outlives anything a callback raises
-                    _log.exception("exposure writer: a batch of %d was lost", len(batch))
-            for _ in range(len(batch) + (first is None)):
-                self._queue.task_done()
-            if first is None:
-                return
-
-    def _write(self, batch: list[_Pending]) -> None:
+    def _store(self, batch: list[_Pending]) -> None:
         by_user: dict[str, list[StoredEvent]] = {}
         for user, events, _ in batch:
             by_user.setdefault(user, []).extend(events)
-        n = sum(len(events) for _, events, _ in batch)
-        try:
-            self._record(by_user)
-        except Exception as e:  # any failure: each user's exposure is written next time
-            for _, _, forget in batch:
-                forget()
-            self._on_result("failed", n)
-            _log.debug("exposures not written (%s): %d users retried later", e, len(by_user))
-            return
-        self._on_result("written", n)
+        self._record(by_user)
+        self._on_result("written", sum(len(events) for _, events, _ in batch))
 
-    def flush(self) -> None:
-        """Wait until everything handed over so far is written (or given up)."""
-        self._queue.join()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is pending (for at most ``timeout`` seconds), then stop."""
-        self._closed = True
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            _log.error("exposure writer: still %d pending at close", self._queue.qsize())
-            return
-        self._thread.join(timeout)
+    def _give_up(self, batch: list[_Pending], why: str) -> None:
+        """Any failure (or a full queue): each user's exposure is written next time."""
+        for _, _, forget in batch:
+            forget()
+        self._on_result(why, sum(len(events) for _, events, _ in batch))

@@ -51,6 +51,20 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.pages_logged = Counter(
+            "tailored_pages_logged",
+            "Pages' decisions handed to the state, by outcome (written; failed or dropped: "
+            "lost, and Track events naming them are refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.page_feedback = Counter(
+            "tailored_page_feedback",
+            "Track clicks and impressions naming a page's module, by whether they were new "
+            "(a retry, a second click on one module of a page: not new)",
+            ["new"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "tailored_bundle_reloads",
             "Bundle loads after the first, by outcome",

@@ -12,32 +12,75 @@ Sources (:data:`MODULE_TYPES`), each through the request path of :mod:`.recommen
   scored exactly over that value's items (its 20,000 most popular, for a bigger one) and
   re-ranked like the whole list.
 
-Ordering policies: ``fixed`` (the order the site sent), ``random`` (uniform). Each module's
-``propensity`` is the probability the policy gave it its place in the order of all the
-candidate modules, given those above it: 1 for ``fixed``; 1 / (modules left) for
-``random``. The modules are filled top down, so that one higher up keeps its items and a
-lower one skips them; a module left with no items is not shown, and the positions close up
-(``position`` counts the modules shown; the propensity stays that of the policy's order).
+Ordering policies: ``fixed`` (the order the site sent), ``random`` (uniform), ``bandit`` (a
+linear contextual bandit over the request's features, :mod:`tailored.experiments.bandit`,
+learning from the clicks Track reports on the page's modules: :mod:`.page_learning`). Each
+module's ``propensity`` is the probability the policy gave it its place in the order of all
+the candidate modules, given those above it: 1 for ``fixed``; 1 / (modules left) for
+``random``; the exploration rule's for ``bandit``. The modules are filled top down, so
+that one higher up keeps its items and a lower one skips them; a module left with no items
+is not shown, and the positions close up (``position`` counts the modules shown; the
+propensity stays that of the policy's order).
 
-Not built yet: the contextual bandit that is to order modules by what users click, which
-needs Track events that name the page and module; and the work each module repeats (the
-user's history, their embedding, a ranker call) is not shared between a page's modules.
+The features (:func:`page_features`) are named one-hot values: ``bias``, the user's segment
+(``segment=BUNDLE_SEGMENTS:ID``; ``segment=none`` for a user the bundle does not know), and
+the request's context and profile fields chosen in ``[serve] bandit_features``; a user
+without personalization consent is seen through the request's context alone.
+
+Not built yet: the work each module repeats (the user's history, their embedding, a ranker
+call) is not shared between a page's modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tailored.experiments.bandit import LinearBandit
 from tailored.serve.recommender import Recommendation, Recommender, Request
+from tailored.serve.state import ShownModule
 
-__all__ = ["MODULE_TYPES", "PAGE_POLICIES", "ModuleSpec", "Page", "PlacedModule", "build_page"]
+__all__ = [
+    "MODULE_TYPES",
+    "PAGE_POLICIES",
+    "ModuleSpec",
+    "Page",
+    "PlacedModule",
+    "arm",
+    "build_page",
+    "page_features",
+]
 
 MODULE_TYPES = ("recommended", "trending", "because_you_watched", "similar", "category")
 NEEDS_PARAM = frozenset({"similar", "category"})
-PAGE_POLICIES = ("fixed", "random")
+PAGE_POLICIES = ("fixed", "random", "bandit")
+
+
+def arm(page_type: str, module_id: str) -> str:
+    """The bandit's arm of a module: the site's module id on its page type."""
+    return f"{page_type}:{module_id}"
+
+
+def page_features(rec: Recommender, req: Request, chosen: Sequence[str]) -> dict[str, float]:
+    """What the bandit sees of a request, position aside (module docstring)."""
+    x = {"bias": 1.0}
+    for name in chosen:
+        if name == "segment":
+            if not req.personalized:
+                continue
+            segment = rec.segment(req.user)
+            x[f"segment={rec.segments_id}:{segment}" if segment is not None else "segment=none"] = (
+                1.0
+            )
+            continue
+        kind, _, field = name.partition(".")
+        values = req.context if kind == "context" else req.profile if req.personalized else None
+        value = (values or {}).get(field)
+        if value:
+            x[f"{field}={value}"] = 1.0
+    return x
 
 
 @dataclass(frozen=True)
@@ -61,14 +104,26 @@ class Page:
     modules: list[PlacedModule]
     policy: str
     strategy: str  # the recommended list's strategy (or the first module's)
+    decisions: tuple[ShownModule, ...] = ()  # every candidate in the policy's order (the log)
 
 
-def _order(policy: str, n: int, rng: np.random.Generator) -> tuple[list[int], list[float]]:
+def _order(
+    policy: str,
+    arms: Sequence[str],
+    rng: np.random.Generator,
+    bandit: LinearBandit | None,
+    features: Mapping[str, float],
+) -> tuple[list[int], list[float]]:
     """The modules' order and each one's propensity at its place."""
+    n = len(arms)
     if policy == "fixed":
         return list(range(n)), [1.0] * n
     if policy == "random":
         return rng.permutation(n).tolist(), [1.0 / (n - i) for i in range(n)]
+    if policy == "bandit":
+        if bandit is None:
+            raise ValueError("the bandit policy needs the bandit's statistics")
+        return bandit.order(arms, features, rng)
     raise ValueError(f"unknown page policy {policy!r}; known: {list(PAGE_POLICIES)}")
 
 
@@ -81,12 +136,20 @@ def build_page(
     unavailable: Collection[str] = (),
     rng: np.random.Generator | None = None,
     before_module: Callable[[str], None] = lambda module: None,
+    bandit: LinearBandit | None = None,
+    features: Mapping[str, float] | None = None,
+    page_type: str = "",
 ) -> Page:
-    """Order ``modules`` by ``policy`` and fill each with ``req.k`` items (see the module
+    """Order ``modules`` by ``policy`` (``bandit``: with ``bandit`` over ``features``, the
+    arms named by ``page_type``) and fill each with ``req.k`` items (see the module
     docstring); ``before_module(id)`` runs before each is filled (the server's deadline
     check, which may raise)."""
-    order, propensity = _order(policy, len(modules), rng or np.random.default_rng())
+    arms = [arm(page_type, m.id) for m in modules]
+    order, propensity = _order(
+        policy, arms, rng or np.random.default_rng(), bandit, features or {"bias": 1.0}
+    )
     placed: list[PlacedModule] = []
+    decisions: list[ShownModule] = []
     shown: set[str] = set()
     strategy = ""
     for slot, i in enumerate(order):
@@ -95,12 +158,17 @@ def build_page(
         ask = replace(req, exclude=frozenset(req.exclude) | shown)
         items = _fill(rec, ask, spec, unavailable)
         if not items.item_ids:
+            decisions.append(ShownModule(spec.id, slot, -1, propensity[slot], ()))
             continue
         if spec.type == "recommended" or not strategy:
             strategy = items.strategy
         shown.update(items.item_ids)
-        placed.append(PlacedModule(spec, items, len(placed), propensity[slot]))
-    return Page(placed, policy, strategy or "popular")
+        position = len(placed)
+        placed.append(PlacedModule(spec, items, position, propensity[slot]))
+        decisions.append(
+            ShownModule(spec.id, slot, position, propensity[slot], tuple(items.item_ids))
+        )
+    return Page(placed, policy, strategy or "popular", tuple(decisions))
 
 
 def _fill(

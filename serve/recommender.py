@@ -17,6 +17,7 @@ consumed or passed over), so that it differs from the personalized page in the r
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -118,6 +119,13 @@ class Recommender:
         self.min_rating = data_cfg.min_rating
         self.categories = self._cap_categories()
         self.by_value = self._attribute_index()  # attribute value -> item rows (pages)
+        # names this bundle's segmentation (a refresh fits new segments: new names)
+        segments = bundle.segments
+        self.segments_id = (
+            hashlib.sha256(np.ascontiguousarray(segments.centroids).tobytes()).hexdigest()[:8]
+            if segments is not None
+            else ""
+        )
 
     def _cap_categories(self) -> np.ndarray:
         """Per item row, its value of the category-cap field (0 = none), int64 [N+1]."""
@@ -370,6 +378,15 @@ class Recommender:
             elif e.type == "click" or self._is_positive(e):  # a 1 s view or a low rating: no
                 engaged.add(e.item_id)
         return self._rows([i for i, n in shown.items() if n >= times and i not in engaged])
+
+    def segment(self, user: str) -> int | None:
+        """The segment the bundle put ``user`` in; None for a user it does not know, or a
+        bundle without segments."""
+        row = self._row(user)
+        segments = self.bundle.segments
+        if row is None or segments is None:
+            return None
+        return int(segments.of_user[row])
 
     def _row(self, user: str) -> int | None:
         """The user's row in the bundle's snapshot, or None for a user it does not know."""

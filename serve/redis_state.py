@@ -19,6 +19,13 @@ user pseudonym as the caller gives it; raw user ids never reach Redis):
 - ``P:consent:U``  U's purposes, sorted and comma-joined (``""``: consent to nothing); no
   key: never set.
 - ``P:unavailable`` SET of site item ids not to recommend.
+- ``P:page:R``     HASH of the page with request id R: ``rec`` its record (JSON,
+  :meth:`tailored.serve.state.PageLog.encode`) and a field ``KIND:MODULE`` per feedback
+  seen; it expires after ``[serve] page_log_days``.
+- ``P:pages:U``    ZSET of U's logged page ids, scored by when they expire (an erasure's
+  index).
+- ``P:arm:A``      HASH of the bandit arm A's statistics, ``a<TAB>F<TAB>G`` and ``b<TAB>F``
+  (HINCRBYFLOAT: replicas add to them at once without losing any).
 - ``P:events``     STREAM of every accepted event (fields ``user`` and ``event``, the JSON
   array ``[item_id, type, time_ms, value, surface]``),
   the replicas' shared event log, capped near ``stream_maxlen`` (``MAXLEN ~``).
@@ -45,19 +52,25 @@ which the operator configures; with neither AOF nor snapshots a Redis restart lo
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
+from tailored.experiments.bandit import ArmStats
 from tailored.serve.state import (
     PERSONALIZATION,
+    ArmUpdate,
+    Feedback,
     OnlineState,
+    PageLog,
     RecordResult,
     StateError,
     StoredEvent,
     UserState,
+    arm_stats,
 )
 
 __all__ = ["RedisState"]
@@ -139,8 +152,9 @@ end
 return {accepted, dropped}
 """
 
-# KEYS: consent, seq, events, logged, stream, users with logged ids. ARGV: 'set' and the
-# purposes, or 'forget'; then whether to erase the events ('1'/'0'); then the user. Returns
+# KEYS: consent, seq, events, logged, stream, users with logged ids, logged pages. ARGV: 'set'
+# and the purposes, or 'forget'; then whether to erase the events and pages ('1'/'0'); then
+# the user, then the page keys' prefix. Returns
 # the number of events erased: those kept for serving, and those only the log still held.
 _ERASE = """
 if ARGV[1] == 'set' then
@@ -170,7 +184,43 @@ for i = 1, #old, 500 do
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[6], ARGV[4])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
+  redis.call('DEL', ARGV[5] .. id)
+end
+redis.call('DEL', KEYS[7])
 return #members + logged
+"""
+
+# ARGV: a JSON document {pages: [[key, record, ttl_ms, user index key or "", id]],
+# inc: [[arm key, field, amount]], feedback: [[page key, flag, [[arm key, field, amount]]]]},
+# then the time (ms). Returns how many feedback entries were new.
+_PAGES = """
+local doc = cjson.decode(ARGV[1])
+local now = tonumber(ARGV[2])
+local function apply(incs)
+  for _, i in ipairs(incs) do
+    redis.call('HINCRBYFLOAT', i[1], i[2], i[3])
+  end
+end
+for _, p in ipairs(doc.pages) do
+  redis.call('DEL', p[1])
+  redis.call('HSET', p[1], 'rec', p[2])
+  redis.call('PEXPIRE', p[1], p[3])
+  if p[4] ~= '' then
+    redis.call('ZADD', p[4], now + p[3], p[5])
+    redis.call('ZREMRANGEBYSCORE', p[4], '-inf', now)
+    redis.call('PEXPIRE', p[4], p[3])
+  end
+end
+apply(doc.inc)
+local new = 0
+for _, f in ipairs(doc.feedback) do
+  if redis.call('EXISTS', f[1]) == 1 and redis.call('HSETNX', f[1], f[2], '1') == 1 then
+    new = new + 1
+    apply(f[3])
+  end
+end
+return new
 """
 
 
@@ -202,6 +252,7 @@ class RedisState(OnlineState):
         self._closed = False
         self._record = client.register_script(_RECORD)
         self._erase = client.register_script(_ERASE)
+        self._pages = client.register_script(_PAGES)
 
     @classmethod
     def from_url(
@@ -248,6 +299,20 @@ class RedisState(OnlineState):
     def _keys(self, user: str) -> list[str]:
         p = self.prefix
         return [f"{p}:consent:{user}", f"{p}:seq:{user}", f"{p}:ev:{user}", f"{p}:logged:{user}"]
+
+    def _erase_keys(self, user: str) -> list[str]:
+        p = self.prefix
+        return [*self._keys(user), f"{p}:events", f"{p}:logged-users", f"{p}:pages:{user}"]
+
+    def _page_key(self, request_id: str) -> str:
+        return f"{self.prefix}:page:{request_id}"
+
+    def _arm_key(self, arm: str) -> str:
+        return f"{self.prefix}:arm:{arm}"
+
+    def _incs(self, update: ArmUpdate) -> list[list[str]]:
+        key = self._arm_key(update.arm)
+        return [[key, name, repr(float(v))] for name, v in update.increments()]
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
@@ -311,13 +376,13 @@ class RedisState(OnlineState):
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         chosen = frozenset(purposes)
         erase = PERSONALIZATION not in chosen
-        keys = [*self._keys(user), f"{self.prefix}:events", f"{self.prefix}:logged-users"]
-        args = ["set", ",".join(sorted(chosen)), "1" if erase else "0", user]
+        keys = [*self._erase_keys(user)]
+        args = ["set", ",".join(sorted(chosen)), "1" if erase else "0", user, self._page_key("")]
         return int(self._call("set consent", self._erase, keys=keys, args=args))
 
     def forget(self, user: str) -> int:
-        keys = [*self._keys(user), f"{self.prefix}:events", f"{self.prefix}:logged-users"]
-        args = ["forget", "", "1", user]
+        keys = [*self._erase_keys(user)]
+        args = ["forget", "", "1", user, self._page_key("")]
         return int(self._call("forget", self._erase, keys=keys, args=args))
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
@@ -337,6 +402,84 @@ class RedisState(OnlineState):
         key = f"{self.prefix}:unavailable"
         return frozenset(self._call("read unavailable", self._client.smembers, key))
 
+    # -- pages and arms --------------------------------------------------------------------
+    def log_pages(
+        self, pages: Sequence[PageLog], updates: Sequence[ArmUpdate], ttl_ms: int
+    ) -> None:
+        p = self.prefix
+        doc = {
+            "pages": [
+                [
+                    self._page_key(g.request_id),
+                    g.encode(),
+                    int(ttl_ms),
+                    f"{p}:pages:{g.user}" if g.user else "",
+                    g.request_id,
+                ]
+                for g in pages
+            ],
+            "inc": [i for u in updates for i in self._incs(u)],
+            "feedback": [],
+        }
+        self._run_pages("log pages", doc)
+
+    def _run_pages(self, what: str, doc: dict[str, Any]) -> int:
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        now = int(time.time() * 1000)
+        return int(self._call(what, self._pages, keys=[], args=[text, now]))
+
+    def page(self, request_id: str) -> PageLog | None:
+        fields = self._call("read page", self._client.hgetall, self._page_key(request_id))
+        return _page(fields) if fields and "rec" in fields else None
+
+    def page_feedback(self, feedback: Sequence[Feedback]) -> int:
+        doc = {
+            "pages": [],
+            "inc": [],
+            "feedback": [
+                [
+                    self._page_key(f.request_id),
+                    f"{f.kind}:{f.module}",
+                    self._incs(f.update) if f.update is not None else [],
+                ]
+                for f in feedback
+            ],
+        }
+        return self._run_pages("page feedback", doc)
+
+    def arms(self, arms: Collection[str]) -> dict[str, ArmStats]:
+        chosen = list(dict.fromkeys(arms))
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=True)
+            for arm in chosen:
+                pipe.hgetall(self._arm_key(arm))
+            return pipe.execute()
+
+        got = self._call("read arms", read) if chosen else []
+        return {
+            arm: arm_stats((k, float(v)) for k, v in fields.items())
+            for arm, fields in zip(chosen, got, strict=True)
+            if fields
+        }
+
+    def pages(self) -> Iterator[PageLog]:
+        pattern = self._page_key("*")
+        keys = self._call("scan pages", lambda: list(self._client.scan_iter(pattern, 1000)))
+        out: list[PageLog] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+
+            def read(chunk: list[str] = chunk) -> list[Any]:
+                pipe = self._client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hgetall(key)
+                return pipe.execute()
+
+            out += [_page(f) for f in self._call("read pages", read) if f and "rec" in f]
+        out.sort(key=lambda g: (g.time_ms, g.request_id))
+        yield from out
+
     def close(self) -> None:
         if self._closed:
             return
@@ -353,6 +496,15 @@ def _encode(e: StoredEvent) -> str:
 def _decode(member: str) -> StoredEvent:
     item, kind, time_ms, value, surface = json.loads(member.split("|", 2)[2])
     return StoredEvent(item, kind, int(time_ms), float(value), surface)
+
+
+def _page(fields: Mapping[str, str]) -> PageLog:
+    marks = [f.partition(":") for f in fields if f != "rec"]
+    return PageLog.decode(
+        fields["rec"],
+        clicked=[m for kind, _, m in marks if kind == "click"],
+        seen=[m for kind, _, m in marks if kind == "impression"],
+    )
 
 
 def _split(purposes: str) -> frozenset[str]:

@@ -46,9 +46,10 @@ from tailored.serve.edge import (
 from tailored.serve.experiments import ExposureWriter, ServedExperiments, load_served
 from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
-from tailored.serve.page import build_page
+from tailored.serve.page import arm, build_page, page_features
+from tailored.serve.page_learning import PageLearner, new_request_id
 from tailored.serve.recommender import Recommender, Request, RequestError
-from tailored.serve.state import PERSONALIZATION, OnlineState, StateError, StoredEvent
+from tailored.serve.state import PERSONALIZATION, OnlineState, PageLog, StateError, StoredEvent
 from tailored.serve.v1 import personalization_pb2 as pb
 from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
 from tailored.serve.workers import Siblings
@@ -115,6 +116,12 @@ class Service:
                 self.state.record, batch, default_allows=self.default_allows()
             ),
             lambda outcome, n: self.metrics.exposures.labels(outcome).inc(n),
+        )
+        self.pages = PageLearner(
+            state,
+            cfg,
+            self.guard.call,
+            lambda outcome, n: self.metrics.pages_logged.labels(outcome).inc(n),
         )
         if cfg.experiments:
             self.set_experiments(self.load_experiments(cfg.experiments))
@@ -196,6 +203,7 @@ class Service:
     def close(self) -> None:
         self.bundle.close()
         self.exposures.close()  # what requests handed over is written before the state closes
+        self.pages.close()
         self.state.close()
 
 
@@ -364,16 +372,39 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         s = self.service
         args, modules = parse_page(request, s.cfg)
         prepared = self._prepare(args, "Page")
+        req, variant = prepared.request, prepared.request.variant
+        policy = str(variant.get("page_policy", s.cfg.page_policy))
+        features = page_features(prepared.rec, req, s.cfg.bandit_features)
+        bandit = None
+        if policy == "bandit":
+            bandit = s.pages.bandit([arm(args.surface, m.id) for m in modules])
         _check_deadline(context, "ranking")
         page = build_page(
             prepared.rec,
-            prepared.request,
+            req,
             modules,
-            policy=str(prepared.request.variant.get("page_policy", s.cfg.page_policy)),
+            policy=policy,
             unavailable=s.unavailable(),
             before_module=lambda module: _check_deadline(context, f"module {module}"),
+            bandit=bandit,
+            features=features,
+            page_type=args.surface,
         )
         _check_deadline(context, "answering")
+        request_id = new_request_id()
+        if not prepared.degraded:
+            s.pages.log(
+                PageLog(
+                    request_id=request_id,
+                    user=req.user if req.personalized else "",
+                    time_ms=int(req.time * 1000),
+                    page_type=args.surface,
+                    policy=policy,
+                    learn=req.personalized and bool(variant.get("page_learn", s.cfg.bandit_learn)),
+                    context=features,
+                    modules=page.decisions,
+                )
+            )
         return pb.PageResponse(
             modules=[
                 pb.PageModuleResult(
@@ -395,7 +426,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
                 )
                 for m in page.modules
             ],
-            request_id=uuid.uuid4().hex,
+            request_id=request_id,
             bundle_version=prepared.rec.bundle.version,
             policy=page.policy,
             strategy=page.strategy,
@@ -408,8 +439,13 @@ class _Personalization(pb_grpc.PersonalizationServicer):
     @_rpc("Track")
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         s = self.service
-        events = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000))
+        events, refs = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000))
+        checked = s.pages.check(refs) if refs else []  # before anything is stored or learned
         _check_deadline(context, "storing")
+        if checked:  # marked once each: a retry after a failure below teaches nothing twice
+            marked, new = s.pages.feedback(checked)
+            s.metrics.page_feedback.labels("true").inc(new)
+            s.metrics.page_feedback.labels("false").inc(marked - new)
         # durable now; while the state is unreachable, UNAVAILABLE (nothing acknowledged)
         result = s.guard.call(s.state.record, events, default_allows=s.default_allows())
         s.metrics.events.labels("accepted").inc(result.accepted)

@@ -28,13 +28,18 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from tailored.experiments.bandit import ArmStats
 from tailored.serve.state import (
     PERSONALIZATION,
+    ArmUpdate,
+    Feedback,
     OnlineState,
+    PageLog,
     RecordResult,
     StateError,
     StoredEvent,
     UserState,
+    arm_stats,
 )
 
 __all__ = ["SQLiteState"]
@@ -56,6 +61,22 @@ CREATE TABLE IF NOT EXISTS consent (
     updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS unavailable (item TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS pages (
+    request_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    flags TEXT NOT NULL  -- a newline, then KIND:MODULE and a newline per feedback seen
+);
+CREATE INDEX IF NOT EXISTS pages_by_user ON pages (user);
+CREATE INDEX IF NOT EXISTS pages_by_expiry ON pages (expires_ms);
+CREATE TABLE IF NOT EXISTS arms (
+    arm TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (arm, field)
+) WITHOUT ROWID;
 """
 _MAX_GROUP = 256  # queued writes committed together at most
 # Opening waits this long at most for another process (a sibling worker, a replica) that
@@ -333,8 +354,87 @@ class SQLiteState(OnlineState):
 
     def _erase(self, conn: sqlite3.Connection, user: str) -> int:
         n = conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
-        self._erased = self._erased or n > 0
+        pages = conn.execute("DELETE FROM pages WHERE user=?", (user,)).rowcount
+        self._erased = self._erased or n > 0 or pages > 0
         return n
+
+    # -- pages and arms --------------------------------------------------------------------
+    def log_pages(
+        self, pages: Sequence[PageLog], updates: Sequence[ArmUpdate], ttl_ms: int
+    ) -> None:
+        now = int(time.time() * 1000)
+        rows = [(p.request_id, p.user, p.time_ms, now + ttl_ms, p.encode(), "\n") for p in pages]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM pages WHERE expires_ms < ?", (now,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO pages (request_id, user, time_ms, expires_ms, record, "
+                "flags) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            _apply(conn, updates)
+
+        self._write(write)
+
+    def page(self, request_id: str) -> PageLog | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT record, flags FROM pages WHERE request_id=? AND expires_ms >= ?",
+                (request_id, int(time.time() * 1000)),
+            )
+            .fetchone()
+        )
+        return None if row is None else _page(*row)
+
+    def page_feedback(self, feedback: Sequence[Feedback]) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            new = 0
+            for f in feedback:
+                token = f"{f.kind}:{f.module}\n"
+                changed = conn.execute(
+                    "UPDATE pages SET flags = flags || ? WHERE request_id=? "
+                    "AND instr(flags, ?) = 0",
+                    (token, f.request_id, "\n" + token),
+                ).rowcount
+                if changed:
+                    new += 1
+                    if f.update is not None:
+                        _apply(conn, [f.update])
+            return new
+
+        applied: int = self._write(write)
+        return applied
+
+    def arms(self, arms: Collection[str]) -> dict[str, ArmStats]:
+        chosen = list(dict.fromkeys(arms))
+        if not chosen:
+            return {}
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT arm, field, value FROM arms WHERE arm IN ({','.join('?' * len(chosen))})",
+                chosen,
+            )
+            .fetchall()
+        )
+        fields: dict[str, list[tuple[str, float]]] = {}
+        for arm, key, value in rows:
+            fields.setdefault(arm, []).append((key, value))
+        return {arm: arm_stats(f) for arm, f in fields.items()}
+
+    def pages(self) -> Iterator[PageLog]:
+        conn = self._connect()
+        try:
+            rows = conn.execute(
+                "SELECT record, flags FROM pages WHERE expires_ms >= ? ORDER BY time_ms, "
+                "request_id",
+                (int(time.time() * 1000),),
+            )
+            for record, flags in rows:
+                yield _page(record, flags)
+        finally:
+            conn.close()
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
         ids = [(i,) for i in item_ids]
@@ -364,6 +464,23 @@ class SQLiteState(OnlineState):
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+def _apply(conn: sqlite3.Connection, updates: Sequence[ArmUpdate]) -> None:
+    conn.executemany(
+        "INSERT INTO arms (arm, field, value) VALUES (?, ?, ?) "
+        "ON CONFLICT(arm, field) DO UPDATE SET value = value + excluded.value",
+        [(u.arm, key, v) for u in updates for key, v in u.increments()],
+    )
+
+
+def _page(record: str, flags: str) -> PageLog:
+    marks = [f.partition(":") for f in flags.split("\n") if f]
+    return PageLog.decode(
+        record,
+        clicked=[m for kind, _, m in marks if kind == "click"],
+        seen=[m for kind, _, m in marks if kind == "impression"],
+    )
 
 
 def _split(purposes: str) -> frozenset[str]:

@@ -10,20 +10,27 @@ returns; only then does the server acknowledge it.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tailored.errors import TailoredError
+from tailored.experiments.bandit import SEP, ArmStats
 
 __all__ = [
     "PERSONALIZATION",
+    "ArmUpdate",
+    "Feedback",
     "OnlineState",
+    "PageLog",
     "RecordResult",
+    "ShownModule",
     "StateError",
     "StoredEvent",
     "UserState",
+    "arm_stats",
     "open_state",
 ]
 
@@ -65,6 +72,126 @@ class RecordResult:
     dropped: int  # not stored: the user's consent does not allow personalization
 
 
+@dataclass(frozen=True)
+class ShownModule:
+    """One candidate module of a logged page, in the policy's order: ``slot`` its place in
+    that order, ``position`` where the page showed it (-1: it had no items and was not
+    shown), ``propensity`` the policy's probability of choosing it there given the modules
+    above, ``items`` the item ids it showed."""
+
+    id: str
+    slot: int
+    position: int
+    propensity: float
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PageLog:
+    """A page's decisions, kept for the ``Track`` events that name it (clicks and
+    impressions of its modules) and for off-policy evaluation. ``user`` is the pseudonym
+    ("" for a user without personalization consent: the page is learned from by no one);
+    ``context`` the features the policy saw, position aside
+    (:mod:`tailored.experiments.bandit`); ``learn`` whether its clicks teach the bandit;
+    ``clicked`` and ``seen``, as read back, the modules with a click and an impression."""
+
+    request_id: str
+    user: str
+    time_ms: int
+    page_type: str
+    policy: str
+    learn: bool
+    context: Mapping[str, float]
+    modules: tuple[ShownModule, ...]
+    clicked: frozenset[str] = frozenset()
+    seen: frozenset[str] = frozenset()
+
+    def module(self, module_id: str) -> ShownModule | None:
+        return next((m for m in self.modules if m.id == module_id), None)
+
+    def encode(self) -> str:
+        """The record as stored (JSON; the feedback flags are kept beside it)."""
+        doc: dict[str, Any] = {
+            "r": self.request_id,
+            "u": self.user,
+            "t": self.time_ms,
+            "pt": self.page_type,
+            "p": self.policy,
+            "l": self.learn,
+            "x": dict(self.context),
+            "m": [[m.id, m.slot, m.position, m.propensity, list(m.items)] for m in self.modules],
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+    @staticmethod
+    def decode(text: str, clicked: Iterable[str] = (), seen: Iterable[str] = ()) -> PageLog:
+        d = json.loads(text)
+        return PageLog(
+            request_id=str(d["r"]),
+            user=str(d["u"]),
+            time_ms=int(d["t"]),
+            page_type=str(d["pt"]),
+            policy=str(d["p"]),
+            learn=bool(d["l"]),
+            context={str(k): float(v) for k, v in d["x"].items()},
+            modules=tuple(
+                ShownModule(str(i), int(s), int(pos), float(p), tuple(items))
+                for i, s, pos, p, items in d["m"]
+            ),
+            clicked=frozenset(clicked),
+            seen=frozenset(seen),
+        )
+
+
+@dataclass(frozen=True)
+class ArmUpdate:
+    """What one observation adds to an arm's statistics: ``a_weight * x x^T`` to A and
+    ``b_weight * x`` to b."""
+
+    arm: str
+    x: Mapping[str, float]
+    a_weight: float = 0.0
+    b_weight: float = 0.0
+
+    def increments(self) -> list[tuple[str, float]]:
+        """(field, amount) pairs: ``a<TAB>F<TAB>G`` and ``b<TAB>F``."""
+        out = []
+        if self.a_weight:
+            out += [
+                (f"a{SEP}{f}{SEP}{g}", v)
+                for (f, g), v in ArmStats.outer(self.x, self.a_weight).items()
+            ]
+        if self.b_weight:
+            out += [(f"b{SEP}{f}", self.b_weight * v) for f, v in sorted(self.x.items())]
+        return out
+
+
+def arm_stats(fields: Iterable[tuple[str, float]]) -> ArmStats:
+    """An arm's statistics from its stored ``(field, value)`` pairs."""
+    a: dict[tuple[str, str], float] = {}
+    b: dict[str, float] = {}
+    for key, value in fields:
+        kind, _, rest = key.partition(SEP)
+        if kind == "a":
+            f, _, g = rest.partition(SEP)
+            a[(f, g)] = float(value)
+        elif kind == "b":
+            b[rest] = float(value)
+    return ArmStats(a, b)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A ``Track`` event that names a logged page's module: ``kind`` "click" or
+    "impression"; ``update`` applied to the bandit's statistics only the first time this
+    (page, module, kind) is seen."""
+
+    request_id: str
+    module: str
+    kind: str
+    update: ArmUpdate | None = None
+
+
 class OnlineState(ABC):
     """Per-user events and consent, and the set of unavailable items.
 
@@ -94,11 +221,12 @@ class OnlineState(ABC):
     @abstractmethod
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         """Replace ``user``'s consent; without :data:`PERSONALIZATION` their stored events
-        are forgotten in the same step. Returns the number of events forgotten."""
+        and logged pages are forgotten in the same step. Returns the number of events forgotten."""
 
     @abstractmethod
     def forget(self, user: str) -> int:
-        """Erase everything about ``user`` (events and consent); returns events removed."""
+        """Erase everything about ``user`` (events, consent and their logged pages); returns
+        events removed."""
 
     @abstractmethod
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
@@ -107,6 +235,32 @@ class OnlineState(ABC):
     @abstractmethod
     def unavailable(self) -> frozenset[str]:
         """The site ids of items that must not be recommended."""
+
+    # -- pages and the bandit's statistics (tailored.serve.page) -----------------------------
+    @abstractmethod
+    def log_pages(
+        self, pages: Sequence[PageLog], updates: Sequence[ArmUpdate], ttl_ms: int
+    ) -> None:
+        """Keep ``pages`` for ``ttl_ms`` milliseconds (then they are purged) and apply
+        ``updates`` to the arms' statistics, in one step."""
+
+    @abstractmethod
+    def page(self, request_id: str) -> PageLog | None:
+        """The logged page, with its feedback flags; None if unknown or expired."""
+
+    @abstractmethod
+    def page_feedback(self, feedback: Sequence[Feedback]) -> int:
+        """Mark each (page, module, kind) and apply its update the first time only, all in
+        one step; feedback on a page that is not (or no longer) kept is skipped. Returns how
+        many were new."""
+
+    @abstractmethod
+    def arms(self, arms: Collection[str]) -> dict[str, ArmStats]:
+        """The statistics of ``arms`` (those never updated are left out)."""
+
+    @abstractmethod
+    def pages(self) -> Iterator[PageLog]:
+        """Every kept page with its flags, by time (for off-policy evaluation)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -363,10 +363,32 @@ class ServeConfig:
     # an item shown to a user this many times (among their events read) with no click is
     # not shown to them again (0: never hidden): a page that does not go stale
     hide_after_impressions: int = 0
-    # Page: how modules are ordered ("fixed": as the site sent them; "random"), and at most
+    # Page: how modules are ordered ("fixed": as the site sent them; "random"; "bandit": by
+    # a contextual bandit that learns from clicks, tailored.experiments.bandit), and at most
     # how many a page may offer
     page_policy: str = "fixed"
     max_page_modules: int = 12
+    # a page's decisions are kept this long for the Track events that name it (later ones
+    # are refused) and for `tailored page evaluate`; erased with the user
+    page_log_days: float = 7.0
+    # the bandit: its exploration ("epsilon", "softmax" or "thompson") and that rule's
+    # parameter; the prior's precision (ridge)
+    bandit_exploration: str = "epsilon"
+    bandit_epsilon: float = 0.1
+    bandit_temperature: float = 0.05
+    bandit_thompson_scale: float = 1.0
+    bandit_ridge: float = 1.0
+    # what it sees besides the module's position: "segment" (the user's, from the bundle),
+    # "context.FIELD" (the request's context: device, locale or an extra) and
+    # "profile.FIELD" (the request's profile); each a one-hot feature per value
+    bandit_features: tuple[str, ...] = ("segment", "context.device")
+    # whether pages teach it ("page_learn" in an experiment variant overrides), and what
+    # counts as a module shown: "served" (every module a Page returned) or "impressions"
+    # (those the site reports seen with an impression that names the page and module)
+    bandit_learn: bool = True
+    bandit_learn_from: str = "served"
+    # how often a process reads the shared statistics again (0: every page)
+    bandit_refresh_ms: float = 1000.0
     consent_default: str = "granted"  # a user who never set consent: "granted" | "denied"
     admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
     state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
@@ -433,8 +455,39 @@ class ServeConfig:
             _positive("serve", name, getattr(self, name))
         for name in ("max_events_per_track", "onnx_threads"):
             _positive("serve", name, getattr(self, name))
-        _one_of("serve", "page_policy", self.page_policy, ("fixed", "random"))
+        _one_of("serve", "page_policy", self.page_policy, ("fixed", "random", "bandit"))
         _positive("serve", "max_page_modules", self.max_page_modules)
+        object.__setattr__(self, "bandit_features", tuple(self.bandit_features))
+        _one_of(
+            "serve",
+            "bandit_exploration",
+            self.bandit_exploration,
+            ("epsilon", "softmax", "thompson"),
+        )
+        _one_of("serve", "bandit_learn_from", self.bandit_learn_from, ("served", "impressions"))
+        if not 0.0 <= self.bandit_epsilon <= 1.0:
+            raise ConfigError(
+                f"[serve] bandit_epsilon: must be in [0, 1], got {self.bandit_epsilon}"
+            )
+        for name in (
+            "bandit_temperature",
+            "bandit_thompson_scale",
+            "bandit_ridge",
+            "page_log_days",
+        ):
+            if not 0.0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"[serve] {name}: must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.bandit_refresh_ms < math.inf:
+            raise ConfigError(
+                f"[serve] bandit_refresh_ms: must be >= 0, got {self.bandit_refresh_ms}"
+            )
+        for f in self.bandit_features:
+            kind, _, name = str(f).partition(".")
+            if not (f == "segment" or (kind in ("context", "profile") and name)):
+                raise ConfigError(
+                    f"[serve] bandit_features: {f!r} is not 'segment', 'context.FIELD' or "
+                    "'profile.FIELD'"
+                )
         if self.hide_after_impressions < 0:
             raise ConfigError(
                 f"[serve] hide_after_impressions: must be >= 0 (0: never), got "

@@ -172,7 +172,7 @@ class PageResponse(_message.Message):
     def __init__(self, modules: _Optional[_Iterable[_Union[PageModuleResult, _Mapping]]] = ..., request_id: _Optional[str] = ..., bundle_version: _Optional[str] = ..., policy: _Optional[str] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context")
+    __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context", "request_id", "module")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,8 @@ class Event(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     type: EventType
@@ -187,7 +189,9 @@ class Event(_message.Message):
     value: float
     surface: str
     context: Context
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., time_unix_ms: _Optional[int] = ..., value: _Optional[float] = ..., surface: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
+    request_id: str
+    module: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., time_unix_ms: _Optional[int] = ..., value: _Optional[float] = ..., surface: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., request_id: _Optional[str] = ..., module: _Optional[str] = ...) -> None: ...
 
 class TrackRequest(_message.Message):
     __slots__ = ("events",)

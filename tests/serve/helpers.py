@@ -19,19 +19,33 @@ from tailored.serve.client import Client
 from tailored.serve.experiments import reserved_versions
 from tailored.serve.server import Service, create_server
 from tailored.serve.sqlite_state import SQLiteState
+from tailored.serve.state import OnlineState
 from tests.helpers import TEST_KEY
 
-__all__ = ["TOKEN", "PrivateRedis", "Running"]
+__all__ = ["TOKEN", "PrivateRedis", "Running", "drop_prefix", "with_prefix"]
 
 TOKEN = "test-admin-token"
 
 
 class Running:
-    def __init__(self, bundles: Path, state_path: Path, **overrides: object) -> None:
+    """A server on a loopback port over ``bundles``, its state the SQLite file ``state_path``
+    (or ``state``, a backend already open, which :meth:`stop` closes)."""
+
+    def __init__(
+        self,
+        bundles: Path,
+        state_path: Path | None = None,
+        *,
+        state: OnlineState | None = None,
+        **overrides: object,
+    ) -> None:
         self.cfg = load_serve_config(overrides={"clock": "bundle", **overrides})
+        if state is None:
+            assert state_path is not None, "a state file or an open state"
+            state = SQLiteState(state_path)
         self.service = Service(
             LiveBundle(bundles, self.cfg, reserved=reserved_versions(self.cfg.experiments)),
-            SQLiteState(state_path),
+            state,
             Pseudonymizer(TEST_KEY),
             self.cfg,
             admin_token=TOKEN,
@@ -94,3 +108,19 @@ class PrivateRedis:
     def pause(self, paused: bool) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    """A Redis URL whose online state keeps its keys under ``prefix``."""
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
+def drop_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` on the Redis at ``url``."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -11,8 +11,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -31,65 +30,12 @@ from tailored.serve.state import (
     UserState,
     open_state,
 )
-
-Opener = Callable[[], OnlineState]
+from tests.serve.conftest import Opener
+from tests.serve.helpers import with_prefix
 
 
 def ev(item: str, time_ms: int, type: str = "click", value: float = 0.0) -> StoredEvent:
     return StoredEvent(item, type, time_ms, value)
-
-
-def with_prefix(url: str, prefix: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
-
-
-def drop_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A fresh key prefix on the test Redis, deleted afterwards."""
-    prefix = "tailored-test-" + uuid.uuid4().hex
-    yield prefix
-    drop_prefix(redis_url, prefix)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens the backend on the same storage each call (a file, or a Redis prefix)."""
-    opened: list[OnlineState] = []
-    if request.param == "sqlite":
-        path = tmp_path / "state.db"
-
-        def make() -> OnlineState:
-            return SQLiteState(path)
-    else:
-        url = with_prefix(
-            request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-        )
-
-        def make() -> OnlineState:
-            return RedisState.from_url(url)
-
-    def tracked() -> OnlineState:
-        opened.append(make())
-        return opened[-1]
-
-    yield tracked
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def state(reopen: Opener) -> OnlineState:
-    return reopen()
 
 
 # -- the contract ----------------------------------------------------------------------------

@@ -1,0 +1,234 @@
+"""What the server keeps of its pages, and how the bandit learns from them.
+
+Every ``Page`` answer is logged (:class:`~tailored.serve.state.PageLog`: the request id,
+the features the policy saw, every candidate module in the policy's order with its
+propensity, position and items) to the online state, off the request path
+(:class:`~tailored.serve.background.GroupWriter`), and kept ``[serve] page_log_days``.
+With ``[serve] bandit_learn_from = "served"`` the same write adds each shown module's
+``x x^T`` to its arm's ``A`` (a module returned counts as a module shown).
+
+``Track`` events that name a page and module (``Event.request_id`` and ``module``) are
+checked against the log before anything is stored: the page must be kept, shown to the
+event's user, the module shown on it and the item in that module; otherwise the call is
+INVALID_ARGUMENT and nothing is stored or learned. Then the first click (or purchase) of a
+module on a page adds its ``x`` to the arm's ``b``, and, with ``"impressions"``, the first
+impression of a module its ``x x^T`` to ``A`` (:meth:`PageLearner.feedback`). Each is marked
+in the store in the same step as its update, so a retried Track teaches nothing twice.
+Only pages of users with personalization consent, whose policy learns, teach anything.
+
+The arms' statistics are shared by every replica on one store (additions are atomic); a
+process reads them again at most every ``[serve] bandit_refresh_ms`` (the last known while
+the store is unreachable).
+
+Request ids of pages start with the time in milliseconds (12 hex digits), so that a Track
+for a page this process logged moments ago, still in the writer's queue, waits for the
+write instead of being refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tailored.config import ServeConfig
+from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, with_position
+from tailored.serve.background import GroupWriter
+from tailored.serve.page import arm
+from tailored.serve.recommender import RequestError
+from tailored.serve.state import ArmUpdate, Feedback, OnlineState, PageLog, StateError
+
+__all__ = ["PageLearner", "PageRef", "new_request_id", "settings_of"]
+
+_log = logging.getLogger(__name__)
+_RECENT_MS = 2_000  # a page younger than this may still be in the writer's queue
+CLICKS = frozenset({"click", "purchase"})  # what marks a module clicked
+
+
+def new_request_id(now_ms: int | None = None) -> str:
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{ms:012x}{secrets.token_hex(10)}"
+
+
+def _request_ms(request_id: str) -> int | None:
+    try:
+        return int(request_id[:12], 16) if len(request_id) == 32 else None
+    except ValueError:
+        return None
+
+
+def settings_of(cfg: ServeConfig) -> BanditSettings:
+    return BanditSettings(
+        exploration=cfg.bandit_exploration,
+        epsilon=cfg.bandit_epsilon,
+        temperature=cfg.bandit_temperature,
+        scale=cfg.bandit_thompson_scale,
+        ridge=cfg.bandit_ridge,
+    )
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """A Track event that names a page: ``where`` the event in the call (``events[3]``)."""
+
+    where: str
+    user: str  # pseudonym
+    request_id: str
+    module: str
+    item_id: str
+    type: str
+
+
+_Logged = tuple[PageLog, list[ArmUpdate]]
+
+
+class PageLearner:
+    """The page log and the bandit's statistics of one server process."""
+
+    def __init__(
+        self,
+        state: OnlineState,
+        cfg: ServeConfig,
+        call: Callable[..., Any] | None = None,
+        on_result: Callable[[str, int], None] = lambda outcome, n: None,
+    ) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.settings = settings_of(cfg)
+        self.ttl_ms = int(cfg.page_log_days * 86_400_000)
+        self._call = call or (lambda fn, *a, **kw: fn(*a, **kw))
+        self._on_result = on_result
+        self._lock = threading.Lock()
+        self._stats: dict[str, ArmStats] = {}
+        self._read_at: dict[str, float] = {}
+        self.writer: GroupWriter[_Logged] = GroupWriter("page-log", self._store, self._lost)
+
+    # -- the policy -----------------------------------------------------------------------
+    def bandit(self, arms: Sequence[str]) -> LinearBandit:
+        """The bandit over ``arms`` as the store had them at most ``bandit_refresh_ms``
+        ago (the last known if the store cannot be read now)."""
+        now = time.monotonic()
+        stale = [
+            a for a in arms if now - self._read_at.get(a, -1e18) >= self.cfg.bandit_refresh_ms / 1e3
+        ]
+        if stale:
+            try:
+                fresh = self._call(self.state.arms, stale)
+            except StateError:
+                fresh = None
+            if isinstance(fresh, dict):
+                with self._lock:
+                    for a in stale:
+                        if a in fresh:
+                            self._stats[a] = fresh[a]
+                        else:
+                            self._stats.pop(a, None)
+                        self._read_at[a] = now
+        with self._lock:
+            return LinearBandit(
+                {a: self._stats[a] for a in arms if a in self._stats}, self.settings
+            )
+
+    # -- the log --------------------------------------------------------------------------
+    def log(self, page: PageLog) -> None:
+        """Keep ``page`` (off the request path), with what it teaches when shown."""
+        updates: list[ArmUpdate] = []
+        if page.learn and page.user and self.cfg.bandit_learn_from == "served":
+            updates = [
+                ArmUpdate(
+                    arm(page.page_type, m.id), with_position(page.context, m.position), a_weight=1
+                )
+                for m in page.modules
+                if m.position >= 0
+            ]
+        self.writer.put((page, updates))
+
+    def _store(self, batch: list[_Logged]) -> None:
+        pages = [p for p, _ in batch]
+        updates = [u for _, us in batch for u in us]
+        self._call(self.state.log_pages, pages, updates, self.ttl_ms)
+        self._on_result("written", len(pages))
+
+    def _lost(self, batch: list[_Logged], why: str) -> None:
+        self._on_result(why, len(batch))
+
+    def page(self, request_id: str) -> PageLog | None:
+        """The logged page; one this process logged moments ago is waited for."""
+        got = self._call(self.state.page, request_id)
+        if got is None and self.writer.waiting:
+            at = _request_ms(request_id)
+            if at is not None and abs(time.time() * 1000 - at) < _RECENT_MS:
+                self.writer.flush()
+                got = self._call(self.state.page, request_id)
+        return got if isinstance(got, PageLog) else None
+
+    # -- what Track reports ---------------------------------------------------------------
+    def check(self, refs: Sequence[PageRef]) -> list[tuple[PageRef, PageLog]]:
+        """Each reference with its page, every one checked (RequestError names the first
+        wrong one)."""
+        pages: dict[str, PageLog | None] = {}
+        out: list[tuple[PageRef, PageLog]] = []
+        days = f"{self.cfg.page_log_days:g}"
+        for r in refs:
+            if r.request_id not in pages:
+                pages[r.request_id] = self.page(r.request_id)
+            page = pages[r.request_id]
+            if page is None:
+                raise RequestError(
+                    f"{r.where}.request_id",
+                    f"no page {r.request_id!r} is kept: not a Page answer's request_id, or "
+                    f"older than [serve] page_log_days ({days})",
+                )
+            if page.user and page.user != r.user:
+                raise RequestError(
+                    f"{r.where}.user_id", f"page {r.request_id!r} was shown to another user"
+                )
+            module = page.module(r.module)
+            if module is None or module.position < 0:
+                shown = [m.id for m in page.modules if m.position >= 0]
+                raise RequestError(
+                    f"{r.where}.module",
+                    f"page {r.request_id!r} showed no module {r.module!r} (it showed {shown})",
+                )
+            if r.item_id not in module.items:
+                raise RequestError(
+                    f"{r.where}.item_id",
+                    f"module {r.module!r} of page {r.request_id!r} did not show this item",
+                )
+            out.append((r, page))
+        return out
+
+    def feedback(self, checked: Sequence[tuple[PageRef, PageLog]]) -> tuple[int, int]:
+        """Mark what the events say of their pages and learn from it (module docstring);
+        returns how many clicks and impressions there were, and how many were new."""
+        todo: list[Feedback] = []
+        for r, page in checked:
+            module = page.module(r.module)
+            assert module is not None  # checked
+            kind = "click" if r.type in CLICKS else "impression" if r.type == "impression" else ""
+            if not kind:
+                continue
+            update = None
+            if page.learn and page.user:
+                x = with_position(page.context, module.position)
+                a_arm = arm(page.page_type, module.id)
+                if kind == "click":
+                    update = ArmUpdate(a_arm, x, b_weight=1.0)
+                elif self.cfg.bandit_learn_from == "impressions":
+                    update = ArmUpdate(a_arm, x, a_weight=1.0)
+            todo.append(Feedback(page.request_id, module.id, kind, update))
+        if not todo:
+            return 0, 0
+        return len(todo), int(self._call(self.state.page_feedback, todo))
+
+    def stats(self, arms: Sequence[str]) -> Mapping[str, ArmStats]:
+        """What this process knows of ``arms`` now (for Status and tests)."""
+        with self._lock:
+            return {a: self._stats[a] for a in arms if a in self._stats}
+
+    def close(self) -> None:
+        self.writer.close()
