@@ -113,19 +113,70 @@ def _add_page(sub: Sub) -> None:
         "policy chose, each with its items and the propensity of its place.",
     )
     _add_target(p)
-    p.add_argument("--user", required=True, help="the site's user id")
+    p.add_argument("--user", help="the site's user id (required)")
     p.add_argument(
         "--module",
-        required=True,
         nargs="+",
         metavar="ID=TYPE[:PARAM]",
-        help="the candidate modules, like for-you=recommended trending=trending "
+        help="the candidate modules (required), like for-you=recommended trending=trending "
         "horror=category:Horror more=similar:50 byw=because_you_watched",
     )
     p.add_argument("--k", type=int, default=5, help="items per module")
     p.add_argument("--page-type", default="home")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(handler=_page)
+    more = p.add_subparsers(dest="page_command", metavar="{evaluate}")
+    e = more.add_parser(
+        "evaluate",
+        help="estimate a page policy's click-through from a server's logged pages",
+        description="Off-policy evaluation: a page-ordering policy's clicked modules per "
+        "page (and module click-through) estimated with IPS, self-normalised IPS and doubly "
+        "robust estimators, with 95%% intervals, from the pages a server logged under a "
+        "random order, beside what each logged policy was observed to get.",
+    )
+    e.add_argument("log", help="the server's online state: sqlite:///PATH, PATH or redis://...")
+    e.add_argument("--policy", type=Path, required=True, help="the policy file (TOML)")
+    e.add_argument("--page-type", default="home")
+    e.add_argument("--logged", default="random", help="whose logged pages (default random)")
+    e.add_argument("--slots", type=int, default=None, help="evaluate the first N slots")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(handler=_page_evaluate)
+
+
+def _page_evaluate(args: argparse.Namespace) -> int:
+    from tailored.serve.page_evaluate import evaluate_log, read_policy
+    from tailored.serve.state import open_state
+
+    spec = read_policy(args.policy)
+    with open_state(args.log) as state:
+        out = evaluate_log(
+            state,
+            spec,
+            page_type=args.page_type,
+            logged=args.logged,
+            slots=args.slots,
+            seed=args.seed,
+        )
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    est = out["estimate"]
+    print(
+        f"policy {spec.policy} from {est['pages']} {args.logged!r} pages "
+        f"(effective {est['effective_pages']:.0f}), first {est['slots']} slots: "
+        "clicked modules per page"
+    )
+    for name in ("ips", "snips", "dr"):
+        v = est[name]
+        print(f"  {name:>5}: {v['value']:.4f}  [{v['low']:.4f}, {v['high']:.4f}]")
+    print("observed in the log:")
+    for policy, v in out["observed"].items():
+        print(
+            f"  {policy:>8}: {v['value']:.4f}  [{v['low']:.4f}, {v['high']:.4f}]  "
+            f"({v['pages']} pages)"
+        )
+    return 0
 
 
 def _page(args: argparse.Namespace) -> int:
@@ -133,6 +184,8 @@ def _page(args: argparse.Namespace) -> int:
 
     from tailored.serve.client import Client
 
+    if not args.user or not args.module:
+        raise TailoredError("page: --user and --module are required (or: page evaluate LOG)")
     modules = _page_modules(args.module)
     with Client(args.target, timeout=args.timeout) as client:
         resp = rpc(lambda: client.page(args.user, modules, args.k, page_type=args.page_type))

@@ -104,7 +104,8 @@ class Page:
     modules: list[PlacedModule]
     policy: str
     strategy: str  # the recommended list's strategy (or the first module's)
-    decisions: tuple[ShownModule, ...] = ()  # every candidate in the policy's order (the log)
+    # every candidate, in the request's order, with its slot in the policy's (the log)
+    decisions: tuple[ShownModule, ...] = ()
 
 
 def _order(
@@ -168,6 +169,7 @@ def build_page(
         decisions.append(
             ShownModule(spec.id, slot, position, propensity[slot], tuple(items.item_ids))
         )
+    decisions.sort(key=lambda m: order[m.slot])  # the log keeps the request's order
     return Page(placed, policy, strategy or "popular", tuple(decisions))
 
 

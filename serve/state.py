@@ -74,10 +74,10 @@ class RecordResult:
 
 @dataclass(frozen=True)
 class ShownModule:
-    """One candidate module of a logged page, in the policy's order: ``slot`` its place in
-    that order, ``position`` where the page showed it (-1: it had no items and was not
-    shown), ``propensity`` the policy's probability of choosing it there given the modules
-    above, ``items`` the item ids it showed."""
+    """One candidate module of a logged page (a page's are kept in the request's order):
+    ``slot`` its place in the policy's order, ``position`` where the page showed it (-1: it
+    had no items and was not shown), ``propensity`` the policy's probability of choosing it
+    there given the modules above, ``items`` the item ids it showed."""
 
     id: str
     slot: int

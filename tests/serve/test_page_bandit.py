@@ -59,12 +59,12 @@ def test_a_bandit_page_is_logged_with_its_decisions(running: Running) -> None:
     logged = running.service.pages.page(resp.request_id)  # waits for the writer's write
     assert logged is not None and logged.policy == "bandit" and logged.learn
     assert logged.user == running.service.pseudonym("6")
-    assert [m.id for m in logged.modules if m.position >= 0] == [m.id for m in resp.modules]
-    assert [m.propensity for m in logged.modules] == pytest.approx(
-        [m.propensity for m in resp.modules]
-    )
+    assert [m.id for m in logged.modules] == [m.id for m in MODULES]  # the request's order
+    by_slot = sorted(logged.modules, key=lambda m: m.slot)
+    assert [m.id for m in by_slot if m.position >= 0] == [m.id for m in resp.modules]
+    assert [m.propensity for m in by_slot] == pytest.approx([m.propensity for m in resp.modules])
     assert any(f.startswith("segment=") for f in logged.context)  # the user's segment
-    assert logged.modules[0].items == tuple(i.item_id for i in resp.modules[0].items)
+    assert by_slot[0].items == tuple(i.item_id for i in resp.modules[0].items)
 
 
 def test_a_click_teaches_its_module_once(running: Running) -> None:
