@@ -12,7 +12,8 @@ item with probability ``sigmoid(s(u, i, t) + click_bias)``, ``s`` being the plan
 that moment. Fatigue: an item the user was already shown ``n`` times is clicked with
 ``fatigue ** n`` of that probability. A click is followed by a view whose dwell grows with
 affinity, and sometimes by a purchase. Every impression, click, view and purchase goes back
-through ``Track``, stamped with its simulated time.
+through ``Track``, stamped with its simulated time; in page mode, an impression and a click
+name their page (its request id) and module, which is what a page's bandit learns from.
 
 Time: the simulated days end at the server's present (``Status.now_unix_ms`` when the admin
 token is at hand, else this machine's clock, or ``end`` when given), so that every event falls
@@ -67,6 +68,9 @@ class SimulationReport:
     # the same per experiment variant: "EXPERIMENT:VARIANT|MODULE" -> pages, clicks
     module_pages_by_variant: dict[str, int] = field(default_factory=dict)
     module_clicks_by_variant: dict[str, int] = field(default_factory=dict)
+    # per variant and simulated day: pages, and modules with a click ("EXPERIMENT:VARIANT|DAY")
+    pages_by_variant_day: dict[str, int] = field(default_factory=dict)
+    clicked_modules_by_variant_day: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_early: bool = False
     errors: dict[str, int] = field(default_factory=dict)
@@ -233,6 +237,14 @@ def simulate(
                 count("module_clicks", module_of[p])
                 for tag in tags:
                     count("module_clicks_by_variant", f"{tag}|{module_of[p]}")
+        if modules:
+            day = int((t - start_s) // _DAY_S)
+            hit = len({module_of[p] for p in np.flatnonzero(clicked).tolist()})
+            for tag in tags:
+                count("pages_by_variant_day", f"{tag}|{day}")
+                count("clicked_modules_by_variant_day", f"{tag}|{day}", hit)
+        # in page mode, every event names its page and module: the bandit learns from them
+        page_id = resp.request_id if modules else ""
         events = []
         for slot, item in enumerate(ids):
             seen[item] += 1
@@ -244,6 +256,8 @@ def simulate(
                     time_unix_ms=t_ms,
                     value=float(slot),
                     surface=surface,
+                    request_id=page_id,
+                    module=module_of[slot],
                 )
             )
         for p in np.flatnonzero(clicked).tolist():
@@ -261,7 +275,13 @@ def simulate(
             )
             events.append(
                 pb.Event(
-                    user_id=raw, item_id=ids[p], type=pb.CLICK, time_unix_ms=at, surface=surface
+                    user_id=raw,
+                    item_id=ids[p],
+                    type=pb.CLICK,
+                    time_unix_ms=at,
+                    surface=surface,
+                    request_id=page_id,
+                    module=module_of[p],
                 )
             )
             events.append(

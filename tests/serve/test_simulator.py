@@ -79,8 +79,9 @@ def test_simulated_users_see_pages_and_the_layout_is_an_experiment(
     site: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Page mode: each visit asks for four modules; the modules' order is an experiment's
-    variant (fixed against random); the report counts each module's pages, clicks and
-    positions, and the users scan modules top down."""
+    variant (fixed, random, the bandit); the report counts each module's pages, clicks and
+    positions, and the users scan modules top down; every module clicked on a page teaches
+    the bandit once."""
     from tailored.serve.v1 import personalization_pb2 as pb
     from tests.experiments.helpers import experiment_toml
 
@@ -91,7 +92,11 @@ def test_simulated_users_see_pages_and_the_layout_is_an_experiment(
             "layout",
             "page",
             "layout-1",
-            [("fixed", 0.5, {"page_policy": "fixed"}), ("random", 0.5, {"page_policy": "random"})],
+            [
+                ("fixed", 0.34, {"page_policy": "fixed"}),
+                ("random", 0.33, {"page_policy": "random"}),
+                ("bandit", 0.33, {"page_policy": "bandit"}),
+            ],
         )
     )
     modules = [
@@ -113,10 +118,21 @@ def test_simulated_users_see_pages_and_the_layout_is_an_experiment(
             concurrency=2,
             modules=modules,
         )
+        running.service.pages.writer.flush()
+        arms = running.service.state.arms([f"home:{m.id}" for m in modules])
+        logged = list(running.service.state.pages())
     finally:
         running.stop()
     assert report.failed_recommend == report.failed_track == 0 and report.requests > 200
-    assert set(report.assignments) == {"layout:fixed", "layout:random"}
+    assert set(report.assignments) == {"layout:fixed", "layout:random", "layout:bandit"}
+    # each page's clicked modules taught the bandit once: the arms' click counts add up
+    clicked = sum(report.clicked_modules_by_variant_day.values())
+    assert clicked > 0 and sum(a.clicks for a in arms.values()) == pytest.approx(clicked)
+    assert len(logged) == report.requests
+    shown = sum(m.position >= 0 for g in logged for m in g.modules)  # a module may be empty
+    assert sum(a.shown for a in arms.values()) == pytest.approx(shown) and shown > report.requests
+    assert sum(len(g.clicked) for g in logged) == clicked
+    assert sum(report.pages_by_variant_day.values()) == report.requests
     assert set(report.module_pages) <= {m.id for m in modules}
     assert report.module_pages["for-you"] == report.module_pages["trending"] == report.requests
     assert sum(report.module_clicks.values()) == report.events["click"] > 0
