@@ -138,6 +138,18 @@ def _events(args: argparse.Namespace) -> Callable[[Collection[str] | None], Iter
     return read
 
 
+def _pages(args: argparse.Namespace) -> Iterator[Any]:
+    """The server's logged pages as the analysis reads them (time, variants, modules shown,
+    modules clicked)."""
+    from tailored.paths import tailored_home
+    from tailored.serve.state import open_state
+
+    with open_state(args.state or str(tailored_home() / "serve" / "state.db")) as state:
+        for g in state.pages():
+            shown = [m for m in g.modules if m.position >= 0]
+            yield g.time_ms, g.variants, len(shown), sum(m.id in g.clicked for m in shown)
+
+
 def _status(args: argparse.Namespace) -> int:
     from tailored.experiments import load_experiments
     from tailored.experiments.analysis import EXPOSURE, exposed_users
@@ -156,7 +168,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from tailored.experiments import load_experiments
-    from tailored.experiments.analysis import analyze
+    from tailored.experiments.analysis import analyze, page_modules
     from tailored.experiments.report import render_html
     from tailored.paths import write_text_atomic
 
@@ -170,6 +182,9 @@ def _report(args: argparse.Namespace) -> int:
         planned_n=args.planned_users,
         segments=_segments_of(args.segments) if args.segments is not None else None,
     )
+    pages = page_modules(e.name, _pages(args))  # an experiment on the page's layout
+    if pages:
+        result["pages"] = pages
     if args.html is not None:
         write_text_atomic(args.html, render_html(result))
     if args.json:
@@ -178,6 +193,12 @@ def _report(args: argparse.Namespace) -> int:
     print(f"{e.name}: {result['status']}, {result['users']:,} users over {result['days']:.1f} days")
     for verdict in result["verdicts"]:
         print(f"  {verdict}")
+    for variant, v in result.get("pages", {}).get("variants", {}).items():
+        low, high = v["ci"]
+        print(
+            f"  module click-through, {variant}: {v['click_through']:.4f} "
+            f"[{low:.4f}, {high:.4f}] over {v['pages']:,} pages"
+        )
     if args.html is not None:
         print(f"wrote {args.html}")
     return 0

@@ -140,6 +140,9 @@ def _add_page(sub: Sub) -> None:
     e.add_argument("--logged", default="random", help="whose logged pages (default random)")
     e.add_argument("--slots", type=int, default=None, help="evaluate the first N slots")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--since-ms", type=int, default=0, help="only pages shown from this time (unix ms) on"
+    )
     e.add_argument("--json", action="store_true")
     e.set_defaults(handler=_page_evaluate)
 
@@ -157,6 +160,7 @@ def _page_evaluate(args: argparse.Namespace) -> int:
             logged=args.logged,
             slots=args.slots,
             seed=args.seed,
+            since_ms=args.since_ms,
         )
     if args.json:
         print(json.dumps(out, indent=1))
@@ -229,6 +233,8 @@ def _add_track(sub: Sub) -> None:
     p.add_argument("--type", default="click", help="impression|click|view|rating|purchase")
     p.add_argument("--value", type=float, default=0.0, help="rating, dwell seconds or amount")
     p.add_argument("--surface", default="home")
+    p.add_argument("--request-id", default="", help="the page the event happened on")
+    p.add_argument("--module", default="", help="the module of that page it concerns")
     p.set_defaults(handler=_track)
 
 
@@ -247,6 +253,8 @@ def _track(args: argparse.Namespace) -> int:
             type=kind,  # type: ignore[arg-type]
             value=args.value,
             surface=args.surface,
+            request_id=args.request_id,
+            module=args.module,
         )
         for item in args.item
     ]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from tailored.experiments.config import Experiment
 from tailored.experiments.stats import (
@@ -50,6 +51,7 @@ __all__ = [
     "analyze",
     "difference_shown",
     "exposed_users",
+    "page_modules",
     "per_user",
 ]
 
@@ -399,4 +401,54 @@ def _daily(
                     "fixed_significant": got["plain"]["significant"],
                 }
         out.append(row)
+    return out
+
+
+# a logged page: its time (ms), the user's variants there ("EXPERIMENT:VARIANT"), the modules
+# it showed and how many of them had a click
+PageRow = tuple[int, Sequence[str], int, int]
+
+
+def page_modules(experiment: str, pages: Iterable[PageRow], alpha: float = 0.05) -> dict[str, Any]:
+    """The module click-through of each of ``experiment``'s variants on the pages it served
+    (a module clicked when any of its items was; per variant, clicked modules over modules
+    shown, with an interval by the delta method over pages), overall and by day since its
+    first page; ``{}`` when no page names the experiment. Pages of one user are not
+    independent: the per-user analysis (:func:`analyze`) is what decides."""
+    prefix = f"{experiment}:"
+    rows: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for time_ms, variants, shown, clicked in pages:
+        for tag in variants:
+            if tag.startswith(prefix):
+                rows[tag[len(prefix) :]].append((int(time_ms), int(shown), int(clicked)))
+    if not rows:
+        return {}
+    start = min(t for r in rows.values() for t, _, _ in r)
+    z = float(special.ndtri(1 - alpha / 2))
+    out: dict[str, Any] = {"variants": {}, "daily": []}
+    daily: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    for variant, r in sorted(rows.items()):
+        a = np.array(r, np.float64)
+        shown, clicked = a[:, 1], a[:, 2]
+        ctr = float(clicked.sum() / max(shown.sum(), 1.0))
+        resid = (clicked - ctr * shown) / max(float(shown.mean()), 1e-12)
+        half = z * float(resid.std(ddof=1)) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
+        out["variants"][variant] = {
+            "pages": len(r),
+            "modules_shown": int(shown.sum()),
+            "clicked_modules": int(clicked.sum()),
+            "clicked_modules_per_page": float(clicked.mean()),
+            "click_through": ctr,
+            "ci": [ctr - half, ctr + half],
+        }
+        for t, n, c in r:
+            cell = daily[(t - start) // _DAY_MS][variant]
+            cell[0] += 1
+            cell[1] += n
+            cell[2] += c
+    for day in sorted(daily):
+        row: dict[str, Any] = {"day": int(day) + 1}
+        for variant, (n_pages, n, c) in daily[day].items():
+            row[variant] = {"pages": n_pages, "click_through": c / n if n else None}
+        out["daily"].append(row)
     return out

@@ -149,6 +149,7 @@ CUPED: the variance removed using each user's same metric before exposure.</p>
 {_metric_rows(result)}</table>
 <h2>Cumulative lift in clicks per user</h2>{_chart(result)}
 {_segment_section(result.get("segments"))}
+{_page_section(result.get("pages"))}
 </body></html>
 """
 
@@ -179,4 +180,67 @@ def _segment_section(seg: dict[str, Any] | None) -> str:
         "<th>95% interval (fixed)</th><th>called (Bonferroni)</th></tr>"
         + "".join(rows)
         + "</table>"
+    )
+
+
+_COLOURS = ("#08519c", "#e6550d", "#31a354", "#756bb1", "#636363", "#d6616b")
+
+
+def _page_section(pages: dict[str, Any] | None) -> str:
+    """The module click-through of each variant: a table, and a line per variant by day."""
+    if not pages:
+        return ""
+    variants = list(pages["variants"])
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{v['pages']:,}</td>"
+        f"<td>{v['clicked_modules_per_page']:.3f}</td><td>{v['click_through']:.4f}</td>"
+        f"<td>{_ci(v['ci'], pct=False)}</td></tr>"
+        for name, v in pages["variants"].items()
+    )
+    lines = {
+        name: [
+            (row["day"], row[name]["click_through"])
+            for row in pages["daily"]
+            if name in row and row[name]["click_through"] is not None
+        ]
+        for name in variants
+    }
+    points = [p for ps in lines.values() for p in ps]
+    chart = "<p class='muted'>Not enough days for the chart yet.</p>"
+    if len({d for d, _ in points}) > 1:
+        days = max(d for d, _ in points)
+        lo = 0.0
+        hi = max(v for _, v in points) * 1.1 or 1.0
+
+        def x(day: float) -> float:
+            return _PAD + (day - 1) / max(days - 1, 1) * (_W - 2 * _PAD)
+
+        def y(v: float) -> float:
+            return _H - _PAD - (v - lo) / (hi - lo) * (_H - 2 * _PAD)
+
+        paths = "".join(
+            f"<polyline points='{' '.join(f'{x(d):.1f},{y(v):.1f}' for d, v in ps)}' "
+            f"fill='none' stroke='{_COLOURS[i % len(_COLOURS)]}' stroke-width='2'/>"
+            f"<text x='{_W - _PAD + 4}' y='{y(ps[-1][1]) + 4:.1f}' "
+            f"fill='{_COLOURS[i % len(_COLOURS)]}'>{html.escape(name)}</text>"
+            for i, (name, ps) in enumerate(lines.items())
+            if ps
+        )
+        ticks = "".join(
+            f"<text x='{_PAD - 6}' y='{y(v) + 4:.1f}' text-anchor='end'>{v:.3f}</text>"
+            for v in (lo, hi / 2, hi)
+        )
+        chart = (
+            f"<svg viewBox='0 0 {_W + 60} {_H}' width='{_W + 60}' height='{_H}' role='img' "
+            "aria-label='module click-through by day and variant'>"
+            f"{paths}{ticks}<text x='{_W / 2}' y='{_H - 8}' text-anchor='middle'>day 1 to "
+            f"{days}: module click-through (modules clicked / modules shown)</text></svg>"
+        )
+    return (
+        "<h2>Page modules</h2><p class='muted'>A module is clicked on a page when any of its "
+        "items is. The interval treats pages as independent, which a user's many pages are "
+        "not: decide on the per-user metrics above.</p>"
+        "<table><tr><th>variant</th><th>pages</th><th>clicked modules per page</th>"
+        "<th>module click-through</th><th>95% interval</th></tr>"
+        f"{rows}</table>{chart}"
     )

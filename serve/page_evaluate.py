@@ -126,15 +126,18 @@ def evaluate_log(
     logged: str = "random",
     slots: int | None = None,
     seed: int = 0,
+    since_ms: int = 0,
 ) -> dict[str, Any]:
     """Estimate ``spec``'s value from the ``logged`` policy's pages of ``page_type`` in
-    ``state`` (module docstring)."""
+    ``state`` shown at ``since_ms`` or later (module docstring)."""
     if logged == "fixed":
         raise TailoredError(
             "--logged fixed: the fixed order explores nothing, so its pages say nothing of "
             "another order; log a random order (an experiment variant) to evaluate from"
         )
-    every = [p for p in state.pages() if p.page_type == page_type and p.user]
+    every = [
+        p for p in state.pages() if p.page_type == page_type and p.user and p.time_ms >= since_ms
+    ]
     pages = [p for p in every if p.policy == logged and p.modules]
     if not pages:
         seen = sorted({p.policy for p in every})

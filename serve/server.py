@@ -403,6 +403,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
                     learn=req.personalized and bool(variant.get("page_learn", s.cfg.bandit_learn)),
                     context=features,
                     modules=page.decisions,
+                    variants=tuple(f"{a.experiment}:{a.variant}" for a in prepared.assigned),
                 )
             )
         return pb.PageResponse(

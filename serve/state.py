@@ -93,7 +93,8 @@ class PageLog:
     ("" for a user without personalization consent: the page is learned from by no one);
     ``context`` the features the policy saw, position aside
     (:mod:`tailored.experiments.bandit`); ``learn`` whether its clicks teach the bandit;
-    ``clicked`` and ``seen``, as read back, the modules with a click and an impression."""
+    ``clicked`` and ``seen``, as read back, the modules with a click and an impression;
+    ``variants`` the user's experiment variants on the page ("EXPERIMENT:VARIANT")."""
 
     request_id: str
     user: str
@@ -105,6 +106,7 @@ class PageLog:
     modules: tuple[ShownModule, ...]
     clicked: frozenset[str] = frozenset()
     seen: frozenset[str] = frozenset()
+    variants: tuple[str, ...] = ()
 
     def module(self, module_id: str) -> ShownModule | None:
         return next((m for m in self.modules if m.id == module_id), None)
@@ -120,6 +122,7 @@ class PageLog:
             "l": self.learn,
             "x": dict(self.context),
             "m": [[m.id, m.slot, m.position, m.propensity, list(m.items)] for m in self.modules],
+            "v": list(self.variants),
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
@@ -140,6 +143,7 @@ class PageLog:
             ),
             clicked=frozenset(clicked),
             seen=frozenset(seen),
+            variants=tuple(str(v) for v in d.get("v", ())),
         )
 
 

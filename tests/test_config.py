@@ -65,6 +65,13 @@ def test_serve_config_defaults_validate_and_bad_values_name_the_key() -> None:
         ("index_search", {"nprobe": 0}, "index_search.nprobe: must be a positive integer"),
         ("processes", 0, "processes: must be > 0"),
         ("reload_wait_seconds", 0, "reload_wait_seconds: must be > 0"),
+        ("page_policy", "greedy", "page_policy"),
+        ("bandit_exploration", "ucb", "bandit_exploration"),
+        ("bandit_epsilon", 1.5, r"bandit_epsilon: must be in \[0, 1\]"),
+        ("bandit_ridge", 0, "bandit_ridge: must be > 0"),
+        ("page_log_days", 0, "page_log_days: must be > 0"),
+        ("bandit_learn_from", "views", "bandit_learn_from"),
+        ("bandit_features", ["segment", "device"], "'device' is not 'segment'"),
     ]:
         with pytest.raises(ConfigError, match=words):
             load_serve_config(overrides={key: value})

@@ -145,3 +145,47 @@ def test_the_lift_by_segment_finds_where_it_is_and_states_the_caveat() -> None:
     page = render_html(result)
     assert "By user segment" in page and "1: Horror" in page and "Bonferroni" in page
     assert analyze(exp, lifted, now_ms=START_MS + 8 * DAY)["segments"] is None
+
+
+def test_page_modules_counts_each_variants_click_through_by_day() -> None:
+    from tailored.experiments.analysis import page_modules
+    from tailored.experiments.report import render_html
+
+    day = 86_400_000
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4032):  # 144 pages a day, half each
+        variant = ("fixed", "bandit")[(i // 14) % 2]
+        p = 0.10 if variant == "fixed" else 0.15
+        clicked = int(rng.binomial(5, p))
+        rows.append((1_000 + (i % 14) * day, (f"layout:{variant}", "other:x"), 5, clicked))
+    rows.append((1_000, ("unrelated:a",), 5, 5))  # another experiment's page: not counted
+    out = page_modules("layout", rows)
+    assert set(out["variants"]) == {"bandit", "fixed"}
+    fixed, bandit = out["variants"]["fixed"], out["variants"]["bandit"]
+    assert fixed["pages"] == bandit["pages"] == 2016 and fixed["modules_shown"] == 10_080
+    assert fixed["ci"][0] < 0.10 < fixed["ci"][1] and bandit["ci"][0] < 0.15 < bandit["ci"][1]
+    assert fixed["ci"][1] < bandit["ci"][0]  # 20,000 modules tell 10% from 15%
+    assert [row["day"] for row in out["daily"]] == list(range(1, 15))
+    assert sum(row["fixed"]["pages"] for row in out["daily"]) == 2016
+    assert page_modules("nothing", rows) == {}
+    result = {
+        "experiment": "layout",
+        "layer": "page",
+        "status": "running",
+        "users": 0,
+        "days": 14.0,
+        "now": "now",
+        "alpha": 0.05,
+        "srm": None,
+        "variants": {},
+        "verdicts": [],
+        "control": "fixed",
+        "metrics": {},
+        "daily": [],
+        "pages": out,
+    }
+    page = render_html(result)
+    assert "Page modules" in page and page.count("<polyline") == 2
