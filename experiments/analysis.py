@@ -429,15 +429,15 @@ def page_modules(experiment: str, pages: Iterable[PageRow], alpha: float = 0.05)
     daily: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
     for variant, r in sorted(rows.items()):
         a = np.array(r, np.float64)
-        shown, clicked = a[:, 1], a[:, 2]
-        ctr = float(clicked.sum() / max(shown.sum(), 1.0))
-        resid = (clicked - ctr * shown) / max(float(shown.mean()), 1e-12)
+        n_shown, n_clicked = a[:, 1], a[:, 2]
+        ctr = float(n_clicked.sum() / max(n_shown.sum(), 1.0))
+        resid = (n_clicked - ctr * n_shown) / max(float(n_shown.mean()), 1e-12)
         half = z * float(resid.std(ddof=1)) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
         out["variants"][variant] = {
             "pages": len(r),
-            "modules_shown": int(shown.sum()),
-            "clicked_modules": int(clicked.sum()),
-            "clicked_modules_per_page": float(clicked.mean()),
+            "modules_shown": int(n_shown.sum()),
+            "clicked_modules": int(n_clicked.sum()),
+            "clicked_modules_per_page": float(n_clicked.mean()),
             "click_through": ctr,
             "ci": [ctr - half, ctr + half],
         }
