@@ -148,14 +148,14 @@ def test_the_lift_by_segment_finds_where_it_is_and_states_the_caveat() -> None:
 
 
 def test_page_modules_counts_each_variants_click_through_by_day() -> None:
-    from tailored.experiments.analysis import page_modules
+    import numpy as np
+
+    from tailored.experiments.analysis import PageRow, page_modules
     from tailored.experiments.report import render_html
 
     day = 86_400_000
-    import numpy as np
-
     rng = np.random.default_rng(0)
-    rows = []
+    rows: list[PageRow] = []
     for i in range(4032):  # 144 pages a day, half each
         variant = ("fixed", "bandit")[(i // 14) % 2]
         p = 0.10 if variant == "fixed" else 0.15
