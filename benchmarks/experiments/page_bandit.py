@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "offpolicy_fixed": fixed_result,
             "online_inside_interval": inside,
         },
-        "report": str(html_path.relative_to(RESULTS.parent)),
+        "report": html_path.name,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(a.out, out)
