@@ -105,6 +105,8 @@ class PageLearner:
         self._lock = threading.Lock()
         self._stats: dict[str, ArmStats] = {}
         self._read_at: dict[str, float] = {}
+        self._changed = 0  # counts reads that changed any arm's statistics
+        self._bandits: dict[tuple[str, ...], tuple[int, LinearBandit]] = {}
         self.writer: GroupWriter[_Logged] = GroupWriter("page-log", self._store, self._lost)
 
     # -- the policy -----------------------------------------------------------------------

@@ -6,9 +6,14 @@ Each of ``--concurrency`` client threads (one connection each) alternates, for r
 of the site, a ``Recommend`` of ``--k`` items and a ``Page`` of six modules of ``--k`` items
 each (recommended, trending, because you watched, similar to a popular item, and two
 categories: the largest attribute value and a middling one), for ``--seconds`` after a
-warm-up. Both RPCs meet the same machine at the same time; their latencies are reported
-side by side. In process, each module's source is also timed alone (the Recommender's calls,
-no gRPC), to say where a page's time goes.
+warm-up. The server runs an experiment that orders half the users' pages by the site's
+order (``fixed``) and half by the contextual bandit (``bandit``, epsilon-greedy over the
+user's segment), so that a page's ordering policy is timed beside the other in the same run;
+during the warm-up each page's first module gets a click through ``Track``, which gives the
+bandit statistics to solve. All RPCs meet the same machine at the same time; their latencies
+are reported side by side (pages by the policy that answered). In process, each module's
+source is also timed alone (the Recommender's calls, no gRPC), and the bandit's ordering of
+six modules, to say where a page's time goes.
 
     python -m benchmarks.serving.page_latency        # writes results/page_latency.json
 """
@@ -35,6 +40,7 @@ from benchmarks.serving._procs import ServerProcess, _serving_port
 from benchmarks.serving.serve_load import _args as serve_load_args
 from benchmarks.serving.serve_load import sizes_of
 from tailored.paths import write_json_atomic
+from tests.experiments.helpers import experiment_toml
 
 __all__ = ["main"]
 
@@ -83,7 +89,10 @@ def _in_process(version: Path, users: list[str], modules: list[Any], k: int) -> 
     now = float(rec.bundle.last_event_time)
     specs = [ModuleSpec(m.id, m.type, m.param) for m in modules]
     times: dict[str, list[float]] = {name: [] for name in [s.id for s in specs]}
-    times["page"], times["recommend"] = [], []
+    times["page"], times["recommend"], times["bandit_order"] = [], [], []
+    bandit = _taught_bandit(specs)
+    rng = np.random.default_rng(0)
+    arms = [f"home:{s.id}" for s in specs]
     for u in users:
         req = Request(user=key(u), k=k, surface="home", time=now, personalized=True)
         for spec in specs:
@@ -96,23 +105,57 @@ def _in_process(version: Path, users: list[str], modules: list[Any], k: int) -> 
         t0 = time.perf_counter()
         rec.recommend(replace(req))
         times["recommend"].append((time.perf_counter() - t0) * 1000)
+        context = {"bias": 1.0, f"segment={rec.segments_id}:{rec.segment(req.user)}": 1.0}
+        t0 = time.perf_counter()
+        bandit.order(arms, context, rng)
+        times["bandit_order"].append((time.perf_counter() - t0) * 1000)
     return {name: round(float(np.median(v)), 3) for name, v in times.items()}
 
 
+def _taught_bandit(specs: Sequence[Any]) -> Any:
+    """A bandit over the modules with statistics from 20,000 random pages of 8 segments."""
+    from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, with_position
+
+    rng = np.random.default_rng(1)
+    a: dict[str, dict[tuple[str, str], float]] = {}
+    b: dict[str, dict[str, float]] = {}
+    for _ in range(20_000):
+        ctx = {"bias": 1.0, f"segment=x:{int(rng.integers(8))}": 1.0}
+        for pos, j in enumerate(rng.permutation(len(specs))):
+            arm, x = f"home:{specs[j].id}", with_position(ctx, pos)
+            for key, v in ArmStats.outer(x).items():
+                a.setdefault(arm, {})[key] = a.setdefault(arm, {}).get(key, 0.0) + v
+            if rng.random() < 0.2:
+                for f, v in x.items():
+                    b.setdefault(arm, {})[f] = b.setdefault(arm, {}).get(f, 0.0) + v
+    stats = {arm: ArmStats(a[arm], b.get(arm, {})) for arm in a}
+    return LinearBandit(stats, BanditSettings(exploration="epsilon", epsilon=0.1))
+
+
 def _load(
-    target: str, users: list[str], modules: list[Any], k: int, seconds: float, threads: int
+    target: str,
+    users: list[str],
+    modules: list[Any],
+    k: int,
+    seconds: float,
+    threads: int,
+    *,
+    teach: bool = False,
 ) -> dict[str, np.ndarray]:
+    """Recommend and Page alternated; pages timed by the policy that ordered them. With
+    ``teach``, a click on each page's first module (not timed)."""
     from tailored.serve.v1 import personalization_pb2 as pb
     from tailored.serve.v1 import personalization_pb2_grpc as pb_grpc
 
-    got: dict[str, list[float]] = {"recommend": [], "page": []}
+    names = ("recommend", "page_fixed", "page_bandit")
+    got: dict[str, list[float]] = {name: [] for name in names}
     lock = threading.Lock()
 
     def client(i: int) -> None:
         channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         stub = pb_grpc.PersonalizationStub(channel)
         rng = np.random.default_rng(i)
-        mine: dict[str, list[float]] = {"recommend": [], "page": []}
+        mine: dict[str, list[float]] = {name: [] for name in names}
         deadline = time.perf_counter() + seconds
         turn = i % 2 == 0
         while time.perf_counter() < deadline:
@@ -120,12 +163,23 @@ def _load(
             t0 = time.perf_counter()
             if turn:
                 stub.Recommend(pb.RecommendRequest(user_id=user, k=k, surface="home"), timeout=30)
+                mine["recommend"].append((time.perf_counter() - t0) * 1000)
             else:
-                stub.Page(
+                resp = stub.Page(
                     pb.PageRequest(user_id=user, page_type="home", modules=modules, k=k),
                     timeout=30,
                 )
-            mine["recommend" if turn else "page"].append((time.perf_counter() - t0) * 1000)
+                mine[f"page_{resp.policy}"].append((time.perf_counter() - t0) * 1000)
+                if teach and resp.modules:
+                    top = resp.modules[0]
+                    click = pb.Event(
+                        user_id=user,
+                        item_id=top.items[0].item_id,
+                        type=pb.CLICK,
+                        request_id=resp.request_id,
+                        module=top.id,
+                    )
+                    stub.Track(pb.TrackRequest(events=[click]), timeout=30)
             turn = not turn
         channel.close()
         with lock:
@@ -138,6 +192,15 @@ def _load(
     for w in workers:
         w.join()
     return {name: np.array(xs) for name, xs in got.items()}
+
+
+def _median_difference_ci(a: np.ndarray, b: np.ndarray, n: int = 2000) -> list[float]:
+    """A bootstrap 95% interval of median(b) - median(a), ms."""
+    if not len(a) or not len(b):
+        return []
+    rng = np.random.default_rng(0)
+    d = [np.median(rng.choice(b, len(b))) - np.median(rng.choice(a, len(a))) for _ in range(n)]
+    return [round(float(np.percentile(d, 2.5)), 3), round(float(np.percentile(d, 97.5)), 3)]
 
 
 def _stats(x: np.ndarray) -> dict[str, Any]:
@@ -166,11 +229,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"  in process (ms, median): {in_process}", flush=True)
     with tempfile.TemporaryDirectory(prefix="page-latency.") as d:
         tmp = Path(d)
+        layout = tmp / "experiments.toml"
+        layout.write_text(
+            experiment_toml(
+                "layout",
+                "page",
+                "latency-1",
+                [
+                    ("fixed", 0.5, {"page_policy": "fixed"}),
+                    ("bandit", 0.5, {"page_policy": "bandit"}),
+                ],
+            )
+        )
         cmd = [sys.executable, "-m", "tailored.cli", "serve", str(version), "--port", "0"]
         cmd += ["--state", f"sqlite:///{tmp / 'state.db'}", "--clock", "bundle", "--no-watch"]
+        cmd += ["--experiments", str(layout)]
         server = ServerProcess(cmd, tmp / "server.log", env(), _serving_port).wait_ready(900)
         try:
-            _load(server.target, users, modules, a.k, a.warmup, a.concurrency)
+            _load(server.target, users, modules, a.k, a.warmup, a.concurrency, teach=True)
             got = _load(server.target, users, modules, a.k, a.seconds, a.concurrency)
         finally:
             server.stop()
@@ -182,14 +258,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "items": int(built.info.get("items", 0)) or None,
         "modules": [{"id": m.id, "type": m.type, "param": m.param} for m in modules],
         "recommend": _stats(got["recommend"]),
-        "page": _stats(got["page"]),
+        "page": _stats(np.concatenate([got["page_fixed"], got["page_bandit"]])),
+        "page_fixed": _stats(got["page_fixed"]),
+        "page_bandit": _stats(got["page_bandit"]),
         "page_over_recommend_p50": round(
-            float(np.median(got["page"]) / np.median(got["recommend"])), 2
+            float(
+                np.median(np.concatenate([got["page_fixed"], got["page_bandit"]]))
+                / np.median(got["recommend"])
+            ),
+            2,
+        ),
+        "bandit_over_fixed_p50_ms": round(
+            float(np.median(got["page_bandit"]) - np.median(got["page_fixed"])), 3
+        ),
+        "bandit_over_fixed_p50_ms_ci95": _median_difference_ci(
+            got["page_fixed"], got["page_bandit"]
         ),
         "in_process_ms": in_process,
     }
     write_json_atomic(a.out, out)
-    print(f"  recommend: {out['recommend']}\n  page: {out['page']}")
+    print(
+        f"  recommend: {out['recommend']}\n  page (fixed): {out['page_fixed']}\n"
+        f"  page (bandit): {out['page_bandit']}"
+    )
     print(f"wrote {a.out}")
     return out
 

@@ -159,3 +159,36 @@ def test_a_click_on_one_replica_changes_the_others_policy(
     finally:
         a.stop()
         b.stop()
+
+
+def test_learning_from_impressions_counts_a_module_shown_when_the_site_says_so(
+    serve_bundle: Path, tmp_path: Path
+) -> None:
+    r = Running(
+        serve_bundle,
+        tmp_path / "s.db",
+        page_policy="bandit",
+        bandit_learn_from="impressions",
+        bandit_refresh_ms=0,
+    )
+    try:
+        resp = r.client.page("6", MODULES, k=3)
+        r.service.pages.writer.flush()
+        assert r.service.state.arms(ARMS) == {}  # served, but not yet seen
+        shown = resp.modules[1]
+        seen = pb.Event(
+            user_id="6",
+            item_id=shown.items[0].item_id,
+            type=pb.IMPRESSION,
+            request_id=resp.request_id,
+            module=shown.id,
+        )
+        r.client.track([seen, seen])  # twice in one call: seen once
+        stats = r.service.state.arms(ARMS)
+        assert set(stats) == {arm("home", shown.id)}
+        assert stats[arm("home", shown.id)].shown == pytest.approx(1.0)
+        assert stats[arm("home", shown.id)].a[("position=1", "position=1")] == pytest.approx(1.0)
+        logged = r.service.pages.page(resp.request_id)
+        assert logged is not None and logged.seen == {shown.id} and logged.clicked == frozenset()
+    finally:
+        r.stop()
