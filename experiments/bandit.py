@@ -1,17 +1,26 @@
 """A linear contextual bandit that orders a page's modules (``[serve] page_policy =
-"bandit"``), in the form that lets every replica learn together: per module (an *arm*), the
-sufficient statistics of a ridge regression of the module's click (1 if any of its items was
+"bandit"``), in the form that lets every replica learn together: the sufficient statistics
+of one ridge regression per page type, of a module's click (1 if any of its items was
 clicked, else 0) on named features, ``A = sum x x^T`` and ``b = sum r x``, kept in the online
 store, where additions are atomic (:class:`ArmStats`; ``tailored.serve.state``).
 
-Features are names with values (``{"bias": 1, "segment=3f2a:5": 1, "device=mobile": 1,
-"position=0": 1}``): the user's segment, the request's context and profile fields chosen in
-``[serve] bandit_features``, and the position the module is shown at. A name that was never
-seen adds nothing. Each arm has its own weights (a disjoint model, LinUCB's), so what a
-module *is* (its type, its category) is carried by its arm rather than by shared features.
+The features of module ``m`` (of type ``t``) shown at position ``p`` to a request whose
+context features are ``c`` (:func:`module_features`):
+
+* ``m|f`` for each ``f`` in ``c``: the module's own weights (``m|bias``, ``m|segment=...``);
+* ``type=t|f`` for each ``f`` in ``c``: weights shared by the modules of one type, so that
+  what is learned of one category row carries to another, and to a new one;
+* ``position=p``: one weight per position, shared by every module.
+
+The request's features ``c`` are ``bias``, the user's segment and the context and profile
+fields chosen in ``[serve] bandit_features`` (:func:`tailored.serve.page.page_features`). The
+position weights being shared is what lets the model learn from a module shown low on a page
+what it would do at the top: with a weight per module and position (LinUCB's disjoint model)
+a module the policy keeps low is never seen at the top often enough to rise. A name never
+seen adds nothing.
 
 Ordering (:meth:`LinearBandit.order`) fills the page top down: at slot ``s`` each remaining
-module is scored ``theta . x(context, position=s)`` (``theta = (ridge I + A)^-1 b``, the
+module is scored ``theta . x(module, position=s)`` (``theta = (ridge I + A)^-1 b``, the
 expected click-through there), and one is drawn by the exploration rule:
 
 * ``epsilon``: the best with probability ``1 - epsilon``, else one uniformly;
@@ -36,8 +45,9 @@ __all__ = [
     "ArmStats",
     "BanditSettings",
     "LinearBandit",
+    "Module",
+    "module_features",
     "position_feature",
-    "with_position",
 ]
 
 EXPLORATIONS = ("epsilon", "softmax", "thompson")
@@ -49,27 +59,37 @@ def position_feature(position: int) -> str:
     return f"position={position}" if position < _LAST_POSITION else f"position={_LAST_POSITION}+"
 
 
-def with_position(context: Mapping[str, float], position: int) -> dict[str, float]:
-    """The features of a module shown at ``position`` to a request with ``context``."""
-    return {**context, position_feature(position): 1.0}
+Module = tuple[str, str]  # a module's id and type
+
+
+def module_features(
+    module: Module, context: Mapping[str, float], position: int
+) -> dict[str, float]:
+    """The features of ``module`` shown at ``position`` to a request with ``context`` (the
+    module docstring)."""
+    name, kind = module
+    x = {f"{name}|{f}": v for f, v in context.items()}
+    x.update({f"type={kind}|{f}": v for f, v in context.items()})
+    x[position_feature(position)] = 1.0
+    return x
 
 
 @dataclass(frozen=True)
 class ArmStats:
-    """One arm's sufficient statistics: ``a[(f, g)]`` (f <= g: the upper triangle) and
-    ``b[f]`` by feature name; ``shown`` and ``clicks`` how many updates each had (the
-    count of ``bias``)."""
+    """One model's sufficient statistics (a page type's): ``a[(f, g)]`` (f <= g: the upper
+    triangle) and ``b[f]`` by feature name."""
 
     a: Mapping[tuple[str, str], float] = field(default_factory=dict)
     b: Mapping[str, float] = field(default_factory=dict)
 
-    @property
-    def shown(self) -> float:
-        return float(self.a.get(("bias", "bias"), 0.0))
+    def shown(self, module: str) -> float:
+        """How many times ``module`` was counted shown (the count of its bias feature)."""
+        key = f"{module}|bias"
+        return float(self.a.get((key, key), 0.0))
 
-    @property
-    def clicks(self) -> float:
-        return float(self.b.get("bias", 0.0))
+    def clicks(self, module: str) -> float:
+        """How many times ``module`` was counted clicked."""
+        return float(self.b.get(f"{module}|bias", 0.0))
 
     @staticmethod
     def outer(x: Mapping[str, float], weight: float = 1.0) -> dict[tuple[str, str], float]:
@@ -128,61 +148,80 @@ def _fit(stats: ArmStats, ridge: float) -> _Fit:
 
 
 class LinearBandit:
-    """Ordering by a linear model per arm from :class:`ArmStats` (module docstring). The
-    statistics are solved once, at construction; build a new one to follow the store."""
+    """Ordering by the linear model of one page type's :class:`ArmStats` (module
+    docstring). The statistics are solved once, at construction; build a new one to follow
+    the store. ``modules`` are (id, type) pairs throughout."""
 
-    def __init__(self, stats: Mapping[str, ArmStats], settings: BanditSettings) -> None:
+    def __init__(self, stats: ArmStats | None, settings: BanditSettings) -> None:
         settings.check()
         self.settings = settings
-        self.stats = dict(stats)
-        self._fits = {arm: _fit(s, settings.ridge) for arm, s in self.stats.items()}
+        self.stats = stats or ArmStats()
+        self._fit = _fit(self.stats, settings.ridge)
 
-    def _design(self, arm: str, x: Mapping[str, float]) -> tuple[_Fit | None, np.ndarray]:
-        fit = self._fits.get(arm)
-        if fit is None:
-            return None, np.zeros(0)
-        v = np.zeros(len(fit.index))
+    def _design(self, x: Mapping[str, float]) -> np.ndarray:
+        v = np.zeros(len(self._fit.index))
         for f, value in x.items():
-            i = fit.index.get(f)
+            i = self._fit.index.get(f)
             if i is not None:
                 v[i] = value
-        return fit, v
+        return v
 
-    def score(self, arm: str, x: Mapping[str, float]) -> float:
-        """The expected click-through of ``arm`` with features ``x`` (0 for an arm never
+    def score(self, module: Module, context: Mapping[str, float], position: int) -> float:
+        """The expected click-through of ``module`` at ``position`` (0 for what was never
         seen: what the ridge prior says)."""
-        fit, v = self._design(arm, x)
-        return float(fit.theta @ v) if fit is not None else 0.0
+        return float(self._fit.theta @ self._design(module_features(module, context, position)))
+
+    def _designs(
+        self, modules: Sequence[Module], context: Mapping[str, float], position: int
+    ) -> np.ndarray:
+        return np.stack(
+            [self._design(module_features(m, context, position)) for m in modules]
+        ).reshape(len(modules), len(self._fit.index))
 
     def _draws(
-        self, arms: Sequence[str], x: Mapping[str, float], n: int, rng: np.random.Generator
+        self,
+        modules: Sequence[Module],
+        context: Mapping[str, float],
+        position: int,
+        n: int,
+        rng: np.random.Generator,
     ) -> np.ndarray:
-        """Scores under ``n`` posterior draws: [n, len(arms)]."""
-        out = np.zeros((n, len(arms)))
-        for j, arm in enumerate(arms):
-            fit, v = self._design(arm, x)
-            if fit is None:  # the prior: N(0, scale^2 / ridge) whatever the features
-                sd = self.settings.scale * float(np.sqrt(sum(f * f for f in x.values())))
-                out[:, j] = rng.standard_normal(n) * sd / np.sqrt(self.settings.ridge)
-                continue
-            spread = fit.chol.T @ v  # the score's posterior sd is |chol^T v|
-            out[:, j] = fit.theta @ v + self.settings.scale * float(
-                np.linalg.norm(spread)
-            ) * rng.standard_normal(n)
-        return out
+        """Scores under ``n`` draws of the weights from the posterior: [n, len(modules)]."""
+        x = self._designs(modules, context, position)
+        d = len(self._fit.index)
+        # features never seen have the prior N(0, 1 / ridge): what they add is drawn apart
+        unseen = np.array(
+            [
+                sum(
+                    v * v
+                    for f, v in module_features(m, context, position).items()
+                    if f not in self._fit.index
+                )
+                for m in modules
+            ]
+        )
+        mean = x @ self._fit.theta if d else np.zeros(len(modules))
+        z = rng.standard_normal((n, d))
+        draws = mean[None, :] + self.settings.scale * (z @ self._fit.chol.T @ x.T if d else 0.0)
+        prior = self.settings.scale * np.sqrt(unseen / self.settings.ridge)
+        return draws + rng.standard_normal((n, len(modules))) * prior[None, :]
 
     def probabilities(
-        self, arms: Sequence[str], x_at: Mapping[str, float], rng: np.random.Generator
+        self,
+        modules: Sequence[Module],
+        context: Mapping[str, float],
+        position: int,
+        rng: np.random.Generator,
     ) -> np.ndarray:
-        """The probability of each of ``arms`` being chosen at one slot, where each has the
-        features ``x_at`` (float64 [len(arms)], summing to 1)."""
-        n = len(arms)
+        """The probability of each of ``modules`` being chosen at ``position`` (float64,
+        summing to 1)."""
+        n = len(modules)
         s = self.settings
         if s.exploration == "thompson":
-            draws = self._draws(arms, x_at, s.thompson_samples, rng)
+            draws = self._draws(modules, context, position, s.thompson_samples, rng)
             wins = np.bincount(draws.argmax(1), minlength=n).astype(np.float64)
             return wins / wins.sum()
-        scores = np.array([self.score(a, x_at) for a in arms])
+        scores = self._designs(modules, context, position) @ self._fit.theta
         if s.exploration == "softmax":
             z = np.exp((scores - scores.max()) / s.temperature)
             return z / z.sum()
@@ -191,21 +230,21 @@ class LinearBandit:
         return p
 
     def order(
-        self, arms: Sequence[str], context: Mapping[str, float], rng: np.random.Generator
+        self, modules: Sequence[Module], context: Mapping[str, float], rng: np.random.Generator
     ) -> tuple[list[int], list[float]]:
-        """An order of ``arms`` (indices) and each choice's propensity given those above."""
-        left = list(range(len(arms)))
+        """An order of ``modules`` (indices) and each choice's propensity given those
+        above."""
+        left = list(range(len(modules)))
         order: list[int] = []
         propensity: list[float] = []
-        for slot in range(len(arms)):
-            x = with_position(context, slot)
+        for slot in range(len(modules)):
+            here = [modules[i] for i in left]
             if self.settings.exploration == "thompson":  # a draw decides; its odds estimated
-                draw = self._draws([arms[i] for i in left], x, 1, rng)[0]
-                pick = int(draw.argmax())
-                p = self.probabilities([arms[i] for i in left], x, rng)
+                pick = int(self._draws(here, context, slot, 1, rng)[0].argmax())
+                p = self.probabilities(here, context, slot, rng)
                 prob = max(float(p[pick]), 1.0 / self.settings.thompson_samples)
             else:
-                p = self.probabilities([arms[i] for i in left], x, rng)
+                p = self.probabilities(here, context, slot, rng)
                 pick = int(rng.choice(len(left), p=p))
                 prob = float(p[pick])
             order.append(left.pop(pick))
@@ -214,28 +253,28 @@ class LinearBandit:
 
     def marginals(
         self,
-        arms: Sequence[str],
+        modules: Sequence[Module],
         context: Mapping[str, float],
         rng: np.random.Generator,
         samples: int = 200,
     ) -> np.ndarray:
-        """``P[s, j]``: the probability that the policy puts arm ``j`` at slot ``s``, by
-        ``samples`` orders drawn (exact for a policy that does not explore)."""
-        n = len(arms)
+        """``P[s, j]``: the probability that the policy puts module ``j`` at slot ``s``, by
+        ``samples`` orders drawn (one for a policy that does not explore)."""
+        n = len(modules)
         if self.settings.exploration == "epsilon" and self.settings.epsilon == 0.0:
             samples = 1
         counts = np.zeros((n, n))
-        # per slot, the scores of every arm there: the draws share them (not for thompson)
-        if self.settings.exploration == "thompson":
-            for _ in range(samples):
-                order, _ = self.order(arms, context, rng)
-                counts[np.arange(n), order] += 1
-            return counts / samples
-        scores = np.array(
-            [[self.score(a, with_position(context, s)) for a in arms] for s in range(n)]
-        )
-        taken = np.zeros((samples, n), bool)
         rows = np.arange(samples)
+        if self.settings.exploration == "thompson":  # a draw per slot, as order() does
+            taken = np.zeros((samples, n), bool)
+            for s in range(n):
+                draws = self._draws(modules, context, s, samples, rng)
+                pick = np.where(taken, -np.inf, draws).argmax(1)
+                counts[s] += np.bincount(pick, minlength=n)
+                taken[rows, pick] = True
+            return counts / samples
+        scores = np.stack([self._designs(modules, context, s) @ self._fit.theta for s in range(n)])
+        taken = np.zeros((samples, n), bool)
         for s in range(n):
             if self.settings.exploration == "softmax":
                 z = (scores[s] - scores[s].max()) / self.settings.temperature
@@ -247,7 +286,7 @@ class LinearBandit:
                 w[rows, best] += 1.0 - self.settings.epsilon
             w = w / w.sum(1, keepdims=True)
             pick = (w.cumsum(1) < rng.random((samples, 1))).sum(1).clip(0, n - 1)
-            # a rounding that lands on a taken arm: the next free one
+            # a rounding that lands on a taken module: the first free one
             pick = np.where(taken[rows, pick], np.where(~taken, np.arange(n), n).min(1), pick)
             counts[s] += np.bincount(pick, minlength=n)
             taken[rows, pick] = True

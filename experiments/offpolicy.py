@@ -37,7 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, with_position
+from tailored.experiments.bandit import (
+    ArmStats,
+    BanditSettings,
+    LinearBandit,
+    Module,
+    module_features,
+)
 
 __all__ = ["LoggedPage", "evaluate", "interval", "reward_model"]
 
@@ -46,13 +52,13 @@ Marginals = Callable[["LoggedPage"], np.ndarray]  # [n, n]: P[slot, candidate]
 
 @dataclass(frozen=True)
 class LoggedPage:
-    """One logged page: ``arms`` its candidates (the request's order), ``context`` the
-    features the policy saw, ``chosen[s]`` the candidate at slot ``s``, ``mu[s]`` the logging
-    policy's marginal probability of that, ``rewards[s]`` 1 if that slot's module was
-    clicked."""
+    """One logged page: ``modules`` its candidates, (id, type) in the request's order,
+    ``context`` the features the policy saw, ``chosen[s]`` the candidate at slot ``s``,
+    ``mu[s]`` the logging policy's marginal probability of that, ``rewards[s]`` 1 if that
+    slot's module was clicked."""
 
     key: str
-    arms: tuple[str, ...]
+    modules: tuple[Module, ...]
     context: Mapping[str, float]
     chosen: tuple[int, ...]
     mu: tuple[float, ...]
@@ -68,28 +74,22 @@ def interval(terms: np.ndarray) -> dict[str, float]:
 
 
 def reward_model(pages: Sequence[LoggedPage], ridge: float = 1.0) -> LinearBandit:
-    """A ridge regression per arm of the click on the features at the logged slot."""
-    a: dict[str, dict[tuple[str, str], float]] = {}
-    b: dict[str, dict[str, float]] = {}
+    """The bandit's ridge regression of the click on the features at the logged slot."""
+    a: dict[tuple[str, str], float] = {}
+    b: dict[str, float] = {}
     for p in pages:
         for slot, (j, r) in enumerate(zip(p.chosen, p.rewards, strict=True)):
-            x = with_position(p.context, slot)
-            arm = p.arms[j]
-            aa = a.setdefault(arm, {})
+            x = module_features(p.modules[j], p.context, slot)
             for key, v in ArmStats.outer(x).items():
-                aa[key] = aa.get(key, 0.0) + v
+                a[key] = a.get(key, 0.0) + v
             if r:
-                bb = b.setdefault(arm, {})
                 for f, v in x.items():
-                    bb[f] = bb.get(f, 0.0) + r * v
-    stats = {arm: ArmStats(a[arm], b.get(arm, {})) for arm in a}
-    return LinearBandit(stats, BanditSettings(epsilon=0.0, ridge=ridge))
+                    b[f] = b.get(f, 0.0) + r * v
+    return LinearBandit(ArmStats(a, b), BanditSettings(epsilon=0.0, ridge=ridge))
 
 
 def _predictions(model: LinearBandit, p: LoggedPage, slots: int) -> np.ndarray:
-    return np.array(
-        [[model.score(arm, with_position(p.context, s)) for arm in p.arms] for s in range(slots)]
-    )
+    return np.array([[model.score(m, p.context, s) for m in p.modules] for s in range(slots)])
 
 
 def evaluate(

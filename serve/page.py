@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tailored.experiments.bandit import LinearBandit
+from tailored.experiments.bandit import LinearBandit, Module
 from tailored.serve.recommender import Recommendation, Recommender, Request
 from tailored.serve.state import ShownModule
 
@@ -48,8 +48,8 @@ __all__ = [
     "ModuleSpec",
     "Page",
     "PlacedModule",
-    "arm",
     "build_page",
+    "model_key",
     "page_features",
 ]
 
@@ -58,9 +58,9 @@ NEEDS_PARAM = frozenset({"similar", "category"})
 PAGE_POLICIES = ("fixed", "random", "bandit")
 
 
-def arm(page_type: str, module_id: str) -> str:
-    """The bandit's arm of a module: the site's module id on its page type."""
-    return f"{page_type}:{module_id}"
+def model_key(page_type: str) -> str:
+    """Where the bandit of a page type keeps its statistics (one model per page type)."""
+    return page_type
 
 
 def page_features(rec: Recommender, req: Request, chosen: Sequence[str]) -> dict[str, float]:
@@ -110,13 +110,13 @@ class Page:
 
 def _order(
     policy: str,
-    arms: Sequence[str],
+    modules: Sequence[Module],
     rng: np.random.Generator,
     bandit: LinearBandit | None,
     features: Mapping[str, float],
 ) -> tuple[list[int], list[float]]:
     """The modules' order and each one's propensity at its place."""
-    n = len(arms)
+    n = len(modules)
     if policy == "fixed":
         return list(range(n)), [1.0] * n
     if policy == "random":
@@ -124,7 +124,7 @@ def _order(
     if policy == "bandit":
         if bandit is None:
             raise ValueError("the bandit policy needs the bandit's statistics")
-        return bandit.order(arms, features, rng)
+        return bandit.order(modules, features, rng)
     raise ValueError(f"unknown page policy {policy!r}; known: {list(PAGE_POLICIES)}")
 
 
@@ -139,15 +139,16 @@ def build_page(
     before_module: Callable[[str], None] = lambda module: None,
     bandit: LinearBandit | None = None,
     features: Mapping[str, float] | None = None,
-    page_type: str = "",
 ) -> Page:
-    """Order ``modules`` by ``policy`` (``bandit``: with ``bandit`` over ``features``, the
-    arms named by ``page_type``) and fill each with ``req.k`` items (see the module
-    docstring); ``before_module(id)`` runs before each is filled (the server's deadline
-    check, which may raise)."""
-    arms = [arm(page_type, m.id) for m in modules]
+    """Order ``modules`` by ``policy`` (``bandit``: with ``bandit`` over ``features``) and
+    fill each with ``req.k`` items (see the module docstring); ``before_module(id)`` runs
+    before each is filled (the server's deadline check, which may raise)."""
     order, propensity = _order(
-        policy, arms, rng or np.random.default_rng(), bandit, features or {"bias": 1.0}
+        policy,
+        [(m.id, m.type) for m in modules],
+        rng or np.random.default_rng(),
+        bandit,
+        features or {"bias": 1.0},
     )
     placed: list[PlacedModule] = []
     decisions: list[ShownModule] = []
@@ -159,7 +160,7 @@ def build_page(
         ask = replace(req, exclude=frozenset(req.exclude) | shown)
         items = _fill(rec, ask, spec, unavailable)
         if not items.item_ids:
-            decisions.append(ShownModule(spec.id, slot, -1, propensity[slot], ()))
+            decisions.append(ShownModule(spec.id, slot, -1, propensity[slot], (), spec.type))
             continue
         if spec.type == "recommended" or not strategy:
             strategy = items.strategy
@@ -167,7 +168,7 @@ def build_page(
         position = len(placed)
         placed.append(PlacedModule(spec, items, position, propensity[slot]))
         decisions.append(
-            ShownModule(spec.id, slot, position, propensity[slot], tuple(items.item_ids))
+            ShownModule(spec.id, slot, position, propensity[slot], tuple(items.item_ids), spec.type)
         )
     decisions.sort(key=lambda m: order[m.slot])  # the log keeps the request's order
     return Page(placed, policy, strategy or "popular", tuple(decisions))

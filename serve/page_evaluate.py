@@ -34,7 +34,7 @@ import numpy as np
 from tailored.errors import TailoredError
 from tailored.experiments.bandit import BanditSettings, LinearBandit
 from tailored.experiments.offpolicy import LoggedPage, evaluate, interval, reward_model
-from tailored.serve.page import PAGE_POLICIES, arm
+from tailored.serve.page import PAGE_POLICIES, model_key
 from tailored.serve.state import OnlineState, PageLog
 
 __all__ = ["PolicySpec", "evaluate_log", "read_policy"]
@@ -92,18 +92,17 @@ def read_policy(path: Path) -> PolicySpec:
 
 
 def _logged(page: PageLog, slots: int) -> LoggedPage:
-    arms = tuple(arm(page.page_type, m.id) for m in page.modules)
+    modules = tuple((m.id, m.type) for m in page.modules)
     by_slot = sorted(range(len(page.modules)), key=lambda i: page.modules[i].slot)
-    n = len(arms)
+    n = len(modules)
     chosen, mu, rewards = [], [], []
-    for s, i in enumerate(by_slot[:slots]):
+    for i in by_slot[:slots]:
         m = page.modules[i]
         chosen.append(i)
         mu.append(1.0 / n if page.policy == "random" else m.propensity)  # slot 0: marginal
         rewards.append(1.0 if m.position >= 0 and m.id in page.clicked else 0.0)
-        del s
     return LoggedPage(
-        page.request_id, arms, dict(page.context), tuple(chosen), tuple(mu), tuple(rewards)
+        page.request_id, modules, dict(page.context), tuple(chosen), tuple(mu), tuple(rewards)
     )
 
 
@@ -157,7 +156,7 @@ def evaluate_log(
         raise TailoredError(f"--slots: must be in 1..{n_max}, got {slots}")
     rows = [_logged(p, slots) for p in pages]
     rng = np.random.default_rng(seed)
-    target = _target(state, spec, rows, rng)
+    target = _target(state, spec, rows, rng, page_type)
     result = evaluate(rows, target, slots=slots, ridge=spec.settings.ridge)
     return {
         "policy": {"policy": spec.policy, **vars(spec.settings), "statistics": spec.statistics},
@@ -173,21 +172,25 @@ def evaluate_log(
 
 
 def _target(
-    state: OnlineState, spec: PolicySpec, rows: Sequence[LoggedPage], rng: np.random.Generator
+    state: OnlineState,
+    spec: PolicySpec,
+    rows: Sequence[LoggedPage],
+    rng: np.random.Generator,
+    page_type: str,
 ) -> Any:
     if spec.policy == "fixed":
-        return lambda p: np.eye(len(p.arms))
+        return lambda p: np.eye(len(p.modules))
     if spec.policy == "random":
-        return lambda p: np.full((len(p.arms), len(p.arms)), 1.0 / len(p.arms))
+        return lambda p: np.full((len(p.modules), len(p.modules)), 1.0 / len(p.modules))
     if spec.statistics == "store":
-        arms = sorted({a for p in rows for a in p.arms})
-        bandit = LinearBandit(state.arms(arms), spec.settings)
-        return lambda p: bandit.marginals(p.arms, p.context, rng, spec.samples)
+        key = model_key(page_type)
+        bandit = LinearBandit(state.arms([key]).get(key), spec.settings)
+        return lambda p: bandit.marginals(p.modules, p.context, rng, spec.samples)
     # fitted on the log: each half of the pages ordered by the bandit of the other half
     halves = [[p for p in rows if zlib.crc32(p.key.encode()) % 2 != k] for k in (0, 1)]
     bandits = [
         LinearBandit(reward_model(h, spec.settings.ridge).stats, spec.settings) for h in halves
     ]
     return lambda p: bandits[zlib.crc32(p.key.encode()) % 2].marginals(
-        p.arms, p.context, rng, spec.samples
+        p.modules, p.context, rng, spec.samples
     )

@@ -16,9 +16,9 @@ impression of a module its ``x x^T`` to ``A`` (:meth:`PageLearner.feedback`). Ea
 in the store in the same step as its update, so a retried Track teaches nothing twice.
 Only pages of users with personalization consent, whose policy learns, teach anything.
 
-The arms' statistics are shared by every replica on one store (additions are atomic); a
-process reads them again at most every ``[serve] bandit_refresh_ms`` (the last known while
-the store is unreachable).
+The statistics (one model per page type) are shared by every replica on one store
+(additions are atomic); a process reads them again at most every ``[serve]
+bandit_refresh_ms`` (the last known while the store is unreachable).
 
 Request ids of pages start with the time in milliseconds (12 hex digits), so that a Track
 for a page this process logged moments ago, still in the writer's queue, waits for the
@@ -31,14 +31,14 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tailored.config import ServeConfig
-from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, with_position
+from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, module_features
 from tailored.serve.background import GroupWriter
-from tailored.serve.page import arm
+from tailored.serve.page import model_key
 from tailored.serve.recommender import RequestError
 from tailored.serve.state import ArmUpdate, Feedback, OnlineState, PageLog, StateError
 
@@ -103,37 +103,34 @@ class PageLearner:
         self._call = call or (lambda fn, *a, **kw: fn(*a, **kw))
         self._on_result = on_result
         self._lock = threading.Lock()
-        self._stats: dict[str, ArmStats] = {}
+        self._stats: dict[str, ArmStats] = {}  # by page type, as last read
         self._read_at: dict[str, float] = {}
-        self._changed = 0  # counts reads that changed any arm's statistics
-        self._bandits: dict[tuple[str, ...], tuple[int, LinearBandit]] = {}
+        self._bandits: dict[str, LinearBandit] = {}
         self.writer: GroupWriter[_Logged] = GroupWriter("page-log", self._store, self._lost)
 
     # -- the policy -----------------------------------------------------------------------
-    def bandit(self, arms: Sequence[str]) -> LinearBandit:
-        """The bandit over ``arms`` as the store had them at most ``bandit_refresh_ms``
+    def bandit(self, page_type: str) -> LinearBandit:
+        """The bandit of ``page_type`` as the store had it at most ``bandit_refresh_ms``
         ago (the last known if the store cannot be read now)."""
+        key = model_key(page_type)
         now = time.monotonic()
-        stale = [
-            a for a in arms if now - self._read_at.get(a, -1e18) >= self.cfg.bandit_refresh_ms / 1e3
-        ]
-        if stale:
+        if now - self._read_at.get(key, -1e18) >= self.cfg.bandit_refresh_ms / 1e3:
             try:
-                fresh = self._call(self.state.arms, stale)
+                fresh = self._call(self.state.arms, [key])
             except StateError:
                 fresh = None
             if isinstance(fresh, dict):
                 with self._lock:
-                    for a in stale:
-                        if a in fresh:
-                            self._stats[a] = fresh[a]
-                        else:
-                            self._stats.pop(a, None)
-                        self._read_at[a] = now
+                    self._read_at[key] = now
+                    if fresh.get(key) != self._stats.get(key) or key not in self._bandits:
+                        stats = fresh.get(key, ArmStats())
+                        self._stats[key] = stats
+                        self._bandits[key] = LinearBandit(stats, self.settings)  # solved once
         with self._lock:
-            return LinearBandit(
-                {a: self._stats[a] for a in arms if a in self._stats}, self.settings
-            )
+            bandit = self._bandits.get(key)
+            if bandit is None:  # never read (the store is down): the prior
+                bandit = self._bandits[key] = LinearBandit(None, self.settings)
+            return bandit
 
     # -- the log --------------------------------------------------------------------------
     def log(self, page: PageLog) -> None:
@@ -142,7 +139,9 @@ class PageLearner:
         if page.learn and page.user and self.cfg.bandit_learn_from == "served":
             updates = [
                 ArmUpdate(
-                    arm(page.page_type, m.id), with_position(page.context, m.position), a_weight=1
+                    model_key(page.page_type),
+                    module_features((m.id, m.type), page.context, m.position),
+                    a_weight=1,
                 )
                 for m in page.modules
                 if m.position >= 0
@@ -216,21 +215,21 @@ class PageLearner:
                 continue
             update = None
             if page.learn and page.user:
-                x = with_position(page.context, module.position)
-                a_arm = arm(page.page_type, module.id)
+                x = module_features((module.id, module.type), page.context, module.position)
+                key = model_key(page.page_type)
                 if kind == "click":
-                    update = ArmUpdate(a_arm, x, b_weight=1.0)
+                    update = ArmUpdate(key, x, b_weight=1.0)
                 elif self.cfg.bandit_learn_from == "impressions":
-                    update = ArmUpdate(a_arm, x, a_weight=1.0)
+                    update = ArmUpdate(key, x, a_weight=1.0)
             todo.append(Feedback(page.request_id, module.id, kind, update))
         if not todo:
             return 0, 0
         return len(todo), int(self._call(self.state.page_feedback, todo))
 
-    def stats(self, arms: Sequence[str]) -> Mapping[str, ArmStats]:
-        """What this process knows of ``arms`` now (for Status and tests)."""
+    def stats(self, page_type: str) -> ArmStats | None:
+        """What this process knows of ``page_type``'s bandit now (for tests)."""
         with self._lock:
-            return {a: self._stats[a] for a in arms if a in self._stats}
+            return self._stats.get(model_key(page_type))
 
     def close(self) -> None:
         self.writer.close()

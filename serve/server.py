@@ -46,7 +46,7 @@ from tailored.serve.edge import (
 from tailored.serve.experiments import ExposureWriter, ServedExperiments, load_served
 from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
-from tailored.serve.page import arm, build_page, page_features
+from tailored.serve.page import build_page, page_features
 from tailored.serve.page_learning import PageLearner, new_request_id
 from tailored.serve.recommender import Recommender, Request, RequestError
 from tailored.serve.state import PERSONALIZATION, OnlineState, PageLog, StateError, StoredEvent
@@ -375,9 +375,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         req, variant = prepared.request, prepared.request.variant
         policy = str(variant.get("page_policy", s.cfg.page_policy))
         features = page_features(prepared.rec, req, s.cfg.bandit_features)
-        bandit = None
-        if policy == "bandit":
-            bandit = s.pages.bandit([arm(args.surface, m.id) for m in modules])
+        bandit = s.pages.bandit(args.surface) if policy == "bandit" else None
         _check_deadline(context, "ranking")
         page = build_page(
             prepared.rec,
@@ -388,7 +386,6 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             before_module=lambda module: _check_deadline(context, f"module {module}"),
             bandit=bandit,
             features=features,
-            page_type=args.surface,
         )
         _check_deadline(context, "answering")
         request_id = new_request_id()

@@ -77,13 +77,15 @@ class ShownModule:
     """One candidate module of a logged page (a page's are kept in the request's order):
     ``slot`` its place in the policy's order, ``position`` where the page showed it (-1: it
     had no items and was not shown), ``propensity`` the policy's probability of choosing it
-    there given the modules above, ``items`` the item ids it showed."""
+    there given the modules above, ``items`` the item ids it showed, ``type`` its source
+    (``recommended``, ``category``...)."""
 
     id: str
     slot: int
     position: int
     propensity: float
     items: tuple[str, ...]
+    type: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,10 @@ class PageLog:
             "p": self.policy,
             "l": self.learn,
             "x": dict(self.context),
-            "m": [[m.id, m.slot, m.position, m.propensity, list(m.items)] for m in self.modules],
+            "m": [
+                [m.id, m.slot, m.position, m.propensity, list(m.items), m.type]
+                for m in self.modules
+            ],
             "v": list(self.variants),
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -138,8 +143,8 @@ class PageLog:
             learn=bool(d["l"]),
             context={str(k): float(v) for k, v in d["x"].items()},
             modules=tuple(
-                ShownModule(str(i), int(s), int(pos), float(p), tuple(items))
-                for i, s, pos, p, items in d["m"]
+                ShownModule(str(i), int(s), int(pos), float(p), tuple(items), str(kind))
+                for i, s, pos, p, items, kind in d["m"]
             ),
             clicked=frozenset(clicked),
             seen=frozenset(seen),

@@ -10,7 +10,8 @@ users scan modules top down with position bias and click items by their planted 
 
 Phase 1 (``--days``, 14): one ``tailored serve`` runs experiment ``layout``, a third each:
 ``fixed`` (the editorial order), ``random`` (a uniform order) and ``bandit`` (``[serve]
-page_policy = "bandit"``, epsilon-greedy at 0.1 over the user's segment and the position).
+page_policy = "bandit"``, epsilon-greedy at 0.1 over the user's segment, the module and its
+type, and the position).
 Only the bandit's own pages teach it (``page_learn = false`` on the others), so it learns
 from a third of the traffic, as it would deployed beside the others. Reported: each
 variant's module click-through (modules clicked / modules shown) with intervals, by day

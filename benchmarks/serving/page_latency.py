@@ -92,7 +92,7 @@ def _in_process(version: Path, users: list[str], modules: list[Any], k: int) -> 
     times["page"], times["recommend"], times["bandit_order"] = [], [], []
     bandit = _taught_bandit(specs)
     rng = np.random.default_rng(0)
-    arms = [f"home:{s.id}" for s in specs]
+    pairs = [(s.id, s.type) for s in specs]
     for u in users:
         req = Request(user=key(u), k=k, surface="home", time=now, personalized=True)
         for spec in specs:
@@ -105,31 +105,35 @@ def _in_process(version: Path, users: list[str], modules: list[Any], k: int) -> 
         t0 = time.perf_counter()
         rec.recommend(replace(req))
         times["recommend"].append((time.perf_counter() - t0) * 1000)
-        context = {"bias": 1.0, f"segment={rec.segments_id}:{rec.segment(req.user)}": 1.0}
+        context = {"bias": 1.0, f"segment=x:{rec.segment(req.user)}": 1.0}
         t0 = time.perf_counter()
-        bandit.order(arms, context, rng)
+        bandit.order(pairs, context, rng)
         times["bandit_order"].append((time.perf_counter() - t0) * 1000)
     return {name: round(float(np.median(v)), 3) for name, v in times.items()}
 
 
 def _taught_bandit(specs: Sequence[Any]) -> Any:
     """A bandit over the modules with statistics from 20,000 random pages of 8 segments."""
-    from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, with_position
+    from tailored.experiments.bandit import (
+        ArmStats,
+        BanditSettings,
+        LinearBandit,
+        module_features,
+    )
 
     rng = np.random.default_rng(1)
-    a: dict[str, dict[tuple[str, str], float]] = {}
-    b: dict[str, dict[str, float]] = {}
+    a: dict[tuple[str, str], float] = {}
+    b: dict[str, float] = {}
     for _ in range(20_000):
         ctx = {"bias": 1.0, f"segment=x:{int(rng.integers(8))}": 1.0}
         for pos, j in enumerate(rng.permutation(len(specs))):
-            arm, x = f"home:{specs[j].id}", with_position(ctx, pos)
+            x = module_features((specs[j].id, specs[j].type), ctx, pos)
             for key, v in ArmStats.outer(x).items():
-                a.setdefault(arm, {})[key] = a.setdefault(arm, {}).get(key, 0.0) + v
+                a[key] = a.get(key, 0.0) + v
             if rng.random() < 0.2:
                 for f, v in x.items():
-                    b.setdefault(arm, {})[f] = b.setdefault(arm, {}).get(f, 0.0) + v
-    stats = {arm: ArmStats(a[arm], b.get(arm, {})) for arm in a}
-    return LinearBandit(stats, BanditSettings(exploration="epsilon", epsilon=0.1))
+                    b[f] = b.get(f, 0.0) + v
+    return LinearBandit(ArmStats(a, b), BanditSettings(exploration="epsilon", epsilon=0.1))
 
 
 def _load(

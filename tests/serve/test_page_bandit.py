@@ -11,8 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tailored.experiments.bandit import with_position
-from tailored.serve.page import arm
+from tailored.experiments.bandit import ArmStats, module_features
 from tailored.serve.redis_state import RedisState
 from tailored.serve.v1 import personalization_pb2 as pb
 from tests.serve.helpers import Running, with_prefix
@@ -24,7 +23,11 @@ MODULES = [
     pb.PageModule(id="trending", type="trending"),
     pb.PageModule(id="horror", type="category", param="Horror"),
 ]
-ARMS = [arm("home", m.id) for m in MODULES]
+TYPES = {m.id: m.type for m in MODULES}
+
+
+def _stats(r: Running) -> ArmStats:
+    return r.service.state.arms(["home"]).get("home", ArmStats())
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +73,19 @@ def test_a_bandit_page_is_logged_with_its_decisions(running: Running) -> None:
 def test_a_click_teaches_its_module_once(running: Running) -> None:
     resp = running.client.page("7", MODULES, k=4)
     running.service.pages.writer.flush()
-    before = running.service.state.arms(ARMS)
+    before = _stats(running)
     top = resp.modules[0].id
     assert running.client.track([_click("7", resp, top)]).accepted == 1
-    after = running.service.state.arms(ARMS)
-    key = arm("home", top)
+    after = _stats(running)
     logged = running.service.pages.page(resp.request_id)
     assert logged is not None and logged.clicked == {top}
-    x = with_position(logged.context, 0)
-    assert after[key].b["position=0"] == pytest.approx(before[key].b.get("position=0", 0) + 1)
-    assert after[key].clicks == pytest.approx(before[key].clicks + 1)
-    assert set(after[key].b) >= set(x)
+    x = module_features((top, TYPES[top]), logged.context, 0)
+    assert after.b["position=0"] == pytest.approx(before.b.get("position=0", 0) + 1)
+    assert after.clicks(top) == pytest.approx(before.clicks(top) + 1)
+    assert set(after.b) >= set(x) and f"type={TYPES[top]}|bias" in x
     # a retry (or a second click on the module): stored as an event, learned from no more
     assert running.client.track([_click("7", resp, top)]).accepted == 1
-    assert running.service.state.arms(ARMS)[key].clicks == pytest.approx(after[key].clicks)
+    assert _stats(running).clicks(top) == pytest.approx(after.clicks(top))
 
 
 @pytest.mark.parametrize(
@@ -101,7 +103,7 @@ def test_an_event_naming_what_the_page_never_showed_is_refused_and_nothing_is_le
 ) -> None:
     resp = running.client.page("9", MODULES, k=4)
     running.service.pages.writer.flush()
-    before = running.service.state.arms(ARMS)
+    before = _stats(running)
     user_before = running.service.state.user(running.service.pseudonym("9"), 1000).events
     good = _click("9", resp, resp.modules[0].id)
     bad = _click(change.pop("user_id", "9"), resp, resp.modules[0].id, **change)
@@ -109,7 +111,7 @@ def test_an_event_naming_what_the_page_never_showed_is_refused_and_nothing_is_le
         running.client.track([good, bad])
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert argument in str(e.value.details()) and words in str(e.value.details())
-    assert running.service.state.arms(ARMS) == before  # nothing learned, the good one neither
+    assert _stats(running) == before  # nothing learned, the good one neither
     assert running.service.state.user(running.service.pseudonym("9"), 1000).events == user_before
     logged = running.service.pages.page(resp.request_id)
     assert logged is not None and logged.clicked == frozenset()
@@ -121,10 +123,10 @@ def test_without_consent_a_page_teaches_nothing(running: Running) -> None:
     logged = running.service.pages.page(resp.request_id)
     assert logged is not None and logged.user == "" and not logged.learn
     assert not any(f.startswith("segment=") for f in logged.context)  # the context alone
-    before = running.service.state.arms(ARMS)
+    before = _stats(running)
     result = running.client.track([_click("11", resp, resp.modules[0].id)])
     assert result.dropped == 1
-    assert running.service.state.arms(ARMS) == before
+    assert _stats(running) == before
 
 
 def test_a_click_on_one_replica_changes_the_others_policy(
@@ -146,16 +148,16 @@ def test_a_click_on_one_replica_changes_the_others_policy(
         resp = a.client.page("6", MODULES, k=3)
         a.service.pages.writer.flush()
         top = resp.modules[0].id
-        seen_by_b = b.service.pages.bandit(ARMS)
+        seen_by_b = b.service.pages.bandit("home")
         logged = b.service.pages.page(resp.request_id)  # the other replica finds the page
         assert logged is not None
-        x = with_position(logged.context, 0)
-        before = seen_by_b.score(arm("home", top), x)
+        before = seen_by_b.score((top, TYPES[top]), logged.context, 0)
         # the click reaches replica b; replica a's next page reads what it taught
         assert b.client.track([_click("6", resp, top)]).accepted == 1
-        after = a.service.pages.bandit(ARMS).score(arm("home", top), x)
+        after = a.service.pages.bandit("home").score((top, TYPES[top]), logged.context, 0)
         assert after > before + 0.05
-        assert a.service.pages.stats(ARMS)[arm("home", top)].clicks == pytest.approx(1.0)
+        stats = a.service.pages.stats("home")
+        assert stats is not None and stats.clicks(top) == pytest.approx(1.0)
     finally:
         a.stop()
         b.stop()
@@ -174,7 +176,7 @@ def test_learning_from_impressions_counts_a_module_shown_when_the_site_says_so(
     try:
         resp = r.client.page("6", MODULES, k=3)
         r.service.pages.writer.flush()
-        assert r.service.state.arms(ARMS) == {}  # served, but not yet seen
+        assert r.service.state.arms(["home"]) == {}  # served, but not yet seen
         shown = resp.modules[1]
         seen = pb.Event(
             user_id="6",
@@ -184,10 +186,10 @@ def test_learning_from_impressions_counts_a_module_shown_when_the_site_says_so(
             module=shown.id,
         )
         r.client.track([seen, seen])  # twice in one call: seen once
-        stats = r.service.state.arms(ARMS)
-        assert set(stats) == {arm("home", shown.id)}
-        assert stats[arm("home", shown.id)].shown == pytest.approx(1.0)
-        assert stats[arm("home", shown.id)].a[("position=1", "position=1")] == pytest.approx(1.0)
+        stats = _stats(r)
+        assert stats.shown(shown.id) == pytest.approx(1.0)
+        assert sum(stats.shown(m.id) for m in MODULES) == pytest.approx(1.0)
+        assert stats.a[("position=1", "position=1")] == pytest.approx(1.0)
         logged = r.service.pages.page(resp.request_id)
         assert logged is not None and logged.seen == {shown.id} and logged.clicked == frozenset()
     finally:

@@ -72,7 +72,7 @@ def test_arm_statistics_add_exactly_and_only_for_new_feedback(state: OnlineState
     got = stats["home:for-you"]
     assert got.a == ArmStats.outer(x)
     assert got.b == x
-    assert got.shown == 1.0 and got.clicks == 1.0
+    assert got.a[("bias", "bias")] == 1.0 and got.b["bias"] == 1.0
 
 
 def test_concurrent_updates_from_many_writers_all_land(state: OnlineState) -> None:
@@ -87,7 +87,7 @@ def test_concurrent_updates_from_many_writers_all_land(state: OnlineState) -> No
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(one, rids)) == len(rids)
     got = state.arms(["home:trending"])["home:trending"]
-    assert math.isclose(got.shown, 40.0)
+    assert math.isclose(got.a[("bias", "bias")], 40.0)
     assert math.isclose(got.a[("device=tv", "device=tv")], 40 * 0.25)
     assert math.isclose(got.b["device=tv"], 40 * 0.5)
 
