@@ -70,7 +70,7 @@ def page_features(rec: Recommender, req: Request, chosen: Sequence[str]) -> dict
         if name == "segment":
             if not req.personalized:
                 continue
-            segment = rec.segment(req.user)
+            segment = rec.segment(req)
             x[f"segment={rec.segments_id}:{segment}" if segment is not None else "segment=none"] = (
                 1.0
             )

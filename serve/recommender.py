@@ -33,6 +33,8 @@ from tailored.errors import TailoredError
 from tailored.serve.diversity import category_cap, mmr
 from tailored.serve.state import StoredEvent
 
+_NOBODY = "\0forgotten"  # the id a forgotten user is embedded as: no one's trained id
+
 __all__ = ["Recommendation", "Recommender", "Request", "RequestError"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -65,6 +67,10 @@ class Request:
     exclude: Collection[str] = ()
     profile: Mapping[str, str] = None  # type: ignore[assignment]
     online: tuple[StoredEvent, ...] = ()
+    # False for a user who erased their data or withdrew consent (a tombstone in the online
+    # state): what the bundle holds of them (their rows, their segment, the id embedding
+    # trained on them) is not theirs any more, and they are served as a new user
+    bundle_rows: bool = True
     # an experiment variant's changes (tailored.experiments.VARIANT_KEYS): candidates,
     # ranker, mmr_lambda, popularity, hide_after_impressions; {} serves as configured
     variant: Mapping[str, Any] = None  # type: ignore[assignment]
@@ -159,7 +165,7 @@ class Recommender:
             return self._fallback(req.k, excluded, context[0], only)
         hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
         excluded |= self._passed_over(req.online, hide)
-        row = self._row(req.user)
+        row = self._row(req)
         if row is not None and self.bundle.users is not None:  # the bundle knows this user
             snap = self.bundle.users
             user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
@@ -170,7 +176,10 @@ class Recommender:
         if row is None and not len(hist) and not has_profile and not has_context:
             return self._fallback(req.k, excluded, context[0], only)
         emb = self.bundle.user_embeddings(
-            user_hash=user_hash_buckets(np.array([req.user]), self.bundle.info["user_id_buckets"]),
+            user_hash=user_hash_buckets(
+                np.array([req.user if req.bundle_rows else _NOBODY]),
+                self.bundle.info["user_id_buckets"],
+            ),
             user_cat=user_cat,
             user_num=user_num,
             context=context,
@@ -259,7 +268,7 @@ class Recommender:
         """The bundle row of the user's most recent positive (snapshot or online), if any."""
         if not req.personalized:
             return None
-        hist, _ = self._history(self._row(req.user), req.online)
+        hist, _ = self._history(self._row(req), req.online)
         return int(hist[-1]) if len(hist) else None
 
     def neighbours(
@@ -271,7 +280,7 @@ class Recommender:
             return Recommendation([], [], [], [], "related")
         ban = self._rows(req.exclude) | self._rows(unavailable) | {anchor}
         if req.personalized:
-            row = self._row(req.user)
+            row = self._row(req)
             ban |= self._seen(row, self._history(row, req.online)[0])
         nb = self.bundle.item_neighbors
         ids, weights = nb.ids[anchor], nb.weights[anchor]
@@ -379,18 +388,21 @@ class Recommender:
                 engaged.add(e.item_id)
         return self._rows([i for i, n in shown.items() if n >= times and i not in engaged])
 
-    def segment(self, user: str) -> int | None:
-        """The segment the bundle put ``user`` in; None for a user it does not know, or a
-        bundle without segments."""
-        row = self._row(user)
+    def segment(self, req: Request) -> int | None:
+        """The segment the bundle put the request's user in; None for a user it does not
+        know (or whose rows are not theirs any more), or a bundle without segments."""
+        row = self._row(req)
         segments = self.bundle.segments
         if row is None or segments is None:
             return None
         return int(segments.of_user[row])
 
-    def _row(self, user: str) -> int | None:
-        """The user's row in the bundle's snapshot, or None for a user it does not know."""
-        return self.bundle.users.row(user) if self.bundle.users is not None else None
+    def _row(self, req: Request) -> int | None:
+        """The user's row in the bundle's snapshot, or None for a user it does not know (or
+        whose rows are not theirs any more: ``req.bundle_rows``)."""
+        if self.bundle.users is None or not req.bundle_rows:
+            return None
+        return self.bundle.users.row(req.user)
 
     def _seen(self, row: int | None, hist: np.ndarray) -> set[int]:
         """What the user engaged with: ``hist`` (the snapshot's recent positives and the

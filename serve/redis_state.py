@@ -26,6 +26,8 @@ user pseudonym as the caller gives it; raw user ids never reach Redis):
   index).
 - ``P:arm:A``      HASH of the bandit arm A's statistics, ``a<TAB>F<TAB>G`` and ``b<TAB>F``
   (HINCRBYFLOAT: replicas add to them at once without losing any).
+- ``P:forgotten:T`` the time a user was erased or withdrew consent, T their tombstone
+  (:func:`tailored.serve.state.tombstone`, a hash of the pseudonym).
 - ``P:events``     STREAM of every accepted event (fields ``user`` and ``event``, the JSON
   array ``[item_id, type, time_ms, value, surface]``),
   the replicas' shared event log, capped near ``stream_maxlen`` (``MAXLEN ~``).
@@ -71,6 +73,7 @@ from tailored.serve.state import (
     StoredEvent,
     UserState,
     arm_stats,
+    tombstone,
 )
 
 __all__ = ["RedisState"]
@@ -152,9 +155,9 @@ end
 return {accepted, dropped}
 """
 
-# KEYS: consent, seq, events, logged, stream, users with logged ids, logged pages. ARGV: 'set'
-# and the purposes, or 'forget'; then whether to erase the events and pages ('1'/'0'); then
-# the user, then the page keys' prefix. Returns
+# KEYS: consent, seq, events, logged, stream, users with logged ids, logged pages, tombstone.
+# ARGV: 'set' and the purposes, or 'forget'; then whether to erase the events and pages and
+# leave the tombstone ('1'/'0'); then the user, the page keys' prefix and the time (ms). Returns
 # the number of events erased: those kept for serving, and those only the log still held.
 _ERASE = """
 if ARGV[1] == 'set' then
@@ -188,6 +191,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
   redis.call('DEL', ARGV[5] .. id)
 end
 redis.call('DEL', KEYS[7])
+redis.call('SET', KEYS[8], ARGV[6], 'NX')
 return #members + logged
 """
 
@@ -302,7 +306,13 @@ class RedisState(OnlineState):
 
     def _erase_keys(self, user: str) -> list[str]:
         p = self.prefix
-        return [*self._keys(user), f"{p}:events", f"{p}:logged-users", f"{p}:pages:{user}"]
+        return [
+            *self._keys(user),
+            f"{p}:events",
+            f"{p}:logged-users",
+            f"{p}:pages:{user}",
+            f"{p}:forgotten:{tombstone(user)}",
+        ]
 
     def _page_key(self, request_id: str) -> str:
         return f"{self.prefix}:page:{request_id}"
@@ -351,14 +361,16 @@ class RedisState(OnlineState):
         def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=True)  # one snapshot, one round trip
             pipe.get(consent_key)
+            pipe.exists(f"{self.prefix}:forgotten:{tombstone(user)}")
             if limit:  # ZRANGE -0 -1 would be everything
                 pipe.zrange(events_key, -limit, -1)
             return pipe.execute()
 
-        consent, *members = self._call("read user", read)
+        consent, gone, *members = self._call("read user", read)
         return UserState(
             consent=None if consent is None else _split(consent),
             events=tuple(_decode(m) for m in (members[0] if members else [])),
+            forgotten=bool(gone),
         )
 
     def scan(self, types: Collection[str] | None = None) -> Iterator[tuple[str, StoredEvent]]:
@@ -378,11 +390,12 @@ class RedisState(OnlineState):
         erase = PERSONALIZATION not in chosen
         keys = [*self._erase_keys(user)]
         args = ["set", ",".join(sorted(chosen)), "1" if erase else "0", user, self._page_key("")]
+        args.append(str(int(time.time() * 1000)))
         return int(self._call("set consent", self._erase, keys=keys, args=args))
 
     def forget(self, user: str) -> int:
         keys = [*self._erase_keys(user)]
-        args = ["forget", "", "1", user, self._page_key("")]
+        args = ["forget", "", "1", user, self._page_key(""), str(int(time.time() * 1000))]
         return int(self._call("forget", self._erase, keys=keys, args=args))
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:

@@ -337,6 +337,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
             profile=args.profile,
             online=state.events if personalized and state is not None else (),
             variant=changes,
+            bundle_rows=state is not None and not state.forgotten,
         )
         return _Prepared(rec, request, assigned, state is None)
 

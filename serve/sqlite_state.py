@@ -40,6 +40,7 @@ from tailored.serve.state import (
     StoredEvent,
     UserState,
     arm_stats,
+    tombstone,
 )
 
 __all__ = ["SQLiteState"]
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS pages (
 );
 CREATE INDEX IF NOT EXISTS pages_by_user ON pages (user);
 CREATE INDEX IF NOT EXISTS pages_by_expiry ON pages (expires_ms);
+CREATE TABLE IF NOT EXISTS forgotten (tombstone TEXT PRIMARY KEY, time_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS arms (
     arm TEXT NOT NULL,
     field TEXT NOT NULL,
@@ -300,11 +302,15 @@ class SQLiteState(OnlineState):
                 "ORDER BY time_ms DESC, seq DESC LIMIT ?",
                 (user, max(int(limit), 0)),
             ).fetchall()
+            gone = conn.execute(
+                "SELECT 1 FROM forgotten WHERE tombstone=?", (tombstone(user),)
+            ).fetchone()
         finally:
             conn.execute("COMMIT")
         return UserState(
             consent=None if row is None else _split(row[0]),
             events=tuple(StoredEvent(*r) for r in reversed(rows)),
+            forgotten=gone is not None,
         )
 
     def scan(self, types: Collection[str] | None = None) -> Iterator[tuple[str, StoredEvent]]:
@@ -353,6 +359,10 @@ class SQLiteState(OnlineState):
         return removed
 
     def _erase(self, conn: sqlite3.Connection, user: str) -> int:
+        conn.execute(
+            "INSERT OR IGNORE INTO forgotten (tombstone, time_ms) VALUES (?, ?)",
+            (tombstone(user), int(time.time() * 1000)),
+        )
         n = conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
         pages = conn.execute("DELETE FROM pages WHERE user=?", (user,)).rowcount
         self._erased = self._erased or n > 0 or pages > 0

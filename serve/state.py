@@ -10,6 +10,7 @@ returns; only then does the server acknowledge it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "UserState",
     "arm_stats",
     "open_state",
+    "tombstone",
 ]
 
 PERSONALIZATION = "personalization"
@@ -57,10 +59,12 @@ class StoredEvent:
 @dataclass(frozen=True)
 class UserState:
     """A user's consent (``None``: never set, the server's default applies) and their most
-    recent events, oldest first."""
+    recent events, oldest first. ``forgotten``: the user was erased or withdrew consent at
+    some time (a tombstone), so what a bundle built before holds of them is not theirs."""
 
     consent: frozenset[str] | None
     events: tuple[StoredEvent, ...]
+    forgotten: bool = False
 
     def allows(self, purpose: str, *, default: bool) -> bool:
         return default if self.consent is None else purpose in self.consent
@@ -230,12 +234,13 @@ class OnlineState(ABC):
     @abstractmethod
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         """Replace ``user``'s consent; without :data:`PERSONALIZATION` their stored events
-        and logged pages are forgotten in the same step. Returns the number of events forgotten."""
+        and logged pages are forgotten in the same step, and their :func:`tombstone` left.
+        Returns the number of events forgotten."""
 
     @abstractmethod
     def forget(self, user: str) -> int:
-        """Erase everything about ``user`` (events, consent and their logged pages); returns
-        events removed."""
+        """Erase everything about ``user`` (events, consent and their logged pages), leaving
+        their :func:`tombstone`; returns events removed."""
 
     @abstractmethod
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
@@ -280,6 +285,12 @@ class OnlineState(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tombstone(user: str) -> str:
+    """The tombstone of a user pseudonym: a hash of it, so that the list of users whose data
+    was erased holds neither their raw id nor their pseudonym."""
+    return hashlib.sha256(b"tailored-tombstone\0" + user.encode()).hexdigest()[:32]
 
 
 def open_state(url: str, *, timeout: float | None = None) -> OnlineState:

@@ -105,7 +105,7 @@ def _in_process(version: Path, users: list[str], modules: list[Any], k: int) -> 
         t0 = time.perf_counter()
         rec.recommend(replace(req))
         times["recommend"].append((time.perf_counter() - t0) * 1000)
-        context = {"bias": 1.0, f"segment=x:{rec.segment(req.user)}": 1.0}
+        context = {"bias": 1.0, f"segment=x:{rec.segment(req)}": 1.0}
         t0 = time.perf_counter()
         bandit.order(pairs, context, rng)
         times["bandit_order"].append((time.perf_counter() - t0) * 1000)

@@ -167,8 +167,31 @@ def test_without_consent_nothing_is_personalized_or_kept(running: Running) -> No
     assert (dropped.accepted, dropped.dropped) == (0, 1)
     pseudonym = Pseudonymizer(TEST_KEY)(user)
     assert running.service.state.user(pseudonym, 100).events == ()
+    before = running.client.recommend("4", 5)  # a bundle user who keeps their data
+    assert before.strategy == "personalized"
     running.client.set_consent(user, ["personalization"])
-    assert running.client.recommend(user, 5).strategy == "personalized"
+    # granted again, they start afresh: what the bundle held of them (their history, their
+    # segment, their trained id) is not theirs any more (a tombstone says so)
+    again = running.client.recommend(user, 5)
+    assert again.strategy == "popular"
+    assert running.service.state.user(pseudonym, 100).forgotten
+    running.client.track([_click(user, "181")])
+    fresh = running.client.recommend(user, 5)
+    assert fresh.strategy == "personalized"
+    # their one new click is all their history: every reason names it
+    (reason,) = {i.reason for i in fresh.items}
+    assert reason.startswith("because you watched ")
+    from tailored.serve.page import page_features
+    from tailored.serve.recommender import Request
+
+    rec = running.service.bundle.current
+    req = Request(user=pseudonym, k=5, surface="home", time=0.0, personalized=True)
+    assert rec.segment(req) is not None  # the bundle still has a row for the pseudonym...
+    gone = Request(
+        user=pseudonym, k=5, surface="home", time=0.0, personalized=True, bundle_rows=False
+    )
+    assert rec.segment(gone) is None  # ...which a tombstoned user is not given
+    assert "segment=none" in page_features(rec, gone, ["segment"])
 
 
 def test_unknown_users_start_cold_and_never_fail(running: Running) -> None:

@@ -29,6 +29,7 @@ from tailored.serve.state import (
     StoredEvent,
     UserState,
     open_state,
+    tombstone,
 )
 from tests.serve.conftest import Opener
 from tests.serve.helpers import with_prefix
@@ -111,7 +112,8 @@ def test_withdrawing_personalization_forgets_and_drops(state: OnlineState) -> No
     state.record({"u": [ev("a", 1), ev("b", 2), ev("c", 3)]}, default_allows=True)
     state.record({"v": [ev("a", 1)]}, default_allows=True)
     assert state.set_consent("u", {"analytics"}) == 3
-    assert state.user("u", 10) == UserState(consent=frozenset({"analytics"}), events=())
+    assert state.user("u", 10) == UserState(frozenset({"analytics"}), (), forgotten=True)
+    assert not state.user("v", 10).forgotten
     assert state.record({"u": [ev("d", 4)]}, default_allows=True) == RecordResult(0, 1)
     assert state.user("u", 10).events == ()
     assert state.set_consent("u", set()) == 0
@@ -123,8 +125,9 @@ def test_granting_personalization_allows_and_keeps(state: OnlineState) -> None:
     assert state.set_consent("u", {PERSONALIZATION}) == 0
     assert state.record({"u": [ev("a", 1)]}, default_allows=False) == RecordResult(1, 0)
     assert state.set_consent("u", {PERSONALIZATION, "analytics"}) == 0
+    # the tombstone of the withdrawal stays: what a bundle held of them is not theirs again
     assert state.user("u", 10) == UserState(
-        consent=frozenset({PERSONALIZATION, "analytics"}), events=(ev("a", 1),)
+        frozenset({PERSONALIZATION, "analytics"}), (ev("a", 1),), forgotten=True
     )
 
 
@@ -148,7 +151,7 @@ def test_forget_removes_everything_about_one_user(state: OnlineState) -> None:
     batch = {"u": [ev("a", 1), ev("b", 2)], "v": [ev("c", 3)]}
     assert state.record(batch, default_allows=False) == RecordResult(3, 0)
     assert state.forget("u") == 2
-    assert state.user("u", 10) == UserState(consent=None, events=())
+    assert state.user("u", 10) == UserState(consent=None, events=(), forgotten=True)
     assert state.user("v", 10) == UserState(frozenset({PERSONALIZATION}), (ev("c", 3),))
     assert state.forget("u") == 0
     assert state.forget("never-seen") == 0
@@ -228,8 +231,8 @@ def test_state_persists_across_close_and_reopen(reopen: Opener) -> None:
         first.record({"u": [ev("x", 1)]}, default_allows=True)
     with reopen() as second:
         assert second.user("u", 10) == UserState(None, (ev("b", 1), ev("a", 2)))
-        assert second.user("v", 10) == UserState(frozenset({"analytics"}), ())
-        assert second.user("w", 10) == UserState(frozenset(), ())
+        assert second.user("v", 10) == UserState(frozenset({"analytics"}), (), forgotten=True)
+        assert second.user("w", 10) == UserState(frozenset(), (), forgotten=True)
         assert second.unavailable() == frozenset({"gone"})
         # arrival order goes on after a reopen
         second.record({"u": [ev("d", 1)]}, default_allows=True)
@@ -383,12 +386,13 @@ def test_redis_erasure_reaches_the_event_log(
     assert redis_state.set_consent("v", ["analytics"]) == 1
     assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:  # what is left of u and v: v's consent only
+    try:  # what is left of u and v: v's consent, and both tombstones (hashes)
         keys = sorted(client.scan_iter(match=f"{redis_prefix}:*"))
     finally:
         client.close()
     p = redis_prefix
-    assert keys == sorted([f"{p}:events", f"{p}:consent:v", f"{p}:ev:w", f"{p}:seq:w"])
+    graves = [f"{p}:forgotten:{tombstone(u)}" for u in ("u", "v")]
+    assert keys == sorted([f"{p}:events", f"{p}:consent:v", f"{p}:ev:w", f"{p}:seq:w", *graves])
 
 
 def test_redis_erasure_reaches_events_the_cap_dropped_from_serving(
