@@ -184,14 +184,14 @@ def test_without_consent_nothing_is_personalized_or_kept(running: Running) -> No
     from tailored.serve.page import page_features
     from tailored.serve.recommender import Request
 
-    rec = running.service.bundle.current
+    served = running.service.bundle.current
     req = Request(user=pseudonym, k=5, surface="home", time=0.0, personalized=True)
-    assert rec.segment(req) is not None  # the bundle still has a row for the pseudonym...
+    assert served.segment(req) is not None  # the bundle still has a row for the pseudonym...
     gone = Request(
         user=pseudonym, k=5, surface="home", time=0.0, personalized=True, bundle_rows=False
     )
-    assert rec.segment(gone) is None  # ...which a tombstoned user is not given
-    assert "segment=none" in page_features(rec, gone, ["segment"])
+    assert served.segment(gone) is None  # ...which a tombstoned user is not given
+    assert "segment=none" in page_features(served, gone, ["segment"])
 
 
 def test_unknown_users_start_cold_and_never_fail(running: Running) -> None:
