@@ -51,8 +51,10 @@ __all__ = ["main"]
 _DAY_S = 86_400
 SERVE_TOML = """[serve]
 hide_after_impressions = 3
-bandit_exploration = "epsilon"
+bandit_exploration = "{exploration}"
 bandit_epsilon = 0.1
+bandit_temperature = 0.05
+bandit_thompson_scale = 1.0
 bandit_features = ["segment"]
 """
 
@@ -66,6 +68,7 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ope-days", type=float, default=7.0)
     p.add_argument("--k", type=int, default=5, help="items per module")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exploration", default="epsilon", choices=("epsilon", "softmax", "thompson"))
     p.add_argument("--out", type=Path, default=RESULTS / "experiment_page_bandit.json")
     return p.parse_args(argv)
 
@@ -125,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tmp = Path(d)
         (tmp / "layout.toml").write_text(layout)
         (tmp / "ope.toml").write_text(ope)
-        (tmp / "serve.toml").write_text(SERVE_TOML)
+        serve_toml = SERVE_TOML.format(exploration=a.exploration)
+        (tmp / "serve.toml").write_text(serve_toml)
         state = tmp / "state.db"
         cmd = [sys.executable, "-m", "tailored.cli", "serve", str(version), "--port", "0"]
         cmd += ["--state", f"sqlite:///{state}", "--clock", "bundle", "--no-watch"]
@@ -175,11 +179,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 )
                 for g in s.pages()
             ]
+            learned = s.arms(["home"])["home"]  # as phase 1 left it (phase 2 learns nothing)
             arms = {
-                k: {"shown": v.shown, "clicks": v.clicks}
-                for k, v in s.arms([f"home:{m.id}" for m in modules]).items()
+                m.id: {"shown": learned.shown(m.id), "clicks": learned.clicks(m.id)}
+                for m in modules
             }
-            settings = BanditSettings(exploration="epsilon", epsilon=0.1)
+            settings = BanditSettings(
+                exploration=a.exploration, epsilon=0.1, temperature=0.05, scale=1.0
+            )
             ope_result = evaluate_log(
                 s, PolicySpec("bandit", settings, "store", 200), since_ms=split_ms, seed=a.seed
             )
@@ -201,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": "experiment_page_bandit",
         "machine": machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-        "serve_toml": SERVE_TOML,
+        "serve_toml": serve_toml,
         "modules": [{"id": m.id, "type": m.type, "param": m.param} for m in modules],
         "phase1": {
             "simulation": sim1.to_dict(),
