@@ -106,6 +106,8 @@ class BanditSettings:
     scale: float = 1.0  # thompson: the posterior's spread
     ridge: float = 1.0  # the prior's precision (lambda I added to A)
     thompson_samples: int = 100  # draws that estimate a Thompson choice's propensity
+    # the features solved for at most: the most observed (a name seen rarely weighs nothing)
+    max_features: int = 512
 
     def check(self) -> None:
         if self.exploration not in EXPLORATIONS:
@@ -118,6 +120,8 @@ class BanditSettings:
             raise ValueError("temperature, scale and ridge must be > 0")
         if self.thompson_samples < 1:
             raise ValueError(f"thompson_samples: must be >= 1, got {self.thompson_samples}")
+        if self.max_features < 1:
+            raise ValueError(f"max_features: must be >= 1, got {self.max_features}")
 
 
 @dataclass(frozen=True)
@@ -127,19 +131,25 @@ class _Fit:
     chol: np.ndarray  # [d, d]: the Cholesky factor of (ridge I + A)^-1
 
 
-def _fit(stats: ArmStats, ridge: float) -> _Fit:
+def _fit(stats: ArmStats, ridge: float, max_features: int) -> _Fit:
     names = sorted({f for f, _ in stats.a} | {g for _, g in stats.a} | set(stats.b))
+    if len(names) > max_features:  # the most observed; the solve is cubic in their number
+        seen = {f: stats.a.get((f, f), 0.0) for f in names}
+        names = sorted(sorted(names, key=lambda f: -seen[f])[:max_features])
     index = {f: i for i, f in enumerate(names)}
     d = len(names)
     a = np.eye(d) * ridge
     for (f, g), v in stats.a.items():
+        if f not in index or g not in index:
+            continue
         i, j = index[f], index[g]
         a[i, j] += v
         if i != j:
             a[j, i] += v
     b = np.zeros(d)
     for f, v in stats.b.items():
-        b[index[f]] = v
+        if f in index:
+            b[index[f]] = v
     if d == 0:
         return _Fit(index, np.zeros(0), np.zeros((0, 0)))
     cov = np.linalg.inv(a)
@@ -156,7 +166,7 @@ class LinearBandit:
         settings.check()
         self.settings = settings
         self.stats = stats or ArmStats()
-        self._fit = _fit(self.stats, settings.ridge)
+        self._fit = _fit(self.stats, settings.ridge, settings.max_features)
 
     def _design(self, x: Mapping[str, float]) -> np.ndarray:
         v = np.zeros(len(self._fit.index))
@@ -202,7 +212,8 @@ class LinearBandit:
         )
         mean = x @ self._fit.theta if d else np.zeros(len(modules))
         z = rng.standard_normal((n, d))
-        draws = mean[None, :] + self.settings.scale * (z @ self._fit.chol.T @ x.T if d else 0.0)
+        spread = self._fit.chol.T @ x.T if d else np.zeros((0, len(modules)))  # [d, modules]
+        draws = mean[None, :] + self.settings.scale * (z @ spread if d else 0.0)
         prior = self.settings.scale * np.sqrt(unseen / self.settings.ridge)
         return draws + rng.standard_normal((n, len(modules))) * prior[None, :]
 
@@ -276,9 +287,9 @@ class LinearBandit:
         scores = np.stack([self._designs(modules, context, s) @ self._fit.theta for s in range(n)])
         taken = np.zeros((samples, n), bool)
         for s in range(n):
-            if self.settings.exploration == "softmax":
-                z = (scores[s] - scores[s].max()) / self.settings.temperature
-                w = np.where(taken, 0.0, np.exp(z)[None, :])
+            if self.settings.exploration == "softmax":  # centred on the best still free
+                free = np.where(taken, -np.inf, scores[s][None, :])
+                w = np.exp((free - free.max(1, keepdims=True)) / self.settings.temperature)
             else:
                 best = np.where(taken, -np.inf, scores[s][None, :]).argmax(1)
                 left = (~taken).sum(1, keepdims=True)

@@ -96,9 +96,21 @@ class GroupWriter(Generic[T]):
             if first is None:
                 return
 
-    def flush(self) -> None:
-        """Wait until everything handed over so far is written (or given up)."""
-        self._queue.join()
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until nothing handed over is waiting (written or given up); at most
+        ``timeout`` seconds if given. Returns whether nothing was left waiting."""
+        if timeout is None:
+            self._queue.join()
+            return True
+        end = time.monotonic() + timeout
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                done.wait(left)
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending (for at most ``timeout`` seconds), then stop."""

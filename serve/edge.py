@@ -58,6 +58,8 @@ def _check_map(values: dict[str, str], argument: str) -> dict[str, str]:
         check_id(key, f"{argument} key")
         if len(value) > MAX_ID:
             raise RequestError(f"{argument}[{key!r}]", f"at most {MAX_ID} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise RequestError(f"{argument}[{key!r}]", "contains control characters")
     return values
 
 
@@ -70,6 +72,8 @@ def parse_context(ctx: pb.Context, argument: str) -> dict[str, str]:
         value = getattr(ctx, name)
         if len(value) > MAX_ID:
             raise RequestError(f"{argument}.{name}", f"at most {MAX_ID} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise RequestError(f"{argument}.{name}", "contains control characters")
         if value:
             context[name] = value
     return context

@@ -53,15 +53,17 @@ class ServerMetrics:
         )
         self.pages_logged = Counter(
             "tailored_pages_logged",
-            "Pages' decisions handed to the state, by outcome (written; failed or dropped: "
-            "lost, and Track events naming them are refused)",
+            "Pages' decisions handed to the state, by outcome (written; erased: their user "
+            "was erased before the write; failed or dropped: lost, and Track events naming "
+            "them learn nothing)",
             ["outcome"],
             registry=self.registry,
         )
         self.page_feedback = Counter(
             "tailored_page_feedback",
             "Track clicks and impressions naming a page's module, by whether they were new "
-            "(a retry, a second click on one module of a page: not new)",
+            "(a retry, a second click on one module of a page: not new; unknown_page: the "
+            "page is not kept, nothing learned)",
             ["new"],
             registry=self.registry,
         )

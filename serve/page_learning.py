@@ -5,14 +5,18 @@ the features the policy saw, every candidate module in the policy's order with i
 propensity, position and items) to the online state, off the request path
 (:class:`~tailored.serve.background.GroupWriter`), and kept ``[serve] page_log_days``.
 With ``[serve] bandit_learn_from = "served"`` the same write adds each shown module's
-``x x^T`` to its arm's ``A`` (a module returned counts as a module shown).
+``x x^T`` to ``A`` (a module returned counts as a module shown).
 
 ``Track`` events that name a page and module (``Event.request_id`` and ``module``) are
-checked against the log before anything is stored: the page must be kept, shown to the
-event's user, the module shown on it and the item in that module; otherwise the call is
-INVALID_ARGUMENT and nothing is stored or learned. Then the first click (or purchase) of a
-module on a page adds its ``x`` to the arm's ``b``, and, with ``"impressions"``, the first
-impression of a module its ``x x^T`` to ``A`` (:meth:`PageLearner.feedback`). Each is marked
+checked against the log before anything is stored: a kept page must have been shown to the
+event's user (for a user with personalization consent; other users' pages hold no
+pseudonym), the module shown on it and the item in that module; otherwise the call is
+INVALID_ARGUMENT and nothing is stored or learned. An event naming a page that is not kept
+(expired, lost with a failed write, still unwritten on another replica) is stored as any
+event and teaches nothing (counted in ``tailored_page_feedback{new="unknown_page"}``).
+Then the first click (or purchase) of a module on a page adds its features ``x`` to ``b``,
+and, with ``"impressions"``, the first impression of a module its ``x x^T`` to ``A``
+(:meth:`PageLearner.feedback`). Each is marked
 in the store in the same step as its update, so a retried Track teaches nothing twice.
 Only pages of users with personalization consent, whose policy learns, teach anything.
 
@@ -35,6 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tailored.config import ServeConfig
 from tailored.experiments.bandit import ArmStats, BanditSettings, LinearBandit, module_features
 from tailored.serve.background import GroupWriter
@@ -46,6 +52,7 @@ __all__ = ["PageLearner", "PageRef", "new_request_id", "settings_of"]
 
 _log = logging.getLogger(__name__)
 _RECENT_MS = 2_000  # a page younger than this may still be in the writer's queue
+_FLUSH_WAIT = 0.25  # seconds a Track waits at most for such a page to be written
 CLICKS = frozenset({"click", "purchase"})  # what marks a module clicked
 
 
@@ -68,6 +75,7 @@ def settings_of(cfg: ServeConfig) -> BanditSettings:
         temperature=cfg.bandit_temperature,
         scale=cfg.bandit_thompson_scale,
         ridge=cfg.bandit_ridge,
+        max_features=cfg.bandit_max_features,
     )
 
 
@@ -106,7 +114,10 @@ class PageLearner:
         self._stats: dict[str, ArmStats] = {}  # by page type, as last read
         self._read_at: dict[str, float] = {}
         self._bandits: dict[str, LinearBandit] = {}
-        self.writer: GroupWriter[_Logged] = GroupWriter("page-log", self._store, self._lost)
+        # a batch's increments run in one script on Redis: 500 pages keep it short
+        self.writer: GroupWriter[_Logged] = GroupWriter(
+            "page-log", self._store, self._lost, batch=500
+        )
 
     # -- the policy -----------------------------------------------------------------------
     def bandit(self, page_type: str) -> LinearBandit:
@@ -120,17 +131,28 @@ class PageLearner:
             except StateError:
                 fresh = None
             if isinstance(fresh, dict):
+                stats = fresh.get(key, ArmStats())
                 with self._lock:
                     self._read_at[key] = now
-                    if fresh.get(key) != self._stats.get(key) or key not in self._bandits:
-                        stats = fresh.get(key, ArmStats())
+                    changed = stats != self._stats.get(key) or key not in self._bandits
+                if changed:  # solved once per change, outside the lock
+                    solved = self._solve(key, stats)
+                    with self._lock:
                         self._stats[key] = stats
-                        self._bandits[key] = LinearBandit(stats, self.settings)  # solved once
+                        self._bandits[key] = solved
         with self._lock:
             bandit = self._bandits.get(key)
             if bandit is None:  # never read (the store is down): the prior
                 bandit = self._bandits[key] = LinearBandit(None, self.settings)
             return bandit
+
+    def _solve(self, key: str, stats: ArmStats) -> LinearBandit:
+        try:
+            return LinearBandit(stats, self.settings)
+        except np.linalg.LinAlgError as e:  # not expected (A is a sum of x x^T): keep the last
+            _log.error("page bandit %r: its statistics do not solve (%s); kept the last", key, e)
+            with self._lock:
+                return self._bandits.get(key) or LinearBandit(None, self.settings)
 
     # -- the log --------------------------------------------------------------------------
     def log(self, page: PageLog) -> None:
@@ -150,9 +172,11 @@ class PageLearner:
 
     def _store(self, batch: list[_Logged]) -> None:
         pages = [p for p, _ in batch]
-        updates = [u for _, us in batch for u in us]
-        self._call(self.state.log_pages, pages, updates, self.ttl_ms)
-        self._on_result("written", len(pages))
+        updates = {p.request_id: us for p, us in batch if us}
+        kept = int(self._call(self.state.log_pages, pages, updates, self.ttl_ms))
+        self._on_result("written", kept)
+        if kept < len(pages):
+            self._on_result("erased", len(pages) - kept)  # the user was erased meanwhile
 
     def _lost(self, batch: list[_Logged], why: str) -> None:
         self._on_result(why, len(batch))
@@ -163,27 +187,26 @@ class PageLearner:
         if got is None and self.writer.waiting:
             at = _request_ms(request_id)
             if at is not None and abs(time.time() * 1000 - at) < _RECENT_MS:
-                self.writer.flush()
+                self.writer.flush(_FLUSH_WAIT)  # bounded: Track waits that long at most
                 got = self._call(self.state.page, request_id)
         return got if isinstance(got, PageLog) else None
 
     # -- what Track reports ---------------------------------------------------------------
-    def check(self, refs: Sequence[PageRef]) -> list[tuple[PageRef, PageLog]]:
-        """Each reference with its page, every one checked (RequestError names the first
-        wrong one)."""
+    def check(self, refs: Sequence[PageRef]) -> tuple[list[tuple[PageRef, PageLog]], int]:
+        """Each reference with its page, every one checked against it (RequestError names
+        the first that contradicts its page), and how many name a page that is not kept
+        (older than ``page_log_days``, lost with a failed write, never a page): those are
+        stored as events and teach nothing."""
         pages: dict[str, PageLog | None] = {}
         out: list[tuple[PageRef, PageLog]] = []
-        days = f"{self.cfg.page_log_days:g}"
+        unknown = 0
         for r in refs:
             if r.request_id not in pages:
                 pages[r.request_id] = self.page(r.request_id)
             page = pages[r.request_id]
             if page is None:
-                raise RequestError(
-                    f"{r.where}.request_id",
-                    f"no page {r.request_id!r} is kept: not a Page answer's request_id, or "
-                    f"older than [serve] page_log_days ({days})",
-                )
+                unknown += 1
+                continue
             if page.user and page.user != r.user:
                 raise RequestError(
                     f"{r.where}.user_id", f"page {r.request_id!r} was shown to another user"
@@ -201,7 +224,7 @@ class PageLearner:
                     f"module {r.module!r} of page {r.request_id!r} did not show this item",
                 )
             out.append((r, page))
-        return out
+        return out, unknown
 
     def feedback(self, checked: Sequence[tuple[PageRef, PageLog]]) -> tuple[int, int]:
         """Mark what the events say of their pages and learn from it (module docstring);

@@ -33,8 +33,6 @@ from tailored.errors import TailoredError
 from tailored.serve.diversity import category_cap, mmr
 from tailored.serve.state import StoredEvent
 
-_NOBODY = "\0forgotten"  # the id a forgotten user is embedded as: no one's trained id
-
 __all__ = ["Recommendation", "Recommender", "Request", "RequestError"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -176,10 +174,10 @@ class Recommender:
         if row is None and not len(hist) and not has_profile and not has_context:
             return self._fallback(req.k, excluded, context[0], only)
         emb = self.bundle.user_embeddings(
-            user_hash=user_hash_buckets(
-                np.array([req.user if req.bundle_rows else _NOBODY]),
-                self.bundle.info["user_id_buckets"],
-            ),
+            # a tombstoned user: bucket 0, the "no id" row, not the bucket trained on them
+            user_hash=user_hash_buckets(np.array([req.user]), self.bundle.info["user_id_buckets"])
+            if req.bundle_rows
+            else np.zeros(1, np.int64),
             user_cat=user_cat,
             user_num=user_num,
             context=context,

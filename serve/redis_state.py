@@ -191,13 +191,13 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
   redis.call('DEL', ARGV[5] .. id)
 end
 redis.call('DEL', KEYS[7])
-redis.call('SET', KEYS[8], ARGV[6], 'NX')
+redis.call('SET', KEYS[8], ARGV[6])
 return #members + logged
 """
 
-# ARGV: a JSON document {pages: [[key, record, ttl_ms, user index key or "", id]],
-# inc: [[arm key, field, amount]], feedback: [[page key, flag, [[arm key, field, amount]]]]},
-# then the time (ms). Returns how many feedback entries were new.
+# ARGV: a JSON document {pages: [[key, record, ttl_ms, user index key or "", id, tombstone
+# key or "", served_ms, [[arm key, field, amount]]]], feedback: [[page key, flag, [[arm key,
+# field, amount]]]]}, then the time (ms). Returns the pages kept and the new feedback.
 _PAGES = """
 local doc = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])
@@ -206,17 +206,26 @@ local function apply(incs)
     redis.call('HINCRBYFLOAT', i[1], i[2], i[3])
   end
 end
+local kept = 0
 for _, p in ipairs(doc.pages) do
-  redis.call('DEL', p[1])
-  redis.call('HSET', p[1], 'rec', p[2])
-  redis.call('PEXPIRE', p[1], p[3])
-  if p[4] ~= '' then
-    redis.call('ZADD', p[4], now + p[3], p[5])
-    redis.call('ZREMRANGEBYSCORE', p[4], '-inf', now)
-    redis.call('PEXPIRE', p[4], p[3])
+  local gone = false
+  if p[6] ~= '' then
+    local at = redis.call('GET', p[6])
+    gone = at and tonumber(at) >= tonumber(p[7])
+  end
+  if not gone then  -- a user erased after the page was served: the erasure wins
+    redis.call('DEL', p[1])
+    redis.call('HSET', p[1], 'rec', p[2])
+    redis.call('PEXPIRE', p[1], p[3])
+    if p[4] ~= '' then
+      redis.call('ZADD', p[4], now + p[3], p[5])
+      redis.call('ZREMRANGEBYSCORE', p[4], '-inf', now)
+      redis.call('PEXPIRE', p[4], p[3])
+    end
+    apply(p[8])
+    kept = kept + 1
   end
 end
-apply(doc.inc)
 local new = 0
 for _, f in ipairs(doc.feedback) do
   if redis.call('EXISTS', f[1]) == 1 and redis.call('HSETNX', f[1], f[2], '1') == 1 then
@@ -224,7 +233,7 @@ for _, f in ipairs(doc.feedback) do
     apply(f[3])
   end
 end
-return new
+return {kept, new}
 """
 
 
@@ -417,8 +426,11 @@ class RedisState(OnlineState):
 
     # -- pages and arms --------------------------------------------------------------------
     def log_pages(
-        self, pages: Sequence[PageLog], updates: Sequence[ArmUpdate], ttl_ms: int
-    ) -> None:
+        self,
+        pages: Sequence[PageLog],
+        updates: Mapping[str, Sequence[ArmUpdate]],
+        ttl_ms: int,
+    ) -> int:
         p = self.prefix
         doc = {
             "pages": [
@@ -428,18 +440,21 @@ class RedisState(OnlineState):
                     int(ttl_ms),
                     f"{p}:pages:{g.user}" if g.user else "",
                     g.request_id,
+                    f"{p}:forgotten:{tombstone(g.user)}" if g.user else "",
+                    str(int(g.served_ms)),
+                    [i for u in updates.get(g.request_id, ()) for i in self._incs(u)],
                 ]
                 for g in pages
             ],
-            "inc": [i for u in updates for i in self._incs(u)],
             "feedback": [],
         }
-        self._run_pages("log pages", doc)
+        return self._run_pages("log pages", doc)[0]
 
-    def _run_pages(self, what: str, doc: dict[str, Any]) -> int:
+    def _run_pages(self, what: str, doc: dict[str, Any]) -> tuple[int, int]:
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         now = int(time.time() * 1000)
-        return int(self._call(what, self._pages, keys=[], args=[text, now]))
+        kept, new = self._call(what, self._pages, keys=[], args=[text, now])
+        return int(kept), int(new)
 
     def page(self, request_id: str) -> PageLog | None:
         fields = self._call("read page", self._client.hgetall, self._page_key(request_id))
@@ -448,7 +463,6 @@ class RedisState(OnlineState):
     def page_feedback(self, feedback: Sequence[Feedback]) -> int:
         doc = {
             "pages": [],
-            "inc": [],
             "feedback": [
                 [
                     self._page_key(f.request_id),
@@ -458,7 +472,7 @@ class RedisState(OnlineState):
                 for f in feedback
             ],
         }
-        return self._run_pages("page feedback", doc)
+        return self._run_pages("page feedback", doc)[1]
 
     def arms(self, arms: Collection[str]) -> dict[str, ArmStats]:
         chosen = list(dict.fromkeys(arms))

@@ -402,6 +402,7 @@ class _Personalization(pb_grpc.PersonalizationServicer):
                     context=features,
                     modules=page.decisions,
                     variants=tuple(f"{a.experiment}:{a.variant}" for a in prepared.assigned),
+                    served_ms=int(time.time() * 1000),
                 )
             )
         return pb.PageResponse(
@@ -439,7 +440,9 @@ class _Personalization(pb_grpc.PersonalizationServicer):
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         s = self.service
         events, refs = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000))
-        checked = s.pages.check(refs) if refs else []  # before anything is stored or learned
+        checked, unknown = s.pages.check(refs) if refs else ([], 0)  # before anything is stored
+        if unknown:
+            s.metrics.page_feedback.labels("unknown_page").inc(unknown)
         _check_deadline(context, "storing")
         if checked:  # marked once each: a retry after a failure below teaches nothing twice
             marked, new = s.pages.feedback(checked)

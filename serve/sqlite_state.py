@@ -360,7 +360,7 @@ class SQLiteState(OnlineState):
 
     def _erase(self, conn: sqlite3.Connection, user: str) -> int:
         conn.execute(
-            "INSERT OR IGNORE INTO forgotten (tombstone, time_ms) VALUES (?, ?)",
+            "INSERT OR REPLACE INTO forgotten (tombstone, time_ms) VALUES (?, ?)",
             (tombstone(user), int(time.time() * 1000)),
         )
         n = conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
@@ -370,21 +370,34 @@ class SQLiteState(OnlineState):
 
     # -- pages and arms --------------------------------------------------------------------
     def log_pages(
-        self, pages: Sequence[PageLog], updates: Sequence[ArmUpdate], ttl_ms: int
-    ) -> None:
+        self,
+        pages: Sequence[PageLog],
+        updates: Mapping[str, Sequence[ArmUpdate]],
+        ttl_ms: int,
+    ) -> int:
         now = int(time.time() * 1000)
-        rows = [(p.request_id, p.user, p.time_ms, now + ttl_ms, p.encode(), "\n") for p in pages]
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM pages WHERE expires_ms < ?", (now,))
-            conn.executemany(
-                "INSERT OR REPLACE INTO pages (request_id, user, time_ms, expires_ms, record, "
-                "flags) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            _apply(conn, updates)
+            kept = 0
+            for p in pages:
+                if p.user:
+                    gone = conn.execute(
+                        "SELECT time_ms FROM forgotten WHERE tombstone=?", (tombstone(p.user),)
+                    ).fetchone()
+                    if gone is not None and gone[0] >= p.served_ms:
+                        continue  # erased after it was served: the erasure wins
+                conn.execute(
+                    "INSERT OR REPLACE INTO pages (request_id, user, time_ms, expires_ms, "
+                    "record, flags) VALUES (?, ?, ?, ?, ?, ?)",
+                    (p.request_id, p.user, p.time_ms, now + ttl_ms, p.encode(), "\n"),
+                )
+                _apply(conn, updates.get(p.request_id, ()))
+                kept += 1
+            return kept
 
-        self._write(write)
+        written: int = self._write(write)
+        return written
 
     def page(self, request_id: str) -> PageLog | None:
         row = (
@@ -398,14 +411,16 @@ class SQLiteState(OnlineState):
         return None if row is None else _page(*row)
 
     def page_feedback(self, feedback: Sequence[Feedback]) -> int:
+        now = int(time.time() * 1000)
+
         def write(conn: sqlite3.Connection) -> int:
             new = 0
             for f in feedback:
                 token = f"{f.kind}:{f.module}\n"
                 changed = conn.execute(
                     "UPDATE pages SET flags = flags || ? WHERE request_id=? "
-                    "AND instr(flags, ?) = 0",
-                    (token, f.request_id, "\n" + token),
+                    "AND instr(flags, ?) = 0 AND expires_ms >= ?",
+                    (token, f.request_id, "\n" + token, now),
                 ).rowcount
                 if changed:
                     new += 1

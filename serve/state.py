@@ -113,6 +113,7 @@ class PageLog:
     clicked: frozenset[str] = frozenset()
     seen: frozenset[str] = frozenset()
     variants: tuple[str, ...] = ()
+    served_ms: int = 0  # the server's wall clock when it answered (``time_ms``: the request's)
 
     def module(self, module_id: str) -> ShownModule | None:
         return next((m for m in self.modules if m.id == module_id), None)
@@ -132,6 +133,7 @@ class PageLog:
                 for m in self.modules
             ],
             "v": list(self.variants),
+            "w": self.served_ms,
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
@@ -153,6 +155,7 @@ class PageLog:
             clicked=frozenset(clicked),
             seen=frozenset(seen),
             variants=tuple(str(v) for v in d.get("v", ())),
+            served_ms=int(d.get("w", 0)),
         )
 
 
@@ -206,7 +209,8 @@ class Feedback:
 
 
 class OnlineState(ABC):
-    """Per-user events and consent, and the set of unavailable items.
+    """Per-user events, consent and tombstones, the set of unavailable items, the logged
+    pages and the page bandit's statistics.
 
     Implementations are safe to call from many threads at once.
     """
@@ -253,10 +257,15 @@ class OnlineState(ABC):
     # -- pages and the bandit's statistics (tailored.serve.page) -----------------------------
     @abstractmethod
     def log_pages(
-        self, pages: Sequence[PageLog], updates: Sequence[ArmUpdate], ttl_ms: int
-    ) -> None:
-        """Keep ``pages`` for ``ttl_ms`` milliseconds (then they are purged) and apply
-        ``updates`` to the arms' statistics, in one step."""
+        self,
+        pages: Sequence[PageLog],
+        updates: Mapping[str, Sequence[ArmUpdate]],
+        ttl_ms: int,
+    ) -> int:
+        """Keep ``pages`` for ``ttl_ms`` milliseconds (then they are purged) and apply each
+        page's ``updates[request_id]`` to the statistics, in one step. A page whose user was
+        erased (or withdrew consent) at or after its ``served_ms`` is neither kept nor
+        learned from: the erasure won the race with the writer. Returns the pages kept."""
 
     @abstractmethod
     def page(self, request_id: str) -> PageLog | None:

@@ -378,6 +378,9 @@ class ServeConfig:
     bandit_temperature: float = 0.05
     bandit_thompson_scale: float = 1.0
     bandit_ridge: float = 1.0
+    # the features the bandit solves for at most (the most observed); module ids and the
+    # values of bandit_features are meant to be a site's small, fixed vocabulary
+    bandit_max_features: int = 512
     # what it sees besides the module's position: "segment" (the user's, from the bundle),
     # "context.FIELD" (the request's context: device, locale or an extra) and
     # "profile.FIELD" (the request's profile); each a one-hot feature per value
@@ -457,6 +460,7 @@ class ServeConfig:
             _positive("serve", name, getattr(self, name))
         _one_of("serve", "page_policy", self.page_policy, ("fixed", "random", "bandit"))
         _positive("serve", "max_page_modules", self.max_page_modules)
+        _positive("serve", "bandit_max_features", self.bandit_max_features)
         object.__setattr__(self, "bandit_features", tuple(self.bandit_features))
         _one_of(
             "serve",

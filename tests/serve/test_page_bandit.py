@@ -93,7 +93,6 @@ def test_a_click_teaches_its_module_once(running: Running) -> None:
     [
         ({"module": "not-on-the-page"}, "events[1].module", "showed no module"),
         ({"item_id": "99999"}, "events[1].item_id", "did not show this item"),
-        ({"request_id": "0" * 32}, "events[1].request_id", "no page"),
         ({"user_id": "8"}, "events[1].user_id", "another user"),
         ({"request_id": ""}, "events[1].request_id", "request_id is needed"),
     ],
@@ -194,3 +193,23 @@ def test_learning_from_impressions_counts_a_module_shown_when_the_site_says_so(
         assert logged is not None and logged.seen == {shown.id} and logged.clicked == frozenset()
     finally:
         r.stop()
+
+
+def test_an_event_naming_a_page_no_longer_kept_is_stored_and_teaches_nothing(
+    running: Running,
+) -> None:
+    resp = running.client.page("12", MODULES, k=4)
+    running.service.pages.writer.flush()
+    before = _stats(running)
+    lost = _click("12", resp, resp.modules[0].id, request_id="0" * 32)  # expired, say
+    assert running.client.track([lost]).accepted == 1
+    assert _stats(running) == before
+    user = running.service.state.user(running.service.pseudonym("12"), 100)
+    assert [e.item_id for e in user.events] == [lost.item_id]
+
+
+def test_context_values_with_control_characters_are_refused(running: Running) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        running.client.page("6", MODULES, k=3, context=pb.Context(device="a\tb"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context.device" in str(e.value.details())

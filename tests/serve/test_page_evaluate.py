@@ -56,7 +56,7 @@ def _log(state: SQLiteState, n: int, seed: int, policy: str = "random") -> None:
         for j, m in enumerate(MODULES):
             if rng.random() < _p(seg, m, slot_of[j]):
                 clicks.append((rid, m))
-    state.log_pages(pages, [], 86_400_000)
+    state.log_pages(pages, {}, 86_400_000)
     from tailored.serve.state import Feedback
 
     state.page_feedback([Feedback(rid, m, "click") for rid, m in clicks])
