@@ -174,6 +174,12 @@ def _page_evaluate(args: argparse.Namespace) -> int:
     for name in ("ips", "snips", "dr"):
         v = est[name]
         print(f"  {name:>5}: {v['value']:.4f}  [{v['low']:.4f}, {v['high']:.4f}]")
+    if out["pages_that_taught_it"]:
+        print(
+            f"  warning: {out['pages_that_taught_it']} of these pages taught the bandit being "
+            "evaluated (page_learn), so the estimate is optimistic; evaluate from pages that "
+            'did not, or with statistics = "log"'
+        )
     print("observed in the log:")
     for policy, v in out["observed"].items():
         print(

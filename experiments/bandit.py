@@ -28,6 +28,10 @@ expected click-through there), and one is drawn by the exploration rule:
 * ``thompson``: the best under weights drawn from the posterior ``N(theta, scale^2 (ridge I +
   A)^-1)``, a draw per slot; its propensity is estimated from ``thompson_samples`` draws.
 
+The page is scored slot by slot, but learns from the position each module was shown at:
+the two differ when a module above had nothing to show and the page closed up, so the
+score of a lower slot is a little pessimistic there.
+
 Each choice's propensity (its probability given the modules above) is returned for the
 log; :meth:`LinearBandit.marginals` gives, by sampling whole orders, the probability of each
 module at each slot, which off-policy evaluation (:mod:`.offpolicy`) needs.

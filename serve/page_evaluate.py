@@ -17,7 +17,10 @@ modules. ``CONFIG`` is a TOML file naming the policy::
     samples = 200             # orders drawn per page for the bandit's marginals
 
 Pages logged by a uniformly random order are used (every slot); ``--logged POLICY`` takes
-another exploring policy's pages for the first slot only.
+another exploring policy's pages for the first slot only. With ``statistics = "store"``,
+evaluate from pages that did not teach the store's bandit (an experiment variant with
+``page_learn = false``, or pages after learning stopped): the output counts those that did,
+on which the estimate is optimistic.
 """
 
 from __future__ import annotations
@@ -158,8 +161,14 @@ def evaluate_log(
     rng = np.random.default_rng(seed)
     target = _target(state, spec, rows, rng, page_type)
     result = evaluate(rows, target, slots=slots, ridge=spec.settings.ridge)
+    # pages whose clicks taught the bandit being evaluated (statistics "store"): its estimate
+    # on them is optimistic, having been fitted to their rewards
+    taught = (
+        sum(p.learn for p in pages) if spec.policy == "bandit" and spec.statistics == "store" else 0
+    )
     return {
         "policy": {"policy": spec.policy, **vars(spec.settings), "statistics": spec.statistics},
+        "pages_that_taught_it": taught,
         "logged": logged,
         "page_type": page_type,
         "estimate": result,
