@@ -22,7 +22,9 @@ Phase 2 (``--ope-days``, 7): the same server (its bandit as phase 1 left it) run
 experiment ``ope``, half ``random`` and half ``bandit``, neither learning now, over later
 simulated days. ``tailored page evaluate`` estimates the frozen bandit's clicked modules per
 page from the random half's logged pages (IPS, SNIPS, DR); the bandit half measures the same
-online. The question: is the online value inside the estimate's interval?
+online. The question: is the online value inside the estimate's interval? The same logs
+also estimate the site's fixed order and the bandit without exploration (greedy) over the
+same days.
 
     python -m benchmarks.experiments.page_bandit     # writes results/experiment_page_bandit.json
 """
@@ -179,6 +181,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 )
                 for g in s.pages()
             ]
+            # what a position is worth: click-through by shown position, random pages only
+            by_position: dict[int, list[int]] = {}
+            for g in s.pages():
+                if g.policy == "random":
+                    for m in g.modules:
+                        if m.position >= 0:
+                            cell = by_position.setdefault(m.position, [0, 0])
+                            cell[0] += 1
+                            cell[1] += m.id in g.clicked
+            position_ctr = {str(k): round(c / n, 4) for k, (n, c) in sorted(by_position.items())}
             learned = s.arms(["home"])["home"]  # as phase 1 left it (phase 2 learns nothing)
             arms = {
                 m.id: {"shown": learned.shown(m.id), "clicks": learned.clicks(m.id)}
@@ -192,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             fixed_result = evaluate_log(
                 s, PolicySpec("fixed", settings), since_ms=split_ms, seed=a.seed
+            )
+            # the same bandit without exploring: what its exploration costs
+            greedy = BanditSettings(exploration="epsilon", epsilon=0.0)
+            greedy_result = evaluate_log(
+                s, PolicySpec("bandit", greedy, "store", 1), since_ms=split_ms, seed=a.seed
             )
         experiment = load_experiments(tmp / "layout.toml").get("layout")
     result = analyze(experiment, events, now_ms=split_ms, pre_days=0)
@@ -219,11 +236,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "module_click_through": result["pages"]["variants"],
             "daily": result["pages"]["daily"],
             "bandit_arms": arms,
+            "random_order_click_through_by_position": position_ctr,
         },
         "phase2": {
             "simulation": sim2.to_dict(),
             "offpolicy_bandit": ope_result,
             "offpolicy_fixed": fixed_result,
+            "offpolicy_bandit_greedy": greedy_result,
             "online_inside_interval": inside,
         },
         "report": html_path.name,
