@@ -7,7 +7,8 @@ here, independently of ``serve/edge.py``, from the API's documented rules
 (``serve/v1/personalization.proto`` and the limits the edge documents): ids are 1..256
 characters with no control characters; ``k`` is in 1..max_k; the surface is a configured one;
 at most 1,000 excluded ids; profile and context maps hold at most 64 entries, keyed by ids,
-with values of at most 256 characters; the context's time is >= 0; a profile names the
+with values of at most 256 characters and no control characters (the context's device and
+locale too: the page bandit names features by them); the context's time is >= 0; a profile names the
 bundle's user fields, numeric ones as decimal text of a finite number (whoever the user is: a
 request is malformed or not by itself, not by the server's state); a Track call holds
 1..1,000 events with a real event type, ids, a time >= 0, a finite value and (for a view) a
@@ -109,8 +110,12 @@ def id_ok(value: str) -> bool:
     return 1 <= len(value) <= MAX_ID and not any(map(is_control, value))
 
 
+def text_ok(value: str) -> bool:
+    return len(value) <= MAX_ID and not any(map(is_control, value))
+
+
 def map_ok(values: Any) -> bool:
-    return len(values) <= MAX_MAP and all(id_ok(k) and len(v) <= MAX_ID for k, v in values.items())
+    return len(values) <= MAX_MAP and all(id_ok(k) and text_ok(v) for k, v in values.items())
 
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -129,10 +134,7 @@ def purpose_ok(p: str) -> bool:
 
 def context_ok(ctx: pb.Context) -> bool:
     return (
-        ctx.time_unix_ms >= 0
-        and len(ctx.device) <= MAX_ID
-        and len(ctx.locale) <= MAX_ID
-        and map_ok(ctx.extra)
+        ctx.time_unix_ms >= 0 and text_ok(ctx.device) and text_ok(ctx.locale) and map_ok(ctx.extra)
     )
 
 
