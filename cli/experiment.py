@@ -140,14 +140,15 @@ def _events(args: argparse.Namespace) -> Callable[[Collection[str] | None], Iter
 
 def _pages(args: argparse.Namespace) -> Iterator[Any]:
     """The server's logged pages as the analysis reads them (time, variants, modules shown,
-    modules clicked)."""
+    modules clicked, user)."""
     from tailored.paths import tailored_home
     from tailored.serve.state import open_state
 
     with open_state(args.state or str(tailored_home() / "serve" / "state.db")) as state:
         for g in state.pages():
             shown = [m for m in g.modules if m.position >= 0]
-            yield g.time_ms, g.variants, len(shown), sum(m.id in g.clicked for m in shown)
+            clicked = sum(m.id in g.clicked for m in shown)
+            yield g.time_ms, g.variants, len(shown), clicked, g.user
 
 
 def _status(args: argparse.Namespace) -> int:

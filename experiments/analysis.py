@@ -405,22 +405,24 @@ def _daily(
 
 
 # a logged page: its time (ms), the user's variants there ("EXPERIMENT:VARIANT"), the modules
-# it showed and how many of them had a click
-PageRow = tuple[int, Sequence[str], int, int]
+# it showed, how many of them had a click, and the user (the interval clusters by user)
+PageRow = tuple[int, Sequence[str], int, int, str]
 
 
 def page_modules(experiment: str, pages: Iterable[PageRow], alpha: float = 0.05) -> dict[str, Any]:
     """The module click-through of each of ``experiment``'s variants on the pages it served
     (a module clicked when any of its items was; per variant, clicked modules over modules
-    shown, with an interval by the delta method over pages), overall and by day since its
-    first page; ``{}`` when no page names the experiment. Pages of one user are not
-    independent: the per-user analysis (:func:`analyze`) is what decides."""
+    shown, with an interval by the delta method, clustered by user), overall and by day since
+    its first page; ``{}`` when no page names the experiment. The per-user analysis
+    (:func:`analyze`) is what decides."""
     prefix = f"{experiment}:"
     rows: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
-    for time_ms, variants, shown, clicked in pages:
+    users: dict[str, list[str]] = defaultdict(list)
+    for time_ms, variants, shown, clicked, user in pages:
         for tag in variants:
             if tag.startswith(prefix):
                 rows[tag[len(prefix) :]].append((int(time_ms), int(shown), int(clicked)))
+                users[tag[len(prefix) :]].append(user)
     if not rows:
         return {}
     start = min(t for r in rows.values() for t, _, _ in r)
@@ -432,9 +434,14 @@ def page_modules(experiment: str, pages: Iterable[PageRow], alpha: float = 0.05)
         n_shown, n_clicked = a[:, 1], a[:, 2]
         ctr = float(n_clicked.sum() / max(n_shown.sum(), 1.0))
         resid = (n_clicked - ctr * n_shown) / max(float(n_shown.mean()), 1e-12)
-        half = z * float(resid.std(ddof=1)) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
+        _, which = np.unique(np.asarray(users[variant]), return_inverse=True)
+        sums = np.bincount(which, weights=resid)  # per user: a user's pages go together
+        g = len(sums)
+        var = float((sums**2).sum()) * g / max(g - 1, 1) / len(r) ** 2
+        half = z * float(np.sqrt(var)) if len(r) > 1 else float("nan")
         out["variants"][variant] = {
             "pages": len(r),
+            "users": g,
             "modules_shown": int(n_shown.sum()),
             "clicked_modules": int(n_clicked.sum()),
             "clicked_modules_per_page": float(n_clicked.mean()),

@@ -11,7 +11,8 @@ order (the inverse of a uniform order's 1/720 for six modules would swamp any es
 ``pi`` and ``mu`` are the marginal probabilities of the target and logging policies
 putting that module in that slot.
 
-Estimators, each with a 95% normal interval from the per-page terms:
+Estimators, each with a 95% normal interval from the per-page terms, clustered by user (a
+user's pages are not independent):
 
 * **IPS**: the mean over pages of ``sum_s w_s r_s``; unbiased where ``mu > 0`` wherever
   ``pi > 0`` (a uniformly random logging order guarantees it);
@@ -63,14 +64,27 @@ class LoggedPage:
     chosen: tuple[int, ...]
     mu: tuple[float, ...]
     rewards: tuple[float, ...]
+    group: str = ""  # the user: pages of one user are clustered in the intervals
 
 
-def interval(terms: np.ndarray) -> dict[str, float]:
-    """Mean and 95% normal interval of per-page terms."""
+def interval(terms: np.ndarray, groups: Sequence[str] | None = None) -> dict[str, float]:
+    """Mean and 95% normal interval of per-page terms; with ``groups`` (each page's user),
+    the cluster-robust one: a user's pages are not independent of each other, and treating
+    them so makes the interval too narrow."""
     n = len(terms)
-    mean = float(terms.mean()) if n else math.nan
-    half = 1.96 * float(terms.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return {"value": mean, "low": mean - half, "high": mean + half}
+    if n < 2:
+        mean = float(terms.mean()) if n else math.nan
+        return {"value": mean, "low": math.nan, "high": math.nan}
+    mean = float(terms.mean())
+    if groups is None:
+        se = float(terms.std(ddof=1)) / math.sqrt(n)
+    else:
+        _, which = np.unique(np.asarray(groups), return_inverse=True)
+        sums = np.bincount(which, weights=terms - mean)
+        g = len(sums)
+        # the sandwich variance of a mean over clusters, with the small-sample factor G/(G-1)
+        se = math.sqrt(float((sums**2).sum()) * g / max(g - 1, 1)) / n
+    return {"value": mean, "low": mean - 1.96 * se, "high": mean + 1.96 * se}
 
 
 def reward_model(pages: Sequence[LoggedPage], ridge: float = 1.0) -> LinearBandit:
@@ -122,14 +136,16 @@ def evaluate(
     snips_slots = (w_all * r_all).sum(0) / np.maximum(w_all.sum(0), 1e-12)
     mean_w = np.maximum(w_all.mean(0), 1e-12)
     influence = ((w_all * r_all - snips_slots * w_all) / mean_w).sum(1)
-    snips = interval(influence + snips_slots.sum())
+    groups = [p.group or p.key for p in pages]
+    snips = interval(influence + snips_slots.sum(), groups)
     weights = w_all.sum(1)
     return {
         "pages": len(pages),
+        "users": len(set(groups)),
         "slots": slots,
-        "ips": interval(ips),
+        "ips": interval(ips, groups),
         "snips": snips,
-        "dr": interval(dr),
+        "dr": interval(dr, groups),
         # Kish's effective sample size of the per-slot weights, averaged over slots
         "effective_pages": float(
             np.mean(

@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     g.variants,
                     sum(m.position >= 0 for m in g.modules),
                     sum(m.position >= 0 and m.id in g.clicked for m in g.modules),
+                    g.user,
                 )
                 for g in s.pages()
             ]

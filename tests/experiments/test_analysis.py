@@ -160,8 +160,9 @@ def test_page_modules_counts_each_variants_click_through_by_day() -> None:
         variant = ("fixed", "bandit")[(i // 14) % 2]
         p = 0.10 if variant == "fixed" else 0.15
         clicked = int(rng.binomial(5, p))
-        rows.append((1_000 + (i % 14) * day, (f"layout:{variant}", "other:x"), 5, clicked))
-    rows.append((1_000, ("unrelated:a",), 5, 5))  # another experiment's page: not counted
+        user = f"u{i % 300}"
+        rows.append((1_000 + (i % 14) * day, (f"layout:{variant}", "other:x"), 5, clicked, user))
+    rows.append((1_000, ("unrelated:a",), 5, 5, "u0"))  # another experiment's: not counted
     out = page_modules("layout", rows)
     assert set(out["variants"]) == {"bandit", "fixed"}
     fixed, bandit = out["variants"]["fixed"], out["variants"]["bandit"]

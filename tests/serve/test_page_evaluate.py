@@ -145,3 +145,20 @@ def test_the_command_prints_the_estimates(state: SQLiteState, tmp_path: Path) ->
     policy.write_text("policy = \n")
     bad = subprocess.run([*cmd, "--policy", str(policy)], capture_output=True, text=True)
     assert bad.returncode != 0 and str(policy) in bad.stderr
+
+
+def test_the_clustered_interval_is_statsmodels_cluster_robust_one() -> None:
+    import statsmodels.api as sm
+
+    from tailored.experiments.offpolicy import interval
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 80, 1000)
+    effect = rng.normal(0, 1, 80)  # each user's own level: their pages go together
+    terms = effect[users] + rng.normal(0, 0.5, 1000)
+    got = interval(terms, [f"u{u}" for u in users])
+    fit = sm.OLS(terms, np.ones(len(terms))).fit(cov_type="cluster", cov_kwds={"groups": users})
+    assert got["value"] == pytest.approx(float(fit.params[0]))
+    assert (got["high"] - got["value"]) / 1.96 == pytest.approx(float(fit.bse[0]), rel=1e-9)
+    naive = interval(terms)
+    assert naive["high"] - naive["value"] < 0.5 * (got["high"] - got["value"])  # too narrow
