@@ -105,19 +105,31 @@ def _logged(page: PageLog, slots: int) -> LoggedPage:
         mu.append(1.0 / n if page.policy == "random" else m.propensity)  # slot 0: marginal
         rewards.append(1.0 if m.position >= 0 and m.id in page.clicked else 0.0)
     return LoggedPage(
-        page.request_id, modules, dict(page.context), tuple(chosen), tuple(mu), tuple(rewards)
+        page.request_id,
+        modules,
+        dict(page.context),
+        tuple(chosen),
+        tuple(mu),
+        tuple(rewards),
+        group=page.user,
     )
 
 
 def _observed(pages: Sequence[PageLog], slots: int) -> dict[str, Any]:
-    """Per logged policy: pages and clicked modules per page in the first ``slots``."""
-    by: dict[str, list[float]] = {}
+    """Per logged policy: pages and clicked modules per page in the first ``slots``, the
+    interval clustered by user."""
+    by: dict[str, tuple[list[float], list[str]]] = {}
     for p in pages:
         value = sum(
             1.0 for m in p.modules if 0 <= m.slot < slots and m.position >= 0 and m.id in p.clicked
         )
-        by.setdefault(p.policy, []).append(value)
-    return {policy: {"pages": len(v), **interval(np.array(v))} for policy, v in sorted(by.items())}
+        values, users = by.setdefault(p.policy, ([], []))
+        values.append(value)
+        users.append(p.user)
+    return {
+        policy: {"pages": len(v), "users": len(set(u)), **interval(np.array(v), u)}
+        for policy, (v, u) in sorted(by.items())
+    }
 
 
 def evaluate_log(

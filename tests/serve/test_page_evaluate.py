@@ -50,7 +50,14 @@ def _log(state: SQLiteState, n: int, seed: int, policy: str = "random") -> None:
         )
         pages.append(
             PageLog(
-                rid, f"u{i}", i, "home", policy, True, {"bias": 1.0, f"segment={seg}": 1.0}, modules
+                rid,
+                f"u{i % 500}",
+                i,
+                "home",
+                policy,
+                True,
+                {"bias": 1.0, f"segment={seg}": 1.0},
+                modules,
             )
         )
         for j, m in enumerate(MODULES):
@@ -86,6 +93,7 @@ def test_the_fixed_order_estimated_from_random_logs_holds_its_true_value(
         est = out["estimate"][name]
         assert est["low"] <= truth <= est["high"], (name, est, truth)
     assert out["estimate"]["pages"] == 6000 and out["observed"]["random"]["pages"] == 6000
+    assert out["estimate"]["users"] == out["observed"]["random"]["users"] == 500  # clustered
     # the random order's own observed value: the mean over every order
     random_truth = np.mean(
         [
