@@ -113,3 +113,36 @@ def test_a_causal_sequence_run_keeps_the_averaged_weights_it_validated(
     report = evaluate_run(tmp_path, split="valid")
     assert report["metrics"]["ndcg@10"] == pytest.approx(result.best_valid_ndcg10, abs=1e-4)
     assert report["metrics"]["ndcg@10"] > report["popularity"]["ndcg@10"]
+
+
+def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_so(
+    movielens_dir: Path, tmp_path: Path
+) -> None:
+    """Lightning turns SIGTERM into a SystemExit of status 0; a run that wrote no model must
+    not look like a success to the scheduler that stopped it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(
+        f'[data]\ndataset = "{movielens_dir}"\npositive_events = {{ rating = 1.0 }}\n'
+        "[train]\nmax_epochs = 1000\nprogress_bar = false\n"
+    )
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tailored.cli", "train", "--config", str(cfg), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while not (out / "logs").exists():  # the trainer has started
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "stopped by SIGTERM at epoch" in err and "no model was written" in err
+    assert not (out / "model").exists() and not list(out.glob("model*"))

@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -266,11 +267,17 @@ def _fit_one(
             enable_model_summary=False,
             num_sanity_val_steps=0,
         )
-        trainer.fit(
-            task,
-            _loader(tables, fit, cfg.batch_users, True),
-            _loader(tables, hold, cfg.batch_users * 4, False),
-        )
+        try:
+            trainer.fit(
+                task,
+                _loader(tables, fit, cfg.batch_users, True),
+                _loader(tables, hold, cfg.batch_users * 4, False),
+            )
+        except SIGTERMException as e:  # Lightning's own: a SystemExit whose status would be 0
+            raise TailoredError(
+                f"the ranker's training was stopped by SIGTERM at epoch {trainer.current_epoch}:"
+                " nothing was written (run it again)"
+            ) from e
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
     return model.eval(), trainer.current_epoch

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tailored.config import Config
 from tailored.data.interactions import Interactions
@@ -103,7 +104,13 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     )
     meter = ThroughputMeter()
     trainer = _trainer(cfg, out, [ckpt, meter])
-    trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
+    try:
+        trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
+    except SIGTERMException as e:  # Lightning's own: a SystemExit whose status would be 0
+        raise TailoredError(
+            f"training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}: no model was written to {out} (run it again)"
+        ) from e
     epochs = trainer.current_epoch
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     if trainer.is_global_zero:
