@@ -175,12 +175,19 @@ class TrainConfig:
     # sampled (0: all); at a million items each user costs a pass over the catalog
     final_eval_users: int = 20_000
     logger: str = "csv"  # "csv" | "tensorboard"
+    # the progress bar, where the output is a terminal; elsewhere (a log file, a job's output)
+    # a progress line every progress_seconds instead of a bar's carriage returns
     progress_bar: bool = True
+    progress_seconds: float = 30.0
 
     def validate(self) -> None:
         for name in ("max_epochs", "batch_size", "devices", "patience", "target_window"):
             _positive("train", name, getattr(self, name))
         _positive("train", "lr", self.lr)
+        if not 0.0 <= self.progress_seconds < math.inf:
+            raise ConfigError(
+                f"[train] progress_seconds: must be >= 0, got {self.progress_seconds}"
+            )
         if not 0 <= self.seed < 2**32:  # what numpy and Lightning accept as a seed
             raise ConfigError(f"[train] seed: must be in [0, 2**32), got {self.seed}")
         for name in (

@@ -146,3 +146,28 @@ def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_so(
     assert proc.returncode == 2, err[-2000:]
     assert "stopped by SIGTERM at epoch" in err and "no model was written" in err
     assert not (out / "model").exists() and not list(out.glob("model*"))
+
+
+def test_a_run_whose_output_is_no_terminal_logs_lines_without_bars_or_tips(
+    movielens_dir: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "short.toml"
+    cfg.write_text(
+        f'[data]\ndataset = "{movielens_dir}"\npositive_events = {{ rating = 1.0 }}\n'
+        "[model]\ndim = 16\n[train]\nmax_epochs = 1\nprogress_seconds = 0\n"
+        "final_eval_users = 100\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "tailored.cli", "train", "--config", str(cfg)]
+        + ["--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "epoch 0, batch 1/" in run.stderr and "examples/s" in run.stderr
+    assert "\r" not in run.stderr  # no progress bar redrawn in a log
+    assert "Tip:" not in run.stderr and "litlogger" not in run.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -82,6 +83,56 @@ def _logger(cfg: Config, out: Path) -> Logger:
     return CSVLogger(save_dir=out, name="logs", version="")
 
 
+class ProgressLines(pl.Callback):
+    """One log line every ``seconds`` of training (epoch, step, examples per second): what a
+    log file or a job's output gets instead of a progress bar's carriage returns."""
+
+    def __init__(self, seconds: float, meter: ThroughputMeter) -> None:
+        self.seconds = seconds
+        self.meter = meter
+        self._last = time.monotonic()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        now = time.monotonic()
+        if now - self._last < self.seconds or not trainer.is_global_zero:
+            return
+        self._last = now
+        total = trainer.num_training_batches
+        of = f"/{total}" if isinstance(total, int) else ""
+        _log.info(
+            "epoch %d, batch %d%s, step %d: %.0f examples/s",
+            trainer.current_epoch,
+            batch_idx + 1,
+            of,
+            trainer.global_step,
+            self.meter.samples_per_second,
+        )
+
+
+class _NoTips(logging.Filter):
+    """Lightning's advertising ("Tip: ... try installing ...") out of the run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+_TIPS = _NoTips()
+
+
+def _quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        if _TIPS not in logger.filters:
+            logger.addFilter(_TIPS)
+
+
 def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunResult:
     """Train the two-tower model and write the run directory ``out``; return its summary."""
     out = _clean_run_dir(Path(out))
@@ -103,7 +154,11 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         save_last=True,
     )
     meter = ThroughputMeter()
-    trainer = _trainer(cfg, out, [ckpt, meter])
+    callbacks: list[pl.Callback] = [ckpt, meter]
+    if not _terminal():
+        callbacks.append(ProgressLines(cfg.train.progress_seconds, meter))
+    _quiet_lightning()
+    trainer = _trainer(cfg, out, callbacks)
     try:
         trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
     except SIGTERMException as e:  # Lightning's own: a SystemExit whose status would be 0
@@ -130,6 +185,11 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         samples_per_second=meter.samples_per_second,
         train_seconds=meter.seconds,
     )
+
+
+def _terminal() -> bool:
+    """Whether the run's output is a terminal (Lightning's bar writes to stderr)."""
+    return sys.stderr.isatty()
 
 
 def _clean_run_dir(out: Path) -> Path:
@@ -192,7 +252,7 @@ def _trainer(cfg: Config, out: Path, callbacks: list[pl.Callback]) -> pl.Trainer
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
         callbacks=callbacks,
         logger=_logger(cfg, out),
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=t.progress_bar and _terminal(),
         enable_model_summary=False,
         use_distributed_sampler=False,  # the data module shards (see its loaders)
         deterministic=False,
