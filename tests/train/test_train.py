@@ -160,9 +160,9 @@ def test_a_run_whose_output_is_no_terminal_logs_lines_without_bars_or_tips(
         "[model]\ndim = 16\n[train]\nmax_epochs = 1\nprogress_seconds = 0\n"
         "final_eval_users = 100\n"
     )
+    out = tmp_path / "run"
     run = subprocess.run(
-        [sys.executable, "-m", "tailored.cli", "train", "--config", str(cfg)]
-        + ["--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "tailored.cli", "train", "--config", str(cfg), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
