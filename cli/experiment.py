@@ -146,9 +146,7 @@ def _pages(args: argparse.Namespace) -> Iterator[Any]:
 
     with open_state(args.state or str(tailored_home() / "serve" / "state.db")) as state:
         for g in state.pages():
-            shown = [m for m in g.modules if m.position >= 0]
-            clicked = sum(m.id in g.clicked for m in shown)
-            yield g.time_ms, g.variants, len(shown), clicked, g.user
+            yield g.time_ms, g.variants, *g.outcome(), g.user
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from tailored.experiments.config import Experiment
 from tailored.experiments.stats import (
     DEFAULT_PLANNED_N,
     Comparison,
+    clustered_se,
     compare_means,
     compare_ratios,
     srm_test,
@@ -434,14 +435,10 @@ def page_modules(experiment: str, pages: Iterable[PageRow], alpha: float = 0.05)
         n_shown, n_clicked = a[:, 1], a[:, 2]
         ctr = float(n_clicked.sum() / max(n_shown.sum(), 1.0))
         resid = (n_clicked - ctr * n_shown) / max(float(n_shown.mean()), 1e-12)
-        _, which = np.unique(np.asarray(users[variant]), return_inverse=True)
-        sums = np.bincount(which, weights=resid)  # per user: a user's pages go together
-        g = len(sums)
-        var = float((sums**2).sum()) * g / max(g - 1, 1) / len(r) ** 2
-        half = z * float(np.sqrt(var)) if len(r) > 1 else float("nan")
+        half = z * clustered_se(resid, users[variant]) if len(r) > 1 else float("nan")
         out["variants"][variant] = {
             "pages": len(r),
-            "users": g,
+            "users": len(set(users[variant])),
             "modules_shown": int(n_shown.sum()),
             "clicked_modules": int(n_clicked.sum()),
             "clicked_modules_per_page": float(n_clicked.mean()),

@@ -39,7 +39,7 @@ module at each slot, which off-policy evaluation (:mod:`.offpolicy`) needs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +94,19 @@ class ArmStats:
     def clicks(self, module: str) -> float:
         """How many times ``module`` was counted clicked."""
         return float(self.b.get(f"{module}|bias", 0.0))
+
+    @staticmethod
+    def of(observations: Iterable[tuple[Mapping[str, float], float]]) -> ArmStats:
+        """The statistics of ``(x, reward)`` observations, each counted shown once."""
+        a: dict[tuple[str, str], float] = {}
+        b: dict[str, float] = {}
+        for x, r in observations:
+            for key, v in ArmStats.outer(x).items():
+                a[key] = a.get(key, 0.0) + v
+            if r:
+                for f, v in x.items():
+                    b[f] = b.get(f, 0.0) + r * v
+        return ArmStats(a, b)
 
     @staticmethod
     def outer(x: Mapping[str, float], weight: float = 1.0) -> dict[tuple[str, str], float]:

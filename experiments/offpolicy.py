@@ -45,6 +45,7 @@ from tailored.experiments.bandit import (
     Module,
     module_features,
 )
+from tailored.experiments.stats import clustered_se
 
 __all__ = ["LoggedPage", "evaluate", "interval", "reward_model"]
 
@@ -79,27 +80,18 @@ def interval(terms: np.ndarray, groups: Sequence[str] | None = None) -> dict[str
     if groups is None:
         se = float(terms.std(ddof=1)) / math.sqrt(n)
     else:
-        _, which = np.unique(np.asarray(groups), return_inverse=True)
-        sums = np.bincount(which, weights=terms - mean)
-        g = len(sums)
-        # the sandwich variance of a mean over clusters, with the small-sample factor G/(G-1)
-        se = math.sqrt(float((sums**2).sum()) * g / max(g - 1, 1)) / n
+        se = clustered_se(terms - mean, groups)
     return {"value": mean, "low": mean - 1.96 * se, "high": mean + 1.96 * se}
 
 
 def reward_model(pages: Sequence[LoggedPage], ridge: float = 1.0) -> LinearBandit:
     """The bandit's ridge regression of the click on the features at the logged slot."""
-    a: dict[tuple[str, str], float] = {}
-    b: dict[str, float] = {}
-    for p in pages:
-        for slot, (j, r) in enumerate(zip(p.chosen, p.rewards, strict=True)):
-            x = module_features(p.modules[j], p.context, slot)
-            for key, v in ArmStats.outer(x).items():
-                a[key] = a.get(key, 0.0) + v
-            if r:
-                for f, v in x.items():
-                    b[f] = b.get(f, 0.0) + r * v
-    return LinearBandit(ArmStats(a, b), BanditSettings(epsilon=0.0, ridge=ridge))
+    stats = ArmStats.of(
+        (module_features(p.modules[j], p.context, slot), r)
+        for p in pages
+        for slot, (j, r) in enumerate(zip(p.chosen, p.rewards, strict=True))
+    )
+    return LinearBandit(stats, BanditSettings(epsilon=0.0, ridge=ridge))
 
 
 def _predictions(model: LinearBandit, p: LoggedPage, slots: int) -> np.ndarray:

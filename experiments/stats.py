@@ -139,6 +139,7 @@ __all__ = [
     "CupedResult",
     "MeanStats",
     "RatioStats",
+    "clustered_se",
     "compare_mean_stats",
     "compare_means",
     "compare_ratio_stats",
@@ -863,3 +864,14 @@ def users_needed(
     while power_at(n, baseline_mean, baseline_sd, relative_mde, alpha=a) < pw:
         n += 1
     return n
+
+
+def clustered_se(deviations: npt.ArrayLike, groups: Sequence[str]) -> float:
+    """The cluster-robust standard error of a mean whose terms deviate from it by
+    ``deviations``, the terms grouped by ``groups`` (a user's pages): the sandwich variance
+    with the small-sample factor G / (G - 1), as statsmodels' ``cov_type="cluster"``."""
+    d = np.asarray(deviations, np.float64)
+    _, which = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.bincount(which, weights=d)
+    g = len(sums)
+    return math.sqrt(float((sums**2).sum()) * g / max(g - 1, 1)) / len(d)

@@ -120,11 +120,8 @@ def _observed(pages: Sequence[PageLog], slots: int) -> dict[str, Any]:
     interval clustered by user."""
     by: dict[str, tuple[list[float], list[str]]] = {}
     for p in pages:
-        value = sum(
-            1.0 for m in p.modules if 0 <= m.slot < slots and m.position >= 0 and m.id in p.clicked
-        )
         values, users = by.setdefault(p.policy, ([], []))
-        values.append(value)
+        values.append(float(p.outcome(slots)[1]))
         users.append(p.user)
     return {
         policy: {"pages": len(v), "users": len(set(u)), **interval(np.array(v), u)}

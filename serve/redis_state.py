@@ -466,7 +466,7 @@ class RedisState(OnlineState):
             "feedback": [
                 [
                     self._page_key(f.request_id),
-                    f"{f.kind}:{f.module}",
+                    f.mark,
                     self._incs(f.update) if f.update is not None else [],
                 ]
                 for f in feedback
@@ -526,12 +526,7 @@ def _decode(member: str) -> StoredEvent:
 
 
 def _page(fields: Mapping[str, str]) -> PageLog:
-    marks = [f.partition(":") for f in fields if f != "rec"]
-    return PageLog.decode(
-        fields["rec"],
-        clicked=[m for kind, _, m in marks if kind == "click"],
-        seen=[m for kind, _, m in marks if kind == "impression"],
-    )
+    return PageLog.decode(fields["rec"], (f for f in fields if f != "rec"))
 
 
 def _split(purposes: str) -> frozenset[str]:

@@ -416,7 +416,7 @@ class SQLiteState(OnlineState):
         def write(conn: sqlite3.Connection) -> int:
             new = 0
             for f in feedback:
-                token = f"{f.kind}:{f.module}\n"
+                token = f"{f.mark}\n"
                 changed = conn.execute(
                     "UPDATE pages SET flags = flags || ? WHERE request_id=? "
                     "AND instr(flags, ?) = 0 AND expires_ms >= ?",
@@ -500,12 +500,7 @@ def _apply(conn: sqlite3.Connection, updates: Sequence[ArmUpdate]) -> None:
 
 
 def _page(record: str, flags: str) -> PageLog:
-    marks = [f.partition(":") for f in flags.split("\n") if f]
-    return PageLog.decode(
-        record,
-        clicked=[m for kind, _, m in marks if kind == "click"],
-        seen=[m for kind, _, m in marks if kind == "impression"],
-    )
+    return PageLog.decode(record, (f for f in flags.split("\n") if f))
 
 
 def _split(purposes: str) -> frozenset[str]:

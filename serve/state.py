@@ -118,6 +118,12 @@ class PageLog:
     def module(self, module_id: str) -> ShownModule | None:
         return next((m for m in self.modules if m.id == module_id), None)
 
+    def outcome(self, slots: int | None = None) -> tuple[int, int]:
+        """The modules shown, and how many of them had a click (among the first ``slots``
+        of the policy's order if given)."""
+        shown = [m for m in self.modules if m.position >= 0 and (slots is None or m.slot < slots)]
+        return len(shown), sum(m.id in self.clicked for m in shown)
+
     def encode(self) -> str:
         """The record as stored (JSON; the feedback flags are kept beside it)."""
         doc: dict[str, Any] = {
@@ -138,7 +144,11 @@ class PageLog:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
     @staticmethod
-    def decode(text: str, clicked: Iterable[str] = (), seen: Iterable[str] = ()) -> PageLog:
+    def decode(text: str, marks: Iterable[str] = ()) -> PageLog:
+        """A stored record, with the feedback marks kept beside it (:attr:`Feedback.mark`)."""
+        parts = [m.partition(":") for m in marks]
+        clicked = [module for kind, _, module in parts if kind == "click"]
+        seen = [module for kind, _, module in parts if kind == "impression"]
         d = json.loads(text)
         return PageLog(
             request_id=str(d["r"]),
@@ -206,6 +216,11 @@ class Feedback:
     module: str
     kind: str
     update: ArmUpdate | None = None
+
+    @property
+    def mark(self) -> str:
+        """What the store keeps of it beside the page: ``KIND:MODULE``."""
+        return f"{self.kind}:{self.module}"
 
 
 class OnlineState(ABC):

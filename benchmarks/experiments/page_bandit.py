@@ -172,16 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         split_ms = int(split * 1000)
         with SQLiteState(state) as s:
             events = [(u, ev.type, ev.item_id, ev.time_ms, ev.value) for u, ev in s.scan()]
-            pages = [
-                (
-                    g.time_ms,
-                    g.variants,
-                    sum(m.position >= 0 for m in g.modules),
-                    sum(m.position >= 0 and m.id in g.clicked for m in g.modules),
-                    g.user,
-                )
-                for g in s.pages()
-            ]
+            pages = [(g.time_ms, g.variants, *g.outcome(), g.user) for g in s.pages()]
             # what a position is worth: click-through by shown position, random pages only
             by_position: dict[int, list[int]] = {}
             for g in s.pages():

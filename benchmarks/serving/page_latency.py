@@ -122,18 +122,14 @@ def _taught_bandit(specs: Sequence[Any]) -> Any:
     )
 
     rng = np.random.default_rng(1)
-    a: dict[tuple[str, str], float] = {}
-    b: dict[str, float] = {}
+    observations = []
     for _ in range(20_000):
         ctx = {"bias": 1.0, f"segment=x:{int(rng.integers(8))}": 1.0}
         for pos, j in enumerate(rng.permutation(len(specs))):
             x = module_features((specs[j].id, specs[j].type), ctx, pos)
-            for key, v in ArmStats.outer(x).items():
-                a[key] = a.get(key, 0.0) + v
-            if rng.random() < 0.2:
-                for f, v in x.items():
-                    b[f] = b.get(f, 0.0) + v
-    return LinearBandit(ArmStats(a, b), BanditSettings(exploration="epsilon", epsilon=0.1))
+            observations.append((x, float(rng.random() < 0.2)))
+    stats = ArmStats.of(observations)
+    return LinearBandit(stats, BanditSettings(exploration="epsilon", epsilon=0.1))
 
 
 def _load(

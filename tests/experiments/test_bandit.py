@@ -31,19 +31,15 @@ def _learn(n: int, rng: np.random.Generator, *, order: str = "random") -> ArmSta
     """Statistics of ``n`` pages: the modules in a random order (or, with ``order`` "fixed",
     mostly as listed: a policy that keeps horror low), for a user of a random segment, each
     clicked with probability TRUTH + POSITION."""
-    a: dict[tuple[str, str], float] = {}
-    b: dict[str, float] = {}
+    observations = []
     for _ in range(n):
         seg = ("s1", "s2")[int(rng.integers(2))]
         perm = rng.permutation(3) if order == "random" or rng.random() < 0.1 else range(3)
         for pos, j in enumerate(perm):
             x = module_features(MODULES[j], _ctx(seg), pos)
-            for key, v in ArmStats.outer(x).items():
-                a[key] = a.get(key, 0.0) + v
-            if rng.random() < TRUTH[(seg, MODULES[j][0])] + POSITION[pos]:
-                for f, v in x.items():
-                    b[f] = b.get(f, 0.0) + v
-    return ArmStats(a, b)
+            clicked = rng.random() < TRUTH[(seg, MODULES[j][0])] + POSITION[pos]
+            observations.append((x, float(clicked)))
+    return ArmStats.of(observations)
 
 
 def test_the_greedy_order_follows_each_segments_tastes() -> None:
