@@ -35,7 +35,7 @@ from tailored.bundle.format import (
 )
 from tailored.config import Config, SegmentsConfig, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
-from tailored.data.interactions import Interactions
+from tailored.data.interactions import Interactions, read_users
 from tailored.data.ranking_features import HISTORY_EVENTS
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
@@ -144,7 +144,7 @@ def _from_bundle(path: Path) -> _Source:
 
 def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
     m = src.cfg.model
-    users_t = pq.read_table(dataset_dir(src.cfg.data.dataset) / "users.parquet")
+    users_t = read_users(dataset_dir(src.cfg.data.dataset))  # the rows of data.user_ids
     users = FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t)
     hist = UserHistory.of(data, tuple(np.unique(data.split).tolist()) or (TRAIN,))
     every = np.arange(data.n_users)

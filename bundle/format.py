@@ -35,9 +35,12 @@ __all__ = [
     "BundleWriter",
     "FileEntry",
     "Manifest",
+    "bundle_versions",
+    "erasure_lock",
     "latest_bundle",
     "load_json",
     "load_npy",
+    "reseal",
     "resolve_bundle",
     "verify_bundle",
 ]
@@ -76,6 +79,9 @@ BUNDLE_FILES = {
     "user_history_times": "users/history_times.npy",
     "user_seen_offsets": "users/seen_offsets.npy",
     "user_seen_items": "users/seen_items.npy",
+    # the hashed id bucket each user was trained with, written when the users were re-keyed
+    # (their new pseudonyms hash elsewhere)
+    "user_id_buckets": "users/id_buckets.npy",
     "user_segments": "users/segments.npy",
     "segment_centroids": "segments/centroids.npy",
     "segments": "segments/segments.json",
@@ -164,6 +170,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def erasure_lock(version: Path) -> Path:
+    """The lock file an erasure holds while it rewrites a version in place (exclusive) and a
+    loader while it verifies and reads one (shared), so that no loader reads half of each:
+    one per bundles root (the version's folder)."""
+    return Path(version).parent / ".erasure.lock"
+
+
+def bundle_versions(root: Path) -> list[Path]:
+    """Every committed version directory under ``root`` (one with a manifest), oldest first."""
+    return [p for _, p in sorted(_versions(Path(root)).items()) if (p / MANIFEST).is_file()]
+
+
 def _versions(root: Path) -> dict[int, Path]:
     if not root.is_dir():
         return {}
@@ -226,6 +244,10 @@ class BundleWriter:
             **{k: v or {} for k, v in objects.items()},
             "files": files,
         }
+        # the lock an erasure rewriting a version takes, and a loader shares: there before
+        # any version is, so that no loader ever goes without it
+        lock = erasure_lock(self.staging)
+        os.close(os.open(lock, os.O_CREAT | os.O_RDWR, 0o600))
         n = max(_versions(self.root), default=0) + 1
         while True:  # another writer may publish the same number first: take the next one
             doc["version"] = f"v{n:06d}"
@@ -254,6 +276,38 @@ class BundleWriter:
             os.fsync(f.fileno())
         os.replace(tmp, self.staging / MANIFEST)
         _fsync(self.staging)
+
+
+def reseal(
+    directory: Path,
+    extra: dict[str, Any],
+    changed: Collection[str],
+    *,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Rewrite the manifest of bundle ``directory`` after the files ``changed`` (paths
+    relative to it) were rewritten on purpose (an erasure, a re-keying): those are hashed
+    again, the others keep their entries; ``extra`` and ``data`` are updated with what is
+    given; version, creation time, configuration and metrics stay. For a copy of a version
+    before it is published again; the manifest is written beside and renamed."""
+    mpath = directory / MANIFEST
+    doc = json.loads(mpath.read_text())
+    entries = {f["path"]: f for f in doc["files"]}
+    for rel in changed:
+        full = directory / _check_name(rel, str(directory))
+        _fsync(full)
+        entries[rel] = {"path": rel, "size": full.stat().st_size, "sha256": _sha256(full)}
+    doc["files"] = [entries[k] for k in sorted(entries)]
+    doc["extra"] = {**doc.get("extra", {}), **extra}
+    doc["data"] = {**doc.get("data", {}), **(data or {})}
+    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    tmp = directory / f".{MANIFEST}.tmp"
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, mpath)
+    _fsync(directory)
 
 
 def _parse_manifest(doc: Any, where: str, directory: Path) -> Manifest:

@@ -19,6 +19,7 @@ from tailored.bundle.format import (
     BUNDLE_FILES,
     BundleError,
     Manifest,
+    erasure_lock,
     load_json,
     load_npy,
     verify_bundle,
@@ -31,6 +32,7 @@ from tailored.data.ranking_features import (
     ItemRegression,
     ranker_inputs,
 )
+from tailored.data.tombstones import locked
 from tailored.errors import TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
@@ -97,6 +99,9 @@ class UserSnapshot:
     history_times: np.ndarray
     seen_offsets: np.ndarray | None = None
     seen_items: np.ndarray | None = None
+    # the hashed id bucket each user was trained with, where the users were re-keyed since
+    # (int64 [U]); else a user's bucket is their pseudonym's hash
+    id_buckets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._rows = {str(u): i for i, u in enumerate(self.ids)}
@@ -126,7 +131,21 @@ class UserSnapshot:
             history=load_npy(root / BUNDLE_FILES["user_history"]),
             history_times=load_npy(root / BUNDLE_FILES["user_history_times"]),
             **_seen(root, len(ids)),
+            id_buckets=_id_buckets(root, len(ids)),
         )
+
+
+def _id_buckets(root: Path, n_users: int) -> np.ndarray | None:
+    path = root / BUNDLE_FILES["user_id_buckets"]
+    if not path.exists():
+        return None
+    buckets = load_npy(path)
+    if not np.issubdtype(buckets.dtype, np.integer) or buckets.shape != (n_users,):
+        raise BundleError(
+            f"{path}: {buckets.dtype} {buckets.shape}, not one id bucket for each of {n_users} "
+            "users"
+        )
+    return buckets.astype(np.int64)
 
 
 def _optional_pair(root: Path, first: str, second: str) -> tuple[np.ndarray, ...] | None:
@@ -278,12 +297,19 @@ class LoadedBundle:
     @classmethod
     def load(cls, path: Path, *, threads: int = 1) -> LoadedBundle:
         """Verify the bundle at ``path`` against its manifest (refusing a missing, extra or
-        altered file) and load it; ``threads`` per onnxruntime session."""
+        altered file) and load it; ``threads`` per onnxruntime session. An erasure rewriting
+        the version waits until it is loaded, and the load until the erasure is done
+        (:func:`tailored.bundle.format.erasure_lock`)."""
+        with locked(erasure_lock(Path(path)), shared=True):
+            return cls._load(Path(path), threads)
+
+    @classmethod
+    def _load(cls, path: Path, threads: int) -> LoadedBundle:
         manifest = verify_bundle(path)
         root = manifest.path
         optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
         optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
-        optional |= {"user_segments", "segment_centroids", "segments"}
+        optional |= {"user_segments", "segment_centroids", "segments", "user_id_buckets"}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():

@@ -1,11 +1,11 @@
 """The ``tailored`` command line: it parses arguments and calls typed functions.
 
 One module per command group: :mod:`.data` (``data fetch | import | synth``), :mod:`.train`
-(``train``, ``evaluate``), :mod:`.bundle` (``bundle build | verify``, ``refresh``) and
+(``train``, ``evaluate``), :mod:`.bundle` (``bundle build | verify``, ``refresh``),
 :mod:`.serve` (``serve``, ``recommend``, ``track``), :mod:`.experiment` (``experiment list |
-status | report``). Each imports the layers it calls inside
-its handlers, so that ``--help`` stays fast; this package is the roof: it may import any
-layer, and none imports it.
+status | report``) and :mod:`.privacy` (``privacy forget | export | enforce | report``). Each
+imports the layers it calls inside its handlers, so that ``--help`` stays fast; this package
+is the roof: it may import any layer, and none imports it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tailored.cli import bundle, data, experiment, serve, train
+    from tailored.cli import bundle, data, experiment, privacy, serve, train
 
     parser = argparse.ArgumentParser(
         prog="tailored",
@@ -29,7 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (data, train, bundle, serve, experiment):
+    for group in (data, train, bundle, serve, experiment, privacy):
         group.register(sub)
     return parser
 

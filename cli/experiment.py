@@ -90,6 +90,13 @@ def _common(p: argparse.ArgumentParser, *, state: bool) -> None:
             help="the server's online state: sqlite:///PATH or redis://HOST:PORT/DB "
             "(default: $TAILORED_HOME/serve/state.db)",
         )
+        p.add_argument(
+            "--analytics-purpose",
+            metavar="PURPOSE",
+            help="count only users who consented to this purpose (e.g. analytics), or who "
+            "never set their consent; a user who set it without the purpose is left out of "
+            "every metric (default: everyone counts)",
+        )
 
 
 def _now(args: argparse.Namespace) -> float:
@@ -132,8 +139,10 @@ def _events(args: argparse.Namespace) -> Callable[[Collection[str] | None], Iter
 
     def read(types: Collection[str] | None) -> Iterator[Any]:
         with open_state(url) as state:
+            out = _left_out(state, args.analytics_purpose)
             for u, e in state.scan(types):
-                yield (u, e.type, e.item_id, e.time_ms, e.value)
+                if u not in out:
+                    yield (u, e.type, e.item_id, e.time_ms, e.value)
 
     return read
 
@@ -145,8 +154,18 @@ def _pages(args: argparse.Namespace) -> Iterator[Any]:
     from tailored.serve.state import open_state
 
     with open_state(args.state or str(tailored_home() / "serve" / "state.db")) as state:
+        out = _left_out(state, args.analytics_purpose)
         for g in state.pages():
-            yield g.time_ms, g.variants, *g.outcome(), g.user
+            if g.user not in out:
+                yield g.time_ms, g.variants, *g.outcome(), g.user
+
+
+def _left_out(state: Any, purpose: str | None) -> frozenset[str]:
+    """The users whose consent leaves them out of the metrics: they set it without
+    ``purpose`` (None: no one is left out)."""
+    if purpose is None:
+        return frozenset()
+    return frozenset(u for u, purposes in state.consents().items() if purpose not in purposes)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -6,6 +6,11 @@ by batch), renamed and converted to tailored's schema, user ids pseudonymized, a
 into place only when all of it was written. Any bad input raises
 :class:`~tailored.data.schema.SchemaError` naming the file, the 1-based data row (header
 excluded), the user's column and what is wrong; nothing half-written is left behind.
+
+Profile fields the mapping coarsens (``[users.coarsen]``, :mod:`tailored.data.coarsen`) are
+coarsened in memory, over the whole users table (rare values are counted across all of it),
+before the table is written: the exact values never reach the disk. ``dataset.json``'s
+``coarsening`` records what was done.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tailored.data.coarsen import CoarseningError, coarsen_table
 from tailored.data.mapping import (
     EntityMapping,
     EventsMapping,
@@ -33,6 +40,7 @@ from tailored.data.mapping import (
 from tailored.data.pseudonym import Pseudonymizer, load_key
 from tailored.data.schema import DatasetMeta, DatasetSchema, SchemaError, arrow_schema
 from tailored.data.store import DatasetWriter
+from tailored.data.tombstones import TombstoneList, tombstoned
 from tailored.paths import tailored_home
 
 __all__ = ["import_dataset"]
@@ -74,16 +82,23 @@ def import_dataset(
         presplit=m.events.presplit,
         source=str(m.origin),
     )
+    # users erased (or who withdrew consent) before: their rows are left out of every import
+    stones = TombstoneList().read()
     with DatasetWriter(out, meta) as w:
         if m.users is not None:
             users = _entity(m.users, "users", pseudo, chunk_rows)
+            gone = tombstoned(users.column("user_id"), stones)
+            if gone.any():
+                users = users.filter(pa.array(~gone))
+            if m.users.coarsen:
+                users, meta.coarsening["users"] = _coarsen(users, m.users, m.origin)
             with _their_columns(_entity_columns(m.users, "user_id")):
                 w.write_users(users, source=m.users.file.label)
         if m.items is not None:
             items = _entity(m.items, "items", None, chunk_rows)
             with _their_columns(_entity_columns(m.items, "item_id")):
                 w.write_items(items, source=m.items.file.label)
-        seen_users, seen_items = _write_events(w, m.events, pseudo, chunk_rows)
+        seen_users, seen_items = _write_events(w, m.events, pseudo, chunk_rows, stones)
         label = " + ".join(src.label for _, src in m.events.files)
         if m.users is None:
             w.write_users(pa.table({"user_id": seen_users}), source=f"{label} (users)")
@@ -93,7 +108,11 @@ def import_dataset(
 
 
 def _write_events(
-    w: DatasetWriter, ev: EventsMapping, pseudo: Pseudonymizer, chunk_rows: int
+    w: DatasetWriter,
+    ev: EventsMapping,
+    pseudo: Pseudonymizer,
+    chunk_rows: int,
+    stones: frozenset[str] = frozenset(),
 ) -> tuple[pa.Array, pa.Array]:
     """Append every events file; return the distinct user and item ids seen."""
     users, items = pa.array([], pa.string()), pa.array([], pa.string())
@@ -111,6 +130,9 @@ def _write_events(
             rows += chunk.num_rows
             where = _Where(src.label, offset)
             t = _events(chunk, ev, pseudo, where)
+            gone = tombstoned(t.column("user_id"), stones)
+            if gone.any():
+                t = t.filter(pa.array(~gone))
             if split is not None:
                 t = t.append_column("split", pa.array([split] * t.num_rows, pa.string()))
             with _their_columns(renames):
@@ -172,6 +194,16 @@ def _entity(
         )
         return arrow_schema("users" if kind == "users" else "items", schema).empty_table()
     return pa.concat_tables(parts)
+
+
+def _coarsen(
+    users: pa.Table, ent: EntityMapping, origin: Path
+) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
+    """The users table with the mapping's coarsening applied, and the record of it."""
+    try:
+        return coarsen_table(users, ent.coarsen, {f.name: f.kind for f in ent.fields})
+    except CoarseningError as e:
+        raise SchemaError(f"{ent.file.label}: {e} (coarsened as {origin.name} declares)") from e
 
 
 # --- checks before anything is written ---------------------------------------------------------

@@ -23,8 +23,9 @@ from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.schema import DatasetMeta, SchemaError, read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_temporal_split
 from tailored.data.splits import user_time_order as _order
+from tailored.data.tombstones import TombstoneList, tombstoned
 
-__all__ = ["Interactions", "PositiveRule", "load_interactions"]
+__all__ = ["Interactions", "PositiveRule", "load_interactions", "read_users"]
 
 _SPLIT_CODES = {"train": TRAIN, "valid": VALID, "test": TEST}
 
@@ -120,13 +121,14 @@ def load_interactions(
         raise SchemaError(
             f"{directory}: split 'presplit' needs data imported with train/valid/test files"
         )
-    users_t = pq.read_table(directory / "users.parquet")
+    stones = TombstoneList().read()
+    users_t = read_users(directory, stones)
     items_t = pq.read_table(directory / "items.parquet")
     user_ids = users_t.column("user_id").combine_chunks()
     item_ids = items_t.column("item_id").combine_chunks()
     user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
     item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
-    ev = _read_positives(directory, meta, rule, user_ids, item_ids, split, batch_rows)
+    ev = _read_positives(directory, meta, rule, user_ids, item_ids, split, batch_rows, stones)
     if split == "presplit":
         labels = ev.split
     elif split == "global_time":
@@ -165,6 +167,16 @@ def load_interactions(
     )
 
 
+def read_users(directory: Path, stones: frozenset[str] | None = None) -> pa.Table:
+    """The dataset's users table without the users erased (or who withdrew consent) since the
+    import (``stones``, default the tombstone list): they are not learned from again."""
+    users_t = pq.read_table(Path(directory) / "users.parquet")
+    gone = tombstoned(
+        users_t.column("user_id"), TombstoneList().read() if stones is None else stones
+    )
+    return users_t.filter(pa.array(~gone)) if gone.any() else users_t
+
+
 @dataclass
 class _Positives:
     """The positive events of a dataset in file order: user and item indices (items
@@ -187,6 +199,7 @@ def _read_positives(
     item_ids: pa.Array,
     split: str,
     batch_rows: int,
+    stones: frozenset[str] = frozenset(),
 ) -> _Positives:
     """``events.parquet`` read in batches of ``batch_rows``, keeping what ``rule`` counts."""
     ctx_names = list(meta.schema.context_fields)
@@ -198,6 +211,7 @@ def _read_positives(
         batch_size=batch_rows, columns=cols
     ):
         keep = rule.mask(batch.column("type"), batch.column("value"))
+        keep = keep & ~tombstoned(batch.column("user_id"), stones)
         if not keep.any():
             continue
         b = pa.Table.from_batches([batch]).filter(pa.array(keep))

@@ -9,6 +9,10 @@ and ``events`` tables (see :mod:`tailored.data.schema`)::
     id = "uid"
     [users.fields]
     age = { column = "age", kind = "numeric" }
+    zip = { column = "zipcode", kind = "categorical" }
+    [users.coarsen]                  # optional: data minimisation (tailored.data.coarsen)
+    age = { bands = [18, 25, 35, 45, 55, 65] }   # -> "<18", "18-24", ..., "65+"
+    zip = { prefix = 3, min_count = 10 }         # 94043 -> "940"; rare ones -> "other"
     [items]                          # optional: else the distinct items of the events
     file = "items.parquet"
     id = "movie_id"
@@ -26,6 +30,9 @@ and ``events`` tables (see :mod:`tailored.data.schema`)::
     surface = "page"                 # context name = column (stored as strings)
 
 Every table also takes ``delimiter`` (CSV only; default ``,``, and tab for ``.tsv``).
+``[users]`` also takes ``coarsen = "default"`` (the default policy for every field; see
+:mod:`tailored.data.coarsen`), or a ``[users.coarsen]`` table whose entries are
+``"default"`` or ``{ bands = [...] | quantiles = N | prefix = N, min_count = N, other = "..." }``.
 A mistake raises :class:`MappingError` naming the file and the key.
 """
 
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from tailored.data.coarsen import Coarsening, CoarseningError, default_coarsening
 from tailored.data.schema import (
     EVENT_TYPES,
     FIELD_KINDS,
@@ -100,11 +108,21 @@ class FieldMapping:
 
 @dataclass(frozen=True)
 class EntityMapping:
-    """The ``[users]`` or ``[items]`` table: a file, its id column, its declared fields."""
+    """The ``[users]`` or ``[items]`` table: a file, its id column, its declared fields and
+    (users only) how fields are coarsened at import."""
 
     file: SourceFile
     id: str
     fields: tuple[FieldMapping, ...] = ()
+    coarsen: tuple[Coarsening, ...] = ()
+
+    def specs(self) -> tuple[FieldSpec, ...]:
+        """The fields as stored: a banded number is stored as a categorical label."""
+        rules = {r.field: r for r in self.coarsen}
+        return tuple(
+            FieldSpec(f.name, rules[f.name].stored_kind(f.kind)) if f.name in rules else f.spec
+            for f in self.fields
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +158,8 @@ class ImportMapping:
     def schema(self) -> DatasetSchema:
         """The dataset schema the import declares."""
         return DatasetSchema(
-            user_fields=tuple(f.spec for f in self.users.fields) if self.users else (),
-            item_fields=tuple(f.spec for f in self.items.fields) if self.items else (),
+            user_fields=self.users.specs() if self.users else (),
+            item_fields=self.items.specs() if self.items else (),
             context_fields=tuple(name for name, _ in self.events.context),
         )
 
@@ -225,14 +243,67 @@ class _Loader:
         return SourceFile(path, label, cast(Literal["csv", "parquet"], fmt), delimiter)
 
     def entity(self, obj: dict[str, Any], where: str, key_column: str) -> EntityMapping:
-        self.keys(obj, where, ("file", "id", "delimiter", "fields"))
+        if where != "users" and "coarsen" in obj:
+            raise self.fail(where, "coarsen applies to [users] only (profile fields)")
+        allowed = ("file", "id", "delimiter", "fields")
+        self.keys(obj, where, (*allowed, "coarsen") if where == "users" else allowed)
         fields_obj = obj.get("fields", {})
         if not isinstance(fields_obj, dict):
             raise self.fail(where, "fields must be a table")
         fields = tuple(
             self.field(f"{where}.fields.{n}", n, spec, key_column) for n, spec in fields_obj.items()
         )
-        return EntityMapping(self.source(obj, where, "file"), self.text(obj, where, "id"), fields)
+        coarsen = self.coarsen(obj["coarsen"], fields) if "coarsen" in obj else ()
+        return EntityMapping(
+            self.source(obj, where, "file"), self.text(obj, where, "id"), fields, coarsen
+        )
+
+    def coarsen(self, obj: Any, fields: tuple[FieldMapping, ...]) -> tuple[Coarsening, ...]:
+        """``"default"`` (every field that has a default) or a table, one entry per field."""
+        kinds = {f.name: f.kind for f in fields}
+        if obj == "default":
+            rules = (default_coarsening(name, kind) for name, kind in kinds.items())
+            return tuple(r for r in rules if r is not None)
+        if not isinstance(obj, dict):
+            raise self.fail(
+                "users", f'coarsen must be "default" or a table ([users.coarsen]), got {obj!r}'
+            )
+        return tuple(self.coarsening(f"users.coarsen.{n}", n, v, kinds) for n, v in obj.items())
+
+    def coarsening(
+        self, where: str, name: str, spec: Any, kinds: dict[str, FieldKind]
+    ) -> Coarsening:
+        if name not in kinds:
+            raise self.fail(where, f"no field {name!r} in [users.fields]; declared: {list(kinds)}")
+        kind = kinds[name]
+        if spec == "default":
+            rule = default_coarsening(name, kind)
+            if rule is None:
+                raise self.fail(where, f"there is no default coarsening for a {kind} field")
+            return rule
+        if not isinstance(spec, dict):
+            raise self.fail(where, f'write "default" or {{ bands = [...] }} etc., got {spec!r}')
+        self.keys(spec, where, ("bands", "quantiles", "prefix", "min_count", "other"))
+        bands = spec.get("bands", [])
+        if not isinstance(bands, list) or not all(
+            isinstance(e, int | float) and not isinstance(e, bool) for e in bands
+        ):
+            raise self.fail(where, f"bands must be a list of numbers, got {bands!r}")
+        if "bands" in spec and not bands:
+            raise self.fail(where, "bands must name at least one edge")
+        counts = {}
+        for key in ("quantiles", "prefix", "min_count"):
+            value = spec.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or (key in spec and value < 1):
+                raise self.fail(where, f"{key} must be a positive whole number, got {value!r}")
+            counts[key] = value
+        other = self.text(spec, where, "other", "other")
+        rule = Coarsening(name, bands=tuple(float(e) for e in bands), other=other, **counts)
+        try:
+            rule.check(kind)
+        except CoarseningError as e:
+            raise self.fail(where, f"{e} (field {name!r} is {kind})") from None
+        return rule
 
     def field(self, where: str, name: str, spec: Any, key_column: str) -> FieldMapping:
         if not _FIELD.match(name) or name == key_column:

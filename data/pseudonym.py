@@ -19,15 +19,17 @@ import hmac
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tailored.errors import TailoredError
 from tailored.paths import tailored_home
 
-__all__ = ["KEY_ENV", "KeyError_", "Pseudonymizer", "load_key"]
+__all__ = ["KEY_ENV", "KeyError_", "KeyMap", "Pseudonymizer", "load_key"]
 
 KEY_ENV = "TAILORED_PSEUDONYM_KEY"
 _HEX_CHARS = 32
@@ -112,3 +114,43 @@ class Pseudonymizer:
             h.update(str(raw).encode("utf-8"))
             out.append(h.hexdigest()[:_HEX_CHARS])
         return np.asarray(out, dtype=f"<U{_HEX_CHARS}")
+
+
+class KeyMap:
+    """Re-keying: each of the site's users' pseudonym under the old key and under the new one.
+
+    Built from the site's raw ids (:meth:`of`): a pseudonym cannot be turned into another
+    without the id it was made from, which is the point of keying it. Stores map their user
+    ids through :meth:`apply`; an id the map does not hold (a user the site no longer lists)
+    is left as it is and counted."""
+
+    def __init__(
+        self, old: pa.Array, new: pa.Array, old_fingerprint: str, new_fingerprint: str
+    ) -> None:
+        self.old, self.new = old, new
+        self.old_fingerprint, self.new_fingerprint = old_fingerprint, new_fingerprint
+
+    @classmethod
+    def of(cls, raw_ids: Iterable[str], old: Pseudonymizer, new: Pseudonymizer) -> KeyMap:
+        raw = sorted(set(raw_ids))
+        return cls(
+            pa.array(old.many(raw).tolist(), pa.string()),
+            pa.array(new.many(raw).tolist(), pa.string()),
+            old.fingerprint,
+            new.fingerprint,
+        )
+
+    def __len__(self) -> int:
+        return len(self.old)
+
+    def apply(self, ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:
+        """``ids`` under the new key (those the map lacks unchanged), and how many it lacked."""
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        where = pc.index_in(ids, value_set=self.old)
+        missing = int(where.null_count) - int(ids.null_count)
+        mapped = pc.take(self.new, pc.fill_null(where, 0)) if len(self.new) else ids
+        return pc.if_else(pc.is_null(where), ids, mapped), missing
+
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        yield from zip(self.old.to_pylist(), self.new.to_pylist(), strict=True)

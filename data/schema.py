@@ -266,7 +266,9 @@ def _repr_at(col: pa.ChunkedArray | pa.Array, row: int) -> str:
 
 @dataclass
 class DatasetMeta:
-    """The contents of ``dataset.json``."""
+    """The contents of ``dataset.json``. ``coarsening`` records the data minimisation done at
+    import, ``{"users": {field: {what was done}}}`` (:func:`tailored.data.coarsen.coarsen_table`);
+    empty when fields were kept exact."""
 
     name: str
     schema: DatasetSchema
@@ -274,6 +276,7 @@ class DatasetMeta:
     presplit: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    coarsening: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
 
@@ -301,6 +304,7 @@ def read_dataset_meta(directory: Path) -> DatasetMeta:
             presplit=bool(obj.get("presplit", False)),
             counts=dict(obj.get("counts", {})),
             source=obj.get("source", ""),
+            coarsening=dict(obj.get("coarsening", {})),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise SchemaError(f"{path}: malformed ({e})") from e

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-from tailored.bundle.format import BundleError, latest_bundle, resolve_bundle
+from tailored.bundle.format import BundleError, erasure_lock, latest_bundle, resolve_bundle
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig
+from tailored.data.tombstones import locked
 from tailored.errors import TailoredError
 from tailored.retrieval import IndexInputError, ItemIndex
 from tailored.serve.recommender import Recommender, Request
@@ -37,7 +38,11 @@ def load_recommender(path: Path, cfg: ServeConfig, exclude: Collection[str] = ()
         import faiss
 
         faiss.omp_set_num_threads(cfg.index_threads)
-    bundle = LoadedBundle.load(resolve_bundle(path, exclude), threads=cfg.onnx_threads)
+    # a root's latest version, found while no erasure is swapping one (which hides it a moment)
+    root = path if not (path / "manifest.json").is_file() else path.parent
+    with locked(erasure_lock(root / "v"), shared=True):
+        version = resolve_bundle(path, exclude)
+    bundle = LoadedBundle.load(version, threads=cfg.onnx_threads)
     if cfg.index_search:
         apply_search_params(bundle.index, cfg.index_search)
     rec = Recommender(bundle, cfg)

@@ -161,6 +161,12 @@ class Client:
         )
         return resp
 
+    def forget(self, user_id: str) -> pb.ForgetResponse:
+        resp: pb.ForgetResponse = self.admin.Forget(
+            pb.ForgetRequest(user_id=user_id), timeout=max(self.timeout, 120), metadata=self._auth
+        )
+        return resp
+
     def close(self) -> None:
         self.channel.close()
 

@@ -127,6 +127,13 @@ class ServedExperiments:
                 out.append(StoredEvent(item, EXPOSURE, now_ms, 0.0, surface))
         return out
 
+    def forget_user(self, user: str) -> None:
+        """An erased user: this process remembers nothing of them (their next request writes
+        their exposures again, as for a new user)."""
+        with self._lock:
+            for key in [k for k in self._written if k[0] == user]:
+                del self._written[key]
+
     def forget_written(self, user: str, assignments: Iterable[Assignment]) -> None:
         """Exposures that could not be stored are written again next time."""
         with self._lock:

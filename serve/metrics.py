@@ -59,6 +59,13 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.erasures = Counter(
+            "tailored_erasures",
+            "Users erased from every store this server holds, by reason (erasure: the Forget "
+            "call; consent-withdrawal: SetConsent without personalization)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.page_feedback = Counter(
             "tailored_page_feedback",
             "Track clicks and impressions naming a page's module, by whether they were new "

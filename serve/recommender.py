@@ -174,10 +174,7 @@ class Recommender:
         if row is None and not len(hist) and not has_profile and not has_context:
             return self._fallback(req.k, excluded, context[0], only)
         emb = self.bundle.user_embeddings(
-            # a tombstoned user: bucket 0, the "no id" row, not the bucket trained on them
-            user_hash=user_hash_buckets(np.array([req.user]), self.bundle.info["user_id_buckets"])
-            if req.bundle_rows
-            else np.zeros(1, np.int64),
+            user_hash=self._id_bucket(req, row),
             user_cat=user_cat,
             user_num=user_num,
             context=context,
@@ -394,6 +391,17 @@ class Recommender:
         if row is None or segments is None:
             return None
         return int(segments.of_user[row])
+
+    def _id_bucket(self, req: Request, row: int | None) -> np.ndarray:
+        """The user's hashed id bucket [1]: the one they were trained with where the bundle
+        keeps it (users re-keyed since), else their pseudonym's; a tombstoned user's is 0, the
+        "no id" row, not the bucket trained on them."""
+        snap = self.bundle.users
+        if row is not None and snap is not None and snap.id_buckets is not None:
+            return snap.id_buckets[row : row + 1]
+        if not req.bundle_rows:
+            return np.zeros(1, np.int64)
+        return user_hash_buckets(np.array([req.user]), self.bundle.info["user_id_buckets"])
 
     def _row(self, req: Request) -> int | None:
         """The user's row in the bundle's snapshot, or None for a user it does not know (or

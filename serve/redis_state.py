@@ -18,6 +18,7 @@ user pseudonym as the caller gives it; raw user ids never reach Redis):
   dropped, so that users who do not come back leave nothing behind.
 - ``P:consent:U``  U's purposes, sorted and comma-joined (``""``: consent to nothing); no
   key: never set.
+- ``P:consent-log:U`` LIST of U's consent changes, ``TIME_MS|PURPOSES``, oldest first.
 - ``P:unavailable`` SET of site item ids not to recommend.
 - ``P:page:R``     HASH of the page with request id R: ``rec`` its record (JSON,
   :meth:`tailored.serve.state.PageLog.encode`) and a field ``KIND:MODULE`` per feedback
@@ -65,6 +66,7 @@ from tailored.experiments.bandit import ArmStats
 from tailored.serve.state import (
     PERSONALIZATION,
     ArmUpdate,
+    ConsentChange,
     Feedback,
     OnlineState,
     PageLog,
@@ -155,18 +157,23 @@ end
 return {accepted, dropped}
 """
 
-# KEYS: consent, seq, events, logged, stream, users with logged ids, logged pages, tombstone.
-# ARGV: 'set' and the purposes, or 'forget'; then whether to erase the events and pages and
-# leave the tombstone ('1'/'0'); then the user, the page keys' prefix and the time (ms). Returns
-# the number of events erased: those kept for serving, and those only the log still held.
+# KEYS: consent, seq, events, logged, stream, users with logged ids, logged pages, tombstone,
+# consent history. ARGV: 'set' and the purposes, or 'forget'; then whether to erase the
+# events and pages and leave the tombstone ('1'/'0'); then the user, the page keys' prefix and
+# the time (ms). Returns what was erased: events (those kept for serving, and those only the
+# log still held), pages, consent and consent history entries.
 _ERASE = """
+local consent, history = 0, 0
 if ARGV[1] == 'set' then
   redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('RPUSH', KEYS[9], ARGV[6] .. '|' .. ARGV[2])
 else
-  redis.call('DEL', KEYS[1])
+  consent = redis.call('DEL', KEYS[1])
+  history = redis.call('LLEN', KEYS[9])
+  redis.call('DEL', KEYS[9])
 end
 if ARGV[3] ~= '1' then
-  return 0
+  return {0, 0, consent, history}
 end
 local members = redis.call('ZRANGE', KEYS[3], 0, -1)
 local ids = {}
@@ -187,12 +194,26 @@ for i = 1, #old, 500 do
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[6], ARGV[4])
+local pages = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
-  redis.call('DEL', ARGV[5] .. id)
+  pages = pages + redis.call('DEL', ARGV[5] .. id)
 end
 redis.call('DEL', KEYS[7])
 redis.call('SET', KEYS[8], ARGV[6])
-return #members + logged
+return {#members + logged, pages, consent, history}
+"""
+
+# KEYS: a user's events. ARGV: the bound (ms). Returns the stream ids of the user's events
+# from before the bound, now removed from the user's events (the caller deletes them from the
+# log).
+_PURGE = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local ids = {}
+for _, m in ipairs(old) do
+  ids[#ids + 1] = string.match(m, '^%d+|([^|]+)|')
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return ids
 """
 
 # ARGV: a JSON document {pages: [[key, record, ttl_ms, user index key or "", id, tombstone
@@ -243,6 +264,10 @@ class RedisState(OnlineState):
 
     backend = "redis"
 
+    @property
+    def store(self) -> str:
+        return f"online state {self.where} (prefix {self.prefix!r})"
+
     def __init__(
         self,
         client: redis.Redis,
@@ -266,6 +291,7 @@ class RedisState(OnlineState):
         self._record = client.register_script(_RECORD)
         self._erase = client.register_script(_ERASE)
         self._pages = client.register_script(_PAGES)
+        self._purge = client.register_script(_PURGE)
 
     @classmethod
     def from_url(
@@ -321,6 +347,7 @@ class RedisState(OnlineState):
             f"{p}:logged-users",
             f"{p}:pages:{user}",
             f"{p}:forgotten:{tombstone(user)}",
+            f"{p}:consent-log:{user}",
         ]
 
     def _page_key(self, request_id: str) -> str:
@@ -400,12 +427,87 @@ class RedisState(OnlineState):
         keys = [*self._erase_keys(user)]
         args = ["set", ",".join(sorted(chosen)), "1" if erase else "0", user, self._page_key("")]
         args.append(str(int(time.time() * 1000)))
-        return int(self._call("set consent", self._erase, keys=keys, args=args))
+        return int(self._call("set consent", self._erase, keys=keys, args=args)[0])
 
-    def forget(self, user: str) -> int:
+    def forget(self, user: str) -> dict[str, int]:
         keys = [*self._erase_keys(user)]
         args = ["forget", "", "1", user, self._page_key(""), str(int(time.time() * 1000))]
-        return int(self._call("forget", self._erase, keys=keys, args=args))
+        events, pages, consent, history = self._call("forget", self._erase, keys=keys, args=args)
+        return {
+            "consent": int(consent),
+            "consent_history": int(history),
+            "events": int(events),
+            "pages": int(pages),
+        }
+
+    def purge(self, before_ms: int) -> dict[str, int]:
+        """Each user's events from before ``before_ms`` (one script per user), then the log's
+        entries of events from before it that no user's events named any more (those the
+        per-user cap dropped), then the logged pages served before it."""
+        p = self.prefix
+        stream = f"{p}:events"
+        bound = str(int(before_ms))
+        events = 0
+        for key in self._call(
+            "scan users", lambda: list(self._client.scan_iter(f"{p}:ev:*", 1000))
+        ):
+            ids = self._call("purge", self._purge, keys=[key], args=[bound])
+            events += len(ids)
+            for i in range(0, len(ids), 500):
+                self._call("purge log", self._client.xdel, stream, *ids[i : i + 500])
+        logged = 0
+        last = "-"
+        while True:
+            entries = self._call("read log", self._client.xrange, stream, last, "+", 1000)
+            if last != "-":
+                entries = entries[1:]  # XRANGE's start is inclusive
+            if not entries:
+                break
+            old = [i for i, f in entries if json.loads(f["event"])[2] < before_ms]
+            if old:
+                logged += int(self._call("purge log", self._client.xdel, stream, *old))
+            last = entries[-1][0]
+        pages = 0
+        for key in self._call(
+            "scan pages", lambda: list(self._client.scan_iter(f"{p}:page:*", 1000))
+        ):
+            rec = self._call("read page", self._client.hget, key, "rec")
+            if rec is not None and PageLog.decode(rec, ()).time_ms < before_ms:
+                pages += int(self._call("purge page", self._client.delete, key))
+        return {"events": events, "log_only_events": logged, "pages": pages}
+
+    def consent_history(self, user: str) -> list[ConsentChange]:
+        rows = self._call(
+            "read consent history", self._client.lrange, f"{self.prefix}:consent-log:{user}", 0, -1
+        )
+        out = []
+        for row in rows:
+            t, _, purposes = row.partition("|")
+            out.append(ConsentChange(int(t), _split(purposes)))
+        return out
+
+    def consents(self) -> dict[str, frozenset[str]]:
+        pattern = f"{self.prefix}:consent:*"
+        start = len(self.prefix) + len(":consent:")
+        keys = self._call("scan consent", lambda: list(self._client.scan_iter(pattern, 1000)))
+        out: dict[str, frozenset[str]] = {}
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            values = self._call("read consent", self._client.mget, chunk)
+            out.update(
+                {k[start:]: _split(v) for k, v in zip(chunk, values, strict=True) if v is not None}
+            )
+        return out
+
+    def user_pages(self, user: str) -> list[PageLog]:
+        ids = self._call("read pages", self._client.zrange, f"{self.prefix}:pages:{user}", 0, -1)
+        out = []
+        for rid in ids:
+            fields = self._call("read page", self._client.hgetall, self._page_key(rid))
+            if fields and "rec" in fields:
+                out.append(_page(fields))
+        out.sort(key=lambda g: (g.time_ms, g.request_id))
+        return out
 
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
         ids = list(item_ids)

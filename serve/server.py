@@ -1,5 +1,6 @@
 """The gRPC server: ``tailored.v1.Personalization`` (Recommend, Page, Track, SetConsent) and
-``tailored.v1.Admin`` (ReloadBundle, ReloadExperiments, Promote, Status, SetItemAvailability;
+``tailored.v1.Admin`` (ReloadBundle, ReloadExperiments, Promote, Status, SetItemAvailability,
+Forget;
 bearer token), next to the standard health and reflection services.
 
 :func:`create_server` builds a server on an address (port 0: any free port) for a
@@ -43,6 +44,7 @@ from tailored.serve.edge import (
     parse_page,
     parse_purposes,
 )
+from tailored.serve.erasure import Eraser
 from tailored.serve.experiments import ExposureWriter, ServedExperiments, load_served
 from tailored.serve.guard import StateGuard
 from tailored.serve.metrics import ServerMetrics
@@ -66,6 +68,7 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
 _UNAVAILABLE_TTL = 1.0  # seconds the unavailable-items set is cached per server
+_FLUSH_SECONDS = 1.0  # Forget waits this long at most for this process's pending writes
 
 _Msg = TypeVar("_Msg")
 
@@ -122,6 +125,14 @@ class Service:
             cfg,
             self.guard.call,
             lambda outcome, n: self.metrics.pages_logged.labels(outcome).inc(n),
+        )
+        first = siblings is None or siblings.me.index == 0  # one process enforces retention
+        self.eraser = Eraser(
+            bundle.source,
+            erased=lambda reason, n: self.metrics.erasures.labels(reason).inc(n),
+            retention=(state, cfg.retention_days, cfg.retention_check_minutes * 60)
+            if cfg.retention_days > 0 and first
+            else None,
         )
         if cfg.experiments:
             self.set_experiments(self.load_experiments(cfg.experiments))
@@ -204,6 +215,7 @@ class Service:
         self.bundle.close()
         self.exposures.close()  # what requests handed over is written before the state closes
         self.pages.close()
+        self.eraser.close()
         self.state.close()
 
 
@@ -461,7 +473,20 @@ class _Personalization(pb_grpc.PersonalizationServicer):
         s = self.service
         check_id(request.user_id, "user_id")
         purposes = parse_purposes(list(request.purposes))
-        forgotten = s.state.set_consent(s.pseudonym(request.user_id), purposes)
+        if s.cfg.consent_purposes:
+            for i, p in enumerate(request.purposes):
+                if p not in s.cfg.consent_purposes:
+                    raise RequestError(
+                        f"purposes[{i}]",
+                        f"{p!r} is not one of this site's purposes {list(s.cfg.consent_purposes)}",
+                    )
+        user = s.pseudonym(request.user_id)
+        withdrawn = PERSONALIZATION not in purposes
+        if withdrawn:  # their behavioural data goes everywhere: the tombstone first
+            s.eraser.remember(user)
+        forgotten = s.state.set_consent(user, purposes)
+        if withdrawn:  # the bundles' rows and the audit record follow off the request path
+            s.eraser.submit(user, "consent-withdrawal", s.state.store, {"events": forgotten})
         return pb.SetConsentResponse(purposes=sorted(purposes), events_forgotten=forgotten)
 
 
@@ -653,6 +678,44 @@ class _Admin(pb_grpc.AdminServicer):
         total = self.service.state.set_available(list(request.item_ids), request.available)
         self.service._unavailable = (0.0, frozenset())  # this server sees it at once
         return pb.SetItemAvailabilityResponse(unavailable_total=total)
+
+    @_rpc("Forget")
+    def Forget(self, request: pb.ForgetRequest, context: grpc.ServicerContext) -> pb.ForgetResponse:
+        self._authorize(context)
+        s = self.service
+        check_id(request.user_id, "user_id")
+        user = s.pseudonym(request.user_id)
+        s.eraser.remember(user)  # first: whatever fails below, later training leaves them out
+        # what this process still holds to write of theirs (a page, an exposure) goes first,
+        # so that the erasure finds it; what it cannot write in time is erased at the writer
+        s.exposures.flush(_FLUSH_SECONDS)
+        s.pages.writer.flush(_FLUSH_SECONDS)
+        online = s.guard.call(s.state.forget, user)
+        if s.experiments is not None:
+            s.experiments.forget_user(user)
+        done = s.eraser.submit(user, "erasure", s.state.store, online)
+        left = context.time_remaining()
+        try:
+            erasure = done.result(timeout=None if left is None else max(left - 0.05, 0.0))
+        except TimeoutError as e:
+            raise _Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the online state has forgotten the user; their bundle rows are being removed "
+                "and the audit record written (call again to wait for it)",
+            ) from e
+        removed = {
+            f"{store}: {kind}": n
+            for store, counts in erasure.removed.items()
+            for kind, n in counts.items()
+        }
+        if erasure.failed:
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "erasure incomplete: "
+                + "; ".join(f"{store}: {why}" for store, why in erasure.failed.items())
+                + " (call again to finish it)",
+            )
+        return pb.ForgetResponse(pseudonym=user, held=erasure.held, removed=removed)
 
 
 def create_server(address: str, service: Service) -> tuple[grpc.Server, int]:

@@ -16,6 +16,7 @@ truncated, with a warning in the log each time it could not.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -28,10 +29,15 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from tailored.data.forget import RekeyError
+from tailored.data.pseudonym import KeyMap
 from tailored.experiments.bandit import ArmStats
 from tailored.serve.state import (
     PERSONALIZATION,
     ArmUpdate,
+    ConsentChange,
     Feedback,
     OnlineState,
     PageLog,
@@ -61,7 +67,14 @@ CREATE TABLE IF NOT EXISTS consent (
     purposes TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS consent_log (
+    user TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    purposes TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consent_log_by_user ON consent_log (user, time_ms);
 CREATE TABLE IF NOT EXISTS unavailable (item TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pages (
     request_id TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -100,6 +113,10 @@ class SQLiteState(OnlineState):
     """Online state in the SQLite file ``path`` (created if missing)."""
 
     backend = "sqlite"
+
+    @property
+    def store(self) -> str:
+        return f"online state sqlite:///{self.path}"
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -334,31 +351,38 @@ class SQLiteState(OnlineState):
 
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
         chosen = frozenset(purposes)
+        now = int(time.time() * 1000)
 
         def write(conn: sqlite3.Connection) -> int:
+            text = ",".join(sorted(chosen))
             conn.execute(
                 "INSERT INTO consent (user, purposes, updated_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT(user) DO UPDATE SET purposes=excluded.purposes, "
                 "updated_ms=excluded.updated_ms",
-                (user, ",".join(sorted(chosen)), int(time.time() * 1000)),
+                (user, text, now),
+            )
+            conn.execute(
+                "INSERT INTO consent_log (user, time_ms, purposes) VALUES (?, ?, ?)",
+                (user, now, text),
             )
             if PERSONALIZATION in chosen:
                 return 0
-            return self._erase(conn, user)
+            return self._erase(conn, user)["events"]
 
         forgotten: int = self._write(write)
         return forgotten
 
-    def forget(self, user: str) -> int:
-        def write(conn: sqlite3.Connection) -> int:
+    def forget(self, user: str) -> dict[str, int]:
+        def write(conn: sqlite3.Connection) -> dict[str, int]:
             gone = conn.execute("DELETE FROM consent WHERE user=?", (user,)).rowcount
-            self._erased = self._erased or gone > 0
-            return self._erase(conn, user)
+            history = conn.execute("DELETE FROM consent_log WHERE user=?", (user,)).rowcount
+            self._erased = self._erased or gone > 0 or history > 0
+            return {"consent": gone, "consent_history": history, **self._erase(conn, user)}
 
-        removed: int = self._write(write)
+        removed: dict[str, int] = self._write(write)
         return removed
 
-    def _erase(self, conn: sqlite3.Connection, user: str) -> int:
+    def _erase(self, conn: sqlite3.Connection, user: str) -> dict[str, int]:
         conn.execute(
             "INSERT OR REPLACE INTO forgotten (tombstone, time_ms) VALUES (?, ?)",
             (tombstone(user), int(time.time() * 1000)),
@@ -366,7 +390,106 @@ class SQLiteState(OnlineState):
         n = conn.execute("DELETE FROM events WHERE user=?", (user,)).rowcount
         pages = conn.execute("DELETE FROM pages WHERE user=?", (user,)).rowcount
         self._erased = self._erased or n > 0 or pages > 0
-        return n
+        return {"events": n, "pages": pages}
+
+    def purge(self, before_ms: int) -> dict[str, int]:
+        def write(conn: sqlite3.Connection) -> dict[str, int]:
+            n = conn.execute("DELETE FROM events WHERE time_ms < ?", (before_ms,)).rowcount
+            pages = conn.execute("DELETE FROM pages WHERE time_ms < ?", (before_ms,)).rowcount
+            self._erased = self._erased or n > 0 or pages > 0
+            return {"events": n, "pages": pages}
+
+        purged: dict[str, int] = self._write(write)
+        return purged
+
+    def key_fingerprint(self) -> str | None:
+        row = (
+            self._reader().execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def rekey(self, keys: KeyMap) -> dict[str, int]:
+        """Every user pseudonym moved to the new key in one transaction (events, consent and
+        its history, logged pages, tombstones), and the key's fingerprint recorded; a state
+        already under the new key is left as it is. A state written before fingerprints were
+        kept is taken to be under the old key."""
+
+        def write(conn: sqlite3.Connection) -> dict[str, int]:
+            row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
+            now = None if row is None else row[0]
+            if now == keys.new_fingerprint:
+                return {"users": 0, "unmapped_users": 0, "already": 1}
+            if now not in (None, keys.old_fingerprint):
+                raise RekeyError(
+                    f"{self.path}: written with key {now}, neither the old key "
+                    f"({keys.old_fingerprint}) nor the new ({keys.new_fingerprint})"
+                )
+            users = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT user FROM (SELECT user FROM events UNION SELECT user FROM consent "
+                    "UNION SELECT user FROM consent_log UNION SELECT user FROM pages) "
+                    "WHERE user != ''"
+                )
+            ]
+            mapped, unmapped = keys.apply(pa.array(users, pa.string()))
+            for old, new in zip(users, mapped.to_pylist(), strict=True):
+                if old == new:
+                    continue
+                for table in ("events", "consent", "consent_log"):
+                    conn.execute(f"UPDATE {table} SET user=? WHERE user=?", (new, old))
+                for rid, record, flags in conn.execute(
+                    "SELECT request_id, record, flags FROM pages WHERE user=?", (old,)
+                ).fetchall():
+                    page = dataclasses.replace(_page(record, flags), user=new)
+                    conn.execute(
+                        "UPDATE pages SET user=?, record=? WHERE request_id=?",
+                        (new, page.encode(), rid),
+                    )
+                gone = conn.execute(
+                    "SELECT time_ms FROM forgotten WHERE tombstone=?", (tombstone(old),)
+                ).fetchone()
+                if gone is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO forgotten (tombstone, time_ms) VALUES (?, ?)",
+                        (tombstone(new), gone[0]),
+                    )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('key_fingerprint', ?)",
+                (keys.new_fingerprint,),
+            )
+            self._erased = True  # the old pseudonyms are in deleted cells: scrub the log
+            return {"users": len(users) - unmapped, "unmapped_users": unmapped, "already": 0}
+
+        done: dict[str, int] = self._write(write)
+        return done
+
+    def consent_history(self, user: str) -> list[ConsentChange]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT time_ms, purposes FROM consent_log WHERE user=? ORDER BY time_ms, rowid",
+                (user,),
+            )
+            .fetchall()
+        )
+        return [ConsentChange(int(t), _split(p)) for t, p in rows]
+
+    def consents(self) -> dict[str, frozenset[str]]:
+        rows = self._reader().execute("SELECT user, purposes FROM consent").fetchall()
+        return {u: _split(p) for u, p in rows}
+
+    def user_pages(self, user: str) -> list[PageLog]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT record, flags FROM pages WHERE user=? AND expires_ms >= ? "
+                "ORDER BY time_ms, request_id",
+                (user, int(time.time() * 1000)),
+            )
+            .fetchall()
+        )
+        return [_page(r, f) for r, f in rows]
 
     # -- pages and arms --------------------------------------------------------------------
     def log_pages(

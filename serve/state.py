@@ -10,19 +10,22 @@ returns; only then does the server acknowledge it.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tailored.data.pseudonym import KeyMap
+from tailored.data.tombstones import tombstone
 from tailored.errors import TailoredError
 from tailored.experiments.bandit import SEP, ArmStats
 
 __all__ = [
     "PERSONALIZATION",
     "ArmUpdate",
+    "ConsentChange",
     "Feedback",
     "OnlineState",
     "PageLog",
@@ -54,6 +57,14 @@ class StoredEvent:
     time_ms: int
     value: float = 0.0
     surface: str = ""
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    """One change of a user's consent: when (unix ms) and the purposes granted from then."""
+
+    time_ms: int
+    purposes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -252,14 +263,38 @@ class OnlineState(ABC):
 
     @abstractmethod
     def set_consent(self, user: str, purposes: Iterable[str]) -> int:
-        """Replace ``user``'s consent; without :data:`PERSONALIZATION` their stored events
-        and logged pages are forgotten in the same step, and their :func:`tombstone` left.
-        Returns the number of events forgotten."""
+        """Replace ``user``'s consent, and record the change in their consent history;
+        without :data:`PERSONALIZATION` their stored events and logged pages are forgotten in
+        the same step, and their :func:`tombstone` left. Returns the number of events
+        forgotten."""
 
     @abstractmethod
-    def forget(self, user: str) -> int:
-        """Erase everything about ``user`` (events, consent and their logged pages), leaving
-        their :func:`tombstone`; returns events removed."""
+    def forget(self, user: str) -> dict[str, int]:
+        """Erase everything about ``user`` (events, consent and its history, their logged
+        pages), leaving their :func:`tombstone`; returns how many of each were removed
+        (``tailored.privacy.erasure.Forgettable``)."""
+
+    @abstractmethod
+    def purge(self, before_ms: int) -> dict[str, int]:
+        """Remove every event (and logged page) from before ``before_ms`` (unix ms): the
+        retention limit. Returns how many of each were removed."""
+
+    @abstractmethod
+    def consent_history(self, user: str) -> list[ConsentChange]:
+        """``user``'s consent changes, oldest first (empty: never set, or erased)."""
+
+    @abstractmethod
+    def consents(self) -> dict[str, frozenset[str]]:
+        """Every user who set their consent, and its purposes now."""
+
+    @abstractmethod
+    def user_pages(self, user: str) -> list[PageLog]:
+        """``user``'s logged pages still kept, by time."""
+
+    @property
+    @abstractmethod
+    def store(self) -> str:
+        """What the audit calls this store (backend and place; no secret)."""
 
     @abstractmethod
     def set_available(self, item_ids: Iterable[str], available: bool) -> int:
@@ -304,17 +339,52 @@ class OnlineState(ABC):
     def close(self) -> None:
         """Release connections and threads; the state on disk or in Redis stays."""
 
+    def key_fingerprint(self) -> str | None:
+        """The fingerprint of the key its pseudonyms are under, where the backend keeps it."""
+        return None
+
+    def rekey(self, keys: KeyMap) -> dict[str, int]:
+        """Move every pseudonym to the new key (``tailored.privacy.rekey``), atomically."""
+        raise StateError(
+            f"{self.store}: re-keying is not supported by the {self.backend} backend yet; "
+            "nothing was changed"
+        )
+
+    def export(self, user: str, limit: int = 100_000) -> dict[str, Any]:
+        """Everything kept of ``user`` (``tailored.privacy.export.Exportable``): consent and
+        its history, their events (at most ``limit``, the most recent), their logged pages,
+        and whether they were erased or withdrew consent before."""
+        st = self.user(user, limit)
+        return {
+            "consent": None if st.consent is None else sorted(st.consent),
+            "consent_history": [
+                {"time_ms": c.time_ms, "purposes": sorted(c.purposes)}
+                for c in self.consent_history(user)
+            ],
+            "events": [dataclasses.asdict(e) for e in st.events],
+            "pages": [
+                {
+                    "request_id": g.request_id,
+                    "time_ms": g.time_ms,
+                    "page_type": g.page_type,
+                    "policy": g.policy,
+                    "variants": list(g.variants),
+                    "modules": [
+                        {"id": m.id, "position": m.position, "items": list(m.items)}
+                        for m in g.modules
+                    ],
+                    "clicked": sorted(g.clicked),
+                }
+                for g in self.user_pages(user)
+            ],
+            "erased_or_withdrawn_before": st.forgotten,
+        }
+
     def __enter__(self) -> OnlineState:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def tombstone(user: str) -> str:
-    """The tombstone of a user pseudonym: a hash of it, so that the list of users whose data
-    was erased holds neither their raw id nor their pseudonym."""
-    return hashlib.sha256(b"tailored-tombstone\0" + user.encode()).hexdigest()[:32]
 
 
 def open_state(url: str, *, timeout: float | None = None) -> OnlineState:

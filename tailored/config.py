@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -26,6 +27,7 @@ __all__ = [
     "IndexConfig",
     "LossConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RankerConfig",
     "SegmentsConfig",
     "ServeConfig",
@@ -332,6 +334,48 @@ class SegmentsConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]``: differentially private training of the two towers (user-level DP-SGD,
+    :mod:`tailored.privacy.dp` and :mod:`tailored.train.two_tower.private`).
+
+    The unit of privacy is the user: each step samples users independently with probability
+    ``dp_users_per_step / users`` (Poisson, as the accountant assumes), takes at most
+    ``dp_examples_per_user`` of each sampled user's training examples, clips the gradient of
+    that user's whole contribution to ``dp_max_grad_norm`` and adds Gaussian noise. Training
+    then runs exactly ``[train] max_epochs`` passes (an epoch: ``users / dp_users_per_step``
+    steps), without early stopping, and keeps its last weights.
+    """
+
+    dp: bool = False
+    dp_epsilon: float = 8.0  # the target: epsilon spent after max_epochs, at dp_delta
+    dp_delta: float = 1e-5  # should be well below 1 / users
+    dp_max_grad_norm: float = 1.0  # L2 bound of one user's gradient in one step
+    dp_examples_per_user: int = 16  # a sampled user's examples in one step, at most
+    dp_users_per_step: int = 256  # expected users per step (the Poisson sampling rate's numerator)
+    # the noise's standard deviation over dp_max_grad_norm; 0: the smallest that keeps epsilon
+    # within dp_epsilon after max_epochs (Opacus's get_noise_multiplier)
+    dp_noise_multiplier: float = 0.0
+    # negatives per step: items drawn uniformly from the catalog, shared by the step's users
+    # (in-batch negatives would put one user's positives into every other user's loss)
+    dp_negatives: int = 1024
+    dp_accountant: str = "rdp"  # Opacus's accountant: "rdp" | "prv"
+
+    def validate(self) -> None:
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError(f"[privacy] dp_delta: must be in (0, 1), got {self.dp_delta}")
+        for name in ("dp_epsilon", "dp_max_grad_norm"):
+            _positive("privacy", name, getattr(self, name))
+        for name in ("dp_examples_per_user", "dp_users_per_step", "dp_negatives"):
+            _positive("privacy", name, getattr(self, name))
+        if self.dp_noise_multiplier < 0:
+            raise ConfigError(
+                f"[privacy] dp_noise_multiplier: must be >= 0 (0: derived from dp_epsilon), "
+                f"got {self.dp_noise_multiplier}"
+            )
+        _one_of("privacy", "dp_accountant", self.dp_accountant, ("rdp", "prv"))
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -340,6 +384,7 @@ class Config:
     ranker: RankerConfig = field(default_factory=RankerConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def validate(self) -> Config:
         self.data.validate()
@@ -349,6 +394,7 @@ class Config:
         self.ranker.validate()
         self.index.validate()
         self.segments.validate()
+        self.privacy.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -400,6 +446,14 @@ class ServeConfig:
     # how often a process reads the shared statistics again (0: every page)
     bandit_refresh_ms: float = 1000.0
     consent_default: str = "granted"  # a user who never set consent: "granted" | "denied"
+    # the consent purposes SetConsent accepts (others: INVALID_ARGUMENT); empty: any name
+    consent_purposes: tuple[str, ...] = ()
+    # events older than this many days are purged from the online state, its event log and
+    # the logged pages, every retention_check_minutes inside the server, with the count in the
+    # audit (0: kept until erased); `tailored privacy enforce` does the same for datasets and
+    # bundles
+    retention_days: float = 0.0
+    retention_check_minutes: float = 60.0
     admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
     state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
     # under $TAILORED_HOME/serve)
@@ -520,6 +574,21 @@ class ServeConfig:
             )
         _one_of("serve", "diversity", self.diversity, ("mmr", "category_cap", "none"))
         _one_of("serve", "consent_default", self.consent_default, ("granted", "denied"))
+        object.__setattr__(self, "consent_purposes", tuple(self.consent_purposes))
+        for i, purpose in enumerate(self.consent_purposes):
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", purpose):
+                raise ConfigError(
+                    f"[serve] consent_purposes[{i}]: {purpose!r} is not a purpose name "
+                    "(lower case, digits, _)"
+                )
+        if self.consent_purposes and "personalization" not in self.consent_purposes:
+            raise ConfigError(
+                "[serve] consent_purposes: must include 'personalization' (what serving and "
+                "keeping events depend on)"
+            )
+        if not 0.0 <= self.retention_days < math.inf:
+            raise ConfigError(f"[serve] retention_days: must be >= 0, got {self.retention_days}")
+        _positive("serve", "retention_check_minutes", self.retention_check_minutes)
         _one_of("serve", "clock", self.clock, ("wall", "bundle"))
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ConfigError(f"[serve] mmr_lambda: must be in [0, 1], got {self.mmr_lambda}")
@@ -587,6 +656,7 @@ _SECTIONS: dict[str, type] = {
     "ranker": RankerConfig,
     "index": IndexConfig,
     "segments": SegmentsConfig,
+    "privacy": PrivacyConfig,
 }
 
 

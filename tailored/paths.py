@@ -8,12 +8,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dataset_dir", "tailored_home", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "PRIVACY_DIR_ENV",
+    "dataset_dir",
+    "privacy_dir",
+    "tailored_home",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+PRIVACY_DIR_ENV = "TAILORED_PRIVACY_DIR"
 
 
 def tailored_home() -> Path:
     """``$TAILORED_HOME``, default ``~/.cache/tailored``: fetched data, keys, caches."""
     return Path(os.environ.get("TAILORED_HOME", Path.home() / ".cache" / "tailored")).expanduser()
+
+
+def privacy_dir() -> Path:
+    """``$TAILORED_PRIVACY_DIR``, default ``$TAILORED_HOME/privacy``: the tombstone list and
+    the audit log, shared by the server, the command line and training on one machine."""
+    env = os.environ.get(PRIVACY_DIR_ENV)
+    return Path(env).expanduser() if env else tailored_home() / "privacy"
 
 
 def dataset_dir(name_or_path: str | Path) -> Path:

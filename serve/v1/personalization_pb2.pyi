@@ -306,6 +306,31 @@ class SetItemAvailabilityResponse(_message.Message):
     unavailable_total: int
     def __init__(self, unavailable_total: _Optional[int] = ...) -> None: ...
 
+class ForgetRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("pseudonym", "held", "removed", "failed")
+    class RemovedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: str
+    held: bool
+    removed: _containers.ScalarMap[str, int]
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pseudonym: _Optional[str] = ..., held: _Optional[bool] = ..., removed: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ReloadExperimentsRequest(_message.Message):
     __slots__ = ("path",)
     PATH_FIELD_NUMBER: _ClassVar[int]

@@ -260,6 +260,11 @@ class AdminStub:
                 request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.SetItemAvailabilityRequest.SerializeToString,
                 response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.SetItemAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/tailored.v1.Admin/Forget',
+                request_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ForgetResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -300,6 +305,17 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forget(self, request, context):
+        """erase a user from every store this server holds (the online state and its event log,
+        logged pages, consent and its history, the user rows of every bundle version under the
+        served root), leave their tombstone (later imports and training runs leave them out) and
+        an audit record; returns when all is done. A store that fails: UNAVAILABLE naming it, and
+        calling again finishes the erasure
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +343,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetItemAvailability,
                     request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.SetItemAvailabilityRequest.FromString,
                     response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.SetItemAvailabilityResponse.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ForgetRequest.FromString,
+                    response_serializer=tailored_dot_serve_dot_v1_dot_personalization__pb2.ForgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -464,6 +485,33 @@ class Admin:
             '/tailored.v1.Admin/SetItemAvailability',
             tailored_dot_serve_dot_v1_dot_personalization__pb2.SetItemAvailabilityRequest.SerializeToString,
             tailored_dot_serve_dot_v1_dot_personalization__pb2.SetItemAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailored.v1.Admin/Forget',
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.ForgetRequest.SerializeToString,
+            tailored_dot_serve_dot_v1_dot_personalization__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,3 +86,24 @@ def test_a_bad_name_or_file_is_a_clear_error(
     bad.write_text(EXPERIMENTS.replace("weight = 0.5\nranker", "weight = 0.6\nranker"))
     assert main(["experiment", "list", "--experiments", str(bad)]) == 2
     assert "'ranker': variant weights sum to 1.1" in capsys.readouterr().err
+
+
+def test_users_without_analytics_consent_are_left_out_of_the_metrics(
+    setup: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    base, _ = setup
+    shutil.copy(base / "state.db", tmp_path / "state.db")
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with SQLiteState(tmp_path / "state.db") as s:
+        users = sorted({u for u, _ in s.scan({"exposure"})})
+        for u in users[:100]:  # personalization kept: their events stay, but not in analyses
+            s.set_consent(u, ["personalization"])
+        for u in users[100:150]:
+            s.set_consent(u, ["personalization", "analytics"])
+    args = _args(base, state, "status", "ranker")
+    assert main(["experiment", *args]) == 0
+    assert "1,500 users exposed" in capsys.readouterr().out
+    assert main(["experiment", *args, "--analytics-purpose", "analytics"]) == 0
+    assert "1,400 users exposed" in capsys.readouterr().out

@@ -37,6 +37,7 @@ class Running:
         state_path: Path | None = None,
         *,
         state: OnlineState | None = None,
+        key: bytes = TEST_KEY,
         **overrides: object,
     ) -> None:
         self.cfg = load_serve_config(overrides={"clock": "bundle", **overrides})
@@ -46,7 +47,7 @@ class Running:
         self.service = Service(
             LiveBundle(bundles, self.cfg, reserved=reserved_versions(self.cfg.experiments)),
             state,
-            Pseudonymizer(TEST_KEY),
+            Pseudonymizer(key),
             self.cfg,
             admin_token=TOKEN,
         )

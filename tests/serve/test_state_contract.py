@@ -150,11 +150,14 @@ def test_forget_removes_everything_about_one_user(state: OnlineState) -> None:
     state.set_consent("v", {PERSONALIZATION})
     batch = {"u": [ev("a", 1), ev("b", 2)], "v": [ev("c", 3)]}
     assert state.record(batch, default_allows=False) == RecordResult(3, 0)
-    assert state.forget("u") == 2
+    removed = state.forget("u")
+    assert removed == {"consent": 1, "consent_history": 1, "events": 2, "pages": 0}
     assert state.user("u", 10) == UserState(consent=None, events=(), forgotten=True)
+    assert state.consent_history("u") == []
     assert state.user("v", 10) == UserState(frozenset({PERSONALIZATION}), (ev("c", 3),))
-    assert state.forget("u") == 0
-    assert state.forget("never-seen") == 0
+    nothing = {"consent": 0, "consent_history": 0, "events": 0, "pages": 0}
+    assert state.forget("u") == nothing
+    assert state.forget("never-seen") == nothing
     # forgotten means back to the default, and new events start afresh
     assert state.record({"u": [ev("d", 9)]}, default_allows=True) == RecordResult(1, 0)
     assert state.user("u", 10).events == (ev("d", 9),)
@@ -301,7 +304,7 @@ def test_sqlite_erasure_leaves_nothing_in_its_files(tmp_path: Path, how: str) ->
         assert len(s.user("erased-user", 1000).events) == 300  # a reader saw them
         assert b"erased-item-" in _bytes_on_disk(path)
         if how == "forget":
-            assert s.forget("erased-user") == 300
+            assert s.forget("erased-user")["events"] == 300
         else:
             assert s.set_consent("erased-user", ["analytics"]) == 300
         on_disk = _bytes_on_disk(path)
@@ -327,7 +330,7 @@ def test_sqlite_erasure_under_a_long_reader_neither_stalls_nor_gives_up(
         assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 100
         start = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="tailored.serve.sqlite_state"):
-            assert s.forget("erased-user") == 100
+            assert s.forget("erased-user")["events"] == 100
             s.record({"keeper": [ev("kept", 1)]}, default_allows=True)
         # not the 10 s busy timeout at each write (a liveness bound, not a timing target)
         assert time.monotonic() - start < 5.0
@@ -382,17 +385,18 @@ def test_redis_erasure_reaches_the_event_log(
     redis_state.record(batch, default_allows=True)
     redis_state.record({"x": [ev("e", 5)]}, default_allows=False)  # dropped: not logged
     assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["u", "u", "v", "w"]
-    assert redis_state.forget("u") == 2
+    assert redis_state.forget("u")["events"] == 2
     assert redis_state.set_consent("v", ["analytics"]) == 1
     assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:  # what is left of u and v: v's consent, and both tombstones (hashes)
+    try:  # what is left of u and v: v's consent and its history, and both tombstones (hashes)
         keys = sorted(client.scan_iter(match=f"{redis_prefix}:*"))
     finally:
         client.close()
     p = redis_prefix
     graves = [f"{p}:forgotten:{tombstone(u)}" for u in ("u", "v")]
-    assert keys == sorted([f"{p}:events", f"{p}:consent:v", f"{p}:ev:w", f"{p}:seq:w", *graves])
+    kept = [f"{p}:events", f"{p}:consent:v", f"{p}:consent-log:v", f"{p}:ev:w", f"{p}:seq:w"]
+    assert keys == sorted([*kept, *graves])
 
 
 def test_redis_erasure_reaches_events_the_cap_dropped_from_serving(
@@ -406,7 +410,7 @@ def test_redis_erasure_reaches_events_the_cap_dropped_from_serving(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         assert client.zscore(f"{redis_prefix}:logged-users", "u") is not None
-        assert redis_state.forget("u") == 9
+        assert redis_state.forget("u")["events"] == 9
         assert [u for u, _ in _stream(redis_url, redis_prefix)] == ["w"]
         assert not list(client.scan_iter(match=f"{redis_prefix}:*:u"))
         assert client.zscore(f"{redis_prefix}:logged-users", "u") is None
@@ -487,3 +491,35 @@ def test_the_sqlite_state_is_readable_by_its_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     finally:
         s.close()
+
+
+def test_consent_history_records_every_change_in_order(state: OnlineState) -> None:
+    assert state.consent_history("u") == []
+    state.set_consent("u", {PERSONALIZATION, "analytics"})
+    state.set_consent("u", {"analytics"})  # a withdrawal erases events, not the history
+    state.set_consent("u", {PERSONALIZATION})
+    state.set_consent("v", set())
+    got = state.consent_history("u")
+    assert [c.purposes for c in got] == [
+        frozenset({PERSONALIZATION, "analytics"}),
+        frozenset({"analytics"}),
+        frozenset({PERSONALIZATION}),
+    ]
+    assert [c.time_ms for c in got] == sorted(c.time_ms for c in got)
+    assert abs(got[-1].time_ms - time.time() * 1000) < 60_000
+    assert state.consents() == {"u": frozenset({PERSONALIZATION}), "v": frozenset()}
+
+
+def test_purge_removes_every_event_before_the_bound_and_nothing_after(
+    state: OnlineState,
+) -> None:
+    state.record(
+        {"u": [ev("old", 1_000), ev("edge", 5_000), ev("new", 9_000)], "v": [ev("x", 2_000)]},
+        default_allows=True,
+    )
+    removed = state.purge(5_000)
+    assert removed["events"] == 2
+    assert [e.item_id for e in state.user("u", 10).events] == ["edge", "new"]
+    assert state.user("v", 10).events == ()
+    assert sorted(e.item_id for _, e in state.scan()) == ["edge", "new"]
+    assert state.purge(5_000)["events"] == 0
