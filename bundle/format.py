@@ -244,10 +244,6 @@ class BundleWriter:
             **{k: v or {} for k, v in objects.items()},
             "files": files,
         }
-        # the lock an erasure rewriting a version takes, and a loader shares: there before
-        # any version is, so that no loader ever goes without it
-        lock = erasure_lock(self.staging)
-        os.close(os.open(lock, os.O_CREAT | os.O_RDWR, 0o600))
         n = max(_versions(self.root), default=0) + 1
         while True:  # another writer may publish the same number first: take the next one
             doc["version"] = f"v{n:06d}"
@@ -260,6 +256,9 @@ class BundleWriter:
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 n += 1
+        # the lock an erasure rewriting a version takes, and a loader shares (a loader that
+        # finds none goes on without it)
+        os.close(os.open(erasure_lock(target), os.O_CREAT | os.O_RDWR, 0o600))
         _fsync(self.root)
         return target
 

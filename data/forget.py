@@ -35,6 +35,7 @@ __all__ = ["DatasetStore", "RekeyError", "recover_dir", "swap_dir"]
 class RekeyError(TailoredError):
     """A store is under a key that is neither the old one nor the new one."""
 
+
 _BATCH = 1 << 20
 
 

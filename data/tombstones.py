@@ -67,8 +67,17 @@ class TombstoneList:
     """The tombstone file of a privacy directory (default :func:`tailored.paths.privacy_dir`)."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else privacy_dir()
-        self.path = self.directory / "tombstones"
+        self._directory = Path(directory) if directory is not None else None
+
+    @property
+    def directory(self) -> Path:
+        """The directory given, or :func:`~tailored.paths.privacy_dir` as the environment says
+        now (a long-lived server follows it)."""
+        return self._directory if self._directory is not None else privacy_dir()
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "tombstones"
 
     def read(self) -> frozenset[str]:
         """Every tombstone; a line that is not one (a write cut short) is skipped with a

@@ -35,8 +35,17 @@ class AuditLog:
     """``audit.jsonl`` in a privacy directory (default :func:`tailored.paths.privacy_dir`)."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else privacy_dir()
-        self.path = self.directory / "audit.jsonl"
+        self._directory = Path(directory) if directory is not None else None
+
+    @property
+    def directory(self) -> Path:
+        """The directory given, or :func:`~tailored.paths.privacy_dir` as the environment says
+        now."""
+        return self._directory if self._directory is not None else privacy_dir()
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "audit.jsonl"
 
     def append(self, action: str, **fields: Any) -> dict[str, Any]:
         """Append a record of ``action`` with ``fields`` and the time (UTC), durably; returns

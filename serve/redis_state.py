@@ -29,6 +29,7 @@ user pseudonym as the caller gives it; raw user ids never reach Redis):
   (HINCRBYFLOAT: replicas add to them at once without losing any).
 - ``P:forgotten:T`` the time a user was erased or withdrew consent, T their tombstone
   (:func:`tailored.serve.state.tombstone`, a hash of the pseudonym).
+- ``P:meta``       HASH: ``key_fingerprint``, the key the pseudonyms are under (re-keying).
 - ``P:events``     STREAM of every accepted event (fields ``user`` and ``event``, the JSON
   array ``[item_id, type, time_ms, value, surface]``),
   the replicas' shared event log, capped near ``stream_maxlen`` (``MAXLEN ~``).
@@ -54,14 +55,18 @@ which the operator configures; with neither AOF nor snapshots a Redis restart lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import pyarrow as pa
 import redis
 
+from tailored.data.forget import RekeyError
+from tailored.data.pseudonym import KeyMap
 from tailored.experiments.bandit import ArmStats
 from tailored.serve.state import (
     PERSONALIZATION,
@@ -203,6 +208,51 @@ redis.call('SET', KEYS[8], ARGV[6])
 return {#members + logged, pages, consent, history}
 """
 
+# KEYS: the old name's consent, consent history, seq, events, logged ids, pages; the same six
+# of the new name; the log, the users with logged ids, the old and the new tombstone. ARGV:
+# the old and the new pseudonym. Moves one user to the new pseudonym in one step: the keys
+# renamed, each of their entries in the log re-added under the new name (a new id, which
+# their events then name), their tombstone copied. Returns the events moved.
+_REKEY = """
+for i = 1, 6 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 6])
+  end
+end
+local stream = KEYS[13]
+local evs = redis.call('ZRANGE', KEYS[10], 0, -1, 'WITHSCORES')
+for i = 1, #evs, 2 do
+  local m, score = evs[i], evs[i + 1]
+  local seq, id, event = string.match(m, '^(%d+)|([^|]+)|(.*)$')
+  local newid = id
+  if #redis.call('XRANGE', stream, id, id) > 0 then
+    redis.call('XDEL', stream, id)
+    newid = redis.call('XADD', stream, '*', 'user', ARGV[2], 'event', event)
+  end
+  redis.call('ZREM', KEYS[10], m)
+  redis.call('ZADD', KEYS[10], score, seq .. '|' .. newid .. '|' .. event)
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[11], 0, -1)) do
+  local entry = redis.call('XRANGE', stream, id, id)
+  redis.call('ZREM', KEYS[11], id)
+  if #entry > 0 then
+    redis.call('XDEL', stream, id)
+    local newid = redis.call('XADD', stream, '*', 'user', ARGV[2], 'event', entry[1][2][4])
+    redis.call('ZADD', KEYS[11], tonumber(string.match(newid, '^%d+')), newid)
+  end
+end
+local score = redis.call('ZSCORE', KEYS[14], ARGV[1])
+if score then
+  redis.call('ZREM', KEYS[14], ARGV[1])
+  redis.call('ZADD', KEYS[14], score, ARGV[2])
+end
+local gone = redis.call('GET', KEYS[15])
+if gone then
+  redis.call('SET', KEYS[16], gone)
+end
+return #evs / 2
+"""
+
 # KEYS: a user's events. ARGV: the bound (ms). Returns the stream ids of the user's events
 # from before the bound, now removed from the user's events (the caller deletes them from the
 # log).
@@ -292,6 +342,7 @@ class RedisState(OnlineState):
         self._erase = client.register_script(_ERASE)
         self._pages = client.register_script(_PAGES)
         self._purge = client.register_script(_PURGE)
+        self._rekey = client.register_script(_REKEY)
 
     @classmethod
     def from_url(
@@ -475,6 +526,72 @@ class RedisState(OnlineState):
             if rec is not None and PageLog.decode(rec, ()).time_ms < before_ms:
                 pages += int(self._call("purge page", self._client.delete, key))
         return {"events": events, "log_only_events": logged, "pages": pages}
+
+    def key_fingerprint(self) -> str | None:
+        value = self._call("read meta", self._client.hget, f"{self.prefix}:meta", "key_fingerprint")
+        return None if value is None else str(value)
+
+    def rekey(self, keys: KeyMap) -> dict[str, int]:
+        """Every user moved to the new pseudonym, each in one script (their keys renamed,
+        their entries in the log re-added under the new name, their tombstone copied), then
+        their logged pages' records, then the key's fingerprint recorded. A run that stops
+        halfway leaves each user wholly under one name or the other, readable; the next run
+        moves those left (users already moved are not in the old key's map)."""
+        now = self.key_fingerprint()
+        if now == keys.new_fingerprint:
+            return {"users": 0, "unmapped_users": 0, "already": 1}
+        if now not in (None, keys.old_fingerprint):
+            raise RekeyError(
+                f"{self.store}: written with key {now}, neither the old key "
+                f"({keys.old_fingerprint}) nor the new ({keys.new_fingerprint})"
+            )
+        p = self.prefix
+        users: set[str] = set()
+        for kind in ("ev", "consent", "consent-log", "seq", "logged", "pages"):
+            start = len(p) + len(kind) + 2
+            found = self._call(
+                "scan users", lambda k=kind: list(self._client.scan_iter(f"{p}:{k}:*", 1000))
+            )
+            users.update(key[start:] for key in found)
+        names = sorted(users)
+        mapped, _ = keys.apply(pa.array(names, pa.string()))
+        moved = unmapped = 0
+        new_names = set(keys.new.to_pylist())
+        for old, new in zip(names, mapped.to_pylist(), strict=True):
+            if old == new:
+                unmapped += old not in new_names  # a user moved by an earlier run is not
+                continue
+            keys_ = [*self._user_keys(old), *self._user_keys(new)]
+            keys_ += [f"{p}:events", f"{p}:logged-users"]
+            keys_ += [f"{p}:forgotten:{tombstone(old)}", f"{p}:forgotten:{tombstone(new)}"]
+            self._call("rekey", self._rekey, keys=keys_, args=[old, new])
+            for rid in self._call("read pages", self._client.zrange, f"{p}:pages:{new}", 0, -1):
+                rec = self._call("read page", self._client.hget, self._page_key(rid), "rec")
+                if rec is not None:
+                    page = dataclasses.replace(PageLog.decode(rec, ()), user=new)
+                    self._call(
+                        "rekey page", self._client.hset, self._page_key(rid), "rec", page.encode()
+                    )
+            moved += 1
+        self._call(
+            "write meta",
+            self._client.hset,
+            f"{p}:meta",
+            "key_fingerprint",
+            keys.new_fingerprint,
+        )
+        return {"users": moved, "unmapped_users": unmapped, "already": 0}
+
+    def _user_keys(self, user: str) -> list[str]:
+        p = self.prefix
+        return [
+            f"{p}:consent:{user}",
+            f"{p}:consent-log:{user}",
+            f"{p}:seq:{user}",
+            f"{p}:ev:{user}",
+            f"{p}:logged:{user}",
+            f"{p}:pages:{user}",
+        ]
 
     def consent_history(self, user: str) -> list[ConsentChange]:
         rows = self._call(

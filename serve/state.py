@@ -339,16 +339,16 @@ class OnlineState(ABC):
     def close(self) -> None:
         """Release connections and threads; the state on disk or in Redis stays."""
 
+    @abstractmethod
     def key_fingerprint(self) -> str | None:
-        """The fingerprint of the key its pseudonyms are under, where the backend keeps it."""
-        return None
+        """The fingerprint of the key its pseudonyms are under (None: never re-keyed, taken to
+        be the key it was first written with)."""
 
+    @abstractmethod
     def rekey(self, keys: KeyMap) -> dict[str, int]:
-        """Move every pseudonym to the new key (``tailored.privacy.rekey``), atomically."""
-        raise StateError(
-            f"{self.store}: re-keying is not supported by the {self.backend} backend yet; "
-            "nothing was changed"
-        )
+        """Move every pseudonym ``keys`` maps to the new key, record the new key's
+        fingerprint, and return how many users moved and how many the map lacked
+        (``tailored.privacy.rekey``); a state already under the new key is left as is."""
 
     def export(self, user: str, limit: int = 100_000) -> dict[str, Any]:
         """Everything kept of ``user`` (``tailored.privacy.export.Exportable``): consent and

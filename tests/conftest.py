@@ -14,11 +14,23 @@ import pytest
 from tests.helpers import ROOT, TEST_KEY, small_config
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_privacy_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What module and session fixtures (a bundle trained once, a server kept for a module)
+    see as the privacy directory: an empty one of the session's, never the user's tombstones
+    and audit."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TAILORED_PRIVACY_DIR", str(tmp_path_factory.mktemp("privacy")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own $TAILORED_HOME, so no test reads or writes the user's."""
+    """Each test gets its own $TAILORED_HOME and privacy directory (tombstones, audit), so no
+    test reads or writes the user's, nor another test's."""
     home = tmp_path / "tailored-home"
     monkeypatch.setenv("TAILORED_HOME", str(home))
+    monkeypatch.setenv("TAILORED_PRIVACY_DIR", str(home / "privacy"))
     monkeypatch.delenv("TAILORED_PSEUDONYM_KEY", raising=False)
     return home
 

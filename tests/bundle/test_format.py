@@ -75,7 +75,8 @@ def test_round_trip(bundle: Path) -> None:
     assert load_npy(bundle / "item_embeddings.npy", mmap_mode="r").shape == (4, 3)
     assert load_json(bundle / "vocab/genre.json") == {"drama": 0, "comedy": 1}
     assert pq.read_table(bundle / "items.parquet").column("item_id").to_pylist()[0] == "a"
-    assert sorted(p.name for p in bundle.parent.iterdir()) == ["v000001"]  # no staging left
+    # no staging left; the erasure lock (bundle.format.erasure_lock) stays beside the versions
+    assert sorted(p.name for p in bundle.parent.iterdir()) == [".erasure.lock", "v000001"]
 
 
 def test_versions_increment_and_latest_is_highest(tmp_path: Path) -> None:

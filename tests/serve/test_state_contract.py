@@ -523,3 +523,45 @@ def test_purge_removes_every_event_before_the_bound_and_nothing_after(
     assert state.user("v", 10).events == ()
     assert sorted(e.item_id for _, e in state.scan()) == ["edge", "new"]
     assert state.purge(5_000)["events"] == 0
+
+
+def test_rekey_moves_every_user_and_their_log_entries_once(state: OnlineState) -> None:
+    from tailored.data.pseudonym import KeyMap, Pseudonymizer
+
+    old_p, new_p = Pseudonymizer(b"o" * 32), Pseudonymizer(b"n" * 32)
+    keys = KeyMap.of(["a", "b", "c"], old_p, new_p)
+    a, b, c = (old_p(r) for r in "abc")
+    state.record({a: [ev("x", 1), ev("y", 2)], b: [ev("z", 3)]}, default_allows=True)
+    state.set_consent(b, {PERSONALIZATION, "analytics"})
+    state.set_consent(c, set())  # consent and a tombstone, no events
+    state.record({"stranger": [ev("w", 4)]}, default_allows=True)  # not in the map
+    assert state.key_fingerprint() is None
+    got = state.rekey(keys)
+    assert got == {"users": 3, "unmapped_users": 1, "already": 0}
+    assert state.key_fingerprint() == new_p.fingerprint
+    assert [e.item_id for e in state.user(new_p("a"), 10).events] == ["x", "y"]
+    assert state.user(a, 10) == UserState(consent=None, events=())
+    assert state.user(new_p("b"), 10).consent == {PERSONALIZATION, "analytics"}
+    assert [c.purposes for c in state.consent_history(new_p("b"))] == [
+        frozenset({PERSONALIZATION, "analytics"})
+    ]
+    assert state.user(new_p("c"), 10).forgotten
+    assert sorted(u for u, _ in state.scan()) == sorted(
+        [new_p("a"), new_p("a"), new_p("b"), "stranger"]
+    )
+    # forgetting under the new name reaches what was logged under the old one
+    assert state.forget(new_p("a"))["events"] == 2
+    assert state.rekey(keys)["already"] == 1
+
+
+def test_redis_rekey_moves_the_log_entries_too(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    from tailored.data.pseudonym import KeyMap, Pseudonymizer
+
+    old_p, new_p = Pseudonymizer(b"o" * 32), Pseudonymizer(b"n" * 32)
+    redis_state.record({old_p("a"): [ev("x", 1), ev("y", 2)]}, default_allows=True)
+    redis_state.rekey(KeyMap.of(["a"], old_p, new_p))
+    assert [u for u, _ in _stream(redis_url, redis_prefix)] == [new_p("a"), new_p("a")]
+    assert redis_state.forget(new_p("a"))["events"] == 2
+    assert _stream(redis_url, redis_prefix) == []

@@ -1,0 +1,1 @@
+"""Benchmarks of tailored.privacy: erasure under load, DP training, k-anonymity."""
