@@ -14,7 +14,7 @@ Utility is recorded beside privacy: how many distinct values each field keeps an
 users lose their zip to "other". A sweep over the zip prefix length (other fields at their
 default) shows the choice of 3 against 1, 2, 4, 5 and the exact zip.
 
-    python -m benchmarks.quality.kanon_movielens      # writes results/kanon_movielens.json
+    python -m benchmarks.privacy.kanon_movielens      # writes results/kanon_movielens.json
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ QUASI_IDENTIFIERS = ("age", "gender", "occupation", "zip")
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.quality.kanon_movielens", description=__doc__
+        prog="python -m benchmarks.privacy.kanon_movielens", description=__doc__
     )
     p.add_argument("--dataset", type=Path, default=None, help="default: fetch movielens-100k")
     p.add_argument("--threshold", type=int, default=5, help="a group smaller than this is small")
