@@ -290,7 +290,11 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     def _collate_sequences(self, idx: list[int]) -> SequenceBatch:
         j = np.asarray(idx, np.int64)
-        first, end = self._chunks[0][j], self._chunks[1][j]
+        return self._sequence_batch(self._chunks[0][j], self._chunks[1][j])
+
+    def _sequence_batch(self, first: np.ndarray, end: np.ndarray) -> SequenceBatch:
+        """The chunks whose targets are the training events ``first[i]:end[i]`` (int64 [S]
+        each, within one user's events), with the history before them."""
         users = self.train_user[first].astype(np.int64)
         # the window is the L events before the chunk's last target (within the user's): its
         # first targets keep the history before them, as they would at serving time

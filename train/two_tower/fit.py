@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -28,6 +28,9 @@ from tailored.train.runs import LoadedRun, load_data, save_model
 from tailored.train.two_tower.data import TwoTowerDataModule
 from tailored.train.two_tower.model import TwoTower, build_model, tower_spec
 from tailored.train.two_tower.task import TwoTowerTask
+
+if TYPE_CHECKING:  # imported where DP is on: Opacus is not needed otherwise
+    from tailored.train.two_tower.private import PrivateDataModule, PrivateTwoTowerTask
 
 __all__ = ["RunResult", "ThroughputMeter", "train"]
 
@@ -141,14 +144,17 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     spec = tower_spec(data)
     m = cfg.model
     model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
+    dp = cfg.privacy.dp  # user-level DP-SGD (tailored.train.two_tower.private)
     # items without a training positive: their id vectors would stay at random initial values
+    # (under DP not done: which items have a positive is a fact about the users)
     untrained = torch.from_numpy(data.item_popularity((TRAIN,)) == 0)
-    if m.reset_untrained_ids:
+    reset = m.reset_untrained_ids and not dp
+    if reset:
         model.item_tower.treat_as_new(untrained)
     ckpt = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
-        monitor=_MONITOR,
+        monitor=None if dp else _MONITOR,  # DP keeps the last weights, not the best on valid
         mode="max",
         save_top_k=1,
         save_last=True,
@@ -158,9 +164,13 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     if not _terminal():
         callbacks.append(ProgressLines(cfg.train.progress_seconds, meter))
     _quiet_lightning()
-    trainer = _trainer(cfg, out, callbacks)
+    trainer = _trainer(cfg, out, callbacks, early_stopping=not dp)
+    private = _private(cfg, model, data) if dp else None
     try:
-        trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
+        if private is not None:
+            trainer.fit(private[0], datamodule=private[1])
+        else:
+            trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
     except SIGTERMException as e:  # Lightning's own: a SystemExit whose status would be 0
         raise TailoredError(
             f"training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
@@ -168,10 +178,21 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         ) from e
     epochs = trainer.current_epoch
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
+    privacy = None
+    if private is not None:
+        last = trainer.callback_metrics.get(_MONITOR)
+        best = float(last) if last is not None else float("nan")  # the kept (last) weights'
+        privacy = private[0].plan.report()
+        _log.info("privacy: epsilon %.3f spent at delta %g", privacy["epsilon"], privacy["delta"])
     if trainer.is_global_zero:
-        _keep_best(model, ckpt.best_model_path, untrained if m.reset_untrained_ids else None)
+        if private is not None:
+            from tailored.train.two_tower.private import keep_final
+
+            keep_final(model, private[0].model)
+        else:
+            _keep_best(model, ckpt.best_model_path, untrained if reset else None)
         save_model(out, cfg, spec, data, model)
-        _write_metrics(out, cfg, model, data, best, epochs, meter)
+        _write_metrics(out, cfg, model, data, best, epochs, meter, privacy)
         _log.info(
             "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
             best,
@@ -220,6 +241,29 @@ def _data_module(cfg: Config, data: Interactions) -> TwoTowerDataModule:
     )
 
 
+def _private(
+    cfg: Config, model: TwoTower, data: Interactions
+) -> tuple[PrivateTwoTowerTask, PrivateDataModule]:
+    from tailored.train.two_tower.private import private_setup
+
+    m = cfg.model
+    return private_setup(
+        cfg,
+        data,
+        model,
+        dict(
+            history_length=m.history_length,
+            batch_size=cfg.train.batch_size,  # validation only
+            user_id_buckets=m.user_id_buckets,
+            limit_val_users=cfg.train.limit_val_users,
+            seed=cfg.train.seed,
+            target_window=cfg.train.target_window,
+            sequences=m.causal_history,
+            sequence_targets=cfg.train.sequence_targets,
+        ),
+    )
+
+
 def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
     return TwoTowerTask(
         model,
@@ -234,11 +278,15 @@ def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
     )
 
 
-def _trainer(cfg: Config, out: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+def _trainer(
+    cfg: Config, out: Path, callbacks: list[pl.Callback], *, early_stopping: bool = True
+) -> pl.Trainer:
     """Lightning's Trainer as ``[train]`` configures it: early stopping on validation
-    ndcg@10, EMA weights if asked, bf16 on CUDA, DDP on several devices."""
+    ndcg@10 (not under DP), EMA weights if asked, bf16 on CUDA, DDP on several devices."""
     t = cfg.train
-    callbacks = [EarlyStopping(monitor=_MONITOR, mode="max", patience=t.patience), *callbacks]
+    if early_stopping:
+        stop = EarlyStopping(monitor=_MONITOR, mode="max", patience=t.patience)
+        callbacks = [stop, *callbacks]
     if t.ema_decay:
         # validation runs on the averaged weights, and checkpoints hold them as "state_dict"
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
@@ -298,10 +346,11 @@ def _write_metrics(
     best: float,
     epochs: int,
     meter: ThroughputMeter,
+    privacy: dict[str, Any] | None = None,
 ) -> None:
     """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
     ``[train] final_eval_users`` sampled users), beside the popularity baseline, and how
-    training went."""
+    training went; under DP, ``privacy``: epsilon spent at delta and how (DPPlan.report)."""
     from tailored.train.evaluate import evaluate
 
     model.eval()
@@ -312,6 +361,8 @@ def _write_metrics(
         "samples_per_second": meter.samples_per_second,
         "train_seconds": meter.seconds,
     }
+    if privacy is not None:
+        report["privacy"] = privacy
     for split in ("valid", "test"):
         r = evaluate(
             run,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sampled_softmax_loss"]
+__all__ = ["sampled_softmax_loss", "shared_negatives_loss"]
 
 
 def sampled_softmax_loss(
@@ -68,4 +68,35 @@ def sampled_softmax_loss(
     loss = F.cross_entropy(logits.float(), target, reduction="none")
     if weight is None:
         return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def shared_negatives_loss(
+    user: Tensor,
+    item: Tensor,
+    item_ids: Tensor,
+    negatives: Tensor,
+    negative_ids: Tensor,
+    *,
+    temperature: float,
+    n_items: int,
+    weight: Tensor,
+) -> Tensor:
+    """``weight``-weighted mean cross-entropy of each row's positive against ``M`` negatives
+    shared by every row, drawn uniformly from the ``n_items`` items: what differentially
+    private training uses (tailored.train.two_tower.private), since no row's loss then reads
+    another user's items. The uniform proposal's ``log(M / N)`` is its only correction: it is
+    the same for every item and depends on no user's data (logQ from popularity would).
+
+    ``user``, ``item``: float [R, D]; ``item_ids``: int64 [R]; ``negatives`` [M, D] with
+    ``negative_ids`` int64 [M]; ``weight`` float [R] (0 for padding rows). A negative that is
+    the row's own positive (an accidental hit) is masked.
+    """
+    pos = (user * item).sum(-1, keepdim=True) / temperature  # [R, 1]
+    neg = user @ negatives.T / temperature - math.log(negatives.shape[0] / max(n_items, 1))
+    neg = neg.masked_fill(
+        negative_ids.unsqueeze(0) == item_ids.unsqueeze(1), torch.finfo(neg.dtype).min
+    )
+    logits = torch.cat([pos, neg], dim=1).float()
+    loss = torch.logsumexp(logits, dim=1) - logits[:, 0]
     return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
