@@ -178,7 +178,6 @@ class BundleStore:
         items). The items a user has seen (``users/seen_*``) carry no time; they are what
         the bundle's training data held, and go when a bundle built after the limit replaces
         this one."""
-        bound = int(before_ms) // 1000
         entries = versions = 0
         with locked(self._lock):
             for version in self.versions():
@@ -187,12 +186,12 @@ class BundleStore:
                     continue
                 times = np.load(times_path, allow_pickle=False)
                 hist = np.load(version / BUNDLE_FILES["user_history"], allow_pickle=False)
-                old = (hist > 0) & (times < bound)
+                old = (hist > 0) & (times.astype(np.int64) * 1000 < before_ms)  # seconds against ms
                 if not old.any():
                     continue
                 entries += int(old.sum())
                 versions += 1
-                keep = (hist > 0) & (times >= bound)
+                keep = (hist > 0) & ~old
                 h, t = np.zeros_like(hist), np.zeros_like(times)
                 for u in np.flatnonzero(keep.any(axis=1)):
                     n = int(keep[u].sum())  # left-padded, the most recent last

@@ -193,3 +193,23 @@ def test_retention_refuses_a_limit_that_is_not_positive(
 ) -> None:
     assert main(["privacy", "enforce", "--dataset", str(copy / "site"), "--days", "0"]) == 2
     assert "--days: must be > 0" in capsys.readouterr().err
+
+
+def test_retention_counts_a_second_against_milliseconds_in_every_store(copy: Path) -> None:
+    """A bound inside a second: an event at that whole second is before it, in the bundle's
+    histories (seconds) as in the dataset (seconds)."""
+    from tailored.bundle.forget import BundleStore
+    from tailored.data.forget import DatasetStore
+
+    version = copy / "bundles" / "v000001"
+    hist = np.load(version / BUNDLE_FILES["user_history"])
+    times = np.load(version / BUNDLE_FILES["user_history_times"])
+    t = int(np.median(times[hist > 0]))
+    before_ms = t * 1000 + 500
+    assert BundleStore(copy / "bundles").purge(before_ms)["history_entries"] > 0
+    hist = np.load(version / BUNDLE_FILES["user_history"])
+    times = np.load(version / BUNDLE_FILES["user_history_times"])
+    assert times[hist > 0].min() > t
+    DatasetStore(copy / "site").purge(before_ms)
+    left = pq.read_table(copy / "site" / "events.parquet").column("timestamp").to_numpy()
+    assert left.min() > t
