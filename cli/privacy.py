@@ -109,7 +109,18 @@ def _pseudonym(args: argparse.Namespace) -> str:
         check_id(args.user, "user")
     except RequestError as e:
         raise TailoredError(str(e)) from None
-    return Pseudonymizer(load_key(args.key_file))(args.user)
+    pseudo = Pseudonymizer(load_key(args.key_file, create=False))
+    for d in args.dataset:  # a wrong key finds nothing, and would say "nothing held"
+        from tailored.data.schema import read_dataset_meta
+        from tailored.paths import dataset_dir
+
+        written = read_dataset_meta(dataset_dir(d)).key_fingerprint
+        if written != pseudo.fingerprint:
+            raise TailoredError(
+                f"--dataset {d}: written with key {written}, this key is {pseudo.fingerprint}; "
+                "give the site's key (--key-file, TAILORED_PSEUDONYM_KEY)"
+            )
+    return pseudo(args.user)
 
 
 # ---- forget: erasure -----------------------------------------------------------------------

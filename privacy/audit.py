@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from tailored.paths import privacy_dir
 __all__ = ["AuditError", "AuditLog"]
 
 _GENESIS = "0" * 64
+_log = logging.getLogger(__name__)
 
 
 class AuditError(TailoredError):
@@ -62,9 +64,13 @@ class AuditLog:
                 "prev": prev,
             }
             line = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o600)
             try:
-                os.write(fd, (line + "\n").encode())
+                # a line a crash cut short is closed first: it stays, and breaks the chain
+                # where it is (verify says so), but the records after it read
+                end = os.fstat(fd).st_size
+                torn = end > 0 and os.pread(fd, 1, end - 1) != b"\n"
+                os.write(fd, (("\n" if torn else "") + line + "\n").encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -78,12 +84,14 @@ class AuditLog:
         return [line for line in text.split("\n") if line]
 
     def records(self, pseudonym: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every record (of ``pseudonym`` only, if given), oldest first."""
+        """Every record (of ``pseudonym`` only, if given), oldest first; a line that is not
+        JSON is skipped with a warning (:meth:`verify` names it)."""
         for i, line in enumerate(self._lines(), 1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AuditError(f"{self.path}: line {i} is not JSON ({e})") from e
+            except json.JSONDecodeError:
+                _log.warning("%s: line %d is not JSON (cut short?), skipped", self.path, i)
+                continue
             if pseudonym is None or record.get("pseudonym") == pseudonym:
                 yield record
 

@@ -28,12 +28,14 @@ class Exportable(Protocol):
 
 
 def holds_anything(value: Any) -> bool:
-    """Whether an export (or part of one) holds any data: not None, empty or False."""
+    """Whether an export (or part of one) holds any data about the user: a value that is not
+    None, empty, or a flag (``erased_or_withdrawn_before`` says something of the store, not
+    of them)."""
     if isinstance(value, Mapping):
         return any(holds_anything(v) for v in value.values())
     if isinstance(value, list | tuple):
-        return any(holds_anything(v) for v in value) if value else False
-    return value is not None and value is not False and value != ""
+        return any(holds_anything(v) for v in value)
+    return value is not None and not isinstance(value, bool) and value != ""
 
 
 def export_user(

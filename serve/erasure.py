@@ -16,9 +16,9 @@ The same thread enforces the retention limit (``[serve] retention_days``) every
 user histories, from before the limit (:func:`tailored.privacy.erasure.enforce_retention`,
 with the counts in the audit).
 
-At start the thread first sweeps the bundles for every tombstone in the list: a server that
-stopped between the two halves of an erasure, or a bundle copied in from before one, is
-cleaned before it has served for long.
+At start, and after every bundle swap, the thread sweeps the bundles for every tombstone in
+the list: a server that stopped between the two halves of an erasure, or a version built or
+copied in while an erasure ran, is cleaned before it has served for long.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = ["Eraser"]
 
 _log = logging.getLogger(__name__)
 _BATCH = 1000  # erasures applied to the bundles in one rewrite at most
+_SWEEP = "sweep"
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Eraser:
         self.audit = audit or AuditLog()
         self.tombstones = tombstones or TombstoneList()
         self._erased = erased
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="eraser", daemon=True)
         self._thread.start()
 
@@ -88,6 +89,11 @@ class Eraser:
         job = _Job(user, reason, online_store, dict(online), Future())
         self._queue.put(job)
         return job.done
+
+    def sweep_soon(self) -> None:
+        """Sweep the bundles for every tombstone again (a version was loaded: one built or
+        copied in while an erasure ran could hold the user)."""
+        self._queue.put(_SWEEP)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -108,14 +114,17 @@ class Eraser:
                 continue
             if first is None:
                 return
+            if isinstance(first, str):
+                self._sweep()
+                continue
             jobs = [first]
             while len(jobs) < _BATCH:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._queue.put(None)
+                if nxt is None or isinstance(nxt, str):
+                    self._queue.put(nxt)  # after this batch
                     break
                 jobs.append(nxt)
             self._apply(jobs)

@@ -232,19 +232,20 @@ for i = 1, #evs, 2 do
   redis.call('ZREM', KEYS[10], m)
   redis.call('ZADD', KEYS[10], score, seq .. '|' .. newid .. '|' .. event)
 end
+local newest = nil
 for _, id in ipairs(redis.call('ZRANGE', KEYS[11], 0, -1)) do
   local entry = redis.call('XRANGE', stream, id, id)
   redis.call('ZREM', KEYS[11], id)
   if #entry > 0 then
     redis.call('XDEL', stream, id)
     local newid = redis.call('XADD', stream, '*', 'user', ARGV[2], 'event', entry[1][2][4])
-    redis.call('ZADD', KEYS[11], tonumber(string.match(newid, '^%d+')), newid)
+    newest = tonumber(string.match(newid, '^%d+'))
+    redis.call('ZADD', KEYS[11], newest, newid)
   end
 end
-local score = redis.call('ZSCORE', KEYS[14], ARGV[1])
-if score then
-  redis.call('ZREM', KEYS[14], ARGV[1])
-  redis.call('ZADD', KEYS[14], score, ARGV[2])
+redis.call('ZREM', KEYS[14], ARGV[1])
+if newest then  -- scored by the newest id it remembers, as the record script keeps it
+  redis.call('ZADD', KEYS[14], newest, ARGV[2])
 end
 local gone = redis.call('GET', KEYS[15])
 if gone then
@@ -509,9 +510,9 @@ class RedisState(OnlineState):
         logged = 0
         last = "-"
         while True:
-            entries = self._call("read log", self._client.xrange, stream, last, "+", 1000)
-            if last != "-":
-                entries = entries[1:]  # XRANGE's start is inclusive
+            # after the last entry read (exclusive: it may have been deleted just now)
+            start = last if last == "-" else f"({last}"
+            entries = self._call("read log", self._client.xrange, stream, start, "+", 1000)
             if not entries:
                 break
             old = [i for i, f in entries if json.loads(f["event"])[2] < before_ms]
@@ -553,6 +554,20 @@ class RedisState(OnlineState):
                 "scan users", lambda k=kind: list(self._client.scan_iter(f"{p}:{k}:*", 1000))
             )
             users.update(key[start:] for key in found)
+        # erased users have nothing left but their tombstone: carried over for every pair
+        pairs = list(keys.pairs())
+        for i in range(0, len(pairs), 1000):
+            chunk = pairs[i : i + 1000]
+            found = self._call(
+                "read tombstones",
+                self._client.mget,
+                [f"{p}:forgotten:{tombstone(old)}" for old, _ in chunk],
+            )
+            for (_, new), when in zip(chunk, found, strict=True):
+                if when is not None:
+                    self._call(
+                        "rekey tombstone", self._client.set, f"{p}:forgotten:{tombstone(new)}", when
+                    )
         names = sorted(users)
         mapped, _ = keys.apply(pa.array(names, pa.string()))
         moved = unmapped = 0

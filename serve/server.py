@@ -110,7 +110,7 @@ class Service:
         self.guard = StateGuard(cfg.state_retry_seconds, self._state_changed)
         self.health: health.HealthServicer | None = None  # set by create_server
         self.metrics.set_bundle(bundle.version)
-        bundle.on_swap = self.metrics.set_bundle  # reloads, the watcher and siblings alike
+        bundle.on_swap = self._swapped  # reloads, the watcher and siblings alike
         self.started = time.time()
         self.experiments: ServedExperiments | None = None
         self.experiments_lock = threading.Lock()  # a load and its set, one at a time
@@ -128,7 +128,7 @@ class Service:
         )
         first = siblings is None or siblings.me.index == 0  # one process enforces retention
         self.eraser = Eraser(
-            bundle.source,
+            bundle.source if cfg.erase_bundle_rows else None,
             erased=lambda reason, n: self.metrics.erasures.labels(reason).inc(n),
             retention=(state, cfg.retention_days, cfg.retention_check_minutes * 60)
             if cfg.retention_days > 0 and first
@@ -145,6 +145,10 @@ class Service:
                 "with (fingerprints differ): known users would look new; serve with the "
                 "dataset's key (TAILORED_PSEUDONYM_KEY or $TAILORED_HOME/pseudonym.key)"
             )
+
+    def _swapped(self, version: str) -> None:
+        self.metrics.set_bundle(version)
+        self.eraser.sweep_soon()  # a version built while an erasure ran may hold the user
 
     def load_experiments(self, path: str) -> ServedExperiments:
         """Check the experiments file at ``path`` and load the bundles its variants name,

@@ -446,6 +446,8 @@ class SQLiteState(OnlineState):
                         "UPDATE pages SET user=?, record=? WHERE request_id=?",
                         (new, page.encode(), rid),
                     )
+            # every mapped user's tombstone, the erased ones' too (nothing else is left of them)
+            for old, new in keys.pairs():
                 gone = conn.execute(
                     "SELECT time_ms FROM forgotten WHERE tombstone=?", (tombstone(old),)
                 ).fetchone()

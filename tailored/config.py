@@ -454,6 +454,11 @@ class ServeConfig:
     # bundles
     retention_days: float = 0.0
     retention_check_minutes: float = 60.0
+    # an erasure (Forget, a consent withdrawal) also removes the user's rows from every
+    # bundle version under the served root; false where this server cannot rewrite them (a
+    # read-only image or volume): the tombstone keeps the rows unused, and `tailored privacy
+    # enforce --bundles` on the host that owns them removes them
+    erase_bundle_rows: bool = True
     admin_token_env: str = "TAILORED_ADMIN_TOKEN"  # where the admin bearer token comes from
     state: str = ""  # online state URL: sqlite:///PATH or redis://HOST:PORT/DB ("" = SQLite
     # under $TAILORED_HOME/serve)

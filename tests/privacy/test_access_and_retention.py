@@ -34,7 +34,7 @@ def test_export_holds_everything_kept_about_a_user_and_why_they_see_it(
     copy: Path, tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pseudo = Pseudonymizer(TEST_KEY)(RAW)
-    running = Running(copy / "bundles", tmp_path / "state.db")
+    running = Running(copy / "bundles", tmp_path / "state.db", erase_bundle_rows=True)
     try:
         c = running.client
         c.set_consent(RAW, ["personalization", "analytics"])

@@ -97,7 +97,7 @@ def test_forget_on_sqlite_leaves_the_user_only_in_the_audit(
     pseudo = Pseudonymizer(TEST_KEY)(RAW)
     needles = [RAW, pseudo]
     state_dir = tmp_path / "state"
-    running = Running(copy / "bundles", state_dir / "state.db")
+    running = Running(copy / "bundles", state_dir / "state.db", erase_bundle_rows=True)
     try:
         _use(running, RAW)
         before = _holding([state_dir, copy], needles)
@@ -152,7 +152,9 @@ def test_forget_on_redis_leaves_no_key_or_value_holding_the_user(
     pseudo = Pseudonymizer(TEST_KEY)(RAW)
     needles = [RAW, pseudo]
     running = Running(
-        copy / "bundles", state=RedisState.from_url(with_prefix(redis_url, redis_prefix))
+        copy / "bundles",
+        state=RedisState.from_url(with_prefix(redis_url, redis_prefix)),
+        erase_bundle_rows=True,
     )
     try:
         _use(running, RAW)
@@ -194,7 +196,7 @@ def test_withdrawing_consent_erases_the_bundle_rows_and_training_leaves_them_out
     copy: Path, tmp_path: Path
 ) -> None:
     pseudo = Pseudonymizer(TEST_KEY)(RAW)
-    running = Running(copy / "bundles", tmp_path / "state.db")
+    running = Running(copy / "bundles", tmp_path / "state.db", erase_bundle_rows=True)
     try:
         running.client.track([pb.Event(user_id=RAW, item_id="i0000001", type=pb.CLICK)])
         assert running.client.set_consent(RAW, []).events_forgotten == 1
@@ -282,7 +284,7 @@ def test_the_audit_chain_shows_a_removed_line(tmp_path: Path) -> None:
 
 
 def test_forget_needs_the_admin_token(copy: Path, tmp_path: Path) -> None:
-    running = Running(copy / "bundles", tmp_path / "state.db")
+    running = Running(copy / "bundles", tmp_path / "state.db", erase_bundle_rows=True)
     try:
         with pytest.raises(grpc.RpcError) as e:
             running.client.admin.Forget(pb.ForgetRequest(user_id=RAW), timeout=10)

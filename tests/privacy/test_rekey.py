@@ -116,7 +116,7 @@ def test_rekey_moves_every_store_and_the_new_key_serves_everyone_as_before(
     stores: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     who = ["u0000001", "u0000003", "u0000042"]
-    before = Running(stores["bundles"], tmp_path / "serve-old.db")
+    before = Running(stores["bundles"], tmp_path / "serve-old.db", erase_bundle_rows=True)
     try:
         lists = {u: [i.item_id for i in before.client.recommend(u, k=10).items] for u in who}
     finally:
@@ -145,7 +145,9 @@ def test_rekey_moves_every_store_and_the_new_key_serves_everyone_as_before(
     assert record["from_key"] == OLD.fingerprint and record["failed"] == {}
     assert not (privacy_dir() / "rekey.json").exists()
     # a server with the new key: the same lists for the same people
-    after = Running(stores["bundles"], tmp_path / "serve-new.db", key=NEW_KEY)
+    after = Running(
+        stores["bundles"], tmp_path / "serve-new.db", key=NEW_KEY, erase_bundle_rows=True
+    )
     try:
         for u in who:
             assert [i.item_id for i in after.client.recommend(u, k=10).items] == lists[u]

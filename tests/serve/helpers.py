@@ -40,7 +40,10 @@ class Running:
         key: bytes = TEST_KEY,
         **overrides: object,
     ) -> None:
-        self.cfg = load_serve_config(overrides={"clock": "bundle", **overrides})
+        # the session's shared bundle is not rewritten by one test's erasures (the privacy
+        # tests, on copies, ask for it)
+        defaults = {"clock": "bundle", "erase_bundle_rows": False}
+        self.cfg = load_serve_config(overrides={**defaults, **overrides})
         if state is None:
             assert state_path is not None, "a state file or an open state"
             state = SQLiteState(state_path)

@@ -355,7 +355,7 @@ def call(method: Any, request: Any, metadata: Any = ()) -> tuple[grpc.StatusCode
 # -- the server ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def world(serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    cfg = load_serve_config(overrides={"clock": "bundle"})
+    cfg = load_serve_config(overrides={"clock": "bundle", "erase_bundle_rows": False})
     assert (cfg.surfaces, cfg.max_k, cfg.max_events_per_track) == (SURFACES, MAX_K, MAX_EVENTS)
     assert cfg.consent_default == "granted"
     version_dir = latest_bundle(serve_bundle)

@@ -6,6 +6,7 @@ The Redis cases need a server (the ``redis_url`` fixture: skipped without one, f
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import sqlite3
@@ -565,3 +566,23 @@ def test_redis_rekey_moves_the_log_entries_too(
     assert [u for u, _ in _stream(redis_url, redis_prefix)] == [new_p("a"), new_p("a")]
     assert redis_state.forget(new_p("a"))["events"] == 2
     assert _stream(redis_url, redis_prefix) == []
+
+
+def test_redis_purge_reaches_every_old_entry_of_a_long_log(
+    redis_state: RedisState, redis_url: str, redis_prefix: str
+) -> None:
+    # 2,500 events, the cap keeps 5: the rest live in the log only, over several pages of it
+    redis_state.record({"u": [ev(f"i{i}", 1_000 + i) for i in range(2_500)]}, default_allows=True)
+    removed = redis_state.purge(1_000 + 2_498)
+    assert removed["events"] + removed["log_only_events"] == 2_498
+    assert [json.loads(e)[2] for _, e in _stream(redis_url, redis_prefix)] == [3_498, 3_499]
+
+
+def test_rekey_carries_the_tombstone_of_an_erased_user(state: OnlineState) -> None:
+    from tailored.data.pseudonym import KeyMap, Pseudonymizer
+
+    old_p, new_p = Pseudonymizer(b"o" * 32), Pseudonymizer(b"n" * 32)
+    state.record({old_p("a"): [ev("x", 1)]}, default_allows=True)
+    state.forget(old_p("a"))  # nothing left of them but the tombstone
+    state.rekey(KeyMap.of(["a"], old_p, new_p))
+    assert state.user(new_p("a"), 10).forgotten
