@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from pytorch_lightning.utilities import rank_zero_only
@@ -35,7 +36,7 @@ from tailored.bundle.format import (
 )
 from tailored.config import Config, SegmentsConfig, from_dict
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
-from tailored.data.interactions import Interactions, read_users
+from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import HISTORY_EVENTS
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
@@ -144,7 +145,16 @@ def _from_bundle(path: Path) -> _Source:
 
 def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
     m = src.cfg.model
-    users_t = read_users(dataset_dir(src.cfg.data.dataset))  # the rows of data.user_ids
+    # the rows of data.user_ids, in its order (an erasure since the data was read changes
+    # neither: the sweep after the swap removes what it erased)
+    users_t = pq.read_table(dataset_dir(src.cfg.data.dataset) / "users.parquet")
+    at = pc.index_in(pa.array(data.user_ids, pa.string()), value_set=users_t.column("user_id"))
+    if at.null_count:
+        raise BundleError(
+            f"{dataset_dir(src.cfg.data.dataset)}: {at.null_count} users of the training data "
+            "are no longer in the dataset (erased meanwhile?); build again"
+        )
+    users_t = users_t.take(at)
     users = FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t)
     hist = UserHistory.of(data, tuple(np.unique(data.split).tolist()) or (TRAIN,))
     every = np.arange(data.n_users)

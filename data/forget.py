@@ -222,8 +222,9 @@ class DatasetStore:
 
     def key_fingerprint(self) -> str:
         """The fingerprint of the key the dataset's user ids were written with."""
-        recover_dir(self.directory)
-        return read_dataset_meta(self.directory).key_fingerprint
+        with locked(self._lock):  # recovery must not meet another process's rewrite
+            recover_dir(self.directory)
+            return read_dataset_meta(self.directory).key_fingerprint
 
     def rekey(self, keys: KeyMap) -> dict[str, int]:
         """Move the dataset to the new key: every user id mapped (``keys``), the fingerprint
