@@ -29,6 +29,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from tailored.bundle import snapshot
 from tailored.bundle.format import (
     BUNDLE_FILES,
+    BundleError,
     BundleWriter,
     load_json,
     resolve_bundle,
