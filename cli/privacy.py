@@ -156,7 +156,7 @@ def _forget(args: argparse.Namespace) -> int:
     from tailored.errors import TailoredError
     from tailored.paths import dataset_dir
     from tailored.privacy.audit import AuditLog
-    from tailored.privacy.erasure import erase, summary
+    from tailored.privacy.erasure import erase, failures, summary
 
     user = _pseudonym(args)
     audit, stones = AuditLog(args.privacy_dir), TombstoneList(args.privacy_dir)
@@ -195,7 +195,7 @@ def _forget(args: argparse.Namespace) -> int:
         removed.update(done.removed)
         held = held or done.held
         if done.failed:
-            what = "; ".join(f"{k}: {v}" for k, v in done.failed.items())
+            what = failures(done.failed)
             raise TailoredError(
                 f"erasure incomplete ({what}); the rest was erased and recorded: run the "
                 "same command again to finish"
@@ -308,7 +308,7 @@ def _enforce(args: argparse.Namespace) -> int:
     from tailored.data.tombstones import TombstoneList
     from tailored.errors import TailoredError
     from tailored.privacy.audit import AuditLog
-    from tailored.privacy.erasure import enforce_retention, summary
+    from tailored.privacy.erasure import enforce_retention, failures, summary
 
     days = args.days
     if days is None and args.config is not None:
@@ -336,7 +336,7 @@ def _enforce(args: argparse.Namespace) -> int:
                 "failed": done.failed,
             }
             if done.failed:
-                what = "; ".join(f"{k}: {v}" for k, v in done.failed.items())
+                what = failures(done.failed)
                 raise TailoredError(f"retention incomplete ({what}); run again to finish")
     finally:
         if state is not None:
@@ -386,7 +386,7 @@ def _rekey(args: argparse.Namespace) -> int:
     from tailored.errors import TailoredError
     from tailored.paths import tailored_home, write_text_atomic
     from tailored.privacy.audit import AuditLog
-    from tailored.privacy.erasure import summary
+    from tailored.privacy.erasure import failures, summary
     from tailored.privacy.rekey import rekey
 
     old_key, new_key = load_key(args.key_file), load_key(args.new_key_file)
@@ -409,7 +409,7 @@ def _rekey(args: argparse.Namespace) -> int:
         if state is not None:
             state.close()
     if done.failed:
-        what = "; ".join(f"{k}: {v}" for k, v in done.failed.items())
+        what = failures(done.failed)
         raise TailoredError(
             f"re-keying incomplete ({what}); every store is readable under one key or the "
             "other: run the same command again to finish"

@@ -104,7 +104,8 @@ class TombstoneList:
             if not _LINE.fullmatch(s):
                 raise ValueError(f"not a tombstone: {s!r}")
         with locked(self.directory / ".lock"):
-            new = [s for s in todo if s not in self.read()]
+            listed = self.read()
+            new = [s for s in todo if s not in listed]
             if not new:
                 return 0
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)

@@ -17,9 +17,9 @@ exits non-zero), and erasing again finishes the job: each store's erasure is ide
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from tailored.data.tombstones import TombstoneList, tombstone
 from tailored.privacy.audit import AuditLog
@@ -29,10 +29,21 @@ __all__ = [
     "Forgettable",
     "Retains",
     "Retention",
+    "each_store",
     "enforce_retention",
     "erase",
+    "failures",
     "summary",
 ]
+
+
+@runtime_checkable
+class _Store(Protocol):
+    @property
+    def store(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Store)
 
 
 @runtime_checkable
@@ -85,11 +96,7 @@ def erase(
     the audit record (action ``reason``: an erasure request, a consent withdrawal)."""
     tombstones.add([tombstone(user)])
     out = Erasure(user)
-    for s in stores:
-        try:
-            out.removed[s.store] = {k: int(v) for k, v in s.forget(user).items()}
-        except Exception as e:  # the others still erase; the record says what failed
-            out.failed[s.store] = f"{type(e).__name__}: {e}"
+    out.removed, out.failed = each_store(stores, lambda s: s.forget(user))
     audit.append(
         reason,
         pseudonym=user,
@@ -118,15 +125,31 @@ def enforce_retention(
         raise ValueError(f"retention days must be > 0, got {days}")
     now = time.time() if now is None else now
     out = Retention(int((now - days * 86_400) * 1000))
-    for s in stores:
-        try:
-            out.removed[s.store] = {k: int(v) for k, v in s.purge(out.before_ms).items()}
-        except Exception as e:
-            out.failed[s.store] = f"{type(e).__name__}: {e}"
+    out.removed, out.failed = each_store(stores, lambda s: s.purge(out.before_ms))
     audit.append(
         "retention", days=days, before_ms=out.before_ms, removed=out.removed, failed=out.failed
     )
     return out
+
+
+def each_store(
+    stores: Sequence[S], call: Callable[[S], Mapping[str, int]]
+) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """``call`` on every store: what each returned, and why each that raised failed (the
+    others still run: a failure names its store, and running again finishes the job)."""
+    done: dict[str, dict[str, int]] = {}
+    failed: dict[str, str] = {}
+    for s in stores:
+        try:
+            done[s.store] = {k: int(v) for k, v in call(s).items()}
+        except Exception as e:
+            failed[s.store] = f"{type(e).__name__}: {e}"
+    return done, failed
+
+
+def failures(failed: Mapping[str, str]) -> str:
+    """``store: why; ...`` for an error message."""
+    return "; ".join(f"{store}: {why}" for store, why in failed.items())
 
 
 def summary(removed: Mapping[str, Mapping[str, int]]) -> str:

@@ -94,7 +94,7 @@ def rekey(
             out.moved[s.store] = {k: int(v) for k, v in s.rekey(keys).items()}
             journal["stores"][s.store] = "done"
         except Exception as e:  # the others still move; this one is named
-            out.failed[s.store] = f"{type(e).__name__}: {e}"
+            out.failed[s.store] = f"{type(e).__name__}: {e}"  # as each_store says it
             journal["stores"][s.store] = "failed"
         write_json_atomic(path, journal)
     audit.append(

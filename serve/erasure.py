@@ -35,7 +35,7 @@ from pathlib import Path
 from tailored.bundle.forget import BundleStore
 from tailored.data.tombstones import TombstoneList, tombstone
 from tailored.privacy.audit import AuditLog
-from tailored.privacy.erasure import Erasure, Retains, enforce_retention, summary
+from tailored.privacy.erasure import Erasure, Retains, enforce_retention, failures, summary
 
 __all__ = ["Eraser"]
 
@@ -172,7 +172,7 @@ class Eraser:
             _log.exception("retention: enforcing %g days failed; trying again later", days)
             return
         if done.failed:
-            _log.error("retention: %s", "; ".join(f"{k}: {v}" for k, v in done.failed.items()))
+            _log.error("retention: %s", failures(done.failed))
         _log.info("retention (%g days): %s", days, summary(done.removed))
 
     def _sweep(self) -> None:

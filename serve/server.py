@@ -35,6 +35,7 @@ from tailored.config import ServeConfig
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.errors import TailoredError
 from tailored.experiments import Assignment, DecisionRefused, decide
+from tailored.privacy.erasure import failures
 from tailored.serve.admission import Admission, TimedPool
 from tailored.serve.bundles import LiveBundle
 from tailored.serve.edge import (
@@ -715,9 +716,7 @@ class _Admin(pb_grpc.AdminServicer):
         if erasure.failed:
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                "erasure incomplete: "
-                + "; ".join(f"{store}: {why}" for store, why in erasure.failed.items())
-                + " (call again to finish it)",
+                "erasure incomplete: " + failures(erasure.failed) + " (call again to finish it)",
             )
         return pb.ForgetResponse(pseudonym=user, held=erasure.held, removed=removed)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
@@ -39,6 +38,7 @@ from benchmarks.serving._bundle import KEY, Sizes, ensure_bundle, env, raw_user_
 from benchmarks.serving._procs import ServerProcess, _serving_port, free_port
 from benchmarks.serving.faults import _outcome, _Traffic
 from tailored.paths import write_json_atomic
+from tests.privacy.helpers import holding_files, holding_redis
 
 __all__ = ["main"]
 
@@ -76,43 +76,12 @@ def _window(traffic: _Traffic, start: float, end: float) -> dict[str, Any]:
     }
 
 
-def _holding_files(root: Path, needles: set[str]) -> dict[str, int]:
-    """Files under ``root`` holding any needle: raw bytes, and Parquet decoded."""
-    found: dict[str, int] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        blob = path.read_bytes()
-        hits = {n for n in needles if n.encode() in blob}
-        if path.suffix == ".parquet":
-            text = json.dumps(pq.read_table(path).to_pylist(), default=str)
-            hits |= {n for n in needles if n in text}
-        if hits:
-            found[str(path.relative_to(root))] = len(hits)
-    return found
-
-
-def _holding_redis(url: str, needles: set[str]) -> dict[str, int]:
-    import redis
-
-    client = redis.Redis.from_url(url, decode_responses=True)
-    found: dict[str, int] = {}
-    try:
-        for key in client.scan_iter(count=1000):
-            kind = str(client.type(key))
-            value: Any = {
-                "string": lambda k: client.get(k),
-                "hash": lambda k: client.hgetall(k),
-                "zset": lambda k: client.zrange(k, 0, -1),
-                "list": lambda k: client.lrange(k, 0, -1),
-                "set": lambda k: client.smembers(k),
-                "stream": lambda k: client.xrange(k),
-            }[kind](key)
-            text = key + json.dumps(value, default=str)
-            hits = {n for n in needles if n in text}
-            if hits:
-                found[key] = len(hits)
-    finally:
-        client.close()
-    return found
+def _left(root: Path, needles: set[str]) -> dict[str, int]:
+    """Files under ``root`` still holding any needle, by path relative to it, and how many."""
+    return {
+        str(Path(p).relative_to(root)): len(hits)
+        for p, hits in holding_files([root], needles).items()
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -183,12 +152,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gone = {pseudo(u) for u in chosen} | set(chosen)
         # what was left of them, once the server stopped (no traffic writes their new events:
         # their events after the erasure are theirs again, so Track is stopped first)
-        bundle_left = _holding_files(root, gone)
+        bundle_left = _left(root, gone)
         if redis_server is not None:
-            state_left = _holding_redis(redis_server.url, gone)
+            state_left = {k: len(v) for k, v in holding_redis(redis_server.url, gone).items()}
             redis_server.stop()
         else:
-            state_left = _holding_files(tmp / "state", gone)
+            state_left = _left(tmp / "state", gone)
         audit = AuditLog(privacy)
         records = [r for r in audit.records() if r["action"] == "erasure"]
         ms = [f["ms"] for f in forgets]

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import redis
 
 from tailored.bundle.format import BUNDLE_FILES, verify_bundle
 from tailored.bundle.runtime import LoadedBundle
@@ -27,6 +25,7 @@ from tailored.privacy.audit import AuditError, AuditLog
 from tailored.serve.redis_state import RedisState
 from tailored.serve.v1 import personalization_pb2 as pb
 from tests.helpers import TEST_KEY
+from tests.privacy.helpers import holding_files, holding_redis
 from tests.serve.helpers import Running, with_prefix
 
 RAW = "u0000005"  # row 5 of the synthetic site
@@ -35,27 +34,6 @@ MODULES = [
     pb.PageModule(id="trending", type="trending"),
     pb.PageModule(id="byw", type="because_you_watched"),
 ]
-
-
-def _files(root: Path) -> Iterator[Path]:
-    yield from (p for p in sorted(root.rglob("*")) if p.is_file())
-
-
-def _holding(roots: list[Path], needles: list[str]) -> dict[str, set[str]]:
-    """Each file under ``roots`` that holds any of ``needles``: in its raw bytes, or, for a
-    Parquet file (compressed, dictionary-encoded: raw bytes can hide a value), in any of its
-    decoded values."""
-    found: dict[str, set[str]] = {}
-    for root in roots:
-        for path in _files(root):
-            blob = path.read_bytes()
-            hits = {n for n in needles if n.encode() in blob}
-            if path.suffix == ".parquet":
-                text = json.dumps(pq.read_table(path).to_pylist(), default=str)
-                hits |= {n for n in needles if n in text}
-            if hits:
-                found[str(path)] = hits
-    return found
 
 
 def _use(running: Running, raw: str) -> None:
@@ -100,7 +78,7 @@ def test_forget_on_sqlite_leaves_the_user_only_in_the_audit(
     running = Running(copy / "bundles", state_dir / "state.db", erase_bundle_rows=True)
     try:
         _use(running, RAW)
-        before = _holding([state_dir, copy], needles)
+        before = holding_files([state_dir, copy], needles)
         # the search finds them where they are: it can fail
         assert any(p.startswith(str(state_dir)) for p in before), before
         assert any("users.parquet" in p and "bundles" in p for p in before), before
@@ -126,7 +104,7 @@ def test_forget_on_sqlite_leaves_the_user_only_in_the_audit(
         == 0
     )
 
-    after = _holding([state_dir, copy, privacy_dir()], needles)
+    after = holding_files([state_dir, copy, privacy_dir()], needles)
     audit = privacy_dir() / "audit.jsonl"
     assert after == {str(audit): {pseudo}}, after
     assert _audit_outside_pseudonym(audit, needles) == []
@@ -158,37 +136,13 @@ def test_forget_on_redis_leaves_no_key_or_value_holding_the_user(
     )
     try:
         _use(running, RAW)
-        assert _redis_holding(redis_url, redis_prefix, needles)  # the search can fail
+        assert holding_redis(redis_url, needles, redis_prefix)  # the search can fail
         resp = running.client.forget(RAW)
         assert resp.held
     finally:
         running.stop()
-    assert _redis_holding(redis_url, redis_prefix, needles) == {}
-    assert _holding([copy / "bundles"], needles) == {}
-
-
-def _redis_holding(url: str, prefix: str, needles: list[str]) -> dict[str, set[str]]:
-    """Every key under ``prefix`` whose name or value (read by its type) holds a needle."""
-    client = redis.Redis.from_url(url, decode_responses=True)
-    found: dict[str, set[str]] = {}
-    try:
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            kind = str(client.type(key))
-            value: object = {
-                "string": lambda k: client.get(k),
-                "hash": lambda k: client.hgetall(k),
-                "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-                "list": lambda k: client.lrange(k, 0, -1),
-                "set": lambda k: client.smembers(k),
-                "stream": lambda k: client.xrange(k),
-            }[kind](key)
-            text = key + json.dumps(value, default=str)
-            hits = {n for n in needles if n in text}
-            if hits:
-                found[key] = hits
-    finally:
-        client.close()
-    return found
+    assert holding_redis(redis_url, needles, redis_prefix) == {}
+    assert holding_files([copy / "bundles"], needles) == {}
 
 
 @pytest.mark.slow
