@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tailored data fetch movielens-100k
 	$(BIN)/tailored train --config configs/movielens-100k.toml --out runs/demo
-	$(BIN)/tailored bundle build runs/demo --out runs/bundles
+	$(BIN)/tailored bundle build runs/demo --out runs/bundles --through valid
 	$(BIN)/tailored evaluate runs/bundles --split test
 	$(BIN)/python -m tailored.serve.demo runs/bundles
 

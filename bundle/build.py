@@ -5,6 +5,15 @@ re-embedded with the current model, the index rebuilt, a new version written).
 A refresh reads the dataset as it is now: items are the bundle's rows in the order of the
 dataset's ``items.parquet``; an item the model was not trained on gets id 0 and is embedded
 from its metadata, encoded with the vocabularies saved at training time.
+
+A bundle knows the events of the splits up to ``through`` only (``--through train | valid |
+test``, default ``test``: every event, as a live site's bundle): the users' histories and
+items seen, the user embeddings, the item counts, co-occurrence, item-item model, context
+popularity and segments are computed from them (:func:`tailored.bundle.snapshot.cut`). The
+manifest's ``data`` records ``through``, ``through_unix`` (the last event included, which
+is also ``last_event_time``, where the bundle's serving clock starts) and ``events``.
+A bundle built ``--through valid`` is the one to evaluate on test (``tailored evaluate``
+refuses a bundle on a period it has seen).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from tailored.bundle import snapshot
+from tailored.bundle.availability import item_windows
 from tailored.bundle.format import (
     BUNDLE_FILES,
     BundleError,
@@ -140,6 +150,7 @@ def _from_bundle(path: Path) -> _Source:
         "two_tower": manifest.metrics.get("two_tower", {}),
         "ranker": manifest.metrics.get("ranker"),
         "ranker_onnx": root / BUNDLE_FILES["ranker"],
+        "data": manifest.data,
     }
     return _Source(cfg, info, _load_model(cfg, info, state), train_ids, previous)
 
@@ -221,8 +232,12 @@ def _write_bundle(
     devices: int,
     progress_bar: bool,
     users: bool,
+    through: str,
+    extra: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Embed, index and write one bundle version; ``ranker_onnx(path)`` writes the ranker."""
+    """Embed, index and write one bundle version from the events of ``data`` up to split
+    ``through``; ``ranker_onnx(path)`` writes the ranker."""
+    data = snapshot.cut(data, through)
     items_t, train_index, items = _current_items(src)
     uin = _user_inputs(src, data) if users else None
     emb = _embed(src, train_index, items, uin, devices=devices, progress_bar=progress_bar)
@@ -247,11 +262,11 @@ def _write_bundle(
         )
         result.path = w.commit(
             config=src.cfg.to_dict(),
-            data=_data_identity(src, data),
+            data=_data_identity(src, data, through),
             metrics=_json_safe(
                 {**metrics, "index": built.describe(), "refresh": result.describe()}
             ),
-            extra={"source": src.previous["source"]},
+            extra={"source": src.previous["source"], **(extra or {})},
         )
     _log.info(
         "bundle %s: %d items (%d new), index %s", result.path, n, result.new_items, built.index.kind
@@ -375,6 +390,15 @@ def _write_item_tables(
     _save(w, "item_numeric", items.numeric)
     _save(w, "item_activity", snapshot.activity(data))
     _save(w, "item_first_seen", snapshot.first_seen(data))
+    cut_time = int(data.timestamp.max()) if len(data.timestamp) else 0
+    start, end = item_windows(dataset_dir(src.cfg.data.dataset), cut_time)
+    if len(start) != len(train_index) + 1:
+        raise TailoredError(
+            f"{dataset_dir(src.cfg.data.dataset)}: {len(start) - 1} items in the catalog, the "
+            f"bundle has {len(train_index)} rows; the dataset changed while it was built"
+        )
+    _save(w, "item_available_from", start)
+    _save(w, "item_available_until", end)
     model_vocabs: dict[str, list[str]] = src.info.get("context_vocabs") or {}
     if model_vocabs:
         for name, arr in snapshot.context_popular(data, model_vocabs).items():
@@ -451,16 +475,53 @@ def _item_values(data: Interactions) -> dict[str, list[list[str]]]:
     return out
 
 
-def _data_identity(src: _Source, data: Interactions) -> dict[str, Any]:
-    """The manifest's ``data``: which dataset, its counts and key, and where its events end."""
+def _data_identity(src: _Source, data: Interactions, through: str) -> dict[str, Any]:
+    """The manifest's ``data``: which dataset, its counts (all of it) and key, up to which
+    split the bundle knows its events (``data``: those events only) and where they end."""
+    last = int(data.timestamp.max()) if len(data.timestamp) else 0
     return {
         "dataset": data.meta.name,
         "path": str(dataset_dir(src.cfg.data.dataset)),
         "counts": data.meta.counts,
         "key_fingerprint": data.meta.key_fingerprint,
-        # the data's last event: serving adds the online events after it
-        "last_event_time": int(data.timestamp.max()) if len(data.timestamp) else 0,
+        "through": through,
+        "through_unix": last,  # the last event included
+        "events": len(data.item),  # the positive events included
+        # the bundle's last event: serving adds the online events after it (the bundle clock)
+        "last_event_time": last,
     }
+
+
+def _check_through(through: str, ranker: bool) -> None:
+    if through not in snapshot.SPLITS:
+        raise TailoredError(f"--through: one of {', '.join(snapshot.SPLITS)}, not {through!r}")
+    if through == "train" and ranker:
+        raise TailoredError(
+            "--through train: the re-ranker is fitted on the validation split, so a bundle "
+            "with one has seen it; build with --no-ranker, or --through valid"
+        )
+
+
+def _check_refresh_data(src: _Source, data: Interactions, data_changed: bool) -> dict[str, Any]:
+    """Refuse to refresh a bundle from a dataset other than its own (see :func:`refresh`);
+    what the manifest's ``extra`` records of a change allowed by ``data_changed``."""
+    was = src.previous.get("data") or {}
+    then = {"dataset": was.get("dataset"), "key_fingerprint": was.get("key_fingerprint")}
+    now = {"dataset": data.meta.name, "key_fingerprint": data.meta.key_fingerprint}
+    # a field the source's manifest does not record (an older bundle) cannot differ
+    differ = [k for k in then if then[k] is not None and then[k] != now[k]]
+    if not differ:
+        return {}
+    what = ", ".join(f"{k} {then[k]!r} then, {now[k]!r} now" for k in differ)
+    if not data_changed:
+        raise TailoredError(
+            f"{src.previous['source']}: built from another dataset than "
+            f"{dataset_dir(src.cfg.data.dataset)} holds now ({what}); a refresh picks up the "
+            "new events and items of the same site. Build a new bundle from a run trained on "
+            "this data, or pass --data-changed if the data changed on purpose"
+        )
+    _log.warning("refresh from changed data (%s): --data-changed", what)
+    return {"data_changed_from": then}
 
 
 def _check_user_tower(
@@ -508,18 +569,27 @@ def build_bundle(
     devices: int = 1,
     progress_bar: bool = True,
     users: bool = True,
+    through: str = "test",
 ) -> BuildResult:
     """The first bundle of a run: the ranker is trained on the run's own candidates (unless
-    ``ranker`` is False or the configuration disables it) and exported with the user tower."""
+    ``ranker`` is False or the configuration disables it) and exported with the user tower.
+
+    The bundle knows the events of the splits up to ``through`` (see the module doc): the
+    default, ``test``, is every event, as a live site serves; ``valid`` makes a bundle to
+    evaluate on the test period. The ranker learns from the training and validation splits
+    whatever ``through`` says, so ``through="train"`` is refused with a ranker."""
     from tailored.train.onnx import max_abs_diff
     from tailored.train.ranker.export import export_ranker
     from tailored.train.ranker.fit import fit_ranker
     from tailored.train.runs import LoadedRun
 
+    _check_through(through, bool(ranker))  # a bad name fails before the run is read
     src, data = _from_run(Path(run_dir))
+    fit = ranker if ranker is not None else src.cfg.ranker.enabled
+    _check_through(through, fit)
     metrics: dict[str, Any] = {"two_tower": src.previous["two_tower"]}
     write_ranker = None
-    if ranker if ranker is not None else src.cfg.ranker.enabled:
+    if fit:
         run = LoadedRun(src.cfg, src.model, data)
         result, tables, requests = fit_ranker(run, src.cfg.ranker, progress_bar=progress_bar)
         example = tables.batch(requests.take(np.arange(min(4, len(requests.users)))))
@@ -550,6 +620,7 @@ def build_bundle(
         devices=devices,
         progress_bar=progress_bar,
         users=users,
+        through=through,
     )
 
 
@@ -560,19 +631,43 @@ def refresh(
     devices: int = 1,
     progress_bar: bool = True,
     users: bool = True,
+    through: str | None = None,
+    data_changed: bool = False,
 ) -> BuildResult:
     """Re-embed every item and user with the model of ``source`` (a run directory or a
     bundle), rebuild the index and write a new bundle version under ``root`` (default: the
-    source bundle's root). From a bundle, its ranker is carried over unchanged."""
+    source bundle's root). From a bundle, its ranker is carried over unchanged.
+
+    ``through``: the last split whose events the new version knows (see the module doc);
+    by default the source bundle's own (``test`` for one that does not record it), so that a
+    bundle made for evaluation stays one, and a live site's keeps every event; from a run,
+    ``test``.
+
+    The dataset must be the one the source bundle was built from: the same dataset name and
+    the same pseudonymization key (fingerprint) as its manifest records. Its counts may
+    differ: new events, new items, users erased or events past retention are what a refresh
+    is for (a re-import of the same site with more events refreshes). Another name or
+    another key is refused, unless ``data_changed`` says the data changed on purpose (the
+    new version's ``extra.data_changed_from`` then records what it was)."""
     source = Path(source)
     if (source / "model.pt").is_file():
         if root is None:
             raise TailoredError(f"{source}: a run directory; say where the bundle goes (--out)")
-        return build_bundle(source, root, devices=devices, progress_bar=progress_bar, users=users)
+        return build_bundle(
+            source,
+            root,
+            devices=devices,
+            progress_bar=progress_bar,
+            users=users,
+            through=through or "test",
+        )
     src = _from_bundle(source)
     bundle_root = Path(root) if root is not None else resolve_bundle(source).parent
-    data = load_data(src.cfg)
     ranker_path: Path = src.previous["ranker_onnx"]
+    through = through or snapshot.built_through(src.previous["data"])
+    _check_through(through, ranker_path.exists())
+    data = load_data(src.cfg)
+    extra = _check_refresh_data(src, data, data_changed)
     copy = (lambda dst: shutil.copyfile(ranker_path, dst)) if ranker_path.exists() else None
     metrics = {"two_tower": src.previous["two_tower"]}
     if src.previous.get("ranker"):
@@ -586,4 +681,6 @@ def refresh(
         devices=devices,
         progress_bar=progress_bar,
         users=users,
+        through=through,
+        extra=extra,
     )

@@ -37,6 +37,9 @@ def check_loaded(bundle: LoadedBundle) -> None:
     c.rows("item_numeric", bundle.items.numeric, "float", 2)
     c.rows("item_activity", bundle.activity.table, "float", 2)
     c.rows("item_first_seen", bundle.activity.first_seen, "int", 1)
+    if bundle.windows is not None:
+        c.rows("item_available_from", bundle.windows.start, "int", 1)
+        c.rows("item_available_until", bundle.windows.end, "int", 1)
     neighbors = bundle.item_neighbors
     c.rows("item_neighbors", neighbors.ids, "int", 2)
     c.refs("item_neighbors", neighbors.ids)

@@ -3,7 +3,10 @@ onnxruntime -> index top-N -> ranker in onnxruntime -> top-K) beside retrieval a
 index's top-K of the same lists) and popularity, with the same metrics as a run's evaluation.
 
 The bundle's configuration names the dataset; it must be the data the bundle was built on
-(same key, same counts), so that bundle rows are the dataset's item indices.
+(same key, same counts), so that bundle rows are the dataset's item indices. And the bundle
+must not have seen the evaluated period: one built through a split (manifest
+``data.through``; every event, ``test``, for a bundle that does not record it) is refused on
+that split and the ones before it. Build with ``--through valid`` to evaluate on test.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from tailored.bundle.format import BUNDLE_FILES, load_npy
 from tailored.bundle.runtime import LoadedBundle
+from tailored.bundle.snapshot import SPLITS, built_through
 from tailored.config import RankerConfig, from_dict
 from tailored.data.features import user_hash_buckets
 from tailored.data.interactions import Interactions
@@ -47,6 +51,31 @@ def _check_same_data(bundle: LoadedBundle, data: Interactions) -> None:
         )
     if len(bundle.item_ids) != data.n_items or not np.array_equal(bundle.item_ids, data.item_ids):
         raise TailoredError(f"{bundle.manifest.path}: its items are not the dataset's items")
+
+
+def _check_unseen(bundle: LoadedBundle, split: str) -> None:
+    """Refuse to score ``bundle`` on ``split`` if it was built through it or a later split:
+    its histories, items seen and item statistics hold the events to be predicted."""
+    through = built_through(bundle.manifest.data)
+    if SPLITS[through] < SPLITS[split]:
+        return
+    recorded = "through" in bundle.manifest.data
+    how = (
+        f"built through {through}"
+        if recorded
+        else "built before bundles recorded their cut, so it holds every event (through test)"
+    )
+    fix = (
+        "--through valid"
+        if split == "test"
+        else "--through train --no-ranker (the re-ranker learns from valid)"
+    )
+    raise TailoredError(
+        f"{bundle.manifest.path}: {how}; it has seen the {split} split (as its users' "
+        f"histories and items seen, and item statistics), so evaluating it on {split} scores "
+        f"what it already knows. Rebuild it with `tailored bundle build RUN --out ROOT {fix}` "
+        f"to evaluate on {split}"
+    )
 
 
 def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
@@ -106,7 +135,10 @@ def evaluate_bundle(
     data: Interactions | None = None,
 ) -> dict[str, Any]:
     """Two-stage, retrieval-only and popularity metrics of the bundle at ``path``."""
+    if split not in ("valid", "test"):
+        raise TailoredError(f"split: valid or test, not {split!r}")
     bundle = LoadedBundle.load(Path(path))
+    _check_unseen(bundle, split)
     cfg = from_dict(bundle.manifest.config, where=f"{bundle.manifest.path}/manifest.json config")
     data = data if data is not None else load_data(cfg)
     _check_same_data(bundle, data)

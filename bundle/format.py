@@ -64,6 +64,9 @@ BUNDLE_FILES = {
     "item_numeric": "items/numeric.npy",
     "item_activity": "items/activity.npy",
     "item_first_seen": "items/first_seen.npy",
+    # when each item may be served (tailored.bundle.availability)
+    "item_available_from": "items/available_from.npy",
+    "item_available_until": "items/available_until.npy",
     "item_neighbors": "items/neighbors.npy",
     "item_neighbor_weights": "items/neighbor_weights.npy",
     "item_ease_rows": "items/ease_rows.npy",

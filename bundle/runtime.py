@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from tailored.bundle.availability import ItemWindows
 from tailored.bundle.checks import check_loaded
 from tailored.bundle.format import (
     BUNDLE_FILES,
@@ -293,6 +294,8 @@ class LoadedBundle:
     # appended, so a ranker of an older bundle reads those it was trained on); 0 = all
     ranker_dense: int = 0
     segments: SegmentModel | None = None  # k-means over the user embeddings, at build
+    # when each item may be served (an older bundle: none, every item always)
+    windows: ItemWindows | None = None
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1) -> LoadedBundle:
@@ -310,6 +313,7 @@ class LoadedBundle:
         optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
         optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
         optional |= {"user_segments", "segment_centroids", "segments", "user_id_buckets"}
+        optional |= {"item_available_from", "item_available_until"}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():
@@ -353,6 +357,7 @@ class LoadedBundle:
             ),
             ranker_dense=_dense_width(ranker, root),
             segments=SegmentModel.load(root),
+            windows=ItemWindows.load(root),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree
         return bundle

@@ -4,20 +4,34 @@ per request context; per user, the most recent positives and every item seen. nu
 
 Each function reads :class:`~tailored.data.interactions.Interactions` and returns arrays
 in bundle rows (item row r is the dataset's item r; 0 is padding).
+
+A bundle knows its data only up to a split (``bundle build --through``): :func:`cut` keeps
+the events of the splits up to and including it, and every function here is given what it
+keeps, so that a bundle built ``--through valid`` can be evaluated on the test period it has
+not seen. The manifest's ``data.through`` records the split (a bundle from before it was
+recorded saw every event: :func:`built_through` reads it as ``test``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import ItemNeighbors, ItemRegression, distinct_pairs
+from tailored.data.splits import TEST, TRAIN, VALID
 
 __all__ = [
     "CONTEXT_POPULAR_TOP",
+    "SPLITS",
     "activity",
+    "built_through",
     "context_popular",
+    "cut",
     "first_seen",
     "neighbors",
     "regression",
@@ -28,6 +42,37 @@ __all__ = [
 _DAY = 86_400
 # items kept per context value for the non-personalized result in that context
 CONTEXT_POPULAR_TOP = 1000
+# the splits in time order, by name (``--through``): train < valid < test
+SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
+
+
+def cut(data: Interactions, through: str) -> Interactions:
+    """``data`` with only the events of the splits up to and including ``through`` (a name
+    of :data:`SPLITS`), in the same order; users, items and the dataset's identity (its
+    ``meta``, counts included) unchanged. ``data`` itself when nothing is left out."""
+    if through not in SPLITS:
+        raise ValueError(f"through: one of {', '.join(SPLITS)}, not {through!r}")
+    keep = data.split <= SPLITS[through]
+    if keep.all():
+        return data
+    counts = np.bincount(data.user[keep], minlength=data.n_users)
+    return dataclasses.replace(
+        data,
+        user=data.user[keep],
+        item=data.item[keep],
+        timestamp=data.timestamp[keep],
+        split=data.split[keep],
+        weight=data.weight[keep],
+        context=data.context[keep],
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+    )
+
+
+def built_through(data: Mapping[str, Any]) -> str:
+    """The split a bundle's manifest ``data`` says it was built through; ``test`` (every
+    event) for a bundle from before the manifest recorded it."""
+    through = data.get("through")
+    return through if through in SPLITS else "test"
 
 
 def activity(data: Interactions) -> np.ndarray:

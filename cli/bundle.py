@@ -12,6 +12,10 @@ from tailored.cli._common import Sub
 
 __all__ = ["register"]
 
+# the splits a bundle may be built through, in time order (tailored.bundle.snapshot.SPLITS;
+# not imported here, so that --help stays fast)
+_SPLITS = ("train", "valid", "test")
+
 
 def register(sub: Sub) -> None:
     bundle = sub.add_parser(
@@ -114,6 +118,15 @@ def _add_bundle_build(sub: Sub) -> None:
     p.add_argument("run_dir", type=Path, help="a run written by `tailored train`")
     p.add_argument("--out", type=Path, required=True, help="bundle root (versions go inside)")
     p.add_argument("--no-ranker", action="store_true", help="retrieval only, no re-ranker")
+    p.add_argument(
+        "--through",
+        choices=_SPLITS,
+        default="test",
+        help="the last split whose events the bundle knows (histories, items seen, item "
+        "statistics; recorded in the manifest): test, every event, for a live site (the "
+        "default); valid for a bundle to evaluate on test (`tailored evaluate` refuses a "
+        "bundle on a split it has seen)",
+    )
     _add_build_options(p)
     p.set_defaults(handler=_bundle_build)
 
@@ -128,6 +141,7 @@ def _bundle_build(args: argparse.Namespace) -> int:
         devices=args.devices,
         progress_bar=not args.no_progress,
         users=not args.no_users,
+        through=args.through,
     )
     _print_build(result)
     return 0
@@ -141,10 +155,23 @@ def _add_refresh(sub: Sub) -> None:
         "dataset as it is now (items added since training are embedded from their metadata) "
         "and every user, through Lightning's predict loop; then the index is rebuilt and a "
         "new bundle version written. From a run, this builds its first bundle (like `bundle "
-        "build`, --out required).",
+        "build`, --out required). The dataset must be the bundle's own (same dataset name, "
+        "same pseudonymization key; more events and items are what a refresh is for).",
     )
     p.add_argument("source", type=Path, metavar="RUN_OR_BUNDLE")
     p.add_argument("--out", type=Path, help="bundle root (default: the source bundle's root)")
+    p.add_argument(
+        "--through",
+        choices=_SPLITS,
+        help="the last split whose events the new version knows (default: the source "
+        "bundle's, as its manifest records; test, every event, from a run)",
+    )
+    p.add_argument(
+        "--data-changed",
+        action="store_true",
+        help="refresh even though the dataset is not the one the bundle was built from "
+        "(another dataset name or pseudonymization key): the data changed on purpose",
+    )
     _add_build_options(p)
     p.set_defaults(handler=_refresh)
 
@@ -158,16 +185,20 @@ def _refresh(args: argparse.Namespace) -> int:
         devices=args.devices,
         progress_bar=not args.no_progress,
         users=not args.no_users,
+        through=args.through,
+        data_changed=args.data_changed,
     )
     _print_build(result)
     return 0
 
 
 def _print_build(result: Any) -> None:
-    if (result.path / "manifest.json").is_file():  # DDP ranks other than 0 write nothing
+    manifest = result.path / "manifest.json"
+    if manifest.is_file():  # DDP ranks other than 0 write nothing
+        through = json.loads(manifest.read_text()).get("data", {}).get("through", "test")
         print(
             f"bundle {result.path}: {result.items} items ({result.new_items} new since "
-            f"training), {result.users} users; items embedded at "
+            f"training), {result.users} users, events through {through}; items embedded at "
             f"{result.items_per_second:,.0f}/s"
         )
 

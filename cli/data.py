@@ -138,6 +138,18 @@ def _add_data_synth(sub: Sub) -> None:
         default=0.6,
         help="how far tastes move over the span, in score units (0: no drift)",
     )
+    p.add_argument(
+        "--new-items",
+        type=float,
+        default=0.2,
+        help="share of the items launched during the span (default 0.2)",
+    )
+    p.add_argument(
+        "--ended-items",
+        type=float,
+        default=0.05,
+        help="share of the other items that end during the span (default 0.05)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files")
     p.add_argument(
         "--chunk-users",
@@ -175,11 +187,13 @@ def _data_synth(args: argparse.Namespace) -> int:
         dim=args.dim,
         days=args.days,
         drift=args.drift,
+        new_items=args.new_items,
+        ended_items=args.ended_items,
         seed=args.seed,
         chunk_users=args.chunk_users,
         key=load_key(args.key_file),
     )
-    kinds = ", ".join(f"{n} {k}s" for k, n in s.events_by_type.items())
+    kinds = ", ".join(f"{n} {k}" for k, n in s.events_by_type.items())
     print(
         f"synthetic: {s.n_users} users, {s.n_items} items, {s.n_events} events ({kinds}) "
         f"in {s.seconds:.1f} s into {s.out}"

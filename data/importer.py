@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tailored.config import EVENT_NAME
 from tailored.data.coarsen import CoarseningError, coarsen_table
 from tailored.data.mapping import (
     EntityMapping,
@@ -38,7 +39,13 @@ from tailored.data.mapping import (
     load_mapping,
 )
 from tailored.data.pseudonym import Pseudonymizer, load_key
-from tailored.data.schema import DatasetMeta, DatasetSchema, SchemaError, arrow_schema
+from tailored.data.schema import (
+    AVAILABILITY,
+    DatasetMeta,
+    DatasetSchema,
+    SchemaError,
+    arrow_schema,
+)
 from tailored.data.store import DatasetWriter
 from tailored.data.tombstones import TombstoneList, tombstoned
 from tailored.paths import tailored_home
@@ -122,6 +129,7 @@ def _write_events(
         "timestamp": ev.timestamp,
         "type": ev.type or "type",
         "value": ev.value or "value",
+        "position": ev.position or "position",
         **dict(ev.context),
     }
     for split, src in ev.files:
@@ -129,8 +137,11 @@ def _write_events(
         for offset, chunk in _chunks(src, _events_columns(ev), chunk_rows):
             rows += chunk.num_rows
             where = _Where(src.label, offset)
+            chunk = _nulled(chunk, dict.fromkeys(_value_columns(ev), ev.null_values))
             t = _events(chunk, ev, pseudo, where)
             gone = tombstoned(t.column("user_id"), stones)
+            if ev.types:
+                gone |= pc.is_null(t.column("type")).to_numpy(zero_copy_only=False)
             if gone.any():
                 t = t.filter(pa.array(~gone))
             if split is not None:
@@ -152,18 +163,70 @@ def _events(chunk: pa.Table, ev: EventsMapping, pseudo: Pseudonymizer, where: _W
         "user_id": _pseudonymize(_ids(chunk, ev.user, where), pseudo),
         "item_id": _ids(chunk, ev.item, where),
         "timestamp": _timestamps(chunk, ev.timestamp, ev.timestamp_format, where),
-        "type": (
-            _strings(chunk, ev.type, where)
-            if ev.type is not None
-            else pa.array([ev.type_constant] * n, pa.string())
-        ),
+        "type": _types(chunk, ev, where),
         "value": (
             _numbers(chunk, ev.value, where) if ev.value is not None else pa.nulls(n, pa.float64())
         ),
     }
     for name, column in ev.context:
         cols[name] = _strings(chunk, column, where)
+    if ev.position is not None:
+        cols["position"] = _numbers(chunk, ev.position, where, "a slot number", pa.int32())
     return pa.table(cols)
+
+
+def _value_columns(ev: EventsMapping) -> list[str]:
+    """The events' columns ``null_values`` applies to: the value and the context (not ids,
+    times or types)."""
+    return [c for c in (ev.value, *(col for _, col in ev.context)) if c is not None]
+
+
+def _types(chunk: pa.Table, ev: EventsMapping, where: _Where) -> pa.Array:
+    """The stored type names (renamed; null where left out), each checked as a name."""
+    if ev.type is None:
+        return pa.array([ev.type_constant] * chunk.num_rows, pa.string())
+    given = _strings(chunk, ev.type, where)
+    types = _renamed(given, ev.types)
+    bad = pc.fill_null(pc.invert(pc.match_substring_regex(types, f"^{EVENT_NAME.pattern}$")), True)
+    dropped = [name for name, to in ev.types if to is None]
+    if dropped:  # null by the mapping: left out
+        bad = pc.and_(bad, pc.invert(pc.fill_null(pc.is_in(given, pa.array(dropped)), False)))
+    if len(types) and pc.any(bad).as_py():
+        row = _first(bad)
+        cell = chunk.column(ev.type)[row].as_py()
+        raise where.fail(
+            row,
+            ev.type,
+            "is empty"
+            if not cell
+            else f"{cell!r} is not an event type name (a letter, then up to 63 letters, "
+            "digits, '_', '.', ':' or '-'); rename it in the mapping's [events.types], or "
+            "leave it out there with false",
+        )
+    return types
+
+
+def _renamed(types: pa.Array, renames: tuple[tuple[str, str | None], ...]) -> pa.Array:
+    """The type column with the mapping's ``[events.types]`` applied: a renamed type takes its
+    new name, a dropped one is null (the caller leaves those rows out)."""
+    if not renames:
+        return types
+    idx = pc.index_in(types, value_set=pa.array([name for name, _ in renames], pa.string()))
+    new = pc.take(pa.array([to for _, to in renames], pa.string()), idx)
+    return pc.if_else(pc.is_null(idx), types, new)
+
+
+def _nulled(chunk: pa.Table, markers: dict[str, tuple[str, ...]]) -> pa.Table:
+    """``chunk`` with the cells that mean "missing" (``null_values``, per column) made null."""
+    for name, values in markers.items():
+        col = chunk.column(name)
+        if not values or not pa.types.is_string(col.type):
+            continue
+        hit = pc.is_in(col, value_set=pa.array(values, pa.string()))
+        chunk = chunk.set_column(
+            chunk.column_names.index(name), name, pc.if_else(hit, pa.scalar(None, col.type), col)
+        )
+    return chunk
 
 
 def _entity(
@@ -173,8 +236,11 @@ def _entity(
     ``pseudo`` pseudonymizes the ids (users)."""
     key = "user_id" if kind == "users" else "item_id"
     parts = []
-    for offset, chunk in _chunks(ent.file, [ent.id, *(f.column for f in ent.fields)], chunk_rows):
+    window = [c for c in (ent.available_from, ent.available_until) if c is not None]
+    columns = [ent.id, *(f.column for f in ent.fields), *window]
+    for offset, chunk in _chunks(ent.file, columns, chunk_rows):
         where = _Where(ent.file.label, offset)
+        chunk = _nulled(chunk, {**ent.nulls(), **dict.fromkeys(window, ent.null_values)})
         ids = _ids(chunk, ent.id, where)
         cols = {key: _pseudonymize(ids, pseudo) if pseudo is not None else ids}
         for f in ent.fields:
@@ -184,6 +250,15 @@ def _entity(
                 cols[f.name] = _lists(chunk, f.column, f.separator, where)
             else:
                 cols[f.name] = _strings(chunk, f.column, where)
+        if ent.has_window:  # the catalog's window: a missing column is no bound
+            for name, column in zip(
+                AVAILABILITY, (ent.available_from, ent.available_until), strict=True
+            ):
+                cols[name] = (
+                    _timestamps(chunk, column, ent.time_format, where)
+                    if column is not None
+                    else pa.nulls(chunk.num_rows, pa.int64())
+                )
         parts.append(pa.table(cols))
     if not parts:  # a header and no rows
         fields = tuple(f.spec for f in ent.fields)
@@ -260,12 +335,17 @@ def _header(src: SourceFile) -> list[str]:
 
 
 def _events_columns(ev: EventsMapping) -> list[str]:
-    optional = [c for c in (ev.type, ev.value) if c is not None]
+    optional = [c for c in (ev.type, ev.value, ev.position) if c is not None]
     return [ev.user, ev.item, ev.timestamp, *optional, *(c for _, c in ev.context)]
 
 
 def _entity_columns(ent: EntityMapping, key: str) -> dict[str, str]:
-    return {key: ent.id, **{f.name: f.column for f in ent.fields}}
+    window = zip(AVAILABILITY, (ent.available_from, ent.available_until), strict=True)
+    return {
+        key: ent.id,
+        **{f.name: f.column for f in ent.fields},
+        **{name: column for name, column in window if column is not None},
+    }
 
 
 # --- reading in chunks -------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 :func:`load_interactions` streams ``events.parquet`` by record batch, keeps the events that
 count as positive feedback (configured per event type with a weight; a view counts from a
-minimum dwell time; a rating from a minimum value), maps ids to row indices and assigns the
-split. Memory is a few bytes per kept event; the string columns never sit in memory whole.
+minimum dwell time; a rating from a minimum value; see :class:`PositiveRule`), merges a
+repeat of the same item soon after (a purchase after its click), maps ids to row indices and
+assigns the split. Memory is a few bytes per kept event; the string columns never sit in
+memory whole.
 
 Conventions: users are 0-based rows of ``users.parquet``; items are **1-based** rows of
 ``items.parquet`` (0 is padding in histories and "no item" in the model).
@@ -11,7 +13,8 @@ Conventions: users are 0-based rows of ``users.parquet``; items are **1-based** 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tailored.config import DataConfig, EventRole
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.schema import DatasetMeta, SchemaError, read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_temporal_split
@@ -28,29 +32,47 @@ from tailored.data.tombstones import TombstoneList, tombstoned
 __all__ = ["Interactions", "PositiveRule", "load_interactions", "read_users"]
 
 _SPLIT_CODES = {"train": TRAIN, "valid": VALID, "test": TEST}
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PositiveRule:
-    """Which events are positive feedback, and their weights."""
+    """Which events are positive feedback, and their weights: the ``positive`` roles of the
+    configured event types (:meth:`tailored.config.DataConfig.event_roles`); every other type
+    is left out. ``merge_seconds``: a positive of an item the user had a positive of at most
+    this long before is merged into it (one example, the larger weight)."""
 
-    weights: dict[str, float]
-    min_view_seconds: float = 30.0
-    min_rating: float = 0.0
+    roles: dict[str, EventRole]
+    merge_seconds: int = 0
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> PositiveRule:
+        return cls(data.event_roles(), data.merge_repeat_seconds)
+
+    @classmethod
+    def weighted(cls, weights: dict[str, float], *, merge_seconds: int = 0) -> PositiveRule:
+        """Every event of these types is a positive, whatever its value (tests, tools)."""
+        return cls({n: EventRole("positive", w) for n, w in weights.items()}, merge_seconds)
+
+    @property
+    def positives(self) -> dict[str, EventRole]:
+        return {n: r for n, r in self.roles.items() if r.role == "positive"}
 
     def mask(self, types: pa.Array, values: pa.Array) -> np.ndarray:
+        """bool [E]: the events that are positives (type, then the value's threshold)."""
         t = np.asarray(types.to_numpy(zero_copy_only=False))
         v = np.asarray(pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False), np.float64)
-        keep = np.isin(t, list(self.weights))
-        keep &= ~((t == "view") & ~(v >= self.min_view_seconds))
-        if self.min_rating > 0:  # a rating without a value is then no positive either
-            keep &= ~((t == "rating") & ~(v >= self.min_rating))
+        missing = np.isnan(v)
+        keep = np.zeros(len(t), bool)
+        for name, r in self.positives.items():
+            ok = ~missing if r.min_value is None else ~missing & (v >= r.min_value)
+            keep |= (t == name) & (ok | (missing & (not r.needs_value)))
         return keep
 
     def weight_of(self, types: np.ndarray) -> np.ndarray:
         w = np.zeros(len(types), np.float32)
-        for name, weight in self.weights.items():
-            w[types == name] = weight
+        for name, r in self.positives.items():
+            w[types == name] = r.weight
         return w
 
 
@@ -129,6 +151,8 @@ def load_interactions(
     user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
     item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
     ev = _read_positives(directory, meta, rule, user_ids, item_ids, split, batch_rows, stones)
+    if rule.merge_seconds > 0:
+        ev = _merge_repeats(ev, rule.merge_seconds)
     if split == "presplit":
         labels = ev.split
     elif split == "global_time":
@@ -207,9 +231,13 @@ def _read_positives(
     cols += ["split"] if split == "presplit" else []
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s")}
     ctx_raw: list[pa.Table] = []
+    unnamed: dict[str, int] = {}  # event types no rule names: ignored, and said so
     for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(
         batch_size=batch_rows, columns=cols
     ):
+        for entry in pc.value_counts(batch.column("type")).to_pylist():
+            if entry["values"] not in rule.roles:
+                unnamed[entry["values"]] = unnamed.get(entry["values"], 0) + entry["counts"]
         keep = rule.mask(batch.column("type"), batch.column("value"))
         keep = keep & ~tombstoned(batch.column("user_id"), stones)
         if not keep.any():
@@ -224,8 +252,17 @@ def _read_positives(
             parts["s"].append(np.vectorize(_SPLIT_CODES.__getitem__, otypes=[np.int8])(s))
         if ctx_names:
             ctx_raw.append(b.select(ctx_names))
+    if unnamed:
+        _log.info(
+            "%s: event types without a role in [data.events] are ignored: %s",
+            directory,
+            ", ".join(f"{n} ({c:,})" for n, c in sorted(unnamed.items())),
+        )
     if not parts["u"]:
-        raise SchemaError(f"{directory}: no positive events (types {sorted(rule.weights)})")
+        raise SchemaError(
+            f"{directory}: no positive events (types {sorted(rule.positives)}); the dataset "
+            f"holds {sorted(unnamed) or 'only those types, below their min_value'}"
+        )
     user = np.concatenate(parts["u"]).astype(np.int32)
     context, ctx_vocabs = _encode_context(ctx_raw, ctx_names, len(user))
     return _Positives(
@@ -236,6 +273,32 @@ def _read_positives(
         context=context,
         context_vocabs=ctx_vocabs,
         split=np.concatenate(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
+    )
+
+
+def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
+    """``ev`` with each positive of an item the user had a positive of at most ``seconds``
+    before merged into that earlier one (which takes the larger weight): a purchase after its
+    click is one example, not two. File order is kept."""
+    order = np.lexsort((np.arange(len(ev.user)), ev.timestamp, ev.item, ev.user))
+    u, i, t = ev.user[order], ev.item[order], ev.timestamp[order]
+    repeat = np.zeros(len(u), bool)
+    repeat[1:] = (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] - t[:-1] <= seconds)
+    if not repeat.any():
+        return ev
+    starts = np.flatnonzero(~repeat)
+    weight = np.maximum.reduceat(ev.weight[order], starts)
+    kept = np.sort(order[starts])  # back in file order
+    new_weight = np.empty(len(ev.user), np.float32)
+    new_weight[order[starts]] = weight
+    return replace(
+        ev,
+        user=ev.user[kept],
+        item=ev.item[kept],
+        timestamp=ev.timestamp[kept],
+        weight=new_weight[kept],
+        context=ev.context[kept],
+        split=ev.split[kept] if len(ev.split) else ev.split,
     )
 
 

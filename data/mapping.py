@@ -16,6 +16,8 @@ and ``events`` tables (see :mod:`tailored.data.schema`)::
     [items]                          # optional: else the distinct items of the events
     file = "items.parquet"
     id = "movie_id"
+    available_from = "launched"      # optional: when an item may first be shown, and until
+    available_until = "withdrawn"    # when (blank: no bound); time_format as the events'
     [items.fields]
     genres = { column = "genres", kind = "multi_categorical", separator = "|" }
     [events]
@@ -26,10 +28,19 @@ and ``events`` tables (see :mod:`tailored.data.schema`)::
     timestamp_format = "unix"        # "unix" (seconds), "unix_ms" or "iso" (ISO-8601)
     type = "event_type"              # a column, or type_constant = "rating"
     value = "rating"                 # optional
+    position = "slot"                # optional: the 0-based slot the item was shown in
+    [events.types]                   # optional: the file's type name = the stored name,
+    ProductView = "view"             # or false to leave those events out
+    AddToCart = "add_to_cart"
+    debug_ping = false
     [events.context]
     surface = "page"                 # context name = column (stored as strings)
 
-Every table also takes ``delimiter`` (CSV only; default ``,``, and tab for ``.tsv``).
+An event type is any name (its role, positive, exposure, negative or ignored, is training
+configuration: ``[data.events]``). Every table also takes ``delimiter`` (CSV only; default
+``,``, and tab for ``.tsv``) and ``null_values``, the cells of its file that mean "missing"
+(``null_values = ["unknown", "V"]``; a blank cell always does); a field takes its own
+``null_values`` too.
 ``[users]`` also takes ``coarsen = "default"`` (the default policy for every field; see
 :mod:`tailored.data.coarsen`), or a ``[users.coarsen]`` table whose entries are
 ``"default"`` or ``{ bands = [...] | quantiles = N | prefix = N, min_count = N, other = "..." }``.
@@ -44,9 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from tailored.config import EVENT_NAME
 from tailored.data.coarsen import Coarsening, CoarseningError, default_coarsening
 from tailored.data.schema import (
-    EVENT_TYPES,
     FIELD_KINDS,
     SPLITS,
     DatasetSchema,
@@ -72,9 +83,9 @@ TimestampFormat = Literal["unix", "unix_ms", "iso"]
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "type", "value", "split")
+_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "type", "value", "position", "split")
 _EVENTS_KEYS = ("file", *SPLITS, "delimiter", "user", "item", "timestamp", "timestamp_format")
-_EVENTS_KEYS += ("type", "type_constant", "value", "context")
+_EVENTS_KEYS += ("type", "type_constant", "value", "position", "context", "types", "null_values")
 
 
 class MappingError(SchemaError, ConfigError):
@@ -100,6 +111,7 @@ class FieldMapping:
     column: str
     kind: FieldKind
     separator: str = "|"
+    null_values: tuple[str, ...] = ()  # cells of this column that mean "missing"
 
     @property
     def spec(self) -> FieldSpec:
@@ -115,6 +127,19 @@ class EntityMapping:
     id: str
     fields: tuple[FieldMapping, ...] = ()
     coarsen: tuple[Coarsening, ...] = ()
+    null_values: tuple[str, ...] = ()  # cells of the file that mean "missing"
+    # items: the columns of the catalog's availability window, and their time format
+    available_from: str | None = None
+    available_until: str | None = None
+    time_format: TimestampFormat = "unix"
+
+    @property
+    def has_window(self) -> bool:
+        return self.available_from is not None or self.available_until is not None
+
+    def nulls(self) -> dict[str, tuple[str, ...]]:
+        """Column -> the cells read as missing there (the file's and the field's own)."""
+        return {f.column: (*self.null_values, *f.null_values) for f in self.fields}
 
     def specs(self) -> tuple[FieldSpec, ...]:
         """The fields as stored: a banded number is stored as a categorical label."""
@@ -138,7 +163,11 @@ class EventsMapping:
     type: str | None = None
     type_constant: str | None = None
     value: str | None = None
+    position: str | None = None  # the 0-based slot the item was shown in
     context: tuple[tuple[str, str], ...] = ()
+    # the file's type name -> the stored one, or None: those events are left out
+    types: tuple[tuple[str, str | None], ...] = ()
+    null_values: tuple[str, ...] = ()
 
     @property
     def presplit(self) -> bool:
@@ -161,6 +190,8 @@ class ImportMapping:
             user_fields=self.users.specs() if self.users else (),
             item_fields=self.items.specs() if self.items else (),
             context_fields=tuple(name for name, _ in self.events.context),
+            item_availability=self.items is not None and self.items.has_window,
+            event_position=self.events.position is not None,
         )
 
 
@@ -245,8 +276,12 @@ class _Loader:
     def entity(self, obj: dict[str, Any], where: str, key_column: str) -> EntityMapping:
         if where != "users" and "coarsen" in obj:
             raise self.fail(where, "coarsen applies to [users] only (profile fields)")
-        allowed = ("file", "id", "delimiter", "fields")
-        self.keys(obj, where, (*allowed, "coarsen") if where == "users" else allowed)
+        allowed = ("file", "id", "delimiter", "fields", "null_values")
+        window = ("available_from", "available_until", "time_format")
+        self.keys(obj, where, (*allowed, "coarsen") if where == "users" else (*allowed, *window))
+        fmt = self.text(obj, where, "time_format", "unix")
+        if fmt not in TIMESTAMP_FORMATS:
+            raise self.fail(where, f"time_format {fmt!r} is not one of {TIMESTAMP_FORMATS}")
         fields_obj = obj.get("fields", {})
         if not isinstance(fields_obj, dict):
             raise self.fail(where, "fields must be a table")
@@ -255,8 +290,21 @@ class _Loader:
         )
         coarsen = self.coarsen(obj["coarsen"], fields) if "coarsen" in obj else ()
         return EntityMapping(
-            self.source(obj, where, "file"), self.text(obj, where, "id"), fields, coarsen
+            self.source(obj, where, "file"),
+            self.text(obj, where, "id"),
+            fields,
+            coarsen,
+            self.null_values(obj, where),
+            self.optional(obj, where, "available_from"),
+            self.optional(obj, where, "available_until"),
+            cast(TimestampFormat, fmt),
         )
+
+    def null_values(self, obj: dict[str, Any], where: str) -> tuple[str, ...]:
+        values = obj.get("null_values", [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise self.fail(where, f"null_values must be a list of strings, got {values!r}")
+        return tuple(values)
 
     def coarsen(self, obj: Any, fields: tuple[FieldMapping, ...]) -> tuple[Coarsening, ...]:
         """``"default"`` (every field that has a default) or a table, one entry per field."""
@@ -312,7 +360,7 @@ class _Loader:
             )
         if not isinstance(spec, dict):
             raise self.fail(where, 'write { column = "...", kind = "..." }')
-        self.keys(spec, where, ("column", "kind", "separator"))
+        self.keys(spec, where, ("column", "kind", "separator", "null_values"))
         column = self.text(spec, where, "column", name)
         kind = self.text(spec, where, "kind")
         if kind not in FIELD_KINDS:
@@ -320,7 +368,9 @@ class _Loader:
         separator = self.optional(spec, where, "separator")
         if separator is not None and kind != "multi_categorical":
             raise self.fail(where, "separator applies only to kind 'multi_categorical'")
-        return FieldMapping(name, column, cast(FieldKind, kind), separator or "|")
+        return FieldMapping(
+            name, column, cast(FieldKind, kind), separator or "|", self.null_values(spec, where)
+        )
 
     def events(self, obj: dict[str, Any]) -> EventsMapping:
         w = "events"
@@ -344,8 +394,8 @@ class _Loader:
         constant = self.optional(obj, w, "type_constant")
         if (type_col is None) == (constant is None):
             raise self.fail(w, "give exactly one of type (a column) and type_constant")
-        if constant is not None and constant not in EVENT_TYPES:
-            raise self.fail(w, f"type_constant {constant!r} is not one of {EVENT_TYPES}")
+        if constant is not None and not EVENT_NAME.fullmatch(constant):
+            raise self.fail(w, f"type_constant {constant!r} is not an event type name")
         return EventsMapping(
             files=files,
             user=self.text(obj, w, "user"),
@@ -355,8 +405,30 @@ class _Loader:
             type=type_col,
             type_constant=constant,
             value=self.optional(obj, w, "value"),
+            position=self.optional(obj, w, "position"),
             context=self.context(obj.get("context", {})),
+            types=self.types(obj.get("types", {})),
+            null_values=self.null_values(obj, w),
         )
+
+    def types(self, obj: Any) -> tuple[tuple[str, str | None], ...]:
+        """``[events.types]``: each file type name -> a stored name, or false (left out)."""
+        if not isinstance(obj, dict):
+            raise self.fail("events", "types must be a table ([events.types])")
+        out: list[tuple[str, str | None]] = []
+        for name, to in obj.items():
+            where = f"events.types.{name}"
+            if to is False:
+                out.append((name, None))
+            elif isinstance(to, str) and EVENT_NAME.fullmatch(to):
+                out.append((name, to))
+            else:
+                raise self.fail(
+                    where,
+                    f"write the stored type's name (a letter, then letters, digits, '_', '.', "
+                    f"':' or '-') or false to leave these events out, got {to!r}",
+                )
+        return tuple(out)
 
     def context(self, obj: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(obj, dict):

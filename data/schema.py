@@ -5,8 +5,11 @@ A dataset is a directory::
     DATASET/
       dataset.json     name, format version, declared fields (``DatasetSchema``), key fingerprint
       users.parquet    user_id (pseudonym, string) + declared profile fields
-      items.parquet    item_id (string) + declared metadata fields
-      events.parquet   user_id, item_id, timestamp (int64 unix seconds), type, value (float64,
+      items.parquet    item_id (string) + declared metadata fields and, where the catalog
+                       says when items can be shown (``item_availability``), available_from
+                       and available_until (int64 unix seconds, nullable: no bound)
+      events.parquet   user_id, item_id, timestamp (int64 unix seconds), type (a name: any
+                       site's event type; its role is configuration), value (float64,
                        nullable), declared context fields (string, nullable) and, for data
                        imported already split, ``split`` in {"train", "valid", "test"}
 
@@ -26,10 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tailored.config import EVENT_TYPES
+from tailored.config import EVENT_NAME, EVENT_TYPES
 from tailored.errors import TailoredError
 
 __all__ = [
+    "AVAILABILITY",
     "EVENT_TYPES",
     "FIELD_KINDS",
     "SPLITS",
@@ -45,6 +49,8 @@ __all__ = [
 
 FIELD_KINDS: tuple[str, ...] = ("categorical", "multi_categorical", "numeric", "text")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# an item's window in the catalog: shown from available_from, until before available_until
+AVAILABILITY: tuple[str, ...] = ("available_from", "available_until")
 FORMAT_VERSION = 1
 
 FieldKind = Literal["categorical", "multi_categorical", "numeric", "text"]
@@ -78,6 +84,11 @@ class DatasetSchema:
     user_fields: tuple[FieldSpec, ...] = ()
     item_fields: tuple[FieldSpec, ...] = ()
     context_fields: tuple[str, ...] = ()
+    # the items table has available_from / available_until (the catalog's launch and end)
+    item_availability: bool = False
+    # the events table has ``position``: the 0-based slot the item was shown in (an
+    # impression's, and a click's or purchase's where the site logs it; null: not known)
+    event_position: bool = False
 
     def fields(self, table: TableKind) -> tuple[FieldSpec, ...]:
         if table == "users":
@@ -95,6 +106,8 @@ class DatasetSchema:
             user_fields=tuple(FieldSpec(f["name"], f["kind"]) for f in obj.get("user_fields", [])),
             item_fields=tuple(FieldSpec(f["name"], f["kind"]) for f in obj.get("item_fields", [])),
             context_fields=tuple(obj.get("context_fields", [])),
+            item_availability=bool(obj.get("item_availability", False)),
+            event_position=bool(obj.get("event_position", False)),
         )
 
 
@@ -124,6 +137,10 @@ def arrow_schema(table: TableKind, schema: DatasetSchema, *, with_split: bool = 
     """The exact Arrow schema a ``users``, ``items`` or ``events`` table is stored with."""
     fields = list(_KEY_COLUMNS[table])
     fields += [pa.field(f.name, _arrow_type(f.kind)) for f in schema.fields(table)]
+    if table == "items" and schema.item_availability:
+        fields += [pa.field(name, pa.int64()) for name in AVAILABILITY]
+    if table == "events" and schema.event_position:
+        fields.append(pa.field("position", pa.int32()))
     if table == "events" and with_split:
         fields.append(pa.field("split", pa.string(), nullable=False))
     return pa.schema(fields)
@@ -203,19 +220,25 @@ def _check_rows(
     t: pa.Table, kind: str, source: str, off: int, known: dict[str, pa.Array] | None
 ) -> None:
     if kind == "events" and t.num_rows:
-        bad = pc.invert(pc.is_in(t.column("type"), value_set=pa.array(EVENT_TYPES)))
+        bad = pc.invert(pc.match_substring_regex(t.column("type"), f"^{EVENT_NAME.pattern}$"))
         if pc.any(bad).as_py():
             row = _first_row(bad)
             raise _fail(
                 source,
                 row,
                 "type",
-                f"{_repr_at(t.column('type'), row)} is not one of {EVENT_TYPES}",
+                f"{_repr_at(t.column('type'), row)} is not an event type name (a letter, then "
+                "up to 63 letters, digits, '_', '.', ':' or '-'); rename it in the mapping's "
+                "[events.types]",
                 off,
             )
         neg = pc.less(t.column("timestamp"), 0)
         if pc.any(neg).as_py():
             raise _fail(source, _first_row(neg), "timestamp", "is negative", off)
+        if "position" in t.column_names:
+            neg = pc.fill_null(pc.less(t.column("position"), 0), False)
+            if pc.any(neg).as_py():
+                raise _fail(source, _first_row(neg), "position", "is negative", off)
         if "split" in t.column_names:
             bad = pc.invert(pc.is_in(t.column("split"), value_set=pa.array(SPLITS)))
             if pc.any(bad).as_py():
@@ -239,6 +262,22 @@ def _check_rows(
                         f"refers to no row of the {'users' if key == 'user_id' else 'items'} table",
                         off,
                     )
+    if kind == "items" and "available_from" in t.column_names and t.num_rows:
+        start, end = t.column("available_from"), t.column("available_until")
+        for name, col in (("available_from", start), ("available_until", end)):
+            neg = pc.less(col, 0)
+            if pc.any(pc.fill_null(neg, False)).as_py():
+                raise _fail(source, _first_row(neg), name, "is negative", off)
+        wrong = pc.less_equal(end, start)
+        if pc.any(pc.fill_null(wrong, False)).as_py():
+            row = _first_row(wrong)
+            raise _fail(
+                source,
+                row,
+                "available_until",
+                f"{end[row].as_py()} is not after available_from ({start[row].as_py()})",
+                off,
+            )
     if kind in ("users", "items") and t.num_rows:
         key = "user_id" if kind == "users" else "item_id"
         col = t.column(key)
@@ -277,6 +316,7 @@ class DatasetMeta:
     counts: dict[str, int] = field(default_factory=dict)
     source: str = ""
     coarsening: dict[str, dict[str, Any]] = field(default_factory=dict)
+    event_types: dict[str, int] = field(default_factory=dict)  # events per type
     format_version: int = FORMAT_VERSION
 
 
@@ -305,6 +345,7 @@ def read_dataset_meta(directory: Path) -> DatasetMeta:
             counts=dict(obj.get("counts", {})),
             source=obj.get("source", ""),
             coarsening=dict(obj.get("coarsening", {})),
+            event_types=dict(obj.get("event_types", {})),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise SchemaError(f"{path}: malformed ({e})") from e

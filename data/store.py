@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tailored.data.schema import (
@@ -38,6 +39,7 @@ class DatasetWriter:
         self._tmp: Path | None = None
         self._events: pq.ParquetWriter | None = None
         self._counts = {"users": 0, "items": 0, "events": 0}
+        self._types: dict[str, int] = {}  # events per type
         self._ids: dict[str, pa.Array] = {}
 
     def __enter__(self) -> DatasetWriter:
@@ -95,6 +97,9 @@ class DatasetWriter:
             )
         self._events.write_table(table, row_group_size=self._row_group_size)
         self._counts["events"] += table.num_rows
+        for entry in pc.value_counts(table.column("type")).to_pylist():
+            name = entry["values"]
+            self._types[name] = self._types.get(name, 0) + entry["counts"]
 
     def __exit__(
         self,
@@ -115,6 +120,7 @@ class DatasetWriter:
                     if not (tmp / f"{kind}.parquet").exists():
                         raise SchemaError(f"{self.directory}: no {kind} table was written")
                 self.meta.counts = dict(self._counts)
+                self.meta.event_types = dict(sorted(self._types.items()))
                 write_dataset_meta(tmp, self.meta)
                 _replace_dir(tmp, self.directory)
         finally:

@@ -1,10 +1,12 @@
 """A synthetic website at scale, seeded, with its ground truth kept: ``tailored data synth``.
 
 Users have demographics that correlate with latent tastes; items have categories, tags,
-prices and Zipf popularity; sessions show slates of impressions with position bias, and
-clicks, views (dwell) and purchases follow the tastes, which drift over time. The planted
-model is in :mod:`tailored.data.synth_truth`, the behaviour in
-:mod:`tailored.data.synth_sessions`, the tables in :mod:`tailored.data.synth_tables`.
+prices, Zipf popularity and a window in the catalog (a share launches during the span, a few
+end before it ends); sessions show slates of impressions (each with its slot, ``position``)
+with position bias, and clicks (value: dwell seconds, some bounces), carts and purchases
+(only after a cart) follow the tastes, which drift over time. No event of an item falls
+outside its window. The planted model is in :mod:`tailored.data.synth_truth`, the behaviour
+in :mod:`tailored.data.synth_sessions`, the tables in :mod:`tailored.data.synth_tables`.
 
 Events stream to Parquet one chunk of ``chunk_users`` users at a time, so memory holds one
 chunk's events plus a few hundred bytes per user (ids, profiles) — never all events, never a
@@ -36,7 +38,7 @@ from tailored.data.synth_tables import (
     pseudonyms,
     users_table,
 )
-from tailored.data.synth_truth import TruthWriter, draw_tastes, make_world
+from tailored.data.synth_truth import TruthWriter, draw_tastes, draw_windows, make_world
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir
 
@@ -55,6 +57,7 @@ _PILOT_USERS = 2000
 _POPULARITY_STRENGTH = 0.25  # weight of log-popularity in the true score
 # independent random streams, so e.g. adding a user field does not change the items
 _ITEMS, _USERS, _PILOT, _CHUNKS = range(4)
+_WINDOWS = 2  # sub-stream of _ITEMS
 
 
 class SynthError(TailoredError, ValueError):
@@ -77,6 +80,8 @@ class SynthSpec:
     drift: float = 0.6
     zipf: float = 1.0
     missing_demographics: float = 0.05
+    new_items: float = 0.2  # share of items launched during the span
+    ended_items: float = 0.05  # share of (other) items that end before the span ends
     behaviour: Behaviour = field(default_factory=Behaviour)
 
     def __post_init__(self) -> None:
@@ -105,6 +110,14 @@ class SynthSpec:
             problems.append(f"missing_demographics={self.missing_demographics} must be in [0, 1]")
         if self.drift < 0 or self.zipf < 0:
             problems.append(f"drift={self.drift} and zipf={self.zipf} must not be negative")
+        shares = (self.new_items, self.ended_items)
+        if not (min(shares) >= 0 and sum(shares) < 1):
+            problems.append(
+                f"new_items={self.new_items} and ended_items={self.ended_items} must be shares "
+                "summing to less than 1 (some items are there all along)"
+            )
+        if b.slate_size > 1000:
+            problems.append(f"behaviour.slate_size={b.slate_size} must be at most 1000")
         if min(b.policy_mix) < 0 or sum(b.policy_mix) <= 0:
             problems.append(f"behaviour.policy_mix={b.policy_mix} must be shares")
         if self.chunk_users >= 1 << 23:  # simulate_chunk packs chunk rows into 23 bits
@@ -149,6 +162,8 @@ def generate_synthetic(
     drift: float = 0.6,
     zipf: float = 1.0,
     missing_demographics: float = 0.05,
+    new_items: float = 0.2,
+    ended_items: float = 0.05,
     behaviour: Behaviour | None = None,
 ) -> SynthSummary:
     """Generate a synthetic website's dataset into ``out`` (default
@@ -158,7 +173,10 @@ def generate_synthetic(
     ``days`` is the span (from ``start_time``, unix seconds) over which tastes drift by
     ``delta``, of size about ``drift`` in the units of the score; ``zipf`` is the exponent of
     item popularity. ``missing_demographics`` is the share of users whose age and gender are
-    null (their segment still shapes their tastes). ``key`` defaults to :func:`load_key`.
+    null (their segment still shapes their tastes). A share ``new_items`` of the items launches
+    during the span (more of them late), a share ``ended_items`` of the others ends during it;
+    the items table says when (``available_from``, ``available_until``) and no event of an item
+    falls outside that window. ``key`` defaults to :func:`load_key`.
     Raises :class:`SynthError` for a setting out of range.
     """
     spec = SynthSpec(
@@ -174,6 +192,8 @@ def generate_synthetic(
         drift=drift,
         zipf=zipf,
         missing_demographics=missing_demographics,
+        new_items=new_items,
+        ended_items=ended_items,
         behaviour=behaviour or Behaviour(),
     )
     out = Path(out) if out is not None else dataset_dir("synthetic")
@@ -201,8 +221,16 @@ def _generate(out: Path, spec: SynthSpec, pseudo: Pseudonymizer) -> SynthSummary
         zipf=spec.zipf,
         popularity_strength=_POPULARITY_STRENGTH,
     )
-    items = items_table(spec.rng(_ITEMS, 1), world)
-    sampler = Sampler(world, items.column("price").to_numpy())
+    windows = draw_windows(
+        spec.rng(_ITEMS, _WINDOWS),
+        spec.n_items,
+        t0=spec.start_time,
+        span=spec.span,
+        launched=spec.new_items,
+        ended=spec.ended_items,
+    )
+    items = items_table(spec.rng(_ITEMS, 1), world, windows)
+    sampler = Sampler(world, items.column("price").to_numpy(), windows)
     demo = draw_demographics(spec.rng(_USERS), spec.n_users, spec.missing_demographics)
     per_user = spec.events_per_user / _events_per_impression(spec, sampler, demo.segment)
     site = _Site(
@@ -229,7 +257,7 @@ def _generate(out: Path, spec: SynthSpec, pseudo: Pseudonymizer) -> SynthSummary
     with DatasetWriter(out, meta) as w:
         w.write_users(users_table(site.user_ids, demo), source="synthetic users")
         w.write_items(items, source="synthetic items")
-        truth = TruthWriter(w.staging / "truth", world, demo.segment, info)
+        truth = TruthWriter(w.staging / "truth", world, demo.segment, info, windows)
         for c, lo in enumerate(range(0, spec.n_users, spec.chunk_users)):
             hi = min(lo + spec.chunk_users, spec.n_users)
             table, counts = _chunk(spec, site, truth, c, lo, hi)
@@ -283,7 +311,7 @@ def _activity(rng: np.random.Generator, n: int, b: Behaviour) -> np.ndarray:
 
 
 def _events_per_impression(spec: SynthSpec, sampler: Sampler, segment: np.ndarray) -> float:
-    """Events per impression (1 + clicks, views, purchases), from a pilot of a few thousand
+    """Events per impression (1 + clicks, carts, purchases), from a pilot of a few thousand
     users: it sets how many impressions give the requested events per user."""
     rng, seg = spec.rng(_PILOT), segment[:_PILOT_USERS]
     u_start, delta = draw_tastes(rng, seg, sampler.world, spec.drift)

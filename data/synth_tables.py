@@ -1,5 +1,9 @@
 """The synthetic website as tailored's three tables: schema, profiles, catalog, event chunks.
 
+The catalog says when items can be shown (``available_from`` / ``available_until``, null where
+there is no bound); every event carries its session's ``surface`` and ``device`` (context) and
+the ``position`` (0..9, the slot) of the impression it comes from.
+
 Every builder produces Arrow data with exactly the stored schema (:func:`arrow_schema`), from
 numpy arrays, without Python loops over events: a chunk of a million events becomes a table
 in a fraction of a second.
@@ -15,7 +19,16 @@ import pyarrow as pa
 from tailored.data.pseudonym import Pseudonymizer
 from tailored.data.schema import DatasetSchema, FieldSpec, arrow_schema
 from tailored.data.synth_sessions import DEVICE_SHARES, DEVICES, EVENT_KINDS, SURFACES, EventArrays
-from tailored.data.synth_truth import AGE_BANDS, GENDERS, REGIONS, World, segment_of
+from tailored.data.synth_truth import (
+    AGE_BANDS,
+    GENDERS,
+    NO_END,
+    NO_START,
+    REGIONS,
+    Windows,
+    World,
+    segment_of,
+)
 
 __all__ = [
     "SYNTH_SCHEMA",
@@ -40,6 +53,8 @@ SYNTH_SCHEMA = DatasetSchema(
         FieldSpec("title", "text"),
     ),
     context_fields=("surface", "device"),
+    item_availability=True,
+    event_position=True,
 )
 _GENDER_P = (0.49, 0.48, 0.03)
 _AGE_P = (0.06, 0.16, 0.24, 0.2, 0.15, 0.11, 0.08)
@@ -102,8 +117,9 @@ def users_table(user_ids: pa.Array, d: Demographics) -> pa.Table:
     )
 
 
-def items_table(rng: np.random.Generator, world: World) -> pa.Table:
-    """Items ``i000000``..: category, 1-3 tags (mostly the category's own), price, title."""
+def items_table(rng: np.random.Generator, world: World, windows: Windows | None = None) -> pa.Table:
+    """Items ``i000000``..: category, 1-3 tags (mostly the category's own), price, title, and
+    their window in the catalog (``windows``; none: all there all along)."""
     n, cat = world.n_items, world.item_category.astype(np.int64)
     n_cat = len(world.category_centroids)
     width = max(6, len(str(n - 1)))
@@ -124,6 +140,7 @@ def items_table(rng: np.random.Generator, world: World) -> pa.Table:
     base = np.exp(rng.normal(3.0, 0.8, n_cat))  # each category has its price level
     price = np.round(np.maximum(base[cat] * np.exp(rng.normal(0.0, 0.4, n)), 0.5), 2)
     tag_strings = pa.array([f"tag{t:04d}" for t in range(n_cat * _TAGS_PER_CATEGORY)])
+    w = windows or Windows.always(n)
     return pa.Table.from_arrays(
         [
             pa.array(ids),
@@ -131,6 +148,8 @@ def items_table(rng: np.random.Generator, world: World) -> pa.Table:
             pa.ListArray.from_arrays(pa.array(offsets), tag_strings.take(pa.array(tags))),
             pa.array(price),
             pa.array([f"Item {i}" for i in range(n)]),
+            pa.array(w.opens, pa.int64(), mask=w.opens == NO_START),
+            pa.array(w.closes, pa.int64(), mask=w.closes == NO_END),
         ],
         schema=arrow_schema("items", SYNTH_SCHEMA),
     )
@@ -149,6 +168,7 @@ def events_table(
             pa.array(ev.value, mask=np.isnan(ev.value)),
             pa.array(SURFACES).take(pa.array(ev.surface)),
             pa.array(DEVICES).take(pa.array(ev.device)),
+            pa.array(ev.position, pa.int32()),
         ],
         schema=schema,
     )

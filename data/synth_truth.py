@@ -11,6 +11,8 @@
     item_bias.npy           float32 [n_items]           b_i, the popularity term of the score
     item_category.npy       int32   [n_items]
     category_centroids.npy  float32 [n_categories, dim]
+    item_available_from.npy   int64 [n_items]  launch (unix s); INT64_MIN: there all along
+    item_available_until.npy  int64 [n_items]  end, exclusive; INT64_MAX: never ends
     truth.json              the score's definition, t0, span, seed, dims, generator settings
 
 The true affinity of user ``u`` for item ``i`` at unix time ``t`` (seconds) is::
@@ -21,6 +23,14 @@ Tastes are ``u_start = segment centroid + personal noise`` (segment = gender x a
 region, so demographics predict tastes without deciding them); ``v_i = category centroid +
 item noise``; ``b_i = popularity_strength * (log w_i - mean log w)`` with Zipf exposure weights
 ``w_i ∝ rank_i ** -zipf``.
+
+Some items exist only part of the span (:func:`draw_windows`): a share launches during it,
+a smaller share ends before it ends; no event of an item falls outside its window
+``[available_from, available_until)``. Their tastes and factors are drawn like every other
+item's, so the planted top-k at a time ranks exactly the items available then
+(:func:`true_topk`): at the end of the span that includes the items launched late (the new
+items a model must find from few events) and excludes the ended ones. Datasets written before
+windows existed have no ``item_available_*.npy``: every item is available all along.
 """
 
 from __future__ import annotations
@@ -41,8 +51,10 @@ __all__ = [
     "REGIONS",
     "SynthTruth",
     "TruthWriter",
+    "Windows",
     "World",
     "draw_tastes",
+    "draw_windows",
     "load_truth",
     "make_world",
     "segment_of",
@@ -80,6 +92,8 @@ _GENDER, _AGE, _REGION, _INTERACTION, _PERSONAL = 0.45, 0.55, 0.40, 0.30, 0.80
 _CATEGORY, _ITEM = 1.0, 0.6
 # share of the drift that is a site-wide trend (all users move the same way) vs personal
 _TREND_SHARE = 0.3
+# an item window's open ends: available_from / available_until with no bound
+NO_START, NO_END = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 
 def segment_of(gender: np.ndarray, age_band: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -144,6 +158,44 @@ def make_world(
     return World(cats, seg.astype(np.float32), trend, item_cat, factors, bias, exposure)
 
 
+@dataclass(frozen=True)
+class Windows:
+    """When each item is in the catalog: ``opens[i] <= t < closes[i]`` (unix seconds)."""
+
+    opens: np.ndarray  # int64 [N], NO_START where there all along
+    closes: np.ndarray  # int64 [N], NO_END where it never ends
+
+    @classmethod
+    def always(cls, n_items: int) -> Windows:
+        return cls(np.full(n_items, NO_START, np.int64), np.full(n_items, NO_END, np.int64))
+
+    @property
+    def bounded(self) -> bool:
+        """Whether any item has a launch or an end."""
+        return bool((self.opens != NO_START).any() or (self.closes != NO_END).any())
+
+    def available(self, items: np.ndarray, at: int | np.ndarray) -> np.ndarray:
+        """Whether each of ``items`` (rows) is in the catalog at ``at`` (scalar or aligned)."""
+        return (self.opens[items] <= at) & (at < self.closes[items])
+
+
+def draw_windows(
+    rng: np.random.Generator, n_items: int, *, t0: int, span: int, launched: float, ended: float
+) -> Windows:
+    """Launch and end times: ``floor(launched * n_items)`` items launch during the span (at
+    ``t0 + span * sqrt(U)``: more of them late, as a catalog grows), ``floor(ended * n_items)``
+    others end during it (uniformly); the rest are there all along (at least one when
+    ``launched + ended < 1``). Items are chosen at random, whatever their popularity."""
+    w = Windows.always(n_items)
+    n_new = int(np.floor(launched * n_items + 1e-9))
+    n_end = int(np.floor(ended * n_items + 1e-9))
+    order = rng.permutation(n_items)
+    new, gone = order[:n_new], order[n_new : n_new + n_end]
+    w.opens[new] = t0 + 1 + np.floor(np.sqrt(rng.random(n_new)) * (span - 1)).astype(np.int64)
+    w.closes[gone] = t0 + 1 + np.floor(rng.random(n_end) * (span - 1)).astype(np.int64)
+    return w
+
+
 def draw_tastes(
     rng: np.random.Generator, segment: np.ndarray, world: World, drift: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +221,8 @@ class SynthTruth:
     item_bias: np.ndarray  # float32 [n_items]
     item_category: np.ndarray  # int32 [n_items]
     category_centroids: np.ndarray  # float32 [n_categories, d]
+    item_available_from: np.ndarray  # int64 [n_items], NO_START where there all along
+    item_available_until: np.ndarray  # int64 [n_items], NO_END where it never ends
     t0: int  # unix seconds where u(t) = u_start
     span: int  # seconds from t0 to where u(t) = u_start + delta
     info: dict[str, Any]  # truth.json as written
@@ -176,6 +230,14 @@ class SynthTruth:
     @property
     def t_end(self) -> int:
         return self.t0 + self.span
+
+    def available(self, at_time: int | None = None) -> np.ndarray:
+        """Which items are in the catalog at ``at_time`` (default: the end of the span),
+        bool [n_items]."""
+        t = self.t_end if at_time is None else at_time
+        return (np.asarray(self.item_available_from) <= t) & (
+            t < np.asarray(self.item_available_until)
+        )
 
     def taste(self, user_rows: np.ndarray, at_time: int | np.ndarray | None = None) -> np.ndarray:
         """u(t), float32 [len(user_rows), d]; ``at_time`` (unix s, scalar or one per row)
@@ -202,12 +264,15 @@ def true_topk(
     at_time: int | None = None,
     exclude: Sequence[np.ndarray] | None = None,
     *,
+    available_only: bool = True,
     block: int = 256,
 ) -> np.ndarray:
     """The ``k`` items of highest true affinity for each user, best first.
 
     Returns int64 [len(user_rows), k] item rows (items.parquet order). ``at_time`` defaults
     to the end of the span; ``exclude[j]`` (optional) lists item rows user ``j`` must not get.
+    With ``available_only``, items not in the catalog at ``at_time`` (not launched yet, or
+    ended) are never among them (they rank last when fewer than ``k`` items remain).
     Scores are computed ``block`` users at a time (block x n_items float32 in memory).
     """
     rows = np.asarray(user_rows, np.int64)
@@ -218,7 +283,9 @@ def true_topk(
         raise ValueError(f"exclude has {len(exclude)} entries for {len(rows)} users")
     out = np.empty((len(rows), k), np.int64)
     v_t = np.ascontiguousarray(truth.item_factors.T)
-    bias = np.asarray(truth.item_bias)
+    bias = np.asarray(truth.item_bias, np.float32)
+    if available_only:
+        bias = np.where(truth.available(at_time), bias, np.float32(-np.inf))
     for lo in range(0, len(rows), block):
         scores = truth.taste(rows[lo : lo + block], at_time) @ v_t + bias
         if exclude is not None:
@@ -259,9 +326,15 @@ class TruthWriter:
     """Writes ``truth/``: the world and segments at once, users' tastes chunk by chunk."""
 
     def __init__(
-        self, directory: Path, world: World, user_segment: np.ndarray, info: dict[str, Any]
+        self,
+        directory: Path,
+        world: World,
+        user_segment: np.ndarray,
+        info: dict[str, Any],
+        windows: Windows | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        windows = windows or Windows.always(world.n_items)
         arrays = {
             "user_segment": user_segment,
             "segment_centroids": world.segment_centroids,
@@ -269,6 +342,8 @@ class TruthWriter:
             "item_bias": world.item_bias,
             "item_category": world.item_category,
             "category_centroids": world.category_centroids,
+            "item_available_from": windows.opens,
+            "item_available_until": windows.closes,
         }
         for name, arr in arrays.items():
             np.save(directory / f"{name}.npy", arr, allow_pickle=False)
@@ -281,6 +356,8 @@ class TruthWriter:
             "taste": "u(t) = user_taste_start[u] + clip((t - t0) / span, 0, 1) "
             "* user_taste_delta[u]",
             "segment": "(gender * len(age_bands) + age_band) * len(regions) + region",
+            "availability": "item i is in the catalog at t when item_available_from[i] <= t "
+            "< item_available_until[i]; no event of it falls outside",
             "genders": list(GENDERS),
             "age_bands": [list(b) for b in AGE_BANDS],
             "regions": list(REGIONS),
@@ -315,15 +392,23 @@ def load_truth(dataset_dir: Path, *, mmap: bool = True) -> SynthTruth:
     def arr(name: str) -> np.ndarray:
         return np.load(d / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
 
+    bias = arr("item_bias")
+    if (d / "item_available_from.npy").is_file():
+        windows = Windows(arr("item_available_from"), arr("item_available_until"))
+    else:  # written before items had windows: all there all along
+        windows = Windows.always(len(bias))
+
     return SynthTruth(
         user_taste_start=arr("user_taste_start"),
         user_taste_delta=arr("user_taste_delta"),
         user_segment=arr("user_segment"),
         segment_centroids=arr("segment_centroids"),
         item_factors=arr("item_factors"),
-        item_bias=arr("item_bias"),
+        item_bias=bias,
         item_category=arr("item_category"),
         category_centroids=arr("category_centroids"),
+        item_available_from=windows.opens,
+        item_available_until=windows.closes,
         t0=int(info["t0"]),
         span=int(info["span"]),
         info=info,

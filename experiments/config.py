@@ -74,6 +74,7 @@ VARIANT_KEYS: dict[str, type] = {
     "mmr_lambda": float,  # diversity strength: 1 = relevance only
     "popularity": bool,  # the non-personalized control: popular in the request's context
     "hide_after_impressions": int,  # [serve] hide_after_impressions for the variant's users
+    "new_item_slots": int,  # [serve] new_item_slots: places given to new items
     "page_policy": str,  # how Page orders its modules: "fixed", "random" or "bandit"
     "page_learn": bool,  # whether the variant's pages teach the bandit ([serve] bandit_learn)
 }
@@ -430,8 +431,8 @@ def _check_change(key: str, value: Any, at: str) -> None:
         raise ExperimentError(
             f"{at}: page_policy: must be 'fixed', 'random' or 'bandit', got {value!r}"
         )
-    if key == "hide_after_impressions" and value < 0:
-        raise ExperimentError(f"{at}: hide_after_impressions: must be >= 0, got {value}")
+    if key in ("hide_after_impressions", "new_item_slots") and value < 0:
+        raise ExperimentError(f"{at}: {key}: must be >= 0, got {value}")
     if key == "mmr_lambda" and not 0.0 <= value <= 1.0:
         raise ExperimentError(f"{at}: mmr_lambda: must be in [0, 1], got {value}")
     if key == "bundle" and not value:

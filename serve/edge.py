@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from tailored.config import ServeConfig
@@ -169,9 +169,12 @@ def parse_events(
     cfg: ServeConfig,
     pseudonym: Callable[[str], str],
     now_ms: int,
+    known_types: Collection[str] = (),
 ) -> tuple[dict[str, list[StoredEvent]], list[PageRef]]:
     """All events checked before any is stored; grouped by user pseudonym. With them, the
-    events that name a page's module (checked against the page log by the server)."""
+    events that name a page's module (checked against the page log by the server).
+    ``known_types``: the names ``type_name`` may take besides the proto's own (the served
+    bundle's configured event types)."""
     if not req.events:
         raise RequestError("events", "no events")
     if len(req.events) > cfg.max_events_per_track:
@@ -184,9 +187,7 @@ def parse_events(
         where = f"events[{i}]"
         check_id(e.user_id, f"{where}.user_id")
         check_id(e.item_id, f"{where}.item_id")
-        name = EVENT_NAMES.get(e.type)
-        if name is None:
-            raise RequestError(f"{where}.type", f"must be one of {sorted(EVENT_NAMES.values())}")
+        name = _event_type(e, known_types, where)
         _check_event_time(e.time_unix_ms, now_ms, cfg, f"{where}.time_unix_ms")
         _check_event_value(name, e.value, cfg, f"{where}.value")
         if e.surface and e.surface not in cfg.surfaces:
@@ -215,6 +216,30 @@ def parse_events(
         )
         out.setdefault(pseudonym(e.user_id), []).append(stored)
     return out, refs
+
+
+def _event_type(e: pb.Event, known: Collection[str], where: str) -> str:
+    """The event's type name: ``type`` (the proto's own), or ``type_name`` (any the served
+    bundle's configuration names)."""
+    if not e.type_name:
+        name = EVENT_NAMES.get(e.type)
+        if name is None:
+            raise RequestError(
+                f"{where}.type",
+                f"must be one of {sorted(EVENT_NAMES.values())}, or give type_name",
+            )
+        return name
+    if e.type != pb.EVENT_TYPE_UNSPECIFIED:
+        raise RequestError(f"{where}.type_name", "give type or type_name, not both")
+    if e.type_name in EVENT_NAMES.values() or e.type_name in known:
+        return e.type_name
+    shown = e.type_name if len(e.type_name) <= 40 else f"{e.type_name[:40]}..."
+    raise RequestError(
+        f"{where}.type_name",
+        f"{shown!r} is not an event type of the served bundle; it knows "
+        f"{sorted({*EVENT_NAMES.values(), *known})} (name a new one in the training "
+        'configuration\'s [data.events], with role "ignored" to keep it unused)',
+    )
 
 
 def _check_event_time(time_ms: int, now_ms: int, cfg: ServeConfig, where: str) -> None:

@@ -118,9 +118,8 @@ class Recommender:
         }
         self.context_values = [list(v) for v in bundle.info.get("context_vocabs", {}).values()]
         data_cfg = from_dict(bundle.manifest.config, where="bundle config").data
-        self.positive = data_cfg.positive_events
-        self.min_view_seconds = data_cfg.min_view_seconds
-        self.min_rating = data_cfg.min_rating
+        # what each event type means: the roles the bundle was trained with
+        self.roles = data_cfg.event_roles()
         self.categories = self._cap_categories()
         self.by_value = self._attribute_index()  # attribute value -> item rows (pages)
         # names this bundle's segmentation (a refresh fits new segments: new names)
@@ -155,14 +154,14 @@ class Recommender:
     ) -> Recommendation:
         """The page for ``req``; ``only`` (bundle rows) restricts it to those items (a
         page's category module): scored exactly, then ranked like the whole list."""
-        excluded = self._rows(req.exclude) | self._rows(unavailable)
+        excluded = self._rows(req.exclude) | self._rows(unavailable) | self._closed(req.time)
         user_cat, user_num, has_profile = self._profile(req.profile or {})  # always checked
         context, has_context = self._context(req)
         variant = req.variant or {}
         if not req.personalized:  # no behaviour of theirs; the page's context is no profile
             return self._fallback(req.k, excluded, context[0], only)
         hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
-        excluded |= self._passed_over(req.online, hide)
+        excluded |= self._passed_over(req.online, hide) | self._turned_down(req.online)
         row = self._row(req)
         if row is not None and self.bundle.users is not None:  # the bundle knows this user
             snap = self.bundle.users
@@ -215,12 +214,54 @@ class Recommender:
         picked = self._diversify(ranked, cands, req.k, variant.get("mmr_lambda"))
         rows = cands[picked]
         personal = row is not None or len(hist) > 0
+        scores_out = [float(ranked[p]) for p in picked]
+        reasons = self._reasons(rows, hist) if len(hist) else [self._like_you(emb)] * len(rows)
+        slots = int(variant.get("new_item_slots", self.cfg.new_item_slots))
+        if slots > 0 and only is None:
+            rows, scores_out, reasons = self._explore(
+                rows, scores_out, reasons, emb[0], req, slots, seen | excluded
+            )
         return Recommendation(
             item_ids=[str(self.bundle.item_ids[r - 1]) for r in rows],
             titles=self._titles(rows),
-            scores=[float(ranked[p]) for p in picked],
-            reasons=self._reasons(rows, hist) if len(hist) else [self._like_you(emb)] * len(rows),
+            scores=scores_out,
+            reasons=reasons,
             strategy="personalized" if personal else "cold_start",
+        )
+
+    def _closed(self, t: float) -> set[int]:
+        """The rows of the items not served at ``t`` (unix s): not launched yet, or ended."""
+        windows = self.bundle.windows
+        return set() if windows is None else set(windows.closed(t).tolist())
+
+    def _explore(
+        self,
+        rows: np.ndarray,
+        scores: list[float],
+        reasons: list[str],
+        user: np.ndarray,
+        req: Request,
+        slots: int,
+        ban: set[int],
+    ) -> tuple[np.ndarray, list[float], list[str]]:
+        """The list with its last ``slots`` places (or free places up to ``req.k``) given to
+        the new items ``user`` (float32 [D]) scores best: launched in the last
+        ``new_item_days``, served now, not banned or listed already. Reason "new"."""
+        windows = self.bundle.windows
+        if windows is None:
+            return rows, scores, reasons
+        new = windows.launched(req.time - self.cfg.new_item_days * 86_400, req.time)
+        taken = np.fromiter(ban | set(rows.tolist()), np.int64)
+        new = new[~np.isin(new, taken)]
+        if not len(new):
+            return rows, scores, reasons
+        dots = self.bundle.item_embeddings[new] @ user
+        best = np.argsort(-dots, kind="stable")[:slots]
+        keep = max(0, min(len(rows), req.k - len(best)))
+        return (
+            np.concatenate([rows[:keep], new[best]]).astype(np.int64),
+            scores[:keep] + [float(d) for d in dots[best]],
+            reasons[:keep] + ["new"] * len(best),
         )
 
     # -- what a page's modules need (tailored.serve.page) ---------------------------------------
@@ -274,9 +315,11 @@ class Recommender:
         if anchor is None:
             return Recommendation([], [], [], [], "related")
         ban = self._rows(req.exclude) | self._rows(unavailable) | {anchor}
+        ban |= self._closed(req.time)
         if req.personalized:
             row = self._row(req)
             ban |= self._seen(row, self._history(row, req.online)[0])
+            ban |= self._turned_down(req.online)
         nb = self.bundle.item_neighbors
         ids, weights = nb.ids[anchor], nb.weights[anchor]
         keep = (ids > 0) & ~np.isin(ids, np.fromiter(ban, np.int64, len(ban)))
@@ -377,11 +420,19 @@ class Recommender:
         shown: dict[str, int] = {}
         engaged: set[str] = set()
         for e in online:
-            if e.type == "impression":
+            role = self.roles.get(e.type)
+            if role is not None and role.role == "exposure":
                 shown[e.item_id] = shown.get(e.item_id, 0) + 1
             elif e.type == "click" or self._is_positive(e):  # a 1 s view or a low rating: no
                 engaged.add(e.item_id)
         return self._rows([i for i, n in shown.items() if n >= times and i not in engaged])
+
+    def _turned_down(self, online: tuple[StoredEvent, ...]) -> set[int]:
+        """The rows of items the user turned down (an event of a ``negative`` type: hide,
+        dislike): not shown to them again."""
+        return self._rows(
+            [e.item_id for e in online if (r := self.roles.get(e.type)) and r.role == "negative"]
+        )
 
     def segment(self, req: Request) -> int | None:
         """The segment the bundle put the request's user in; None for a user it does not
@@ -419,11 +470,12 @@ class Recommender:
         return seen
 
     def _is_positive(self, e: StoredEvent) -> bool:
-        if e.type not in self.positive:
+        """Whether ``e`` is a positive by its type's role. Track's value 0 is "no value" for a
+        type that does not need one (a click whose dwell the site did not measure)."""
+        role = self.roles.get(e.type)
+        if role is None:
             return False
-        if e.type == "view" and e.value < self.min_view_seconds:
-            return False
-        return not (e.type == "rating" and self.min_rating > 0 and e.value < self.min_rating)
+        return role.counts(None if e.value == 0 and not role.needs_value else e.value)
 
     def _history(
         self, row: int | None, online: tuple[StoredEvent, ...]

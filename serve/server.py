@@ -456,7 +456,8 @@ class _Personalization(pb_grpc.PersonalizationServicer):
     @_rpc("Track")
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         s = self.service
-        events, refs = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000))
+        known = s.bundle.current.roles
+        events, refs = parse_events(request, s.cfg, s.pseudonym, int(s.now() * 1000), known)
         checked, unknown = s.pages.check(refs) if refs else ([], 0)  # before anything is stored
         if unknown:
             s.metrics.page_feedback.labels("unknown_page").inc(unknown)

@@ -49,8 +49,9 @@ class StateError(TailoredError):
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """One behavioural event of a user: ``type`` one of ``tailored.data.schema.EVENT_TYPES``,
-    ``time_ms`` unix milliseconds, ``value`` the rating, dwell seconds or amount (0 if none)."""
+    """One behavioural event of a user: ``type`` an event type's name (the proto's own or one
+    the bundle's configuration names; its role says what it means), ``time_ms`` unix
+    milliseconds, ``value`` the rating, dwell seconds or amount (0 if none)."""
 
     item_id: str
     type: str

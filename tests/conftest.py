@@ -82,13 +82,22 @@ def serve_bundle(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A bundles root holding one small bundle (ranker included) of real MovieLens-100k, built
     once per test session for the serving tests; its data was written with ``TEST_KEY``."""
     from tailored.bundle.build import build_bundle
-    from tailored.config import load_config
+    from tailored.config import DataConfig, load_config
     from tailored.train.two_tower.fit import train
 
     base = tmp_path_factory.mktemp("serve-bundle")
     small = small_config(movielens_dir, train={"max_epochs": 2}).to_dict()
-    # clicks tracked by the server count as history (the dataset itself has only ratings)
-    small["data"]["positive_events"] = {"rating": 1.0, "click": 1.0}
+    # clicks tracked by the server count as history (the dataset itself has only ratings), and
+    # a site's own types: add_to_cart a positive, hide a negative, share kept unused
+    small["data"]["positive_events"] = DataConfig().positive_events
+    small["data"]["events"] = {
+        "rating": {"role": "positive"},
+        "click": {"role": "positive"},
+        "add_to_cart": {"role": "positive"},
+        "impression": {"role": "exposure"},
+        "hide": {"role": "negative"},
+        "share": {"role": "ignored"},
+    }
     ranker = {"max_epochs": 2, "candidates": 50, "max_users": 300, "hidden": 32, "patience": 1}
     cfg = load_config(values={**small, "ranker": ranker, "index": {"recall_queries": 100}})
     train(cfg, out=base / "run")

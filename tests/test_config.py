@@ -25,7 +25,23 @@ def test_shipped_configs_load(path: Path) -> None:
         ("[train]\nprecision = 'fp8'\n", "[train] precision: 'fp8' is not one of"),
         ("[data]\nsplit = 'random'\n", "[data] split: 'random' is not one of"),
         ("[index]\nkind = 'annoy'\n", "[index] kind: 'annoy' is not one of"),
-        ("[data]\npositive_events = { like = 1.0 }\n", "[data] positive_events.like: not an"),
+        (
+            '[data]\npositive_events = { "add to cart" = 1.0 }\n',
+            "[data] positive_events.add to cart: 'add to cart' is not an event type name",
+        ),
+        ("[data.events]\nhide = { role = 'veto' }\n", "[data] events.hide.role: 'veto' is not"),
+        (
+            "[data.events]\nhide = { role = 'negative', weight = 2.0 }\n",
+            "[data] events.hide: weight, min_value and needs_value apply to positives only",
+        ),
+        (
+            "[data.events]\nimpression = { role = 'exposure' }\n",
+            "[data] events: name at least one event type with role 'positive'",
+        ),
+        (
+            "[data]\nmin_rating = 3.0\n[data.events]\nrating = { role = 'positive' }\n",
+            "[data] min_rating: give either [data.events] or min_rating",
+        ),
         ("[serving]\nport = 1\n", "unknown section(s) ['serving']"),
         ("[model\n", "not valid TOML"),
     ],
@@ -96,3 +112,31 @@ def test_ranker_item_item_model_settings() -> None:
             load_config(values={"ranker": {"ease_items": bad}})
     with pytest.raises(ConfigError, match=r"\[ranker\] ease_l2: must be > 0"):
         load_config(values={"ranker": {"ease_l2": 0.0}})
+
+
+def test_event_types_are_names_with_roles_and_the_legacy_keys_mean_what_they_meant() -> None:
+    from tailored.config import EventRole
+
+    legacy = load_config(values={"data": {"positive_events": {"click": 1.0, "view": 2.0}}})
+    assert legacy.data.event_roles() == {
+        "impression": EventRole("exposure"),
+        "click": EventRole("positive", 1.0),
+        "view": EventRole("positive", 2.0, 30.0, True),  # a view counts from 30 s of dwell
+    }
+    events = {
+        "click": {"role": "positive", "min_value": 5},
+        "add_to_cart": {"role": "positive", "weight": 2},
+        "impression": {"role": "exposure"},
+        "hide": {"role": "negative"},
+        "share": {"role": "ignored"},
+    }
+    roles = load_config(values={"data": {"events": events}}).data.event_roles()
+    assert roles["add_to_cart"] == EventRole("positive", 2.0)
+    assert roles["hide"].role == "negative" and not roles["hide"].counts(None)
+    # a click with 3 s of dwell is no positive; one with 8 s is, and so is one with no dwell
+    assert [roles["click"].counts(v) for v in (3.0, 8.0, None, float("nan"))] == [
+        False,
+        True,
+        True,
+        True,
+    ]

@@ -33,7 +33,7 @@ __all__ = ["LoadedRun", "load_data", "load_run", "save_model"]
 
 def load_data(cfg: Config) -> Interactions:
     d = cfg.data
-    rule = PositiveRule(dict(d.positive_events), d.min_view_seconds, d.min_rating)
+    rule = PositiveRule.from_config(d)
     return load_interactions(
         dataset_dir(d.dataset),
         rule,

@@ -130,7 +130,7 @@ def _movielens() -> dict[str, Any]:
         )
         data = load_data(cfg)
         result = train(cfg, out=Path(d) / "run", data=data)
-        built = build_bundle(result.out, Path(d) / "bundles", progress_bar=False)
+        built = build_bundle(result.out, Path(d) / "bundles", progress_bar=False, through="valid")
         report = evaluate_bundle(built.path, split="test", history="all", data=data)
         doc = json.loads((built.path / "segments" / "segments.json").read_text())
     return {

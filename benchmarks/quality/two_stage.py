@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             start = time.perf_counter()
             result = train(cfg, out=Path(tmp) / f"run{seed}", data=data)
             trained = time.perf_counter()
-            built = build_bundle(result.out, Path(tmp) / f"bundles{seed}", progress_bar=False)
+            # through valid: the bundle has not seen the test period it is evaluated on
+            built = build_bundle(
+                result.out, Path(tmp) / f"bundles{seed}", progress_bar=False, through="valid"
+            )
             bundled = time.perf_counter()
             live = evaluate_bundle(built.path, split="test", history="all", data=data)
             train_only = evaluate_bundle(built.path, split="test", history="train", data=data)

@@ -172,7 +172,7 @@ class PageResponse(_message.Message):
     def __init__(self, modules: _Optional[_Iterable[_Union[PageModuleResult, _Mapping]]] = ..., request_id: _Optional[str] = ..., bundle_version: _Optional[str] = ..., policy: _Optional[str] = ..., strategy: _Optional[str] = ..., degraded: _Optional[bool] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context", "request_id", "module")
+    __slots__ = ("user_id", "item_id", "type", "time_unix_ms", "value", "surface", "context", "request_id", "module", "type_name")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class Event(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     type: EventType
@@ -191,7 +192,8 @@ class Event(_message.Message):
     context: Context
     request_id: str
     module: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., time_unix_ms: _Optional[int] = ..., value: _Optional[float] = ..., surface: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., request_id: _Optional[str] = ..., module: _Optional[str] = ...) -> None: ...
+    type_name: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., time_unix_ms: _Optional[int] = ..., value: _Optional[float] = ..., surface: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., request_id: _Optional[str] = ..., module: _Optional[str] = ..., type_name: _Optional[str] = ...) -> None: ...
 
 class TrackRequest(_message.Message):
     __slots__ = ("events",)

@@ -44,7 +44,8 @@ RANKER = {
 def built(
     movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path, BuildResult]:
-    """A copy of the dataset (the refresh test adds an item to it), a run, its bundle."""
+    """A copy of the dataset (the refresh test adds an item to it), a run, its bundle (built
+    through valid, to be evaluated on test)."""
     base = tmp_path_factory.mktemp("bundle")
     dataset = base / "movielens-100k"
     shutil.copytree(movielens_dir, dataset)
@@ -52,7 +53,7 @@ def built(
     cfg = load_config(values={**small, "ranker": RANKER, "index": {"recall_queries": 100}})
     run = base / "run"
     train(cfg, out=run)
-    result = build_bundle(run, base / "bundles", progress_bar=False)
+    result = build_bundle(run, base / "bundles", progress_bar=False, through="valid")
     return dataset, run, result
 
 
@@ -73,7 +74,7 @@ def test_a_bundle_holds_everything_and_verifies(built: tuple[Path, Path, BuildRe
     ):
         assert BUNDLE_FILES[key] in names, key
     assert {"index/index.faiss", "index/ids.npy", "index/index.json"} <= names
-    assert manifest.data["counts"]["items"] == 1682
+    assert manifest.data["counts"]["items"] == 1682 and manifest.data["through"] == "valid"
     assert manifest.config["ranker"]["candidates"] == 50
     m = manifest.metrics
     assert m["user_tower_onnx_max_abs_diff"] <= 1e-4
@@ -110,9 +111,9 @@ def test_evaluate_cli_on_a_bundle(
     built: tuple[Path, Path, BuildResult], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, _, result = built
-    assert main(["evaluate", str(result.path.parent), "--json", "--split", "valid"]) == 0
+    assert main(["evaluate", str(result.path.parent), "--json", "--split", "test"]) == 0
     report: dict[str, Any] = json.loads(capsys.readouterr().out)
-    assert report["version"] == "v000001" and report["split"] == "valid"
+    assert report["version"] == "v000001" and report["split"] == "test"
     assert {"metrics", "retrieval", "popularity"} <= set(report)
     assert main(["evaluate", str(result.path)]) == 0
     text = capsys.readouterr().out
@@ -243,7 +244,8 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     from tailored.data.ranking_features import DENSE_FEATURES
 
     new = LoadedBundle.load(built[2].path)
-    assert new.item_regression.weights.shape == (1682, 1682)  # every movie has a rating
+    # every movie with a rating before the test period (the bundle is built through valid)
+    assert new.item_regression.weights.shape == (1649, 1649)
     assert new.ranker_dense == len(DENSE_FEATURES)
     old = tmp_path / "bundles" / "v000001"
     shutil.copytree(built[2].path, old)
@@ -260,7 +262,7 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     # without every user's items, serving's "already interacted" falls back to the snapshot
     assert new.users is not None and bundle.users is not None
     assert new.users.seen_offsets is not None
-    row = int(np.argmax(np.diff(new.users.seen_offsets)))  # the heaviest user: 737 movies
+    row = int(np.argmax(np.diff(new.users.seen_offsets)))  # the heaviest user: 664 movies
     recent = new.users.history[row][new.users.history[row] > 0]
     assert len(new.users.seen(row)) > len(recent) == 200 and set(recent) < set(new.users.seen(row))
     np.testing.assert_array_equal(bundle.users.seen(row), recent)

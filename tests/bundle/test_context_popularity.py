@@ -40,6 +40,19 @@ def _oracle(data: Interactions) -> dict[tuple[str, str], list[int]]:
     }
 
 
+def _now(bundle: LoadedBundle) -> float:
+    """The bundle's clock: just after its last event."""
+    return bundle.last_event_time + 1.0
+
+
+def _open(bundle: LoadedBundle, rows: list[int]) -> list[int]:
+    """``rows`` less the items not served at the bundle's clock (ended; the site's catalog
+    ends some items during its span)."""
+    assert bundle.windows is not None
+    closed = set(bundle.windows.closed(_now(bundle)).tolist())
+    return [r for r in rows if r not in closed]
+
+
 def _ask(
     bundle: LoadedBundle, k: int, exclude: tuple[str, ...] = (), **context: str
 ) -> Recommendation:
@@ -48,7 +61,7 @@ def _ask(
         user="someone",
         k=k,
         surface=surface,
-        time=0.0,
+        time=_now(bundle),
         personalized=False,
         context=context,
         exclude=exclude,
@@ -81,7 +94,7 @@ def test_without_consent_a_request_gets_what_is_popular_in_its_context(
     for device in devices:
         # a surface the data has no events for: the device alone decides
         rec = _ask(bundle, 10, surface="nowhere", device=device)
-        expected = oracle[("device", device)][:10]
+        expected = _open(bundle, oracle[("device", device)])[:10]
         assert [bundle.item_ids[r - 1] for r in expected] == rec.item_ids
         assert rec.reasons == [f"popular on {device}"] * 10
         assert rec.strategy == "popular"
@@ -105,7 +118,8 @@ def test_surface_and_device_together_sum_their_counts(
         total.update(data.item[data.context[:, f] == code].tolist())
     rec = _ask(bundle, 5, surface=surface, device=device)
     got = [int(np.flatnonzero(bundle.item_ids == i)[0]) + 1 for i in rec.item_ids]
-    assert [total[r] for r in got] == sorted((c for c in total.values()), reverse=True)[:5]
+    served = _open(bundle, list(total))
+    assert [total[r] for r in got] == sorted((total[r] for r in served), reverse=True)[:5]
     assert rec.reasons[0] == f"popular on {surface}, {device}"
 
 
@@ -113,8 +127,16 @@ def test_no_context_gives_the_overall_list(synthetic: tuple[Interactions, Loaded
     _, bundle = synthetic
     rec = _ask(bundle, 10, surface="nowhere")
     assert rec.reasons == ["popular right now"] * 10
-    overall = Recommender(bundle, ServeConfig(surfaces=("nowhere",))).popular[:10]
+    popular = Recommender(bundle, ServeConfig(surfaces=("nowhere",))).popular
+    overall = _open(bundle, popular.tolist())[:10]
     assert rec.item_ids == [bundle.item_ids[r - 1] for r in overall]
+    # a request from 1970 is shown only items the catalog has no launch time for
+    before = Recommender(bundle, ServeConfig(surfaces=("nowhere",))).recommend(
+        Request(user="someone", k=10, surface="nowhere", time=0.0, personalized=False)
+    )
+    assert bundle.windows is not None and len(before.item_ids) == 10
+    rows = [int(np.flatnonzero(bundle.item_ids == i)[0]) + 1 for i in before.item_ids]
+    assert (bundle.windows.start[rows] == 0).all() and before.item_ids != rec.item_ids
 
 
 def test_lists_follow_the_models_vocabulary_when_the_data_has_changed(

@@ -251,11 +251,11 @@ BAD_INPUTS = {
         "u_carol,fifty,",
         "users.csv: row 3, column 'age': 'fifty' is not a number",
     ),
-    "unknown event type": (
+    "not an event type name": (
         "ratings.csv",
         "u_bob,m2,1700000060,click",
-        "u_bob,m2,1700000060,like",
-        "ratings.csv: row 2, column 'event_type': 'like' is not one of",
+        "u_bob,m2,1700000060,add to cart",
+        "ratings.csv: row 2, column 'event_type': 'add to cart' is not an event type name",
     ),
     "unknown item": (
         "ratings.csv",
@@ -444,9 +444,7 @@ def test_presplit_data_is_trained_on_as_split(tmp_path: Path) -> None:
     for name, start, n in (("train", 0, 12), ("valid", 12, 3), ("test", 15, 3)):
         (root / f"{name}.csv").write_text(_csv(_event_rows(n, start)))
     out = import_dataset(mapping, tmp_path / "ds", key=KEY)
-    rule = PositiveRule(
-        {"click": 1.0, "rating": 1.0, "view": 1.0, "purchase": 1.0}, min_view_seconds=0.0
-    )
+    rule = PositiveRule.weighted({"click": 1.0, "rating": 1.0, "view": 1.0, "purchase": 1.0})
     data = load_interactions(out, rule, split="presplit")
     events = read_table(out, "events")
     kept = rule.mask(
@@ -467,3 +465,103 @@ def test_an_events_file_with_a_header_and_no_rows_is_refused(tmp_path: Path) -> 
     with pytest.raises(SchemaError, match=r"ratings.csv: no events \(a header and no rows\)"):
         import_dataset(mapping, tmp_path / "out" / "ds", key=KEY)
     assert _leftovers(tmp_path / "out") == []
+
+
+def test_a_site_s_own_event_types_are_imported_renamed_or_left_out_by_the_mapping_alone(
+    tmp_path: Path,
+) -> None:
+    rows = [
+        ["u_alice", "m1", str(T0), "AddToCart", "", "home"],
+        ["u_alice", "m2", str(T0 + 60), "ProductView", "42", "home"],
+        ["u_bob", "m1", str(T0 + 120), "debug_ping", "", "home"],
+        ["u_bob", "m3", str(T0 + 180), "wishlist", "", "search"],
+        ["u_carol", "m2", str(T0 + 240), "purchase", "n/a", "search"],
+    ]
+    root = tmp_path / "in"
+    mapping = _shop(root, events=_csv(rows))
+    text = mapping.read_text().replace(
+        "[events.context]",
+        'null_values = ["n/a"]\n'
+        "[events.types]\n"
+        'AddToCart = "add_to_cart"\nProductView = "view"\ndebug_ping = false\n'
+        "[events.context]",
+    )
+    mapping.write_text(text)
+    out = import_dataset(mapping, tmp_path / "ds", key=KEY)
+    events = read_table(out, "events")
+    assert events.column("type").to_pylist() == ["add_to_cart", "view", "wishlist", "purchase"]
+    assert events.column("value").to_pylist() == [None, 42.0, None, None]
+    assert read_dataset_meta(out).event_types == {
+        "add_to_cart": 1,
+        "purchase": 1,
+        "view": 1,
+        "wishlist": 1,
+    }
+
+
+def test_a_type_the_mapping_cannot_name_is_refused_with_the_key(tmp_path: Path) -> None:
+    mapping = _shop(tmp_path / "in")
+    mapping.write_text(
+        mapping.read_text().replace(
+            "[events.context]", '[events.types]\nclick = "a b"\n[events.context]'
+        )
+    )
+    with pytest.raises(MappingError, match=r"\[events.types.click\] write the stored type's name"):
+        load_mapping(mapping)
+
+
+def test_null_markers_of_a_table_and_of_a_field_read_as_missing(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    mapping = _shop(root)
+    (root / "users.csv").write_text("uid,age,sex\nu_alice,unknown,f\nu_bob,V,m\nu_carol,51,?\n")
+    mapping.write_text(
+        mapping.read_text()
+        .replace('id = "uid"\n', 'id = "uid"\nnull_values = ["unknown"]\n', 1)
+        .replace(
+            'age = { column = "age", kind = "numeric" }',
+            'age = { column = "age", kind = "numeric", null_values = ["V"] }',
+        )
+        .replace(
+            'gender = { column = "sex", kind = "categorical" }',
+            'gender = { column = "sex", kind = "categorical", null_values = ["?"] }',
+        )
+    )
+    out = import_dataset(mapping, tmp_path / "ds", key=KEY)
+    users = read_table(out, "users").to_pylist()
+    assert [(u["age"], u["gender"]) for u in users] == [(None, "f"), (None, "m"), (51.0, None)]
+    # without the markers the same file is refused, naming the cell
+    (root / "users.csv").write_text("uid,age,sex\nu_alice,unkonwn,f\nu_bob,V,m\nu_carol,51,?\n")
+    with pytest.raises(
+        SchemaError, match=r"users\.csv: row 1, column 'age': 'unkonwn' is not a number"
+    ):
+        import_dataset(mapping, tmp_path / "ds2", key=KEY)
+
+
+def test_the_catalog_s_availability_window_is_imported_and_checked(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    mapping = _shop(root)
+    (root / "items.csv").write_text(
+        "movie_id,name,genres,launch,end\n"
+        "m1,Heat,Action,2023-11-14T00:00:00Z,\n"
+        "m2,Up,Family,,2024-01-01\n"
+        "m3,Quiet,,,\n"
+    )
+    mapping.write_text(
+        mapping.read_text().replace(
+            'id = "movie_id"\n',
+            'id = "movie_id"\navailable_from = "launch"\navailable_until = "end"\n'
+            'time_format = "iso"\n',
+        )
+    )
+    out = import_dataset(mapping, tmp_path / "ds", key=KEY)
+    assert read_dataset_meta(out).schema.item_availability
+    items = read_table(out, "items")
+    assert items.column("available_from").to_pylist() == [1_699_920_000, None, None]
+    assert items.column("available_until").to_pylist() == [None, 1_704_067_200, None]
+    # an end before the launch names the row
+    (root / "items.csv").write_text(
+        "movie_id,name,genres,launch,end\nm1,Heat,Action,2024-02-01,2024-01-01\n"
+        "m2,Up,Family,,\nm3,Quiet,,,\n"
+    )
+    with pytest.raises(SchemaError, match=r"items\.csv: row 1, column 'end': .* is not after"):
+        import_dataset(mapping, tmp_path / "ds2", key=KEY)

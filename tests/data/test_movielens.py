@@ -35,7 +35,7 @@ def test_user_ids_are_pseudonymized(movielens_dir: Path) -> None:
 
 
 def test_recbole_split_of_movielens(movielens_dir: Path) -> None:
-    data = load_interactions(movielens_dir, PositiveRule({"rating": 1.0}))
+    data = load_interactions(movielens_dir, PositiveRule.weighted({"rating": 1.0}))
     counts = np.bincount(data.user, minlength=data.n_users)
     assert counts.min() >= 20  # every MovieLens-100k user rated at least 20 movies
     for u in range(0, data.n_users, 97):

@@ -33,6 +33,7 @@ class _Events:
     ts: np.ndarray
     kind: np.ndarray
     value: np.ndarray
+    position: np.ndarray  # the slot of the impression each event comes from
 
     def of(self, kind: str) -> np.ndarray:
         return np.flatnonzero(self.kind == kind)
@@ -54,6 +55,7 @@ def _events(d: Path) -> _Events:
         ev.column("timestamp").to_numpy(),
         np.asarray(ev.column("type").to_pylist()),
         value,
+        np.asarray(ev.column("position").to_pylist(), np.int64),
     )
 
 
@@ -105,10 +107,13 @@ def test_tables_follow_the_schema(site: tuple[Path, _Events, SynthTruth]) -> Non
     items = tables["items"].to_pylist()
     assert items[3]["item_id"] == "i000003" and items[3]["title"] == "Item 3"
     assert all(1 <= len(i["tags"]) <= 3 and len(set(i["tags"])) == len(i["tags"]) for i in items)
+    assert meta.schema.item_availability and meta.schema.context_fields == ("surface", "device")
+    assert meta.schema.event_position
     ev = tables["events"]
-    assert set(ev.column("type").to_pylist()) == {"impression", "click", "view", "purchase"}
-    null_value = pc.is_null(ev.column("value"))
-    assert pc.all(pc.equal(pc.equal(ev.column("type"), "click"), null_value)).as_py()
+    assert set(ev.column("type").to_pylist()) == {"impression", "click", "add_to_cart", "purchase"}
+    null_value = pc.is_null(ev.column("value"))  # a cart has no value; the others have one
+    assert pc.all(pc.equal(pc.equal(ev.column("type"), "add_to_cart"), null_value)).as_py()
+    assert ev.column("position").null_count == 0
     users = tables["users"]
     assert set(users.column("gender").drop_null().to_pylist()) <= set(GENDERS)
     assert set(users.column("region").to_pylist()) <= set(REGIONS)
@@ -163,18 +168,18 @@ def test_demographics_predict_tastes(site: tuple[Path, _Events, SynthTruth]) -> 
     assert np.array_equal(np.asarray(truth.user_segment)[known], seg)
 
 
-def test_clicks_views_and_purchases_follow_tastes(site: tuple[Path, _Events, SynthTruth]) -> None:
+def test_clicks_carts_and_purchases_follow_tastes(site: tuple[Path, _Events, SynthTruth]) -> None:
     _, ev, truth = site
 
     def affinity(rows: np.ndarray) -> np.ndarray:
         return truth.affinity(ev.user[rows], ev.item[rows], ev.ts[rows])
 
-    imp, clk, view, buy = (ev.of(k) for k in ("impression", "click", "view", "purchase"))
+    imp, clk, cart, buy = (ev.of(k) for k in ("impression", "click", "add_to_cart", "purchase"))
     assert affinity(clk).mean() > affinity(imp).mean() + 1.0
-    assert affinity(buy).mean() > affinity(clk).mean()
-    dwell = ev.value[view]
-    assert np.corrcoef(np.log(dwell), affinity(view))[0, 1] > 0.3
-    assert 0.03 < len(clk) / len(imp) < 0.3 and len(buy) < 0.2 * len(clk)
+    assert affinity(buy).mean() > affinity(cart).mean() > affinity(clk).mean()
+    dwell = ev.value[clk]  # a click's value is its dwell
+    assert np.corrcoef(np.log(dwell), affinity(clk))[0, 1] > 0.3
+    assert 0.03 < len(clk) / len(imp) < 0.3 and len(buy) < len(cart) < 0.3 * len(clk)
 
 
 def test_position_bias(site: tuple[Path, _Events, SynthTruth]) -> None:
@@ -189,9 +194,11 @@ def test_position_bias(site: tuple[Path, _Events, SynthTruth]) -> None:
     order = np.argsort(key(imp))
     at = order[np.searchsorted(key(imp)[order], key(clk), side="right") - 1]
     assert np.array_equal(ev.item[imp[at]], ev.item[clk])
-    position = ev.value[imp].astype(np.int64)
-    clicked = np.bincount(position[at], minlength=10)
-    ctr = clicked / np.bincount(position, minlength=10)
+    # an impression's value is its slot too; a click carries its impression's position
+    assert np.array_equal(ev.value[imp].astype(np.int64), ev.position[imp])
+    assert np.mean(ev.position[imp[at]] == ev.position[clk]) > 0.99
+    clicked = np.bincount(ev.position[clk], minlength=10)
+    ctr = clicked / np.bincount(ev.position[imp], minlength=10)
     assert ctr[0] > 2 * ctr[5], f"CTR by position {np.round(ctr, 3)}"
     assert np.all(np.diff(ctr[:6]) < 0)
 
@@ -231,6 +238,7 @@ def test_true_topk_is_the_best_by_true_affinity(site: tuple[Path, _Events, Synth
     rows = np.array([0, 5, 1999])
     top = true_topk(truth, rows, 10, block=2)
     full = truth.taste(rows) @ np.asarray(truth.item_factors).T + truth.item_bias
+    full[:, ~truth.available()] = -np.inf  # ended items are not in the catalog at the end
     assert np.array_equal(top, np.argsort(-full, axis=1, kind="stable")[:, :10])
     seen = [top[0, :3], np.array([], np.int64), top[2, :1]]
     again = true_topk(truth, rows, 10, exclude=seen)

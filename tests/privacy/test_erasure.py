@@ -169,7 +169,7 @@ def test_withdrawing_consent_erases_the_bundle_rows_and_training_leaves_them_out
     ids = pq.read_table(copy / "bundles" / "v000001" / BUNDLE_FILES["user_ids"])
     assert pseudo not in ids.column("user_id").to_pylist()
     # the dataset still holds them (no one named it), but training leaves them out
-    rule = PositiveRule({"click": 1.0, "purchase": 1.0, "rating": 1.0, "view": 1.0})
+    rule = PositiveRule.weighted({"click": 1.0, "purchase": 1.0, "rating": 1.0, "view": 1.0})
     data = load_interactions(copy / "site", rule)
     assert pseudo not in set(data.user_ids.tolist()) and data.n_users == 299
 

@@ -155,6 +155,33 @@ def test_items_passed_over_are_hidden_and_the_popular_control_skips_what_was_con
         r.stop()
 
 
+def test_a_site_s_own_event_types_are_tracked_by_name_and_play_their_roles(
+    running: Running,
+) -> None:
+    user = "7"
+    first = [i.item_id for i in running.client.recommend(user, 10).items]
+    named = [
+        pb.Event(user_id=user, item_id=first[0], type_name="hide"),
+        pb.Event(user_id=user, item_id=first[1], type_name="add_to_cart"),
+        pb.Event(user_id=user, item_id=first[2], type_name="share"),
+    ]
+    assert running.client.track(named).accepted == 3
+    stored = running.service.state.user(running.service.pseudonym(user), 10).events
+    assert [e.type for e in stored] == ["hide", "add_to_cart", "share"]
+    after = [i.item_id for i in running.client.recommend(user, 10).items]
+    # hidden: never again; put in the cart: a positive, so consumed; shared: no role, stays
+    assert first[0] not in after and first[1] not in after and first[2] in after
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.track([pb.Event(user_id=user, item_id="50", type_name="wishlist")])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].type_name" in (err.value.details() or "")
+    assert "'wishlist' is not an event type of the served bundle" in (err.value.details() or "")
+    both = pb.Event(user_id=user, item_id="50", type=pb.CLICK, type_name="hide")
+    with pytest.raises(grpc.RpcError) as err:
+        running.client.track([both])
+    assert "give type or type_name, not both" in (err.value.details() or "")
+
+
 def test_without_consent_nothing_is_personalized_or_kept(running: Running) -> None:
     user = "3"
     assert running.client.track([_click(user, "50"), _click(user, "181")]).accepted == 2

@@ -19,7 +19,7 @@ L = 5
 
 @pytest.fixture(scope="module")
 def data(movielens_dir: Path) -> Interactions:
-    return load_interactions(movielens_dir, PositiveRule({"rating": 1.0}))
+    return load_interactions(movielens_dir, PositiveRule.weighted({"rating": 1.0}))
 
 
 def _items(data: Interactions, user: int, splits: tuple[int, ...]) -> list[int]:
