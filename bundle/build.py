@@ -56,6 +56,7 @@ from tailored.retrieval.choose import BuiltIndex
 from tailored.retrieval.embed import EmbeddedItems, embed_items, embed_users
 from tailored.retrieval.segments import describe_segments, fit_segments
 from tailored.train.runs import load_data
+from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import UserHistory
 from tailored.train.two_tower.model import TowerSpec, TwoTower, build_model
 
@@ -240,7 +241,8 @@ def _write_bundle(
     data = snapshot.cut(data, through)
     items_t, train_index, items = _current_items(src)
     uin = _user_inputs(src, data) if users else None
-    emb = _embed(src, train_index, items, uin, devices=devices, progress_bar=progress_bar)
+    with torch_threads(src.cfg.train.threads, processes=devices):
+        emb = _embed(src, train_index, items, uin, devices=devices, progress_bar=progress_bar)
     n = len(train_index)
     if _rank() != 0:  # another DDP rank: rank 0 writes the bundle
         return BuildResult(root, n, 0, 0, emb.item_seconds, 0.0)

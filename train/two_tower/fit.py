@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
@@ -25,6 +26,7 @@ from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import write_json_atomic
 from tailored.train.runs import LoadedRun, load_data, save_model
+from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule
 from tailored.train.two_tower.model import TwoTower, build_model, tower_spec
 from tailored.train.two_tower.task import TwoTowerTask
@@ -32,10 +34,15 @@ from tailored.train.two_tower.task import TwoTowerTask
 if TYPE_CHECKING:  # imported where DP is on: Opacus is not needed otherwise
     from tailored.train.two_tower.private import PrivateDataModule, PrivateTwoTowerTask
 
-__all__ = ["RunResult", "ThroughputMeter", "train"]
+__all__ = ["RunResult", "ThroughputMeter", "train", "val_checks_per_epoch"]
 
 _log = logging.getLogger(__name__)
 _MONITOR = "valid/ndcg@10"  # the checkpoint kept, and early stopping, go by it
+# [train] val_checks_per_epoch = 0 (auto): validate every this many steps at least, and at
+# least 10 training steps per validation batch (one costs about a step: a tower's forward
+# pass and a score for every item), so that validation stays near a tenth of the time or less
+AUTO_VAL_MIN_STEPS = 1000
+AUTO_VAL_MAX_CHECKS = 10
 
 
 @dataclass
@@ -45,6 +52,8 @@ class RunResult:
     epochs: int
     samples_per_second: float  # training examples per second of training (validation excluded)
     train_seconds: float
+    threads: int = 0  # torch's intra-op threads it trained on ([train] threads)
+    val_checks_per_epoch: int = 1  # validations an epoch ([train] val_checks_per_epoch)
 
 
 class ThroughputMeter(pl.Callback):
@@ -137,8 +146,39 @@ def _quiet_lightning() -> None:
 
 
 def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunResult:
-    """Train the two-tower model and write the run directory ``out``; return its summary."""
-    out = _clean_run_dir(Path(out))
+    """Train the two-tower model and write the run directory ``out``; return its summary.
+    torch runs on ``[train] threads`` meanwhile (restored afterwards)."""
+    with torch_threads(cfg.train.threads, processes=cfg.train.devices) as threads:
+        _log.info("training on %d torch thread(s)", threads)
+        return _train(cfg, Path(out), data, threads)
+
+
+def val_checks_per_epoch(setting: int, steps_per_epoch: int, val_batches: int) -> int:
+    """Validations an epoch: ``[train] val_checks_per_epoch``, or for 0 (auto) one every
+    max(:data:`AUTO_VAL_MIN_STEPS`, 10 x ``val_batches``) of the epoch's ``steps_per_epoch``
+    steps, at least 1 and at most :data:`AUTO_VAL_MAX_CHECKS`."""
+    if setting:
+        return setting
+    every = max(AUTO_VAL_MIN_STEPS, 10 * val_batches)
+    return max(1, min(AUTO_VAL_MAX_CHECKS, steps_per_epoch // every))
+
+
+def _epoch_size(dm: TwoTowerDataModule, world: int) -> tuple[int, int]:
+    """(training steps, validation batches) of an epoch on each of ``world`` devices,
+    estimated before the loaders exist (sequence chunks are cut afresh each epoch: about
+    one per ``sequence_targets`` targets of a user, plus the random first one's half)."""
+    if dm.sequences:
+        targets = np.diff(dm.train_history.offsets) - 1
+        targets = targets[targets > 0]
+        rows = int(np.ceil(targets / dm.sequence_targets).sum() + 0.5 * len(targets))
+    else:
+        rows = len(dm.train_item)
+    val_batches = -(-len(dm.val_users) // (256 * world))  # eval_loader's batch size
+    return rows // (dm.batch_size * world), val_batches
+
+
+def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> RunResult:
+    out = _clean_run_dir(out)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = data if data is not None else load_data(cfg)
     spec = tower_spec(data)
@@ -164,13 +204,21 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
     if not _terminal():
         callbacks.append(ProgressLines(cfg.train.progress_seconds, meter))
     _quiet_lightning()
-    trainer = _trainer(cfg, out, callbacks, early_stopping=not dp)
     private = _private(cfg, model, data) if dp else None
+    dm = private[1] if private is not None else _data_module(cfg, data)
+    t = cfg.train
+    if private is not None:  # under DP validation decides nothing: once an epoch unless asked
+        checks = t.val_checks_per_epoch or 1
+    else:
+        checks = val_checks_per_epoch(t.val_checks_per_epoch, *_epoch_size(dm, t.devices))
+        if checks > 1:
+            _log.info("validating %d times an epoch (patience counts validations)", checks)
+    trainer = _trainer(cfg, out, callbacks, early_stopping=not dp, val_checks=checks)
     try:
         if private is not None:
-            trainer.fit(private[0], datamodule=private[1])
+            trainer.fit(private[0], datamodule=dm)
         else:
-            trainer.fit(_task(cfg, model, data), datamodule=_data_module(cfg, data))
+            trainer.fit(_task(cfg, model, data), datamodule=dm)
     except SIGTERMException as e:  # Lightning's own: a SystemExit whose status would be 0
         raise TailoredError(
             f"training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
@@ -192,7 +240,7 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         else:
             _keep_best(model, ckpt.best_model_path, untrained if reset else None)
         save_model(out, cfg, spec, data, model)
-        _write_metrics(out, cfg, model, data, best, epochs, meter, privacy)
+        _write_metrics(out, cfg, model, data, best, epochs, meter, privacy, threads, checks)
         _log.info(
             "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
             best,
@@ -205,6 +253,8 @@ def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunRes
         epochs=epochs,
         samples_per_second=meter.samples_per_second,
         train_seconds=meter.seconds,
+        threads=threads,
+        val_checks_per_epoch=checks,
     )
 
 
@@ -275,14 +325,24 @@ def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
         context_dropout=cfg.model.context_dropout,
         lr_patience=cfg.train.lr_patience,
         lr_factor=cfg.train.lr_factor,
+        lr_schedule=cfg.train.schedule,
+        lr_warmup_steps=cfg.train.lr_warmup_steps,
+        lr_min_ratio=cfg.train.lr_min_ratio,
     )
 
 
 def _trainer(
-    cfg: Config, out: Path, callbacks: list[pl.Callback], *, early_stopping: bool = True
+    cfg: Config,
+    out: Path,
+    callbacks: list[pl.Callback],
+    *,
+    early_stopping: bool = True,
+    val_checks: int = 1,
 ) -> pl.Trainer:
     """Lightning's Trainer as ``[train]`` configures it: early stopping on validation
-    ndcg@10 (not under DP), EMA weights if asked, bf16 on CUDA, DDP on several devices."""
+    ndcg@10 (not under DP), EMA weights if asked, bf16 on CUDA, DDP on several devices;
+    validation ``val_checks`` times an epoch (the checkpoint and early stopping then act at
+    each, and patience counts them)."""
     t = cfg.train
     if early_stopping:
         stop = EarlyStopping(monitor=_MONITOR, mode="max", patience=t.patience)
@@ -298,6 +358,9 @@ def _trainer(
         precision=_precision(t.precision, cuda),
         max_epochs=t.max_epochs,
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
+        # after every 1/N of an epoch's batches (Lightning: every int(batches / N)); 1.0
+        # keeps Lightning's checks at the epoch's end
+        val_check_interval=1.0 if val_checks == 1 else 1.0 / val_checks,
         callbacks=callbacks,
         logger=_logger(cfg, out),
         enable_progress_bar=t.progress_bar and _terminal(),
@@ -347,10 +410,13 @@ def _write_metrics(
     epochs: int,
     meter: ThroughputMeter,
     privacy: dict[str, Any] | None = None,
+    threads: int = 0,
+    val_checks: int = 1,
 ) -> None:
     """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
     ``[train] final_eval_users`` sampled users), beside the popularity baseline, and how
-    training went; under DP, ``privacy``: epsilon spent at delta and how (DPPlan.report)."""
+    training went (its torch threads, validations an epoch); under DP, ``privacy``: epsilon
+    spent at delta and how (DPPlan.report)."""
     from tailored.train.evaluate import evaluate
 
     model.eval()
@@ -360,6 +426,8 @@ def _write_metrics(
         "epochs": epochs,
         "samples_per_second": meter.samples_per_second,
         "train_seconds": meter.seconds,
+        "threads": threads,
+        "val_checks_per_epoch": val_checks,
     }
     if privacy is not None:
         report["privacy"] = privacy

@@ -6,6 +6,7 @@ It owns no model code (that is :mod:`tailored.train.two_tower.model`) and no dat
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -14,11 +15,14 @@ import torch
 from torch import Tensor
 
 from tailored.config import LossConfig
+from tailored.errors import TailoredError
 from tailored.train.two_tower.data import Batch, EvalBatch, SequenceBatch
 from tailored.train.two_tower.loss import sampled_softmax_loss
 from tailored.train.two_tower.model import TwoTower
 
-__all__ = ["TwoTowerTask", "rank_all_items"]
+__all__ = ["PlateauScale", "TwoTowerTask", "lr_multiplier", "rank_all_items"]
+
+_log = logging.getLogger(__name__)
 
 
 def rank_all_items(model: TwoTower, batch: EvalBatch, item_emb: Tensor, k: int) -> Tensor:
@@ -45,6 +49,46 @@ def _ndcg_recall(topk: Tensor, relevant: Tensor, k: int) -> tuple[Tensor, Tensor
     return dcg / ideal, hit.sum(1) / n_rel.clamp_min(1.0)
 
 
+def lr_multiplier(
+    step: int, *, schedule: str, warmup_steps: int, total_steps: int, min_ratio: float
+) -> float:
+    """The share of ``[train] lr`` that optimizer step ``step`` (0-based) uses: a linear
+    warm-up over the first ``warmup_steps`` (from 1/warmup_steps to 1), then for "cosine" half
+    a cosine from 1 down to ``min_ratio`` at step ``total_steps - 1`` (and there after);
+    "constant" and "plateau" stay at 1 (the plateau's drops multiply this)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule != "cosine":
+        return warm
+    peak = max(warmup_steps - 1, 0)  # the warm-up's last step, at the full rate
+    t = min(1.0, max(0, step - peak) / max(1, total_steps - 1 - peak))
+    return warm * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+class PlateauScale:
+    """torch's ReduceLROnPlateau rule (mode "max", relative threshold 1e-4, no cooldown) as a
+    factor on the schedule, so that it composes with a warm-up: after more than ``patience``
+    checks without a new best, ``scale`` is multiplied by ``factor``."""
+
+    def __init__(self, patience: int, factor: float) -> None:
+        self.patience = patience
+        self.factor = factor
+        self.best = -math.inf
+        self.bad = 0
+        self.scale = 1.0
+
+    def step(self, value: float) -> bool:
+        """Record a validation check's metric; whether the rate drops now."""
+        if value > self.best * (1.0 + 1e-4):  # -inf at first: any value is a new best
+            self.best, self.bad = value, 0
+            return False
+        self.bad += 1
+        if self.bad <= self.patience:
+            return False
+        self.scale *= self.factor
+        self.bad = 0
+        return True
+
+
 class TwoTowerTask(pl.LightningModule):
     """Trains :class:`TwoTower` with sampled softmax; validates full-ranking NDCG@10."""
 
@@ -62,6 +106,9 @@ class TwoTowerTask(pl.LightningModule):
         context_dropout: float = 0.0,
         lr_patience: int = 0,
         lr_factor: float = 0.3,
+        lr_schedule: str = "auto",
+        lr_warmup_steps: int = 0,
+        lr_min_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -72,12 +119,27 @@ class TwoTowerTask(pl.LightningModule):
         self.context_dropout = context_dropout
         self.lr_patience = lr_patience
         self.lr_factor = lr_factor
+        # [train] lr_schedule (its "auto" resolved as TrainConfig.schedule does)
+        self.lr_schedule = (
+            ("plateau" if lr_patience else "constant") if lr_schedule == "auto" else lr_schedule
+        )
+        self.lr_warmup_steps = lr_warmup_steps
+        self.lr_min_ratio = lr_min_ratio
+        self._plateau = (
+            PlateauScale(lr_patience, lr_factor) if self.lr_schedule == "plateau" else None
+        )
+        self._scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._total_steps = 0  # "cosine": the steps it is planned over
         p = item_popularity.double() / item_popularity.sum().clamp_min(1.0)
         # items never seen in training get the smallest observed probability
         floor = p[p > 0].min() if (p > 0).any() else torch.tensor(1.0, dtype=torch.float64)
         self.register_buffer("log_q", torch.log(torch.where(p > 0, p, floor)).float())
         self._item_emb: Tensor | None = None
         self._val_sums: Tensor | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # the rate this step uses ([train] lr_schedule), in the run's log as train/lr
+        self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
     def training_step(self, batch: Batch | SequenceBatch, batch_idx: int) -> Tensor:
         context = batch.context
@@ -149,14 +211,48 @@ class TwoTowerTask(pl.LightningModule):
         self.log("valid/ndcg@10", (sums[0] / n).float(), prog_bar=True, sync_dist=True)
         self.log("valid/recall@10", (sums[1] / n).float(), sync_dist=True)
         self._item_emb = None
+        plateau = self._plateau if not self.trainer.sanity_checking else None
+        # every rank saw the same summed metric, so every rank drops together
+        if plateau is not None and plateau.step(float(sums[0] / n)):
+            _log.info("valid/ndcg@10 stalled: learning rate x%g", self.lr_factor)
+            self._apply_schedule()
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.lr_patience:
+        if self.lr_schedule == "constant" and not self.lr_warmup_steps:
             return opt
-        # lower the rate when validation NDCG stalls, so training settles on a good point
-        # instead of early stopping at a noisy peak
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="max", factor=self.lr_factor, patience=self.lr_patience
+        # one LambdaLR, stepped after every optimizer step: warm-up, cosine, and the plateau's
+        # drops (validation checks, not epochs: see on_validation_epoch_end)
+        self._total_steps = self._planned_steps() if self.lr_schedule == "cosine" else 0
+        self._scheduler = torch.optim.lr_scheduler.LambdaLR(opt, self._multiplier)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self._scheduler, "interval": "step"},
+        }
+
+    def _multiplier(self, step: int) -> float:
+        scale = self._plateau.scale if self._plateau is not None else 1.0
+        return scale * lr_multiplier(
+            step,
+            schedule=self.lr_schedule,
+            warmup_steps=self.lr_warmup_steps,
+            total_steps=self._total_steps,
+            min_ratio=self.lr_min_ratio,
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "valid/ndcg@10"}}
+
+    def _planned_steps(self) -> int:
+        """Optimizer steps in ``max_epochs`` epochs of the first epoch's length (a run stopped
+        early, or by max_minutes, ends before the cosine's end)."""
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise TailoredError("the cosine learning-rate schedule needs epochs of known length")
+        return int(steps)
+
+    def _apply_schedule(self) -> None:
+        """The rate the schedule now gives, at once (a plateau's drop would otherwise wait
+        for the next step's scheduler update)."""
+        sched = self._scheduler
+        if sched is None:
+            return
+        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * self._multiplier(sched.last_epoch)
