@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tailored.bundle.format import BUNDLE_FILES, load_npy
+from tailored.bundle.format import BUNDLE_FILES, BundleError, load_npy
 from tailored.data.schema import AVAILABILITY, read_dataset_meta
 
 __all__ = ["NEVER", "ItemWindows", "item_windows"]
@@ -58,14 +58,27 @@ class ItemWindows:
         return rows[self.end[rows] > t]
 
     @classmethod
-    def load(cls, root: Path) -> ItemWindows | None:
-        """The bundle's windows, or None for a bundle written before they were kept."""
-        start, end = (
-            root / BUNDLE_FILES[k] for k in ("item_available_from", "item_available_until")
-        )
-        if not start.exists():
+    def load(cls, root: Path, rows: int) -> ItemWindows | None:
+        """The bundle's windows for its ``rows`` item rows (padding included), or None for a
+        bundle written before they were kept. Raises BundleError naming the file when they are
+        not one int64 time per row each, or an item's window ends before it starts."""
+        paths = [root / BUNDLE_FILES[k] for k in ("item_available_from", "item_available_until")]
+        if not paths[0].exists():
             return None
-        return cls(load_npy(start), load_npy(end))
+        start, end = (load_npy(p) for p in paths)
+        for path, a in zip(paths, (start, end), strict=True):
+            if a.ndim != 1 or a.dtype != np.int64 or len(a) != rows:
+                raise BundleError(
+                    f"{path}: {a.dtype} {a.shape}, expected int64 unix seconds, one per item row "
+                    f"({rows})"
+                )
+        bad = np.flatnonzero(end[1:] <= start[1:])
+        if len(bad):
+            raise BundleError(
+                f"{paths[1]}: item row {bad[0] + 1} ends ({end[bad[0] + 1]}) before it starts "
+                f"({start[bad[0] + 1]})"
+            )
+        return cls(start, end)
 
 
 def item_windows(

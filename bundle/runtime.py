@@ -357,7 +357,7 @@ class LoadedBundle:
             ),
             ranker_dense=_dense_width(ranker, root),
             segments=SegmentModel.load(root),
-            windows=ItemWindows.load(root),
+            windows=ItemWindows.load(root, len(items_t) + 1),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree
         return bundle
