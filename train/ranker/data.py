@@ -5,7 +5,10 @@ passed in, so the same code serves the torch model and the ONNX bundle.
 
 A user's request is made at ``now`` = the time of their first event in the target split
 (when they came back); the history is what is known before it, and item activity counts
-only the events of the known splits before ``now``.
+only the events of the known splits before ``now``. Or at given times (``now=``), as a
+server stamps them: its clock is where the known events end (:func:`history_cut`, the
+bundle clock) plus however long after the build the request comes (:func:`request_delays`),
+and its item activity is frozen at that cut (``activity_at=``), as a bundle's snapshot is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
+    ActivitySnapshot,
     ItemActivity,
     ItemNeighbors,
     ItemRegression,
@@ -27,7 +31,16 @@ from tailored.data.ranking_features import (
     item_tags,
 )
 
-__all__ = ["Requests", "Retriever", "build_requests", "exact_retriever"]
+__all__ = [
+    "Requests",
+    "Retriever",
+    "build_requests",
+    "exact_retriever",
+    "history_cut",
+    "request_delays",
+]
+
+_DAY = 86_400
 
 # (user embeddings float32 [B, D], items to exclude per user) -> (scores [B, C], items [B, C])
 # with 1-based item indices, 0 where fewer than C items are available
@@ -49,6 +62,12 @@ class Requests:
 
     def take(self, rows: np.ndarray) -> Requests:
         return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def concat(parts: list[Requests]) -> Requests:
+        """The requests of ``parts`` (of the same candidate count), in order."""
+        fields = Requests.__dataclass_fields__
+        return Requests(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
     def batches(self, size: int) -> list[Requests]:
         """Consecutive runs of at most ``size`` requests, in order."""
@@ -74,6 +93,31 @@ def exact_retriever(item_emb: np.ndarray) -> Retriever:
         return s.astype(np.float32), np.where(np.isfinite(s), ids, 0)
 
     return retrieve
+
+
+def history_cut(data: Interactions, splits: tuple[int, ...]) -> int:
+    """Where the known events of ``splits`` end, over all users: one second after the last
+    (seconds), where a bundle of them starts its serving clock (``[serve] clock = "bundle"``)."""
+    times = data.timestamp[np.isin(data.split, splits)]
+    return int(times.max()) + 1 if len(times) else 0
+
+
+def request_delays(days: tuple[float, ...], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` delays after a bundle's build, seconds int64 [n]: each one of ``days`` (each
+    equally likely), as :attr:`~tailored.config.RankerConfig.request_delay_days` says."""
+    if not days:
+        raise ValueError("days: give at least one delay")
+    drawn = rng.choice(np.asarray(days, np.float64), size=n)
+    return np.round(drawn * _DAY).astype(np.int64)
+
+
+def _frozen(activity: ItemActivity, at: int, n_items: int) -> ActivitySnapshot:
+    """``activity`` as a bundle snapshots it at ``at``: counts of the events before it, in
+    all, the 7 and the 30 days before it; first seen among those events (-1: none)."""
+    items = np.arange(n_items + 1)
+    before, week, month = activity.counts(items, at)
+    first = np.where(before > 0, activity.first_time(items), -1)
+    return ActivitySnapshot(np.stack([before, week, month], 1).astype(np.float32), first)
 
 
 @dataclass(frozen=True)
@@ -123,13 +167,23 @@ def _candidates(
 
 
 def _stats(
-    data: Interactions, h: _Events, seed: int, ease_items: int, ease_l2: float
+    data: Interactions,
+    h: _Events,
+    seed: int,
+    ease_items: int,
+    ease_l2: float,
+    activity_at: int | None = None,
 ) -> dict[str, Any]:
-    """What the ranking features read of the history events: item activity, co-occurrence
-    neighbours, the item-item model, and the items' tags."""
+    """What the ranking features read of the history events: item activity (as of each
+    request's time, or frozen at ``activity_at``), co-occurrence neighbours, the item-item
+    model, and the items' tags."""
     h_users = np.repeat(np.arange(data.n_users), np.diff(h.offsets))
+    exact = ItemActivity.of(h.items, h.times, data.n_items)
+    activity: ItemActivity | ActivitySnapshot = exact
+    if activity_at is not None:
+        activity = _frozen(exact, activity_at, data.n_items)
     return {
-        "activity": ItemActivity.of(h.items, h.times, data.n_items),
+        "activity": activity,
         "neighbors": ItemNeighbors.of(h_users, h.items, h.offsets, data.n_items, seed=seed),
         "regression": ItemRegression.of(
             h_users, h.items, data.n_items, max_items=ease_items, l2=ease_l2
@@ -153,6 +207,8 @@ def build_requests(
     prefix: np.ndarray | None = None,
     ease_items: int = RankerConfig.ease_items,
     ease_l2: float = RankerConfig.ease_l2,
+    now: np.ndarray | None = None,
+    activity_at: int | None = None,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
@@ -165,6 +221,12 @@ def build_requests(
     moved into its history (the embeddings must have been made with them), so one user
     gives several requests, each made when the next of their target events happened and
     labelled by the rest; every row needs at least one target event left.
+
+    ``now`` int [R] (seconds): the requests' times instead of their next target events, as
+    a server stamps them (each at or after its history's last event: the history is never
+    read past ``now``, and never holds a target event unless ``prefix`` moved it there);
+    ``activity_at`` (seconds): item activity frozen at that time, as a bundle serves it,
+    instead of counted as of each ``now``.
     """
     h = _with_times(data, history_splits)
     t = _with_times(data, (target,))
@@ -175,9 +237,15 @@ def build_requests(
     if len(pre) != r or (pre < 0).any() or (t_start >= t.offsets[users + 1]).any():
         raise ValueError("prefix: needs one value per user, each leaving a target event")
     histories = [_history(h, t, users[row], t_start[row]) for row in range(r)]
+    if now is None:
+        now = t.times[t_start]
+    else:
+        now = np.broadcast_to(np.asarray(now, np.int64), (r,)).copy()
+        last = np.array([times.max(initial=np.iinfo(np.int64).min) for _, times in histories])
+        if (now < last).any():
+            raise ValueError("now: a request is stamped before its history's last event")
     cands, scores = _candidates(retrieve, user_emb, [h[0] for h in histories], n_candidates, batch)
-    stats = _stats(data, h, seed, ease_items, ease_l2)
-    now = t.times[t_start]
+    stats = _stats(data, h, seed, ease_items, ease_l2, activity_at)
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
     n_rel = (t.offsets[users + 1] - t_start).astype(np.int64)

@@ -15,10 +15,17 @@ from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import DENSE_FEATURES
 from tailored.data.splits import TRAIN, VALID
-from tailored.train.ranker.data import Requests, build_requests, exact_retriever
+from tailored.train.ranker.data import (
+    Requests,
+    build_requests,
+    exact_retriever,
+    history_cut,
+    request_delays,
+)
 from tailored.train.ranker.model import RankerSpec
 from tailored.train.ranker.task import RankerTables, RankerTrainResult, train_ranker
 from tailored.train.runs import LoadedRun
+from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule, UserHistory
 
 __all__ = ["fit_ranker", "ranker_spec", "ranker_tables", "run_user_embeddings"]
@@ -119,11 +126,31 @@ def training_requests(
 
     With ``cfg.lists_per_user`` n > 1, a user also gives the requests made when their
     validation period was 1/n, 2/n... through (those items joined the history; the rest
-    label it), where that leaves an item: more lists from the same honest period."""
+    label it), where that leaves an item: more lists from the same honest period.
+
+    With ``cfg.request_time = "serving"``, requests are stamped as a server would stamp them
+    had the bundle been built on the training split: at its end (:func:`history_cut`) plus a
+    delay drawn from ``cfg.request_delay_days``, with item activity frozen at that end; the
+    history is every training event, the labels every validation event, and a user's
+    ``cfg.lists_per_user`` lists differ only by their delays. ``"mixed"``: both sets of
+    lists, the next-event ones first."""
     data = run.data
     users = np.unique(data.user[data.split == VALID])
     if len(users) > cfg.max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, cfg.max_users, replace=False))
+    parts = []
+    if cfg.request_time in ("next_event", "mixed"):
+        parts.append(_next_event_requests(run, users, item_emb, cfg, seed))
+    if cfg.request_time in ("serving", "mixed"):
+        parts.append(_serving_requests(run, users, item_emb, cfg, seed))
+    return parts[0] if len(parts) == 1 else Requests.concat(parts)
+
+
+def _next_event_requests(
+    run: LoadedRun, users: np.ndarray, item_emb: np.ndarray, cfg: RankerConfig, seed: int
+) -> Requests:
+    """``users``' requests at their next (validation) events: see :func:`training_requests`."""
+    data = run.data
     n_valid = np.bincount(data.user[data.split == VALID], minlength=data.n_users)[users]
     rows, prefix = list_cuts(n_valid, cfg.lists_per_user)
     req_users = users[rows]
@@ -146,16 +173,46 @@ def training_requests(
     )
 
 
+def _serving_requests(
+    run: LoadedRun, users: np.ndarray, item_emb: np.ndarray, cfg: RankerConfig, seed: int
+) -> Requests:
+    """``users``' requests as serving stamps them: see :func:`training_requests`."""
+    data = run.data
+    req_users = np.tile(users, cfg.lists_per_user)
+    cut = history_cut(data, (TRAIN,))
+    # seeded apart from the users' sample, so the same users whatever the delays
+    now = cut + request_delays(
+        cfg.request_delay_days, len(req_users), np.random.default_rng([seed, 1])
+    )
+    return build_requests(
+        data,
+        req_users,
+        run_user_embeddings(run, req_users, (TRAIN,)),
+        exact_retriever(item_emb),
+        item_emb=item_emb,
+        history_splits=(TRAIN,),
+        target=VALID,
+        n_candidates=cfg.candidates,
+        seed=seed,
+        ease_items=cfg.ease_items,
+        ease_l2=cfg.ease_l2,
+        now=now,
+        activity_at=cut,
+    )
+
+
 def fit_ranker(
     run: LoadedRun, cfg: RankerConfig, *, progress_bar: bool = True
 ) -> tuple[RankerTrainResult, RankerTables, Requests]:
     """Train the ranker on the run's own candidates; returns it with the tables and requests
-    it was trained on (export traces a batch of them)."""
-    item_emb = run.model.all_item_embeddings().float().numpy()
-    tables = ranker_tables(run.data, item_emb)
-    requests = training_requests(run, item_emb, cfg, run.cfg.train.seed)
-    spec = ranker_spec(run.data, item_emb.shape[1], cfg)
-    result = train_ranker(
-        spec, cfg, tables, requests, seed=run.cfg.train.seed, progress_bar=progress_bar
-    )
+    it was trained on (export traces a batch of them). torch runs on the run's ``[train]
+    threads`` meanwhile."""
+    with torch_threads(run.cfg.train.threads):
+        item_emb = run.model.all_item_embeddings().float().numpy()
+        tables = ranker_tables(run.data, item_emb)
+        requests = training_requests(run, item_emb, cfg, run.cfg.train.seed)
+        spec = ranker_spec(run.data, item_emb.shape[1], cfg)
+        result = train_ranker(
+            spec, cfg, tables, requests, seed=run.cfg.train.seed, progress_bar=progress_bar
+        )
     return result, tables, requests
