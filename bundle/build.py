@@ -7,11 +7,12 @@ dataset's ``items.parquet``; an item the model was not trained on gets id 0 and 
 from its metadata, encoded with the vocabularies saved at training time.
 
 A bundle knows the events of the splits up to ``through`` only (``--through train | valid |
-test``, default ``test``: every event, as a live site's bundle): the users' histories and
-items seen, the user embeddings, the item counts, co-occurrence, item-item model, context
-popularity and segments are computed from them (:func:`tailored.bundle.snapshot.cut`). The
-manifest's ``data`` records ``through``, ``through_unix`` (the last event included, which
-is also ``last_event_time``, where the bundle's serving clock starts) and ``events``.
+test``, default ``test``: every event, as a live site's bundle): the users' histories,
+items seen and exposures, the user embeddings, the item counts, co-occurrence, item-item
+model, context popularity and segments are computed from them
+(:func:`tailored.bundle.snapshot.cut`). The manifest's ``data`` records ``through``,
+``through_unix`` (the last event included, which is also ``last_event_time``, where the
+bundle's serving clock starts) and ``events``.
 A bundle built ``--through valid`` is the one to evaluate on test (``tailored evaluate``
 refuses a bundle on a period it has seen).
 """
@@ -46,6 +47,7 @@ from tailored.bundle.format import (
     verify_bundle,
 )
 from tailored.config import Config, SegmentsConfig, from_dict
+from tailored.data.exposures import EXPOSURE_EVENTS
 from tailored.data.features import FeatureEncoder, FeatureTable, user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import HISTORY_EVENTS
@@ -425,6 +427,8 @@ def _write_user_tables(
     for name, arr in snapshot.user_snapshot(data, USER_SNAPSHOT_EVENTS).items():
         _save(w, name, arr)
     for name, arr in snapshot.user_seen(data).items():
+        _save(w, name, arr)
+    for name, arr in snapshot.user_exposures(data, EXPOSURE_EVENTS).items():  # where any
         _save(w, name, arr)
 
 

@@ -76,6 +76,11 @@ def check_loaded(bundle: LoadedBundle) -> None:
     c.refs("user_history", users.history)
     c.rows("user_history_times", users.history_times, "int", 2, u)
     c.same_shape("user_history_times", users.history_times, "user_history", users.history)
+    if users.exposures is not None and users.exposure_times is not None:
+        c.rows("user_exposures", users.exposures, "int", 2, u)
+        c.refs("user_exposures", users.exposures)
+        c.rows("user_exposure_times", users.exposure_times, "int", 2, u)
+        c.same_shape("user_exposure_times", users.exposure_times, "user_exposures", users.exposures)
     if users.seen_items is not None:
         c.refs("user_seen_items", users.seen_items)
     seg = bundle.segments

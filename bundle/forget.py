@@ -1,6 +1,6 @@
 """Erasure and retention in the bundles a server loads: a user's rows (their embedding,
-pseudonym, profile, history, items seen and segment) removed from every version under a
-root, or the history entries from before a time.
+pseudonym, profile, history, items seen, exposures and segment) removed from every version
+under a root, or the history and exposure entries from before a time.
 
 Each version is rewritten beside itself and swapped in (:func:`tailored.data.forget.swap_dir`:
 the version is the old files or the new, never half of each) and resealed: the manifest
@@ -40,6 +40,13 @@ from tailored.data.tombstones import as_mask, locked, tombstoned
 
 __all__ = ["BundleStore"]
 
+# each user's recent events with their times (item rows and seconds [U, L], left-padded with
+# 0), which retention trims, by what the count of entries removed is called
+_TIMED = {
+    "history_entries": ("user_history", "user_history_times"),
+    "exposure_entries": ("user_exposures", "user_exposure_times"),
+}
+
 # one row per user, in the order of users/users.parquet
 _PER_USER = (
     "user_embeddings",
@@ -47,6 +54,8 @@ _PER_USER = (
     "user_numeric",
     "user_history",
     "user_history_times",
+    "user_exposures",
+    "user_exposure_times",
     "user_segments",
     "user_id_buckets",
 )
@@ -113,7 +122,8 @@ class BundleStore:
 
     def export(self, user: str) -> dict[str, Any]:
         """What each version holds of ``user`` (``tailored.privacy.export.Exportable``): the
-        recent items a request starts from, the items they engaged with, their segment."""
+        recent items a request starts from, the items they engaged with, what they were
+        shown recently (where the bundle keeps it), their segment."""
         with locked(self._lock, shared=True):
             found = (_export(p, user) for p in bundle_versions(self.root))
             return {"versions": [v for v in found if v is not None]}
@@ -173,36 +183,48 @@ class BundleStore:
         return {"users": users, "unmapped_users": unmapped, "versions": versions}
 
     def purge(self, before_ms: int) -> dict[str, int]:
-        """Drop every history entry from before ``before_ms`` (unix ms) from each version's
-        users' histories (``users/history*.npy``, what a request uses as the user's recent
-        items). The items a user has seen (``users/seen_*``) carry no time; they are what
-        the bundle's training data held, and go when a bundle built after the limit replaces
-        this one."""
-        entries = versions = 0
+        """Drop every history and exposure entry from before ``before_ms`` (unix ms) from each
+        version's users' recent events (``users/history*.npy``, what a request uses as the
+        user's recent items, and ``users/exposure*.npy``, what they were shown). The items a
+        user has seen (``users/seen_*``) carry no time; they are what the bundle's training
+        data held, and go when a bundle built after the limit replaces this one."""
+        counts = dict.fromkeys(_TIMED, 0)
+        versions = 0
         with locked(self._lock):
             for version in self.versions():
-                times_path = version / BUNDLE_FILES["user_history_times"]
-                if not times_path.is_file():
+                trimmed: dict[str, np.ndarray] = {}
+                for what, (items_key, times_key) in _TIMED.items():
+                    if not (version / BUNDLE_FILES[times_key]).is_file():
+                        continue
+                    items = np.load(version / BUNDLE_FILES[items_key], allow_pickle=False)
+                    times = np.load(version / BUNDLE_FILES[times_key], allow_pickle=False)
+                    old = (items > 0) & (times.astype(np.int64) * 1000 < before_ms)  # s vs ms
+                    if old.any():
+                        counts[what] += int(old.sum())
+                        keep = (items > 0) & ~old
+                        trimmed[items_key], trimmed[times_key] = _left_packed(keep, items, times)
+                if not trimmed:
                     continue
-                times = np.load(times_path, allow_pickle=False)
-                hist = np.load(version / BUNDLE_FILES["user_history"], allow_pickle=False)
-                old = (hist > 0) & (times.astype(np.int64) * 1000 < before_ms)  # seconds against ms
-                if not old.any():
-                    continue
-                entries += int(old.sum())
                 versions += 1
-                keep = (hist > 0) & ~old
-                h, t = np.zeros_like(hist), np.zeros_like(times)
-                for u in np.flatnonzero(keep.any(axis=1)):
-                    n = int(keep[u].sum())  # left-padded, the most recent last
-                    h[u, -n:], t[u, -n:] = hist[u][keep[u]], times[u][keep[u]]
 
-                def write(new: Path, h: np.ndarray = h, t: np.ndarray = t) -> None:
-                    changed = [_save(new, "user_history", h), _save(new, "user_history_times", t)]
+                def write(new: Path, trimmed: dict[str, np.ndarray] = trimmed) -> None:
+                    changed = [_save(new, name, arr) for name, arr in trimmed.items()]
                     reseal(new, {"retention_before_ms": int(before_ms)}, changed)
 
                 swap_dir(version, write)
-        return {"history_entries": entries, "versions": versions}
+        return {**counts, "versions": versions}
+
+
+def _left_packed(
+    keep: np.ndarray, items: np.ndarray, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Only the entries ``keep`` bool [U, L] of left-padded rows ``items`` and ``times``
+    [U, L], moved right in their order (left-padded again, the most recent last)."""
+    order = np.argsort(keep, axis=1, kind="stable")  # dropped first, kept in their order
+    return (
+        np.take_along_axis(np.where(keep, items, 0), order, axis=1),
+        np.take_along_axis(np.where(keep, times, 0), order, axis=1),
+    )
 
 
 def _export(version: Path, user: str) -> dict[str, Any] | None:
@@ -215,16 +237,12 @@ def _export(version: Path, user: str) -> dict[str, Any] | None:
     row = int(rows[0])
     item_ids = pq.read_table(version / BUNDLE_FILES["items"], columns=["item_id"])
     items = item_ids.column("item_id").to_pylist()  # bundle row r + 1 is items[r]
-    hist = np.load(version / BUNDLE_FILES["user_history"], mmap_mode="r")[row]
-    times = np.load(version / BUNDLE_FILES["user_history_times"], mmap_mode="r")[row]
     out: dict[str, Any] = {
         "version": version.name,
-        "recent_items": [
-            {"item_id": items[int(h) - 1], "time": int(t)}
-            for h, t in zip(hist.tolist(), times.tolist(), strict=True)
-            if h > 0
-        ],
+        "recent_items": _recent(version, *_TIMED["history_entries"], row, items),
     }
+    if (version / BUNDLE_FILES["user_exposures"]).is_file():
+        out["recent_exposures"] = _recent(version, *_TIMED["exposure_entries"], row, items)
     if (version / BUNDLE_FILES["user_seen_offsets"]).is_file():
         offsets = np.load(version / BUNDLE_FILES["user_seen_offsets"], mmap_mode="r")
         seen = np.load(version / BUNDLE_FILES["user_seen_items"], mmap_mode="r")
@@ -235,6 +253,20 @@ def _export(version: Path, user: str) -> dict[str, Any] | None:
         found: dict[str, Any] = next((d for d in described if d.get("segment") == seg), {})
         out["segment"] = {"segment": seg, "summary": found.get("summary", "")}
     return out
+
+
+def _recent(
+    version: Path, items_key: str, times_key: str, row: int, item_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The user at ``row``'s recent events of bundle files ``items_key`` and ``times_key``
+    (:data:`_TIMED`), oldest first: item id and time (unix s)."""
+    got = np.load(version / BUNDLE_FILES[items_key], mmap_mode="r")[row]
+    times = np.load(version / BUNDLE_FILES[times_key], mmap_mode="r")[row]
+    return [
+        {"item_id": item_ids[int(i) - 1], "time": int(t)}
+        for i, t in zip(got.tolist(), times.tolist(), strict=True)
+        if i > 0
+    ]
 
 
 def _fingerprint(version: Path) -> str | None:

@@ -80,6 +80,10 @@ BUNDLE_FILES = {
     "user_numeric": "users/numeric.npy",
     "user_history": "users/history.npy",
     "user_history_times": "users/history_times.npy",
+    # each user's most recent exposures (impressions), for the ranker's shown_before; only
+    # from data with exposure events
+    "user_exposures": "users/exposures.npy",
+    "user_exposure_times": "users/exposure_times.npy",
     "user_seen_offsets": "users/seen_offsets.npy",
     "user_seen_items": "users/seen_items.npy",
     # the hashed id bucket each user was trained with, written when the users were re-keyed

@@ -91,7 +91,9 @@ class UserSnapshot:
     recent positives, ``history`` int32 [U, L] bundle rows and ``history_times`` int64 [U, L]
     seconds, left-padded with 0, most recent last; every item each user has a positive for,
     user u's at ``seen_items[seen_offsets[u]:seen_offsets[u + 1]]`` (a bundle older than
-    these two: the history stands in)."""
+    these two: the history stands in); each user's most recent exposures, ``exposures``
+    int32 [U, L] and ``exposure_times`` int64 [U, L] laid out as the history (None: data
+    without exposure events, or a bundle older than them)."""
 
     ids: np.ndarray
     categorical: np.ndarray
@@ -103,6 +105,8 @@ class UserSnapshot:
     # the hashed id bucket each user was trained with, where the users were re-keyed since
     # (int64 [U]); else a user's bucket is their pseudonym's hash
     id_buckets: np.ndarray | None = None
+    exposures: np.ndarray | None = None
+    exposure_times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._rows = {str(u): i for i, u in enumerate(self.ids)}
@@ -120,6 +124,14 @@ class UserSnapshot:
             return self.history[row][self.history[row] > 0]
         return self.seen_items[self.seen_offsets[row] : self.seen_offsets[row + 1]]
 
+    def shown(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the user at ``row`` was shown (build time): bundle rows int32 [X] and times
+        int64 [X] seconds, oldest first; empty without exposures in the bundle."""
+        if self.exposures is None or self.exposure_times is None:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        filled = self.exposures[row] > 0
+        return self.exposures[row][filled], self.exposure_times[row][filled]
+
     @classmethod
     def load(cls, root: Path) -> UserSnapshot | None:
         if not all((root / BUNDLE_FILES[k]).exists() for k in _USER_FILES):
@@ -133,6 +145,7 @@ class UserSnapshot:
             history_times=load_npy(root / BUNDLE_FILES["user_history_times"]),
             **_seen(root, len(ids)),
             id_buckets=_id_buckets(root, len(ids)),
+            **_exposures(root),
         )
 
 
@@ -181,6 +194,15 @@ def _seen(root: Path, n_users: int) -> dict[str, np.ndarray]:
             f"{n_users} users' items"
         )
     return {"seen_offsets": offsets, "seen_items": items}
+
+
+def _exposures(root: Path) -> dict[str, np.ndarray]:
+    """The users' recent exposures, where the bundle has them (checked by
+    :func:`~tailored.bundle.checks.check_loaded`)."""
+    pair = _optional_pair(root, "user_exposures", "user_exposure_times")
+    if pair is None:
+        return {}
+    return {"exposures": pair[0], "exposure_times": pair[1]}
 
 
 @dataclass(frozen=True)
@@ -314,6 +336,7 @@ class LoadedBundle:
         optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
         optional |= {"user_segments", "segment_centroids", "segments", "user_id_buckets"}
         optional |= {"item_available_from", "item_available_until"}
+        optional |= {"user_exposures", "user_exposure_times"}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():

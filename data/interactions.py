@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tailored.config import DataConfig, EventRole
+from tailored.data.exposures import Exposures, SlotPropensity
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.schema import DatasetMeta, SchemaError, read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_temporal_split
@@ -44,10 +45,13 @@ class PositiveRule:
 
     roles: dict[str, EventRole]
     merge_seconds: int = 0
+    # weight each positive that records its slot by 1 / the slot's examination
+    # (:class:`~tailored.data.exposures.SlotPropensity`, from the training period)
+    position_debias: bool = False
 
     @classmethod
     def from_config(cls, data: DataConfig) -> PositiveRule:
-        return cls(data.event_roles(), data.merge_repeat_seconds)
+        return cls(data.event_roles(), data.merge_repeat_seconds, data.position_debias)
 
     @classmethod
     def weighted(cls, weights: dict[str, float], *, merge_seconds: int = 0) -> PositiveRule:
@@ -57,6 +61,10 @@ class PositiveRule:
     @property
     def positives(self) -> dict[str, EventRole]:
         return {n: r for n, r in self.roles.items() if r.role == "positive"}
+
+    @property
+    def exposures(self) -> frozenset[str]:
+        return frozenset(n for n, r in self.roles.items() if r.role == "exposure")
 
     def mask(self, types: pa.Array, values: pa.Array) -> np.ndarray:
         """bool [E]: the events that are positives (type, then the value's threshold)."""
@@ -103,6 +111,9 @@ class Interactions:
     offsets: np.ndarray
     item_titles: np.ndarray | None = None
     user_numeric_raw: dict[str, np.ndarray] = field(default_factory=dict)  # NaN = missing
+    position: np.ndarray | None = None  # int32 [E]: the slot each was shown in (-1 unknown)
+    exposures: Exposures | None = None  # what each user was shown (None: read no exposures)
+    propensity: SlotPropensity = field(default_factory=SlotPropensity.uniform)
 
     @property
     def n_users(self) -> int:
@@ -163,6 +174,14 @@ def load_interactions(
         )
     order = _order(ev.user, ev.timestamp)
     counts = np.bincount(ev.user, minlength=len(user_ids))
+    exposures = ev.exposures.split_by(ev.user, ev.timestamp, labels)
+    train = labels == TRAIN
+    propensity = SlotPropensity.estimate(
+        exposures.position[exposures.split == TRAIN], ev.position[train]
+    )
+    weight = ev.weight
+    if rule.position_debias:  # inverse propensity: a click where few look counts more
+        weight = (weight / propensity.of(ev.position)).astype(np.float32)
     return Interactions(
         meta=meta,
         user_ids=user_ids.to_numpy(zero_copy_only=False),
@@ -176,7 +195,7 @@ def load_interactions(
         item=ev.item[order],
         timestamp=ev.timestamp[order],
         split=labels[order],
-        weight=ev.weight[order],
+        weight=weight[order],
         context=ev.context[order],
         offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
         item_titles=(
@@ -188,6 +207,9 @@ def load_interactions(
             name: users_t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
             for name in user_enc.numeric
         },
+        position=ev.position[order],
+        exposures=exposures,
+        propensity=propensity,
     )
 
 
@@ -213,6 +235,8 @@ class _Positives:
     context: np.ndarray  # int64 [E, K]
     context_vocabs: dict[str, list[str]]
     split: np.ndarray  # int8 [E], or [0] unless presplit
+    position: np.ndarray  # int32 [E], the slot (-1: not known)
+    exposures: Exposures  # the exposure events, every one labelled TRAIN
 
 
 def _read_positives(
@@ -225,11 +249,16 @@ def _read_positives(
     batch_rows: int,
     stones: frozenset[str] = frozenset(),
 ) -> _Positives:
-    """``events.parquet`` read in batches of ``batch_rows``, keeping what ``rule`` counts."""
+    """``events.parquet`` read in batches of ``batch_rows``, keeping what ``rule`` counts as
+    positives, and the exposures."""
     ctx_names = list(meta.schema.context_fields)
     cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
     cols += ["split"] if split == "presplit" else []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s")}
+    has_slot = meta.schema.event_position
+    cols += ["position"] if has_slot else []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "p")}
+    shown: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "p")}
+    exposure_types = pa.array(sorted(rule.exposures), pa.string())
     ctx_raw: list[pa.Table] = []
     unnamed: dict[str, int] = {}  # event types no rule names: ignored, and said so
     for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(
@@ -238,14 +267,25 @@ def _read_positives(
         for entry in pc.value_counts(batch.column("type")).to_pylist():
             if entry["values"] not in rule.roles:
                 unnamed[entry["values"]] = unnamed.get(entry["values"], 0) + entry["counts"]
+        erased = tombstoned(batch.column("user_id"), stones)
+        is_shown = pc.is_in(batch.column("type"), value_set=exposure_types).to_numpy(
+            zero_copy_only=False
+        )
+        if (is_shown & ~erased).any():
+            e = pa.Table.from_batches([batch]).filter(pa.array(is_shown & ~erased))
+            shown["u"].append(_index(e.column("user_id"), user_ids, directory, "user_id"))
+            shown["i"].append(_index(e.column("item_id"), item_ids, directory, "item_id") + 1)
+            shown["t"].append(e.column("timestamp").to_numpy())
+            shown["p"].append(_slots(e, has_slot))
         keep = rule.mask(batch.column("type"), batch.column("value"))
-        keep = keep & ~tombstoned(batch.column("user_id"), stones)
+        keep = keep & ~erased
         if not keep.any():
             continue
         b = pa.Table.from_batches([batch]).filter(pa.array(keep))
         parts["u"].append(_index(b.column("user_id"), user_ids, directory, "user_id"))
         parts["i"].append(_index(b.column("item_id"), item_ids, directory, "item_id") + 1)
         parts["t"].append(b.column("timestamp").to_numpy())
+        parts["p"].append(_slots(b, has_slot))
         parts["w"].append(rule.weight_of(b.column("type").to_numpy(zero_copy_only=False)))
         if split == "presplit":
             s = b.column("split").to_numpy(zero_copy_only=False)
@@ -273,7 +313,26 @@ def _read_positives(
         context=context,
         context_vocabs=ctx_vocabs,
         split=np.concatenate(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
+        position=np.concatenate(parts["p"]),
+        exposures=Exposures.of(
+            _joined(shown["u"]),
+            _joined(shown["i"]),
+            _joined(shown["t"]),
+            _joined(shown["p"]),
+            len(user_ids),
+        ),
     )
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _slots(t: pa.Table, has_slot: bool) -> np.ndarray:
+    """int32 [rows]: the events' slots, -1 where not known."""
+    if not has_slot:
+        return np.full(t.num_rows, -1, np.int32)
+    return pc.fill_null(t.column("position"), -1).to_numpy().astype(np.int32)
 
 
 def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
@@ -298,6 +357,7 @@ def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
         timestamp=ev.timestamp[kept],
         weight=new_weight[kept],
         context=ev.context[kept],
+        position=ev.position[kept],
         split=ev.split[kept] if len(ev.split) else ev.split,
     )
 

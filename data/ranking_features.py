@@ -31,6 +31,10 @@ candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
 ``ease_score``              the item's score under an item-item linear model of the user's
                             history (EASE, :class:`ItemRegression`; 0 for items it does not
                             model)
+``shown_before``            log(1 + times the item was shown to the user, at least half an
+                            hour before ``now``, without an engagement since: candidates
+                            are never items the user engaged with; see
+                            :mod:`tailored.data.exposures`)
 ==========================  ==============================================================
 
 The history is the user's ``HISTORY_EVENTS`` most recent items (what a bundle keeps of each
@@ -84,6 +88,7 @@ DENSE_FEATURES = (
     "emb_sim_last",
     "emb_sim_recent",
     "ease_score",
+    "shown_before",
 )
 _DAY = 86_400
 # the most recent history items the features read: what a bundle keeps of each user for
@@ -345,6 +350,7 @@ def dense_features(
     neighbors: ItemNeighbors,
     item_emb: np.ndarray,
     regression: ItemRegression | None = None,
+    shown: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ranker's dense features for one request (see the module doc), float32 [C, F].
 
@@ -353,7 +359,9 @@ def dense_features(
     oldest first (the last ``HISTORY_EVENTS`` are read); ``now`` the request time in
     seconds; ``tags`` from :func:`item_tags`;
     ``item_emb`` float32 [N+1, D] the item tower's embeddings; ``regression`` the
-    item-item model (none: ``ease_score`` 0).
+    item-item model (none: ``ease_score`` 0); ``shown`` int [C] how many times each
+    candidate was shown to the user before (:func:`~tailored.data.exposures.shown_counts`;
+    none: 0).
     """
     history, history_times = history[-HISTORY_EVENTS:], history_times[-HISTORY_EVENTS:]
     c = len(candidates)
@@ -363,6 +371,8 @@ def dense_features(
     _item_features(out, candidates, activity, now)
     h = len(history)
     out[:, 12] = np.log1p(h)
+    if shown is not None:
+        out[:, 19] = np.log1p(shown)
     if not h:
         out[:, 10] = np.log1p(_NEVER_HOURS)
         out[:, 11] = 1.0

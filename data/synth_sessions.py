@@ -237,7 +237,9 @@ def _fill_slates(
     b: Behaviour,
 ) -> np.ndarray:
     """Item rows, int64 [S, slate_size], of items in the catalog at each session's time
-    ``s_time``; duplicates within a slate are redrawn uniformly."""
+    ``s_time``; duplicates within a slate are redrawn uniformly, then each slate is shuffled
+    (a redrawn duplicate is the later of the two: unshuffled, the later slots would hold
+    more random items, and a slot's click-through would be more than its examination)."""
     n_s, n_items = len(taste), sampler.world.n_items
     mix = np.cumsum(b.policy_mix) / sum(b.policy_mix)
     src = np.searchsorted(mix, rng.random(n_s * b.slate_size), side="right")
@@ -253,7 +255,7 @@ def _fill_slates(
     if sampler.windows is not None and len(dup):
         src[dup] = 2
         _make_available(rng, sampler, taste, rows, src, when, items, dup, b)
-    return items.reshape(n_s, b.slate_size)
+    return rng.permuted(items.reshape(n_s, b.slate_size), axis=1)
 
 
 def _make_available(

@@ -27,6 +27,7 @@ import numpy as np
 
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig, from_dict
+from tailored.data.exposures import shown_counts
 from tailored.data.features import MAX_MULTI, FeatureTable, user_hash_buckets
 from tailored.data.ranking_features import dense_features, item_tags
 from tailored.errors import TailoredError
@@ -120,6 +121,7 @@ class Recommender:
         data_cfg = from_dict(bundle.manifest.config, where="bundle config").data
         # what each event type means: the roles the bundle was trained with
         self.roles = data_cfg.event_roles()
+        self.exposure_types = frozenset(n for n, r in self.roles.items() if r.role == "exposure")
         self.categories = self._cap_categories()
         self.by_value = self._attribute_index()  # attribute value -> item rows (pages)
         # names this bundle's segmentation (a refresh fits new segments: new names)
@@ -188,18 +190,7 @@ class Recommender:
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
             return self._fallback(req.k, excluded | seen, context[0], only)
-        dense = dense_features(
-            candidates=cands,
-            scores=scores,
-            history=hist,
-            history_times=times,
-            now=req.time,
-            tags=self.tags,
-            activity=self.bundle.activity,
-            neighbors=self.bundle.item_neighbors,
-            item_emb=self.bundle.item_embeddings,
-            regression=self.bundle.item_regression,
-        )
+        dense = self._dense(req, row, hist, times, cands, scores)
         users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
         if variant.get("ranker", True):
             ranked = self.bundle.rank(
@@ -228,6 +219,66 @@ class Recommender:
             reasons=reasons,
             strategy="personalized" if personal else "cold_start",
         )
+
+    def ranking_features(
+        self, req: Request, candidates: np.ndarray, scores: np.ndarray
+    ) -> np.ndarray:
+        """The ranker's dense features float32 [C, F] (:data:`~tailored.data.ranking_features.
+        DENSE_FEATURES`) of ``candidates`` int64 [C] (bundle rows) with retrieval ``scores``
+        float32 [C], for ``req``'s user at ``req.time``, as :meth:`recommend` computes them."""
+        row = self._row(req)
+        hist, times = self._history(row, req.online)
+        return self._dense(req, row, hist, times, candidates, scores)
+
+    def _dense(
+        self,
+        req: Request,
+        row: int | None,
+        hist: np.ndarray,
+        times: np.ndarray,
+        cands: np.ndarray,
+        scores: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`ranking_features`, given the user's row and positives (:meth:`_history`)."""
+        return dense_features(
+            candidates=cands,
+            scores=scores,
+            history=hist,
+            history_times=times,
+            now=req.time,
+            tags=self.tags,
+            activity=self.bundle.activity,
+            neighbors=self.bundle.item_neighbors,
+            item_emb=self.bundle.item_embeddings,
+            regression=self.bundle.item_regression,
+            shown=self._shown(row, req.online, cands, req.time),
+        )
+
+    def _shown(
+        self, row: int | None, online: tuple[StoredEvent, ...], cands: np.ndarray, now: float
+    ) -> np.ndarray:
+        """How many times each of ``cands`` int [C] was shown to the user at least
+        :data:`~tailored.data.exposures.EXPOSURE_GAP` before ``now`` (s), int64 [C], as the
+        ranker learnt it: the bundle's snapshot of their exposures and the online events of
+        an ``exposure`` type, merged; an online one that repeats a snapshot one (same item,
+        same second: the site's log fed the bundle too) is counted once."""
+        users = self.bundle.users
+        if row is not None and users is not None:
+            items, times = users.shown(row)
+        else:
+            items, times = np.zeros(0, np.int32), np.zeros(0, np.int64)
+        online_pairs = [
+            (r, e.time_ms // 1000)
+            for e in online
+            if e.type in self.exposure_types and (r := self.item_row.get(e.item_id)) is not None
+        ]
+        if online_pairs:
+            o_items, o_times = np.array(online_pairs, np.int64).T
+            width = self.bundle.n_items + 1  # (time, row) as one int64 key
+            repeat = np.isin(o_times * width + o_items, times.astype(np.int64) * width + items)
+            items = np.concatenate([items, o_items[~repeat]])
+            times = np.concatenate([times, o_times[~repeat]])
+        return shown_counts(cands, items, times, now)
 
     def _closed(self, t: float) -> set[int]:
         """The rows of the items not served at ``t`` (unix s): not launched yet, or ended."""

@@ -95,6 +95,10 @@ class DataConfig:
     # after the click) is the same example, weighted by the larger weight (0: every event is
     # one); without it a history reads X, X
     merge_repeat_seconds: int = 3600
+    # weight each positive that records its page slot (``[events] position``) by 1 / how
+    # often that slot is looked at, estimated from the training period's click-through by
+    # slot (inverse propensity): a click in slot 12 counts more than one in slot 1
+    position_debias: bool = False
 
     def event_roles(self) -> dict[str, EventRole]:
         """Each configured event type's role (``events``, else the legacy keys: the
@@ -387,9 +391,17 @@ class RankerConfig:
     # "mixed" 0.2185 / 0.2186 / 0.2182, the best at every clock (twice the lists to fit)
     request_time: str = "mixed"
     request_delay_days: tuple[float, ...] = (0.0, 1.0, 7.0, 30.0)
+    # an item shown to the user in the labelled period and not engaged with is a negative
+    # this much heavier than an unshown candidate: 1 + w x the chance the user looked at it
+    # (its slot's examination with ``[data] position_debias``, else 1). 0: impressions are
+    # not negatives. Only datasets with exposure events have any
+    impression_negative_weight: float = 1.0
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
+        w = self.impression_negative_weight
+        if not (isinstance(w, int | float) and 0 <= w < math.inf):
+            raise ConfigError(f"[ranker] impression_negative_weight: must be >= 0, got {w!r}")
         _one_of("ranker", "request_time", self.request_time, ("next_event", "serving", "mixed"))
         delays = self.request_delay_days
         if (

@@ -25,22 +25,37 @@ from tests.experiments.helpers import experiment_toml
 from tests.helpers import TEST_KEY
 from tests.serve.helpers import Running
 
-RAW = "u0000007"
+
+def _raw_with_history(site: Path) -> str:
+    """The first of the synthetic site's raw user ids (``u0000000``, ...) with a click of
+    5 s or more: a user the bundle keeps recent items of."""
+    ev = pq.read_table(site / "events.parquet", columns=["user_id", "type", "value"])
+    click = pc.and_(pc.equal(ev.column("type"), "click"), pc.greater_equal(ev.column("value"), 5))
+    known = set(pc.unique(ev.filter(click).column("user_id")).to_pylist())
+    pseudo = Pseudonymizer(TEST_KEY)
+    return next(raw for i in range(10_000) if pseudo(raw := f"u{i:07d}") in known)
+
+
+@pytest.fixture
+def raw(copy: Path) -> str:
+    return _raw_with_history(copy / "site")
+
+
 MODULES = [pb.PageModule(id="for-you", type="recommended"), pb.PageModule(id="t", type="trending")]
 
 
 @pytest.mark.slow
 def test_export_holds_everything_kept_about_a_user_and_why_they_see_it(
-    copy: Path, tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+    copy: Path, tmp_path: Path, key_file: Path, raw: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pseudo = Pseudonymizer(TEST_KEY)(RAW)
+    pseudo = Pseudonymizer(TEST_KEY)(raw)
     running = Running(copy / "bundles", tmp_path / "state.db", erase_bundle_rows=True)
     try:
         c = running.client
-        c.set_consent(RAW, ["personalization", "analytics"])
-        item = c.recommend(RAW, k=3).items[0].item_id
-        c.track([pb.Event(user_id=RAW, item_id=item, type=pb.CLICK)])
-        c.page(RAW, MODULES, k=3)
+        c.set_consent(raw, ["personalization", "analytics"])
+        item = c.recommend(raw, k=3).items[0].item_id
+        c.track([pb.Event(user_id=raw, item_id=item, type=pb.CLICK)])
+        c.page(raw, MODULES, k=3)
         running.service.pages.writer.flush(5.0)
     finally:
         running.stop()
@@ -49,7 +64,7 @@ def test_export_holds_everything_kept_about_a_user_and_why_they_see_it(
     out = tmp_path / "export.json"
     stores = ["--state", f"sqlite:///{tmp_path / 'state.db'}", "--dataset", str(copy / "site")]
     stores += ["--bundles", str(copy / "bundles"), "--key-file", str(key_file)]
-    args = ["privacy", "export", RAW, *stores, "--experiments", str(exps), "--out", str(out)]
+    args = ["privacy", "export", raw, *stores, "--experiments", str(exps), "--out", str(out)]
     assert main(args) == 0
     assert "data held" in capsys.readouterr().out
     doc = json.loads(out.read_text())
@@ -96,14 +111,14 @@ def test_an_export_for_someone_never_seen_says_nothing_is_held(
     assert doc["stores"][f"dataset {copy / 'site'}"] == {"profile": None, "events": []}
 
 
-def test_a_site_s_purposes_are_the_only_ones_accepted(copy: Path, tmp_path: Path) -> None:
+def test_a_site_s_purposes_are_the_only_ones_accepted(copy: Path, tmp_path: Path, raw: str) -> None:
     running = Running(
         copy / "bundles", tmp_path / "state.db", consent_purposes=["personalization", "analytics"]
     )
     try:
-        assert running.client.set_consent(RAW, ["analytics", "personalization"]).purposes
+        assert running.client.set_consent(raw, ["analytics", "personalization"]).purposes
         with pytest.raises(grpc.RpcError) as e:
-            running.client.set_consent(RAW, ["personalization", "marketing"])
+            running.client.set_consent(raw, ["personalization", "marketing"])
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "purposes[1]" in str(e.value.details()) and "marketing" in str(e.value.details())
     finally:

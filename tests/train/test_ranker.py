@@ -95,6 +95,7 @@ def _planted(n_req: int = 400, c: int = 20, n_items: int = 60, seed: int = 0):
         dense=rng.normal(size=(n_req, c, len(DENSE_FEATURES))).astype(np.float32),
         labels=labels,
         n_relevant=np.maximum(labels.sum(1), 1).astype(np.int64),
+        neg_weight=np.ones(cands.shape, np.float32),
     )
     return RankerTables(users, np.ones((n_req, 1), np.int64), items, item_emb), req
 

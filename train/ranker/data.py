@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tailored.config import RankerConfig
+from tailored.data.exposures import EXPOSURE_GAP, Exposures, SlotPropensity, shown_counts
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
@@ -59,6 +60,9 @@ class Requests:
     dense: np.ndarray  # float32 [R, C, F]
     labels: np.ndarray  # float32 [R, C], 1 = a target-split item of the user
     n_relevant: np.ndarray  # int64 [R] the user's target items (also those not retrieved)
+    # float32 [R, C]: how many negatives each candidate counts as in its list's loss (1; more
+    # for an item shown in the labelled period and not engaged with)
+    neg_weight: np.ndarray
 
     def take(self, rows: np.ndarray) -> Requests:
         return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
@@ -209,6 +213,8 @@ def build_requests(
     ease_l2: float = RankerConfig.ease_l2,
     now: np.ndarray | None = None,
     activity_at: int | None = None,
+    impression_negative_weight: float = 0.0,
+    examination: SlotPropensity | None = None,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
@@ -227,9 +233,18 @@ def build_requests(
     read past ``now``, and never holds a target event unless ``prefix`` moved it there);
     ``activity_at`` (seconds): item activity frozen at that time, as a bundle serves it,
     instead of counted as of each ``now``.
+
+    The data's exposures (``data.exposures``) give the ``shown_before`` feature (those of
+    ``history_splits``, and the target split's before ``now`` when the requests are made at
+    their next events) and the impression negatives: a candidate shown in the labelled
+    period (the target split's exposures from :data:`~tailored.data.exposures.EXPOSURE_GAP`
+    before ``now``; every one when ``now`` is given) and not among the labels counts as
+    ``1 + impression_negative_weight x P(looked at)`` negatives, P from its slots under
+    ``examination`` (default: every slot looked at).
     """
     h = _with_times(data, history_splits)
     t = _with_times(data, (target,))
+    stamped = now is not None
     users = np.asarray(users, np.int64)
     r = len(users)
     pre = np.zeros(r, np.int64) if prefix is None else np.asarray(prefix, np.int64)
@@ -248,9 +263,20 @@ def build_requests(
     stats = _stats(data, h, seed, ease_items, ease_l2, activity_at)
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
+    neg_weight = np.ones((r, n_candidates), np.float32)
     n_rel = (t.offsets[users + 1] - t_start).astype(np.int64)
+    shown = data.exposures or Exposures.empty(data.n_users)
+    exam = examination or SlotPropensity.uniform()
+    known = (*history_splits, *(() if stamped else (target,)))
     for row, u in enumerate(users):
         items, times = histories[row]
+        s_items, s_times, _ = shown.of_user(int(u), known)
+        relevant = t.items[t_start[row] : t.offsets[u + 1]]
+        if impression_negative_weight > 0:
+            neg_weight[row] = _impression_weights(
+                shown, int(u), target, None if stamped else now[row], cands[row], relevant, exam
+            )
+            neg_weight[row] = 1 + impression_negative_weight * neg_weight[row]
         dense[row] = dense_features(
             candidates=cands[row],
             scores=scores[row],
@@ -258,8 +284,42 @@ def build_requests(
             history_times=times,
             now=float(now[row]),
             item_emb=item_emb,
+            shown=shown_counts(cands[row], s_items, s_times, float(now[row])),
             **stats,
         )
-        relevant = t.items[t_start[row] : t.offsets[u + 1]]
         labels[row] = np.isin(cands[row], relevant) & (cands[row] > 0)
-    return Requests(users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel)
+    return Requests(
+        users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel, neg_weight
+    )
+
+
+def _impression_weights(
+    shown: Exposures,
+    u: int,
+    target: int,
+    now: float | None,
+    candidates: np.ndarray,
+    relevant: np.ndarray,
+    exam: SlotPropensity,
+) -> np.ndarray:
+    """float32 [C]: for each candidate, the chance user ``u`` looked at it in the labelled
+    period (their ``target``-split exposures, from ``EXPOSURE_GAP`` before ``now`` if given)
+    without engaging with it there: 1 - prod(1 - examination) over its exposures; 0 for the
+    others and for the ``relevant`` items."""
+    items, times, slots = shown.of_user(u, (target,))
+    if now is not None:
+        later = times >= now - EXPOSURE_GAP
+        items, slots = items[later], slots[later]
+    skipped = ~np.isin(items, relevant)
+    items, slots = items[skipped], slots[skipped]
+    out = np.zeros(len(candidates), np.float32)
+    if not len(items):
+        return out
+    # log of the chance it was never looked at, summed over each item's exposures
+    missed = np.log(np.clip(1.0 - exam.of(slots), 1e-9, 1.0))
+    uniq, inv = np.unique(items, return_inverse=True)
+    never = np.bincount(inv, weights=missed, minlength=len(uniq))
+    at = np.clip(np.searchsorted(uniq, candidates), 0, len(uniq) - 1)
+    hit = (uniq[at] == candidates) & (candidates > 0)
+    out[hit] = 1.0 - np.exp(never[at[hit]])
+    return out

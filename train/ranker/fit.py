@@ -8,6 +8,8 @@ test split stays untouched for the two-stage evaluation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -157,20 +159,7 @@ def _next_event_requests(
     emb = run_user_embeddings(
         run, req_users, (TRAIN,), prefix=prefix if cfg.lists_per_user > 1 else None
     )
-    return build_requests(
-        data,
-        req_users,
-        emb,
-        exact_retriever(item_emb),
-        item_emb=item_emb,
-        history_splits=(TRAIN,),
-        target=VALID,
-        n_candidates=cfg.candidates,
-        seed=seed,
-        prefix=prefix,
-        ease_items=cfg.ease_items,
-        ease_l2=cfg.ease_l2,
-    )
+    return _requests(run, req_users, emb, item_emb, cfg, seed, prefix=prefix)
 
 
 def _serving_requests(
@@ -184,10 +173,28 @@ def _serving_requests(
     now = cut + request_delays(
         cfg.request_delay_days, len(req_users), np.random.default_rng([seed, 1])
     )
+    emb = run_user_embeddings(run, req_users, (TRAIN,))
+    return _requests(run, req_users, emb, item_emb, cfg, seed, now=now, activity_at=cut)
+
+
+def _requests(
+    run: LoadedRun,
+    users: np.ndarray,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    cfg: RankerConfig,
+    seed: int,
+    **stamping: Any,
+) -> Requests:
+    """Training requests of ``users`` from their training histories, labelled by their
+    validation items, as ``cfg`` says (``stamping``: ``prefix``, or ``now`` and
+    ``activity_at``: see :func:`build_requests`). Skipped impressions weigh by their slots'
+    examination with ``[data] position_debias``, else as if each was looked at."""
+    debias = run.cfg.data.position_debias
     return build_requests(
-        data,
-        req_users,
-        run_user_embeddings(run, req_users, (TRAIN,)),
+        run.data,
+        users,
+        user_emb,
         exact_retriever(item_emb),
         item_emb=item_emb,
         history_splits=(TRAIN,),
@@ -196,8 +203,9 @@ def _serving_requests(
         seed=seed,
         ease_items=cfg.ease_items,
         ease_l2=cfg.ease_l2,
-        now=now,
-        activity_at=cut,
+        impression_negative_weight=cfg.impression_negative_weight,
+        examination=run.data.propensity if debias else None,
+        **stamping,
     )
 
 

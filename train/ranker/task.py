@@ -61,6 +61,7 @@ class RankerTables:
         )
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         out["labels"] = torch.from_numpy(req.labels)
+        out["neg_weight"] = torch.from_numpy(req.neg_weight)
         out["valid"] = torch.from_numpy(req.candidates > 0)
         out["n_relevant"] = torch.from_numpy(req.n_relevant)
         return out
@@ -82,19 +83,28 @@ def _discounts(n: int, device: torch.device | None = None) -> Tensor:
     return 1.0 / torch.log2(torch.arange(2, n + 2, dtype=torch.float32, device=device))
 
 
-def softmax_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+def softmax_loss(
+    logits: Tensor, labels: Tensor, valid: Tensor, neg_weight: Tensor | None = None
+) -> Tensor:
     """Listwise softmax cross-entropy: each list's positives share its probability mass.
-    Rows need a positive; padding (``valid`` False) carries logits of -1e9."""
+    Rows need a positive; padding (``valid`` False) carries logits of -1e9. ``neg_weight``
+    [R, C] (default 1): a negative counts as that many copies of itself in the normaliser (a
+    skipped impression is a heavier negative than an unshown candidate)."""
+    if neg_weight is not None:
+        logits = logits + torch.where(labels > 0, 0.0, neg_weight.clamp(min=1e-6).log())
     logp = torch.log_softmax(logits, dim=1)
     return -(labels * logp).sum(1).div(labels.sum(1)).mean()
 
 
-def lambdarank_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+def lambdarank_loss(
+    logits: Tensor, labels: Tensor, valid: Tensor, neg_weight: Tensor | None = None
+) -> Tensor:
     """LambdaRank: a logistic loss on every (positive, negative) pair of a list, weighted by
     how much swapping the two would change the list's NDCG at the current ranking (ranks from
     the detached logits, binary gains, the ideal DCG of the list's positives). Pairs whose
     swap moves nothing near the top weigh little, so training spends itself on the head of the
-    list that NDCG@10 reads. Padding (``valid`` False) takes part in no pair."""
+    list that NDCG@10 reads. Padding (``valid`` False) takes part in no pair; a pair's
+    weight is multiplied by its negative's ``neg_weight`` [R, C] (default 1)."""
     with torch.no_grad():
         ladder = _discounts(logits.shape[1], logits.device)
         rank = logits.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = first
@@ -106,6 +116,8 @@ def lambdarank_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
         pair = pos.unsqueeze(2) & neg.unsqueeze(1)  # [R, C(pos), C(neg)]
         weight = (disc.unsqueeze(2) - disc.unsqueeze(1)).abs() / idcg.view(-1, 1, 1)
         weight = weight * pair
+        if neg_weight is not None:
+            weight = weight * neg_weight.unsqueeze(1)
     diff = logits.unsqueeze(2) - logits.unsqueeze(1)
     loss = (torch.nn.functional.softplus(-diff) * weight).sum((1, 2))
     return loss.mean()
@@ -135,7 +147,7 @@ class RankerTask(pl.LightningModule):
         logits = self._logits(batch)
         labels = batch["labels"]
         has = labels.sum(1) > 0
-        loss = self.loss(logits[has], labels[has], batch["valid"][has])
+        loss = self.loss(logits[has], labels[has], batch["valid"][has], batch["neg_weight"][has])
         self.log("ranker/train_loss", loss, prog_bar=True, batch_size=int(has.sum()))
         return loss
 

@@ -1,0 +1,796 @@
+"""Issue 20's ablation table: each change of the issue turned off alone, on the synthetic site
+and on MovieLens-100k, against the shipped configuration with every change on.
+
+``python -m benchmarks.quality.ablation --dataset synthetic --seeds 0 1 2``: for each seed,
+train the baseline (``configs/synthetic.toml``; ``configs/movielens-100k.toml`` with
+``--dataset movielens``) and one variant per row, each with one change off:
+
+* ``no_impression_negatives``: ``[ranker] impression_negative_weight = 0``;
+* ``no_position_debias``: ``[data] position_debias = false``;
+* ``no_dwell``: a click (or view) counts whatever its dwell (``min_value`` dropped);
+* ``no_merge``: ``[data] merge_repeat_seconds = 0``;
+* ``no_availability``: serving ignores the catalog's availability windows (below);
+* ``no_schedule``: ``[train] lr_schedule = "constant"``, ``val_checks_per_epoch = 1`` (no
+  plateau patience, no warm-up).
+
+A change the shipped configuration has off is turned on instead: ``with_position_debias``
+(``[data] position_debias = true``) and ``with_schedule`` (``lr_schedule = "plateau"``,
+``lr_patience = 1``, validated 4 times an epoch), where the file trains at a constant rate.
+
+A row that does not apply is marked n/a with its reason instead of being run, decided from
+the data and the configuration: no exposure events (impressions), no positive that records
+its page slot, a change that leaves every positive as it was (MovieLens has only ratings: no
+dwell, no repeats), a catalog without windows, a change the shipped configuration already
+has off (the schedule: a constant rate, validated once an epoch at this size). A key that
+``load_config`` does not know skips its row, with the reason, in the JSON.
+
+Each run is scored offline, without a bundle (a MovieLens bundle takes minutes to build):
+the two towers are trained (:func:`~tailored.train.two_tower.fit.train`), the ranker is
+fitted in memory on the run's validation candidates
+(:func:`~tailored.train.ranker.fit.fit_ranker`), and the test requests are made as
+``tailored evaluate BUNDLE`` makes them (:func:`~tailored.train.ranker.data.build_requests`
+at each user's first test event, the history every training and validation positive):
+exact retrieval's top ``[ranker] candidates``, then the ranker's top 10 (two-stage), and
+retrieval's own top 10 of the same candidates. Per run: test Recall@10, NDCG@10, item
+coverage@10 (distinct items in all users' top 10 over the catalog), new-item Recall@10 and,
+on the synthetic site, planted-truth recall@10, for both lists.
+
+* **The split.** The synthetic rows are split at fixed times, validation from 80% of the
+  site's span and test from 90% (``[data] split = "global_time"``), not per user as the
+  shipped file says: ``no_dwell`` and ``no_merge`` change which events are positives, and a
+  per-user 80/10/10 cut of other events would give each row other test events, and a
+  history that may run past the baseline's requests. With fixed times every row is scored
+  on the baseline's test positives (the rows' positives are a superset of them), and "the
+  test period" is one period. MovieLens keeps its shipped per-user split: the rows that run
+  there change no data.
+* **New items.** A test positive counts for new-item recall when its item launched in the
+  test period: its catalog ``available_from`` (else its first sight in any event, an
+  impression included) at or after the test period's start (the global split's
+  ``test_start``; per user, their first test event). Recall over those positives, averaged
+  over the users who have any; the JSON gives their count, and how many had launched by the
+  user's request (the others no list made then could hold).
+* **Availability, offline.** Where the catalog has windows, every row but
+  ``no_availability`` serves as a server does at each request's time (the user's first test
+  event): retrieval skips the items not launched yet or ended then
+  (:meth:`~tailored.bundle.availability.ItemWindows.closed`; the candidates are the top
+  open items, as ``Recommend`` passes them to the index), and with ``[serve]
+  new_item_slots`` > 0 (``--new-item-slots``) the last places of both lists go to the items
+  launched in the ``new_item_days`` before the request that the user's vector scores best,
+  as ``Recommend``'s exploration does. The shipped serving configuration gives new items no
+  slots, so by default the row measures the windows' filter alone. ``no_availability``
+  scores every catalog item at every time, as ``tailored evaluate`` does: an item launched
+  after the request may then count as a hit, though no server could have shown it then, so
+  its figures are optimistic where they differ.
+* **Planted truth** (synthetic only): the share of the true top 10 in each list, the truth
+  as :func:`~tailored.train.truth.planted_truth_recall` defines it (the planted tastes at the
+  end of the span; the user's training and validation items left out) but over the items
+  open at the request's time (:func:`~tailored.data.synth_truth.true_topk`), for every test
+  user, the same truth for every row.
+
+**Time.** The defaults (20,000 users, 4,000 items, 30 events a user, 20% of the items
+launched in the span and 5% ended, as ``tailored data synth`` makes them) give 2,800 test
+users, 4,582 test positives and 41 of items launched in the test period. There one baseline
+run took 196 s on this 2-core machine beside another busy process (the towers 43 s, the
+ranker 139 s, scoring 14 s); ``no_dwell`` and ``no_merge`` train on 28% more positives,
+``no_impression_negatives`` refits the ranker only, ``no_availability`` only scores again,
+and the shipped configuration already has position debiasing off and a constant rate
+validated once an epoch (n/a rows). So a seed should take about 13 minutes and 3 seeds
+about 40 (were position debiasing shipped on, about 50). At 3,000 users and 800 items a run
+takes 20-40 s, but only 347 users have test positives, too few to tell the rows apart; a
+larger site gives more new-item positives too (``--users``). MovieLens-100k runs the
+baseline and ``no_schedule``; by ``ranker_clock.json``'s figures (training 130-150 s, a
+bundle with the shipped 5-member ranker 430-540 s) a run takes about 10 minutes there, 3
+seeds about an hour.
+
+JSON to ``benchmarks/results/ablation_<dataset>.json``: every run with its wall times, the
+mean / min / max per row over seeds, the machine and the command line; a markdown table of
+the means is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._machine import machine
+from benchmarks._overrides import add_set_argument
+from benchmarks._paths import RESULTS, ROOT
+from benchmarks.serving._bundle import KEY
+from tailored.bundle.availability import NEVER, ItemWindows, item_windows
+from tailored.bundle.evaluate import rerank
+from tailored.config import Config, RankerConfig, load_config, load_serve_config
+from tailored.data.interactions import Interactions
+from tailored.data.movielens import fetch_movielens_100k
+from tailored.data.schema import read_dataset_meta
+from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.data.synth import generate_synthetic
+from tailored.data.synth_truth import load_truth, true_topk
+from tailored.errors import ConfigError
+from tailored.train.metrics import Csr, aggregate_metrics, per_user_metrics
+from tailored.train.ranker.data import Retriever, build_requests, exact_retriever
+from tailored.train.ranker.fit import fit_ranker, run_user_embeddings
+from tailored.train.ranker.task import RankerTables, RankerTrainResult, task_logits
+from tailored.train.runs import LoadedRun, load_data, load_run
+from tailored.train.threads import torch_threads
+from tailored.train.two_tower.fit import train
+
+__all__ = ["CHANGES", "Change", "main"]
+
+K = 10
+_DAY = 86_400
+# the synthetic rows' fixed split, as shares of the site's span (see the module doc)
+_VALID_FROM, _TEST_FROM = 0.8, 0.9
+_DWELL_TYPES = ("click", "view")  # the event types whose value is dwell seconds
+_LISTS = ("two_stage", "retrieval")
+_NO_TIME = np.iinfo(np.int64).max
+
+
+# -- the rows ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Base:
+    """What a row is judged against: the baseline's configuration (this seed's) and data,
+    whether the catalog has availability windows, and the baseline run's validations an
+    epoch (0 until it has run)."""
+
+    cfg: Config
+    data: Interactions
+    windows: bool
+    val_checks: int = 0
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of issue 20 and how to turn it off: ``overrides`` of the baseline's
+    configuration, or ``serve_windows`` False (serving's availability, an evaluation change).
+    ``not_here`` says why it cannot apply (None: it may); ``idle`` why it changes nothing,
+    where its data equals the baseline's."""
+
+    name: str
+    overrides: Callable[[Config], dict[str, Any]] = lambda cfg: {}
+    serve_windows: bool = True
+    not_here: Callable[[Base], str | None] = lambda base: None
+    idle: str = "it changes no positive on this dataset"
+
+
+def _no_dwell(cfg: Config) -> dict[str, Any]:
+    """A click or view counts whatever its dwell: their rules' ``min_value`` dropped."""
+    if not cfg.data.events:  # the legacy keys: a view counts from min_view_seconds
+        return {"data.min_view_seconds": 0.0}
+    events = {
+        name: {k: v for k, v in rule.items() if not (k == "min_value" and name in _DWELL_TYPES)}
+        for name, rule in cfg.data.events.items()
+    }
+    return {"data.events": events}
+
+
+def _no_exposures(base: Base) -> str | None:
+    if base.data.exposures is None or not len(base.data.exposures):
+        return "the dataset has no exposure events (impressions)"
+    return None
+
+
+def _no_slots(base: Base) -> str | None:
+    if base.data.position is None or not (base.data.position >= 0).any():
+        return "no positive records the page slot it was shown in"
+    return None
+
+
+def _no_windows(base: Base) -> str | None:
+    return None if base.windows else "the catalog has no availability windows"
+
+
+def _constant_already(base: Base) -> str | None:
+    t = base.cfg.train
+    if t.schedule == "constant" and not t.lr_warmup_steps and base.val_checks == 1:
+        return (
+            "the shipped configuration already trains at a constant rate and, at this size, "
+            "validates once an epoch"
+        )
+    return None
+
+
+def _scheduled_already(base: Base) -> str | None:
+    if base.cfg.train.schedule != "constant":
+        return "the shipped configuration has a schedule (its row: no_schedule)"
+    return None
+
+
+CHANGES: tuple[Change, ...] = (
+    Change("baseline"),
+    Change(
+        "no_impression_negatives",
+        lambda cfg: {"ranker.impression_negative_weight": 0.0},
+        not_here=_no_exposures,
+    ),
+    Change(
+        "no_position_debias",
+        lambda cfg: {"data.position_debias": False},
+        not_here=_no_slots,
+        idle="the shipped configuration has it off (its row: with_position_debias)",
+    ),
+    Change(  # the row of a change the shipped configuration has off: turned on
+        "with_position_debias",
+        lambda cfg: {"data.position_debias": True},
+        not_here=_no_slots,
+        idle="the shipped configuration has it on (its row: no_position_debias)",
+    ),
+    Change("no_dwell", _no_dwell, idle="no positive on this dataset is held back by its dwell"),
+    Change(
+        "no_merge",
+        lambda cfg: {"data.merge_repeat_seconds": 0},
+        idle="no positive on this dataset repeats an item within merge_repeat_seconds",
+    ),
+    Change("no_availability", serve_windows=False, not_here=_no_windows),
+    Change(
+        "no_schedule",
+        lambda cfg: {
+            "train.lr_schedule": "constant",
+            "train.lr_patience": 0,  # the constant schedule refuses a plateau's patience
+            "train.lr_warmup_steps": 0,
+            "train.val_checks_per_epoch": 1,
+        },
+        not_here=_constant_already,
+    ),
+    Change(  # where the shipped configuration trains at a constant rate
+        "with_schedule",
+        lambda cfg: {
+            "train.lr_schedule": "plateau",
+            "train.lr_patience": 1,
+            "train.val_checks_per_epoch": 4,
+        },
+        not_here=_scheduled_already,
+    ),
+)
+
+
+# -- the site ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Site:
+    """A dataset and how every row reads it: its configuration file, the overrides every row
+    shares (the dataset's path, the synthetic site's split), whether it has a planted truth,
+    and what was generated (JSON)."""
+
+    name: str
+    config: Path
+    dataset: Path
+    overrides: dict[str, Any]
+    truth: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _synthetic(args: argparse.Namespace, work: Path) -> Site:
+    """The synthetic site at ``args``' sizes, generated into ``work`` (seconds at these
+    sizes; the benchmark's own pseudonymization key), split at fixed times."""
+    ds = work / "synthetic"
+    s = generate_synthetic(
+        ds,
+        n_users=args.users,
+        n_items=args.items,
+        events_per_user=args.events_per_user,
+        new_items=args.new_items,
+        ended_items=args.ended_items,
+        seed=args.site_seed,
+        key=bytes.fromhex(KEY),
+    )
+    truth = load_truth(ds)
+    split = {
+        "data.split": "global_time",
+        "data.valid_start": truth.t0 + round(_VALID_FROM * truth.span),
+        "data.test_start": truth.t0 + round(_TEST_FROM * truth.span),
+    }
+    info = {
+        "users": s.n_users,
+        "items": s.n_items,
+        "events_by_type": s.events_by_type,
+        "events_per_user": args.events_per_user,
+        "new_items": args.new_items,
+        "ended_items": args.ended_items,
+        "site_seed": args.site_seed,
+        "split": split,
+    }
+    config = ROOT / "configs" / "synthetic.toml"
+    return Site("synthetic", config, ds, {"data.dataset": str(ds), **split}, True, info)
+
+
+def _movielens() -> Site:
+    ds = fetch_movielens_100k()
+    config = ROOT / "configs" / "movielens-100k.toml"
+    return Site("movielens", config, ds, {"data.dataset": str(ds)}, False)
+
+
+# -- what every row is scored on --------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """The baseline's test users and their targets, the same for every row and seed.
+
+    ``users`` int64 [U], the users with test positives; ``relevant`` their test items
+    (0-based); ``new_rows`` int64 [V], the indices into ``users`` of those with test
+    positives of items launched in the test period, and ``new`` those items (0-based);
+    ``new_open`` how many of them had launched by the user's request; ``truth`` int64
+    [U, 10], the planted top 10 (0-based), or None; ``windows`` the catalog's, or None."""
+
+    users: np.ndarray
+    relevant: Csr
+    new_rows: np.ndarray
+    new: Csr
+    new_open: int
+    truth: np.ndarray | None
+    windows: ItemWindows | None
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "test_users": len(self.users),
+            "test_positives": int(self.relevant.indices.size),
+            "new_item_positives": int(self.new.indices.size),
+            "new_item_users": len(self.new_rows),
+            "new_item_positives_launched_by_the_request": self.new_open,
+        }
+
+
+def _first_test_times(data: Interactions, users: np.ndarray) -> np.ndarray:
+    """Each of ``users``' first test positive (unix s, int64 [U]): where
+    :func:`build_requests` stamps their request."""
+    test = data.split == TEST
+    first = np.full(data.n_users, _NO_TIME)
+    np.minimum.at(first, data.user[test], data.timestamp[test])
+    return first[users]
+
+
+def _plan(site: Site, base: Base) -> Plan:
+    """See :class:`Plan`. An item's launch is its catalog ``available_from`` (0 for one
+    there all along), else its first sight in any event (:func:`item_windows`)."""
+    data, d = base.data, base.cfg.data
+    users = np.unique(data.user[data.split == TEST])
+    tests = data.per_user((TEST,))
+    now = _first_test_times(data, users)
+    begins = np.full(len(users), d.test_start) if d.split == "global_time" else now
+    start, end = item_windows(site.dataset, int(data.timestamp.max()) + 1)
+    launch = np.where(start == NEVER, _NO_TIME, start)
+    new_rows, new_items, new_open = [], [], 0
+    for row, u in enumerate(users):
+        items = np.unique(tests[u])
+        new = items[launch[items] >= begins[row]]
+        if len(new):
+            new_rows.append(row)
+            new_items.append(new - 1)
+            new_open += int((launch[new] <= now[row]).sum())
+    windows = ItemWindows(start, end) if base.windows else None
+    truth = _truth(site, data, users, now, windows) if site.truth else None
+    relevant = Csr.from_lists([tests[u] - 1 for u in users])
+    rows = np.asarray(new_rows, np.int64)
+    return Plan(users, relevant, rows, Csr.from_lists(new_items), new_open, truth, windows)
+
+
+def _truth(
+    site: Site, data: Interactions, users: np.ndarray, now: np.ndarray, windows: ItemWindows | None
+) -> np.ndarray:
+    """The planted top 10 of ``users`` (0-based items, int64 [U, 10]): their tastes at the
+    end of the span, over the items open at each request's time ``now`` int64 [U], their
+    training and validation items left out."""
+    seen = data.per_user((TRAIN, VALID))
+    none = np.zeros(0, np.int64)
+    exclude = [
+        np.union1d(seen[u], windows.closed(float(t)) if windows is not None else none) - 1
+        for u, t in zip(users, now, strict=True)
+    ]
+    # the windows are the truth's own (the catalog's), taken at each request's time
+    return true_topk(load_truth(site.dataset), users, K, exclude=exclude, available_only=False)
+
+
+# -- one run's lists and figures ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Towers:
+    """A trained run: training's wall time (s; 0 where reused from another row), its epochs
+    and validations an epoch."""
+
+    run: LoadedRun
+    seconds: float
+    epochs: int
+    val_checks: int
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A row's towers and its ranker, fitted in memory (``seconds``: 0 where reused)."""
+
+    towers: Towers
+    ranker: RankerTrainResult
+    tables: RankerTables
+    seconds: float
+
+
+def _open_only(retrieve: Retriever, closed: list[np.ndarray]) -> Retriever:
+    """``retrieve`` that also leaves out ``closed[i]`` (1-based items) for the i-th request
+    it is asked about, as the server's index search leaves out the items closed at the
+    request's time (:func:`build_requests` asks for its requests in order)."""
+    asked = 0
+
+    def retrieve_open(
+        user_emb: np.ndarray, exclude: list[np.ndarray], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal asked
+        mine = closed[asked : asked + len(exclude)]
+        asked += len(exclude)
+        return retrieve(user_emb, [np.union1d(e, c) for e, c in zip(exclude, mine, strict=True)], n)
+
+    return retrieve_open
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """``[serve] new_item_slots`` and ``new_item_days``, as :meth:`explore` applies them."""
+
+    slots: int
+    days: float
+
+    def explore(
+        self,
+        top: np.ndarray,
+        user_emb: np.ndarray,
+        item_emb: np.ndarray,
+        now: np.ndarray,
+        windows: ItemWindows,
+        seen: list[np.ndarray],
+    ) -> np.ndarray:
+        """``top`` (0-based, int64 [U, 10], -1 empty) with its last ``slots`` places given
+        to the new items each user's vector (``user_emb`` [U, D] against ``item_emb``
+        [N + 1, D]) scores best: launched in the ``days`` before ``now`` int64 [U] (unix s)
+        and open then, neither in ``seen`` (1-based) nor listed, as ``Recommend`` does."""
+        out = np.full_like(top, -1)
+        for row in range(len(top)):
+            listed = top[row][top[row] >= 0]
+            t = float(now[row])
+            new = windows.launched(t - self.days * _DAY, t)
+            new = new[~np.isin(new, seen[row]) & ~np.isin(new - 1, listed)]
+            best = new[np.argsort(-(item_emb[new] @ user_emb[row]), kind="stable")[: self.slots]]
+            keep = max(0, min(len(listed), K - len(best)))
+            picked = np.r_[listed[:keep], best - 1]
+            out[row, : len(picked)] = picked
+        return out
+
+
+@torch.no_grad()
+def _lists(
+    fitted: Fitted,
+    r: RankerConfig,
+    plan: Plan,
+    windows: ItemWindows | None,
+    exploration: Exploration,
+) -> dict[str, np.ndarray]:
+    """The two-stage and retrieval top 10 of ``plan.users`` (0-based, int64 [U, 10]) from
+    the test requests of ``fitted``'s run, ``r`` the row's ranker settings; with
+    ``windows``, served as a server serves at each request's time (see the module doc)."""
+    run = fitted.towers.run
+    data = run.data
+    item_emb = run.model.all_item_embeddings().float().numpy()
+    user_emb = run_user_embeddings(run, plan.users, (TRAIN, VALID))
+    now = _first_test_times(data, plan.users)
+    retrieve = exact_retriever(item_emb)
+    closed = [windows.closed(float(t)) for t in now] if windows is not None else []
+    if windows is not None:
+        retrieve = _open_only(retrieve, closed)
+    req = build_requests(
+        data,
+        plan.users,
+        user_emb,
+        retrieve,
+        item_emb=item_emb,
+        history_splits=(TRAIN, VALID),
+        target=TEST,
+        n_candidates=max(r.candidates, K),
+        ease_items=r.ease_items,
+        ease_l2=r.ease_l2,
+    )
+    # _open_only counts on being asked for the requests in order; check that it was
+    if any(np.isin(c, shut).any() for c, shut in zip(req.candidates, closed, strict=False)):
+        raise RuntimeError("a request's candidates hold an item closed at its time")
+    ranked = [
+        rerank(task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy(), b.candidates, K)
+        for b in req.batches(256)
+    ]
+    order = -np.arange(req.candidates.shape[1], dtype=np.float32)
+    out = {
+        "two_stage": np.concatenate(ranked),
+        "retrieval": rerank(np.broadcast_to(order, req.candidates.shape), req.candidates, K),
+    }
+    if windows is not None and exploration.slots > 0:
+        seen = data.per_user((TRAIN, VALID))
+        mine = [seen[u] for u in plan.users]
+        for name, top in out.items():
+            out[name] = exploration.explore(top, user_emb, item_emb, now, windows, mine)
+    return out
+
+
+def _overlap(top: np.ndarray, truth: np.ndarray) -> float:
+    """The mean share of each row of ``truth`` int [U, k] that the same row of ``top`` holds."""
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(top, truth, strict=True)]
+    return float(np.mean(hits)) / truth.shape[1]
+
+
+def _metrics(top: np.ndarray, plan: Plan, data: Interactions) -> dict[str, float]:
+    """Recall@10, NDCG@10, item coverage@10, new-item recall@10 and planted-truth recall@10
+    of ``top`` (0-based, int64 [U, 10], the rows of ``plan.users``); ``data``: the
+    baseline's (the popularity the metrics read)."""
+    pop = data.item_popularity((TRAIN,))[1:]
+    m = aggregate_metrics(top, plan.relevant, (K,), pop, data.n_items)
+    out = {name: m[f"{name}@{K}"] for name in ("recall", "ndcg", "itemcoverage")}
+    if len(plan.new_rows):
+        new = per_user_metrics(top[plan.new_rows], plan.new, (K,))[f"recall@{K}"]
+        out["new_item_recall"] = float(new.mean())
+    if plan.truth is not None:
+        out["truth_recall"] = _overlap(top, plan.truth)
+    return out
+
+
+# -- training, shared where rows share it -------------------------------------------------------
+class SeedModels:
+    """One seed's runs and rankers by configuration: a row whose towers are configured as
+    another's reuses its run (``no_impression_negatives`` refits the ranker only), and one
+    configured wholly as another reuses its ranker too (``no_availability``)."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.towers: dict[str, Towers] = {}
+        self.fitted: dict[str, Fitted] = {}
+
+    def fit(self, cfg: Config, data: Interactions) -> Fitted:
+        key = _key(cfg.to_dict())
+        if key in self.fitted:
+            done = self.fitted[key]
+            return Fitted(replace(done.towers, seconds=0.0), done.ranker, done.tables, 0.0)
+        towers = self._towers(cfg, data)
+        start = time.perf_counter()
+        ranker, tables, _ = fit_ranker(towers.run, cfg.ranker, progress_bar=False)
+        self.fitted[key] = Fitted(towers, ranker, tables, time.perf_counter() - start)
+        return self.fitted[key]
+
+    def _towers(self, cfg: Config, data: Interactions) -> Towers:
+        """``cfg``'s towers (its ranker section aside), trained, or reused from a row."""
+        key = _key({k: v for k, v in cfg.to_dict().items() if k != "ranker"})
+        if key in self.towers:
+            return replace(self.towers[key], seconds=0.0)
+        start = time.perf_counter()
+        result = train(cfg, out=self.work / f"run{len(self.towers)}", data=data)
+        run = load_run(result.out, data=data)
+        seconds = time.perf_counter() - start
+        self.towers[key] = Towers(run, seconds, result.epochs, result.val_checks_per_epoch)
+        return self.towers[key]
+
+
+def _key(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+# -- the rows' runs -----------------------------------------------------------------------------
+def _same_positives(a: Interactions, b: Interactions) -> bool:
+    fields = ("user", "item", "timestamp", "weight", "split")
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+
+@dataclass
+class SeedRows:
+    """One seed's rows: the baseline they are judged against, what they are scored on, the
+    overrides every row of the seed has, and the runs and data they share."""
+
+    site: Site
+    base: Base
+    plan: Plan
+    overrides: dict[str, Any]
+    models: SeedModels
+    exploration: Exploration
+    data: dict[str, Interactions] = field(default_factory=dict)
+
+    def config(self, change: Change) -> Config:
+        """The baseline's configuration with ``change`` off (ConfigError: a key it lacks)."""
+        overrides = {**self.overrides, **change.overrides(self.base.cfg)}
+        return load_config(self.site.config, overrides=overrides)
+
+    def reason_not_run(self, change: Change, cfg: Config) -> str | None:
+        """Why ``change`` does not apply here (None: it does)."""
+        if (reason := change.not_here(self.base)) is not None:
+            return reason
+        if change.name != "baseline" and change.serve_windows and cfg == self.base.cfg:
+            return "the shipped configuration already has it off"
+        if cfg.data != self.base.cfg.data and _same_positives(self._data(cfg), self.base.data):
+            return change.idle
+        return None
+
+    def _data(self, cfg: Config) -> Interactions:
+        """``cfg``'s positives (the baseline's, where its data section is the baseline's)."""
+        if cfg.data == self.base.cfg.data:
+            return self.base.data
+        key = _key(cfg.to_dict()["data"])
+        if key not in self.data:
+            self.data[key] = load_data(cfg)
+        return self.data[key]
+
+    def run(self, change: Change, cfg: Config) -> tuple[dict[str, Any], Fitted]:
+        """``change``'s run: its figures and wall times, and what it fitted."""
+        start = time.perf_counter()
+        data = self._data(cfg)
+        missing = ~np.isin(self.plan.users, data.user[data.split == TEST])
+        if missing.any():  # build_requests needs a test positive of each user in the row's data
+            raise RuntimeError(
+                f"{change.name}: {int(missing.sum())} of the baseline's test users have no test "
+                "positive under this row's rule, so it cannot be scored on the same users"
+            )
+        fitted = self.models.fit(cfg, data)
+        scoring = time.perf_counter()
+        windows = self.plan.windows if change.serve_windows else None
+        with torch_threads(cfg.train.threads):
+            lists = _lists(fitted, cfg.ranker, self.plan, windows, self.exploration)
+        result = {
+            "seed": cfg.train.seed,
+            **{name: _metrics(top, self.plan, self.base.data) for name, top in lists.items()},
+            "ranker_holdout_ndcg@10": fitted.ranker.holdout_ndcg10,
+            "epochs": fitted.towers.epochs,
+            "train_seconds": round(fitted.towers.seconds, 1),  # 0: the towers were reused
+            "ranker_seconds": round(fitted.seconds, 1),  # 0: the ranker was reused
+            "score_seconds": round(time.perf_counter() - scoring, 1),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
+        return result, fitted
+
+    def row(self, change: Change, row: dict[str, Any]) -> None:
+        """``change``'s run into ``row``, or why it is not run (decided at the first seed)."""
+        if row["status"] != "ran":
+            return
+        try:
+            cfg = self.config(change)
+        except ConfigError as e:
+            row.update(status="skipped", reason=f"the configuration refuses it: {e}")
+            print(f"{change.name}: skipped ({row['reason']})", flush=True)
+            return
+        row["overrides"] = json.loads(_key(change.overrides(self.base.cfg)))
+        if not change.serve_windows:
+            row["serving"] = "availability windows ignored, no new-item slots"
+        if (reason := self.reason_not_run(change, cfg)) is not None:
+            row.update(status="n/a", reason=reason)
+            print(f"{change.name}: n/a ({reason})", flush=True)
+            return
+        result, fitted = self.run(change, cfg)
+        if change.name == "baseline":  # the schedule's row is judged by what the baseline ran
+            self.base = replace(self.base, val_checks=fitted.towers.val_checks)
+        row["runs"].append(result)
+        print(json.dumps({"row": change.name, **result}), flush=True)
+
+
+# -- the command ----------------------------------------------------------------------------------
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+
+
+def _rows(
+    site: Site, changes: list[Change], args: argparse.Namespace, work: Path
+) -> tuple[dict[str, dict[str, Any]], Plan, Exploration]:
+    """Every row's status and runs over the seeds (the baseline first in each: the schedule's
+    row is judged by its run), with the plan they are scored on and the exploration."""
+    shared = {**site.overrides, **dict(args.set), "train.progress_bar": False}
+    first = load_config(site.config, overrides={**shared, "train.seed": args.seeds[0]})
+    windows = read_dataset_meta(site.dataset).schema.item_availability
+    base = Base(first, load_data(first), windows)
+    plan = _plan(site, base)
+    print(f"{site.name}: {json.dumps(plan.describe())}", flush=True)
+    serve = load_serve_config(site.config)
+    slots = serve.new_item_slots if args.new_item_slots is None else args.new_item_slots
+    exploration = Exploration(slots, serve.new_item_days)
+    rows: dict[str, dict[str, Any]] = {c.name: {"status": "ran", "runs": []} for c in changes}
+    for seed in args.seeds:
+        overrides = {**shared, "train.seed": seed}
+        seeded = replace(base, cfg=load_config(site.config, overrides=overrides))
+        models = SeedModels(work / f"seed{seed}")
+        seed_rows = SeedRows(site, seeded, plan, overrides, models, exploration)
+        for change in changes:
+            seed_rows.row(change, rows[change.name])
+    for row in rows.values():
+        runs = row.pop("runs")
+        if runs:
+            row["runs"] = runs
+            row["summary"] = {
+                name: {m: _summary([r[name][m] for r in runs]) for m in runs[0][name]}
+                for name in _LISTS
+            }
+    return rows, plan, exploration
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--dataset", choices=("synthetic", "movielens"), default="synthetic")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    names = [c.name for c in CHANGES]
+    p.add_argument("--rows", nargs="+", choices=names, default=names, help="the baseline always")
+    p.add_argument("--users", type=int, default=20_000, help="the synthetic site's users")
+    p.add_argument("--items", type=int, default=4_000, help="the synthetic site's items")
+    p.add_argument("--events-per-user", type=float, default=30.0)
+    p.add_argument("--new-items", type=float, default=0.2, help="share launched in the span")
+    p.add_argument("--ended-items", type=float, default=0.05, help="share ending in the span")
+    p.add_argument("--site-seed", type=int, default=0, help="the synthetic site's own seed")
+    p.add_argument(
+        "--new-item-slots",
+        type=int,
+        default=None,
+        help="places of each list given to new items (default: the configuration's [serve])",
+    )
+    add_set_argument(p)
+    p.add_argument("--out-json", type=Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    changes = [c for c in CHANGES if c.name == "baseline" or c.name in args.rows]
+    out_json = args.out_json or RESULTS / f"ablation_{args.dataset}.json"
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tailored-ablation-") as tmp:
+        work = Path(tmp)
+        site = _synthetic(args, work) if args.dataset == "synthetic" else _movielens()
+        rows, plan, exploration = _rows(site, changes, args, work)
+    command = sys.argv[1:] if argv is None else argv
+    out = {
+        "machine": machine(),
+        "command": shlex.join(["python", "-m", "benchmarks.quality.ablation", *command]),
+        "dataset": args.dataset,
+        "config": str(site.config.relative_to(ROOT)),
+        "site": site.info,
+        "overrides": dict(args.set),
+        "plan": plan.describe(),
+        "new_item_slots": exploration.slots,
+        "new_item_days": exploration.days,
+        "seconds": round(time.perf_counter() - began, 1),
+        "rows": rows,
+    }
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(out, indent=2) + "\n")
+    print(_table(rows, site.truth))
+    return out
+
+
+_COLUMNS = (
+    ("ndcg", "NDCG@10"),
+    ("recall", "Recall@10"),
+    ("itemcoverage", "coverage@10"),
+    ("new_item_recall", "new-item Recall@10"),
+    ("truth_recall", "planted-truth recall@10"),
+)
+
+
+def _table(rows: dict[str, dict[str, Any]], truth: bool) -> str:
+    """A markdown table of the means over seeds, "two-stage / retrieval" in each cell, and
+    the two-stage NDCG@10's spread over the seeds."""
+    columns = [c for c in _COLUMNS if truth or c[0] != "truth_recall"]
+    head = ["row", *(label for _, label in columns), "two-stage NDCG@10 min-max", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        if row["status"] != "ran":
+            cells = [f"{row['status']}: {row['reason']}", *[""] * (len(head) - 2)]
+        else:
+            s = row["summary"]
+            cells = [
+                f"{s['two_stage'][m]['mean']:.4f} / {s['retrieval'][m]['mean']:.4f}"
+                if m in s["two_stage"]
+                else "-"
+                for m, _ in columns
+            ]
+            ndcg = s["two_stage"]["ndcg"]
+            cells += [f"{ndcg['min']:.4f}-{ndcg['max']:.4f}", str(len(row["runs"]))]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n\n(two-stage / retrieval alone; means over the seeds)"
+
+
+if __name__ == "__main__":
+    main()
