@@ -142,24 +142,6 @@ class Exposures:
         keep = np.isin(self.split[s], splits)
         return items[keep], times[keep], slots[keep]
 
-    def recent(self, splits: tuple[int, ...], limit: int = EXPOSURE_EVENTS) -> Exposures:
-        """The last ``limit`` exposures of each user among ``splits`` (what a bundle keeps)."""
-        keep = np.isin(self.split, splits)
-        u = self.user[keep]
-        counts = np.bincount(u, minlength=len(self.offsets) - 1)
-        ends = np.cumsum(counts)
-        rank_from_end = ends[u] - 1 - (np.arange(len(u)) - (ends[u] - counts[u]))
-        mine = rank_from_end < limit
-        kept = np.minimum(counts, limit)
-        idx = np.flatnonzero(keep)[mine]
-        return Exposures(
-            self.item[idx],
-            self.timestamp[idx],
-            self.position[idx],
-            self.split[idx],
-            np.r_[0, np.cumsum(kept)].astype(np.int64),
-        )
-
 
 def shown_counts(
     candidates: np.ndarray, shown_items: np.ndarray, shown_times: np.ndarray, now: float

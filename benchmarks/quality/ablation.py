@@ -13,6 +13,9 @@ train the baseline (``configs/synthetic.toml``; ``configs/movielens-100k.toml`` 
 * ``no_schedule``: ``[train] lr_schedule = "constant"``, ``val_checks_per_epoch = 1`` (no
   plateau patience, no warm-up).
 
+``all_off`` turns every change off at once: the state before the issue, as near as the code
+allows (the ranker's ``shown_before`` feature stays), to read the goals against.
+
 A change the shipped configuration has off is turned on instead: ``with_position_debias``
 (``[data] position_debias = true``) and ``with_schedule`` (``lr_schedule = "plateau"``,
 ``lr_patience = 1``, validated 4 times an epoch), where the file trains at a constant rate.
@@ -201,6 +204,23 @@ def _constant_already(base: Base) -> str | None:
     return None
 
 
+def _all_off(cfg: Config) -> dict[str, Any]:
+    """Every change of the issue off at once (what the configuration did before it, but for
+    the ranker's ``shown_before`` feature, which cannot be turned off): skipped impressions
+    no negatives, no position debiasing, every click whatever its dwell, no merging, a
+    constant rate validated once an epoch (and, as the row says, no availability)."""
+    return {
+        "ranker.impression_negative_weight": 0.0,
+        "data.position_debias": False,
+        "data.merge_repeat_seconds": 0,
+        **_no_dwell(cfg),
+        "train.lr_schedule": "constant",
+        "train.lr_patience": 0,
+        "train.lr_warmup_steps": 0,
+        "train.val_checks_per_epoch": 1,
+    }
+
+
 def _scheduled_already(base: Base) -> str | None:
     if base.cfg.train.schedule != "constant":
         return "the shipped configuration has a schedule (its row: no_schedule)"
@@ -252,6 +272,7 @@ CHANGES: tuple[Change, ...] = (
         },
         not_here=_scheduled_already,
     ),
+    Change("all_off", _all_off, serve_windows=False),
 )
 
 
