@@ -36,6 +36,7 @@ __all__ = [
     "EXPOSURE_GAP",
     "Exposures",
     "SlotPropensity",
+    "per_item_sum",
     "shown_counts",
 ]
 
@@ -155,11 +156,18 @@ def shown_counts(
     if len(known) > EXPOSURE_EVENTS:
         order = np.argsort(shown_times[before], kind="stable")
         known = known[order[-EXPOSURE_EVENTS:]]
-    if not len(known) or not len(candidates):
-        return np.zeros(len(candidates), np.int64)
-    items, counts = np.unique(known, return_counts=True)
-    at = np.clip(np.searchsorted(items, candidates), 0, len(items) - 1)
-    return np.where(items[at] == candidates, counts[at], 0).astype(np.int64)
+    return per_item_sum(known, np.ones(len(known)), candidates).astype(np.int64)
+
+
+def per_item_sum(items: np.ndarray, values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """float64 [C]: for each of ``candidates``, the sum of ``values`` [X] over its entries in
+    ``items`` [X] (0 for a candidate with none)."""
+    if not len(items) or not len(candidates):
+        return np.zeros(len(candidates))
+    uniq, inv = np.unique(items, return_inverse=True)
+    sums = np.bincount(inv, weights=values, minlength=len(uniq))
+    at = np.clip(np.searchsorted(uniq, candidates), 0, len(uniq) - 1)
+    return np.where(uniq[at] == candidates, sums[at], 0.0)
 
 
 @dataclass(frozen=True)

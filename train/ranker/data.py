@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from tailored.config import RankerConfig
-from tailored.data.exposures import EXPOSURE_GAP, Exposures, SlotPropensity, shown_counts
+from tailored.data.exposures import (
+    EXPOSURE_GAP,
+    Exposures,
+    SlotPropensity,
+    per_item_sum,
+    shown_counts,
+)
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
@@ -273,10 +279,10 @@ def build_requests(
         s_items, s_times, _ = shown.of_user(int(u), known)
         relevant = t.items[t_start[row] : t.offsets[u + 1]]
         if impression_negative_weight > 0:
-            neg_weight[row] = _impression_weights(
+            looked = _impression_weights(
                 shown, int(u), target, None if stamped else now[row], cands[row], relevant, exam
             )
-            neg_weight[row] = 1 + impression_negative_weight * neg_weight[row]
+            neg_weight[row] = 1 + impression_negative_weight * looked
         dense[row] = dense_features(
             candidates=cands[row],
             scores=scores[row],
@@ -311,15 +317,7 @@ def _impression_weights(
         later = times >= now - EXPOSURE_GAP
         items, slots = items[later], slots[later]
     skipped = ~np.isin(items, relevant)
-    items, slots = items[skipped], slots[skipped]
-    out = np.zeros(len(candidates), np.float32)
-    if not len(items):
-        return out
-    # log of the chance it was never looked at, summed over each item's exposures
-    missed = np.log(np.clip(1.0 - exam.of(slots), 1e-9, 1.0))
-    uniq, inv = np.unique(items, return_inverse=True)
-    never = np.bincount(inv, weights=missed, minlength=len(uniq))
-    at = np.clip(np.searchsorted(uniq, candidates), 0, len(uniq) - 1)
-    hit = (uniq[at] == candidates) & (candidates > 0)
-    out[hit] = 1.0 - np.exp(never[at[hit]])
-    return out
+    # log of the chance it was never looked at, summed over each item's exposures (0: none)
+    missed = np.log(np.clip(1.0 - exam.of(slots[skipped]), 1e-9, 1.0))
+    never = per_item_sum(items[skipped], missed, candidates)
+    return (1.0 - np.exp(never)).astype(np.float32)
