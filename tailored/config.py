@@ -268,7 +268,15 @@ class TrainConfig:
     # "auto": bf16-mixed on CUDA, else 32-true; or any of Lightning's names for one of those
     precision: str = "auto"
     strategy: str = "auto"  # "auto" | "ddp" (several devices)
-    num_workers: int = 0
+    # torch.compile the towers' training passes (the user tower, the item tower's output MLP).
+    # Off by default: on this project's 2-vCPU CPU it made a step at batch 1,024 slower
+    # (benchmarks/scale/train_feed.py measures it with --compile)
+    compile: bool = False
+    # where the training arrays live, each batch gathered from them by index: "device" (the
+    # training device: no host work per step), "host" (host memory, pinned where there is a
+    # GPU: each batch gathered there and copied over), "auto" (the device where they take at
+    # most 40% of its free memory, else the host; on the CPU the two are one)
+    feed: str = "auto"
     limit_val_users: int = 0  # validate on at most this many users (0: all)
     # the run's final full-ranking report (metrics.json) on at most this many users per split,
     # sampled (0: all); at a million items each user costs a pass over the catalog
@@ -298,7 +306,6 @@ class TrainConfig:
             raise ConfigError(f"[train] seed: must be in [0, 2**32), got {self.seed}")
         for name in (
             "weight_decay",
-            "num_workers",
             "limit_val_users",
             "final_eval_users",
             "max_minutes",
@@ -328,6 +335,7 @@ class TrainConfig:
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"[train] lr_factor: must be in (0, 1), got {self.lr_factor}")
         _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
+        _one_of("train", "feed", self.feed, ("auto", "device", "host"))
         _one_of("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda"))
         _one_of("train", "precision", self.precision, ("auto", "32-true", "bf16-mixed"))
         _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))

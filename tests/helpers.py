@@ -11,10 +11,27 @@ from typing import Any
 
 from tailored.config import Config, load_config
 
-__all__ = ["ROOT", "SMALL", "TEST_KEY", "reseal", "small_config", "synthetic_bundle"]
+__all__ = [
+    "ROOT",
+    "SMALL",
+    "TEST_KEY",
+    "cuda_available",
+    "reseal",
+    "small_config",
+    "synthetic_bundle",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = bytes.fromhex("00112233445566778899aabbccddeeff" * 2)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU: the one gate of the GPU-only tests (``skipif(not
+    cuda_available(), ...)``); torch is imported only when asked."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
 
 # a model small enough to train on MovieLens-100k in seconds on two cores
 SMALL: dict[str, dict[str, Any]] = {

@@ -41,9 +41,17 @@ def test_training_history_is_the_events_just_before_the_target(data: Interaction
         expected = train_items[max(0, position - L) : position]
         history = [int(i) for i in batch.history[row] if i > 0]
         assert history == expected, (user, first)
-    # another in-batch positive of the same user is marked, the row's own one too
-    assert batch.positive_mask is not None
-    assert bool(batch.positive_mask.diagonal().all())
+    # exactly the off-diagonal cells whose column item is a training positive of the row's
+    # user are no negatives (a repeat of the row's own item included)
+    assert batch.not_negatives is not None
+    cells = {
+        (r, c)
+        for r, j in enumerate(idx)
+        for c in range(len(idx))
+        if c != r and int(batch.item[c]) in set(_items(data, int(dm.train_user[j]), (TRAIN,)))
+    }
+    assert cells
+    assert set(map(tuple, batch.not_negatives.T.tolist())) == cells
 
 
 def test_a_target_window_only_moves_the_history_back(data: Interactions) -> None:
@@ -130,8 +138,20 @@ def test_a_sequence_batch_pairs_each_item_with_the_next(
         ]
         assert batch.targets[row, :n].tolist() == expected
         assert not batch.targets[row, n:].any()
-    # each row's own targets are positives of its user
-    assert batch.positive_mask is not None
+    # the loss's rows and columns are the scored targets, row-major: a cell is no negative
+    # exactly where the column's target is a training positive of the row's user
+    assert batch.not_negatives is not None
     own = torch.repeat_interleave(torch.arange(16), (batch.targets > 0).sum(1))
-    assert bool(batch.positive_mask[own, torch.arange(len(own))].all())
+    scored = batch.targets[batch.targets > 0]
+    positives = [set(_items(data, int(dm.train_user[first[r]]), (TRAIN,))) for r in range(16)]
+    cells = {
+        (a, b)
+        for a in range(len(own))
+        for b in range(len(own))
+        if a != b and int(scored[b]) in positives[int(own[a])]
+    }
+    assert {
+        (a, b) for a in range(len(own)) for b in range(len(own)) if a != b and own[a] == own[b]
+    } <= cells
+    assert set(map(tuple, batch.not_negatives.T.tolist())) == cells
     assert len(loader) >= 1

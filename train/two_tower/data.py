@@ -3,8 +3,9 @@
 Training examples are the training split's positive events in time order: for event ``j`` of
 user ``u``, the user tower reads the ``L`` positives of ``u`` before ``j`` (so the model
 learns what comes next, as it will be asked at serving time) and the item tower the item of
-``j``. Batches are assembled vectorised in the collate function from index arrays; nothing
-per-example is materialised, so 30M events cost a few hundred MB.
+``j``. Batches are gathered by index from tensors on the training device
+(:mod:`tailored.train.two_tower.feed`); nothing per-example is materialised, so 30M events
+cost a few hundred MB.
 
 With ``sequences`` (a causal user tower), a training example is instead a chunk of up to
 ``sequence_targets`` consecutive positives of one user, read with the events before them in
@@ -15,20 +16,21 @@ move by a random offset each epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from tailored.data.features import user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
+from tailored.train.two_tower.feed import FeedLoader, TrainFeed
 
 __all__ = [
+    "DEVICE_FEED_SHARE",
     "Batch",
     "EvalBatch",
     "RowIndices",
@@ -37,6 +39,12 @@ __all__ = [
     "UserHistory",
     "sequence_chunks",
 ]
+
+_log = logging.getLogger(__name__)
+
+# [train] feed = "auto" keeps the training arrays on the GPU where they take at most this
+# share of its free memory (the rest is the model's, its optimizer state's and activations')
+DEVICE_FEED_SHARE = 0.4
 
 
 @dataclass
@@ -83,7 +91,9 @@ class Batch:
     history: Tensor
     item: Tensor
     weight: Tensor
-    positive_mask: Tensor | None = None  # bool [B, B]: item j is a training positive of user i
+    # int64 [2, M]: the (row, column) cells of the [B, B] logits whose column item is another
+    # training positive of the row's user, so no negative for it (feed.not_negative_pairs)
+    not_negatives: Tensor | None = None
 
     @property
     def examples(self) -> int:
@@ -105,9 +115,10 @@ class SequenceBatch:
     items: Tensor
     targets: Tensor
     weight: Tensor
-    # bool [S, P]: the batch's j-th target (``targets[targets > 0]``, row-major) is a
-    # training positive of sequence i's user
-    positive_mask: Tensor | None = None
+    # int64 [2, M]: the cells of the loss's [P, P] logits over the batch's targets
+    # (``targets[targets > 0]``, row-major) whose column target is a training positive of the
+    # row's user
+    not_negatives: Tensor | None = None
 
     @property
     def examples(self) -> int:
@@ -164,16 +175,28 @@ class RowIndices(Dataset[int]):
         return i
 
 
-def _padded(rows: list[np.ndarray]) -> np.ndarray:
-    width = max((len(r) for r in rows), default=0)
-    out = np.zeros((len(rows), max(width, 1)), np.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
+def _rows_padded(history: UserHistory, users: np.ndarray) -> np.ndarray:
+    """Each of ``users``' items in ``history``, int64 [B, longest], 0-padded on the right."""
+    start = history.offsets[users]
+    count = history.offsets[users + 1] - start
+    width = max(int(count.max(initial=0)), 1)
+    step = np.arange(width)
+    idx = start[:, None] + step[None, :]
+    valid = step[None, :] < count[:, None]
+    if not len(history.items):
+        return np.zeros(idx.shape, np.int64)
+    return np.where(valid, history.items[np.minimum(idx, len(history.items) - 1)], 0).astype(
+        np.int64
+    )
 
 
 class TwoTowerDataModule(pl.LightningDataModule):
-    """Training batches over the train split; validation batches of users with valid items."""
+    """Training batches over the train split (gathered on the training device by a
+    :class:`~tailored.train.two_tower.feed.TrainFeed`); validation batches of users with valid
+    items. ``feed``: where the training arrays live, "device" (the training device), "host"
+    (host memory, pinned where there is a GPU: each batch is gathered there and copied over)
+    or "auto" (the device where they take at most :data:`DEVICE_FEED_SHARE` of its free
+    memory)."""
 
     def __init__(
         self,
@@ -182,13 +205,13 @@ class TwoTowerDataModule(pl.LightningDataModule):
         history_length: int,
         batch_size: int,
         user_id_buckets: int = 0,
-        num_workers: int = 0,
         limit_val_users: int = 0,
         seed: int = 0,
         target_window: int = 1,
         mask_user_positives: bool = False,
         sequences: bool = False,
         sequence_targets: int = 0,
+        feed: str = "auto",
     ) -> None:
         super().__init__()
         self.sequences = sequences
@@ -197,24 +220,24 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.target_window = target_window
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._generator = torch.Generator().manual_seed(seed)  # the CPU collate's draws
         self.data = data
         self.history_length = history_length
         self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.user_hash = user_hash_buckets(data.user_ids, user_id_buckets)
+        self.feed_setting = feed
+        self.feed = TrainFeed.of(
+            data,
+            history_length=history_length,
+            user_id_buckets=user_id_buckets,
+            target_window=target_window,
+            mask_user_positives=mask_user_positives,
+        )
+        self._device_feed: TrainFeed | None = None  # the feed where training gathers
+        self.user_hash = self.feed.user_hash.numpy()
         train = data.split == TRAIN
         self.train_user = data.user[train]
         self.train_item = data.item[train].astype(np.int64)
-        self.train_weight = data.weight[train]
-        self.train_context = data.context[train]
-        self.train_history = UserHistory.of(data, (TRAIN,))
-        # sorted (user, item) keys of all training positives, to find in-batch "negatives"
-        # that are in fact positives of the row's user
-        self._pair_keys = (
-            np.unique(self.train_user.astype(np.int64) * (data.n_items + 1) + self.train_item)
-            if mask_user_positives
-            else None
-        )
+        self.train_history = UserHistory(self.feed.item.numpy(), self.feed.offsets.numpy())
         self.val_users = self._eval_users(VALID, limit_val_users, seed)
 
     def _eval_users(self, split: int, limit: int, seed: int) -> np.ndarray:
@@ -231,62 +254,72 @@ class TwoTowerDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def train_dataloader(self) -> DataLoader[int]:
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def placed_feed(self) -> TrainFeed:
+        """The feed where training gathers its batches (moved there once): on the training
+        device, or in host memory (see the class doc)."""
+        device = self._device()
+        if self._device_feed is None or self._device_feed.device != device:
+            self._device_feed = self._place(device)
+        return self._device_feed
+
+    def _place(self, device: torch.device) -> TrainFeed:
+        if device.type == "cpu":
+            return self.feed
+        where = self.feed_setting
+        if where == "auto":
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+            where = "device" if self.feed.nbytes <= DEVICE_FEED_SHARE * free else "host"
+        _log.info(
+            "training arrays (%.2f GiB) %s",
+            self.feed.nbytes / 2**30,
+            f"on {device}" if where == "device" else "in pinned host memory",
+        )
+        if where == "device":
+            return self.feed.to(device)
+        return self.feed.to("cpu", pin=device.type == "cuda")
+
+    def train_dataloader(self) -> FeedLoader | DataLoader[int]:
         # sharded here rather than by Lightning, so validation can shard without padding
         rank, world = self._world()
-        n = len(self.train_item)
-        collate: Callable[[list[int]], Batch | SequenceBatch] = self._collate_train
+        feed = self.placed_feed()
+        device = self._device()
         if self.sequences:
             # new chunk boundaries each time (the trainer reloads this loader every epoch)
             self._chunks = sequence_chunks(
                 self.train_history.offsets, self.sequence_targets, self._rng
             )
-            n, collate = len(self._chunks[0]), self._collate_sequences
-        dataset = RowIndices(n)
-        sampler: DistributedSampler[int] | None = (
-            DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-            if world > 1
-            else None
-        )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            drop_last=n > self.batch_size,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            first = torch.from_numpy(self._chunks[0]).to(feed.device)
+            end = torch.from_numpy(self._chunks[1]).to(feed.device)
+            rows = len(first)
+
+            def make(j: Tensor, g: torch.Generator) -> Batch | SequenceBatch:
+                return feed.sequence_batch(first[j], end[j])
+
+        else:
+            rows = feed.rows
+
+            def make(j: Tensor, g: torch.Generator) -> Batch | SequenceBatch:
+                return feed.batch(j, g)
+
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return FeedLoader(
+            rows,
+            self.batch_size,
+            make,
+            device=feed.device,
+            seed=self.seed + epoch if self.sequences else self.seed,
+            rank=rank,
+            world=world,
+            to=device if feed.device != device else None,
         )
 
-    def _collate_train(self, idx: list[int]) -> Batch:
-        j = np.asarray(idx, np.int64)
-        users = self.train_user[j].astype(np.int64)
-        # events are grouped by user in time order, so event j's history ends just before j;
-        # with a target window W it ends a random 0..W-1 events earlier, so the model learns
-        # to predict the next W items, not only the very next one (offline and online, what
-        # is asked is the user's next several items)
-        start = self.train_history.offsets[users]
-        end = j
-        if self.target_window > 1:
-            end = np.maximum(j - self._rng.integers(0, self.target_window, len(j)), start)
-        history = _window(self.train_history.items, start, end, self.history_length)
-        mask = None
-        if self._pair_keys is not None:
-            keys = users[:, None] * (self.data.n_items + 1) + self.train_item[j][None, :]
-            pos = np.searchsorted(self._pair_keys, keys)
-            found = self._pair_keys[np.minimum(pos, len(self._pair_keys) - 1)] == keys
-            mask = torch.from_numpy(found)
-        return Batch(
-            user_hash=torch.from_numpy(self.user_hash[users]),
-            user_cat=torch.from_numpy(self.data.users.categorical[users]),
-            user_num=torch.from_numpy(self.data.users.numeric[users]),
-            context=torch.from_numpy(self.train_context[j]),
-            history=torch.from_numpy(history),
-            item=torch.from_numpy(self.train_item[j]),
-            weight=torch.from_numpy(self.train_weight[j]),
-            positive_mask=mask,
-        )
+    def _collate_train(self, idx: list[int] | np.ndarray) -> Batch:
+        """The batch of training rows ``idx``, gathered on the CPU."""
+        return self.feed.batch(torch.as_tensor(np.asarray(idx, np.int64)), self._generator)
 
     def _collate_sequences(self, idx: list[int]) -> SequenceBatch:
         j = np.asarray(idx, np.int64)
@@ -294,44 +327,15 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     def _sequence_batch(self, first: np.ndarray, end: np.ndarray) -> SequenceBatch:
         """The chunks whose targets are the training events ``first[i]:end[i]`` (int64 [S]
-        each, within one user's events), with the history before them."""
-        users = self.train_user[first].astype(np.int64)
-        # the window is the L events before the chunk's last target (within the user's): its
-        # first targets keep the history before them, as they would at serving time
-        start = np.maximum(self.train_history.offsets[users], end - 1 - self.history_length)
-        event = start[:, None] + np.arange(self.history_length)[None, :]  # [S, L] inputs
-        real = event < end[:, None] - 1
-        event = np.where(real, event, 0)
-        scored = real & (event + 1 >= first[:, None])
-        target = np.where(scored, event + 1, 0)
-        items = np.where(real, self.train_item[event], 0)
-        targets = np.where(scored, self.train_item[target], 0)
-        mask = None
-        if self._pair_keys is not None:
-            keys = users[:, None] * (self.data.n_items + 1) + targets[scored][None, :]
-            pos = np.searchsorted(self._pair_keys, keys)
-            mask = torch.from_numpy(
-                self._pair_keys[np.minimum(pos, len(self._pair_keys) - 1)] == keys
-            )
-        return SequenceBatch(
-            user_hash=torch.from_numpy(self.user_hash[users]),
-            user_cat=torch.from_numpy(self.data.users.categorical[users]),
-            user_num=torch.from_numpy(self.data.users.numeric[users]),
-            context=torch.from_numpy(np.where(scored[..., None], self.train_context[target], 0)),
-            items=torch.from_numpy(items),
-            targets=torch.from_numpy(targets),
-            weight=torch.from_numpy(
-                np.where(scored, self.train_weight[target], 0).astype(np.float32)
-            ),
-            positive_mask=mask,
-        )
+        each, within one user's events), with the history before them; on the CPU."""
+        return self.feed.sequence_batch(torch.from_numpy(first), torch.from_numpy(end))
 
     def transfer_batch_to_device(
         self, batch: object, device: torch.device, dataloader_idx: int
     ) -> object:
         if isinstance(batch, Batch | SequenceBatch | EvalBatch):
             for name, value in vars(batch).items():
-                if value is not None:
+                if value is not None and value.device != device:
                     setattr(batch, name, value.to(device))
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
@@ -367,12 +371,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
                 user_num=torch.from_numpy(self.data.users.numeric[u]),
                 context=torch.zeros((len(u), self.data.context.shape[1]), dtype=torch.long),
                 history=torch.from_numpy(hist.last(u, self.history_length)),
-                exclude=torch.from_numpy(
-                    _padded([excl.items[excl.offsets[x] : excl.offsets[x + 1]] for x in u])
-                ),
-                relevant=torch.from_numpy(
-                    _padded([rel.items[rel.offsets[x] : rel.offsets[x + 1]] for x in u])
-                ),
+                exclude=torch.from_numpy(_rows_padded(excl, u)),
+                relevant=torch.from_numpy(_rows_padded(rel, u)),
             )
 
         return DataLoader(

@@ -281,7 +281,7 @@ def _data_module(cfg: Config, data: Interactions) -> TwoTowerDataModule:
         history_length=m.history_length,
         batch_size=cfg.train.batch_size,
         user_id_buckets=m.user_id_buckets,
-        num_workers=cfg.train.num_workers,
+        feed=cfg.train.feed,
         limit_val_users=cfg.train.limit_val_users,
         seed=cfg.train.seed,
         target_window=cfg.train.target_window,
@@ -328,6 +328,7 @@ def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
         lr_schedule=cfg.train.schedule,
         lr_warmup_steps=cfg.train.lr_warmup_steps,
         lr_min_ratio=cfg.train.lr_min_ratio,
+        compile=cfg.train.compile,
     )
 
 

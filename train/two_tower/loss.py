@@ -17,10 +17,119 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sampled_softmax_loss", "shared_negatives_loss"]
+__all__ = ["CHUNK_CELLS", "same_item_pairs", "sampled_softmax_loss", "shared_negatives_loss"]
+
+
+def _cross_pairs(row_ids: Tensor, col_ids: Tensor) -> Tensor:
+    """The cells (i, j) where ``col_ids[j] == row_ids[i]``, int64 [2, M], by sorting the
+    columns once."""
+    col_sorted, order = torch.sort(col_ids)
+    lo = torch.searchsorted(col_sorted, row_ids)
+    counts = torch.searchsorted(col_sorted, row_ids, right=True) - lo
+    total = int(counts.sum())
+    rows = torch.repeat_interleave(
+        torch.arange(len(row_ids), device=row_ids.device), counts, output_size=total
+    )
+    within = torch.arange(total, device=row_ids.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    return torch.stack([rows, order[lo[rows] + within]])
+
+
+def same_item_pairs(item_ids: Tensor) -> Tensor:
+    """The off-diagonal cells (i, j) of a [B, B] logit matrix where column j holds the same
+    item as row i (accidental hits), int64 [2, M]: from one sort of the B items, not a B x B
+    comparison."""
+    cells = _cross_pairs(item_ids, item_ids)
+    return cells[:, cells[0] != cells[1]]
+
+
+# the most logits one chunk of rows holds at once: a batch's [B, B + M] logits are never
+# whole, so a batch of 65,536 costs memory linear in B (on a GPU, 1 GiB chunks of float32;
+# on the CPU, chunks that stay near the caches)
+CHUNK_CELLS = {"cuda": 1 << 28, "cpu": 1 << 22}
+
+
+class _InBatchSoftmax(torch.autograd.Function):
+    """sum_i a_i (logsumexp_j z_ij - z_ii) over z = u C^T / T + bias, with ``cells`` set to
+    the lowest float, rows taken ``chunk`` at a time: the forward pass keeps each row's
+    logsumexp, the backward pass recomputes a chunk's logits, turns them into the softmax in
+    place, and multiplies it into both gradients. Memory: one chunk of logits."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        u: Tensor,
+        cols: Tensor,
+        bias: Tensor,
+        a: Tensor,
+        cells: Tensor,
+        scale: float,
+        chunk: int,
+    ) -> Tensor:
+        with torch.autocast(u.device.type, enabled=False):
+            uf, cf = u.float(), cols.float()
+            bounds = _chunk_bounds(cells[0], len(u), chunk)
+            lse = torch.empty(len(u), device=u.device)
+            diag = torch.empty(len(u), device=u.device)
+            for r0, r1, c0, c1 in bounds:
+                z = _chunk_logits(uf, cf, bias, cells, scale, r0, r1, c0, c1)
+                lse[r0:r1] = torch.logsumexp(z, dim=1)
+                diag[r0:r1] = z[
+                    torch.arange(r1 - r0, device=u.device), torch.arange(r0, r1, device=u.device)
+                ]
+        ctx.save_for_backward(u, cols, bias, a, cells, lse)
+        ctx.scale, ctx.bounds = scale, bounds  # type: ignore[attr-defined]
+        return ((lse - diag) * a).sum()
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        u, cols, bias, a, cells, lse = ctx.saved_tensors  # type: ignore[attr-defined]
+        scale: float = ctx.scale  # type: ignore[attr-defined]
+        with torch.autocast(u.device.type, enabled=False):
+            uf, cf = u.float(), cols.float()
+            coef = (a * grad).float()
+            grad_u = torch.empty_like(uf)
+            grad_c = torch.zeros_like(cf)
+            for r0, r1, c0, c1 in ctx.bounds:  # type: ignore[attr-defined]
+                p = _chunk_logits(uf, cf, bias, cells, scale, r0, r1, c0, c1)
+                p.sub_(lse[r0:r1].unsqueeze(1)).exp_()  # the softmax, in place
+                rows = torch.arange(r1 - r0, device=u.device)
+                p[rows, rows + r0] -= 1.0
+                p.mul_((coef[r0:r1] * scale).unsqueeze(1))
+                torch.mm(p, cf, out=grad_u[r0:r1])
+                grad_c.addmm_(p.T, uf[r0:r1])
+        return grad_u.to(u.dtype), grad_c.to(cols.dtype), None, None, None, None, None
+
+
+def _chunk_bounds(cell_rows: Tensor, n: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """Row chunks [r0, r1) of at most ``chunk`` rows, each with the range [c0, c1) of the
+    (row-sorted) masked cells that fall in it; one host sync for all of them."""
+    starts = list(range(0, n, chunk))
+    edges = torch.searchsorted(
+        cell_rows, torch.tensor([*starts, n], device=cell_rows.device)
+    ).tolist()
+    return [(r0, min(r0 + chunk, n), edges[k], edges[k + 1]) for k, r0 in enumerate(starts)]
+
+
+def _chunk_logits(
+    u: Tensor,
+    cols: Tensor,
+    bias: Tensor,
+    cells: Tensor,
+    scale: float,
+    r0: int,
+    r1: int,
+    c0: int,
+    c1: int,
+) -> Tensor:
+    z = torch.addmm(bias.unsqueeze(0), u[r0:r1], cols.T, alpha=scale)
+    if c1 > c0:
+        low = torch.tensor(torch.finfo(z.dtype).min, device=z.device)
+        z.index_put_((cells[0, c0:c1] - r0, cells[1, c0:c1]), low)
+    return z
 
 
 def sampled_softmax_loss(
@@ -35,40 +144,51 @@ def sampled_softmax_loss(
     extra_ids: Tensor | None = None,
     n_items: int = 0,
     weight: Tensor | None = None,
-    positive_mask: Tensor | None = None,
+    not_negatives: Tensor | None = None,
+    chunk_cells: int = 0,
 ) -> Tensor:
     """Mean (or ``weight``-weighted mean) cross-entropy of each row's positive.
 
     ``user``, ``item``: float [B, D]; ``item_ids``: int64 [B]; ``log_q``: float [N+1] log of
     each item's in-batch sampling probability (None: no correction); ``extra`` [M, D] with
     ``extra_ids`` [M]: uniformly sampled negatives from ``n_items`` items.
-    ``positive_mask`` bool [B, B]: True where column j's item is another positive of row i's
-    user (it is not a negative for that user; its diagonal is ignored).
+    ``not_negatives`` int64 [2, K]: (row, column) cells whose column item is another positive
+    of row i's user (it is not a negative for that user; the diagonal is never masked).
+
+    The logits are computed a chunk of rows at a time (at most ``chunk_cells`` of them, 0:
+    :data:`CHUNK_CELLS` for the device) in one ``addmm`` each, the correction as its bias,
+    and masked in place at the few cells concerned, which are found by sorting rather than by
+    a B x B comparison: a batch of 8,192 costs its matrix products and the softmax, and memory
+    for one chunk.
     """
-    logits = user @ item.T / temperature  # [B, B]
+    batch = item_ids.shape[0]
+    cols, col_ids = item, item_ids
+    bias = torch.zeros(batch, device=user.device)
     if log_q is not None:
-        batch = item_ids.shape[0]
-        logits = logits - (log_q[item_ids] + math.log(batch)).unsqueeze(0)
+        bias = -(log_q[item_ids].float() + math.log(batch))
+    cells = [torch.zeros((2, 0), dtype=torch.long, device=user.device)]
     if mask_accidental_hits:
-        same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-        if positive_mask is not None:
-            same = same | positive_mask
-        same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+        cells.append(same_item_pairs(item_ids))
+        if not_negatives is not None:
+            off = not_negatives[0] != not_negatives[1]  # a row's own positive stays
+            cells.append(not_negatives[:, off])
     if extra is not None and extra_ids is not None:
-        ext = user @ extra.T / temperature  # [B, M]
-        if log_q is not None:
-            ext = ext - math.log(extra.shape[0] / max(n_items, 1))
+        cols = torch.cat([item, extra.to(item.dtype)])
+        col_ids = torch.cat([item_ids, extra_ids])
+        extra_bias = -math.log(extra.shape[0] / max(n_items, 1)) if log_q is not None else 0.0
+        bias = torch.cat([bias, torch.full((len(extra_ids),), extra_bias, device=user.device)])
         if mask_accidental_hits:
-            ext = ext.masked_fill(
-                extra_ids.unsqueeze(0) == item_ids.unsqueeze(1), torch.finfo(ext.dtype).min
-            )
-        logits = torch.cat([logits, ext], dim=1)
-    target = torch.arange(logits.shape[0], device=logits.device)
-    loss = F.cross_entropy(logits.float(), target, reduction="none")
-    if weight is None:
-        return loss.mean()
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+            hits = _cross_pairs(item_ids, extra_ids)
+            cells.append(torch.stack([hits[0], hits[1] + batch]))
+    masked = torch.cat(cells, dim=1)
+    masked = masked[:, torch.argsort(masked[0])]
+    w = torch.ones(batch, device=user.device) if weight is None else weight.float()
+    a = w / w.sum().clamp_min(1e-12)
+    budget = chunk_cells or CHUNK_CELLS.get(user.device.type, CHUNK_CELLS["cpu"])
+    chunk = max(1, min(batch, budget // max(1, len(col_ids))))
+    loss = _InBatchSoftmax.apply(user, cols, bias, a, masked, 1.0 / temperature, chunk)
+    assert isinstance(loss, Tensor)
+    return loss
 
 
 def shared_negatives_loss(

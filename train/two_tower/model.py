@@ -202,6 +202,9 @@ class _SequenceEncoder(nn.Module):
             m = mask.unsqueeze(-1).to(h.dtype)
             return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
         if self.kind == "gru":
+            # (not Opacus's DPGRU, whose per-user gradients cannot take data-dependent shapes)
+            if self.training and type(self.gru) is nn.GRU:
+                return self._gru_packed(h, mask)
             out, _ = self.gru(h * mask.unsqueeze(-1).to(h.dtype))
             return out[:, -1] * any_item.to(h.dtype)
         length = h.shape[1]
@@ -212,6 +215,33 @@ class _SequenceEncoder(nn.Module):
         attend[:, -1] = True
         x = self.encoder(x, src_key_padding_mask=~attend)
         return self.norm(x[:, -1]) * any_item.to(h.dtype)
+
+    def _gru_packed(self, h: Tensor, mask: Tensor) -> Tensor:
+        """The padded GRU's result, computed over each row's real items only (training, where
+        histories are right-aligned and most are far shorter than the window).
+
+        The padded GRU reads a row of ``n`` items as ``L - n`` zero inputs and then the items.
+        From the zero state, zero inputs lead every row through the same states ``s_k`` (the
+        biases move it), so the row's result is the GRU over its ``n`` items from ``s_{L-n}``:
+        one packed pass over the real items, whatever the window's length."""
+        rows, length, _ = h.shape
+        n = mask.sum(1)
+        trajectory, _ = self.gru(h.new_zeros(1, length, h.shape[2]))  # s_1 .. s_L
+        states = torch.cat([trajectory.new_zeros(1, trajectory.shape[2]), trajectory[0]])
+        out = h.new_zeros(rows, states.shape[1])
+        real = torch.nonzero(n > 0).squeeze(1)
+        if not len(real):
+            return out
+        count = n[real]
+        steps = torch.arange(length, device=h.device).unsqueeze(0)
+        # left-align each row's real items (the last ``count`` of its window)
+        idx = (steps + length - count.unsqueeze(1)) % length
+        aligned = h[real].gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[2]))
+        packed = nn.utils.rnn.pack_padded_sequence(
+            aligned, count.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, last = self.gru(packed, states[length - count].unsqueeze(0).contiguous())
+        return out.index_copy(0, real, last[0])
 
     def forward_all(self, h: Tensor, mask: Tensor) -> Tensor:
         """Left-aligned sequences [B, L, D] (``mask`` [B, L] True on a prefix: the oldest item
@@ -399,6 +429,29 @@ class TwoTower(nn.Module):
         return self.item_tower.inputs(
             ids, self.item_cat[items], self.item_multi[items], self.item_num[items]
         )
+
+    def shared_item_inputs(self, *parts: tuple[Tensor, float]) -> list[Tensor]:
+        """:meth:`item_inputs` of several index tensors (each with its id dropout) at once,
+        each distinct (item, id hidden or not) computed once: a batch's histories and targets
+        name far fewer items than they have slots, and the id table's gradient is then one
+        scatter rather than one per use. Returns one [*, id_dim] per part, in order."""
+        keys = []
+        for items, dropout in parts:
+            key = items.reshape(-1) * 2
+            if dropout > 0 and self.training:
+                key = key + (torch.rand(key.shape, device=key.device) < dropout)
+            keys.append(key)
+        unique, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        items = unique // 2
+        ids = items.masked_fill(unique % 2 == 1, 0)
+        x = self.item_tower.inputs(
+            ids, self.item_cat[items], self.item_multi[items], self.item_num[items]
+        ).index_select(0, inverse)
+        sizes = [k.numel() for k in keys]
+        return [
+            part.reshape(*items_.shape, x.shape[-1])
+            for part, (items_, _) in zip(x.split(sizes), parts, strict=True)
+        ]
 
     def item_embeddings(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:
         """Items [*] -> [*, dim], L2-normalised."""

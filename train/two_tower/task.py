@@ -109,9 +109,21 @@ class TwoTowerTask(pl.LightningModule):
         lr_schedule: str = "auto",
         lr_warmup_steps: int = 0,
         lr_min_ratio: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        # [train] compile: compiled views of the towers' training passes (in a tuple, so that
+        # the modules are not registered twice)
+        self._passes = (
+            (
+                torch.compile(model.user_tower.forward),
+                torch.compile(model.user_tower.forward_all),
+                torch.compile(model.item_tower.output),
+            )
+            if compile
+            else (model.user_tower.forward, model.user_tower.forward_all, model.item_tower.output)
+        )
         self.loss_cfg = loss
         self.lr = lr
         self.weight_decay = weight_decay
@@ -147,44 +159,64 @@ class TwoTowerTask(pl.LightningModule):
             # per row: a sequence batch's row is a chunk, whose positions all lose it together
             drop = torch.rand(context.shape[0], 1, device=context.device) < self.context_dropout
             context = context.masked_fill(drop.view(-1, *[1] * (context.dim() - 1)), 0)
+        m = self.model
+        # the histories' and targets' item inputs computed once per distinct item
+        uniform = self._uniform_negatives(batch.context.device)
         if isinstance(batch, SequenceBatch):
             # every position of every chunk is one (user, next item) row
             valid = batch.targets > 0  # [S, L]
-            user = self.model.sequence_user_embeddings(
-                batch.user_hash, batch.user_cat, batch.user_num, context, batch.items
+            targets = batch.targets[valid]
+            h, t, x = m.shared_item_inputs(
+                (batch.items, 0.0), (targets, self.item_id_dropout), (uniform, self.item_id_dropout)
+            )
+            if not m.user_tower.sequence.causal:
+                raise ValueError("a sequence batch needs a model built with causal_history")
+            user = self._passes[1](
+                batch.user_hash, batch.user_cat, batch.user_num, context, h, batch.items > 0
             )[valid]
-            rows = torch.arange(valid.shape[0], device=valid.device)
-            rows = rows.unsqueeze(1).expand_as(valid)[valid]
-            mask = batch.positive_mask[rows] if batch.positive_mask is not None else None
-            return self._loss(user, batch.targets[valid], batch.weight[valid], mask)
-        user = self.model.user_embeddings(
-            batch.user_hash, batch.user_cat, batch.user_num, context, batch.history
+            return self._loss(
+                user, t, targets, x, uniform, batch.weight[valid], batch.not_negatives
+            )
+        h, t, x = m.shared_item_inputs(
+            (batch.history, 0.0),
+            (batch.item, self.item_id_dropout),
+            (uniform, self.item_id_dropout),
         )
-        return self._loss(user, batch.item, batch.weight, batch.positive_mask)
+        user = self._passes[0](
+            batch.user_hash, batch.user_cat, batch.user_num, context, h, batch.history > 0
+        )
+        return self._loss(user, t, batch.item, x, uniform, batch.weight, batch.not_negatives)
+
+    def _uniform_negatives(self, device: torch.device) -> Tensor:
+        """``[loss] uniform_negatives`` items drawn uniformly (int64 [M]; M may be 0)."""
+        n = self.loss_cfg.uniform_negatives
+        return torch.randint(1, self.model.spec.n_items + 1, (n,), device=device)
 
     def _loss(
-        self, user: Tensor, items: Tensor, weight: Tensor, positive_mask: Tensor | None
+        self,
+        user: Tensor,
+        item_inputs: Tensor,
+        items: Tensor,
+        extra_inputs: Tensor,
+        extra_ids: Tensor,
+        weight: Tensor,
+        not_negatives: Tensor | None,
     ) -> Tensor:
-        """Sampled softmax of user rows [B, dim] against their items [B] (in-batch negatives)."""
-        item = self.model.item_embeddings(items, self.item_id_dropout)
-        extra = extra_ids = None
-        n_items = self.model.spec.n_items
-        if self.loss_cfg.uniform_negatives:
-            extra_ids = torch.randint(
-                1, n_items + 1, (self.loss_cfg.uniform_negatives,), device=item.device
-            )
-            extra = self.model.item_embeddings(extra_ids, self.item_id_dropout)
+        """Sampled softmax of user rows [B, dim] against their items [B] (in-batch negatives,
+        and the uniform ones if any), from the items' tower inputs."""
+        output = self._passes[2]
+        uniform = len(extra_ids) > 0
         loss = sampled_softmax_loss(
             user,
-            item,
+            output(item_inputs),
             items,
             temperature=self.loss_cfg.temperature,
             log_q=self.log_q if self.loss_cfg.logq_correction else None,
             mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
-            positive_mask=positive_mask,
-            extra=extra,
-            extra_ids=extra_ids,
-            n_items=n_items,
+            not_negatives=not_negatives,
+            extra=output(extra_inputs) if uniform else None,
+            extra_ids=extra_ids if uniform else None,
+            n_items=self.model.spec.n_items,
             weight=weight,
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=items.shape[0])
@@ -218,7 +250,11 @@ class TwoTowerTask(pl.LightningModule):
             self._apply_schedule()
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # fused: one kernel over every parameter instead of a dozen passes; at batch 1,024 on
+        # the CPU it took the optimizer's step from 44 to 4.5 ms (the 6.4M-row id table)
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
+        )
         if self.lr_schedule == "constant" and not self.lr_warmup_steps:
             return opt
         # one LambdaLR, stepped after every optimizer step: warm-up, cosine, and the plateau's
