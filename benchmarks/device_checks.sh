@@ -17,17 +17,21 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 { nvidia-smi -L; python3 -c 'import torch, faiss; print(torch.__version__, faiss.__version__)'; } \
     | tee "$OUT/device.txt"
 
-echo "== refresh throughput and torch CUDA exact top-k, 1M items"
+echo "== refresh throughput (after a warm-up) and torch CUDA exact top-k, 1M items"
 python3 -m benchmarks.scale.refresh_throughput --items 1000000 \
     --out "$OUT/refresh_throughput_gpu.json" > "$OUT/refresh.log" 2>&1
 echo "rc $?"; tail -20 "$OUT/refresh.log"
 
-echo "== training throughput, synthetic site (batch as configured, then a GPU-sized batch)"
-python3 -m benchmarks.scale.train_throughput --users 200000 --items 100000 --minutes 1 --epochs 1 \
-    --eval-users 2000 --out-json "$OUT/train_throughput_gpu.json" > "$OUT/train.log" 2>&1
-echo "rc $?"; tail -12 "$OUT/train.log"
-python3 -m benchmarks.scale.train_throughput --users 200000 --items 100000 --minutes 1 --epochs 1 \
-    --eval-users 2000 --set train.batch_size=8192 --set train.lr=3e-3 \
+echo "== training steps, synthetic site of 1M users: batch 1,024 / 8,192 / 65,536 against the GPU's peaks"
+python3 -m benchmarks.scale.train_feed --users 1000000 --batch-sizes 1024 8192 65536 \
+    --steps 100 --warmup 10 --threads 8 --cost \
+    --out-json "$OUT/train_feed_gpu.json" > "$OUT/train_feed.log" 2>&1
+echo "rc $?"; grep "batch \|Error" "$OUT/train_feed.log" | tail -12
+
+echo "== what batch 8,192 learns (rate scaled by sqrt from 1,024): planted-truth recall@10"
+python3 -m benchmarks.scale.train_throughput --users 1000000 --items 100000 --minutes 2 --epochs 5 \
+    --eval-users 5000 --set train.batch_size=8192 --set 'train.lr_scaling="sqrt"' \
+    --set train.lr_reference_batch=1024 \
     --out-json "$OUT/train_throughput_gpu_b8192.json" > "$OUT/train_b8192.log" 2>&1
 echo "rc $?"; tail -12 "$OUT/train_b8192.log"
 

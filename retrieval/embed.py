@@ -1,6 +1,10 @@
 """Batch embedding with the current model, through Lightning's predict loop: every item (and
-every user) in batches, with a progress bar; under DDP each rank embeds a share and writes
+every user) in blocks, with a progress bar; under DDP each rank embeds a share and writes
 its own shard, which rank 0 merges.
+
+The inputs go to the device once (as the predicting module's buffers), each block is sliced
+from them there, and the outputs stay there until the last block: no host round trip per
+block.
 
 Items are given as rows of encoded metadata plus the id the model was trained with (0 for
 an item that arrived after training: the item tower embeds it from its metadata alone).
@@ -16,7 +20,6 @@ from typing import Any, cast
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,41 +35,72 @@ class EmbeddedItems:
     history: np.ndarray  # float32 [N, id_dim], what the user tower's encoder reads per item
 
 
-class _ItemPredictor(pl.LightningModule):
-    def __init__(self, model: TwoTower) -> None:
+class _Predictor(pl.LightningModule):
+    """Embeds blocks of consecutive rows on the device: its inputs are buffers (moved there
+    with the module, once), a block is two row numbers that stay on the host, and every output
+    is written into one tensor per key on the device, read back once at the end (Lightning's
+    own predictions would come back to the host block by block)."""
+
+    def __init__(self, model: TwoTower, inputs: dict[str, np.ndarray], dims: dict[str, int]):
         super().__init__()
         self.model = model
+        for name, values in inputs.items():
+            self.register_buffer(f"in_{name}", torch.from_numpy(values), persistent=False)
+        self.dims = dims
+        self.rows = len(next(iter(inputs.values())))
+        self.outputs: dict[str, Tensor] = {}
+        self.done: list[tuple[int, int]] = []  # the blocks this process embedded
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def inputs(self, name: str, lo: int, hi: int) -> Tensor:
+        return cast(Tensor, getattr(self, f"in_{name}"))[lo:hi]
+
+    def on_predict_start(self) -> None:
+        self.outputs = {
+            k: torch.empty((self.rows, d), dtype=torch.float32, device=self.device)
+            for k, d in self.dims.items()
+        }
+        self.done = []
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        return batch  # (first row, end): the block's data is on the device already
+
+    def predict_step(self, block: Tensor, batch_idx: int) -> None:
+        lo, hi = (int(v) for v in block.tolist())
+        for key, value in self.embed(lo, hi).items():
+            self.outputs[key][lo:hi] = value.float()
+        self.done.append((lo, hi))
+
+    def embed(self, lo: int, hi: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class _ItemPredictor(_Predictor):
+    def embed(self, lo: int, hi: int) -> dict[str, Tensor]:
         tower = self.model.item_tower
-        x = tower.inputs(batch["ids"], batch["cat"], batch["multi"], batch["num"])
-        return {"row": batch["row"], "emb": tower.output(x).float(), "hist": x.float()}
+        x = tower.inputs(*(self.inputs(k, lo, hi) for k in ("ids", "cat", "multi", "num")))
+        return {"emb": tower.output(x), "hist": x}
 
 
-class _UserPredictor(pl.LightningModule):
-    table: Tensor
+class _UserPredictor(_Predictor):
+    table: Tensor  # float32 [N+1, id_dim]: what the user tower's encoder reads per item
 
-    def __init__(self, model: TwoTower, history_table: np.ndarray) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("table", torch.from_numpy(history_table))
+    def __init__(
+        self, model: TwoTower, inputs: dict[str, np.ndarray], table: np.ndarray, dim: int
+    ) -> None:
+        super().__init__(model, inputs, {"emb": dim})
+        self.register_buffer("table", torch.from_numpy(table), persistent=False)
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        history = batch["history"]
-        emb = self.model.user_tower(
-            batch["user_hash"],
-            batch["user_cat"],
-            batch["user_num"],
-            batch["context"],
-            self.table[history],
-            history > 0,
-        )
-        return {"row": batch["row"], "emb": emb.float()}
+    def embed(self, lo: int, hi: int) -> dict[str, Tensor]:
+        history = self.inputs("history", lo, hi)
+        parts = (self.inputs(k, lo, hi) for k in ("user_hash", "user_cat", "user_num", "context"))
+        return {"emb": self.model.user_tower(*parts, self.table[history], history > 0)}
 
 
-class _Blocks(Dataset[np.ndarray]):
-    """Consecutive blocks of row numbers, one batch each: the loader hands whole blocks to
-    the collate function (no per-row Python objects; DDP's sampler splits the blocks)."""
+class _Blocks(Dataset[Tensor]):
+    """Consecutive blocks of rows, one batch each, as (first row, end): the loader hands
+    whole blocks over (no per-row Python objects; DDP's sampler splits the blocks)."""
 
     def __init__(self, n: int, batch: int) -> None:
         self.n, self.batch = n, batch
@@ -74,49 +108,31 @@ class _Blocks(Dataset[np.ndarray]):
     def __len__(self) -> int:
         return -(-self.n // self.batch)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.arange(i * self.batch, min((i + 1) * self.batch, self.n), dtype=np.int64)
+    def __getitem__(self, i: int) -> Tensor:
+        return torch.tensor([i * self.batch, min((i + 1) * self.batch, self.n)])
 
 
-def _loader(n: int, batch: int, devices: int, collate: Any) -> DataLoader[np.ndarray]:
+def _loader(n: int, batch: int, devices: int) -> DataLoader[Tensor]:
     """One block per loader batch (batch_size 1, so DDP's sampler can split the blocks);
     blocks small enough that every rank gets at least one."""
     block = max(1, min(batch, -(-n // max(devices, 1))))
-    return DataLoader(_Blocks(n, block), batch_size=1, collate_fn=lambda blocks: collate(blocks[0]))
-
-
-class _ShardWriter(BasePredictionWriter):
-    """Each rank writes the rows it embedded to ``shard-<rank>-<key>.npy``."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(write_interval="epoch")
-        self.directory = directory
-
-    def write_on_epoch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        predictions: Any,
-        batch_indices: Any,
-    ) -> None:
-        outs = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        for key in outs[0] if outs else ():
-            arr = torch.cat([o[key].cpu() for o in outs]).numpy()
-            np.save(self.directory / f"shard-{trainer.global_rank}-{key}.npy", arr)
+    return DataLoader(_Blocks(n, block), batch_size=1, collate_fn=lambda blocks: blocks[0])
 
 
 def _predict(
-    module: pl.LightningModule,
-    loader: DataLoader[Any],
+    module: _Predictor,
     n: int,
-    keys: tuple[str, ...],
+    batch: int,
     work: Path,
     *,
     devices: int,
     progress_bar: bool,
 ) -> dict[str, np.ndarray]:
+    """Every row of ``module``'s inputs through it, ``batch`` rows a block: one process
+    returns its outputs; DDP ranks each write the rows they embedded to
+    ``shard-<rank>-<key>.npy`` in ``work`` (a directory every rank sees) and read all."""
     work.mkdir(parents=True, exist_ok=True)
-    shard = devices > 1  # one process keeps its predictions in memory; DDP ranks use files
+    shard = devices > 1
     trainer = pl.Trainer(
         accelerator="auto",
         devices=devices,
@@ -125,17 +141,27 @@ def _predict(
         logger=False,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
-        callbacks=[_ShardWriter(work)] if shard else [],
     )
-    predictions = trainer.predict(module, loader, return_predictions=not shard)
+    trainer.predict(module, _loader(n, batch, devices), return_predictions=False)
     if not shard:
-        outs = cast(list[dict[str, Tensor]], predictions or [])
-        return {k: torch.cat([o[k] for o in outs]).float().numpy() for k in keys}
+        return {k: v.cpu().numpy() for k, v in module.outputs.items()}
+    rank = trainer.global_rank
+    rows = (
+        np.concatenate([np.arange(lo, hi) for lo, hi in module.done])
+        if module.done
+        else np.zeros(0, np.int64)
+    )
+    np.save(work / f"shard-{rank}-row.npy", rows)
+    for key, value in module.outputs.items():
+        np.save(
+            work / f"shard-{rank}-{key}.npy",
+            value[torch.from_numpy(rows).to(value.device)].cpu().numpy(),
+        )
     trainer.strategy.barrier()  # every shard is written; each rank reads them all
     out: dict[str, np.ndarray] = {}
     shards = sorted(work.glob("shard-*-row.npy"))
     rows = np.concatenate([np.load(p) for p in shards])
-    for key in keys:
+    for key in module.outputs:
         parts = [np.load(str(p).replace("-row.npy", f"-{key}.npy")) for p in shards]
         values = np.concatenate(parts)
         full = np.zeros((n, values.shape[1]), np.float32)
@@ -158,27 +184,18 @@ def embed_items(
     """Embed N items: ``train_ids`` int64 [N] (the model's item index, 0 = new item) and
     their encoded metadata ``items`` [N, ...]. ``work``: a directory every rank sees."""
     n = len(train_ids)
-
-    def collate(j: np.ndarray) -> dict[str, Tensor]:
-        rows = slice(int(j[0]), int(j[-1]) + 1)  # a block of consecutive rows: views
-        return {
-            "row": torch.from_numpy(j),
-            "ids": torch.from_numpy(train_ids[rows].astype(np.int64)),
-            "cat": torch.from_numpy(items.categorical[rows]),
-            "multi": torch.from_numpy(items.multi[rows]),
-            "num": torch.from_numpy(items.numeric[rows]),
-        }
-
-    loader = _loader(n, batch_size, devices, collate)
-    out = _predict(
-        _ItemPredictor(model.eval()),
-        loader,
-        n,
-        ("emb", "hist"),
-        work,
-        devices=devices,
-        progress_bar=progress_bar,
+    tower = model.item_tower
+    module = _ItemPredictor(
+        model.eval(),
+        {
+            "ids": np.ascontiguousarray(train_ids, np.int64),
+            "cat": items.categorical,
+            "multi": items.multi,
+            "num": items.numeric,
+        },
+        {"emb": model.user_tower.skip.out_features, "hist": tower.input_proj.out_features},
     )
+    out = _predict(module, n, batch_size, work, devices=devices, progress_bar=progress_bar)
     return EmbeddedItems(out["emb"], out["hist"])
 
 
@@ -196,20 +213,16 @@ def embed_users(
     ``user_num`` [U, F], ``context`` [U, K], ``history`` int64 [U, L] rows of
     ``history_table`` float32 [N+1, id_dim], 0-padded on the left), as serving computes them:
     float32 [U, dim]. ``work``: a directory every rank sees."""
-    n = len(inputs["user_hash"])
-
-    def collate(j: np.ndarray) -> dict[str, Tensor]:
-        rows = slice(int(j[0]), int(j[-1]) + 1)
-        batch = {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in inputs.items()}
-        batch["row"] = torch.from_numpy(j)
-        return batch
-
-    loader = _loader(n, batch_size, devices, collate)
+    module = _UserPredictor(
+        model.eval(),
+        {k: np.ascontiguousarray(v) for k, v in inputs.items()},
+        np.ascontiguousarray(history_table, np.float32),
+        model.user_tower.skip.out_features,
+    )
     out = _predict(
-        _UserPredictor(model.eval(), history_table),
-        loader,
-        n,
-        ("emb",),
+        module,
+        len(inputs["user_hash"]),
+        batch_size,
         work,
         devices=devices,
         progress_bar=progress_bar,

@@ -229,6 +229,11 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # lr is tuned for a batch of lr_reference_batch examples (0: for batch_size, as is); a
+    # run whose global batch (batch_size x devices x num_nodes) differs scales it: "linear"
+    # (Goyal et al. 2017), "sqrt" (what Adam-like optimizers tend to want), or "none"
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 0
     # early stopping: validation checks without progress on valid ndcg@10 (one check an
     # epoch unless val_checks_per_epoch says more: then this counts checks, not epochs)
     patience: int = 5
@@ -263,7 +268,8 @@ class TrainConfig:
     # [model] causal_history: targets per training chunk (0: history_length); each target
     # then has at least history_length - sequence_targets items of history
     sequence_targets: int = 0
-    devices: int = 1
+    devices: int = 1  # devices per node (GPUs; on the CPU, processes)
+    num_nodes: int = 1  # machines, each running ``devices`` processes (Lightning's num_nodes)
     accelerator: str = "auto"
     # "auto": bf16-mixed on CUDA, else 32-true; or any of Lightning's names for one of those
     precision: str = "auto"
@@ -288,6 +294,19 @@ class TrainConfig:
     progress_seconds: float = 30.0
 
     @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step over every device and node."""
+        return self.batch_size * self.devices * self.num_nodes
+
+    @property
+    def scaled_lr(self) -> float:
+        """``lr`` scaled from ``lr_reference_batch`` to the global batch (``lr_scaling``)."""
+        if self.lr_scaling == "none" or not self.lr_reference_batch:
+            return self.lr
+        ratio = self.global_batch / self.lr_reference_batch
+        return self.lr * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
+
+    @property
     def schedule(self) -> str:
         """``lr_schedule`` with "auto" resolved: "constant", "plateau" or "cosine"."""
         if self.lr_schedule == "auto":
@@ -295,7 +314,14 @@ class TrainConfig:
         return self.lr_schedule
 
     def validate(self) -> None:
-        for name in ("max_epochs", "batch_size", "devices", "patience", "target_window"):
+        for name in (
+            "max_epochs",
+            "batch_size",
+            "devices",
+            "num_nodes",
+            "patience",
+            "target_window",
+        ):
             _positive("train", name, getattr(self, name))
         _positive("train", "lr", self.lr)
         if not 0.0 <= self.progress_seconds < math.inf:
@@ -336,6 +362,16 @@ class TrainConfig:
             raise ConfigError(f"[train] lr_factor: must be in (0, 1), got {self.lr_factor}")
         _one_of("train", "logger", self.logger, ("csv", "tensorboard"))
         _one_of("train", "feed", self.feed, ("auto", "device", "host"))
+        _one_of("train", "lr_scaling", self.lr_scaling, ("none", "linear", "sqrt"))
+        if self.lr_reference_batch < 0:
+            raise ConfigError(
+                f"[train] lr_reference_batch: must be >= 0, got {self.lr_reference_batch}"
+            )
+        if self.lr_scaling != "none" and not self.lr_reference_batch:
+            raise ConfigError(
+                f'[train] lr_scaling = "{self.lr_scaling}" needs lr_reference_batch: the batch '
+                "lr was tuned for"
+            )
         _one_of("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda"))
         _one_of("train", "precision", self.precision, ("auto", "32-true", "bf16-mixed"))
         _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))

@@ -140,3 +140,20 @@ def test_event_types_are_names_with_roles_and_the_legacy_keys_mean_what_they_mea
         True,
         True,
     ]
+
+
+def test_the_learning_rate_scales_with_the_global_batch() -> None:
+    base = ROOT / "configs" / "movielens-100k.toml"
+    plain = load_config(base, overrides={"train.lr": 1e-3, "train.batch_size": 8192})
+    assert plain.train.scaled_lr == 1e-3  # no scaling unless asked
+    scaled = {"train.lr": 1e-3, "train.lr_reference_batch": 1024, "train.batch_size": 8192}
+    linear = load_config(base, overrides={**scaled, "train.lr_scaling": "linear"})
+    assert linear.train.scaled_lr == pytest.approx(8e-3)
+    sqrt = load_config(base, overrides={**scaled, "train.lr_scaling": "sqrt", "train.devices": 2})
+    assert sqrt.train.global_batch == 16384 and sqrt.train.scaled_lr == pytest.approx(4e-3)
+    with pytest.raises(ConfigError, match="lr_reference_batch"):
+        load_config(base, overrides={"train.lr_scaling": "linear"})
+    with pytest.raises(ConfigError, match="lr_scaling"):
+        load_config(base, overrides={"train.lr_scaling": "cubic", "train.lr_reference_batch": 8})
+    with pytest.raises(ConfigError, match="feed"):
+        load_config(base, overrides={"train.feed": "gpu"})

@@ -10,12 +10,14 @@ split, validation items — what a live system knows) or the training split only
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TEST, TRAIN, VALID
@@ -28,7 +30,6 @@ from tailored.train.metrics import (
     grouped_metrics,
     per_user_metrics,
     popularity_scores,
-    topk_from_scores,
     topk_shared,
 )
 from tailored.train.runs import LoadedRun, load_run
@@ -36,6 +37,7 @@ from tailored.train.two_tower.data import TwoTowerDataModule
 
 __all__ = [
     "KS",
+    "device_topk",
     "eval_plan",
     "evaluate",
     "evaluate_run",
@@ -73,6 +75,34 @@ def eval_plan(
     return target, seen, hist_splits, users
 
 
+def device_topk(scores: Tensor, exclude: Tensor, k: int) -> Tensor:
+    """:func:`~tailored.train.metrics.topk_from_scores` on the scores' device: each row's
+    ``k`` highest-scoring items (0-based) by descending score, ties by lower item index,
+    items in ``exclude`` (int64 [B, X], 0-based, -1 padding) or scored -inf left out and
+    their slots -1. ``scores`` float [B, N] is modified (the exclusions are written in).
+
+    ``topk`` finds the k best; where more than k items tie at the cut (rare with learned
+    scores; rows with fewer than k available items), the row is sorted in full, stably, so
+    the result is exactly the numpy function's."""
+    n = scores.shape[1]
+    k = min(k, n)
+    # -inf at each excluded item; the padding's +inf changes nothing under "amin"
+    fill = torch.where(exclude >= 0, -math.inf, math.inf).to(scores.dtype)
+    scores.scatter_reduce_(1, exclude.clamp_min(0), fill, reduce="amin")
+    values, index = scores.topk(k, dim=1)
+    # within the k: by descending score, ties by lower index (a stable sort on a sorted key)
+    by_index = index.argsort(dim=1)
+    index, values = index.gather(1, by_index), values.gather(1, by_index)
+    by_value = values.sort(dim=1, descending=True, stable=True).indices
+    index, values = index.gather(1, by_value), values.gather(1, by_value)
+    tied = (scores >= values[:, -1:]).sum(1) > k
+    if bool(tied.any()):  # one boolean per block
+        rows = torch.nonzero(tied).squeeze(1)
+        full = scores[rows].sort(dim=1, descending=True, stable=True)
+        index[rows], values[rows] = full.indices[:, :k], full.values[:, :k]
+    return index.masked_fill_(values == -math.inf, -1)
+
+
 def user_csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
     """The lists of ``users`` (per-user 1-based item lists) as 0-based item rows."""
     # model items are 1-based; metrics count items from 0
@@ -98,12 +128,13 @@ def evaluate(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
     item_emb = model.all_item_embeddings()[1:]  # metrics count items from 0
+    device = item_emb.device
     k = max(KS)
-    topk = np.empty((len(users), min(k, data.n_items)), np.int64)
+    # every block is scored and ranked on the model's device; the top-k lists come back once
+    topk_dev = torch.empty((len(users), min(k, data.n_items)), dtype=torch.long, device=device)
+    nan = torch.zeros((), dtype=torch.bool, device=device)
     seen_lists = data.per_user(seen)
     pop = data.item_popularity((TRAIN,))[1:]
-    pop_scores = popularity_scores(pop)
-    pop_topk = np.empty_like(topk)
     row = 0
     for b in dm.eval_loader(
         users,
@@ -112,13 +143,17 @@ def evaluate(
         exclude_splits=seen,
         batch_size=batch_users,
     ):
-        u = b.users.numpy()
+        b = b.to(device)
         user_emb = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
-        scores = (user_emb @ item_emb.T).numpy()
-        excl = user_csr(seen_lists, u)
-        topk[row : row + len(u)] = topk_from_scores(scores, excl, k)
-        pop_topk[row : row + len(u)] = topk_shared(pop_scores, excl, k)
-        row += len(u)
+        scores = user_emb @ item_emb.T
+        nan |= scores.isnan().any()
+        exclude = b.exclude - 1  # 1-based, 0-padded -> 0-based, -1 padded
+        topk_dev[row : row + len(b.users)] = device_topk(scores, exclude, k)
+        row += len(b.users)
+    if bool(nan):
+        raise TailoredError("the model scored NaN for some user: its weights are damaged")
+    topk = topk_dev.cpu().numpy()
+    pop_topk = topk_shared(popularity_scores(pop), user_csr(seen_lists, users), k)
     relevant = user_csr(data.per_user((target,)), users)
     model_metrics = aggregate_metrics(topk, relevant, KS, pop, data.n_items)
     pop_metrics = aggregate_metrics(pop_topk, relevant, KS, pop, data.n_items)

@@ -15,7 +15,8 @@ import torch
 
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth_truth import load_truth, true_topk
-from tailored.train.metrics import Csr, popularity_scores, topk_from_scores, topk_shared
+from tailored.train.evaluate import device_topk
+from tailored.train.metrics import Csr, popularity_scores, topk_shared
 from tailored.train.runs import LoadedRun
 from tailored.train.two_tower.data import TwoTowerDataModule
 
@@ -42,11 +43,13 @@ def planted_truth_recall(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
     items = model.all_item_embeddings()[1:]  # metrics and truth count items from 0
+    device = items.device
     tops = []
     for b in dm.eval_loader(chosen, history_splits=(TRAIN, VALID), target=TEST, batch_size=512):
+        b = b.to(device)
         u = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
-        excl = Csr.from_lists([seen[x] - 1 for x in b.users.numpy()])
-        tops.append(topk_from_scores((u @ items.T).numpy(), excl, k))
+        tops.append(device_topk(u @ items.T, b.exclude - 1, k))  # 1-based, 0-padded
+    model_top = torch.cat(tops).cpu().numpy()
     pop = popularity_scores(data.item_popularity((TRAIN,))[1:])
     pop_top = topk_shared(pop, Csr.from_lists(exclude), k)
 
@@ -55,7 +58,7 @@ def planted_truth_recall(
         return float(np.mean(hits)) / k
 
     return {
-        "model": overlap(np.concatenate(tops)),
+        "model": overlap(model_top),
         "popularity": overlap(pop_top),
         "users": float(len(chosen)),
     }

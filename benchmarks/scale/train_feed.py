@@ -129,6 +129,9 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
         )
         return fit._task(cfg, model, data), fit._data_module(cfg, data)
 
+    cost = _model_cost(setup) if args.cost else None
+    if cost is not None:
+        out["model_cost"] = cost
     for batch_size in args.batch_sizes:
         task, dm = setup(batch_size)
         clock = Clock(args.warmup, ranges=False)
@@ -169,6 +172,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
                 if e.key not in PHASES
             ],
         }
+        if cost is not None:
+            run["vs_peak"] = _vs_peak(cost, batch_size, run["samples_per_second"], cuda)
         out["runs"].append(run)
         print(
             f"  batch {batch_size}: {run['samples_per_second']:,.0f} samples/s; input "
@@ -177,6 +182,57 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    return out
+
+
+# dense bf16 tensor FLOP/s and HBM bytes/s of the GPUs this may run on (the vendors' figures)
+PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+
+
+def _model_cost(setup: Any) -> dict[str, float]:
+    """FLOPs of one training step per example (torch's FlopCounterMode over the forward and
+    backward passes, on the CPU), as ``a + c * B``: the towers' per-example work and the
+    in-batch softmax's, which grows with the batch B (fitted from batches of 512 and 1,024);
+    and the optimizer's HBM traffic per step (AdamW reads parameter, gradient and both
+    moments and writes three: 28 bytes a parameter), a lower bound on the bytes moved."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for b in (512, 1024):
+        task, dm = setup(b)
+        task.log = lambda *a, **k: None
+        batch = next(iter(dm.train_dataloader()))
+        with FlopCounterMode(display=False) as fc:
+            task.training_step(batch, 0).backward()
+        counts[b] = fc.get_total_flops() / batch.examples
+    c = (counts[1024] - counts[512]) / 512
+    params = sum(p.numel() for p in task.parameters())
+    return {
+        "flops_per_example_fixed": counts[512] - 512 * c,
+        "flops_per_example_per_batch_row": c,
+        "parameters": float(params),
+        "optimizer_bytes_per_step": 28.0 * params,
+    }
+
+
+def _vs_peak(cost: dict[str, float], batch: int, samples_per_second: float, cuda: bool) -> dict:
+    """The run's achieved FLOP/s and optimizer bytes/s, and their shares of the GPU's peaks."""
+    import torch
+
+    flops = cost["flops_per_example_fixed"] + batch * cost["flops_per_example_per_batch_row"]
+    out: dict[str, Any] = {
+        "flops_per_example": flops,
+        "achieved_flops_per_second": flops * samples_per_second,
+        "optimizer_bytes_per_second": cost["optimizer_bytes_per_step"] * samples_per_second / batch,
+    }
+    name = torch.cuda.get_device_name(0) if cuda else ""
+    for gpu, (peak_flops, peak_bytes) in PEAKS.items():
+        if gpu in name:
+            out["gpu"] = gpu
+            out["share_of_bf16_peak"] = out["achieved_flops_per_second"] / peak_flops
+            out["share_of_hbm_peak_optimizer"] = out["optimizer_bytes_per_second"] / peak_bytes
+            # the examples/s each peak alone would allow
+            out["examples_per_second_at_flop_peak"] = peak_flops / flops
     return out
 
 
@@ -203,6 +259,8 @@ def _measure_tree(tree: Path, args: argparse.Namespace, *, compile_: bool) -> di
         "--batch-sizes",
         *map(str, args.batch_sizes),
     ]
+    if args.cost and tree == ROOT:
+        cmd.append("--cost")
     if compile_:  # this tree's [train] compile
         cmd[cmd.index("--set-json") + 1] = json.dumps([*args.set, ["train.compile", True]])
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -242,6 +300,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument(
         "--compile", action="store_true", help="also measure this tree with torch.compile"
+    )
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="count the model's FLOPs and compare with the GPU's peaks",
     )
     p.add_argument("--set-json", default="[]", help=argparse.SUPPRESS)  # the worker's overrides
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -306,3 +306,23 @@ def test_per_user_metrics_match_reference_on_random_data() -> None:
             expected = _reference(top[u].tolist(), set(relevant[u].tolist()), k)
             for name, value in expected.items():
                 assert out[f"{name}@{k}"][u] == pytest.approx(value), (u, name, k)
+
+
+@pytest.mark.parametrize(("k", "levels"), [(1, 5), (7, 5), (7, 1000), (40, 3), (60, 6)])
+def test_the_device_topk_equals_the_numpy_ranking(k: int, levels: int) -> None:
+    # ties (few score levels: ties at the cut; many: almost none), -inf, rows that exclude
+    # almost everything, an empty exclusion, and item 0 excluded beside the padding's -1
+    import torch
+
+    from tailored.train.evaluate import device_topk
+
+    rng = np.random.default_rng(k + levels)
+    scores = rng.integers(0, levels, size=(26, 50)).astype(np.float32)
+    scores[rng.random((26, 50)) < 0.05] = -np.inf
+    rows: list[Any] = [rng.choice(50, size=rng.integers(0, 50), replace=False) for _ in range(24)]
+    rows += [[], [0]]
+    expected = topk_from_scores(scores, Csr.from_lists(rows), k)
+    width = max(len(r) for r in rows)
+    padded = torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+    got = device_topk(torch.from_numpy(scores.copy()), padded, k)
+    assert got.tolist() == expected.tolist()

@@ -161,6 +161,10 @@ class EvalBatch:
     exclude: Tensor
     relevant: Tensor
 
+    def to(self, device: torch.device) -> EvalBatch:
+        """The same batch on ``device`` (copies that need not block)."""
+        return EvalBatch(**{k: v.to(device, non_blocking=True) for k, v in vars(self).items()})
+
 
 class RowIndices(Dataset[int]):
     """Row numbers 0..n-1; batches are assembled from them in a collate function."""

@@ -210,9 +210,20 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
     if private is not None:  # under DP validation decides nothing: once an epoch unless asked
         checks = t.val_checks_per_epoch or 1
     else:
-        checks = val_checks_per_epoch(t.val_checks_per_epoch, *_epoch_size(dm, t.devices))
+        checks = val_checks_per_epoch(
+            t.val_checks_per_epoch, *_epoch_size(dm, t.devices * t.num_nodes)
+        )
         if checks > 1:
             _log.info("validating %d times an epoch (patience counts validations)", checks)
+    if t.scaled_lr != t.lr:
+        _log.info(
+            "learning rate %g: %g scaled %s from a batch of %d to %d",
+            t.scaled_lr,
+            t.lr,
+            t.lr_scaling,
+            t.lr_reference_batch,
+            t.global_batch,
+        )
     trainer = _trainer(cfg, out, callbacks, early_stopping=not dp, val_checks=checks)
     try:
         if private is not None:
@@ -319,7 +330,7 @@ def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
         model,
         cfg.loss,
         item_popularity=torch.from_numpy(data.item_popularity()),
-        lr=cfg.train.lr,
+        lr=cfg.train.scaled_lr,
         weight_decay=cfg.train.weight_decay,
         item_id_dropout=cfg.model.item_id_dropout,
         context_dropout=cfg.model.context_dropout,
@@ -352,10 +363,14 @@ def _trainer(
         # validation runs on the averaged weights, and checkpoints hold them as "state_dict"
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
     cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    if cuda:  # the in-batch softmax's float32 products on tensor cores (TF32: 10-bit mantissa,
+        # finer than the bf16 the towers run in)
+        torch.set_float32_matmul_precision("high")
     return pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy if t.devices > 1 else "auto",
+        num_nodes=t.num_nodes,
+        strategy=t.strategy if t.devices * t.num_nodes > 1 else "auto",
         precision=_precision(t.precision, cuda),
         max_epochs=t.max_epochs,
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,

@@ -277,8 +277,10 @@ def private_setup(
     """The task and data of a DP run of ``model`` (which is left as is: the task trains an
     Opacus-compatible copy, :func:`keep_final` copies its weights back)."""
     p, t = cfg.privacy, cfg.train
-    if t.devices > 1:
-        raise ConfigError("[privacy] dp: DP training runs on one device ([train] devices = 1)")
+    if t.devices * t.num_nodes > 1:
+        raise ConfigError(
+            "[privacy] dp: DP training runs on one device ([train] devices = num_nodes = 1)"
+        )
     dm = PrivateDataModule(
         data,
         users_per_step=p.dp_users_per_step,
