@@ -7,6 +7,7 @@ is also what the index stores as ids.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,13 @@ from tailored.data.ranking_features import (
     ranker_inputs,
 )
 from tailored.data.tombstones import locked
-from tailored.errors import TailoredError
+from tailored.errors import ConfigError, TailoredError
 from tailored.retrieval.index import Exclude, ItemIndex, load_index
 
-__all__ = ["ContextPopular", "LoadedBundle", "SegmentModel", "UserSnapshot"]
+__all__ = ["ContextPopular", "LoadedBundle", "SegmentModel", "UserSnapshot", "onnx_providers"]
+
+_log = logging.getLogger(__name__)
+_CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 _USER_FILES = (
     "user_embeddings",
@@ -49,13 +53,47 @@ _USER_FILES = (
 )
 
 
-def _session(path: Path, threads: int) -> Any:
+def onnx_providers(device: str = "auto") -> list[str]:
+    """onnxruntime execution providers for ``device``, first choice first: "auto" CUDA where
+    this onnxruntime has it (onnxruntime-gpu, the ``gpu`` extra), else the CPU; "cpu"; "cuda"
+    CUDA, a :class:`ConfigError` where it is absent. The CPU comes last in every list: it
+    runs what CUDA does not."""
+    import onnxruntime as ort
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"onnx_device: {device!r} is not one of ['auto', 'cpu', 'cuda']")
+    available = ort.get_available_providers()
+    if device == "cuda" and _CUDA not in available:
+        raise ConfigError(
+            f'onnx_device: "cuda", but onnxruntime {ort.__version__} has no {_CUDA} (it has '
+            f"{', '.join(available)}); install onnxruntime-gpu (pip install '.[gpu]') on a "
+            'machine with CUDA 12, or set "auto" or "cpu"'
+        )
+    return [_CUDA, _CPU] if device != "cpu" and _CUDA in available else [_CPU]
+
+
+def _session(path: Path, threads: int, device: str) -> Any:
+    """An onnxruntime session of the model at ``path`` on ``device`` (see
+    :func:`onnx_providers`); the provider it runs on is logged."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    wanted = onnx_providers(device)
+    session = ort.InferenceSession(str(path), opts, providers=wanted)
+    # onnxruntime-gpu lists CUDA even where it cannot start it (no GPU, no CUDA libraries),
+    # then runs on the CPU: what the session reports is what it uses
+    provider = session.get_providers()[0]
+    if device == "cuda" and provider != _CUDA:
+        raise ConfigError(
+            f'onnx_device: "cuda", but onnxruntime could not start {_CUDA} for {path.name} '
+            f'(it runs on {provider}; its log says why): check the GPU and CUDA 12, or set "auto" '
+            'or "cpu"'
+        )
+    log = _log.warning if provider != wanted[0] else _log.info
+    log("%s runs on %s (asked for %s)", path.name, provider, ", ".join(wanted))
+    return session
 
 
 @dataclass(frozen=True)
@@ -320,16 +358,17 @@ class LoadedBundle:
     windows: ItemWindows | None = None
 
     @classmethod
-    def load(cls, path: Path, *, threads: int = 1) -> LoadedBundle:
+    def load(cls, path: Path, *, threads: int = 1, onnx_device: str = "auto") -> LoadedBundle:
         """Verify the bundle at ``path`` against its manifest (refusing a missing, extra or
-        altered file) and load it; ``threads`` per onnxruntime session. An erasure rewriting
-        the version waits until it is loaded, and the load until the erasure is done
+        altered file) and load it; ``threads`` per onnxruntime session, each on
+        ``onnx_device`` (:func:`onnx_providers`). An erasure rewriting the version waits until
+        it is loaded, and the load until the erasure is done
         (:func:`tailored.bundle.format.erasure_lock`)."""
         with locked(erasure_lock(Path(path)), shared=True):
-            return cls._load(Path(path), threads)
+            return cls._load(Path(path), threads, onnx_device)
 
     @classmethod
-    def _load(cls, path: Path, threads: int) -> LoadedBundle:
+    def _load(cls, path: Path, threads: int, device: str) -> LoadedBundle:
         manifest = verify_bundle(path)
         root = manifest.path
         optional = {"ranker", "weights", "context_popular", "context_popular_counts"}
@@ -348,7 +387,7 @@ class LoadedBundle:
         items_t = pq.read_table(root / BUNDLE_FILES["items"])
         titles = items_t.column("title").to_numpy(zero_copy_only=False)
         ranker_path = root / BUNDLE_FILES["ranker"]
-        ranker = _session(ranker_path, threads) if ranker_path.exists() else None
+        ranker = _session(ranker_path, threads, device) if ranker_path.exists() else None
         bundle = cls(
             manifest=manifest,
             info=info,
@@ -371,7 +410,7 @@ class LoadedBundle:
             ),
             item_regression=_regression(root, len(items_t)),
             index=_index(root),
-            user_tower=_session(root / BUNDLE_FILES["user_tower"], threads),
+            user_tower=_session(root / BUNDLE_FILES["user_tower"], threads, device),
             ranker=ranker,
             users=UserSnapshot.load(root),
             context_popular=ContextPopular.load(root),
@@ -388,6 +427,12 @@ class LoadedBundle:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def onnx_provider(self) -> str:
+        """The onnxruntime execution provider the user tower runs on ("CPUExecutionProvider",
+        "CUDAExecutionProvider")."""
+        return str(self.user_tower.get_providers()[0])
 
     @property
     def n_items(self) -> int:

@@ -21,7 +21,7 @@ from tailored.bundle.format import BundleError, erasure_lock, latest_bundle, res
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig
 from tailored.data.tombstones import locked
-from tailored.errors import TailoredError
+from tailored.errors import ConfigError, TailoredError
 from tailored.retrieval import IndexInputError, ItemIndex
 from tailored.serve.recommender import Recommender, Request
 
@@ -42,7 +42,10 @@ def load_recommender(path: Path, cfg: ServeConfig, exclude: Collection[str] = ()
     root = path if not (path / "manifest.json").is_file() else path.parent
     with locked(erasure_lock(root / "v"), shared=True):
         version = resolve_bundle(path, exclude)
-    bundle = LoadedBundle.load(version, threads=cfg.onnx_threads)
+    try:
+        bundle = LoadedBundle.load(version, threads=cfg.onnx_threads, onnx_device=cfg.onnx_device)
+    except ConfigError as e:  # what loading refuses as a setting: the ONNX device
+        raise ConfigError(f"[serve] {e}") from e
     if cfg.index_search:
         apply_search_params(bundle.index, cfg.index_search)
     rec = Recommender(bundle, cfg)
@@ -57,6 +60,17 @@ def load_recommender(path: Path, cfg: ServeConfig, exclude: Collection[str] = ()
                 personalized=True,
             )
         )
+    # FAISS copies the index to a GPU on its first search (the warm-up's), where it can; the
+    # index does not change while served, so where it searches is known from here on, and
+    # Status need not ask describe() (which serializes the index) on every call
+    rec.index_device = "cpu" if bundle.index.describe().get("device", "cpu") == "cpu" else "gpu"
+    # (each ONNX model's provider is logged as its session starts, tailored.bundle.runtime)
+    _log.info(
+        "bundle %s: %s index searching on the %s",
+        bundle.version,
+        bundle.index.kind,
+        rec.index_device.upper(),
+    )
     return rec
 
 

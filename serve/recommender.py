@@ -90,6 +90,7 @@ class Recommender:
     def __init__(self, bundle: LoadedBundle, cfg: ServeConfig) -> None:
         self.bundle = bundle
         self.cfg = cfg
+        self.index_device = "cpu"  # "gpu" where the index searches on one (load_recommender)
         self.item_row = {str(v): i + 1 for i, v in enumerate(bundle.item_ids)}
         titles = bundle.item_titles
         self.labels = [

@@ -654,7 +654,8 @@ class _Admin(pb_grpc.AdminServicer):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         self._authorize(context)
         s = self.service
-        bundle = s.bundle.current.bundle
+        served = s.bundle.current
+        bundle = served.bundle
         return pb.StatusResponse(
             bundle_version=bundle.version,
             bundle_path=str(bundle.manifest.path),
@@ -671,6 +672,8 @@ class _Admin(pb_grpc.AdminServicer):
             workers=s.siblings.me.count if s.siblings is not None else 1,
             pid=os.getpid(),
             now_unix_ms=int(s.now() * 1000),
+            onnx_provider=bundle.onnx_provider,
+            index_device=served.index_device,
             **_index_status(bundle.index, bundle.manifest.metrics, bool(s.cfg.index_search)),
         )
 

@@ -705,6 +705,9 @@ class ServeConfig:
     clock: str = "wall"  # "wall", or "bundle": time starts at the bundle's last event
     history_verb: str = "watched"  # "because you <verb> <title>"
     onnx_threads: int = 1  # intra-op threads per onnxruntime session
+    # where the user tower and ranker run: "auto" on CUDA where onnxruntime-gpu can use a
+    # GPU (the gpu extra), else the CPU; "cpu"; "cuda" (a bundle is refused without it)
+    onnx_device: str = "auto"
     # FAISS's OpenMP threads per search (0: FAISS's default, every core). 1 suits cheap
     # searches under concurrent requests; a costly one (many IVF cells) gains from more
     index_threads: int = 0
@@ -807,6 +810,7 @@ class ServeConfig:
             raise ConfigError(f"[serve] retention_days: must be >= 0, got {self.retention_days}")
         _positive("serve", "retention_check_minutes", self.retention_check_minutes)
         _one_of("serve", "clock", self.clock, ("wall", "bundle"))
+        _one_of("serve", "onnx_device", self.onnx_device, ("auto", "cpu", "cuda"))
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ConfigError(f"[serve] mmr_lambda: must be in [0, 1], got {self.mmr_lambda}")
         if self.index_threads < 0:
@@ -929,6 +933,13 @@ def from_dict(raw: dict[str, Any], *, where: str = "configuration") -> Config:
         raise ConfigError(f"{where}: {e}") from None
 
 
+# keys that once meant something and are read and ignored, so that the configuration saved in
+# an older run directory or bundle still loads: (section, key) -> what replaced it
+RETIRED_KEYS = {
+    ("train", "num_workers"): "batches are gathered on the training device ([train] feed)",
+}
+
+
 def _build(cls: type, raw: Any, section: str, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [{section}] must be a table")
@@ -936,6 +947,8 @@ def _build(cls: type, raw: Any, section: str, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
+        if (section, key) in RETIRED_KEYS:
+            continue
         if key not in names:
             raise ConfigError(
                 f"{where}: [{section}] {key}: unknown key; known keys are {sorted(names)}"

@@ -88,9 +88,21 @@ def test_serve_config_defaults_validate_and_bad_values_name_the_key() -> None:
         ("page_log_days", 0, "page_log_days: must be > 0"),
         ("bandit_learn_from", "views", "bandit_learn_from"),
         ("bandit_features", ["segment", "device"], "'device' is not 'segment'"),
+        ("onnx_device", "gpu", r"\[serve\] onnx_device: 'gpu' is not one of"),
     ]:
         with pytest.raises(ConfigError, match=words):
             load_serve_config(overrides={key: value})
+
+
+def test_onnx_device_is_auto_by_default_and_cuda_is_checked_when_a_bundle_loads() -> None:
+    """The file is read the same on any machine (``tailored privacy enforce`` reads a serving
+    configuration on hosts without a GPU); whether CUDA can run the models is asked of
+    onnxruntime where the models load (tests/serve/test_onnx_device.py)."""
+    from tailored.config import load_serve_config
+
+    assert load_serve_config().onnx_device == "auto"
+    for device in ("auto", "cpu", "cuda"):
+        assert load_serve_config(overrides={"onnx_device": device}).onnx_device == device
 
 
 @pytest.mark.parametrize("key", ["lists_per_user", "ensemble"])
@@ -157,3 +169,9 @@ def test_the_learning_rate_scales_with_the_global_batch() -> None:
         load_config(base, overrides={"train.lr_scaling": "cubic", "train.lr_reference_batch": 8})
     with pytest.raises(ConfigError, match="feed"):
         load_config(base, overrides={"train.feed": "gpu"})
+
+
+def test_a_retired_key_of_an_older_run_still_loads() -> None:
+    # run directories and bundles saved before [train] feed carry [train] num_workers
+    cfg = load_config(values={"train": {"num_workers": 4, "seed": 2}})
+    assert cfg.train.seed == 2 and not hasattr(cfg.train, "num_workers")

@@ -246,7 +246,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("bundle_version", "bundle_path", "items", "users", "index_kind", "ranker", "state_backend", "uptime_seconds", "reloads", "failed_reloads", "surfaces", "worker", "workers", "pid", "index_search", "index_recall", "index_search_ms", "index_search_source", "now_unix_ms")
+    __slots__ = ("bundle_version", "bundle_path", "items", "users", "index_kind", "ranker", "state_backend", "uptime_seconds", "reloads", "failed_reloads", "surfaces", "worker", "workers", "pid", "index_search", "index_recall", "index_search_ms", "index_search_source", "now_unix_ms", "onnx_provider", "index_device")
     class IndexSearchEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +273,8 @@ class StatusResponse(_message.Message):
     INDEX_SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
     INDEX_SEARCH_SOURCE_FIELD_NUMBER: _ClassVar[int]
     NOW_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ONNX_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DEVICE_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     bundle_path: str
     items: int
@@ -292,7 +294,9 @@ class StatusResponse(_message.Message):
     index_search_ms: float
     index_search_source: str
     now_unix_ms: int
-    def __init__(self, bundle_version: _Optional[str] = ..., bundle_path: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., index_kind: _Optional[str] = ..., ranker: _Optional[bool] = ..., state_backend: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., reloads: _Optional[int] = ..., failed_reloads: _Optional[int] = ..., surfaces: _Optional[_Iterable[str]] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ..., pid: _Optional[int] = ..., index_search: _Optional[_Mapping[str, int]] = ..., index_recall: _Optional[float] = ..., index_search_ms: _Optional[float] = ..., index_search_source: _Optional[str] = ..., now_unix_ms: _Optional[int] = ...) -> None: ...
+    onnx_provider: str
+    index_device: str
+    def __init__(self, bundle_version: _Optional[str] = ..., bundle_path: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., index_kind: _Optional[str] = ..., ranker: _Optional[bool] = ..., state_backend: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., reloads: _Optional[int] = ..., failed_reloads: _Optional[int] = ..., surfaces: _Optional[_Iterable[str]] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ..., pid: _Optional[int] = ..., index_search: _Optional[_Mapping[str, int]] = ..., index_recall: _Optional[float] = ..., index_search_ms: _Optional[float] = ..., index_search_source: _Optional[str] = ..., now_unix_ms: _Optional[int] = ..., onnx_provider: _Optional[str] = ..., index_device: _Optional[str] = ...) -> None: ...
 
 class SetItemAvailabilityRequest(_message.Message):
     __slots__ = ("item_ids", "available")

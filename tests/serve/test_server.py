@@ -12,13 +12,18 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tailored.bundle.format import latest_bundle
+from tailored.config import load_serve_config
 from tailored.data.pseudonym import Pseudonymizer
+from tailored.errors import ConfigError
+from tailored.retrieval import faiss_gpu_count
+from tailored.serve.bundles import LiveBundle
 from tailored.serve.client import Client
 from tailored.serve.recommender import Request
 from tailored.serve.v1 import personalization_pb2 as pb
@@ -26,6 +31,8 @@ from tests.helpers import TEST_KEY
 from tests.serve.helpers import TOKEN, Running
 
 pytestmark = pytest.mark.slow  # serves the session's trained bundle (conftest's serve_bundle)
+
+_ONNX_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +327,20 @@ def test_admin_needs_the_bearer_token(running: Running) -> None:
     # the bundle's exact index: nothing to tune, its build-time search time reported
     assert dict(status.index_search) == {} and status.index_recall == 1.0
     assert status.index_search_ms > 0 and status.index_search_source == "bundle"
+    # the CPU builds of onnxruntime and FAISS (the default install) serve on the CPU; the gpu
+    # extra on a CUDA machine would say CUDAExecutionProvider and gpu
+    assert status.onnx_provider == "CPUExecutionProvider" or _ONNX_CUDA
+    assert status.index_device == "cpu" or faiss_gpu_count() > 0
+
+
+@pytest.mark.skipif(_ONNX_CUDA, reason="this onnxruntime has CUDAExecutionProvider")
+def test_onnx_device_cuda_without_cuda_is_refused_naming_the_setting(serve_bundle: Path) -> None:
+    cfg = load_serve_config(overrides={"onnx_device": "cuda"})
+    with pytest.raises(ConfigError) as err:
+        LiveBundle(serve_bundle, cfg)  # what a server starting on this configuration does
+    message = str(err.value)
+    assert message.startswith('[serve] onnx_device: "cuda", but onnxruntime')
+    assert "pip install '.[gpu]'" in message
 
 
 def test_a_bad_bundle_is_refused_and_the_old_one_keeps_serving(
