@@ -48,7 +48,10 @@ def planted_truth_recall(
     for b in dm.eval_loader(chosen, history_splits=(TRAIN, VALID), target=TEST, batch_size=512):
         b = b.to(device)
         u = model.user_embeddings(b.user_hash, b.user_cat, b.user_num, b.context, b.history)
-        tops.append(device_topk(u @ items.T, b.exclude - 1, k))  # 1-based, 0-padded
+        scores = u @ items.T
+        if bool(scores.isnan().any()):
+            raise ValueError("the model scored NaN for some user: its weights are damaged")
+        tops.append(device_topk(scores, b.exclude - 1, k))  # 1-based, 0-padded
     model_top = torch.cat(tops).cpu().numpy()
     pop = popularity_scores(data.item_popularity((TRAIN,))[1:])
     pop_top = topk_shared(pop, Csr.from_lists(exclude), k)

@@ -13,7 +13,7 @@ import torch
 
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
 from tailored.train.two_tower.data import Batch, TwoTowerDataModule
-from tailored.train.two_tower.feed import FeedLoader
+from tailored.train.two_tower.feed import FeedLoader, not_negative_pairs
 from tailored.train.two_tower.model import _SequenceEncoder
 from tests.helpers import cuda_available
 
@@ -55,6 +55,37 @@ def test_ddp_ranks_share_an_epoch_without_overlap() -> None:
     assert len(np.unique(together)) == len(together)  # disjoint
     assert len(together) >= 1000 - 3 * 50  # at most a short batch dropped per rank
     assert {len(s) for s in shards} == {300}  # equal steps on every rank
+    # every rank the same number of batches, whatever the rows (DDP deadlocks otherwise)
+    for rows, world, batch in [(1003, 8, 4), (8 * 4096 * 3 + 8 * 4095 + 3, 8, 4096), (5, 8, 2)]:
+        lengths = {
+            len(_index_loader(rows, batch, seed=0, rank=r, world=world)) for r in range(world)
+        }
+        assert len(lengths) == 1, (rows, world, batch, lengths)
+
+
+def test_no_negative_cells_equal_the_dense_lookup_with_a_heavy_user() -> None:
+    # user 0 holds half the rows and has many (repeated) positives; the rest are light
+    g = torch.Generator().manual_seed(5)
+    lists = [torch.randint(1, 30, (400,), generator=g)] + [
+        torch.randint(1, 30, (int(n),), generator=g)
+        for n in torch.randint(0, 6, (20,), generator=g)
+    ]
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(x) for x in lists]), 0).tolist()])
+    items = torch.cat(lists)
+    row_users = torch.cat(
+        [torch.zeros(32, dtype=torch.long), torch.randint(1, 21, (32,), generator=g)]
+    )
+    col_items = torch.randint(1, 30, (64,), generator=g)
+    cells = not_negative_pairs(row_users, col_items, offsets, items)
+    expected = {
+        (r, c)
+        for r in range(64)
+        for c in range(64)
+        if r != c and int(col_items[c]) in set(lists[int(row_users[r])].tolist())
+    }
+    found = list(map(tuple, cells.T.tolist()))
+    assert len(found) == len(set(found))  # each cell once
+    assert set(found) == expected
 
 
 def test_the_loader_of_a_module_without_a_trainer_gathers_on_the_cpu(data: Interactions) -> None:

@@ -62,18 +62,28 @@ def not_negative_pairs(
     the row's user (its own positive included, off the diagonal): int64 [2, M].
 
     ``row_users`` int64 [R], ``col_items`` int64 [R] (row r's own positive is column r);
-    ``offsets`` [U+1] and ``items`` [E] the users' positives. The work is the rows' positives
-    times log R, not R x R: each positive of a row's user is looked up among the batch's
-    items sorted once."""
+    ``offsets`` [U+1] and ``items`` [E] the users' positives. Each distinct user's positives
+    are looked up once among the batch's items, sorted once (a user with many rows in the
+    batch, or many positives, is not expanded once per row), and the (user, column) matches
+    are then joined to the user's rows: work in the batch's users' positives and in the
+    cells found, not R x R."""
+    users, row_user = torch.unique(row_users, return_inverse=True)
     col_sorted, order = torch.sort(col_items)
-    start = offsets[row_users]
-    row_of, within = _expand(offsets[row_users + 1] - start)
-    wanted = items[start[row_of] + within].to(col_sorted.dtype)
+    start = offsets[users]
+    user_of, within = _expand(offsets[users + 1] - start)
+    wanted = items[start[user_of] + within].to(col_sorted.dtype)
     lo = torch.searchsorted(col_sorted, wanted)
-    hi = torch.searchsorted(col_sorted, wanted, right=True)
-    hit, k = _expand(hi - lo)
-    rows = row_of[hit]
-    cols = order[lo[hit] + k]
+    hit, k = _expand(torch.searchsorted(col_sorted, wanted, right=True) - lo)
+    # (user, column) matches, once each (a user's repeated positive finds the same columns)
+    key = torch.unique(user_of[hit] * len(col_items) + order[lo[hit] + k])
+    user, col = key // len(col_items), key % len(col_items)
+    # joined to each of the user's rows
+    rows_by_user = torch.argsort(row_user)
+    counts = torch.bincount(row_user, minlength=len(users))
+    first = torch.cumsum(counts, 0) - counts
+    match, j = _expand(counts[user])
+    rows = rows_by_user[first[user[match]] + j]
+    cols = col[match]
     off_diagonal = rows != cols
     return torch.stack([rows[off_diagonal], cols[off_diagonal]])
 
@@ -220,11 +230,13 @@ class TrainFeed:
 
 
 class FeedLoader:
-    """One epoch of training batches: ``rows`` row numbers in a random order drawn on
-    ``device`` (seeded by ``seed`` and the epoch), this ``rank``'s share of ``world``, cut
-    into batches of ``batch_size`` (the last, shorter one dropped where there are more rows
-    than one batch) and turned into batches by ``make``, which gets the row numbers [B]
-    on ``device`` and the generator. Each iteration is the next epoch."""
+    """One epoch of training batches: ``rows`` row numbers in a random order (seeded by
+    ``seed`` and the epoch, drawn on the host, so that every rank draws the same whatever its
+    device), this ``rank``'s share of ``world`` (every rank the same number of rows: DDP
+    deadlocks on unequal steps), cut into batches of ``batch_size`` (the last, shorter one
+    dropped where the share is longer than a batch) and turned into batches by ``make``, which
+    gets the row numbers [B] on ``device`` and a generator there. Each iteration is the next
+    epoch."""
 
     def __init__(
         self,
@@ -242,19 +254,20 @@ class FeedLoader:
         self.device, self.seed, self.rank, self.world = device, seed, rank, world
         self.to = to  # the training device, where the batches are gathered elsewhere
         self.epoch = 0
-        share = len(range(rank, rows, world))
-        self.drop_last = rows > batch_size
-        self._len = share // batch_size if self.drop_last else -(-share // batch_size)
+        self.share = rows // world  # at most world - 1 rows an epoch left out
+        self.drop_last = self.share > batch_size
+        self._len = self.share // batch_size if self.drop_last else -(-self.share // batch_size)
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[Batch | SequenceBatch]:
-        g = torch.Generator(device=self.device)
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        seed = self.seed * 1_000_003 + self.epoch
         self.epoch += 1
-        # every rank draws the same permutation and takes every world-th row of it
-        order = torch.randperm(self.rows, generator=g, device=self.device)[self.rank :: self.world]
+        order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed))
+        order = order[self.rank :: self.world][: self.share].to(self.device)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed)
         for b in range(self._len):
             batch = self.make(order[b * self.batch_size : (b + 1) * self.batch_size], g)
             if self.to is not None:
@@ -263,7 +276,12 @@ class FeedLoader:
 
 
 def _moved(batch: Batch | SequenceBatch, device: torch.device) -> Batch | SequenceBatch:
+    """A batch gathered in host memory, copied to ``device``: pinned first where that is a
+    GPU (a gather from pinned memory is pageable), so that the copy does not block."""
+    pin = device.type == "cuda"
     for name, value in vars(batch).items():
         if isinstance(value, Tensor):
-            setattr(batch, name, value.to(device, non_blocking=True))
+            setattr(
+                batch, name, (value.pin_memory() if pin else value).to(device, non_blocking=True)
+            )
     return batch

@@ -148,9 +148,13 @@ def _quiet_lightning() -> None:
 def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunResult:
     """Train the two-tower model and write the run directory ``out``; return its summary.
     torch runs on ``[train] threads`` meanwhile (restored afterwards)."""
-    with torch_threads(cfg.train.threads, processes=cfg.train.devices) as threads:
-        _log.info("training on %d torch thread(s)", threads)
-        return _train(cfg, Path(out), data, threads)
+    precision = torch.get_float32_matmul_precision()  # _trainer may set it for CUDA
+    try:
+        with torch_threads(cfg.train.threads, processes=cfg.train.devices) as threads:
+            _log.info("training on %d torch thread(s)", threads)
+            return _train(cfg, Path(out), data, threads)
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def val_checks_per_epoch(setting: int, steps_per_epoch: int, val_batches: int) -> int:
