@@ -105,7 +105,8 @@ def _serve(bundles: Path, users: int, calls: int, log: Path) -> dict[str, Any]:
                 time.sleep(1.0)
         result["start_seconds"] = round(time.perf_counter() - start, 1)
         rng = random.Random(0)
-        ms, strategies = [], {}
+        ms: list[float] = []
+        strategies: dict[str, int] = {}
         for _ in range(calls):
             user = f"u{rng.randrange(users):0{width}d}"
             t = time.perf_counter()
