@@ -2,9 +2,9 @@
 every user) in blocks, with a progress bar; under DDP each rank embeds a share and writes
 its own shard, which rank 0 merges.
 
-The inputs go to the device once (as the predicting module's buffers), each block is sliced
-from them there, and the outputs stay there until the last block: no host round trip per
-block.
+The inputs go to the device once, each block is sliced from them there, and the outputs stay
+there until the last block: no host round trip per block (on a GPU too small for them, each
+block is copied over and back from pinned host memory instead).
 
 Items are given as rows of encoded metadata plus the id the model was trained with (0 for
 an item that arrived after training: the item tower embeds it from its metadata alone).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -35,31 +35,50 @@ class EmbeddedItems:
     history: np.ndarray  # float32 [N, id_dim], what the user tower's encoder reads per item
 
 
+# on a GPU, the inputs and outputs go there whole where they take at most this share of its
+# free memory; beyond it (a site of 100M users) each block is copied over and back instead
+DEVICE_SHARE = 0.4
+
+
 class _Predictor(pl.LightningModule):
-    """Embeds blocks of consecutive rows on the device: its inputs are buffers (moved there
-    with the module, once), a block is two row numbers that stay on the host, and every output
-    is written into one tensor per key on the device, read back once at the end (Lightning's
-    own predictions would come back to the host block by block)."""
+    """Embeds blocks of consecutive rows on the device. A block is two row numbers that stay
+    on the host. The inputs go to the device once and every output is written into one tensor
+    per key there, read back once at the end (Lightning's own predictions would come back to
+    the host block by block); where they would take more than :data:`DEVICE_SHARE` of a GPU's
+    free memory they stay in pinned host memory and each block is copied over and back."""
 
     def __init__(self, model: TwoTower, inputs: dict[str, np.ndarray], dims: dict[str, int]):
         super().__init__()
         self.model = model
-        for name, values in inputs.items():
-            self.register_buffer(f"in_{name}", torch.from_numpy(values), persistent=False)
+        self.host = {name: torch.from_numpy(values) for name, values in inputs.items()}
+        self.placed: dict[str, Tensor] = {}
         self.dims = dims
         self.rows = len(next(iter(inputs.values())))
         self.outputs: dict[str, Tensor] = {}
         self.done: list[tuple[int, int]] = []  # the blocks this process embedded
 
     def inputs(self, name: str, lo: int, hi: int) -> Tensor:
-        return cast(Tensor, getattr(self, f"in_{name}"))[lo:hi]
+        return self.placed[name][lo:hi].to(self.device, non_blocking=True)
 
     def on_predict_start(self) -> None:
+        device = self.device
+        where = device
+        if device.type == "cuda":
+            need = sum(t.numel() * t.element_size() for t in self.host.values())
+            need += 4 * self.rows * sum(self.dims.values())
+            if need > DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]:
+                where = torch.device("cpu")
+        pin = where.type == "cpu" and device.type == "cuda"
+        self.placed = {k: (v.pin_memory() if pin else v.to(where)) for k, v in self.host.items()}
         self.outputs = {
-            k: torch.empty((self.rows, d), dtype=torch.float32, device=self.device)
+            k: torch.empty((self.rows, d), dtype=torch.float32, device=where, pin_memory=pin)
             for k, d in self.dims.items()
         }
         self.done = []
+
+    def on_predict_end(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the last blocks' copies back have landed
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -69,7 +88,8 @@ class _Predictor(pl.LightningModule):
     def predict_step(self, block: Tensor, batch_idx: int) -> None:
         lo, hi = (int(v) for v in block.tolist())
         for key, value in self.embed(lo, hi).items():
-            self.outputs[key][lo:hi] = value.float()
+            out = self.outputs[key]
+            out[lo:hi].copy_(value.float(), non_blocking=True)
         self.done.append((lo, hi))
 
     def embed(self, lo: int, hi: int) -> dict[str, Tensor]:
