@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tailored.data.interactions import Interactions
     from tailored.train.two_tower.data import Batch, SequenceBatch
 
-__all__ = ["FeedLoader", "TrainFeed", "not_negative_pairs", "window"]
+__all__ = ["FeedLoader", "TrainFeed", "equal_cells", "not_negative_pairs", "window"]
 
 
 def window(items: Tensor, start: Tensor, end: Tensor, length: int) -> Tensor:
@@ -55,6 +55,17 @@ def _expand(counts: Tensor) -> tuple[Tensor, Tensor]:
     return rows, within
 
 
+def equal_cells(row_ids: Tensor, col_ids: Tensor) -> Tensor:
+    """The cells (i, j) where ``col_ids[j] == row_ids[i]``, int64 [2, M]: the columns sorted
+    once, each row's run of equal columns found by two binary searches."""
+    col_sorted, order = torch.sort(col_ids)
+    lo = torch.searchsorted(col_sorted, row_ids.to(col_sorted.dtype))
+    rows, within = _expand(
+        torch.searchsorted(col_sorted, row_ids.to(col_sorted.dtype), right=True) - lo
+    )
+    return torch.stack([rows, order[lo[rows] + within]])
+
+
 def not_negative_pairs(
     row_users: Tensor, col_items: Tensor, offsets: Tensor, items: Tensor
 ) -> Tensor:
@@ -68,14 +79,11 @@ def not_negative_pairs(
     are then joined to the user's rows: work in the batch's users' positives and in the
     cells found, not R x R."""
     users, row_user = torch.unique(row_users, return_inverse=True)
-    col_sorted, order = torch.sort(col_items)
     start = offsets[users]
     user_of, within = _expand(offsets[users + 1] - start)
-    wanted = items[start[user_of] + within].to(col_sorted.dtype)
-    lo = torch.searchsorted(col_sorted, wanted)
-    hit, k = _expand(torch.searchsorted(col_sorted, wanted, right=True) - lo)
+    hit, col_of_hit = equal_cells(items[start[user_of] + within], col_items)
     # (user, column) matches, once each (a user's repeated positive finds the same columns)
-    key = torch.unique(user_of[hit] * len(col_items) + order[lo[hit] + k])
+    key = torch.unique(user_of[hit] * len(col_items) + col_of_hit)
     user, col = key // len(col_items), key % len(col_items)
     # joined to each of the user's rows
     rows_by_user = torch.argsort(row_user)

@@ -19,28 +19,16 @@ import math
 import torch
 from torch import Tensor
 
+from tailored.train.two_tower.feed import equal_cells
+
 __all__ = ["CHUNK_CELLS", "same_item_pairs", "sampled_softmax_loss", "shared_negatives_loss"]
-
-
-def _cross_pairs(row_ids: Tensor, col_ids: Tensor) -> Tensor:
-    """The cells (i, j) where ``col_ids[j] == row_ids[i]``, int64 [2, M], by sorting the
-    columns once."""
-    col_sorted, order = torch.sort(col_ids)
-    lo = torch.searchsorted(col_sorted, row_ids)
-    counts = torch.searchsorted(col_sorted, row_ids, right=True) - lo
-    total = int(counts.sum())
-    rows = torch.repeat_interleave(
-        torch.arange(len(row_ids), device=row_ids.device), counts, output_size=total
-    )
-    within = torch.arange(total, device=row_ids.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    return torch.stack([rows, order[lo[rows] + within]])
 
 
 def same_item_pairs(item_ids: Tensor) -> Tensor:
     """The off-diagonal cells (i, j) of a [B, B] logit matrix where column j holds the same
     item as row i (accidental hits), int64 [2, M]: from one sort of the B items, not a B x B
     comparison."""
-    cells = _cross_pairs(item_ids, item_ids)
+    cells = equal_cells(item_ids, item_ids)
     return cells[:, cells[0] != cells[1]]
 
 
@@ -178,7 +166,7 @@ def sampled_softmax_loss(
         extra_bias = -math.log(extra.shape[0] / max(n_items, 1)) if log_q is not None else 0.0
         bias = torch.cat([bias, torch.full((len(extra_ids),), extra_bias, device=user.device)])
         if mask_accidental_hits:
-            hits = _cross_pairs(item_ids, extra_ids)
+            hits = equal_cells(item_ids, extra_ids)
             cells.append(torch.stack([hits[0], hits[1] + batch]))
     masked = torch.cat(cells, dim=1)
     masked = masked[:, torch.argsort(masked[0])]
