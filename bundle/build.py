@@ -68,6 +68,7 @@ _log = logging.getLogger(__name__)
 # positives per user kept in the bundle for serving: as many as the ranker's features read
 USER_SNAPSHOT_EVENTS = HISTORY_EVENTS
 _WORK_ENV = "TAILORED_EMBED_WORK"
+_USER_BLOCK = 1 << 20  # users whose history windows are cut at once
 
 
 @dataclass
@@ -172,13 +173,16 @@ def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
     users_t = users_t.take(at)
     users = FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t)
     hist = UserHistory.of(data, tuple(np.unique(data.split).tolist()) or (TRAIN,))
-    every = np.arange(data.n_users)
+    history = np.empty((data.n_users, m.history_length), np.int64)
+    for lo in range(0, data.n_users, _USER_BLOCK):  # the window's temporaries a block at a time
+        every = np.arange(lo, min(lo + _USER_BLOCK, data.n_users))
+        history[lo : lo + len(every)] = hist.last(every, m.history_length)
     return {
         "user_hash": user_hash_buckets(data.user_ids, m.user_id_buckets),
         "user_cat": users.categorical,
         "user_num": users.numeric,
         "context": np.zeros((data.n_users, data.context.shape[1]), np.int64),
-        "history": hist.last(every, m.history_length),
+        "history": history,
     }
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tailored.bundle.format import BUNDLE_FILES, BundleError
+from tailored.bundle.per_user import GROUPS
 
 if TYPE_CHECKING:
     from tailored.bundle.runtime import LoadedBundle
@@ -72,15 +73,14 @@ def check_loaded(bundle: LoadedBundle) -> None:
     u = len(users)
     c.rows("user_categorical", users.categorical, "int", 2, u)
     c.rows("user_numeric", users.numeric, "float", 2, u)
-    c.rows("user_history", users.history, "int", 2, u)
-    c.refs("user_history", users.history)
-    c.rows("user_history_times", users.history_times, "int", 2, u)
-    c.same_shape("user_history_times", users.history_times, "user_history", users.history)
-    if users.exposures is not None and users.exposure_times is not None:
-        c.rows("user_exposures", users.exposures, "int", 2, u)
-        c.refs("user_exposures", users.exposures)
-        c.rows("user_exposure_times", users.exposure_times, "int", 2, u)
-        c.same_shape("user_exposure_times", users.exposure_times, "user_exposures", users.exposures)
+    for group in (users.history, users.exposures):
+        if group is None:
+            continue
+        offsets, items, times = GROUPS["history" if group is users.history else "exposures"]
+        c.rows(offsets, group.offsets, "int", 1, u + 1)
+        c.rows(items, group.items, "int", 1, len(group.times))
+        c.refs(items, group.items)
+        c.rows(times, group.times, "int", 1, len(group.items))
     if users.seen_items is not None:
         c.refs("user_seen_items", users.seen_items)
     seg = bundle.segments

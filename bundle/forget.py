@@ -33,6 +33,7 @@ from tailored.bundle.format import (
     load_json,
     reseal,
 )
+from tailored.bundle.per_user import PerUser
 from tailored.data.features import user_hash_buckets
 from tailored.data.forget import RekeyError, recover_dir, swap_dir
 from tailored.data.pseudonym import KeyMap
@@ -40,22 +41,15 @@ from tailored.data.tombstones import as_mask, locked, tombstoned
 
 __all__ = ["BundleStore"]
 
-# each user's recent events with their times (item rows and seconds [U, L], left-padded with
-# 0), which retention trims, by what the count of entries removed is called
-_TIMED = {
-    "history_entries": ("user_history", "user_history_times"),
-    "exposure_entries": ("user_exposures", "user_exposure_times"),
-}
+# each user's recent events with their times (tailored.bundle.per_user), which retention
+# trims, by what the count of entries removed is called
+_TIMED = {"history_entries": "history", "exposure_entries": "exposures"}
 
 # one row per user, in the order of users/users.parquet
 _PER_USER = (
     "user_embeddings",
     "user_categorical",
     "user_numeric",
-    "user_history",
-    "user_history_times",
-    "user_exposures",
-    "user_exposure_times",
     "user_segments",
     "user_id_buckets",
 )
@@ -193,16 +187,14 @@ class BundleStore:
         with locked(self._lock):
             for version in self.versions():
                 trimmed: dict[str, np.ndarray] = {}
-                for what, (items_key, times_key) in _TIMED.items():
-                    if not (version / BUNDLE_FILES[times_key]).is_file():
+                for what, group in _TIMED.items():
+                    events = PerUser.load(version, group)
+                    if events is None:
                         continue
-                    items = np.load(version / BUNDLE_FILES[items_key], allow_pickle=False)
-                    times = np.load(version / BUNDLE_FILES[times_key], allow_pickle=False)
-                    old = (items > 0) & (times.astype(np.int64) * 1000 < before_ms)  # s vs ms
+                    old = events.times.astype(np.int64) * 1000 < before_ms  # s vs ms
                     if old.any():
                         counts[what] += int(old.sum())
-                        keep = (items > 0) & ~old
-                        trimmed[items_key], trimmed[times_key] = _left_packed(keep, items, times)
+                        trimmed |= events.entries(~old).arrays(group)
                 if not trimmed:
                     continue
                 versions += 1
@@ -213,18 +205,6 @@ class BundleStore:
 
                 swap_dir(version, write)
         return {**counts, "versions": versions}
-
-
-def _left_packed(
-    keep: np.ndarray, items: np.ndarray, times: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Only the entries ``keep`` bool [U, L] of left-padded rows ``items`` and ``times``
-    [U, L], moved right in their order (left-padded again, the most recent last)."""
-    order = np.argsort(keep, axis=1, kind="stable")  # dropped first, kept in their order
-    return (
-        np.take_along_axis(np.where(keep, items, 0), order, axis=1),
-        np.take_along_axis(np.where(keep, times, 0), order, axis=1),
-    )
 
 
 def _export(version: Path, user: str) -> dict[str, Any] | None:
@@ -239,10 +219,10 @@ def _export(version: Path, user: str) -> dict[str, Any] | None:
     items = item_ids.column("item_id").to_pylist()  # bundle row r + 1 is items[r]
     out: dict[str, Any] = {
         "version": version.name,
-        "recent_items": _recent(version, *_TIMED["history_entries"], row, items),
+        "recent_items": _recent(version, "history", row, items),
     }
     if (version / BUNDLE_FILES["user_exposures"]).is_file():
-        out["recent_exposures"] = _recent(version, *_TIMED["exposure_entries"], row, items)
+        out["recent_exposures"] = _recent(version, "exposures", row, items)
     if (version / BUNDLE_FILES["user_seen_offsets"]).is_file():
         offsets = np.load(version / BUNDLE_FILES["user_seen_offsets"], mmap_mode="r")
         seen = np.load(version / BUNDLE_FILES["user_seen_items"], mmap_mode="r")
@@ -255,17 +235,16 @@ def _export(version: Path, user: str) -> dict[str, Any] | None:
     return out
 
 
-def _recent(
-    version: Path, items_key: str, times_key: str, row: int, item_ids: list[str]
-) -> list[dict[str, Any]]:
-    """The user at ``row``'s recent events of bundle files ``items_key`` and ``times_key``
-    (:data:`_TIMED`), oldest first: item id and time (unix s)."""
-    got = np.load(version / BUNDLE_FILES[items_key], mmap_mode="r")[row]
-    times = np.load(version / BUNDLE_FILES[times_key], mmap_mode="r")[row]
+def _recent(version: Path, group: str, row: int, item_ids: list[str]) -> list[dict[str, Any]]:
+    """The user at ``row``'s recent events of ``group`` (:data:`_TIMED`), oldest first: item
+    id and time (unix s)."""
+    events = PerUser.load(version, group, mmap=True)
+    if events is None:
+        return []
+    got, times = events.of(row)
     return [
         {"item_id": item_ids[int(i) - 1], "time": int(t)}
         for i, t in zip(got.tolist(), times.tolist(), strict=True)
-        if i > 0
     ]
 
 
@@ -290,6 +269,10 @@ def _rewrite(version: Path, keep: np.ndarray) -> None:
             if (new / BUNDLE_FILES[name]).is_file():
                 arr = np.load(new / BUNDLE_FILES[name], allow_pickle=False)
                 changed.append(_save(new, name, arr[keep]))
+        for group in _TIMED.values():
+            events = PerUser.load(new, group)
+            if events is not None:
+                changed += [_save(new, k, a) for k, a in events.users(keep).arrays(group).items()]
         if (new / BUNDLE_FILES["user_seen_offsets"]).is_file():
             offsets = np.load(new / BUNDLE_FILES["user_seen_offsets"], allow_pickle=False)
             items = np.load(new / BUNDLE_FILES["user_seen_items"], allow_pickle=False)
@@ -307,7 +290,7 @@ def _replace(root: Path, name: str, write: Callable[[Path], None]) -> str:
     """Write bundle file ``name`` as a new file (until then a hard link to the old version's:
     never written through); its path relative to the bundle."""
     path = root / BUNDLE_FILES[name]
-    path.unlink()
+    path.unlink(missing_ok=True)  # a file the older layout lacks (the offsets) is new
     write(path)
     return BUNDLE_FILES[name]
 

@@ -78,10 +78,13 @@ BUNDLE_FILES = {
     "user_ids": "users/users.parquet",
     "user_categorical": "users/categorical.npy",
     "user_numeric": "users/numeric.npy",
+    # each user's most recent positives, ragged (tailored.bundle.per_user)
+    "user_history_offsets": "users/history_offsets.npy",
     "user_history": "users/history.npy",
     "user_history_times": "users/history_times.npy",
     # each user's most recent exposures (impressions), for the ranker's shown_before; only
     # from data with exposure events
+    "user_exposure_offsets": "users/exposure_offsets.npy",
     "user_exposures": "users/exposures.npy",
     "user_exposure_times": "users/exposure_times.npy",
     "user_seen_offsets": "users/seen_offsets.npy",

@@ -26,6 +26,7 @@ from tailored.bundle.format import (
     load_npy,
     verify_bundle,
 )
+from tailored.bundle.per_user import PerUser
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
@@ -51,6 +52,8 @@ _USER_FILES = (
     "user_history",
     "user_history_times",
 )
+# the ragged layout's offsets (tailored.bundle.per_user); a bundle of the dense layout has none
+_OFFSET_FILES = ("user_history_offsets", "user_exposure_offsets")
 
 
 def onnx_providers(device: str = "auto") -> list[str]:
@@ -126,25 +129,22 @@ class SegmentModel:
 class UserSnapshot:
     """What the bundle knows of its users at build time: ``ids`` str [U] pseudonyms; encoded
     profiles ``categorical`` int64 [U, C] and ``numeric`` float32 [U, F]; each user's most
-    recent positives, ``history`` int32 [U, L] bundle rows and ``history_times`` int64 [U, L]
-    seconds, left-padded with 0, most recent last; every item each user has a positive for,
-    user u's at ``seen_items[seen_offsets[u]:seen_offsets[u + 1]]`` (a bundle older than
-    these two: the history stands in); each user's most recent exposures, ``exposures``
-    int32 [U, L] and ``exposure_times`` int64 [U, L] laid out as the history (None: data
-    without exposure events, or a bundle older than them)."""
+    recent positives, ``history`` (bundle rows and seconds, oldest first); every item each
+    user has a positive for, user u's at ``seen_items[seen_offsets[u]:seen_offsets[u + 1]]``
+    (a bundle older than these two: the history stands in); each user's most recent
+    exposures, ``exposures`` (None: data without exposure events, or a bundle older than
+    them)."""
 
     ids: np.ndarray
     categorical: np.ndarray
     numeric: np.ndarray
-    history: np.ndarray
-    history_times: np.ndarray
+    history: PerUser
     seen_offsets: np.ndarray | None = None
     seen_items: np.ndarray | None = None
     # the hashed id bucket each user was trained with, where the users were re-keyed since
     # (int64 [U]); else a user's bucket is their pseudonym's hash
     id_buckets: np.ndarray | None = None
-    exposures: np.ndarray | None = None
-    exposure_times: np.ndarray | None = None
+    exposures: PerUser | None = None
 
     def __post_init__(self) -> None:
         self._rows = {str(u): i for i, u in enumerate(self.ids)}
@@ -159,16 +159,15 @@ class UserSnapshot:
     def seen(self, row: int) -> np.ndarray:
         """The bundle rows the user at ``row`` has a positive for (build time), int [S]."""
         if self.seen_offsets is None or self.seen_items is None:
-            return self.history[row][self.history[row] > 0]
+            return self.history.of(row)[0]
         return self.seen_items[self.seen_offsets[row] : self.seen_offsets[row + 1]]
 
     def shown(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """What the user at ``row`` was shown (build time): bundle rows int32 [X] and times
         int64 [X] seconds, oldest first; empty without exposures in the bundle."""
-        if self.exposures is None or self.exposure_times is None:
+        if self.exposures is None:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
-        filled = self.exposures[row] > 0
-        return self.exposures[row][filled], self.exposure_times[row][filled]
+        return self.exposures.of(row)
 
     @classmethod
     def load(cls, root: Path) -> UserSnapshot | None:
@@ -179,11 +178,10 @@ class UserSnapshot:
             ids=ids.to_numpy(zero_copy_only=False),
             categorical=load_npy(root / BUNDLE_FILES["user_categorical"]),
             numeric=load_npy(root / BUNDLE_FILES["user_numeric"]),
-            history=load_npy(root / BUNDLE_FILES["user_history"]),
-            history_times=load_npy(root / BUNDLE_FILES["user_history_times"]),
+            history=_history(root),
             **_seen(root, len(ids)),
             id_buckets=_id_buckets(root, len(ids)),
-            **_exposures(root),
+            exposures=PerUser.load(root, "exposures"),
         )
 
 
@@ -234,13 +232,11 @@ def _seen(root: Path, n_users: int) -> dict[str, np.ndarray]:
     return {"seen_offsets": offsets, "seen_items": items}
 
 
-def _exposures(root: Path) -> dict[str, np.ndarray]:
-    """The users' recent exposures, where the bundle has them (checked by
-    :func:`~tailored.bundle.checks.check_loaded`)."""
-    pair = _optional_pair(root, "user_exposures", "user_exposure_times")
-    if pair is None:
-        return {}
-    return {"exposures": pair[0], "exposure_times": pair[1]}
+def _history(root: Path) -> PerUser:
+    history = PerUser.load(root, "history")
+    if history is None:  # UserSnapshot.load found both files
+        raise BundleError(f"{root}: no {BUNDLE_FILES['user_history']}")
+    return history
 
 
 @dataclass(frozen=True)
@@ -375,7 +371,7 @@ class LoadedBundle:
         optional |= {"item_ease_rows", "item_ease_weights", "user_seen_offsets", "user_seen_items"}
         optional |= {"user_segments", "segment_centroids", "segments", "user_id_buckets"}
         optional |= {"item_available_from", "item_available_until"}
-        optional |= {"user_exposures", "user_exposure_times"}
+        optional |= {"user_exposures", "user_exposure_times", *_OFFSET_FILES}
         optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():

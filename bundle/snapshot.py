@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tailored.bundle.per_user import PerUser
 from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import ItemNeighbors, ItemRegression, distinct_pairs
@@ -134,40 +135,19 @@ def first_seen(data: Interactions) -> np.ndarray:
 
 
 def user_snapshot(data: Interactions, length: int) -> dict[str, np.ndarray]:
-    """Every user's ``length`` most recent positives for serving: item rows int32 [U, L] and
-    times int64 [U, L] (seconds), left-padded with 0, most recent last."""
-    items, times = _last_per_user(data.offsets, data.item, data.timestamp, length)
-    return {"user_history": items, "user_history_times": times}
+    """Every user's ``length`` most recent positives for serving, the bundle files of
+    :class:`~tailored.bundle.per_user.PerUser` group ``history``."""
+    return PerUser.last(data.offsets, data.item, data.timestamp, length).arrays("history")
 
 
 def user_exposures(data: Interactions, length: int) -> dict[str, np.ndarray]:
     """Every user's ``length`` most recent exposures (what they were shown, for the ranker's
-    ``shown_before``), laid out as :func:`user_snapshot`'s positives: ``user_exposures``
-    int32 [U, L] item rows and ``user_exposure_times`` int64 [U, L] seconds. Nothing (``{}``)
-    where the data has no exposure events."""
+    ``shown_before``): the bundle files of group ``exposures``. Nothing (``{}``) where the
+    data has no exposure events."""
     shown = data.exposures
     if shown is None or not len(shown):
         return {}
-    items, times = _last_per_user(shown.offsets, shown.item, shown.timestamp, length)
-    return {"user_exposures": items, "user_exposure_times": times}
-
-
-def _last_per_user(
-    offsets: np.ndarray, item: np.ndarray, timestamp: np.ndarray, length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The last ``length`` events of each user of events grouped by user (``offsets`` int
-    [U+1], time-ordered within a user): item rows int32 [U, L] and times int64 [U, L],
-    left-padded with 0, most recent last."""
-    end = offsets[1:]
-    idx = end[:, None] - np.arange(length, 0, -1)[None, :]
-    if not len(item):
-        return np.zeros(idx.shape, np.int32), np.zeros(idx.shape, np.int64)
-    valid = idx >= offsets[:-1, None]
-    safe = np.clip(idx, 0, len(item) - 1)
-    return (
-        np.where(valid, item[safe], 0).astype(np.int32),
-        np.where(valid, timestamp[safe], 0).astype(np.int64),
-    )
+    return PerUser.last(shown.offsets, shown.item, shown.timestamp, length).arrays("exposures")
 
 
 def user_seen(data: Interactions) -> dict[str, np.ndarray]:

@@ -79,7 +79,7 @@ class Exposures:
         n_users: int,
     ) -> Exposures:
         """From events in any order; every one labelled TRAIN until :meth:`split_by`."""
-        order = np.lexsort((np.arange(len(user)), timestamp, user))
+        order = np.lexsort((timestamp, user))  # stable: ties keep the given order
         counts = np.bincount(user, minlength=n_users)
         return cls(
             item=np.asarray(item, np.int32)[order],

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from tailored.config import DataConfig, EventRole
 from tailored.data.exposures import Exposures, SlotPropensity
 from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.ids import IdLookup
 from tailored.data.schema import DatasetMeta, SchemaError, read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_temporal_split
 from tailored.data.splits import user_time_order as _order
@@ -259,6 +260,7 @@ def _read_positives(
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "p")}
     shown: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "p")}
     exposure_types = pa.array(sorted(rule.exposures), pa.string())
+    users, items = IdLookup(user_ids), IdLookup(item_ids)  # hashed once for every batch
     ctx_raw: list[pa.Table] = []
     unnamed: dict[str, int] = {}  # event types no rule names: ignored, and said so
     for batch in pq.ParquetFile(directory / "events.parquet").iter_batches(
@@ -273,8 +275,8 @@ def _read_positives(
         )
         if (is_shown & ~erased).any():
             e = pa.Table.from_batches([batch]).filter(pa.array(is_shown & ~erased))
-            shown["u"].append(_index(e.column("user_id"), user_ids, directory, "user_id"))
-            shown["i"].append(_index(e.column("item_id"), item_ids, directory, "item_id") + 1)
+            shown["u"].append(_index(e.column("user_id"), users, directory, "user_id"))
+            shown["i"].append(_index(e.column("item_id"), items, directory, "item_id") + 1)
             shown["t"].append(e.column("timestamp").to_numpy())
             shown["p"].append(_slots(e, has_slot))
         keep = rule.mask(batch.column("type"), batch.column("value"))
@@ -282,8 +284,8 @@ def _read_positives(
         if not keep.any():
             continue
         b = pa.Table.from_batches([batch]).filter(pa.array(keep))
-        parts["u"].append(_index(b.column("user_id"), user_ids, directory, "user_id"))
-        parts["i"].append(_index(b.column("item_id"), item_ids, directory, "item_id") + 1)
+        parts["u"].append(_index(b.column("user_id"), users, directory, "user_id"))
+        parts["i"].append(_index(b.column("item_id"), items, directory, "item_id") + 1)
         parts["t"].append(b.column("timestamp").to_numpy())
         parts["p"].append(_slots(b, has_slot))
         parts["w"].append(rule.weight_of(b.column("type").to_numpy(zero_copy_only=False)))
@@ -303,17 +305,17 @@ def _read_positives(
             f"{directory}: no positive events (types {sorted(rule.positives)}); the dataset "
             f"holds {sorted(unnamed) or 'only those types, below their min_value'}"
         )
-    user = np.concatenate(parts["u"]).astype(np.int32)
+    user = _joined(parts["u"]).astype(np.int32, copy=False)
     context, ctx_vocabs = _encode_context(ctx_raw, ctx_names, len(user))
     return _Positives(
         user=user,
-        item=np.concatenate(parts["i"]).astype(np.int32),
-        timestamp=np.concatenate(parts["t"]).astype(np.int64),
-        weight=np.concatenate(parts["w"]),
+        item=_joined(parts["i"]).astype(np.int32, copy=False),
+        timestamp=_joined(parts["t"]).astype(np.int64, copy=False),
+        weight=_joined(parts["w"]),
         context=context,
         context_vocabs=ctx_vocabs,
-        split=np.concatenate(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
-        position=np.concatenate(parts["p"]),
+        split=_joined(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
+        position=_joined(parts["p"]),
         exposures=Exposures.of(
             _joined(shown["u"]),
             _joined(shown["i"]),
@@ -325,7 +327,11 @@ def _read_positives(
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    """The parts end to end; the list is emptied, so that they and the whole are not both
+    held for long (at 100M events each column is a gigabyte)."""
+    out = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    parts.clear()
+    return out
 
 
 def _slots(t: pa.Table, has_slot: bool) -> np.ndarray:
@@ -362,15 +368,16 @@ def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
     )
 
 
-def _index(col: pa.ChunkedArray, ids: pa.Array, directory: Path, name: str) -> np.ndarray:
-    idx = pc.index_in(col, value_set=ids)
-    if idx.null_count:
-        row = int(np.argmax(pc.is_null(idx).to_numpy(zero_copy_only=False)))
+def _index(col: pa.ChunkedArray, ids: IdLookup, directory: Path, name: str) -> np.ndarray:
+    """int32 [rows]: each value's row in ``ids``; a value in none is an error."""
+    idx = ids.rows(col)
+    if (idx < 0).any():
+        row = int(np.argmax(idx < 0))
         raise SchemaError(
             f"{directory}/events.parquet: {name} {col[row].as_py()!r} refers to "
             f"no row of the {'users' if name == 'user_id' else 'items'} table"
         )
-    return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+    return idx.astype(np.int32)
 
 
 def _encode_context(

@@ -541,11 +541,8 @@ class Recommender:
         pairs: list[tuple[int, int]] = []  # (time, row)
         users = self.bundle.users
         if row is not None and users is not None:
-            snap = users.history[row]
-            filled = snap > 0
-            pairs += zip(
-                users.history_times[row][filled].tolist(), snap[filled].tolist(), strict=True
-            )
+            snap, times = users.history.of(row)
+            pairs += zip(times.tolist(), snap.tolist(), strict=True)
         snapshot = set(pairs)
         for e in online:
             r = self.item_row.get(e.item_id)

@@ -264,7 +264,7 @@ def test_a_bundle_from_before_the_item_item_model_still_serves(
     assert new.users is not None and bundle.users is not None
     assert new.users.seen_offsets is not None
     row = int(np.argmax(np.diff(new.users.seen_offsets)))  # the heaviest user: 664 movies
-    recent = new.users.history[row][new.users.history[row] > 0]
+    recent = new.users.history.of(row)[0]
     assert len(new.users.seen(row)) > len(recent) == 200 and set(recent) < set(new.users.seen(row))
     np.testing.assert_array_equal(bundle.users.seen(row), recent)
     got = bundle.rank(**args, dense=dense)  # all the features this version computes

@@ -76,7 +76,7 @@ def test_a_bundle_through_valid_records_it_and_holds_no_test_event(
     assert (valid.activity.first_seen <= last).all()
     # each user's items seen and history: their train + valid items, none only in test
     assert valid.users is not None
-    assert (valid.users.history_times <= last).all()
+    assert (valid.users.history.times <= last).all()
     test_only_users = 0
     for u in range(data.n_users):
         span = slice(data.offsets[u], data.offsets[u + 1])
@@ -84,7 +84,7 @@ def test_a_bundle_through_valid_records_it_and_holds_no_test_event(
         before = set(items[splits <= VALID].tolist())
         test_only = set(items[splits == TEST].tolist()) - before
         assert _seen(valid, u) == before, u
-        assert not test_only & set(valid.users.history[u].tolist())
+        assert not test_only & set(valid.users.history.of(u)[0].tolist())
         assert test_only <= _seen(whole, u)
         test_only_users += bool(test_only)
     assert test_only_users > 900  # nearly every user has test items (the split's 10%)

@@ -18,8 +18,8 @@ so that only the array contents are inconsistent, and the copy is loaded. The cl
 - ``out_of_range``: an integer reference outside what it refers to: an item row outside 0..N
   (item neighbours, user history, seen items), an index id outside 1..N, an item-item model
   row outside -1..K-1;
-- ``offsets``: the users' seen-item offsets made non-monotonic, not starting at 0 or not
-  ending at the number of seen items.
+- ``offsets``: the users' seen-item, history or exposure offsets made non-monotonic, not
+  starting at 0 or not ending at the number of entries.
 
 The oracle: :func:`tailored.serve.bundles.load_recommender` (what the server and its watcher
 run: verify, load, check, warm up) raises :class:`~tailored.bundle.format.BundleError` whose
@@ -58,7 +58,9 @@ from tests.serve.test_live_bundle import _broken, _serving, _until, _until_refus
 pytestmark = pytest.mark.slow  # damages copies of the session's trained bundle (serve_bundle)
 
 INDEX_IDS = f"{BUNDLE_FILES['index']}/ids.npy"
-OFFSETS = BUNDLE_FILES["user_seen_offsets"]
+OFFSETS = frozenset(
+    BUNDLE_FILES[k] for k in ("user_seen_offsets", "user_history_offsets", "user_exposure_offsets")
+)
 # written by the build (for refresh), never read by serving: no damage to it can matter there
 UNREAD = frozenset({BUNDLE_FILES["user_embeddings"]})
 DTYPES = tuple(
@@ -128,6 +130,7 @@ def good(serve_bundle: Path) -> Good:
     refs = {
         BUNDLE_FILES["item_neighbors"]: (0, n),
         BUNDLE_FILES["user_history"]: (0, n),
+        BUNDLE_FILES["user_exposures"]: (0, n),
         BUNDLE_FILES["user_seen_items"]: (0, n),
         BUNDLE_FILES["context_popular"]: (0, n),
         INDEX_IDS: (1, n),
@@ -143,7 +146,11 @@ def good(serve_bundle: Path) -> Good:
         )
     )
     # every array the bundle holds is fuzzed, and every kind of damage has a file to damage
-    assert {INDEX_IDS, OFFSETS, *UNREAD} <= set(files) <= set(NPY_FILES)
+    assert (
+        {INDEX_IDS, *(OFFSETS - {BUNDLE_FILES["user_exposure_offsets"]}), *UNREAD}
+        <= set(files)
+        <= set(NPY_FILES)
+    )
     assert len({f for f in refs if f in files}) >= 4
     ids = bundle.users.ids
     users = tuple(str(ids[i]) for i in sorted({0, 1, len(ids) // 2, len(ids) - 1}))
@@ -179,7 +186,7 @@ def _applies(kind: str, file: str, a: np.ndarray, good: Good) -> bool:
         case "out_of_range":
             return file in good.refs and a.size > 0
         case "offsets":
-            return file == OFFSETS
+            return file in OFFSETS
     return True  # dtype, add_dim
 
 
@@ -409,7 +416,8 @@ def test_the_watcher_lives_through_damaged_arrays_and_then_loads_a_good_one(
     root, live = watched
     first = root / "v000001"
     damages = [
-        _write(OFFSETS, _offsets_not_monotonic),
+        _write(BUNDLE_FILES["user_seen_offsets"], _offsets_not_monotonic),
+        _write(BUNDLE_FILES["user_history_offsets"], _offsets_not_monotonic),
         _write(INDEX_IDS, _index_ids_past_the_items),
         _write(BUNDLE_FILES["item_history"], _wider),
     ]

@@ -56,7 +56,7 @@ def _nan_embedding(b: Path) -> None:
 
 def _history_out_of_range(b: Path) -> None:
     hist = np.load(b / "users" / "history.npy")
-    hist[0, -1] = 10**6
+    hist[-1] = 10**6
     np.save(b / "users" / "history.npy", hist)
 
 

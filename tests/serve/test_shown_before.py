@@ -19,6 +19,7 @@ from tailored.bundle import snapshot
 from tailored.bundle.build import build_bundle, refresh
 from tailored.bundle.forget import BundleStore
 from tailored.bundle.format import BUNDLE_FILES, BundleError, verify_bundle
+from tailored.bundle.per_user import GROUPS, PerUser
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import load_serve_config
 from tailored.data.exposures import EXPOSURE_EVENTS, EXPOSURE_GAP, shown_counts
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow  # trains on a synthetic site and builds bundles
 
 SHOWN = DENSE_FEATURES.index("shown_before")
 EXPOSURES, TIMES = BUNDLE_FILES["user_exposures"], BUNDLE_FILES["user_exposure_times"]
+OFFSETS = BUNDLE_FILES["user_exposure_offsets"]
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +79,12 @@ def test_a_bundle_keeps_each_user_s_last_exposures_up_to_its_cut(site: dict[str,
     assert data.exposures is not None
     whole, valid = LoadedBundle.load(site["whole"]), LoadedBundle.load(site["valid"])
     assert whole.users is not None and valid.users is not None
-    assert whole.users.exposures is not None and whole.users.exposure_times is not None
-    assert whole.users.exposures.shape == (data.n_users, EXPOSURE_EVENTS)
-    assert whole.users.exposures.dtype == np.int32
-    assert whole.users.exposure_times.dtype == np.int64
+    shown = whole.users.exposures
+    assert shown is not None and len(shown) == data.n_users
+    assert shown.items.dtype == np.int32 and shown.times.dtype == np.int64
+    # ragged: each user holds what they were shown, up to EXPOSURE_EVENTS, not a full row
+    lengths = np.diff(shown.offsets)
+    assert lengths.max() == EXPOSURE_EVENTS and len(shown.items) < data.n_users * EXPOSURE_EVENTS
     # the whole bundle: every impression of the user in the site's own events file, for the
     # users with at most EXPOSURE_EVENTS of them
     checked = 0
@@ -93,7 +97,7 @@ def test_a_bundle_keeps_each_user_s_last_exposures_up_to_its_cut(site: dict[str,
             checked += 1
     assert checked > 10
     # every user's last EXPOSURE_EVENTS; through valid, of those before the test period (from
-    # EXPOSURE_GAP before the user's first test positive on): in time order, left-padded
+    # EXPOSURE_GAP before the user's first test positive on): in time order
     lost = longer = 0
     for u in range(data.n_users):
         span = slice(data.offsets[u], data.offsets[u + 1])
@@ -110,12 +114,14 @@ def test_a_bundle_keeps_each_user_s_last_exposures_up_to_its_cut(site: dict[str,
     assert longer > 0  # users whose oldest impressions the snapshot leaves out
     # the most recent L of a user with more: the snapshot of the data, at a small length
     last3 = snapshot.user_exposures(data, 3)
+    offsets = last3["user_exposure_offsets"]
+    assert len(offsets) == data.n_users + 1
     for u in range(0, data.n_users, 7):
         items, times, _ = data.exposures.of_user(u)
         n = min(3, len(items))
-        assert last3["user_exposures"][u, 3 - n :].tolist() == items[len(items) - n :].tolist()
-        assert (last3["user_exposures"][u, : 3 - n] == 0).all()
-        assert last3["user_exposure_times"][u, 3 - n :].tolist() == times[len(times) - n :].tolist()
+        mine = slice(offsets[u], offsets[u + 1])
+        assert last3["user_exposures"][mine].tolist() == items[len(items) - n :].tolist()
+        assert last3["user_exposure_times"][mine].tolist() == times[len(times) - n :].tolist()
 
 
 def test_a_refresh_carries_the_exposures(site: dict[str, Any], tmp_path: Path) -> None:
@@ -123,7 +129,7 @@ def test_a_refresh_carries_the_exposures(site: dict[str, Any], tmp_path: Path) -
     shutil.copytree(site["valid"].parent, source)
     new = refresh(source, progress_bar=False).path
     assert new.name == "v000002" and verify_bundle(new).data["through"] == "valid"
-    for name in (EXPOSURES, TIMES):
+    for name in (OFFSETS, EXPOSURES, TIMES):
         np.testing.assert_array_equal(np.load(new / name), np.load(site["valid"] / name))
 
 
@@ -206,55 +212,117 @@ def test_a_known_user_with_impressions_is_served_over_grpc(
         running.stop()
 
 
+def _group(version: Path, group: str) -> PerUser:
+    events = PerUser.load(version, group)
+    assert events is not None
+    return events
+
+
 def test_erasure_and_retention_reach_the_exposures(site: dict[str, Any], tmp_path: Path) -> None:
     root = tmp_path / "bundles"
     shutil.copytree(site["whole"].parent, root)
     version = root / "v000001"
-    items, times = np.load(version / EXPOSURES), np.load(version / TIMES)
+    shown = _group(version, "exposures")
     data: Interactions = site["data"]
-    u = int(np.flatnonzero((items > 0).sum(1) >= 3)[0])
+    u = int(np.flatnonzero(np.diff(shown.offsets) >= 3)[0])
     pseudonym = str(data.user_ids[u])
     store = BundleStore(root)
     exported = store.export(pseudonym)["versions"][0]["recent_exposures"]
     ids = pq.read_table(version / BUNDLE_FILES["items"]).column("item_id").to_pylist()
+    items, times = shown.of(u)
     assert [(e["time"], e["item_id"]) for e in exported] == [
-        (t, ids[i - 1]) for t, i in zip(times[u].tolist(), items[u].tolist(), strict=True) if i
+        (t, ids[i - 1]) for t, i in zip(times.tolist(), items.tolist(), strict=True)
     ]
-    # erasure: the user's exposure rows go with their other rows
+    # erasure: the user's exposures go with their other rows
     assert store.forget(pseudonym) == {"user_rows": 1}
-    others = np.arange(len(items)) != u
-    np.testing.assert_array_equal(np.load(version / EXPOSURES), items[others])
-    np.testing.assert_array_equal(np.load(version / TIMES), times[others])
+    after = _group(version, "exposures")
+    assert len(after) == len(shown) - 1
+    for r in (0, u - 1, u, len(after) - 1):  # rows before u stay, later ones move up
+        was = r if r < u else r + 1
+        for a, b in zip(after.of(r), shown.of(was), strict=True):
+            np.testing.assert_array_equal(a, b)
     loaded = LoadedBundle.load(version)
     assert loaded.users is not None and loaded.users.row(pseudonym) is None
-    assert loaded.users.exposures is not None and len(loaded.users.exposures) == len(items) - 1
-    # retention: the entries from before a bound, kept ones moved right in their order
-    items, times = items[others], times[others]
-    bound = int(np.median(times[items > 0]))
+    assert loaded.users.exposures is not None and len(loaded.users.exposures) == len(shown) - 1
+    # retention: the entries from before a bound, the kept ones in their order
+    before = after
+    bound = int(np.median(before.times))
     removed = store.purge(bound * 1000)
-    assert removed["exposure_entries"] == int(((items > 0) & (times < bound)).sum()) > 0
-    after_items, after_times = np.load(version / EXPOSURES), np.load(version / TIMES)
-    kept = (items > 0) & (times >= bound)
-    assert ((after_items > 0).sum(1) == kept.sum(1)).all()
-    for r in range(len(items)):
-        n = int(kept[r].sum())
-        assert after_items[r, len(items[r]) - n :].tolist() == items[r][kept[r]].tolist()
-        assert after_times[r, len(items[r]) - n :].tolist() == times[r][kept[r]].tolist()
-    assert not after_items[:, :-1][after_items[:, 1:] == 0].any()  # left-padded still
-    assert not ((after_items == 0) & (after_times != 0)).any()  # padding stays padding
+    assert removed["exposure_entries"] == int((before.times < bound).sum()) > 0
+    after = _group(version, "exposures")
+    assert after.times.min() >= bound and len(after) == len(before)
+    for r in range(len(before)):
+        items, times = before.of(r)
+        kept = times >= bound
+        np.testing.assert_array_equal(after.of(r)[0], items[kept])
+        np.testing.assert_array_equal(after.of(r)[1], times[kept])
     LoadedBundle.load(version)  # resealed, and still consistent
+
+
+def _dense(events: PerUser) -> tuple[np.ndarray, np.ndarray]:
+    """The layout of bundles before the ragged one: [U, L] left-padded with 0."""
+    lengths = np.diff(events.offsets)
+    width = int(lengths.max())
+    items = np.zeros((len(events), width), np.int32)
+    times = np.zeros((len(events), width), np.int64)
+    for u in range(len(events)):
+        got, at = events.of(u)
+        if len(got):
+            items[u, width - len(got) :], times[u, width - len(got) :] = got, at
+    return items, times
+
+
+def test_a_bundle_of_the_dense_layout_loads_and_is_rewritten_ragged(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    root = tmp_path / "bundles"
+    shutil.copytree(site["whole"].parent, root)
+    version = root / "v000001"
+    before = {g: _group(version, g) for g in GROUPS}
+    for group, (offsets, items, times) in GROUPS.items():
+        dense = _dense(before[group])
+        np.save(version / BUNDLE_FILES[items], dense[0])
+        np.save(version / BUNDLE_FILES[times], dense[1])
+        (version / BUNDLE_FILES[offsets]).unlink()
+    reseal(version)
+    loaded = LoadedBundle.load(version)
+    assert loaded.users is not None and loaded.users.exposures is not None
+    for group, got in (("history", loaded.users.history), ("exposures", loaded.users.exposures)):
+        for a, b in zip(
+            (got.offsets, got.items, got.times),
+            (before[group].offsets, before[group].items, before[group].times),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+    # an erasure writes the version in the ragged layout
+    data: Interactions = site["data"]
+    assert BundleStore(root).forget(str(data.user_ids[0])) == {"user_rows": 1}
+    for group, (offsets, _, _) in GROUPS.items():
+        assert (version / BUNDLE_FILES[offsets]).is_file()
+        after = _group(version, group)
+        np.testing.assert_array_equal(after.items, before[group].items[before[group].offsets[1] :])
+    verify_bundle(version)
+    LoadedBundle.load(version)
 
 
 @pytest.mark.parametrize(
     ("change", "words"),
     [
         (lambda v: np.save(v / EXPOSURES, np.load(v / EXPOSURES) + 10_000), "outside"),
-        (lambda v: np.save(v / TIMES, np.load(v / TIMES)[:-1]), "300 rows"),
+        (lambda v: np.save(v / TIMES, np.load(v / TIMES)[:-1]), "not one group"),
         (lambda v: np.save(v / TIMES, np.load(v / TIMES).astype(np.float64)), "int"),
-        (lambda v: np.save(v / TIMES, np.load(v / TIMES)[:, 1:]), "shape"),
+        (lambda v: np.save(v / OFFSETS, np.load(v / OFFSETS)[:-1]), "not one group"),
+        (lambda v: np.save(v / OFFSETS, np.load(v / OFFSETS)[::-1].copy()), "not one group"),
         (lambda v: (v / TIMES).unlink(), "beside its pair"),
     ],
-    ids=["item-rows-outside", "a-row-short", "float-times", "narrower-times", "one-of-two"],
+    ids=[
+        "item-rows-outside",
+        "times-short",
+        "float-times",
+        "offsets-short",
+        "offsets-reversed",
+        "one-of-two",
+    ],
 )
 def test_bad_exposure_files_are_refused_at_load(
     site: dict[str, Any], tmp_path: Path, change: Any, words: str
