@@ -69,6 +69,7 @@ _log = logging.getLogger(__name__)
 USER_SNAPSHOT_EVENTS = HISTORY_EVENTS
 _WORK_ENV = "TAILORED_EMBED_WORK"
 _USER_BLOCK = 1 << 20  # users whose history windows are cut at once
+_CHECKED_USERS = 256  # users whose tower output ONNX must reproduce
 
 
 @dataclass
@@ -249,6 +250,8 @@ def _write_bundle(
     uin = _user_inputs(src, data) if users else None
     with torch_threads(src.cfg.train.threads, processes=devices):
         emb = _embed(src, train_index, items, uin, devices=devices, progress_bar=progress_bar)
+    if uin is not None:  # the windows were for the embedding; the ONNX check reads a few
+        uin["history"] = uin["history"][:_CHECKED_USERS].copy()
     n = len(train_index)
     if _rank() != 0:  # another DDP rank: rank 0 writes the bundle
         return BuildResult(root, n, 0, 0, emb.item_seconds, 0.0)
@@ -542,7 +545,7 @@ def _check_user_tower(
     from tailored.train.two_tower.export import UserTowerServing, user_tower_example
 
     if uin is not None and len(uin["user_hash"]):
-        rows = slice(0, 256)
+        rows = slice(0, _CHECKED_USERS)
         hist = uin["history"][rows]
         inputs = {k: v[rows] for k, v in uin.items() if k != "history"}
         inputs["history"] = table[hist].astype(np.float32)
@@ -603,12 +606,16 @@ def build_bundle(
         run = LoadedRun(src.cfg, src.model, data)
         result, tables, requests = fit_ranker(run, src.cfg.ranker, progress_bar=progress_bar)
         example = tables.batch(requests.take(np.arange(min(4, len(requests.users)))))
+        n_requests = len(requests.users)
+        # the ranker's training tables and requests (gigabytes at 10M users): the export
+        # traces ``example`` only, so they go before the users are embedded
+        del tables, requests
         metrics["ranker"] = {
             "holdout_ndcg@10": result.holdout_ndcg10,
             "holdout_retrieval_ndcg@10": result.holdout_retrieval_ndcg10,
             "epochs": result.epochs,
             "members": len(result.epochs),
-            "requests": len(requests.users),
+            "requests": n_requests,
             "lists_per_user": src.cfg.ranker.lists_per_user,
             "candidates": src.cfg.ranker.candidates,
         }

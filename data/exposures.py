@@ -79,13 +79,35 @@ class Exposures:
         n_users: int,
     ) -> Exposures:
         """From events in any order; every one labelled TRAIN until :meth:`split_by`."""
+        return cls.from_parts(
+            {"user": [user], "item": [item], "timestamp": [timestamp], "position": [position]},
+            n_users,
+        )
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, list[np.ndarray]], n_users: int) -> Exposures:
+        """As :meth:`of`, from each column in parts (``user``, ``item``, ``timestamp``,
+        ``position``: lists of arrays, as a reader collects them batch by batch). The lists are
+        emptied one column at a time as each is put in order, so that the parts, the whole
+        column and its ordered copy are not all held at once (at 10M users a column is 87M
+        exposures)."""
+
+        def column(name: str, dtype: type[np.generic]) -> np.ndarray:
+            got = parts[name]
+            out = np.concatenate(got).astype(dtype, copy=False) if got else np.zeros(0, dtype)
+            got.clear()
+            return out
+
+        user, timestamp = column("user", np.int32), column("timestamp", np.int64)
         order = np.lexsort((timestamp, user))  # stable: ties keep the given order
         counts = np.bincount(user, minlength=n_users)
+        del user
+        timestamp = timestamp[order]
         return cls(
-            item=np.asarray(item, np.int32)[order],
-            timestamp=np.asarray(timestamp, np.int64)[order],
-            position=np.asarray(position, np.int32)[order],
-            split=np.full(len(user), TRAIN, np.int8),
+            item=column("item", np.int32)[order],
+            timestamp=timestamp,
+            position=column("position", np.int32)[order],
+            split=np.full(len(order), TRAIN, np.int8),
             offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
         )
 

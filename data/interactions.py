@@ -147,8 +147,12 @@ def load_interactions(
     valid_start: int = 0,
     test_start: int = 0,
     batch_rows: int = 1 << 20,
+    exposures: bool = True,
 ) -> Interactions:
-    """Read a dataset and return its split positive interactions (see module doc)."""
+    """Read a dataset and return its split positive interactions (see module doc).
+    ``exposures=False`` leaves the exposure events unread (``Interactions.exposures`` empty,
+    slot propensities uniform): the two-tower model's training reads none unless
+    ``position_debias`` weighs positives by them, and at 10M users they are 87M rows."""
     directory = Path(directory)
     meta = read_dataset_meta(directory)
     if split == "presplit" and not meta.presplit:
@@ -162,7 +166,9 @@ def load_interactions(
     item_ids = items_t.column("item_id").combine_chunks()
     user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
     item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
-    ev = _read_positives(directory, meta, rule, user_ids, item_ids, split, batch_rows, stones)
+    ev = _read_positives(
+        directory, meta, rule, user_ids, item_ids, split, batch_rows, stones, exposures
+    )
     if rule.merge_seconds > 0:
         ev = _merge_repeats(ev, rule.merge_seconds)
     if split == "presplit":
@@ -175,11 +181,9 @@ def load_interactions(
         )
     order = _order(ev.user, ev.timestamp)
     counts = np.bincount(ev.user, minlength=len(user_ids))
-    exposures = ev.exposures.split_by(ev.user, ev.timestamp, labels)
+    shown = ev.exposures.split_by(ev.user, ev.timestamp, labels)
     train = labels == TRAIN
-    propensity = SlotPropensity.estimate(
-        exposures.position[exposures.split == TRAIN], ev.position[train]
-    )
+    propensity = SlotPropensity.estimate(shown.position[shown.split == TRAIN], ev.position[train])
     weight = ev.weight
     if rule.position_debias:  # inverse propensity: a click where few look counts more
         weight = (weight / propensity.of(ev.position)).astype(np.float32)
@@ -209,7 +213,7 @@ def load_interactions(
             for name in user_enc.numeric
         },
         position=ev.position[order],
-        exposures=exposures,
+        exposures=shown,
         propensity=propensity,
     )
 
@@ -249,17 +253,18 @@ def _read_positives(
     split: str,
     batch_rows: int,
     stones: frozenset[str] = frozenset(),
+    exposures: bool = True,
 ) -> _Positives:
     """``events.parquet`` read in batches of ``batch_rows``, keeping what ``rule`` counts as
-    positives, and the exposures."""
+    positives, and the exposures (unless ``exposures`` is False)."""
     ctx_names = list(meta.schema.context_fields)
     cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
     cols += ["split"] if split == "presplit" else []
     has_slot = meta.schema.event_position
     cols += ["position"] if has_slot else []
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "p")}
-    shown: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "p")}
-    exposure_types = pa.array(sorted(rule.exposures), pa.string())
+    shown: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "timestamp", "position")}
+    exposure_types = pa.array(sorted(rule.exposures) if exposures else [], pa.string())
     users, items = IdLookup(user_ids), IdLookup(item_ids)  # hashed once for every batch
     ctx_raw: list[pa.Table] = []
     unnamed: dict[str, int] = {}  # event types no rule names: ignored, and said so
@@ -275,10 +280,10 @@ def _read_positives(
         )
         if (is_shown & ~erased).any():
             e = pa.Table.from_batches([batch]).filter(pa.array(is_shown & ~erased))
-            shown["u"].append(_index(e.column("user_id"), users, directory, "user_id"))
-            shown["i"].append(_index(e.column("item_id"), items, directory, "item_id") + 1)
-            shown["t"].append(e.column("timestamp").to_numpy())
-            shown["p"].append(_slots(e, has_slot))
+            shown["user"].append(_index(e.column("user_id"), users, directory, "user_id"))
+            shown["item"].append(_index(e.column("item_id"), items, directory, "item_id") + 1)
+            shown["timestamp"].append(e.column("timestamp").to_numpy())
+            shown["position"].append(_slots(e, has_slot))
         keep = rule.mask(batch.column("type"), batch.column("value"))
         keep = keep & ~erased
         if not keep.any():
@@ -316,13 +321,7 @@ def _read_positives(
         context_vocabs=ctx_vocabs,
         split=_joined(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
         position=_joined(parts["p"]),
-        exposures=Exposures.of(
-            _joined(shown["u"]),
-            _joined(shown["i"]),
-            _joined(shown["t"]),
-            _joined(shown["p"]),
-            len(user_ids),
-        ),
+        exposures=Exposures.from_parts(shown, len(user_ids)),
     )
 
 

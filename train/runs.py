@@ -31,7 +31,9 @@ from tailored.train.two_tower.model import TowerSpec, TwoTower, build_model
 __all__ = ["LoadedRun", "load_data", "load_run", "save_model"]
 
 
-def load_data(cfg: Config) -> Interactions:
+def load_data(cfg: Config, *, exposures: bool = True) -> Interactions:
+    """The configured dataset's interactions; ``exposures=False``: without its exposure
+    events (see :func:`~tailored.data.interactions.load_interactions`)."""
     d = cfg.data
     rule = PositiveRule.from_config(d)
     return load_interactions(
@@ -42,6 +44,7 @@ def load_data(cfg: Config) -> Interactions:
         test_ratio=d.test_ratio,
         valid_start=d.valid_start,
         test_start=d.test_start,
+        exposures=exposures,
     )
 
 

@@ -63,6 +63,18 @@ def _config(dataset: Path, path: Path) -> Path:
     return path
 
 
+def _reusable(dataset: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """With ``--reuse-site``, the site already in ``dataset`` if it has these sizes."""
+    meta = dataset / "dataset.json"
+    if not args.reuse_site or not meta.is_file():
+        return None
+    counts = json.loads(meta.read_text()).get("counts", {})
+    if (counts.get("users"), counts.get("items")) != (args.users, args.items):
+        return None
+    print(f"== generate: reusing {dataset}", file=sys.stderr, flush=True)
+    return {"reused": str(dataset), "counts": counts, "exit": 0}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,6 +154,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--events-per-user", type=float, default=10.0)
     p.add_argument("--work", type=Path, default=None, help="default runs/site-e2e-<users>")
     p.add_argument("--calls", type=int, default=500, help="Recommend calls once serving")
+    p.add_argument(
+        "--reuse-site",
+        action="store_true",
+        help="keep the site a run before generated in --work (same sizes) instead of a new one",
+    )
     p.add_argument("--out-json", type=Path, default=None)
     args = p.parse_args(argv)
     work = (args.work or ROOT / "runs" / f"site-e2e-{args.users}").resolve()
@@ -171,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("bundle", [tailored, "bundle", "build", str(run), "--out", str(bundles), "--no-progress"]),
     ]  # fmt: skip
     for name, cmd in plan:
+        if name == "generate" and (reused := _reusable(dataset, args)):
+            stages[name] = reused  # the same site, generated before: its figures are its own
+            continue
         stages[name] = _stage(name, cmd, work / f"{name}.log")
         if stages[name]["exit"] != 0:
             break

@@ -184,7 +184,8 @@ def _epoch_size(dm: TwoTowerDataModule, world: int) -> tuple[int, int]:
 def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> RunResult:
     out = _clean_run_dir(out)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    data = data if data is not None else load_data(cfg)
+    # the towers learn from positives only: exposures are read where they weigh positives
+    data = data if data is not None else load_data(cfg, exposures=cfg.data.position_debias)
     spec = tower_spec(data)
     m = cfg.model
     model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
