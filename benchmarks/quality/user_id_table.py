@@ -63,7 +63,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,6 +72,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks._child import stage as run_stage
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS, ROOT
 from tailored.data.features import user_hash_buckets
@@ -153,25 +153,6 @@ def _user_ids(dataset: Path) -> np.ndarray:
 
 
 # -- the runs ----------------------------------------------------------------------------------
-def _stage(name: str, cmd: list[str], log: Path) -> dict[str, Any]:
-    """Run ``cmd`` to completion: its wall time, exit status and peak RSS."""
-    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    result = {
-        "command": " ".join(cmd),
-        "seconds": round(time.perf_counter() - start, 1),
-        "exit": code,
-        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-        "log": str(log),
-    }
-    print(f"   {json.dumps(result)}", file=sys.stderr, flush=True)
-    return result
-
-
 def _config(dataset: Path, buckets: int, seed: int, eval_users: int, path: Path) -> Path:
     """The shipped synthetic configuration on ``dataset`` with an id table of ``buckets``,
     trained with ``seed``, reporting on ``eval_users`` users, logging lines not bars."""
@@ -234,7 +215,7 @@ def _site(args: argparse.Namespace, dataset: Path, log: Path) -> dict[str, Any]:
         return {"reused": str(dataset), "counts": counts}
     cmd = [str(BIN / "tailored"), "data", "synth", "--users", str(args.users)]
     cmd += ["--items", str(args.items), "--events-per-user", str(args.events_per_user)]
-    stage = _stage("generate", [*cmd, "--out", str(dataset)], log)
+    stage = run_stage("generate", [*cmd, "--out", str(dataset)], log)
     if stage["exit"] != 0:
         raise SystemExit(f"generating the site failed: see {log}")
     stage["counts"] = json.loads(meta.read_text()).get("counts", {})
@@ -260,7 +241,7 @@ def _run(
     shutil.rmtree(out, ignore_errors=True)
     cfg = _config(dataset, buckets, seed, args.eval_users, work / "configs" / f"{name}.toml")
     cmd = [str(BIN / "tailored"), "train", "--config", str(cfg), "--out", str(out)]
-    stage = _stage(name, [*cmd, "--max-epochs", str(args.epochs)], work / "logs" / f"{name}.log")
+    stage = run_stage(name, [*cmd, "--max-epochs", str(args.epochs)], work / "logs" / f"{name}.log")
     result: dict[str, Any] = {"kind": kind, "buckets": buckets, "seed": seed, "train": stage}
     if stage["exit"] != 0:
         return result

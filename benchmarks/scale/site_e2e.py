@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import socket
@@ -26,31 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._child import stage as run_stage
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS, ROOT
 
 __all__ = ["main"]
 
 BIN = Path(sys.executable).parent
-
-
-def _stage(name: str, cmd: list[str], log: Path) -> dict[str, Any]:
-    """Run ``cmd`` to completion: its wall time, exit status and peak RSS."""
-    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    result = {
-        "command": " ".join(cmd),
-        "seconds": round(time.perf_counter() - start, 1),
-        "exit": code,
-        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-        "log": str(log),
-    }
-    print(f"   {json.dumps(result)}", file=sys.stderr, flush=True)
-    return result
 
 
 def _config(dataset: Path, path: Path) -> Path:
@@ -191,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "generate" and (reused := _reusable(dataset, args)):
             stages[name] = reused  # the same site, generated before: its figures are its own
             continue
-        stages[name] = _stage(name, cmd, work / f"{name}.log")
+        stages[name] = run_stage(name, cmd, work / f"{name}.log")
         if stages[name]["exit"] != 0:
             break
     else:
