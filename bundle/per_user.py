@@ -18,13 +18,27 @@ import numpy as np
 
 from tailored.bundle.format import BUNDLE_FILES, BundleError, load_npy
 
-__all__ = ["GROUPS", "PerUser"]
+__all__ = ["GROUPS", "PerUser", "splits_entries"]
 
 # the bundle's per-user timed groups: name -> the BUNDLE_FILES keys of offsets, items, times
 GROUPS = {
     "history": ("user_history_offsets", "user_history", "user_history_times"),
     "exposures": ("user_exposure_offsets", "user_exposures", "user_exposure_times"),
 }
+
+
+def splits_entries(offsets: np.ndarray, entries: np.ndarray) -> bool:
+    """Whether ``offsets`` (integer, 1-d, from 0, never decreasing, ending at the number of
+    ``entries``, a 1-d array) cut ``entries`` into one group per user."""
+    return bool(
+        np.issubdtype(offsets.dtype, np.integer)
+        and offsets.ndim == 1
+        and len(offsets) >= 1
+        and entries.ndim == 1
+        and offsets[0] == 0
+        and offsets[-1] == len(entries)
+        and (np.diff(offsets) >= 0).all()
+    )
 
 
 @dataclass(frozen=True)
@@ -110,16 +124,7 @@ class PerUser:
                 )
             return cls.from_dense(np.asarray(items), np.asarray(times))
         offsets = load_npy(paths[0])
-        if not (
-            np.issubdtype(offsets.dtype, np.integer)
-            and offsets.ndim == 1
-            and len(offsets) >= 1
-            and items.ndim == 1
-            and items.shape == times.shape
-            and offsets[0] == 0
-            and offsets[-1] == len(items)
-            and (np.diff(offsets) >= 0).all()
-        ):
+        if not (items.shape == times.shape and splits_entries(offsets, items)):
             raise BundleError(
                 f"{root}: {names[0]} ({offsets.dtype} {offsets.shape}), {names[1]} "
                 f"({items.shape}) and {names[2]} ({times.shape}) are not one group of entries "

@@ -26,7 +26,7 @@ from tailored.bundle.format import (
     load_npy,
     verify_bundle,
 )
-from tailored.bundle.per_user import PerUser
+from tailored.bundle.per_user import PerUser, splits_entries
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
@@ -216,13 +216,9 @@ def _seen(root: Path, n_users: int) -> dict[str, np.ndarray]:
         return {}
     offsets, items = pair
     if not (
-        np.issubdtype(offsets.dtype, np.integer)
-        and offsets.shape == (n_users + 1,)
+        offsets.shape == (n_users + 1,)
         and np.issubdtype(items.dtype, np.integer)
-        and items.ndim == 1
-        and offsets[0] == 0
-        and offsets[-1] == len(items)
-        and (np.diff(offsets) >= 0).all()
+        and splits_entries(offsets, items)
     ):
         raise BundleError(
             f"{root}: {BUNDLE_FILES['user_seen_offsets']} ({offsets.dtype} {offsets.shape}) and "
