@@ -219,7 +219,18 @@ class SlotPropensity:
         n = int(ex.max()) + 1
         shown = np.bincount(ex, minlength=n)[:n]
         cl = click_slots[(click_slots >= 0) & (click_slots < n)]
-        clicks = np.bincount(cl, minlength=n)[:n]
+        return cls.from_counts(shown, np.bincount(cl, minlength=n)[:n], floor=floor)
+
+    @classmethod
+    def from_counts(
+        cls, shown: np.ndarray, clicks: np.ndarray, *, floor: float = 0.05
+    ) -> SlotPropensity:
+        """:meth:`estimate` from its counts per slot (int [S] each, clicks only of slots
+        with exposures): what shards that counted apart agree on once their counts are
+        summed."""
+        n = len(shown)
+        if not n or not shown.any():
+            return cls.uniform()
         if shown[0] < _MIN_SLOT_EXPOSURES or clicks[0] == 0:
             return cls(np.ones(1), shown, clicks)
         ctr0 = clicks[0] / shown[0]

@@ -31,7 +31,7 @@ from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_tem
 from tailored.data.splits import user_time_order as _order
 from tailored.data.tombstones import TombstoneList, tombstoned
 
-__all__ = ["Interactions", "PositiveRule", "load_interactions", "read_users"]
+__all__ = ["Interactions", "PositiveRule", "UserShard", "load_interactions", "read_users"]
 
 _SPLIT_CODES = {"train": TRAIN, "valid": VALID, "test": TEST}
 _log = logging.getLogger(__name__)
@@ -85,6 +85,28 @@ class PositiveRule:
         return w
 
 
+@dataclass(frozen=True)
+class UserShard:
+    """The users one of ``of`` readers keeps: those whose row (in the users table) is
+    ``rank`` modulo ``of``. Rows interleave, so shards are near equal whatever order the users
+    were imported in; ``of`` = 1 keeps every user."""
+
+    rank: int = 0
+    of: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.of:
+            raise ValueError(f"UserShard: rank {self.rank} is not in 0..{self.of - 1}")
+
+    @property
+    def whole(self) -> bool:
+        return self.of == 1
+
+    def mine(self, rows: np.ndarray) -> np.ndarray:
+        """bool [n]: which of these user rows are this shard's."""
+        return rows % self.of == self.rank
+
+
 @dataclass
 class Interactions:
     """Positive events sorted by (user, time, file position).
@@ -93,6 +115,11 @@ class Interactions:
     seconds, ``split``: int8 [E] (TRAIN/VALID/TEST), ``weight``: float32 [E],
     ``context``: int64 [E, K] codes of the declared context fields (0 unknown).
     ``offsets``: int64 [U+1], user u's events are ``offsets[u]:offsets[u+1]``.
+
+    Read as one ``shard`` of several (a DDP rank's), the event arrays hold that shard's users'
+    events only; the user and item tables are whole, so rows mean the same on every shard.
+    What is a fact about all events (item counts, context vocabularies, slot propensities) is
+    then agreed between the shards and set with :meth:`agreed`.
     """
 
     meta: DatasetMeta
@@ -115,6 +142,11 @@ class Interactions:
     position: np.ndarray | None = None  # int32 [E]: the slot each was shown in (-1 unknown)
     exposures: Exposures | None = None  # what each user was shown (None: read no exposures)
     propensity: SlotPropensity = field(default_factory=SlotPropensity.uniform)
+    debiased: bool = False  # the weights were divided by ``propensity`` (position_debias)
+    shard: UserShard = field(default_factory=UserShard)
+    # float64 [3, N + 1]: each split's item counts over every shard (None: counted from these
+    # events, which are all of them unless sharded)
+    dataset_item_counts: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -126,9 +158,48 @@ class Interactions:
         return len(self.item_ids)
 
     def item_popularity(self, splits: tuple[int, ...] = (TRAIN,)) -> np.ndarray:
-        """Interaction counts per item index, float64 [N + 1] (index 0 is 0)."""
-        keep = np.isin(self.split, splits)
-        return np.bincount(self.item[keep], minlength=self.n_items + 1).astype(np.float64)
+        """Interaction counts per item index over the whole dataset (every shard), float64
+        [N + 1] (index 0 is 0)."""
+        counts = self.dataset_item_counts
+        if counts is None:
+            counts = self.item_counts()
+        return counts[list(splits)].sum(0)
+
+    def item_counts(self) -> np.ndarray:
+        """float64 [3, N + 1]: each split's interaction counts per item in these events
+        (this shard's, where sharded)."""
+        out = np.zeros((3, self.n_items + 1))
+        for s in (TRAIN, VALID, TEST):
+            out[s] = np.bincount(self.item[self.split == s], minlength=self.n_items + 1)
+        return out
+
+    def agreed(
+        self,
+        item_counts: np.ndarray,
+        context_vocabs: dict[str, list[str]],
+        propensity: SlotPropensity,
+    ) -> Interactions:
+        """This shard with what the shards agreed on: the item counts of every shard
+        ([3, N + 1]), the context vocabularies (each a superset of this shard's: the codes are
+        mapped onto it) and the slot propensities (positives reweighted where
+        ``position_debias`` weighed them by this shard's own)."""
+        context = self.context.copy()
+        for j, (name, vocab) in enumerate(self.context_vocabs.items()):
+            where = {v: i + 1 for i, v in enumerate(context_vocabs[name])}
+            code = np.array([0, *(where[v] for v in vocab)], np.int64)
+            context[:, j] = code[self.context[:, j]]
+        weight = self.weight
+        if self.debiased and self.position is not None:
+            ratio = self.propensity.of(self.position) / propensity.of(self.position)
+            weight = (weight * ratio).astype(np.float32)
+        return replace(
+            self,
+            dataset_item_counts=np.asarray(item_counts, np.float64),
+            context_vocabs={n: list(context_vocabs[n]) for n in self.context_vocabs},
+            context=context,
+            weight=weight,
+            propensity=propensity,
+        )
 
     def per_user(self, splits: tuple[int, ...]) -> list[np.ndarray]:
         """Each user's items in ``splits``, time-ordered: a list of int arrays (1-based)."""
@@ -148,11 +219,14 @@ def load_interactions(
     test_start: int = 0,
     batch_rows: int = 1 << 20,
     exposures: bool = True,
+    shard: UserShard | None = None,
 ) -> Interactions:
     """Read a dataset and return its split positive interactions (see module doc).
     ``exposures=False`` leaves the exposure events unread (``Interactions.exposures`` empty,
     slot propensities uniform): the two-tower model's training reads none unless
-    ``position_debias`` weighs positives by them, and at 10M users they are 87M rows."""
+    ``position_debias`` weighs positives by them, and at 10M users they are 87M rows.
+    ``shard``: keep only that shard's users' events (see :class:`Interactions`)."""
+    shard = shard or UserShard()
     directory = Path(directory)
     meta = read_dataset_meta(directory)
     if split == "presplit" and not meta.presplit:
@@ -167,7 +241,7 @@ def load_interactions(
     user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
     item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
     ev = _read_positives(
-        directory, meta, rule, user_ids, item_ids, split, batch_rows, stones, exposures
+        directory, meta, rule, user_ids, item_ids, split, batch_rows, stones, exposures, shard
     )
     if rule.merge_seconds > 0:
         ev = _merge_repeats(ev, rule.merge_seconds)
@@ -215,6 +289,8 @@ def load_interactions(
         position=ev.position[order],
         exposures=shown,
         propensity=propensity,
+        debiased=rule.position_debias,
+        shard=shard,
     )
 
 
@@ -254,9 +330,12 @@ def _read_positives(
     batch_rows: int,
     stones: frozenset[str] = frozenset(),
     exposures: bool = True,
+    shard: UserShard | None = None,
 ) -> _Positives:
     """``events.parquet`` read in batches of ``batch_rows``, keeping what ``rule`` counts as
-    positives, and the exposures (unless ``exposures`` is False)."""
+    positives, and the exposures (unless ``exposures`` is False); of ``shard``'s users only,
+    where given (each batch is cut to them first: the rest of the work is the shard's)."""
+    shard = shard or UserShard()
     ctx_names = list(meta.schema.context_fields)
     cols = ["user_id", "item_id", "timestamp", "type", "value", *ctx_names]
     cols += ["split"] if split == "presplit" else []
@@ -274,13 +353,19 @@ def _read_positives(
         for entry in pc.value_counts(batch.column("type")).to_pylist():
             if entry["values"] not in rule.roles:
                 unnamed[entry["values"]] = unnamed.get(entry["values"], 0) + entry["counts"]
+        rows = None  # the users' rows, where looked up before the batch is cut
+        if not shard.whole:
+            rows = users.rows(batch.column("user_id"))
+            # an unknown id stays in every shard: erased, or an error each shard reports
+            mine = (rows < 0) | shard.mine(rows)
+            batch, rows = batch.filter(pa.array(mine)), rows[mine]
         erased = tombstoned(batch.column("user_id"), stones)
         is_shown = pc.is_in(batch.column("type"), value_set=exposure_types).to_numpy(
             zero_copy_only=False
         )
         if (is_shown & ~erased).any():
             e = pa.Table.from_batches([batch]).filter(pa.array(is_shown & ~erased))
-            shown["user"].append(_index(e.column("user_id"), users, directory, "user_id"))
+            shown["user"].append(_user_rows(e, users, rows, is_shown & ~erased, directory))
             shown["item"].append(_index(e.column("item_id"), items, directory, "item_id") + 1)
             shown["timestamp"].append(e.column("timestamp").to_numpy())
             shown["position"].append(_slots(e, has_slot))
@@ -289,7 +374,7 @@ def _read_positives(
         if not keep.any():
             continue
         b = pa.Table.from_batches([batch]).filter(pa.array(keep))
-        parts["u"].append(_index(b.column("user_id"), users, directory, "user_id"))
+        parts["u"].append(_user_rows(b, users, rows, keep, directory))
         parts["i"].append(_index(b.column("item_id"), items, directory, "item_id") + 1)
         parts["t"].append(b.column("timestamp").to_numpy())
         parts["p"].append(_slots(b, has_slot))
@@ -369,7 +454,21 @@ def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
 
 def _index(col: pa.ChunkedArray, ids: IdLookup, directory: Path, name: str) -> np.ndarray:
     """int32 [rows]: each value's row in ``ids``; a value in none is an error."""
-    idx = ids.rows(col)
+    return _checked(ids.rows(col), col, directory, name)
+
+
+def _user_rows(
+    t: pa.Table, users: IdLookup, rows: np.ndarray | None, which: np.ndarray, directory: Path
+) -> np.ndarray:
+    """int32: the users' rows of ``t``, the batch's events ``which``: looked up, or taken from
+    the batch's ``rows`` where they were looked up already."""
+    if rows is None:
+        return _index(t.column("user_id"), users, directory, "user_id")
+    return _checked(rows[which], t.column("user_id"), directory, "user_id")
+
+
+def _checked(idx: np.ndarray, col: pa.ChunkedArray, directory: Path, name: str) -> np.ndarray:
+    """``idx``, the rows of ``col``'s values, as int32; a value in no row is an error."""
     if (idx < 0).any():
         row = int(np.argmax(idx < 0))
         raise SchemaError(

@@ -273,7 +273,7 @@ class TrainConfig:
     accelerator: str = "auto"
     # "auto": bf16-mixed on CUDA, else 32-true; or any of Lightning's names for one of those
     precision: str = "auto"
-    strategy: str = "auto"  # "auto" | "ddp" (several devices)
+    strategy: str = "auto"  # "auto" | "ddp": several devices train under DDP either way
     # torch.compile the towers' training passes (the user tower, the item tower's output MLP).
     # Off by default: on this project's 2-vCPU CPU it made a step at batch 1,024 slower
     # (benchmarks/scale/train_feed.py measures it with --compile)
@@ -374,7 +374,8 @@ class TrainConfig:
             )
         _one_of("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda"))
         _one_of("train", "precision", self.precision, ("auto", "32-true", "bf16-mixed"))
-        _one_of("train", "strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
+        # not "ddp_spawn": its ranks start at fit, after the read each rank does of its shard
+        _one_of("train", "strategy", self.strategy, ("auto", "ddp"))
 
 
 # the item-item model's size at most: fitting it holds two K x K float64 matrices (4 GiB

@@ -22,6 +22,7 @@ from torch import Tensor
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.errors import TailoredError
+from tailored.train.distributed import Ranks
 from tailored.train.metrics import (
     Csr,
     activity_bands,
@@ -118,12 +119,17 @@ def evaluate(
     max_users: int = 0,
     seed: int = 0,
     batch_users: int = 1024,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the model and of the popularity baseline on ``split`` (see module doc)."""
+    """Metrics of the model and of the popularity baseline on ``split`` (see module doc).
+    Under DDP (``ranks``; ``run.data`` the rank's shard) every rank calls it: each ranks its
+    own users (its share of ``max_users``) and every rank returns the report of them all."""
+    ranks = ranks or Ranks()
     data, model, m = run.data, run.model, run.cfg.model
     # a batch's [users, items] score matrix stays under about 1 GiB of float32
     batch_users = max(1, min(batch_users, (1 << 28) // max(1, data.n_items)))
-    target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
+    share = -(-max_users // ranks.world)
+    target, seen, hist_splits, users = eval_plan(data, split, history, share, seed + ranks.rank)
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )
@@ -155,14 +161,20 @@ def evaluate(
     topk = topk_dev.cpu().numpy()
     pop_topk = topk_shared(popularity_scores(pop), user_csr(seen_lists, users), k)
     relevant = user_csr(data.per_user((target,)), users)
+    groups = user_groups(data, users)
+    if ranks.world > 1:  # every rank's users, in rank order
+        parts = ranks.gather((topk, pop_topk, relevant, groups))
+        topk = np.concatenate([p[0] for p in parts])
+        pop_topk = np.concatenate([p[1] for p in parts])
+        relevant = Csr.stacked([p[2] for p in parts])
+        groups = {g: np.concatenate([p[3][g] for p in parts]) for g in groups}
     model_metrics = aggregate_metrics(topk, relevant, KS, pop, data.n_items)
     pop_metrics = aggregate_metrics(pop_topk, relevant, KS, pop, data.n_items)
-    groups = user_groups(data, users)
     per_user = per_user_metrics(topk, relevant, KS)
     return {
         "split": split,
         "history": history,
-        "users": len(users),
+        "users": len(topk),
         "items": data.n_items,
         "metrics": model_metrics,
         "popularity": pop_metrics,

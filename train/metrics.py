@@ -76,6 +76,16 @@ class Csr:
         indices = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         return cls(indptr, indices)
 
+    @classmethod
+    def stacked(cls, parts: Sequence[Csr]) -> Csr:
+        """The rows of ``parts``, one after the other."""
+        ends = np.cumsum([0, *(p.indices.size for p in parts)])
+        indptr = np.concatenate(
+            [[0], *(p.indptr[1:] + e for p, e in zip(parts, ends, strict=False))]
+        )
+        indices = np.concatenate([p.indices for p in parts]) if parts else np.zeros(0, np.int64)
+        return cls(indptr, indices)
+
     @property
     def n_rows(self) -> int:
         """Number of rows U."""

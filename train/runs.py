@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from tailored.config import Config, from_dict
-from tailored.data.interactions import Interactions, PositiveRule, load_interactions
+from tailored.data.interactions import Interactions, PositiveRule, UserShard, load_interactions
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir, write_json_atomic
 from tailored.train.two_tower.model import TowerSpec, TwoTower, build_model
@@ -31,9 +31,12 @@ from tailored.train.two_tower.model import TowerSpec, TwoTower, build_model
 __all__ = ["LoadedRun", "load_data", "load_run", "save_model"]
 
 
-def load_data(cfg: Config, *, exposures: bool = True) -> Interactions:
+def load_data(
+    cfg: Config, *, exposures: bool = True, shard: UserShard | None = None
+) -> Interactions:
     """The configured dataset's interactions; ``exposures=False``: without its exposure
-    events (see :func:`~tailored.data.interactions.load_interactions`)."""
+    events; ``shard``: one shard's users' only (see
+    :func:`~tailored.data.interactions.load_interactions`)."""
     d = cfg.data
     rule = PositiveRule.from_config(d)
     return load_interactions(
@@ -45,6 +48,7 @@ def load_data(cfg: Config, *, exposures: bool = True) -> Interactions:
         valid_start=d.valid_start,
         test_start=d.test_start,
         exposures=exposures,
+        shard=shard,
     )
 
 

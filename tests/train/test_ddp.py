@@ -1,10 +1,12 @@
 """Distributed data parallel training, two processes on the CPU (gloo), through the CLI as a
-user would launch it: Lightning re-launches the command once per rank."""
+user would launch it: the command re-launches itself once per rank, and each rank reads its
+own users' events (tailored.train.distributed)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,13 @@ progress_bar = false
     assert "distributed_backend=gloo" in log
     assert "All distributed processes registered. Starting with 2 processes" in log
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    # each rank read its own half of the users' events, and none twice
+    read = dict(re.findall(r"rank (\d) of 2: (\d+) of 100000 events", log))
+    assert sorted(read) == ["0", "1"] and sum(map(int, read.values())) == 100_000
+    assert all(40_000 < int(n) < 60_000 for n in read.values())
+    # both ranks agreed on which items had no training positive (an all-event fact)
+    untrained = set(re.findall(r"(\d+) of 1682 items had no training positive", log))
+    assert len(untrained) == 1, untrained
     # one model, written once by rank 0, loadable without executing code
     state = torch.load(out / "model.pt", weights_only=True)
     # the validation NDCG reduced over the two ranks is the single-process full evaluation

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
+from tailored.train.distributed import Ranks
 from tailored.train.two_tower.feed import FeedLoader, TrainFeed
 
 __all__ = [
@@ -200,7 +201,11 @@ class TwoTowerDataModule(pl.LightningDataModule):
     items. ``feed``: where the training arrays live, "device" (the training device), "host"
     (host memory, pinned where there is a GPU: each batch is gathered there and copied over)
     or "auto" (the device where they take at most :data:`DEVICE_FEED_SHARE` of its free
-    memory)."""
+    memory).
+
+    Under DDP ``data`` is this rank's shard (its users' events) and ``ranks`` the run's: the
+    rank trains and validates on its own users, every rank taking the same number of batches
+    an epoch (the least of theirs), and ``limit_val_users`` is shared between them."""
 
     def __init__(
         self,
@@ -216,8 +221,10 @@ class TwoTowerDataModule(pl.LightningDataModule):
         sequences: bool = False,
         sequence_targets: int = 0,
         feed: str = "auto",
+        ranks: Ranks | None = None,
     ) -> None:
         super().__init__()
+        self.ranks = ranks or Ranks()
         self.sequences = sequences
         self.sequence_targets = min(sequence_targets or history_length, history_length)
         self._chunks = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # per epoch, if sequences
@@ -242,7 +249,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.train_user = data.user[train]
         self.train_item = data.item[train].astype(np.int64)
         self.train_history = UserHistory(self.feed.item.numpy(), self.feed.offsets.numpy())
-        self.val_users = self._eval_users(VALID, limit_val_users, seed)
+        share = -(-limit_val_users // self.ranks.world)  # each rank's part of the limit
+        self.val_users = self._eval_users(VALID, share, seed + self.ranks.rank)
 
     def _eval_users(self, split: int, limit: int, seed: int) -> np.ndarray:
         users = np.unique(self.data.user[self.data.split == split])
@@ -251,13 +259,6 @@ class TwoTowerDataModule(pl.LightningDataModule):
         return users
 
     # --- training ---
-    def _world(self) -> tuple[int, int]:
-        """(rank, world size) under DDP, else (0, 1)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
     def _device(self) -> torch.device:
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
@@ -287,8 +288,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         return self.feed.to("cpu", pin=device.type == "cuda")
 
     def train_dataloader(self) -> FeedLoader | DataLoader[int]:
-        # sharded here rather than by Lightning, so validation can shard without padding
-        rank, world = self._world()
+        # not sharded by Lightning: under DDP the rank's data are its own users' already
         feed = self.placed_feed()
         device = self._device()
         if self.sequences:
@@ -316,8 +316,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             make,
             device=feed.device,
             seed=self.seed + epoch if self.sequences else self.seed,
-            rank=rank,
-            world=world,
+            batches=self.ranks.min(FeedLoader.batches_of(rows, self.batch_size)),
             to=device if feed.device != device else None,
         )
 
@@ -346,10 +345,9 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     # --- validation ---
     def val_dataloader(self) -> DataLoader[int]:
-        # each rank scores a disjoint share of the users (a DistributedSampler would pad
-        # with repeats and count some users twice); the task sums over ranks
-        rank, world = self._world()
-        return self.eval_loader(self.val_users[rank::world], history_splits=(TRAIN,), target=VALID)
+        # each rank scores its own users (a DistributedSampler would pad with repeats and
+        # count some users twice); the task sums over ranks
+        return self.eval_loader(self.val_users, history_splits=(TRAIN,), target=VALID)
 
     def eval_loader(
         self,

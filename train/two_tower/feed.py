@@ -8,7 +8,8 @@ in-batch pairs that are no negative (another positive of the row's user). No per
 Python, no numpy per step, no host round trip where the arrays live on the GPU.
 
 :class:`FeedLoader` walks the rows in a fresh random order each epoch (a permutation drawn on
-the device), one shard per DDP rank, and yields batches already on the device. Where the
+the device), and yields batches already on the device (under DDP each rank's feed holds
+its own users' events, :mod:`tailored.train.distributed`). Where the
 arrays do not fit the device (``[train] feed = "host"``), they stay in (pinned) host memory,
 each batch is gathered there and copied over without blocking.
 """
@@ -239,12 +240,12 @@ class TrainFeed:
 
 class FeedLoader:
     """One epoch of training batches: ``rows`` row numbers in a random order (seeded by
-    ``seed`` and the epoch, drawn on the host, so that every rank draws the same whatever its
-    device), this ``rank``'s share of ``world`` (every rank the same number of rows: DDP
-    deadlocks on unequal steps), cut into batches of ``batch_size`` (the last, shorter one
-    dropped where the share is longer than a batch) and turned into batches by ``make``, which
-    gets the row numbers [B] on ``device`` and a generator there. Each iteration is the next
-    epoch."""
+    ``seed`` and the epoch, drawn on the host, so that every device draws the same), cut into
+    batches of ``batch_size`` (the last, shorter one dropped where there is more than a batch)
+    and turned into batches by ``make``, which gets the row numbers [B] on ``device`` and a
+    generator there. ``batches``: at most this many an epoch (under DDP each rank's rows are its
+    own users' and the ranks agree on the least of their counts: DDP deadlocks on unequal
+    steps). Each iteration is the next epoch."""
 
     def __init__(
         self,
@@ -254,17 +255,20 @@ class FeedLoader:
         *,
         device: torch.device,
         seed: int,
-        rank: int = 0,
-        world: int = 1,
+        batches: int | None = None,
         to: torch.device | None = None,
     ) -> None:
         self.rows, self.batch_size, self.make = rows, batch_size, make
-        self.device, self.seed, self.rank, self.world = device, seed, rank, world
+        self.device, self.seed = device, seed
         self.to = to  # the training device, where the batches are gathered elsewhere
         self.epoch = 0
-        self.share = rows // world  # at most world - 1 rows an epoch left out
-        self.drop_last = self.share > batch_size
-        self._len = self.share // batch_size if self.drop_last else -(-self.share // batch_size)
+        n = self.batches_of(rows, batch_size)
+        self._len = n if batches is None else min(n, batches)
+
+    @staticmethod
+    def batches_of(rows: int, batch_size: int) -> int:
+        """The batches an epoch of ``rows`` rows makes (before any cap)."""
+        return rows // batch_size if rows > batch_size else -(-rows // batch_size)
 
     def __len__(self) -> int:
         return self._len
@@ -273,7 +277,7 @@ class FeedLoader:
         seed = self.seed * 1_000_003 + self.epoch
         self.epoch += 1
         order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed))
-        order = order[self.rank :: self.world][: self.share].to(self.device)
+        order = order.to(self.device)
         g = torch.Generator(device=self.device)
         g.manual_seed(seed)
         for b in range(self._len):

@@ -25,6 +25,7 @@ from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import write_json_atomic
+from tailored.train.distributed import Ranks, agree, launch
 from tailored.train.runs import LoadedRun, load_data, save_model
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule
@@ -167,25 +168,37 @@ def val_checks_per_epoch(setting: int, steps_per_epoch: int, val_batches: int) -
     return max(1, min(AUTO_VAL_MAX_CHECKS, steps_per_epoch // every))
 
 
-def _epoch_size(dm: TwoTowerDataModule, world: int) -> tuple[int, int]:
-    """(training steps, validation batches) of an epoch on each of ``world`` devices,
-    estimated before the loaders exist (sequence chunks are cut afresh each epoch: about
-    one per ``sequence_targets`` targets of a user, plus the random first one's half)."""
+def _epoch_size(dm: TwoTowerDataModule) -> tuple[int, int]:
+    """(training steps, validation batches) of an epoch on each device, estimated before the
+    loaders exist (sequence chunks are cut afresh each epoch: about one per
+    ``sequence_targets`` targets of a user, plus the random first one's half); under DDP the
+    ranks agree on them (the least steps, the most validation batches), so that every rank
+    validates at the same steps."""
     if dm.sequences:
         targets = np.diff(dm.train_history.offsets) - 1
         targets = targets[targets > 0]
         rows = int(np.ceil(targets / dm.sequence_targets).sum() + 0.5 * len(targets))
     else:
         rows = len(dm.train_item)
-    val_batches = -(-len(dm.val_users) // (256 * world))  # eval_loader's batch size
-    return rows // (dm.batch_size * world), val_batches
+    val_batches = -(-len(dm.val_users) // 256)  # eval_loader's batch size
+    return dm.ranks.min(rows // dm.batch_size), dm.ranks.max(val_batches)
 
 
 def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> RunResult:
     out = _clean_run_dir(out)
+    if data is not None and cfg.train.devices * cfg.train.num_nodes > 1:
+        raise TailoredError(
+            "training on several devices reads each rank's shard of the events itself: "
+            "call train() without data"
+        )
+    ranks = launch(cfg.train)  # under DDP the other ranks start here (tailored.train.distributed)
+    if ranks.world > 1:  # Lightning's launcher set its own count (CPUs / processes)
+        torch.set_num_threads(threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    # the towers learn from positives only: exposures are read where they weigh positives
-    data = data if data is not None else load_data(cfg, exposures=cfg.data.position_debias)
+    if data is None:
+        # the towers learn from positives only: exposures are read where they weigh positives
+        data = load_data(cfg, exposures=cfg.data.position_debias, shard=ranks.shard)
+        data = agree(data, ranks)
     spec = tower_spec(data)
     m = cfg.model
     model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
@@ -210,14 +223,12 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
         callbacks.append(ProgressLines(cfg.train.progress_seconds, meter))
     _quiet_lightning()
     private = _private(cfg, model, data) if dp else None
-    dm = private[1] if private is not None else _data_module(cfg, data)
+    dm = private[1] if private is not None else _data_module(cfg, data, ranks)
     t = cfg.train
     if private is not None:  # under DP validation decides nothing: once an epoch unless asked
         checks = t.val_checks_per_epoch or 1
     else:
-        checks = val_checks_per_epoch(
-            t.val_checks_per_epoch, *_epoch_size(dm, t.devices * t.num_nodes)
-        )
+        checks = val_checks_per_epoch(t.val_checks_per_epoch, *_epoch_size(dm))
         if checks > 1:
             _log.info("validating %d times an epoch (patience counts validations)", checks)
     if t.scaled_lr != t.lr:
@@ -248,15 +259,17 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
         best = float(last) if last is not None else float("nan")  # the kept (last) weights'
         privacy = private[0].plan.report()
         _log.info("privacy: epsilon %.3f spent at delta %g", privacy["epsilon"], privacy["delta"])
-    if trainer.is_global_zero:
-        if private is not None:
-            from tailored.train.two_tower.private import keep_final
+    if private is not None:  # one device
+        from tailored.train.two_tower.private import keep_final
 
-            keep_final(model, private[0].model)
-        else:
-            _keep_best(model, ckpt.best_model_path, untrained if reset else None)
+        keep_final(model, private[0].model)
+    else:  # every rank: the final evaluation is shared between them
+        ranks.barrier()  # the checkpoint is written (by rank 0) before anyone reads it
+        _keep_best(model, ckpt.best_model_path, untrained if reset else None)
+    if trainer.is_global_zero:
         save_model(out, cfg, spec, data, model)
-        _write_metrics(out, cfg, model, data, best, epochs, meter, privacy, threads, checks)
+    _write_metrics(out, cfg, model, data, best, epochs, meter, privacy, threads, checks, ranks)
+    if trainer.is_global_zero:
         _log.info(
             "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
             best,
@@ -290,7 +303,7 @@ def _clean_run_dir(out: Path) -> Path:
     return out
 
 
-def _data_module(cfg: Config, data: Interactions) -> TwoTowerDataModule:
+def _data_module(cfg: Config, data: Interactions, ranks: Ranks | None = None) -> TwoTowerDataModule:
     m = cfg.model
     return TwoTowerDataModule(
         data,
@@ -304,6 +317,7 @@ def _data_module(cfg: Config, data: Interactions) -> TwoTowerDataModule:
         mask_user_positives=cfg.loss.mask_user_positives,
         sequences=m.causal_history,
         sequence_targets=cfg.train.sequence_targets,
+        ranks=ranks,
     )
 
 
@@ -375,7 +389,7 @@ def _trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy if t.devices * t.num_nodes > 1 else "auto",
+        strategy="ddp" if t.devices * t.num_nodes > 1 else "auto",
         precision=_precision(t.precision, cuda),
         max_epochs=t.max_epochs,
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
@@ -433,11 +447,13 @@ def _write_metrics(
     privacy: dict[str, Any] | None = None,
     threads: int = 0,
     val_checks: int = 1,
+    ranks: Ranks | None = None,
 ) -> None:
     """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
     ``[train] final_eval_users`` sampled users), beside the popularity baseline, and how
     training went (its torch threads, validations an epoch); under DP, ``privacy``: epsilon
-    spent at delta and how (DPPlan.report)."""
+    spent at delta and how (DPPlan.report). Under DDP every rank evaluates its own users
+    and rank 0 writes the file."""
     from tailored.train.evaluate import evaluate
 
     model.eval()
@@ -459,10 +475,12 @@ def _write_metrics(
             history="all",
             max_users=cfg.train.final_eval_users,
             seed=cfg.train.seed,
+            ranks=ranks,
         )
         report[split] = {
             "users": r["users"],
             "metrics": r["metrics"],
             "popularity": r["popularity"],
         }
-    write_json_atomic(out / "metrics.json", report)
+    if ranks is None or ranks.rank == 0:
+        write_json_atomic(out / "metrics.json", report)
