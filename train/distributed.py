@@ -29,7 +29,7 @@ from tailored.data.splits import TRAIN
 if TYPE_CHECKING:
     from tailored.config import TrainConfig
 
-__all__ = ["Ranks", "agree", "launch"]
+__all__ = ["Ranks", "agree", "launch", "sample_users"]
 
 _log = logging.getLogger(__name__)
 
@@ -83,6 +83,21 @@ class Ranks:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+
+def sample_users(
+    users: np.ndarray, limit: int, seed: int, ranks: Ranks | None = None
+) -> np.ndarray:
+    """At most ``limit`` of ``users`` (sorted, distinct; 0: all), drawn with ``seed``. Under
+    DDP ``users`` are this rank's and the draw is over every rank's: the rank gets its own
+    part of the sample one process would draw from them all, so that a report over the ranks
+    is of the same users as one process's."""
+    ranks = ranks or Ranks()
+    everyone = np.sort(np.concatenate(ranks.gather(users))) if ranks.world > 1 else users
+    if not limit or len(everyone) <= limit:
+        return users
+    chosen = np.random.default_rng(seed).choice(everyone, limit, replace=False)
+    return np.sort(chosen) if ranks.world == 1 else np.intersect1d(users, chosen)
 
 
 def launch(t: TrainConfig) -> Ranks:

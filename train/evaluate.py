@@ -22,7 +22,7 @@ from torch import Tensor
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.errors import TailoredError
-from tailored.train.distributed import Ranks
+from tailored.train.distributed import Ranks, sample_users
 from tailored.train.metrics import (
     Csr,
     activity_bands,
@@ -60,19 +60,23 @@ def evaluate_run(
 
 
 def eval_plan(
-    data: Interactions, split: str, history: str, max_users: int, seed: int
+    data: Interactions,
+    split: str,
+    history: str,
+    max_users: int,
+    seed: int,
+    ranks: Ranks | None = None,
 ) -> tuple[int, tuple[int, ...], tuple[int, ...], np.ndarray]:
     """What an evaluation of ``split`` ranks for: (target split, splits whose items are
     masked, splits the user tower reads, the users with target events, at most
-    ``max_users`` of them sampled with ``seed``)."""
+    ``max_users`` of them sampled with ``seed``; under DDP this rank's part of the sample)."""
     target = TEST if split == "test" else VALID
     seen = (TRAIN, VALID) if target == TEST else (TRAIN,)
     hist_splits = seen if history == "all" else (TRAIN,)
     users = np.unique(data.user[data.split == target])
-    if max_users and len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    if not len(users):
+    if not (ranks or Ranks()).max(len(users)):  # under DDP: no rank's user
         raise TailoredError(f"no user has {split} events")
+    users = sample_users(users, max_users, seed, ranks)
     return target, seen, hist_splits, users
 
 
@@ -123,13 +127,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of the model and of the popularity baseline on ``split`` (see module doc).
     Under DDP (``ranks``; ``run.data`` the rank's shard) every rank calls it: each ranks its
-    own users (its share of ``max_users``) and every rank returns the report of them all."""
+    own part of the users one process would evaluate, and every rank returns the report of
+    them all."""
     ranks = ranks or Ranks()
     data, model, m = run.data, run.model, run.cfg.model
     # a batch's [users, items] score matrix stays under about 1 GiB of float32
     batch_users = max(1, min(batch_users, (1 << 28) // max(1, data.n_items)))
-    share = -(-max_users // ranks.world)
-    target, seen, hist_splits, users = eval_plan(data, split, history, share, seed + ranks.rank)
+    target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed, ranks)
     dm = TwoTowerDataModule(
         data, history_length=m.history_length, batch_size=1, user_id_buckets=m.user_id_buckets
     )

@@ -7,7 +7,8 @@ Stages, each a child process:
 
 - ``generate``: the synthetic site (``--reuse-site`` keeps one a run before made in --work);
 - ``read W/R``: rank R of a world of W reads its shard of the events as training does
-  (``load_data`` of the shipped synthetic configuration, exposures unread, then the
+  (``load_data`` of the shipped synthetic configuration, exposures unread unless
+  ``--exposures``, as with ``[data] position_debias``; then the
   ``TrainFeed`` the rank trains from), for each W of ``--worlds`` (rank 0; every rank of the
   first W > 1, to show the shards are even). W = 1 is the whole read. Events held, seconds and
   peak RSS (``wait4``'s ``ru_maxrss``);
@@ -53,7 +54,7 @@ def _config(dataset: Path, path: Path, devices: int) -> Path:
     return path
 
 
-def _read(config: Path, rank: int, world: int) -> None:
+def _read(config: Path, rank: int, world: int, exposures: bool) -> None:
     """The ``read W/R`` child: one JSON line of what the rank holds."""
     from tailored.config import load_config
     from tailored.data.interactions import UserShard
@@ -62,7 +63,7 @@ def _read(config: Path, rank: int, world: int) -> None:
 
     cfg = load_config(config)
     start = time.perf_counter()
-    data = load_data(cfg, exposures=False, shard=UserShard(rank, world))
+    data = load_data(cfg, exposures=exposures, shard=UserShard(rank, world))
     read = time.perf_counter() - start
     feed = TrainFeed.of(data, history_length=cfg.model.history_length)
     print(
@@ -72,6 +73,7 @@ def _read(config: Path, rank: int, world: int) -> None:
                 "train_events": feed.rows,
                 "read_seconds": round(read, 1),
                 "feed_gib": round(feed.nbytes / 2**30, 3),
+                "exposures": len(data.exposures.user) if data.exposures is not None else 0,
             }
         )
     )
@@ -145,12 +147,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--work", type=Path, default=None, help="default runs/ddp-shards-<users>")
     p.add_argument("--reuse-site", action="store_true")
+    p.add_argument(
+        "--exposures",
+        action="store_true",
+        help="the reads read the exposures too, as training does with [data] position_debias",
+    )
     p.add_argument("--out-json", type=Path, default=None)
     p.add_argument("--read", type=int, nargs=2, metavar=("RANK", "WORLD"), help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.read:
-        _read(args.config, *args.read)
+        _read(args.config, args.read[0], args.read[1], args.exposures)
         return {}
     work = (args.work or ROOT / "runs" / f"ddp-shards-{args.users}").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "users": args.users,
         "items": args.items,
         "events_per_user": args.events_per_user,
+        "reads_exposures": args.exposures,
         "stages": {},
     }
     stages = report["stages"]
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             name = f"read {world}/{rank}"
             log = work / f"read_{world}_{rank}.log"
             cmd = [sys.executable, "-m", "benchmarks.scale.ddp_shards", "--read", str(rank)]
-            cmd += [str(world), "--config", str(cfg)]
+            cmd += [str(world), "--config", str(cfg)] + (["--exposures"] if args.exposures else [])
             r = stage(name, cmd, log)
             lines = [ln for ln in log.read_text().splitlines() if ln.startswith("{")]
             if r["exit"] == 0 and lines:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tailored.train.evaluate import evaluate_run
+
 pytestmark = pytest.mark.slow  # trains under DDP in two processes
 
 
@@ -36,6 +38,8 @@ accelerator = "cpu"
 devices = 2
 strategy = "ddp"
 progress_bar = false
+limit_val_users = 600
+final_eval_users = 600
 """)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -60,10 +64,17 @@ progress_bar = false
     assert len(untrained) == 1, untrained
     # one model, written once by rank 0, loadable without executing code
     state = torch.load(out / "model.pt", weights_only=True)
-    # the validation NDCG reduced over the two ranks is the single-process full evaluation
-    # of the same checkpoint: no user counted twice, none missed
+    # the validation NDCG reduced over the two ranks is the final report's on the same
+    # checkpoint and the same 600 users: no user counted twice, none missed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best_valid_ndcg@10"] == pytest.approx(
         metrics["valid"]["metrics"]["ndcg@10"], abs=1e-4
     )
+    # and that report, each rank ranking its own users, is one process's evaluation of the
+    # same sample of the whole data
+    alone = evaluate_run(out, split="valid", history="all", max_users=600, seed=0)
+    assert metrics["valid"]["users"] == alone["users"] == 600
+    for name, value in alone["metrics"].items():
+        assert metrics["valid"]["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    assert metrics["valid"]["popularity"] == pytest.approx(alone["popularity"], abs=1e-9)
     assert state and json.loads((out / "model.json").read_text())["spec"]["n_items"] == 1682

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
-from tailored.train.distributed import Ranks
+from tailored.train.distributed import Ranks, sample_users
 from tailored.train.two_tower.feed import FeedLoader, TrainFeed
 
 __all__ = [
@@ -205,7 +205,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     Under DDP ``data`` is this rank's shard (its users' events) and ``ranks`` the run's: the
     rank trains and validates on its own users, every rank taking the same number of batches
-    an epoch (the least of theirs), and ``limit_val_users`` is shared between them."""
+    an epoch (the least of theirs); validation is of the users one process would validate on."""
 
     def __init__(
         self,
@@ -249,14 +249,13 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.train_user = data.user[train]
         self.train_item = data.item[train].astype(np.int64)
         self.train_history = UserHistory(self.feed.item.numpy(), self.feed.offsets.numpy())
-        share = -(-limit_val_users // self.ranks.world)  # each rank's part of the limit
-        self.val_users = self._eval_users(VALID, share, seed + self.ranks.rank)
+        self.val_users = self._eval_users(VALID, limit_val_users, seed)
 
     def _eval_users(self, split: int, limit: int, seed: int) -> np.ndarray:
+        """The users with ``split`` events, at most ``limit`` drawn with ``seed`` (under DDP
+        this rank's part of the draw over every rank's: the users one process would take)."""
         users = np.unique(self.data.user[self.data.split == split])
-        if limit and len(users) > limit:
-            users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
-        return users
+        return sample_users(users, limit, seed, self.ranks)
 
     # --- training ---
     def _device(self) -> torch.device:
