@@ -390,7 +390,7 @@ def _read_positives(
             directory,
             ", ".join(f"{n} ({c:,})" for n, c in sorted(unnamed.items())),
         )
-    if not parts["u"]:
+    if not parts["u"] and shard.whole:  # a shard may hold none: the ranks agree on the total
         raise SchemaError(
             f"{directory}: no positive events (types {sorted(rule.positives)}); the dataset "
             f"holds {sorted(unnamed) or 'only those types, below their min_value'}"
@@ -482,8 +482,8 @@ def _encode_context(
     tables: list[pa.Table], names: list[str], rows: int
 ) -> tuple[np.ndarray, dict[str, list[str]]]:
     out = np.zeros((rows, len(names)), np.int64)
-    vocabs: dict[str, list[str]] = {}
-    if not names:
+    vocabs: dict[str, list[str]] = {name: [] for name in names}
+    if not names or not tables:
         return out, vocabs
     t = pa.concat_tables(tables)
     for j, name in enumerate(names):

@@ -597,6 +597,10 @@ class Config:
         self.index.validate()
         self.segments.validate()
         self.privacy.validate()
+        if self.privacy.dp and self.train.devices * self.train.num_nodes > 1:
+            raise ConfigError(
+                "[privacy] dp: DP training runs on one device ([train] devices = num_nodes = 1)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

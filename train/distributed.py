@@ -15,6 +15,7 @@ the context vocabularies (the towers' embedding tables) and the slot propensitie
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +25,14 @@ import torch.distributed as dist
 
 from tailored.data.exposures import SlotPropensity
 from tailored.data.interactions import Interactions, UserShard
+from tailored.data.schema import SchemaError
 from tailored.data.splits import TRAIN
+from tailored.errors import TailoredError
 
 if TYPE_CHECKING:
     from tailored.config import TrainConfig
 
-__all__ = ["Ranks", "agree", "launch", "sample_users"]
+__all__ = ["Ranks", "agree", "launch", "read_shard", "sample_users"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class Ranks:
         a = np.asarray(a, np.float64)
         if self.world == 1:
             return a
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        t = torch.tensor(a, device=self.device)  # a copy: the caller's array stays as it was
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().numpy()
 
@@ -69,6 +72,21 @@ class Ranks:
         t = torch.tensor([n], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=op)
         return int(t.item())
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        return bool(self.max(int(flag)))
+
+    def broadcast_weights(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers into every rank's ``module`` (the same
+        architecture): after rank 0 alone has read its checkpoint."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for t in module.state_dict().values():
+                moved = t.to(self.device)
+                dist.broadcast(moved, src=0)
+                t.copy_(moved)
 
     def barrier(self) -> None:
         """Wait until every rank is here."""
@@ -117,12 +135,41 @@ def launch(t: TrainConfig) -> Ranks:
     return ranks
 
 
+def read_shard(read: Callable[[UserShard], Interactions], ranks: Ranks) -> Interactions:
+    """``read(shard)`` of this rank's shard, agreed (:func:`agree`); every rank calls it. A
+    read that fails on some rank (a bad row is only seen by the rank of its user) fails on
+    every rank, the others saying so, rather than leaving them waiting for it."""
+    if ranks.world == 1:
+        return read(ranks.shard)
+    error: Exception | None = None
+    try:
+        data = read(ranks.shard)
+    except Exception as e:  # raised again below, once the others know
+        error = e
+    if ranks.any(error is not None):
+        if error is not None:
+            raise error
+        raise TailoredError(
+            f"rank {ranks.rank}: another rank could not read its shard of the events "
+            "(its error is in the output)"
+        )
+    return agree(data, ranks)
+
+
 def agree(data: Interactions, ranks: Ranks) -> Interactions:
     """``data``, one rank's shard, with what the ranks agree on (module doc); every rank
     calls it. A world of one: ``data`` as it is."""
     if ranks.world == 1:
         return data
+    users = ranks.gather(data.n_users)
+    if len(set(users)) > 1:
+        raise TailoredError(
+            f"the ranks read users tables of {sorted(set(users))} users: the dataset changed "
+            "while they read it (an erasure?); train again"
+        )
     counts = ranks.sum(data.item_counts())
+    if not counts[TRAIN].any():
+        raise SchemaError(f"{data.meta.name}: no training positives in any rank's shard")
     vocabs: dict[str, list[str]] = {}
     for shard_vocabs in ranks.gather(data.context_vocabs):
         for name, vocab in shard_vocabs.items():

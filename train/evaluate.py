@@ -160,7 +160,7 @@ def evaluate(
         exclude = b.exclude - 1  # 1-based, 0-padded -> 0-based, -1 padded
         topk_dev[row : row + len(b.users)] = device_topk(scores, exclude, k)
         row += len(b.users)
-    if bool(nan):
+    if ranks.any(bool(nan)):  # every rank raises, not only the one that saw it
         raise TailoredError("the model scored NaN for some user: its weights are damaged")
     topk = topk_dev.cpu().numpy()
     pop_topk = topk_shared(popularity_scores(pop), user_csr(seen_lists, users), k)

@@ -1,7 +1,8 @@
 """Each DDP rank reads its own users' events: the shards of a read partition the whole read,
 and after the ranks agree (a real gloo process group of two processes on the loopback) what
 they hold is exactly the whole read's, cut by user: item counts, context codes, slot
-propensities and the weights debiased by them."""
+propensities and the weights debiased by them. An empty shard is no error; a read that fails
+on one rank fails on all."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import torch.multiprocessing as mp
 
 from tailored.config import load_config
 from tailored.data.interactions import Interactions, PositiveRule, UserShard, load_interactions
+from tailored.data.schema import SchemaError
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth import generate_synthetic
-from tailored.train.distributed import Ranks, agree
+from tailored.train.distributed import Ranks, agree, read_shard
 from tests.helpers import ROOT, TEST_KEY
 
 WORLD = 2
@@ -133,3 +135,45 @@ def test_agreed_vocabularies_remap_a_shards_codes(site: Path) -> None:
         assert not np.array_equal(own.context[:, j], agreed.context[:, j])
     np.testing.assert_array_equal(agreed.weight, own.weight)  # the same propensities
     np.testing.assert_array_equal(agreed.item_popularity(), own.item_popularity())
+
+
+def test_a_shard_without_events_reads_empty(site: Path, whole: Interactions) -> None:
+    # more ranks than users: most shards hold none, which is no error (the ranks agree on
+    # the total); the whole read of a dataset without positives still is one
+    empty = load_interactions(site, _rule(), shard=UserShard(whole.n_users + 5, whole.n_users + 9))
+    assert len(empty.user) == 0 and empty.n_users == whole.n_users
+    assert empty.context.shape == (0, len(whole.context_vocabs))
+    assert empty.context_vocabs == {name: [] for name in whole.context_vocabs}
+    assert not empty.item_counts().any()
+    nothing = PositiveRule.weighted({"no_such_type": 1.0})
+    with pytest.raises(SchemaError, match="no positive events"):
+        load_interactions(site, nothing)
+
+
+def _failing_rank(rank: int, port: int, site: str, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+
+    def read(shard: UserShard) -> Interactions:
+        if shard.rank == 1:  # a bad row that only this rank's users have
+            raise SchemaError("events.parquet: item_id 'x' refers to no row of the items table")
+        return load_interactions(Path(site), _rule(), shard=shard)
+
+    try:
+        read_shard(read, Ranks(rank, WORLD))
+        message = "no error"
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+    (Path(out) / f"rank{rank}.txt").write_text(message)
+
+
+def test_a_read_that_fails_on_one_rank_fails_on_every_rank(site: Path, tmp_path: Path) -> None:
+    # not a rank left waiting for the others in the agreement
+    mp.spawn(_failing_rank, args=(_free_port(), str(site), str(tmp_path)), nprocs=WORLD)
+    own = (tmp_path / "rank1.txt").read_text()
+    other = (tmp_path / "rank0.txt").read_text()
+    assert own.startswith("SchemaError: events.parquet: item_id 'x'")
+    assert other.startswith("TailoredError: rank 0: another rank could not read its shard")

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN, VALID
+from tailored.errors import TailoredError
 from tailored.train.distributed import Ranks, sample_users
 from tailored.train.two_tower.feed import FeedLoader, TrainFeed
 
@@ -250,6 +251,12 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.train_item = data.item[train].astype(np.int64)
         self.train_history = UserHistory(self.feed.item.numpy(), self.feed.offsets.numpy())
         self.val_users = self._eval_users(VALID, limit_val_users, seed)
+        if self.ranks.world > 1 and not self.ranks.min(len(self.val_users)):
+            # Lightning skips a validation without batches, and with it the ranks' reduction
+            raise TailoredError(
+                "under DDP every rank validates on its own users, and some rank has none: "
+                "raise [train] limit_val_users (0: all) or train on fewer devices"
+            )
 
     def _eval_users(self, split: int, limit: int, seed: int) -> np.ndarray:
         """The users with ``split`` events, at most ``limit`` drawn with ``seed`` (under DDP
@@ -309,13 +316,27 @@ class TwoTowerDataModule(pl.LightningDataModule):
                 return feed.batch(j, g)
 
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        own = FeedLoader.batches_of(rows, self.batch_size)
+        batches = self.ranks.min(own)
+        if self.ranks.world > 1:
+            if not batches:
+                raise TailoredError(
+                    "under DDP every rank trains on its own users' events, and some rank has "
+                    "no training positive: train on fewer devices"
+                )
+            _log.info(
+                "rank %d: %d of its %d batches an epoch (every rank takes the ranks' least)",
+                self.ranks.rank,
+                batches,
+                own,
+            )
         return FeedLoader(
             rows,
             self.batch_size,
             make,
             device=feed.device,
             seed=self.seed + epoch if self.sequences else self.seed,
-            batches=self.ranks.min(FeedLoader.batches_of(rows, self.batch_size)),
+            batches=batches,
             to=device if feed.device != device else None,
         )
 

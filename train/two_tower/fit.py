@@ -25,7 +25,7 @@ from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import write_json_atomic
-from tailored.train.distributed import Ranks, agree, launch
+from tailored.train.distributed import Ranks, launch, read_shard
 from tailored.train.runs import LoadedRun, load_data, save_model
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule
@@ -197,8 +197,9 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if data is None:
         # the towers learn from positives only: exposures are read where they weigh positives
-        data = load_data(cfg, exposures=cfg.data.position_debias, shard=ranks.shard)
-        data = agree(data, ranks)
+        data = read_shard(
+            lambda shard: load_data(cfg, exposures=cfg.data.position_debias, shard=shard), ranks
+        )
     spec = tower_spec(data)
     m = cfg.model
     model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
@@ -263,9 +264,10 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
         from tailored.train.two_tower.private import keep_final
 
         keep_final(model, private[0].model)
-    else:  # every rank: the final evaluation is shared between them
-        ranks.barrier()  # the checkpoint is written (by rank 0) before anyone reads it
-        _keep_best(model, ckpt.best_model_path, untrained if reset else None)
+    else:  # rank 0 reads the checkpoint; every rank needs it for the final evaluation
+        if ranks.rank == 0:
+            _keep_best(model, ckpt.best_model_path, untrained if reset else None)
+        ranks.broadcast_weights(model)
     if trainer.is_global_zero:
         save_model(out, cfg, spec, data, model)
     _write_metrics(out, cfg, model, data, best, epochs, meter, privacy, threads, checks, ranks)

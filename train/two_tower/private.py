@@ -49,7 +49,6 @@ from torch.utils.data import DataLoader
 
 from tailored.config import Config
 from tailored.data.interactions import Interactions
-from tailored.errors import ConfigError
 from tailored.privacy.dp import (
     DPPlan,
     attach_grad_samples,
@@ -276,11 +275,7 @@ def private_setup(
 ) -> tuple[PrivateTwoTowerTask, PrivateDataModule]:
     """The task and data of a DP run of ``model`` (which is left as is: the task trains an
     Opacus-compatible copy, :func:`keep_final` copies its weights back)."""
-    p, t = cfg.privacy, cfg.train
-    if t.devices * t.num_nodes > 1:
-        raise ConfigError(
-            "[privacy] dp: DP training runs on one device ([train] devices = num_nodes = 1)"
-        )
+    p, t = cfg.privacy, cfg.train  # one device: Config.validate refuses DP on several
     dm = PrivateDataModule(
         data,
         users_per_step=p.dp_users_per_step,
