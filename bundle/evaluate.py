@@ -153,9 +153,8 @@ def evaluate_bundle(
         -np.arange(n_cand, dtype=np.float32)[None, :].repeat(len(users), 0), req.candidates, k
     )
     pop = data.item_popularity((TRAIN,))[1:]
-    seen_lists = data.per_user(seen)
-    pop_top = topk_shared(popularity_scores(pop), user_csr(seen_lists, users), k)
-    relevant = user_csr(data.per_user((target,)), users)
+    pop_top = topk_shared(popularity_scores(pop), user_csr(data, seen, users), k)
+    relevant = user_csr(data, (target,), users)
     per_user = per_user_metrics(ranked, relevant, KS)
     return {
         "bundle": str(bundle.manifest.path),

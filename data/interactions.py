@@ -201,6 +201,22 @@ class Interactions:
             propensity=propensity,
         )
 
+    def items_of(self, users: np.ndarray, splits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``users``' items in ``splits``, each user's time-ordered, as (indptr int64
+        [B + 1], items [n]): user ``users[b]``'s are ``items[indptr[b]:indptr[b + 1]]``. Work
+        in those users' events only (``per_user`` makes an array for every user: at 10M
+        users, a gigabyte to evaluate 2,000 of them)."""
+        users = np.asarray(users, np.int64)
+        start = self.offsets[users]
+        count = self.offsets[users + 1] - start
+        ends = np.cumsum(count)
+        idx = np.repeat(start - (ends - count), count) + np.arange(
+            int(ends[-1]) if len(ends) else 0
+        )
+        keep = np.isin(self.split[idx], splits)
+        per = np.bincount(np.repeat(np.arange(len(users)), count)[keep], minlength=len(users))
+        return np.r_[0, np.cumsum(per)].astype(np.int64), self.item[idx[keep]]
+
     def per_user(self, splits: tuple[int, ...]) -> list[np.ndarray]:
         """Each user's items in ``splits``, time-ordered: a list of int arrays (1-based)."""
         keep = np.isin(self.split, splits)

@@ -108,10 +108,11 @@ def device_topk(scores: Tensor, exclude: Tensor, k: int) -> Tensor:
     return index.masked_fill_(values == -math.inf, -1)
 
 
-def user_csr(hist: list[np.ndarray], users: np.ndarray) -> Csr:
-    """The lists of ``users`` (per-user 1-based item lists) as 0-based item rows."""
+def user_csr(data: Interactions, splits: tuple[int, ...], users: np.ndarray) -> Csr:
+    """``users``' items in ``splits`` (time-ordered) as rows of 0-based item indices."""
+    indptr, items = data.items_of(users, splits)
     # model items are 1-based; metrics count items from 0
-    return Csr.from_lists([hist[u] - 1 for u in users])
+    return Csr(indptr, items.astype(np.int64) - 1)
 
 
 @torch.no_grad()
@@ -143,7 +144,6 @@ def evaluate(
     # every block is scored and ranked on the model's device; the top-k lists come back once
     topk_dev = torch.empty((len(users), min(k, data.n_items)), dtype=torch.long, device=device)
     nan = torch.zeros((), dtype=torch.bool, device=device)
-    seen_lists = data.per_user(seen)
     pop = data.item_popularity((TRAIN,))[1:]
     row = 0
     for b in dm.eval_loader(
@@ -163,8 +163,8 @@ def evaluate(
     if ranks.any(bool(nan)):  # every rank raises, not only the one that saw it
         raise TailoredError("the model scored NaN for some user: its weights are damaged")
     topk = topk_dev.cpu().numpy()
-    pop_topk = topk_shared(popularity_scores(pop), user_csr(seen_lists, users), k)
-    relevant = user_csr(data.per_user((target,)), users)
+    pop_topk = topk_shared(popularity_scores(pop), user_csr(data, seen, users), k)
+    relevant = user_csr(data, (target,), users)
     groups = user_groups(data, users)
     if ranks.world > 1:  # every rank's users, in rank order
         parts = ranks.gather((topk, pop_topk, relevant, groups))

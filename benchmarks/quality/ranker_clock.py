@@ -108,7 +108,7 @@ def clock_metrics(
     each of ``days``."""
     bundle = LoadedBundle.load(path)
     target, _, _, users = eval_plan(data, "test", "all", 0, 0)
-    relevant = user_csr(data.per_user((target,)), users)
+    relevant = user_csr(data, (target,), users)
     pop = data.item_popularity((TRAIN,))[1:]
     k = max(KS)
     out: dict[str, dict[str, dict[str, float]]] = {}

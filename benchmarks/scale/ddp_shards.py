@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--events-per-user", type=float, default=30.0)
-    p.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--worlds", type=int, nargs="*", default=[1, 2, 4], help="(none: no reads)")
     p.add_argument(
         "--train-world", type=int, default=2, help="DDP processes of `train W` (0: skip)"
     )

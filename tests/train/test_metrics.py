@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tailored.data.interactions import PositiveRule, load_interactions
+from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.train.evaluate import user_csr
 from tailored.train.metrics import (
     Csr,
     activity_bands,
@@ -326,3 +330,22 @@ def test_the_device_topk_equals_the_numpy_ranking(k: int, levels: int) -> None:
     padded = torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
     got = device_topk(torch.from_numpy(scores.copy()), padded, k)
     assert got.tolist() == expected.tolist()
+
+
+def test_user_csr_takes_the_users_items_of_the_splits(movielens_dir: Path) -> None:
+    # the evaluated users' lists, read from their own events only: the same rows as the
+    # per-user lists of every user, in the users' order, repeats and empty rows included
+    data = load_interactions(movielens_dir, PositiveRule.weighted({"rating": 1.0}))
+    users = np.r_[np.random.default_rng(0).choice(data.n_users, 50, replace=False), 7, 7]
+    for splits in [(TRAIN,), (TRAIN, VALID), (TEST,)]:
+        lists = data.per_user(splits)
+        got = user_csr(data, splits, users)
+        want = Csr.from_lists([lists[u] - 1 for u in users])
+        np.testing.assert_array_equal(got.indptr, want.indptr)
+        np.testing.assert_array_equal(got.indices, want.indices)
+    assert user_csr(data, (TEST,), np.zeros(0, np.int64)).n_rows == 0
+    stacked = Csr.stacked(
+        [user_csr(data, (TRAIN,), users[:20]), user_csr(data, (TRAIN,), users[20:])]
+    )
+    np.testing.assert_array_equal(stacked.indices, user_csr(data, (TRAIN,), users).indices)
+    np.testing.assert_array_equal(stacked.indptr, user_csr(data, (TRAIN,), users).indptr)
