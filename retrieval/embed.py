@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from tailored.data.features import FeatureTable
+from tailored.train.quiet import quiet_lightning
 from tailored.train.two_tower.model import TwoTower
 
 __all__ = ["EmbeddedItems", "embed_items", "embed_users"]
@@ -153,6 +154,7 @@ def _predict(
     ``shard-<rank>-<key>.npy`` in ``work`` (a directory every rank sees) and read all."""
     work.mkdir(parents=True, exist_ok=True)
     shard = devices > 1
+    quiet_lightning()
     trainer = pl.Trainer(
         accelerator="auto",
         devices=devices,

@@ -163,6 +163,7 @@ def test_refresh_under_ddp_writes_the_same_embeddings(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Tip:" not in proc.stderr  # Lightning's advertising, kept out of every command
     (version,) = [p for p in out.iterdir() if p.name.startswith("v")]
     verify_bundle(version)
     for name in ("item_embeddings", "item_history", "user_embeddings"):

@@ -24,6 +24,7 @@ from tailored.config import RankerConfig
 from tailored.data.features import FeatureTable
 from tailored.data.ranking_features import DENSE_FEATURES, ranker_inputs
 from tailored.errors import TailoredError
+from tailored.train.quiet import quiet_lightning
 from tailored.train.ranker.data import Requests
 from tailored.train.ranker.model import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
 from tailored.train.two_tower.data import RowIndices
@@ -269,6 +270,7 @@ def _fit_one(
     monitor = "ranker/valid_ndcg@10"
     with tempfile.TemporaryDirectory(prefix="tailored-ranker-") as tmp:
         ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode="max", save_top_k=1)
+        quiet_lightning()
         trainer = pl.Trainer(
             accelerator="auto",
             devices=1,

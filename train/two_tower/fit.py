@@ -26,6 +26,7 @@ from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import write_json_atomic
 from tailored.train.distributed import Ranks, launch, read_shard
+from tailored.train.quiet import quiet_lightning
 from tailored.train.runs import LoadedRun, load_data, save_model
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule
@@ -129,23 +130,6 @@ class ProgressLines(pl.Callback):
         )
 
 
-class _NoTips(logging.Filter):
-    """Lightning's advertising ("Tip: ... try installing ...") out of the run's output."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
-
-
-_TIPS = _NoTips()
-
-
-def _quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch"):
-        logger = logging.getLogger(name)
-        if _TIPS not in logger.filters:
-            logger.addFilter(_TIPS)
-
-
 def train(cfg: Config, *, out: Path, data: Interactions | None = None) -> RunResult:
     """Train the two-tower model and write the run directory ``out``; return its summary.
     torch runs on ``[train] threads`` meanwhile (restored afterwards)."""
@@ -222,7 +206,7 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
     callbacks: list[pl.Callback] = [ckpt, meter]
     if not _terminal():
         callbacks.append(ProgressLines(cfg.train.progress_seconds, meter))
-    _quiet_lightning()
+    quiet_lightning()
     private = _private(cfg, model, data) if dp else None
     dm = private[1] if private is not None else _data_module(cfg, data, ranks)
     t = cfg.train
