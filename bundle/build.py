@@ -464,9 +464,8 @@ def _write_segments(
             )
         ],
         user_values={
-            name: [vocab[c - 1] if c > 0 else "" for c in data.users.categorical[:, j].tolist()]
+            name: (data.users.categorical[:, j], data.user_encoder.vocabs[name])
             for j, name in enumerate(data.user_encoder.categorical)
-            for vocab in [data.user_encoder.vocabs[name]]
         },
     )
     doc = {"k": seg.k, "objective": seg.objective, "segments": described}

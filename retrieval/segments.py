@@ -127,7 +127,7 @@ def describe_segments(
     user_items: tuple[np.ndarray, np.ndarray],
     item_values: Mapping[str, Sequence[Sequence[str]]],
     item_names: Sequence[str],
-    user_values: Mapping[str, Sequence[str]],
+    user_values: Mapping[str, tuple[np.ndarray, Sequence[str]]],
     top: int = 3,
     k: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -136,7 +136,9 @@ def describe_segments(
     ``labels``: int [U]; ``user_items``: (offsets int [U + 1], item rows int [E], 0-based)
     of what each user engaged with; ``item_values``: per item attribute, each item's values
     (a genre list; one category); ``item_names``: each item's title or id; ``user_values``:
-    per profile field, each user's value ("" when unknown); ``k``: the segments (default:
+    per profile field, each user's code (int [U]; 0 unknown) and the vocabulary it indexes
+    (code c is ``vocab[c - 1]``), counted as codes: at 10M users, strings per user were
+    gigabytes; ``k``: the segments (default:
     the highest label + 1; give it, so that a segment left with no members is described
     too)."""
     offsets, items = user_items
@@ -145,8 +147,8 @@ def describe_segments(
     per_user = np.diff(offsets)
     # the population's counts, once
     every_item = {name: _value_counts(items, values) for name, values in item_values.items()}
-    every_user = {name: np.asarray(values, dtype=object) for name, values in user_values.items()}
-    every_user_counts = {name: _counts(vals) for name, vals in every_user.items()}
+    every_user = {name: (np.asarray(c), list(v)) for name, (c, v) in user_values.items()}
+    every_user_counts = {name: _code_counts(*cv) for name, cv in every_user.items()}
     event_seg = np.repeat(labels, per_user)
     n_items = len(item_names)
     out = []
@@ -171,9 +173,13 @@ def describe_segments(
             seg["over_indexing"][name] = _lifts(
                 _value_counts(mine, values), every_item[name], len(mine), len(items), top
             )
-        for name, vals in every_user.items():
+        for name, (codes, vocab) in every_user.items():
             seg["profile"][name] = _lifts(
-                _counts(vals[members]), every_user_counts[name], int(members.sum()), len(vals), top
+                _code_counts(codes[members], vocab),
+                every_user_counts[name],
+                int(members.sum()),
+                len(codes),
+                top,
             )
         seg["label"] = _label(seg)
         seg["summary"] = _summary(seg)
@@ -181,9 +187,10 @@ def describe_segments(
     return out
 
 
-def _counts(values: np.ndarray) -> dict[str, int]:
-    kinds, counts = np.unique(values[values != ""].astype(str), return_counts=True)
-    return dict(zip(kinds.tolist(), counts.tolist(), strict=True))
+def _code_counts(codes: np.ndarray, vocab: Sequence[str]) -> dict[str, int]:
+    """How many users hold each known value (code 0, unknown, left out), by value."""
+    counts = np.bincount(codes, minlength=len(vocab) + 1).tolist()
+    return dict(sorted((vocab[c - 1], n) for c, n in enumerate(counts) if c and n))
 
 
 def _value_counts(rows: np.ndarray, values: Sequence[Sequence[str]]) -> dict[str, int]:

@@ -50,12 +50,14 @@ def test_a_segment_is_described_by_what_its_members_did_and_who_they_are() -> No
     )
     offsets = np.r_[0, np.cumsum(per_user)]
     ages = np.where(group == 3, "18-24", rng.choice(["25-34", "35-44", ""], len(group)))
+    vocab = ["18-24", "25-34", "35-44"]  # profile codes: 0 unknown, c is vocab[c - 1]
+    codes = np.array([vocab.index(a) + 1 if a else 0 for a in ages])
     out = describe_segments(
         seg.labels,
         user_items=(offsets, items),
         item_values={"genre": genre_of},
         item_names=[f"item {i}" for i in range(n_items)],
-        user_values={"age": ages.tolist()},
+        user_values={"age": (codes, vocab)},
     )
     assert [s["segment"] for s in out] == [0, 1, 2, 3]
     assert sum(s["users"] for s in out) == len(group)
