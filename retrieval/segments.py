@@ -78,10 +78,13 @@ def fit_segments(
     assert km.centroids is not None  # set by train
     centroids = _unit(km.centroids)
     labels = np.empty(len(x), np.int32)
-    for lo in range(0, len(x), 65_536):  # bounded [block, k] scores
-        labels[lo : lo + 65_536] = np.argmax(x[lo : lo + 65_536] @ centroids.T, axis=1)
-    diff = x - centroids[labels]
-    return Segments(centroids, labels, float(np.einsum("ij,ij->", diff, diff)))
+    objective = 0.0
+    for lo in range(0, len(x), 65_536):  # bounded [block, k] scores and [block, d] residuals
+        block = x[lo : lo + 65_536]
+        labels[lo : lo + 65_536] = own = np.argmax(block @ centroids.T, axis=1)
+        diff = block - centroids[own]
+        objective += float(np.einsum("ij,ij->", diff, diff))
+    return Segments(centroids, labels, objective)
 
 
 def k_quality(
