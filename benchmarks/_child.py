@@ -3,6 +3,7 @@ time, exit status and peak resident memory (``wait4``'s ``ru_maxrss``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["stage"]
+__all__ = ["reusable_site", "stage"]
 
 
 def stage(name: str, cmd: list[str], log: Path) -> dict[str, Any]:
@@ -32,3 +33,16 @@ def stage(name: str, cmd: list[str], log: Path) -> dict[str, Any]:
     }
     print(f"   {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
+
+
+def reusable_site(dataset: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """With ``--reuse-site``, the site already in ``dataset`` if it has ``args``' sizes
+    (``users``, ``items``): the generate stage's record, else None."""
+    meta = dataset / "dataset.json"
+    if not args.reuse_site or not meta.is_file():
+        return None
+    counts = json.loads(meta.read_text()).get("counts", {})
+    if (counts.get("users"), counts.get("items")) != (args.users, args.items):
+        return None
+    print(f"== generate: reusing {dataset}", file=sys.stderr, flush=True)
+    return {"reused": str(dataset), "counts": counts, "exit": 0}

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._child import stage
+from benchmarks._child import reusable_site, stage
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS, ROOT
 
@@ -173,13 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stages": {},
     }
     stages = report["stages"]
-    counts = (
-        json.loads((dataset / "dataset.json").read_text()).get("counts", {})
-        if (dataset / "dataset.json").is_file()
-        else {}
-    )
-    if args.reuse_site and (counts.get("users"), counts.get("items")) == (args.users, args.items):
-        stages["generate"] = {"reused": str(dataset), "counts": counts, "exit": 0}
+    if reused := reusable_site(dataset, args):
+        stages["generate"] = reused
     else:
         stages["generate"] = stage(
             "generate",

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._child import reusable_site
 from benchmarks._child import stage as run_stage
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS, ROOT
@@ -42,18 +43,6 @@ def _config(dataset: Path, path: Path) -> Path:
     text += "final_eval_users = 2000\nprogress_bar = false\n"  # [train] is the last table
     path.write_text(text)
     return path
-
-
-def _reusable(dataset: Path, args: argparse.Namespace) -> dict[str, Any] | None:
-    """With ``--reuse-site``, the site already in ``dataset`` if it has these sizes."""
-    meta = dataset / "dataset.json"
-    if not args.reuse_site or not meta.is_file():
-        return None
-    counts = json.loads(meta.read_text()).get("counts", {})
-    if (counts.get("users"), counts.get("items")) != (args.users, args.items):
-        return None
-    print(f"== generate: reusing {dataset}", file=sys.stderr, flush=True)
-    return {"reused": str(dataset), "counts": counts, "exit": 0}
 
 
 def _free_port() -> int:
@@ -169,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("bundle", [tailored, "bundle", "build", str(run), "--out", str(bundles), "--no-progress"]),
     ]  # fmt: skip
     for name, cmd in plan:
-        if name == "generate" and (reused := _reusable(dataset, args)):
+        if name == "generate" and (reused := reusable_site(dataset, args)):
             stages[name] = reused  # the same site, generated before: its figures are its own
             continue
         stages[name] = run_stage(name, cmd, work / f"{name}.log")
