@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from tailored.config import DataConfig, EventRole
 from tailored.data.exposures import Exposures, SlotPropensity
-from tailored.data.features import FeatureEncoder, FeatureTable
+from tailored.data.features import NUMERIC_BUCKETS, FeatureEncoder, FeatureTable
 from tailored.data.ids import IdLookup
 from tailored.data.schema import DatasetMeta, SchemaError, read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID, global_time_split, user_temporal_split
@@ -236,12 +236,15 @@ def load_interactions(
     batch_rows: int = 1 << 20,
     exposures: bool = True,
     shard: UserShard | None = None,
+    numeric_buckets: int = NUMERIC_BUCKETS,
 ) -> Interactions:
     """Read a dataset and return its split positive interactions (see module doc).
     ``exposures=False`` leaves the exposure events unread (``Interactions.exposures`` empty,
     slot propensities uniform): the two-tower model's training reads none unless
     ``position_debias`` weighs positives by them, and at 10M users they are 87M rows.
-    ``shard``: keep only that shard's users' events (see :class:`Interactions`)."""
+    ``shard``: keep only that shard's users' events (see :class:`Interactions`).
+    ``numeric_buckets``: quantile ranges of each numeric user and item field (see
+    :class:`~tailored.data.features.FeatureEncoder`; 0: none)."""
     shard = shard or UserShard()
     directory = Path(directory)
     meta = read_dataset_meta(directory)
@@ -254,8 +257,8 @@ def load_interactions(
     items_t = pq.read_table(directory / "items.parquet")
     user_ids = users_t.column("user_id").combine_chunks()
     item_ids = items_t.column("item_id").combine_chunks()
-    user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields)
-    item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields)
+    user_enc = FeatureEncoder.fit(users_t, meta.schema.user_fields, numeric_buckets)
+    item_enc = FeatureEncoder.fit(items_t, meta.schema.item_fields, numeric_buckets)
     ev = _read_positives(
         directory, meta, rule, user_ids, item_ids, split, batch_rows, stones, exposures, shard
     )

@@ -99,12 +99,16 @@ _SIM_RECENT = 5
 _NEVER_HOURS = 1e5
 
 
-def item_tags(items: FeatureTable) -> np.ndarray:
+def item_tags(items: FeatureTable, categorical: int | None = None) -> np.ndarray:
     """Each item's tags, int64 [N+1, G], 0-padded: the codes of its categorical and
-    multi-valued fields moved into one code space (field j's codes offset past field j-1's)."""
+    multi-valued fields moved into one code space (field j's codes offset past field j-1's).
+    ``categorical``: how many of ``items.categorical``'s columns are declared fields (the
+    encoder's ``categorical``; the numeric fields' bucket columns after them are no tags);
+    None: all of them."""
     cols: list[np.ndarray] = []
     offset = 0
-    fields = [items.categorical[:, j : j + 1] for j in range(items.categorical.shape[1])]
+    n_cat = items.categorical.shape[1] if categorical is None else categorical
+    fields = [items.categorical[:, j : j + 1] for j in range(n_cat)]
     fields += [items.multi[:, j, :] for j in range(items.multi.shape[1])]
     for codes in fields:
         cols.append(np.where(codes > 0, codes + offset, 0))

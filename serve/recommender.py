@@ -28,7 +28,7 @@ import numpy as np
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig, from_dict
 from tailored.data.exposures import shown_counts
-from tailored.data.features import MAX_MULTI, FeatureTable, user_hash_buckets
+from tailored.data.features import BUCKET_SUFFIX, MAX_MULTI, FeatureTable, user_hash_buckets
 from tailored.data.ranking_features import dense_features, item_tags
 from tailored.errors import TailoredError
 from tailored.serve.diversity import category_cap, mmr
@@ -101,7 +101,7 @@ class Recommender:
                 strict=True,
             )
         ]
-        self.tags = item_tags(bundle.items)
+        self.tags = item_tags(bundle.items, len(bundle.item_encoder().categorical))
         act = bundle.activity.table
         # best first: recent popularity, then all-time; row 0 (padding) last
         self.popular = np.lexsort((-act[1:, 0], -act[1:, 2])).astype(np.int64) + 1
@@ -569,7 +569,7 @@ class Recommender:
         """The request's profile fields encoded, [1, C] and [1, F], and whether any was given;
         checked even for users the bundle knows (whose own profile is then used)."""
         enc = self.user_encoder
-        cat = np.zeros((1, len(enc.categorical)), np.int64)
+        cat = np.zeros((1, len(enc.columns)), np.int64)
         num = np.zeros((1, len(enc.numeric)), np.float32)
         for name, value in profile.items():
             if name in enc.categorical:
@@ -586,6 +586,9 @@ class Recommender:
                 if not abs(z) < _FLOAT32_MAX:  # the towers read float32
                     raise RequestError(f"profile[{name!r}]", f"{value!r} is out of range")
                 num[0, enc.numeric.index(name)] = z
+                if name in enc.edges:  # its bucket column (encoders saved with buckets)
+                    bucket = enc.columns.index(name + BUCKET_SUFFIX)
+                    cat[0, bucket] = enc.bucket(name, np.array([x]))[0]
             else:
                 known = sorted(enc.categorical + enc.numeric)
                 raise RequestError(f"profile[{name!r}]", f"no such profile field (known: {known})")

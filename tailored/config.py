@@ -170,6 +170,9 @@ class ModelConfig:
     encoder_heads: int = 2
     dropout: float = 0.2
     user_id_buckets: int = 0  # hashed user-id embedding; 0 disables it
+    # each numeric user and item field (age, price) is also embedded by its quantile range, at
+    # most this many (0: the standardised value alone); see tailored.data.features
+    numeric_buckets: int = 10
     item_id_dropout: float = 0.1  # train the item tower to embed from metadata alone too
     context_dropout: float = 0.5
     # the history encoder reads causally from the window's oldest item, and training scores
@@ -201,6 +204,11 @@ class ModelConfig:
                 raise ConfigError(f"[model] {name}: must be in [0, 1), got {v}")
         if self.user_id_buckets < 0:
             raise ConfigError("[model] user_id_buckets: must be >= 0")
+        if self.numeric_buckets == 1 or self.numeric_buckets < 0:
+            raise ConfigError(
+                f"[model] numeric_buckets: must be 0 (none) or at least 2, got "
+                f"{self.numeric_buckets}"
+            )
 
 
 @dataclass(frozen=True)

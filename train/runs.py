@@ -49,6 +49,7 @@ def load_data(
         test_start=d.test_start,
         exposures=exposures,
         shard=shard,
+        numeric_buckets=cfg.model.numeric_buckets,
     )
 
 

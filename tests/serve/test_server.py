@@ -252,6 +252,30 @@ def test_unknown_users_start_cold_and_never_fail(running: Running) -> None:
     assert "50" not in {i.item_id for i in first.items}
 
 
+def test_a_cold_profile_is_encoded_as_the_bundle_encoded_its_users(running: Running) -> None:
+    """A profile sent with the request fills the numeric field's bucket column too, as the
+    bundle's own users were encoded (their table's width and codes)."""
+    served = running.service.bundle.current
+    enc = served.user_encoder
+    assert "age" in enc.edges and len(enc.edges["age"]) >= 2  # the bundle has age buckets
+    cat, num, given = served._profile({"gender": "F", "age": "31", "occupation": "writer"})
+    assert given
+    snap = served.bundle.users
+    assert snap is not None and cat.shape[1] == snap.categorical.shape[1] == len(enc.columns)
+    bucket = enc.columns.index("age:bucket")
+    assert cat[0, bucket] == enc.bucket("age", np.array([31.0]))[0] > 0
+    # the same code a known user of that age has in the bundle's own table
+    ages = snap.numeric[:, enc.numeric.index("age")]
+    mean, std = enc.stats["age"]
+    row = int(np.argmin(np.abs(ages * std + mean - 31.0)))
+    assert abs(float(ages[row]) * std + mean - 31.0) < 1e-3
+    assert snap.categorical[row, bucket] == cat[0, bucket]
+    assert num[0, enc.numeric.index("age")] == pytest.approx(float(ages[row]), abs=1e-6)
+    # no age given: bucket 0 (unknown), as a missing value
+    cat, _, _ = served._profile({"gender": "M"})
+    assert cat[0, bucket] == 0
+
+
 def test_excluded_and_unavailable_items_are_never_returned(running: Running) -> None:
     top = [i.item_id for i in running.client.recommend("4", 10).items]
     excluded = running.client.recommend("4", 10, exclude=top[:3])

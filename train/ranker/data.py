@@ -198,7 +198,7 @@ def _stats(
         "regression": ItemRegression.of(
             h_users, h.items, data.n_items, max_items=ease_items, l2=ease_l2
         ),
-        "tags": item_tags(data.items),
+        "tags": item_tags(data.items, len(data.item_encoder.categorical)),
     }
 
 

@@ -38,10 +38,10 @@ def ranker_spec(data: Interactions, embedding_dim: int, cfg: RankerConfig) -> Ra
     ue, ie = data.user_encoder, data.item_encoder
     users, items = cfg.user_fields, cfg.item_fields
     return RankerSpec(
-        user_categorical=tuple(ue.cardinalities(ue.categorical)) if users else (),
+        user_categorical=tuple(ue.cardinalities(ue.columns)) if users else (),
         user_numeric=len(ue.numeric) if users else 0,
         context=tuple(len(v) + 1 for v in data.context_vocabs.values()),
-        item_categorical=tuple(ie.cardinalities(ie.categorical)) if items else (),
+        item_categorical=tuple(ie.cardinalities(ie.columns)) if items else (),
         item_multi=tuple(ie.cardinalities(ie.multi)) if items else (),
         item_numeric=len(ie.numeric) if items else 0,
         dense=len(DENSE_FEATURES),

@@ -504,10 +504,10 @@ def tower_spec(data: Interactions) -> TowerSpec:
     ue, ie = data.user_encoder, data.item_encoder
     return TowerSpec(
         n_items=data.n_items,
-        item_categorical=tuple(ie.cardinalities(ie.categorical)),
+        item_categorical=tuple(ie.cardinalities(ie.columns)),
         item_multi=tuple(ie.cardinalities(ie.multi)),
         item_numeric=len(ie.numeric),
-        user_categorical=tuple(ue.cardinalities(ue.categorical)),
+        user_categorical=tuple(ue.cardinalities(ue.columns)),
         user_numeric=len(ue.numeric),
         context=tuple(len(v) + 1 for v in data.context_vocabs.values()),
     )
