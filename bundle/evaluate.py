@@ -36,7 +36,7 @@ from tailored.train.ranker.data import Requests, build_requests
 from tailored.train.runs import load_data
 from tailored.train.two_tower.data import UserHistory
 
-__all__ = ["evaluate_bundle", "rerank"]
+__all__ = ["evaluate_bundle", "rank_requests", "rerank", "two_stage_requests"]
 
 
 def _check_same_data(bundle: LoadedBundle, data: Interactions) -> None:
@@ -87,7 +87,7 @@ def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return np.where(top > 0, top - 1, -1)
 
 
-def _two_stage_requests(
+def two_stage_requests(
     bundle: LoadedBundle,
     data: Interactions,
     users: np.ndarray,
@@ -95,7 +95,15 @@ def _two_stage_requests(
     target: int,
     n_candidates: int,
     ranker: RankerConfig,
+    *,
+    now: np.ndarray | None = None,
+    activity_at: int | None = None,
 ) -> Requests:
+    """The ranking requests of ``users`` as the bundle serves them: their embeddings from
+    the bundle's user tower (``hist_splits`` history), the bundle's retrieval, and the
+    ranking features of :func:`~tailored.train.ranker.data.build_requests` (``now`` and
+    ``activity_at`` as it takes them: by default each request at its user's next
+    ``target`` event)."""
     info = bundle.info
     hashes = user_hash_buckets(data.user_ids[users], int(info.get("user_id_buckets", 0)))
     history = UserHistory.of(data, hist_splits).last(users, bundle.history_length)
@@ -122,6 +130,8 @@ def _two_stage_requests(
         n_candidates=n_candidates,
         ease_items=ranker.ease_items,
         ease_l2=ranker.ease_l2,
+        now=now,
+        activity_at=activity_at,
     )
 
 
@@ -144,11 +154,11 @@ def evaluate_bundle(
     _check_same_data(bundle, data)
     target, seen, hist_splits, users = eval_plan(data, split, history, max_users, seed)
     n_cand = max(cfg.ranker.candidates, max(KS))
-    req = _two_stage_requests(bundle, data, users, hist_splits, target, n_cand, cfg.ranker)
+    req = two_stage_requests(bundle, data, users, hist_splits, target, n_cand, cfg.ranker)
     if hist_splits != seen:  # train-only history: valid items are still not recommended
         _drop(req, UserHistory.of(data, (VALID,)), users)
     k = max(KS)
-    ranked = _ranked(bundle, data, req, k)
+    ranked = rank_requests(bundle, data, req, k)
     retrieval = rerank(
         -np.arange(n_cand, dtype=np.float32)[None, :].repeat(len(users), 0), req.candidates, k
     )
@@ -192,7 +202,7 @@ def _drop(req: Requests, history: UserHistory, users: np.ndarray) -> None:
         req.candidates[row, np.isin(req.candidates[row], items)] = 0
 
 
-def _ranked(bundle: LoadedBundle, data: Interactions, req: Requests, k: int) -> np.ndarray:
+def rank_requests(bundle: LoadedBundle, data: Interactions, req: Requests, k: int) -> np.ndarray:
     """The ranker's top ``k`` of each request's candidates (see :func:`rerank`)."""
     return np.concatenate(
         [

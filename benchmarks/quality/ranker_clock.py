@@ -37,18 +37,16 @@ from benchmarks._machine import machine
 from benchmarks._overrides import add_set_argument
 from benchmarks._paths import RESULTS, ROOT
 from tailored.bundle.build import build_bundle
-from tailored.bundle.evaluate import evaluate_bundle, rerank
+from tailored.bundle.evaluate import evaluate_bundle, rank_requests, rerank, two_stage_requests
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import Config, load_config
-from tailored.data.features import user_hash_buckets
 from tailored.data.interactions import Interactions
 from tailored.data.movielens import fetch_movielens_100k
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.train.evaluate import KS, eval_plan, user_csr
 from tailored.train.metrics import aggregate_metrics
-from tailored.train.ranker.data import Requests, build_requests, history_cut
+from tailored.train.ranker.data import Requests, history_cut
 from tailored.train.runs import load_data
-from tailored.train.two_tower.data import UserHistory
 from tailored.train.two_tower.fit import train
 
 __all__ = ["clock_metrics", "main"]
@@ -66,35 +64,17 @@ def _requests(
 ) -> Requests:
     """The test requests of ``users`` (live history) at the bundle clock plus ``days``, their
     features as the server computes them (item activity: the bundle's snapshot)."""
-    info = bundle.info
-    hashes = user_hash_buckets(data.user_ids[users], int(info.get("user_id_buckets", 0)))
-    history = UserHistory.of(data, (TRAIN, VALID)).last(users, bundle.history_length)
-    emb = np.concatenate(
-        [
-            bundle.user_embeddings(
-                user_hash=hashes[i : i + 512],
-                user_cat=data.users.categorical[users[i : i + 512]],
-                user_num=data.users.numeric[users[i : i + 512]],
-                context=np.zeros((len(users[i : i + 512]), data.context.shape[1]), np.int64),
-                history=history[i : i + 512],
-            )
-            for i in range(0, len(users), 512)
-        ]
-    )
     clock = int(bundle.manifest.data["last_event_time"]) + 1  # the server's bundle clock
     if clock != history_cut(data, (TRAIN, VALID)):
         raise RuntimeError("the bundle's clock is not where its data (train and valid) ends")
-    return build_requests(
+    return two_stage_requests(
+        bundle,
         data,
         users,
-        emb,
-        lambda ue, excl, n: bundle.retrieve(ue, n, excl),
-        item_emb=bundle.item_embeddings,
-        history_splits=(TRAIN, VALID),
-        target=TEST,
-        n_candidates=max(cfg.ranker.candidates, max(KS)),
-        ease_items=cfg.ranker.ease_items,
-        ease_l2=cfg.ranker.ease_l2,
+        (TRAIN, VALID),
+        TEST,
+        max(cfg.ranker.candidates, max(KS)),
+        cfg.ranker,
         now=np.full(len(users), clock + round(days * _DAY), np.int64),
         activity_at=clock,
     )
@@ -114,22 +94,7 @@ def clock_metrics(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for d in days:
         req = _requests(bundle, data, users, cfg, d)
-        ranked = np.concatenate(
-            [
-                rerank(
-                    bundle.rank(
-                        users=data.users.take(r.users),
-                        context=np.zeros((len(r.users), data.context.shape[1]), np.int64),
-                        candidates=r.candidates,
-                        dense=r.dense,
-                        user_emb=r.user_emb,
-                    ),
-                    r.candidates,
-                    k,
-                )
-                for r in req.batches(256)
-            ]
-        )
+        ranked = rank_requests(bundle, data, req, k)
         order = -np.arange(req.candidates.shape[1], dtype=np.float32)
         retrieval = rerank(np.broadcast_to(order, req.candidates.shape), req.candidates, k)
         two = aggregate_metrics(ranked, relevant, KS, pop, data.n_items)

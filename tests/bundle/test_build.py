@@ -91,6 +91,26 @@ def test_a_bundle_holds_everything_and_verifies(built: tuple[Path, Path, BuildRe
     assert manifest.extra["source"] == str(run.resolve())
 
 
+def test_the_ranker_clock_scores_the_bundle_as_served_at_later_clocks(
+    built: tuple[Path, Path, BuildResult],
+) -> None:
+    """``benchmarks.quality.ranker_clock`` scores the bundle through ``evaluate``'s own
+    request path, stamped at the bundle clock plus some days: retrieval does not read the
+    clock, so its lists are the same at every clock; the ranker's may not be."""
+    from benchmarks.quality.ranker_clock import clock_metrics
+    from tailored.config import from_dict
+    from tailored.train.runs import load_data
+
+    _, _, result = built
+    cfg = from_dict(LoadedBundle.load(result.path).manifest.config, where="test")
+    out = clock_metrics(result.path, load_data(cfg), cfg, [0.0, 30.0])
+    assert set(out) == {"bundle+0d", "bundle+30d"}
+    assert out["bundle+0d"]["retrieval"] == out["bundle+30d"]["retrieval"]
+    for lists in out.values():
+        for metrics in lists.values():
+            assert 0.0 < metrics["ndcg@10"] <= 1.0 and 0.0 < metrics["recall@10"] <= 1.0
+
+
 def test_two_stage_evaluation_from_the_bundle(built: tuple[Path, Path, BuildResult]) -> None:
     _, _, result = built
     report = evaluate_bundle(result.path, split="test")
