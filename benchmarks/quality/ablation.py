@@ -72,7 +72,10 @@ on the synthetic site, planted-truth recall@10, for both lists.
   as :func:`~tailored.train.truth.planted_truth_recall` defines it (the planted tastes at the
   end of the span; the user's training and validation items left out) but over the items
   open at the request's time (:func:`~tailored.data.synth_truth.true_topk`), for every test
-  user, the same truth for every row.
+  user, the same truth for every row. ``truth_references`` in the JSON gives the same recall
+  of three lists scored by parts of the planted model (:func:`_references`): the item term
+  alone, the user's segment centroid (the most a profile can tell), and their own taste at
+  the start of the span. They bound what the goal asks of a model of the logged events.
 
 **Time.** The defaults (20,000 users, 4,000 items, 30 events a user, 20% of the items
 launched in the span and 5% ended, as ``tailored data synth`` makes them) give 2,800 test
@@ -123,7 +126,7 @@ from tailored.data.movielens import fetch_movielens_100k
 from tailored.data.schema import read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth import generate_synthetic
-from tailored.data.synth_truth import load_truth, true_topk
+from tailored.data.synth_truth import SynthTruth, load_truth, true_topk
 from tailored.errors import ConfigError
 from tailored.train.metrics import Csr, aggregate_metrics, per_user_metrics
 from tailored.train.ranker.data import Retriever, build_requests, exact_retriever
@@ -366,6 +369,9 @@ class Plan:
     new_open: int
     truth: np.ndarray | None
     windows: ItemWindows | None
+    # planted-truth recall@10 of lists made from the planted model itself (synthetic only):
+    # how far the planted tastes are within reach of what a model can know (see _references)
+    references: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> dict[str, int]:
         return {
@@ -405,26 +411,57 @@ def _plan(site: Site, base: Base) -> Plan:
             new_items.append(new - 1)
             new_open += int((launch[new] <= now[row]).sum())
     windows = ItemWindows(start, end) if base.windows else None
-    truth = _truth(site, data, users, now, windows) if site.truth else None
     relevant = Csr.from_lists([tests[u] - 1 for u in users])
     rows = np.asarray(new_rows, np.int64)
-    return Plan(users, relevant, rows, Csr.from_lists(new_items), new_open, truth, windows)
+    plan = Plan(users, relevant, rows, Csr.from_lists(new_items), new_open, None, windows)
+    if not site.truth:
+        return plan
+    truth, references = _truth(site, data, users, now, windows)
+    return replace(plan, truth=truth, references=references)
 
 
 def _truth(
     site: Site, data: Interactions, users: np.ndarray, now: np.ndarray, windows: ItemWindows | None
-) -> np.ndarray:
+) -> tuple[np.ndarray, dict[str, float]]:
     """The planted top 10 of ``users`` (0-based items, int64 [U, 10]): their tastes at the
     end of the span, over the items open at each request's time ``now`` int64 [U], their
-    training and validation items left out."""
+    training and validation items left out; and the references' recall of it
+    (:func:`_references`)."""
     seen = data.per_user((TRAIN, VALID))
     none = np.zeros(0, np.int64)
     exclude = [
         np.union1d(seen[u], windows.closed(float(t)) if windows is not None else none) - 1
         for u, t in zip(users, now, strict=True)
     ]
+    planted = load_truth(site.dataset)
     # the windows are the truth's own (the catalog's), taken at each request's time
-    return true_topk(load_truth(site.dataset), users, K, exclude=exclude, available_only=False)
+    truth = true_topk(planted, users, K, exclude=exclude, available_only=False)
+    return truth, _references(planted, users, exclude, truth)
+
+
+def _references(
+    planted: SynthTruth, users: np.ndarray, exclude: list[np.ndarray], truth: np.ndarray
+) -> dict[str, float]:
+    """Planted-truth recall@10 of top 10s scored by parts of the planted model, over the
+    same items as the truth (``exclude``: 0-based, per user): the item term ``b_i`` alone
+    (the best non-personal list), each user's segment centroid (the best a model that knows
+    only the profile's segment could do: gender x age band x region), and the user's own
+    taste at the start of the span (all of it but the drift)."""
+    v_t = np.ascontiguousarray(planted.item_factors.T)
+    bias = np.asarray(planted.item_bias, np.float32)
+    tastes = {
+        "item_term_only": np.zeros((len(users), v_t.shape[0]), np.float32),
+        "segment_centroid": planted.segment_centroids[planted.user_segment[users]],
+        "taste_at_start": planted.user_taste_start[users],
+    }
+    out = {}
+    for name, taste in tastes.items():
+        scores = taste @ v_t + bias
+        for row, items in enumerate(exclude):
+            scores[row, items] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        out[name] = _overlap(top, truth)
+    return out
 
 
 # -- one run's lists and figures ----------------------------------------------------------------
@@ -723,6 +760,8 @@ def _rows(
     base = Base(first, load_data(first), windows)
     plan = _plan(site, base)
     print(f"{site.name}: {json.dumps(plan.describe())}", flush=True)
+    if plan.references:
+        print(f"planted-truth recall@10 of the references: {plan.references}", flush=True)
     serve = load_serve_config(site.config)
     slots = serve.new_item_slots if args.new_item_slots is None else args.new_item_slots
     exploration = Exploration(slots, serve.new_item_days)
@@ -789,6 +828,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "site": site.info,
         "overrides": dict(args.set),
         "plan": plan.describe(),
+        "truth_references": plan.references,
         "new_item_slots": exploration.slots,
         "new_item_days": exploration.days,
         "seconds": round(time.perf_counter() - began, 1),

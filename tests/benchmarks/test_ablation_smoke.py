@@ -29,3 +29,8 @@ def test_the_availability_row_scores_the_baselines_models_again(tmp_path: Path) 
         assert {"recall", "ndcg", "itemcoverage", "truth_recall"} <= set(figures)
         assert all(0.0 <= v <= 1.0 for v in figures.values())
         assert base["summary"][name]["ndcg"]["mean"] == figures["ndcg"]
+    # the references scored from the planted model itself: its own taste finds more of the
+    # truth than the segment's, which finds more than the item term alone
+    refs = report["truth_references"]
+    assert set(refs) == {"item_term_only", "segment_centroid", "taste_at_start"}
+    assert refs["item_term_only"] < refs["segment_centroid"] < refs["taste_at_start"] <= 1.0
