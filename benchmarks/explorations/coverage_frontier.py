@@ -1,0 +1,121 @@
+"""What item coverage@10 costs on MovieLens-100k: the ranker's lists with a popularity
+penalty, NDCG@10 against coverage. An exploration for issue 20's goal (two-stage NDCG@10 at
+least 0.23 *with* coverage@10 at least 0.45), before building any coverage control into
+serving.
+
+For each seed, the shipped configuration is trained and its ranker fitted as the ablation
+does (:mod:`benchmarks.quality.ablation`, no bundle), and the test requests are made as
+``tailored evaluate`` makes them. Each request's candidates are then ordered by ``z(ranker
+score) - beta * z(item_count)`` (each standardised within the request; ``item_count`` is the
+ranker's own feature, log(1 + the item's known interactions before the request)), for each
+``beta``: 0 is the two-stage list as shipped.
+
+    python -m benchmarks.explorations.coverage_frontier --seeds 0 [--betas 0 0.1 0.2 0.3 0.5]
+
+JSON to ``benchmarks/results/coverage_frontier.json``: per seed and beta, NDCG@10, Recall@10
+and coverage@10, with retrieval alone beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._machine import machine
+from benchmarks._paths import RESULTS
+from benchmarks.quality.ablation import Base, SeedModels, _movielens, _plan
+from tailored.bundle.evaluate import rerank
+from tailored.config import load_config
+from tailored.data.ranking_features import DENSE_FEATURES
+from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.paths import write_json_atomic
+from tailored.train.metrics import aggregate_metrics
+from tailored.train.ranker.data import build_requests, exact_retriever
+from tailored.train.ranker.fit import run_user_embeddings
+from tailored.train.ranker.task import task_logits
+from tailored.train.runs import load_data
+from tailored.train.threads import torch_threads
+
+__all__ = ["main"]
+
+OUT = RESULTS / "coverage_frontier.json"
+K = 10
+
+
+def _standard(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-9)
+
+
+@torch.no_grad()
+def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
+    site = _movielens()
+    cfg = load_config(site.config, overrides={**site.overrides, "train.seed": seed})
+    data = load_data(cfg)
+    plan = _plan(site, Base(cfg, data, False))
+    fitted = SeedModels(work).fit(cfg, data)
+    run, r = fitted.towers.run, cfg.ranker
+    with torch_threads(cfg.train.threads):
+        item_emb = run.model.all_item_embeddings().float().numpy()
+        user_emb = run_user_embeddings(run, plan.users, (TRAIN, VALID))
+        req = build_requests(
+            data,
+            plan.users,
+            user_emb,
+            exact_retriever(item_emb),
+            item_emb=item_emb,
+            history_splits=(TRAIN, VALID),
+            target=TEST,
+            n_candidates=max(r.candidates, K),
+            ease_items=r.ease_items,
+            ease_l2=r.ease_l2,
+        )
+        logits = np.concatenate(
+            [
+                task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy()
+                for b in req.batches(256)
+            ]
+        )
+    pop = data.item_popularity((TRAIN,))[1:]
+
+    def figures(top: np.ndarray) -> dict[str, float]:
+        m = aggregate_metrics(top, plan.relevant, (K,), pop, data.n_items)
+        return {name: m[f"{name}@{K}"] for name in ("ndcg", "recall", "itemcoverage")}
+
+    count = req.dense[:, :, DENSE_FEATURES.index("item_count")]
+    order = -np.arange(req.candidates.shape[1], dtype=np.float32)
+    return {
+        "seed": seed,
+        "retrieval": figures(
+            rerank(np.broadcast_to(order, req.candidates.shape), req.candidates, K)
+        ),
+        "penalised": {
+            str(b): figures(rerank(_standard(logits) - b * _standard(count), req.candidates, K))
+            for b in betas
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.8])
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tailored-coverage-") as tmp:
+        runs = [_seed(s, args.betas, Path(tmp) / f"seed{s}") for s in args.seeds]
+    out = {"machine": machine(), "betas": args.betas, "runs": runs}
+    write_json_atomic(args.out, out)
+    for run in runs:
+        print(f"seed {run['seed']}: retrieval {run['retrieval']}")
+        for b, f in run["penalised"].items():
+            print(f"  beta {b}: {f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
