@@ -51,7 +51,6 @@ def _standard(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-9)
 
 
-@torch.no_grad()
 def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
     site = _movielens()
     cfg = load_config(site.config, overrides={**site.overrides, "train.seed": seed})
@@ -59,7 +58,8 @@ def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
     plan = _plan(site, Base(cfg, data, False))
     fitted = SeedModels(work).fit(cfg, data)
     run, r = fitted.towers.run, cfg.ranker
-    with torch_threads(cfg.train.threads):
+    # after the fit: Lightning leaves gradients on
+    with torch_threads(cfg.train.threads), torch.no_grad():
         item_emb = run.model.all_item_embeddings().float().numpy()
         user_emb = run_user_embeddings(run, plan.users, (TRAIN, VALID))
         req = build_requests(
