@@ -223,7 +223,9 @@ def test_the_per_user_gradient_is_the_gradient_of_the_users_whole_loss(
     assert float(loss) == pytest.approx(float(losses[u]), rel=1e-5)
     for name, p in loss_fn.named_parameters():
         expected = p.grad if p.grad is not None else torch.zeros_like(p)
-        torch.testing.assert_close(grads[name][u], expected, rtol=1e-4, atol=1e-6)
+        # float32 sums in another order (one user against the vmapped batch): a few elements
+        # of some tables differ by about 1e-6; a gradient leaking another user's would not
+        torch.testing.assert_close(grads[name][u], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_one_users_gradient_does_not_depend_on_the_other_users_in_the_step(
@@ -238,7 +240,8 @@ def test_one_users_gradient_does_not_depend_on_the_other_users_in_the_step(
     together, _ = per_unit_gradients(loss_fn, batch.unit_inputs(), (negatives,))
     alone, _ = per_unit_gradients(loss_fn, _one_user(batch, 0).unit_inputs(), (negatives,))
     for name, g in alone.items():
-        torch.testing.assert_close(g[0], together[name][0], rtol=1e-5, atol=1e-6)
+        # atol: float32 sums in another order (see above); another user's part would be larger
+        torch.testing.assert_close(g[0], together[name][0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
