@@ -245,3 +245,16 @@ def test_list_cuts_split_each_period_evenly_and_never_repeat_a_list() -> None:
     # one list per user: exactly the users, nothing moved
     rows, prefix = list_cuts(np.array([5, 1]), 1)
     assert rows.tolist() == [0, 1] and prefix.tolist() == [0, 0]
+
+
+def test_a_dense_feature_constant_in_training_is_centred_not_blown_up() -> None:
+    model = Ranker(_spec())
+    f = len(DENSE_FEATURES)
+    mean = torch.arange(f, dtype=torch.float32)
+    std = torch.full((f,), 2.0)
+    std[3] = 0.0  # constant over the training rows
+    std[5] = 1e-9
+    model.set_dense_stats(mean, std)
+    assert model.dense_std[3] == model.dense_std[5] == 1.0
+    assert model.dense_std[0] == 2.0
+    np.testing.assert_array_equal(model.dense_mean.numpy(), mean.numpy())
