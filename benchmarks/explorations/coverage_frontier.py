@@ -28,15 +28,13 @@ import torch
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.quality.ablation import Base, SeedModels, _movielens, _plan
+from benchmarks.quality.ablation import Base, SeedModels, _movielens, _plan, test_requests
 from tailored.bundle.evaluate import rerank
 from tailored.config import load_config
 from tailored.data.ranking_features import DENSE_FEATURES
-from tailored.data.splits import TEST, TRAIN, VALID
+from tailored.data.splits import TRAIN
 from tailored.paths import write_json_atomic
 from tailored.train.metrics import aggregate_metrics
-from tailored.train.ranker.data import build_requests, exact_retriever
-from tailored.train.ranker.fit import run_user_embeddings
 from tailored.train.ranker.task import task_logits
 from tailored.train.runs import load_data
 from tailored.train.threads import torch_threads
@@ -57,23 +55,9 @@ def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
     data = load_data(cfg)
     plan = _plan(site, Base(cfg, data, False))
     fitted = SeedModels(work).fit(cfg, data)
-    run, r = fitted.towers.run, cfg.ranker
     # after the fit: Lightning leaves gradients on
     with torch_threads(cfg.train.threads), torch.no_grad():
-        item_emb = run.model.all_item_embeddings().float().numpy()
-        user_emb = run_user_embeddings(run, plan.users, (TRAIN, VALID))
-        req = build_requests(
-            data,
-            plan.users,
-            user_emb,
-            exact_retriever(item_emb),
-            item_emb=item_emb,
-            history_splits=(TRAIN, VALID),
-            target=TEST,
-            n_candidates=max(r.candidates, K),
-            ease_items=r.ease_items,
-            ease_l2=r.ease_l2,
-        )
+        req, _, _ = test_requests(fitted, cfg.ranker, plan, None)
         logits = np.concatenate(
             [
                 task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy()

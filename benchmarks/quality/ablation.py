@@ -129,14 +129,14 @@ from tailored.data.synth import generate_synthetic
 from tailored.data.synth_truth import SynthTruth, load_truth, true_topk
 from tailored.errors import ConfigError
 from tailored.train.metrics import Csr, aggregate_metrics, per_user_metrics
-from tailored.train.ranker.data import Retriever, build_requests, exact_retriever
+from tailored.train.ranker.data import Requests, Retriever, build_requests, exact_retriever
 from tailored.train.ranker.fit import fit_ranker, run_user_embeddings
 from tailored.train.ranker.task import RankerTables, RankerTrainResult, task_logits
 from tailored.train.runs import LoadedRun, load_data, load_run
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.fit import train
 
-__all__ = ["CHANGES", "Change", "main"]
+__all__ = ["CHANGES", "Change", "main", "test_requests"]
 
 K = 10
 _DAY = 86_400
@@ -536,17 +536,12 @@ class Exploration:
         return out
 
 
-@torch.no_grad()
-def _lists(
-    fitted: Fitted,
-    r: RankerConfig,
-    plan: Plan,
-    windows: ItemWindows | None,
-    exploration: Exploration,
-) -> dict[str, np.ndarray]:
-    """The two-stage and retrieval top 10 of ``plan.users`` (0-based, int64 [U, 10]) from
-    the test requests of ``fitted``'s run, ``r`` the row's ranker settings; with
-    ``windows``, served as a server serves at each request's time (see the module doc)."""
+def test_requests(
+    fitted: Fitted, r: RankerConfig, plan: Plan, windows: ItemWindows | None
+) -> tuple[Requests, np.ndarray, np.ndarray]:
+    """The test requests of ``plan.users`` from ``fitted``'s run as ``tailored evaluate``
+    makes them (``r`` the row's ranker settings; with ``windows``, retrieval skips the items
+    closed at each request's time), with the user [U, D] and item [N + 1, D] embeddings."""
     run = fitted.towers.run
     data = run.data
     item_emb = run.model.all_item_embeddings().float().numpy()
@@ -571,6 +566,22 @@ def _lists(
     # _open_only counts on being asked for the requests in order; check that it was
     if any(np.isin(c, shut).any() for c, shut in zip(req.candidates, closed, strict=False)):
         raise RuntimeError("a request's candidates hold an item closed at its time")
+    return req, user_emb, item_emb
+
+
+@torch.no_grad()
+def _lists(
+    fitted: Fitted,
+    r: RankerConfig,
+    plan: Plan,
+    windows: ItemWindows | None,
+    exploration: Exploration,
+) -> dict[str, np.ndarray]:
+    """The two-stage and retrieval top 10 of ``plan.users`` (0-based, int64 [U, 10]) from
+    the test requests of ``fitted``'s run, ``r`` the row's ranker settings; with
+    ``windows``, served as a server serves at each request's time (see the module doc)."""
+    data = fitted.towers.run.data
+    req, user_emb, item_emb = test_requests(fitted, r, plan, windows)
     ranked = [
         rerank(task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy(), b.candidates, K)
         for b in req.batches(256)
@@ -581,6 +592,7 @@ def _lists(
         "retrieval": rerank(np.broadcast_to(order, req.candidates.shape), req.candidates, K),
     }
     if windows is not None and exploration.slots > 0:
+        now = _first_test_times(data, plan.users)
         seen = data.per_user((TRAIN, VALID))
         mine = [seen[u] for u in plan.users]
         for name, top in out.items():
