@@ -215,7 +215,7 @@ def embed_items(
             "multi": items.multi,
             "num": items.numeric,
         },
-        {"emb": model.user_tower.skip.out_features, "hist": tower.input_proj.out_features},
+        {"emb": model.user_tower.out_dim, "hist": tower.input_dim},
     )
     out = _predict(module, n, batch_size, work, devices=devices, progress_bar=progress_bar)
     return EmbeddedItems(out["emb"], out["hist"])
@@ -239,7 +239,7 @@ def embed_users(
         model.eval(),
         {k: np.ascontiguousarray(v) for k, v in inputs.items()},
         np.ascontiguousarray(history_table, np.float32),
-        model.user_tower.skip.out_features,
+        model.user_tower.out_dim,
     )
     out = _predict(
         module,

@@ -183,9 +183,15 @@ class ModelConfig:
     # their random initial values) are set to the new-item vector, so that such an item is
     # embedded from its metadata, like a new item, rather than from noise
     reset_untrained_ids: bool = True
+    # pairs of towers trained side by side, each from its own initial weights and with its own
+    # loss; a user and an item are embedded as the concatenation of every pair's vectors, so
+    # one inner product (one index search) sums the pairs' scores: an averaged ensemble.
+    # Embeddings are ``ensemble`` times wider (dim each), training about as many times slower
+    ensemble: int = 1
 
     def validate(self) -> None:
         for name in (
+            "ensemble",
             "dim",
             "id_dim",
             "feature_dim",
@@ -605,6 +611,10 @@ class Config:
         self.index.validate()
         self.segments.validate()
         self.privacy.validate()
+        if self.privacy.dp and self.model.ensemble > 1:
+            raise ConfigError(
+                "[privacy] dp: DP training trains one pair of towers ([model] ensemble = 1)"
+            )
         if self.privacy.dp and self.train.devices * self.train.num_nodes > 1:
             raise ConfigError(
                 "[privacy] dp: DP training runs on one device ([train] devices = num_nodes = 1)"

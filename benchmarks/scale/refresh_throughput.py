@@ -65,7 +65,7 @@ def _bare(model: TwoTower, ids: np.ndarray, items: FeatureTable, batch: int) -> 
     inputs = [
         torch.from_numpy(a).to(device) for a in (ids, items.categorical, items.multi, items.numeric)
     ]
-    out = torch.empty((len(ids), model.user_tower.skip.out_features), device=device)
+    out = torch.empty((len(ids), model.user_tower.out_dim), device=device)
     with autocast:
         for i in range(0, len(ids), batch):
             out[i : i + batch] = model.item_tower(*(x[i : i + batch] for x in inputs)).float()

@@ -44,12 +44,13 @@ RANKER = {
 def built(
     movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path, BuildResult]:
-    """A copy of the dataset (the refresh test adds an item to it), a run, its bundle (built
-    through valid, to be evaluated on test)."""
+    """A copy of the dataset (the refresh test adds an item to it), a run of two pairs of
+    towers (``[model] ensemble``: export, refresh and serving see the wider vectors), its
+    bundle (built through valid, to be evaluated on test)."""
     base = tmp_path_factory.mktemp("bundle")
     dataset = base / "movielens-100k"
     shutil.copytree(movielens_dir, dataset)
-    small = small_config(dataset, train={"max_epochs": 2}).to_dict()
+    small = small_config(dataset, train={"max_epochs": 2}, model={"ensemble": 2}).to_dict()
     cfg = load_config(values={**small, "ranker": RANKER, "index": {"recall_queries": 100}})
     run = base / "run"
     train(cfg, out=run)

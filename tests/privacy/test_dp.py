@@ -270,6 +270,11 @@ def test_dp_on_several_devices_is_refused(dp_site: Path) -> None:
         _config(dp_site, train={"devices": 2}, privacy=DP)
 
 
+def test_dp_with_an_ensemble_of_towers_is_refused(dp_site: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[privacy\] dp: .*\[model\] ensemble = 1"):
+        _config(dp_site, model={"ensemble": 2}, privacy=DP)
+
+
 def test_with_dp_off_the_privacy_settings_change_nothing(dp_site: Path, tmp_path: Path) -> None:
     plain = train(_config(dp_site), out=tmp_path / "plain")
     other = {k: v for k, v in DP.items() if k != "dp"}

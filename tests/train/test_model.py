@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tailored.train.two_tower.model import TowerSpec, TwoTower
+from tailored.train.two_tower.model import ItemTowers, TowerSpec, TwoTower, UserTowers
 
 SPEC = TowerSpec(
     n_items=20,
@@ -116,3 +116,55 @@ def test_a_causal_history_encodes_every_prefix_in_one_pass(encoder: str) -> None
     # no history at all is still a finite unit vector
     empty = model.user_embeddings(**_users(torch.zeros(1, 5, dtype=torch.long)))
     assert torch.isfinite(empty).all() and torch.allclose(empty.norm(), torch.tensor(1.0))
+
+
+def test_an_ensemble_embeds_as_its_pairs_side_by_side() -> None:
+    base = _model("gru")
+    torch.manual_seed(0)
+    model = TwoTower(
+        SPEC,
+        base.item_cat,
+        base.item_multi,
+        base.item_num,
+        dim=16,
+        id_dim=16,
+        feature_dim=4,
+        hidden=32,
+        encoder="gru",
+        history_length=5,
+        user_id_buckets=8,
+        ensemble=3,
+    ).eval()
+    assert model.blocks == [16, 16, 16]
+    items = model.item_embeddings(torch.arange(1, 21))
+    hist = torch.tensor([[0, 0, 3, 4, 5], [0, 0, 0, 0, 9]])
+    users = model.user_embeddings(**_users(hist))
+    assert items.shape == (20, 48) and users.shape == (2, 48)
+    # each pair's unit vector divided by sqrt(3): the whole a unit vector again
+    for block in (*items.split(16, -1), *users.split(16, -1)):
+        assert torch.allclose(block.norm(dim=-1), torch.full((len(block),), 3**-0.5), atol=1e-5)
+    assert torch.allclose(users.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # block k is pair k's own embedding, so one inner product averages the pairs' scores
+    inputs = _users(hist)
+    member_scores = []
+    assert isinstance(model.item_tower, ItemTowers) and isinstance(model.user_tower, UserTowers)
+    pairs = list(zip(model.item_tower.towers(), model.user_tower.towers(), strict=True))
+    for k, (it, ut) in enumerate(pairs):
+        ids = torch.arange(1, 21)
+        own = it(ids, model.item_cat[ids], model.item_multi[ids], model.item_num[ids])
+        assert torch.allclose(items[:, 16 * k : 16 * (k + 1)], own * 3**-0.5, atol=1e-6)
+        h = it.inputs(hist, model.item_cat[hist], model.item_multi[hist], model.item_num[hist])
+        u = ut(*(inputs[n] for n in ("user_hash", "user_cat", "user_num", "context")), h, hist > 0)
+        assert torch.allclose(users[:, 16 * k : 16 * (k + 1)], u * 3**-0.5, atol=1e-6)
+        member_scores.append(u @ own.T)
+    assert torch.allclose(users @ items.T, sum(member_scores) / 3, atol=1e-5)
+    # the pairs start from their own weights
+    a, b = (it.id_embedding.weight for it, _ in pairs[:2])
+    assert not torch.allclose(a, b)
+    # one pair keeps the weights' names of a model without ensembles (older runs load)
+    single = set(_model("gru").state_dict())
+    assert {"item_tower.id_embedding.weight", "user_tower.skip.weight"} <= single
+    assert not any(".members." in k for k in single)
+    assert {k.replace(".members.2.", ".") for k in model.state_dict() if ".members.2." in k} == {
+        k for k in single if k.startswith(("item_tower.", "user_tower."))
+    }

@@ -86,7 +86,7 @@ def run_user_embeddings(
         hist = UserHistory.of(data, (*history_splits, prefix_split))
         known = np.bincount(data.user[np.isin(data.split, history_splits)], minlength=data.n_users)
         counts = known[users] + np.asarray(prefix, np.int64)
-    out = [np.zeros((0, m.dim), np.float32)]
+    out = [np.zeros((0, run.model.user_tower.out_dim), np.float32)]
     for start in range(0, len(users), batch):
         u = users[start : start + batch]
         window = hist.last(

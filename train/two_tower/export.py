@@ -67,7 +67,7 @@ def history_table(model: TwoTower, chunk: int = 65536) -> np.ndarray:
 def user_tower_example(model: TwoTower, history_length: int, batch: int = 2) -> tuple[Tensor, ...]:
     """Inputs of the right shapes and dtypes for tracing (random history vectors)."""
     spec, length = model.spec, history_length
-    d = model.item_tower.id_embedding.embedding_dim
+    d = model.item_tower.input_dim
     g = torch.Generator().manual_seed(0)
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[0, : length // 2] = False

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 __all__ = [
     "FeatureBlock",
     "ItemTower",
+    "ItemTowers",
     "TowerSpec",
     "TwoTower",
     "UserTower",
+    "UserTowers",
     "build_model",
     "tower_spec",
 ]
@@ -120,6 +122,8 @@ class ItemTower(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
+        self.input_dim = id_dim  # width of inputs(): what histories are made of
+        self.out_dim = dim
         self.id_embedding = nn.Embedding(spec.n_items + 1, id_dim, padding_idx=0)
         self.features = FeatureBlock(
             spec.item_categorical, spec.item_multi, spec.item_numeric, feature_dim
@@ -298,6 +302,7 @@ class UserTower(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
+        self.out_dim = dim
         self.id_embedding = (
             nn.Embedding(id_buckets + 1, feature_dim, padding_idx=0) if id_buckets else None
         )
@@ -310,6 +315,11 @@ class UserTower(nn.Module):
         d_in += feature_dim if id_buckets else 0
         self.mlp = _mlp(d_in, hidden, dim, dropout)
         self.skip = nn.Linear(id_dim, dim, bias=False)
+
+    @property
+    def causal(self) -> bool:
+        """Whether the history encoder reads causally (:meth:`forward_all` works)."""
+        return self.sequence.causal
 
     def forward(
         self,
@@ -366,6 +376,109 @@ class UserTower(nn.Module):
         return F.normalize(self.mlp(x) + self.skip(seq), dim=-1)
 
 
+class ItemTowers(nn.Module):
+    """``[model] ensemble`` item towers side by side, used as one :class:`ItemTower`: the
+    inputs are the members' inputs concatenated ([*, sum of id_dim]), the embedding their
+    L2-normalised embeddings concatenated and divided by sqrt(members) ([*, sum of dim]),
+    a unit vector again, whose inner product with a :class:`UserTowers` embedding is the
+    members' scores averaged."""
+
+    def __init__(self, members: list[ItemTower]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.input_dims = [m.input_dim for m in members]
+        self.blocks = [m.out_dim for m in members]
+        self.input_dim = sum(self.input_dims)
+        self.out_dim = sum(self.blocks)
+        self.scale = len(members) ** -0.5
+
+    def towers(self) -> list[ItemTower]:
+        """The members, typed."""
+        return [m for m in self.members if isinstance(m, ItemTower)]
+
+    def treat_as_new(self, rows: Tensor) -> None:
+        for m in self.towers():
+            m.treat_as_new(rows)
+
+    def inputs(self, ids: Tensor, cat: Tensor, multi: Tensor, num: Tensor) -> Tensor:
+        return torch.cat([m.inputs(ids, cat, multi, num) for m in self.towers()], dim=-1)
+
+    def output(self, x: Tensor) -> Tensor:
+        parts = x.split(self.input_dims, dim=-1)
+        out = [m.output(p) for m, p in zip(self.towers(), parts, strict=True)]
+        return torch.cat(out, dim=-1) * self.scale
+
+    def forward(self, ids: Tensor, cat: Tensor, multi: Tensor, num: Tensor) -> Tensor:
+        return self.output(self.inputs(ids, cat, multi, num))
+
+    def reset_ids(self, untrained: Tensor) -> int:
+        return max(m.reset_ids(untrained) for m in self.towers())
+
+
+class UserTowers(nn.Module):
+    """The user towers matching :class:`ItemTowers`, used as one :class:`UserTower`: each
+    member reads its own slice of the history's item inputs; the embedding is theirs
+    concatenated, divided by sqrt(members)."""
+
+    def __init__(self, members: list[UserTower], input_dims: list[int]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.input_dims = input_dims
+        self.blocks = [m.out_dim for m in members]
+        self.out_dim = sum(self.blocks)
+        self.scale = len(members) ** -0.5
+
+    def towers(self) -> list[UserTower]:
+        """The members, typed."""
+        return [m for m in self.members if isinstance(m, UserTower)]
+
+    @property
+    def causal(self) -> bool:
+        return all(m.causal for m in self.towers())
+
+    def forward(
+        self,
+        user_hash: Tensor,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        history: Tensor,
+        history_mask: Tensor,
+    ) -> Tensor:
+        parts = history.split(self.input_dims, dim=-1)
+        return (
+            torch.cat(
+                [
+                    m(user_hash, user_cat, user_num, context, h, history_mask)
+                    for m, h in zip(self.towers(), parts, strict=True)
+                ],
+                dim=-1,
+            )
+            * self.scale
+        )
+
+    def forward_all(
+        self,
+        user_hash: Tensor,
+        user_cat: Tensor,
+        user_num: Tensor,
+        context: Tensor,
+        sequence: Tensor,
+        sequence_mask: Tensor,
+    ) -> Tensor:
+        parts = sequence.split(self.input_dims, dim=-1)
+        return (
+            torch.cat(
+                [
+                    m.forward_all(user_hash, user_cat, user_num, context, h, sequence_mask)
+                    for m, h in zip(self.towers(), parts, strict=True)
+                ],
+                dim=-1,
+            )
+            * self.scale
+        )
+
+
 class TwoTower(nn.Module):
     """Both towers and the item metadata they read (buffers, so they move with the model).
 
@@ -395,29 +508,48 @@ class TwoTower(nn.Module):
         heads: int = 2,
         user_id_buckets: int = 0,
         causal_history: bool = False,
+        ensemble: int = 1,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.register_buffer("item_cat", item_cat)
         self.register_buffer("item_multi", item_multi)
         self.register_buffer("item_num", item_num)
-        self.item_tower = ItemTower(
-            spec, id_dim=id_dim, feature_dim=feature_dim, hidden=hidden, dim=dim, dropout=dropout
+        items = [
+            ItemTower(
+                spec,
+                id_dim=id_dim,
+                feature_dim=feature_dim,
+                hidden=hidden,
+                dim=dim,
+                dropout=dropout,
+            )
+            for _ in range(ensemble)
+        ]
+        users = [
+            UserTower(
+                spec,
+                id_buckets=user_id_buckets,
+                id_dim=id_dim,
+                feature_dim=feature_dim,
+                hidden=hidden,
+                dim=dim,
+                dropout=dropout,
+                encoder=encoder,
+                history_length=history_length,
+                layers=layers,
+                heads=heads,
+                causal=causal_history,
+            )
+            for _ in range(ensemble)
+        ]
+        # one pair: the towers themselves (the weights' names as before ensembles existed)
+        self.item_tower: ItemTower | ItemTowers = items[0] if ensemble == 1 else ItemTowers(items)
+        self.user_tower: UserTower | UserTowers = (
+            users[0] if ensemble == 1 else UserTowers(users, [id_dim] * ensemble)
         )
-        self.user_tower = UserTower(
-            spec,
-            id_buckets=user_id_buckets,
-            id_dim=id_dim,
-            feature_dim=feature_dim,
-            hidden=hidden,
-            dim=dim,
-            dropout=dropout,
-            encoder=encoder,
-            history_length=history_length,
-            layers=layers,
-            heads=heads,
-            causal=causal_history,
-        )
+        # the embedding's blocks, one per pair of towers, each trained with its own loss
+        self.blocks = [dim] * ensemble
 
     def item_inputs(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:
         """Items [*] (1-based) -> item tower inputs [*, id_dim]; with ``id_dropout`` some ids
@@ -492,7 +624,7 @@ class TwoTower(nn.Module):
         ``t`` equals :meth:`user_embeddings` of the history ``sequence[:, :t + 1]``.
         ``context`` [S, L, K] is the request context at each position. Needs
         ``causal_history``."""
-        if not self.user_tower.sequence.causal:
+        if not self.user_tower.causal:
             raise ValueError("sequence_user_embeddings needs a model built with causal_history")
         mask = sequence > 0
         h = self.item_inputs(sequence)
@@ -538,4 +670,5 @@ def build_model(
         heads=m.encoder_heads,
         user_id_buckets=m.user_id_buckets,
         causal_history=m.causal_history,
+        ensemble=m.ensemble,
     )
