@@ -183,10 +183,11 @@ class ModelConfig:
     # their random initial values) are set to the new-item vector, so that such an item is
     # embedded from its metadata, like a new item, rather than from noise
     reset_untrained_ids: bool = True
-    # pairs of towers trained side by side, each from its own initial weights and with its own
-    # loss; a user and an item are embedded as the concatenation of every pair's vectors, so
-    # one inner product (one index search) sums the pairs' scores: an averaged ensemble.
-    # Embeddings are ``ensemble`` times wider (dim each), training about as many times slower
+    # pairs of towers, each trained as a run of its own ([train] seed + k: its own initial
+    # weights, batches and early stopping), then put side by side: a user and an item are
+    # embedded as every pair's vectors concatenated (over sqrt(ensemble)), so one inner product
+    # (one index search) averages the pairs' scores. Embeddings ``ensemble`` times wider (dim
+    # each), training as many times longer
     ensemble: int = 1
 
     def validate(self) -> None:

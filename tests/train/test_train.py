@@ -171,3 +171,28 @@ def test_a_run_whose_output_is_no_terminal_logs_lines_without_bars_or_tips(
     assert "epoch 0, batch 1/" in run.stderr and "examples/s" in run.stderr
     assert "\r" not in run.stderr  # no progress bar redrawn in a log
     assert "Tip:" not in run.stderr and "litlogger" not in run.stderr
+
+
+def test_an_ensemble_puts_runs_of_its_own_side_by_side(
+    small_run: tuple[Path, RunResult], movielens_dir: Path, tmp_path: Path
+) -> None:
+    from tailored.train.runs import load_run
+
+    single_out, _ = small_run
+    result = train(small_config(movielens_dir, model={"ensemble": 2}), out=tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert [p["epochs"] for p in report["pairs"]] == [3, 3] and result.epochs == 6
+    for first, second in (("checkpoints", "best.ckpt"), ("logs", "metrics.csv")):
+        assert (tmp_path / first / second).is_file() and (
+            tmp_path / first / "pair1" / second
+        ).is_file()
+    # the first pair is the run without an ensemble (same seed); the second is another run
+    single, both = load_run(single_out).model, load_run(tmp_path).model
+    one = single.all_item_embeddings()
+    items = both.all_item_embeddings()
+    assert items.shape == (one.shape[0], 2 * one.shape[1])
+    torch.testing.assert_close(items[1:, : one.shape[1]] * 2**0.5, one[1:], atol=1e-5, rtol=0)
+    second = items[1:, one.shape[1] :] * 2**0.5
+    assert (second * one[1:]).sum(1).abs().mean() < 0.5  # not the first pair again
+    # the whole model's validation NDCG@10 is the one reported
+    assert result.best_valid_ndcg10 == report["valid"]["metrics"]["ndcg@10"]

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +30,14 @@ from tailored.train.quiet import quiet_lightning
 from tailored.train.runs import LoadedRun, load_data, save_model
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule
-from tailored.train.two_tower.model import TwoTower, build_model, tower_spec
+from tailored.train.two_tower.model import (
+    ItemTowers,
+    TowerSpec,
+    TwoTower,
+    UserTowers,
+    build_model,
+    tower_spec,
+)
 from tailored.train.two_tower.task import TwoTowerTask
 
 if TYPE_CHECKING:  # imported where DP is on: Opacus is not needed otherwise
@@ -91,10 +98,12 @@ class ThroughputMeter(pl.Callback):
         return self.samples / self.seconds if self.seconds else 0.0
 
 
-def _logger(cfg: Config, out: Path) -> Logger:
+def _logger(cfg: Config, out: Path, pair: int = 0) -> Logger:
+    """The run's log in ``out/logs`` (pair k > 0 of an ensemble: ``out/logs/pair<k>``)."""
+    version = f"pair{pair}" if pair else ""
     if cfg.train.logger == "tensorboard":
-        return TensorBoardLogger(save_dir=out, name="logs", version="")
-    return CSVLogger(save_dir=out, name="logs", version="")
+        return TensorBoardLogger(save_dir=out, name="logs", version=version)
+    return CSVLogger(save_dir=out, name="logs", version=version)
 
 
 class ProgressLines(pl.Callback):
@@ -186,16 +195,87 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
         )
     spec = tower_spec(data)
     m = cfg.model
-    model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
-    dp = cfg.privacy.dp  # user-level DP-SGD (tailored.train.two_tower.private)
     # items without a training positive: their id vectors would stay at random initial values
     # (under DP not done: which items have a positive is a fact about the users)
     untrained = torch.from_numpy(data.item_popularity((TRAIN,)) == 0)
-    reset = m.reset_untrained_ids and not dp
-    if reset:
+    reset = m.reset_untrained_ids and not cfg.privacy.dp
+    quiet_lightning()
+    # [model] ensemble: each pair of towers is a run of its own (its seed, initial weights,
+    # batches, early stopping), written side by side into one model afterwards
+    pairs = [
+        _fit_pair(cfg, data, spec, out, ranks, k, untrained if reset else None)
+        for k in range(m.ensemble)
+    ]
+    model = pairs[0].model if len(pairs) == 1 else _side_by_side(cfg, data, spec, pairs)
+    first = pairs[0].trainer
+    epochs = sum(p.epochs for p in pairs)
+    seconds = sum(p.meter.seconds for p in pairs)
+    speed = sum(p.meter.samples_per_second for p in pairs) / len(pairs)
+    if first.is_global_zero:
+        save_model(out, cfg, spec, data, model)
+    report = _write_metrics(
+        out,
+        cfg,
+        model,
+        data,
+        pairs,
+        samples_per_second=speed,
+        seconds=seconds,
+        threads=threads,
+        ranks=ranks,
+    )
+    best = float(report["best_valid_ndcg@10"])
+    if first.is_global_zero:
+        _log.info(
+            "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)", best, epochs, speed
+        )
+    return RunResult(
+        out=out,
+        best_valid_ndcg10=best,
+        epochs=epochs,
+        samples_per_second=speed,
+        train_seconds=seconds,
+        threads=threads,
+        val_checks_per_epoch=pairs[0].val_checks,
+    )
+
+
+@dataclass
+class _Pair:
+    """One pair of towers trained: its model (the kept weights), how training went."""
+
+    model: TwoTower
+    trainer: pl.Trainer
+    best: float
+    epochs: int
+    meter: ThroughputMeter
+    val_checks: int
+    privacy: dict[str, Any] | None
+
+
+def _fit_pair(
+    cfg: Config,
+    data: Interactions,
+    spec: TowerSpec,
+    out: Path,
+    ranks: Ranks,
+    k: int,
+    untrained: torch.Tensor | None,
+) -> _Pair:
+    """Train pair ``k`` of ``[model] ensemble`` (0: the only one, where there is one): seeded
+    ``[train] seed + k`` (pair 0 as a run without an ensemble), checkpoints in
+    ``out/checkpoints`` (pair k > 0: its ``pair<k>`` folder); items ``untrained`` (bool
+    [N+1], or None) embedded from their metadata afterwards."""
+    if k:
+        pl.seed_everything(cfg.train.seed + k, workers=True, verbose=False)
+        _log.info("training pair %d of %d of towers", k + 1, cfg.model.ensemble)
+    m = replace(cfg.model, ensemble=1)
+    model = build_model(spec, m, data.items.categorical, data.items.multi, data.items.numeric)
+    dp = cfg.privacy.dp  # user-level DP-SGD (tailored.train.two_tower.private)
+    if untrained is not None:
         model.item_tower.treat_as_new(untrained)
     ckpt = ModelCheckpoint(
-        dirpath=out / "checkpoints",
+        dirpath=out / "checkpoints" / (f"pair{k}" if k else ""),
         filename="best",
         monitor=None if dp else _MONITOR,  # DP keeps the last weights, not the best on valid
         mode="max",
@@ -206,7 +286,6 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
     callbacks: list[pl.Callback] = [ckpt, meter]
     if not _terminal():
         callbacks.append(ProgressLines(cfg.train.progress_seconds, meter))
-    quiet_lightning()
     private = _private(cfg, model, data) if dp else None
     dm = private[1] if private is not None else _data_module(cfg, data, ranks)
     t = cfg.train
@@ -214,9 +293,9 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
         checks = t.val_checks_per_epoch or 1
     else:
         checks = val_checks_per_epoch(t.val_checks_per_epoch, *_epoch_size(dm))
-        if checks > 1:
+        if checks > 1 and not k:
             _log.info("validating %d times an epoch (patience counts validations)", checks)
-    if t.scaled_lr != t.lr:
+    if t.scaled_lr != t.lr and not k:
         _log.info(
             "learning rate %g: %g scaled %s from a batch of %d to %d",
             t.scaled_lr,
@@ -225,7 +304,7 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
             t.lr_reference_batch,
             t.global_batch,
         )
-    trainer = _trainer(cfg, out, callbacks, early_stopping=not dp, val_checks=checks)
+    trainer = _trainer(cfg, out, callbacks, early_stopping=not dp, val_checks=checks, pair=k)
     try:
         if private is not None:
             trainer.fit(private[0], datamodule=dm)
@@ -236,7 +315,6 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
             f"training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
             f"{trainer.global_step}: no model was written to {out} (run it again)"
         ) from e
-    epochs = trainer.current_epoch
     best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan")
     privacy = None
     if private is not None:
@@ -250,27 +328,23 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
         keep_final(model, private[0].model)
     else:  # rank 0 reads the checkpoint; every rank needs it for the final evaluation
         if ranks.rank == 0:
-            _keep_best(model, ckpt.best_model_path, untrained if reset else None)
+            _keep_best(model, ckpt.best_model_path, untrained)
         ranks.broadcast_weights(model)
-    if trainer.is_global_zero:
-        save_model(out, cfg, spec, data, model)
-    _write_metrics(out, cfg, model, data, best, epochs, meter, privacy, threads, checks, ranks)
-    if trainer.is_global_zero:
-        _log.info(
-            "best validation ndcg@10 %.4f after %d epochs (%.0f samples/s)",
-            best,
-            epochs,
-            meter.samples_per_second,
-        )
-    return RunResult(
-        out=out,
-        best_valid_ndcg10=best,
-        epochs=epochs,
-        samples_per_second=meter.samples_per_second,
-        train_seconds=meter.seconds,
-        threads=threads,
-        val_checks_per_epoch=checks,
+    return _Pair(model, trainer, best, trainer.current_epoch, meter, checks, privacy)
+
+
+def _side_by_side(cfg: Config, data: Interactions, spec: TowerSpec, pairs: list[_Pair]) -> TwoTower:
+    """One model of ``[model] ensemble`` pairs holding each trained pair's weights."""
+    model = build_model(
+        spec, cfg.model, data.items.categorical, data.items.multi, data.items.numeric
     )
+    items, users = model.item_tower, model.user_tower
+    if not isinstance(items, ItemTowers) or not isinstance(users, UserTowers):
+        raise TypeError("an ensemble model holds ItemTowers and UserTowers")
+    for it, ut, pair in zip(items.towers(), users.towers(), pairs, strict=True):
+        it.load_state_dict(pair.model.item_tower.state_dict())
+        ut.load_state_dict(pair.model.user_tower.state_dict())
+    return model.to(pairs[0].model.item_cat.device)
 
 
 def _terminal() -> bool:
@@ -355,6 +429,7 @@ def _trainer(
     *,
     early_stopping: bool = True,
     val_checks: int = 1,
+    pair: int = 0,
 ) -> pl.Trainer:
     """Lightning's Trainer as ``[train]`` configures it: early stopping on validation
     ndcg@10 (not under DP), EMA weights if asked, bf16 on CUDA, DDP on several devices;
@@ -383,7 +458,7 @@ def _trainer(
         # keeps Lightning's checks at the epoch's end
         val_check_interval=1.0 if val_checks == 1 else 1.0 / val_checks,
         callbacks=callbacks,
-        logger=_logger(cfg, out),
+        logger=_logger(cfg, out, pair),
         enable_progress_bar=t.progress_bar and _terminal(),
         enable_model_summary=False,
         use_distributed_sampler=False,  # the data module shards (see its loaders)
@@ -427,33 +502,35 @@ def _write_metrics(
     cfg: Config,
     model: TwoTower,
     data: Interactions,
-    best: float,
-    epochs: int,
-    meter: ThroughputMeter,
-    privacy: dict[str, Any] | None = None,
+    pairs: list[_Pair],
+    *,
+    samples_per_second: float,
+    seconds: float,
     threads: int = 0,
-    val_checks: int = 1,
     ranks: Ranks | None = None,
-) -> None:
-    """``metrics.json``: the kept checkpoint on valid and test (full ranking, on at most
+) -> dict[str, Any]:
+    """``metrics.json``, returned: the kept model on valid and test (full ranking, on at most
     ``[train] final_eval_users`` sampled users), beside the popularity baseline, and how
     training went (its torch threads, validations an epoch); under DP, ``privacy``: epsilon
-    spent at delta and how (DPPlan.report). Under DDP every rank evaluates its own users
-    and rank 0 writes the file."""
+    spent at delta and how (DPPlan.report). With an ensemble, each pair's best validation
+    and epochs, and ``best_valid_ndcg@10`` is the whole model's on the final report's users.
+    Under DDP every rank evaluates its own users and rank 0 writes the file."""
     from tailored.train.evaluate import evaluate
 
     model.eval()
     run = LoadedRun(cfg, model, data)
     report: dict[str, Any] = {
-        "best_valid_ndcg@10": best,
-        "epochs": epochs,
-        "samples_per_second": meter.samples_per_second,
-        "train_seconds": meter.seconds,
+        "best_valid_ndcg@10": pairs[0].best,
+        "epochs": sum(p.epochs for p in pairs),
+        "samples_per_second": samples_per_second,
+        "train_seconds": seconds,
         "threads": threads,
-        "val_checks_per_epoch": val_checks,
+        "val_checks_per_epoch": pairs[0].val_checks,
     }
-    if privacy is not None:
-        report["privacy"] = privacy
+    if pairs[0].privacy is not None:
+        report["privacy"] = pairs[0].privacy
+    if len(pairs) > 1:
+        report["pairs"] = [{"best_valid_ndcg@10": p.best, "epochs": p.epochs} for p in pairs]
     for split in ("valid", "test"):
         r = evaluate(
             run,
@@ -468,5 +545,8 @@ def _write_metrics(
             "metrics": r["metrics"],
             "popularity": r["popularity"],
         }
+    if len(pairs) > 1:
+        report["best_valid_ndcg@10"] = float(report["valid"]["metrics"]["ndcg@10"])
     if ranks is None or ranks.rank == 0:
         write_json_atomic(out / "metrics.json", report)
+    return report

@@ -548,7 +548,8 @@ class TwoTower(nn.Module):
         self.user_tower: UserTower | UserTowers = (
             users[0] if ensemble == 1 else UserTowers(users, [id_dim] * ensemble)
         )
-        # the embedding's blocks, one per pair of towers, each trained with its own loss
+        # the embedding's blocks, one per pair of towers (each trained as a run of its own:
+        # tailored.train.two_tower.fit)
         self.blocks = [dim] * ensemble
 
     def item_inputs(self, items: Tensor, id_dropout: float = 0.0) -> Tensor:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tailored.config import LossConfig
@@ -113,6 +112,11 @@ class TwoTowerTask(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if len(model.blocks) > 1:
+            raise TailoredError(
+                "a task trains one pair of towers; an ensemble's pairs are trained one by one "
+                "(tailored.train.two_tower.fit) and put side by side"
+            )
         self.model = model
         # [train] compile: compiled views of the towers' training passes (in a tuple, so that
         # the modules are not registered twice)
@@ -207,39 +211,19 @@ class TwoTowerTask(pl.LightningModule):
         and the uniform ones if any), from the items' tower inputs."""
         output = self._passes[2]
         uniform = len(extra_ids) > 0
-        items_emb = output(item_inputs)
-        extra = output(extra_inputs) if uniform else None
-        # one loss per pair of towers ([model] ensemble), each over its own block of the
-        # embedding (a unit vector again), averaged: the pairs learn side by side, not as one
-        # wider model
-        blocks = self.model.blocks
-
-        def parts(x: Tensor) -> list[Tensor]:
-            return [F.normalize(b, dim=-1) for b in x.split(blocks, dim=-1)]
-
-        extras: list[Tensor | None] = [extra]
-        if len(blocks) == 1:
-            users, targets = [user], [items_emb]
-        else:
-            users, targets = parts(user), parts(items_emb)
-            extras = list(parts(extra)) if extra is not None else [None] * len(blocks)
-        losses = [
-            sampled_softmax_loss(
-                u,
-                i,
-                items,
-                temperature=self.loss_cfg.temperature,
-                log_q=self.log_q if self.loss_cfg.logq_correction else None,
-                mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
-                not_negatives=not_negatives,
-                extra=e,
-                extra_ids=extra_ids if uniform else None,
-                n_items=self.model.spec.n_items,
-                weight=weight,
-            )
-            for u, i, e in zip(users, targets, extras, strict=True)
-        ]
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        loss = sampled_softmax_loss(
+            user,
+            output(item_inputs),
+            items,
+            temperature=self.loss_cfg.temperature,
+            log_q=self.log_q if self.loss_cfg.logq_correction else None,
+            mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
+            not_negatives=not_negatives,
+            extra=output(extra_inputs) if uniform else None,
+            extra_ids=extra_ids if uniform else None,
+            n_items=self.model.spec.n_items,
+            weight=weight,
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=items.shape[0])
         return loss
 
