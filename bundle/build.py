@@ -420,9 +420,6 @@ def _write_item_tables(
     regression = snapshot.regression(data, src.cfg.ranker)
     _save(w, "item_ease_rows", regression.rows)
     _save(w, "item_ease_weights", regression.weights)
-    cohorts = snapshot.cohorts(data, src.cfg.ranker)
-    for name, arr in (cohorts.arrays() if cohorts is not None else {}).items():
-        _save(w, name, arr)
 
 
 def _write_user_tables(

@@ -67,10 +67,6 @@ def check_loaded(bundle: LoadedBundle) -> None:
         )
     if bundle.context_popular is not None:
         c.refs("context_popular", bundle.context_popular.rows)
-    if bundle.cohorts is not None:
-        width = len(bundle.user_encoder().columns)
-        if (wrong := bundle.cohorts.check(c.n - 1, width)) is not None:
-            raise c.fail("cohort_counts", wrong)
     users = bundle.users
     if users is None:
         return

@@ -132,8 +132,6 @@ def two_stage_requests(
         ease_l2=ranker.ease_l2,
         now=now,
         activity_at=activity_at,
-        cohort_fields=ranker.cohort_fields,
-        cohort_min_users=ranker.cohort_min_users,
     )
 
 

@@ -71,14 +71,6 @@ BUNDLE_FILES = {
     "item_neighbor_weights": "items/neighbor_weights.npy",
     "item_ease_rows": "items/ease_rows.npy",
     "item_ease_weights": "items/ease_weights.npy",
-    # users grouped by profile and each group's engagements per item (tailored.data.cohorts;
-    # only where [ranker] cohort_fields names fields)
-    "cohort_columns": "cohorts/columns.npy",
-    "cohort_keys": "cohorts/keys.npy",
-    "cohort_sizes": "cohorts/sizes.npy",
-    "cohort_offsets": "cohorts/offsets.npy",
-    "cohort_items": "cohorts/items.npy",
-    "cohort_counts": "cohorts/counts.npy",
     "context_popular": "items/context_popular.npy",
     "context_popular_counts": "items/context_popular_counts.npy",
     "index": "index",

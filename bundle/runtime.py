@@ -27,8 +27,6 @@ from tailored.bundle.format import (
     verify_bundle,
 )
 from tailored.bundle.per_user import PerUser, splits_entries
-from tailored.data.cohorts import TABLE_FILES as COHORT_FILES
-from tailored.data.cohorts import CohortTable
 from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
@@ -322,17 +320,6 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
     return ItemRegression(r.astype(np.int64), w)
 
 
-def _cohorts(root: Path) -> CohortTable | None:
-    """The bundle's cohorts: all of their files or none."""
-    there = [k for k in COHORT_FILES if (root / BUNDLE_FILES[k]).exists()]
-    if not there:
-        return None
-    if len(there) != len(COHORT_FILES):
-        missing = [BUNDLE_FILES[k] for k in COHORT_FILES if k not in there]
-        raise BundleError(f"{root}: {', '.join(missing)} missing beside the other cohort files")
-    return CohortTable.from_arrays({k: load_npy(root / BUNDLE_FILES[k]) for k in COHORT_FILES})
-
-
 @dataclass
 class LoadedBundle:
     """The serving half of a bundle (see the module doc). Build with :meth:`load`."""
@@ -361,9 +348,6 @@ class LoadedBundle:
     segments: SegmentModel | None = None  # k-means over the user embeddings, at build
     # when each item may be served (an older bundle: none, every item always)
     windows: ItemWindows | None = None
-    # users grouped by profile, for the cohort_rate feature (none: [ranker] cohort_fields
-    # named no field, or an older bundle)
-    cohorts: CohortTable | None = None
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, onnx_device: str = "auto") -> LoadedBundle:
@@ -384,7 +368,7 @@ class LoadedBundle:
         optional |= {"user_segments", "segment_centroids", "segments", "user_id_buckets"}
         optional |= {"item_available_from", "item_available_until"}
         optional |= {"user_exposures", "user_exposure_times", *_OFFSET_FILES}
-        optional |= set(_USER_FILES) | set(COHORT_FILES)
+        optional |= set(_USER_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():
                 raise BundleError(
@@ -428,7 +412,6 @@ class LoadedBundle:
             ranker_dense=_dense_width(ranker, root),
             segments=SegmentModel.load(root),
             windows=ItemWindows.load(root, len(items_t) + 1),
-            cohorts=_cohorts(root),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree
         return bundle

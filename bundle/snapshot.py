@@ -22,7 +22,6 @@ import numpy as np
 
 from tailored.bundle.per_user import PerUser
 from tailored.config import RankerConfig
-from tailored.data.cohorts import CohortTable, cohort_columns
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import ItemNeighbors, ItemRegression, distinct_pairs
 from tailored.data.splits import TEST, TRAIN, VALID
@@ -167,17 +166,6 @@ def neighbors(data: Interactions, seed: int) -> ItemNeighbors:
     """The serving snapshot of the ranker's co-occurrence table: every positive event (the
     offline evaluation builds its own from the splits before the evaluated one)."""
     return ItemNeighbors.of(data.user, data.item, data.offsets, data.n_items, seed=seed)
-
-
-def cohorts(data: Interactions, cfg: RankerConfig) -> CohortTable | None:
-    """The serving snapshot of the ranker's cohorts (``[ranker] cohort_fields``; none: None):
-    every user's cohort, every positive event counted."""
-    if not cfg.cohort_fields:
-        return None
-    columns = cohort_columns(data.user_encoder, cfg.cohort_fields)
-    return CohortTable.of(
-        data.users.categorical, columns, cfg.cohort_min_users, data.user, data.item, data.n_items
-    )
 
 
 def regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:

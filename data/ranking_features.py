@@ -35,9 +35,6 @@ candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
                             hour before ``now``, without an engagement since: candidates
                             are never items the user engaged with; see
                             :mod:`tailored.data.exposures`)
-``cohort_rate``             log(1 + the user's cohort's engagements with the item per 1,000
-                            of its users: ``[ranker] cohort_fields``, see
-                            :mod:`tailored.data.cohorts`; 0 without cohorts)
 ==========================  ==============================================================
 
 The history is the user's ``HISTORY_EVENTS`` most recent items (what a bundle keeps of each
@@ -92,7 +89,6 @@ DENSE_FEATURES = (
     "emb_sim_recent",
     "ease_score",
     "shown_before",
-    "cohort_rate",
 )
 _DAY = 86_400
 # the most recent history items the features read: what a bundle keeps of each user for
@@ -359,7 +355,6 @@ def dense_features(
     item_emb: np.ndarray,
     regression: ItemRegression | None = None,
     shown: np.ndarray | None = None,
-    cohort_rate: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ranker's dense features for one request (see the module doc), float32 [C, F].
 
@@ -370,8 +365,7 @@ def dense_features(
     ``item_emb`` float32 [N+1, D] the item tower's embeddings; ``regression`` the
     item-item model (none: ``ease_score`` 0); ``shown`` int [C] how many times each
     candidate was shown to the user before (:func:`~tailored.data.exposures.shown_counts`;
-    none: 0); ``cohort_rate`` [C] the user's cohort's engagements with each per 1,000 of its
-    users (:meth:`~tailored.data.cohorts.Cohorts.rate`; none: 0).
+    none: 0).
     """
     history, history_times = history[-HISTORY_EVENTS:], history_times[-HISTORY_EVENTS:]
     c = len(candidates)
@@ -383,8 +377,6 @@ def dense_features(
     out[:, 12] = np.log1p(h)
     if shown is not None:
         out[:, 19] = np.log1p(shown)
-    if cohort_rate is not None:
-        out[:, 20] = np.log1p(cohort_rate)
     if not h:
         out[:, 10] = np.log1p(_NEVER_HOURS)
         out[:, 11] = 1.0

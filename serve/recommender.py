@@ -166,7 +166,9 @@ class Recommender:
         hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
         excluded |= self._passed_over(req.online, hide) | self._turned_down(req.online)
         row = self._row(req)
-        user_cat, user_num = self._fields(row, user_cat, user_num)
+        if row is not None and self.bundle.users is not None:  # the bundle knows this user
+            snap = self.bundle.users
+            user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
         hist, times = self._history(row, req.online)
         seen = self._seen(row, hist)
         if variant.get("popularity"):  # the experiment's non-personalized control
@@ -189,7 +191,7 @@ class Recommender:
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
             return self._fallback(req.k, excluded | seen, context[0], only)
-        dense = self._dense(req, row, user_cat, hist, times, cands, scores)
+        dense = self._dense(req, row, hist, times, cands, scores)
         users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
         if variant.get("ranker", True):
             ranked = self.bundle.rank(
@@ -226,34 +228,19 @@ class Recommender:
         DENSE_FEATURES`) of ``candidates`` int64 [C] (bundle rows) with retrieval ``scores``
         float32 [C], for ``req``'s user at ``req.time``, as :meth:`recommend` computes them."""
         row = self._row(req)
-        user_cat, user_num, _ = self._profile(req.profile or {})
-        user_cat, _ = self._fields(row, user_cat, user_num)
         hist, times = self._history(row, req.online)
-        return self._dense(req, row, user_cat, hist, times, candidates, scores)
-
-    def _fields(
-        self, row: int | None, user_cat: np.ndarray, user_num: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The user's profile fields [1, C] and [1, F]: the bundle's where it knows the user
-        (``row``), else the request's (``user_cat``, ``user_num``)."""
-        if row is not None and self.bundle.users is not None:
-            snap = self.bundle.users
-            return snap.categorical[row : row + 1], snap.numeric[row : row + 1]
-        return user_cat, user_num
+        return self._dense(req, row, hist, times, candidates, scores)
 
     def _dense(
         self,
         req: Request,
         row: int | None,
-        user_cat: np.ndarray,
         hist: np.ndarray,
         times: np.ndarray,
         cands: np.ndarray,
         scores: np.ndarray,
     ) -> np.ndarray:
-        """:meth:`ranking_features`, given the user's row, profile fields ``user_cat`` [1, C]
-        (:meth:`_fields`) and positives (:meth:`_history`)."""
-        cohorts = self.bundle.cohorts
+        """:meth:`ranking_features`, given the user's row and positives (:meth:`_history`)."""
         return dense_features(
             candidates=cands,
             scores=scores,
@@ -266,7 +253,6 @@ class Recommender:
             item_emb=self.bundle.item_embeddings,
             regression=self.bundle.item_regression,
             shown=self._shown(row, req.online, cands, req.time),
-            cohort_rate=cohorts.rate(user_cat[0], cands) if cohorts is not None else None,
         )
 
     def _shown(

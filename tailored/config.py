@@ -456,23 +456,9 @@ class RankerConfig:
     # (its slot's examination with ``[data] position_debias``, else 1). 0: impressions are
     # not negatives. Only datasets with exposure events have any
     impression_negative_weight: float = 1.0
-    # user profile fields whose values together make a user's cohort (a numeric field by its
-    # quantile range); the cohort_rate feature is how often the user's cohort engaged with
-    # each candidate, per 1,000 of its users: "popular among users like you", what a profile
-    # says of a user without history (tailored.data.cohorts). () = no cohorts (the feature 0).
-    # A cohort of fewer than cohort_min_users users is pooled with the other small ones, so
-    # that no count describes a handful of people
-    cohort_fields: tuple[str, ...] = ()
-    cohort_min_users: int = 50
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
-        fields = self.cohort_fields
-        if not isinstance(fields, list | tuple) or not all(isinstance(f, str) for f in fields):
-            raise ConfigError(f"[ranker] cohort_fields: a list of field names, got {fields!r}")
-        if len(set(fields)) != len(fields):
-            raise ConfigError(f"[ranker] cohort_fields: a field named twice in {list(fields)}")
-        object.__setattr__(self, "cohort_fields", tuple(fields))
         w = self.impression_negative_weight
         if not (isinstance(w, int | float) and 0 <= w < math.inf):
             raise ConfigError(f"[ranker] impression_negative_weight: must be >= 0, got {w!r}")
@@ -500,7 +486,6 @@ class RankerConfig:
             "max_users",
             "lists_per_user",
             "ensemble",
-            "cohort_min_users",
         ):
             _positive("ranker", name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:

@@ -578,8 +578,6 @@ def test_requests(
         n_candidates=max(r.candidates, K),
         ease_items=r.ease_items,
         ease_l2=r.ease_l2,
-        cohort_fields=r.cohort_fields,
-        cohort_min_users=r.cohort_min_users,
     )
     # _open_only counts on being asked for the requests in order; check that it was
     if any(np.isin(c, shut).any() for c, shut in zip(req.candidates, closed, strict=False)):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from tailored.config import RankerConfig
-from tailored.data.cohorts import CohortActivity, Cohorts, CohortSnapshot, cohort_columns
 from tailored.data.exposures import (
     EXPOSURE_GAP,
     Exposures,
@@ -187,7 +186,7 @@ def _stats(
 ) -> dict[str, Any]:
     """What the ranking features read of the history events: item activity (as of each
     request's time, or frozen at ``activity_at``), co-occurrence neighbours, the item-item
-    model, and the items' tags (cohorts: :class:`_CohortCounts`)."""
+    model, and the items' tags."""
     h_users = np.repeat(np.arange(data.n_users), np.diff(h.offsets))
     exact = ItemActivity.of(h.items, h.times, data.n_items)
     activity: ItemActivity | ActivitySnapshot = exact
@@ -201,38 +200,6 @@ def _stats(
         ),
         "tags": item_tags(data.items, len(data.item_encoder.categorical)),
     }
-
-
-@dataclass(frozen=True)
-class _CohortCounts:
-    """Each user's cohort (int64 [U]), the cohorts, and their engagements per item of the
-    history events (as of each request's time, or frozen at ``activity_at``)."""
-
-    of_user: np.ndarray
-    cohorts: Cohorts
-    counts: CohortActivity | CohortSnapshot
-
-    @classmethod
-    def of(
-        cls,
-        data: Interactions,
-        h: _Events,
-        fields: tuple[str, ...],
-        min_users: int,
-        activity_at: int | None,
-    ) -> _CohortCounts | None:
-        if not fields:
-            return None
-        columns = list(cohort_columns(data.user_encoder, fields))
-        cohorts, of_user = Cohorts.of(data.users.categorical[:, columns], min_users)
-        h_users = np.repeat(np.arange(data.n_users), np.diff(h.offsets))
-        exact = CohortActivity.of(of_user[h_users], h.items, h.times, data.n_items, len(cohorts))
-        counts = exact if activity_at is None else exact.snapshot(activity_at, len(cohorts))
-        return cls(of_user, cohorts, counts)
-
-    def rate(self, user: int, candidates: np.ndarray, now: float) -> np.ndarray:
-        g = int(self.of_user[user])
-        return self.cohorts.rate(g, self.counts.counts(g, candidates, now))
 
 
 def build_requests(
@@ -254,8 +221,6 @@ def build_requests(
     activity_at: int | None = None,
     impression_negative_weight: float = 0.0,
     examination: SlotPropensity | None = None,
-    cohort_fields: tuple[str, ...] = (),
-    cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
@@ -282,10 +247,6 @@ def build_requests(
     before ``now``; every one when ``now`` is given) and not among the labels counts as
     ``1 + impression_negative_weight x P(looked at)`` negatives, P from its slots under
     ``examination`` (default: every slot looked at).
-
-    ``cohort_fields`` and ``cohort_min_users`` (:class:`~tailored.config.RankerConfig`) give
-    the ``cohort_rate`` feature, counted over the ``history_splits`` events as item activity
-    is (none: 0).
     """
     h = _with_times(data, history_splits)
     t = _with_times(data, (target,))
@@ -306,7 +267,6 @@ def build_requests(
             raise ValueError("now: a request is stamped before its history's last event")
     cands, scores = _candidates(retrieve, user_emb, [h[0] for h in histories], n_candidates, batch)
     stats = _stats(data, h, seed, ease_items, ease_l2, activity_at)
-    cohorts = _CohortCounts.of(data, h, cohort_fields, cohort_min_users, activity_at)
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
     neg_weight = np.ones((r, n_candidates), np.float32)
@@ -331,7 +291,6 @@ def build_requests(
             now=float(now[row]),
             item_emb=item_emb,
             shown=shown_counts(cands[row], s_items, s_times, float(now[row])),
-            cohort_rate=cohorts.rate(int(u), cands[row], float(now[row])) if cohorts else None,
             **stats,
         )
         labels[row] = np.isin(cands[row], relevant) & (cands[row] > 0)

@@ -205,8 +205,6 @@ def _requests(
         ease_l2=cfg.ease_l2,
         impression_negative_weight=cfg.impression_negative_weight,
         examination=run.data.propensity if debias else None,
-        cohort_fields=cfg.cohort_fields,
-        cohort_min_users=cfg.cohort_min_users,
         **stamping,
     )
 
