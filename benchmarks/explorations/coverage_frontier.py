@@ -28,7 +28,13 @@ import torch
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.quality.ablation import Base, SeedModels, _movielens, _plan, test_requests
+from benchmarks.quality.ablation import (
+    Base,
+    SeedModels,
+    make_plan,
+    movielens_site,
+    test_requests,
+)
 from tailored.bundle.evaluate import rerank
 from tailored.config import load_config
 from tailored.data.ranking_features import DENSE_FEATURES
@@ -50,10 +56,10 @@ def _standard(x: np.ndarray) -> np.ndarray:
 
 
 def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
-    site = _movielens()
+    site = movielens_site()
     cfg = load_config(site.config, overrides={**site.overrides, "train.seed": seed})
     data = load_data(cfg)
-    plan = _plan(site, Base(cfg, data, False))
+    plan = make_plan(site, Base(cfg, data, False))
     fitted = SeedModels(work).fit(cfg, data)
     # after the fit: Lightning leaves gradients on
     with torch_threads(cfg.train.threads), torch.no_grad():

@@ -141,7 +141,16 @@ from tailored.train.runs import LoadedRun, load_data, load_run
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.fit import train
 
-__all__ = ["CHANGES", "Change", "main", "test_requests"]
+__all__ = [
+    "CHANGES",
+    "Base",
+    "Change",
+    "SeedModels",
+    "main",
+    "make_plan",
+    "movielens_site",
+    "test_requests",
+]
 
 K = 10
 _DAY = 86_400
@@ -361,7 +370,7 @@ def _synthetic(args: argparse.Namespace, work: Path) -> Site:
     return Site("synthetic", config, ds, {"data.dataset": str(ds), **split}, True, info)
 
 
-def _movielens() -> Site:
+def movielens_site() -> Site:
     ds = fetch_movielens_100k()
     config = ROOT / "configs" / "movielens-100k.toml"
     return Site("movielens", config, ds, {"data.dataset": str(ds)}, False)
@@ -408,7 +417,7 @@ def _first_test_times(data: Interactions, users: np.ndarray) -> np.ndarray:
     return first[users]
 
 
-def _plan(site: Site, base: Base) -> Plan:
+def make_plan(site: Site, base: Base) -> Plan:
     """See :class:`Plan`. An item's launch is its catalog ``available_from`` (0 for one
     there all along), else its first sight in any event (:func:`item_windows`)."""
     data, d = base.data, base.cfg.data
@@ -786,7 +795,7 @@ def _rows(
     first = load_config(site.config, overrides={**shared, "train.seed": args.seeds[0]})
     windows = read_dataset_meta(site.dataset).schema.item_availability
     base = Base(first, load_data(first), windows)
-    plan = _plan(site, base)
+    plan = make_plan(site, base)
     print(f"{site.name}: {json.dumps(plan.describe())}", flush=True)
     if plan.references:
         print(f"planted-truth recall@10 of the references: {plan.references}", flush=True)
@@ -845,7 +854,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tailored-ablation-") as tmp:
         work = Path(tmp)
-        site = _synthetic(args, work) if args.dataset == "synthetic" else _movielens()
+        site = _synthetic(args, work) if args.dataset == "synthetic" else movielens_site()
         rows, plan, exploration = _rows(site, changes, args, work)
     command = sys.argv[1:] if argv is None else argv
     out = {

@@ -182,17 +182,16 @@ def test_an_ensemble_puts_runs_of_its_own_side_by_side(
     result = train(small_config(movielens_dir, model={"ensemble": 2}), out=tmp_path)
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert [p["epochs"] for p in report["pairs"]] == [3, 3] and result.epochs == 6
-    for first, second in (("checkpoints", "best.ckpt"), ("logs", "metrics.csv")):
-        assert (tmp_path / first / second).is_file() and (
-            tmp_path / first / "pair1" / second
-        ).is_file()
+    for folder, name in (("checkpoints", "best.ckpt"), ("logs", "metrics.csv")):
+        assert (tmp_path / folder / name).is_file()
+        assert (tmp_path / folder / "pair1" / name).is_file()
     # the first pair is the run without an ensemble (same seed); the second is another run
     single, both = load_run(single_out).model, load_run(tmp_path).model
     one = single.all_item_embeddings()
     items = both.all_item_embeddings()
     assert items.shape == (one.shape[0], 2 * one.shape[1])
     torch.testing.assert_close(items[1:, : one.shape[1]] * 2**0.5, one[1:], atol=1e-5, rtol=0)
-    second = items[1:, one.shape[1] :] * 2**0.5
-    assert (second * one[1:]).sum(1).abs().mean() < 0.5  # not the first pair again
+    other = items[1:, one.shape[1] :] * 2**0.5
+    assert (other * one[1:]).sum(1).abs().mean() < 0.5  # not the first pair again
     # the whole model's validation NDCG@10 is the one reported
     assert result.best_valid_ndcg10 == report["valid"]["metrics"]["ndcg@10"]
