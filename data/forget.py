@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tailored.data.pseudonym import KeyMap
-from tailored.data.schema import read_dataset_meta, write_dataset_meta
+from tailored.data.schema import DatasetMeta, read_dataset_meta, write_dataset_meta
 from tailored.data.tombstones import as_mask, locked, tombstoned
 from tailored.errors import TailoredError
 
@@ -173,7 +173,8 @@ class DatasetStore:
         def drop(b: pa.RecordBatch) -> pa.Array:
             return pc.is_in(b.column("user_id"), value_set=gone)
 
-        events = self._count(drop)
+        by_type = self._count(drop)
+        events = sum(by_type.values())
         if not gone_users.any() and not events:
             return {"users": 0, "events": 0, "truth_rows": 0}
         truth_rows = 0
@@ -186,7 +187,7 @@ class DatasetStore:
             truth_rows = _drop_truth_rows(new / "truth", keep)
             meta = read_dataset_meta(new)
             meta.counts = {**meta.counts, "users": int(keep.sum())}
-            meta.counts["events"] = meta.counts.get("events", 0) - events
+            _subtract(meta, by_type)
             (new / "dataset.json").unlink()
             write_dataset_meta(new, meta)
 
@@ -206,14 +207,15 @@ class DatasetStore:
         def old(b: pa.RecordBatch) -> pa.Array:
             return pc.less(b.column("timestamp"), bound)
 
-        events = self._count(old)
+        by_type = self._count(old)
+        events = sum(by_type.values())
         if not events:
             return {"events": 0}
 
         def write(new: Path) -> None:
             self._rewrite_events(new, old)
             meta = read_dataset_meta(new)
-            meta.counts = {**meta.counts, "events": meta.counts.get("events", 0) - events}
+            _subtract(meta, by_type)
             (new / "dataset.json").unlink()
             write_dataset_meta(new, meta)
 
@@ -277,10 +279,13 @@ class DatasetStore:
             "events": events,
         }
 
-    def _count(self, drop: Callable[[pa.RecordBatch], pa.Array]) -> int:
-        n = 0
+    def _count(self, drop: Callable[[pa.RecordBatch], pa.Array]) -> dict[str, int]:
+        """The events ``drop`` selects, per type."""
+        n: dict[str, int] = {}
         for batch in pq.ParquetFile(self.directory / "events.parquet").iter_batches(_BATCH):
-            n += int(pc.sum(drop(batch)).as_py() or 0)
+            dropped = batch.column("type").filter(drop(batch))
+            for entry in pc.value_counts(dropped).to_pylist():
+                n[entry["values"]] = n.get(entry["values"], 0) + int(entry["counts"])
         return n
 
     def _rewrite_events(self, new: Path, drop: Callable[[pa.RecordBatch], pa.Array]) -> None:
@@ -290,6 +295,14 @@ class DatasetStore:
         with pq.ParquetWriter(path, source.schema_arrow) as w:
             for batch in source.iter_batches(_BATCH):
                 w.write_table(pa.Table.from_batches([batch]).filter(pc.invert(drop(batch))))
+
+
+def _subtract(meta: DatasetMeta, by_type: dict[str, int]) -> None:
+    """``meta``'s event counts, in all and per type, less the events removed (``by_type``);
+    a type none of whose events is left is no longer listed."""
+    meta.counts = {**meta.counts, "events": meta.counts.get("events", 0) - sum(by_type.values())}
+    left = {t: n - by_type.get(t, 0) for t, n in meta.event_types.items()}
+    meta.event_types = {t: n for t, n in left.items() if n > 0}
 
 
 def _rewrite_table(path: Path, table: pa.Table) -> None:

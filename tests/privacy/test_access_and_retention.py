@@ -227,3 +227,28 @@ def test_retention_counts_a_second_against_milliseconds_in_every_store(copy: Pat
     DatasetStore(copy / "site").purge(before_ms)
     left = pq.read_table(copy / "site" / "events.parquet").column("timestamp").to_numpy()
     assert left.min() > t
+
+
+def test_the_dataset_s_counts_follow_an_erasure_and_a_purge(copy: Path, raw: str) -> None:
+    """``dataset.json``'s event counts, in all and per type, are the events left."""
+    from tailored.data.forget import DatasetStore
+    from tailored.data.schema import read_dataset_meta
+
+    site = copy / "site"
+
+    def actual() -> tuple[int, dict[str, int]]:
+        types = pq.read_table(site / "events.parquet", columns=["type"]).column("type")
+        counts = {v["values"]: v["counts"] for v in pc.value_counts(types).to_pylist()}
+        return len(types), counts
+
+    before = read_dataset_meta(site)
+    assert (before.counts["events"], before.event_types) == actual()
+    gone = DatasetStore(site).forget(Pseudonymizer(TEST_KEY)(raw))
+    assert gone["events"] > 0
+    after = read_dataset_meta(site)
+    assert (after.counts["events"], after.event_types) == actual()
+    assert after.counts["events"] == before.counts["events"] - gone["events"]
+    bound, _ = _bound(copy)
+    assert DatasetStore(site).purge(bound * 1000)["events"] > 0
+    purged = read_dataset_meta(site)
+    assert (purged.counts["events"], purged.event_types) == actual()
