@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ SPEC = TowerSpec(
 )
 
 
-def _model(encoder: str = "transformer", buckets: int = 8) -> TwoTower:
+def _model(encoder: str = "transformer", buckets: int = 8, **extra: Any) -> TwoTower:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     cat = torch.randint(0, 4, (21, 1), generator=g)
@@ -35,6 +37,7 @@ def _model(encoder: str = "transformer", buckets: int = 8) -> TwoTower:
         encoder=encoder,
         history_length=5,
         user_id_buckets=buckets,
+        **extra,
     ).eval()
 
 
@@ -119,22 +122,7 @@ def test_a_causal_history_encodes_every_prefix_in_one_pass(encoder: str) -> None
 
 
 def test_an_ensemble_embeds_as_its_pairs_side_by_side() -> None:
-    base = _model("gru")
-    torch.manual_seed(0)
-    model = TwoTower(
-        SPEC,
-        base.item_cat,
-        base.item_multi,
-        base.item_num,
-        dim=16,
-        id_dim=16,
-        feature_dim=4,
-        hidden=32,
-        encoder="gru",
-        history_length=5,
-        user_id_buckets=8,
-        ensemble=3,
-    ).eval()
+    model = _model("gru", ensemble=3)
     assert model.blocks == [16, 16, 16]
     items = model.item_embeddings(torch.arange(1, 21))
     hist = torch.tensor([[0, 0, 3, 4, 5], [0, 0, 0, 0, 9]])

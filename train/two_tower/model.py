@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -445,16 +446,8 @@ class UserTowers(nn.Module):
         history: Tensor,
         history_mask: Tensor,
     ) -> Tensor:
-        parts = history.split(self.input_dims, dim=-1)
-        return (
-            torch.cat(
-                [
-                    m(user_hash, user_cat, user_num, context, h, history_mask)
-                    for m, h in zip(self.towers(), parts, strict=True)
-                ],
-                dim=-1,
-            )
-            * self.scale
+        return self._side_by_side(
+            lambda m, h: m(user_hash, user_cat, user_num, context, h, history_mask), history
         )
 
     def forward_all(
@@ -466,17 +459,17 @@ class UserTowers(nn.Module):
         sequence: Tensor,
         sequence_mask: Tensor,
     ) -> Tensor:
-        parts = sequence.split(self.input_dims, dim=-1)
-        return (
-            torch.cat(
-                [
-                    m.forward_all(user_hash, user_cat, user_num, context, h, sequence_mask)
-                    for m, h in zip(self.towers(), parts, strict=True)
-                ],
-                dim=-1,
-            )
-            * self.scale
+        return self._side_by_side(
+            lambda m, h: m.forward_all(user_hash, user_cat, user_num, context, h, sequence_mask),
+            sequence,
         )
+
+    def _side_by_side(self, run: Callable[[UserTower, Tensor], Tensor], items: Tensor) -> Tensor:
+        """``run`` of each member on its own slice of the item inputs ``items`` [..., sum of
+        id_dim], the outputs concatenated over sqrt(members)."""
+        parts = items.split(self.input_dims, dim=-1)
+        outs = [run(m, h) for m, h in zip(self.towers(), parts, strict=True)]
+        return torch.cat(outs, dim=-1) * self.scale
 
 
 class TwoTower(nn.Module):
