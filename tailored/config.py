@@ -456,9 +456,16 @@ class RankerConfig:
     # (its slot's examination with ``[data] position_debias``, else 1). 0: impressions are
     # not negatives. Only datasets with exposure events have any
     impression_negative_weight: float = 1.0
+    # each label of a training list counts by the weight of the user's engagement with it
+    # (its event type's weight, the larger of a click and the purchase merged into it; with
+    # ``[data] position_debias``, over its slot's examination) rather than 1: the softmax loss
+    # gives a purchased item more of the list's probability than a clicked one
+    graded_labels: bool = False
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
+        if self.graded_labels and self.loss != "softmax":
+            raise ConfigError('[ranker] graded_labels: needs loss = "softmax"')
         w = self.impression_negative_weight
         if not (isinstance(w, int | float) and 0 <= w < math.inf):
             raise ConfigError(f"[ranker] impression_negative_weight: must be >= 0, got {w!r}")

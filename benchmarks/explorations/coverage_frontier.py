@@ -28,13 +28,8 @@ import torch
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.quality.ablation import (
-    Base,
-    SeedModels,
-    make_plan,
-    movielens_site,
-    test_requests,
-)
+from benchmarks.quality.ablation import SeedModels, test_requests
+from benchmarks.quality.ablation_plan import Base, make_plan, movielens_site
 from tailored.bundle.evaluate import rerank
 from tailored.config import load_config
 from tailored.data.ranking_features import DENSE_FEATURES

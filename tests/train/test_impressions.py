@@ -254,3 +254,49 @@ def test_a_dataset_without_exposures_has_none(movielens_dir: Path) -> None:
     assert d.exposures is not None and len(d.exposures) == 0
     assert d.propensity.examination.tolist() == [1.0]
     assert isinstance(Exposures.empty(3), Exposures)
+
+
+def test_graded_labels_weigh_each_label_by_its_engagement(site: Path, data: Interactions) -> None:
+    """``[ranker] graded_labels``: a label's gain is the largest weight among the user's
+    labelled-period events of that item (a cart 2, a purchase 3, merged into their click);
+    the labels themselves, and every other input, are those of ungraded requests."""
+    run = _run(site, data)
+    item_emb = run.model.all_item_embeddings().detach().float().numpy()
+    users = np.unique(data.user[data.split == VALID])[:300]
+    emb = np.random.default_rng(1).normal(size=(len(users), item_emb.shape[1])).astype(np.float32)
+    common = dict(
+        item_emb=item_emb, history_splits=(TRAIN,), target=VALID, n_candidates=80, ease_items=0
+    )
+    plain = build_requests(data, users, emb, exact_retriever(item_emb), **common)  # type: ignore[arg-type]
+    graded = build_requests(data, users, emb, exact_retriever(item_emb), graded=True, **common)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(graded.labels, plain.labels)
+    np.testing.assert_array_equal(plain.gain, plain.labels)
+    np.testing.assert_array_equal(graded.gain > 0, graded.labels > 0)
+    for r, u in enumerate(users):
+        mine = (data.user == u) & (data.split == VALID)
+        for c in np.flatnonzero(graded.labels[r]):
+            w = data.weight[mine & (data.item == graded.candidates[r, c])].max()
+            assert graded.gain[r, c] == w
+    assert set(np.unique(graded.gain[graded.labels > 0])) >= {1.0, 2.0}
+    assert (graded.gain[graded.labels > 0] > 1).any()
+
+
+def test_graded_labels_setting() -> None:
+    assert RankerConfig().graded_labels is False
+    with pytest.raises(ConfigError, match="graded_labels"):
+        load_config(values={"ranker": {"graded_labels": True, "loss": "lambdarank"}})
+
+
+def test_a_graded_list_s_loss_is_least_where_probability_follows_the_gains() -> None:
+    """Listwise softmax with gains 3 and 1 (a purchase, a click) is least when the list's
+    probability puts three times as much on the purchase: the fitted logits differ by log 3."""
+    logits = torch.zeros(1, 4, requires_grad=True)
+    gain = torch.tensor([[3.0, 1.0, 0.0, 0.0]])
+    valid = torch.ones_like(gain, dtype=torch.bool)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(2000):
+        opt.zero_grad()
+        softmax_loss(logits, gain, valid).backward()
+        opt.step()
+    p = torch.softmax(logits.detach(), 1)[0]
+    assert abs(float(p[0] / p[1]) - 3.0) < 0.01

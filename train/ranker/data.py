@@ -69,6 +69,14 @@ class Requests:
     # float32 [R, C]: how many negatives each candidate counts as in its list's loss (1; more
     # for an item shown in the labelled period and not engaged with)
     neg_weight: np.ndarray
+    # float32 [R, C]: what each label is worth to the training loss: 1 for every label, or
+    # with ``[ranker] graded_labels`` the weight of the user's engagement with it (a purchase
+    # above a click); 0 for the other candidates. Defaults to ``labels``
+    gain: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.gain is None:
+            self.gain = self.labels.copy()
 
     def take(self, rows: np.ndarray) -> Requests:
         return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
@@ -137,13 +145,16 @@ class _Events:
     items: np.ndarray  # int64 [E], 1-based
     times: np.ndarray  # [E] seconds
     offsets: np.ndarray  # int64 [U+1]
+    weights: np.ndarray  # float32 [E], each positive's weight
 
 
 def _with_times(data: Interactions, splits: tuple[int, ...]) -> _Events:
     keep = np.isin(data.split, splits)
     counts = np.bincount(data.user[keep], minlength=data.n_users)
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-    return _Events(data.item[keep].astype(np.int64), data.timestamp[keep], offsets)
+    return _Events(
+        data.item[keep].astype(np.int64), data.timestamp[keep], offsets, data.weight[keep]
+    )
 
 
 def _history(h: _Events, t: _Events, u: int, t_start: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +232,7 @@ def build_requests(
     activity_at: int | None = None,
     impression_negative_weight: float = 0.0,
     examination: SlotPropensity | None = None,
+    graded: bool = False,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
@@ -239,6 +251,9 @@ def build_requests(
     read past ``now``, and never holds a target event unless ``prefix`` moved it there);
     ``activity_at`` (seconds): item activity frozen at that time, as a bundle serves it,
     instead of counted as of each ``now``.
+
+    With ``graded``, each label's :attr:`Requests.gain` is the weight of the user's
+    engagement with it (the largest of their target events of that item), else 1.
 
     The data's exposures (``data.exposures``) give the ``shown_before`` feature (those of
     ``history_splits``, and the target split's before ``now`` when the requests are made at
@@ -269,6 +284,7 @@ def build_requests(
     stats = _stats(data, h, seed, ease_items, ease_l2, activity_at)
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
+    gain = np.zeros((r, n_candidates), np.float32)
     neg_weight = np.ones((r, n_candidates), np.float32)
     n_rel = (t.offsets[users + 1] - t_start).astype(np.int64)
     shown = data.exposures or Exposures.empty(data.n_users)
@@ -294,9 +310,36 @@ def build_requests(
             **stats,
         )
         labels[row] = np.isin(cands[row], relevant) & (cands[row] > 0)
+        gain[row] = labels[row]
+        if graded:
+            weights = t.weights[t_start[row] : t.offsets[u + 1]]
+            gain[row] = _engagement_gain(cands[row], relevant, weights)
     return Requests(
-        users, now, user_emb.astype(np.float32), cands, scores, dense, labels, n_rel, neg_weight
+        users,
+        now,
+        user_emb.astype(np.float32),
+        cands,
+        scores,
+        dense,
+        labels,
+        n_rel,
+        neg_weight,
+        gain,
     )
+
+
+def _engagement_gain(cands: np.ndarray, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float32 [C]: for each candidate, the largest weight among the user's ``items``
+    (their target events, ``weights`` float32 [T]) of that item; 0 for candidates they did not
+    engage with (and padding)."""
+    if not len(items):
+        return np.zeros(len(cands), np.float32)
+    order = np.lexsort((-weights, items))  # each item's largest weight first
+    first = np.r_[True, items[order][1:] != items[order][:-1]]
+    uniq, best = items[order][first], weights[order][first]
+    at = np.clip(np.searchsorted(uniq, cands), 0, len(uniq) - 1)
+    hit = (uniq[at] == cands) & (cands > 0)
+    return np.where(hit, best[at], 0.0).astype(np.float32)
 
 
 def _impression_weights(

@@ -204,6 +204,7 @@ def _requests(
         ease_items=cfg.ease_items,
         ease_l2=cfg.ease_l2,
         impression_negative_weight=cfg.impression_negative_weight,
+        graded=cfg.graded_labels,
         examination=run.data.propensity if debias else None,
         **stamping,
     )

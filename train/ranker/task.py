@@ -62,6 +62,8 @@ class RankerTables:
         )
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         out["labels"] = torch.from_numpy(req.labels)
+        assert req.gain is not None
+        out["gain"] = torch.from_numpy(req.gain)
         out["neg_weight"] = torch.from_numpy(req.neg_weight)
         out["valid"] = torch.from_numpy(req.candidates > 0)
         out["n_relevant"] = torch.from_numpy(req.n_relevant)
@@ -146,9 +148,10 @@ class RankerTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self._logits(batch)
-        labels = batch["labels"]
-        has = labels.sum(1) > 0
-        loss = self.loss(logits[has], labels[has], batch["valid"][has], batch["neg_weight"][has])
+        # the labels' gains (1 each, or what each engagement weighed: [ranker] graded_labels)
+        gain = batch["gain"]
+        has = gain.sum(1) > 0
+        loss = self.loss(logits[has], gain[has], batch["valid"][has], batch["neg_weight"][has])
         self.log("ranker/train_loss", loss, prog_bar=True, batch_size=int(has.sum()))
         return loss
 
