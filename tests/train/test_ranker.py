@@ -96,6 +96,7 @@ def _planted(n_req: int = 400, c: int = 20, n_items: int = 60, seed: int = 0):
         labels=labels,
         n_relevant=np.maximum(labels.sum(1), 1).astype(np.int64),
         neg_weight=np.ones(cands.shape, np.float32),
+        gain=labels,
     )
     return RankerTables(users, np.ones((n_req, 1), np.int64), items, item_emb), req
 

@@ -71,12 +71,8 @@ class Requests:
     neg_weight: np.ndarray
     # float32 [R, C]: what each label is worth to the training loss: 1 for every label, or
     # with ``[ranker] graded_labels`` the weight of the user's engagement with it (a purchase
-    # above a click); 0 for the other candidates. Defaults to ``labels``
-    gain: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.gain is None:
-            self.gain = self.labels.copy()
+    # above a click); 0 for the other candidates
+    gain: np.ndarray
 
     def take(self, rows: np.ndarray) -> Requests:
         return Requests(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))

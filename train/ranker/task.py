@@ -62,7 +62,6 @@ class RankerTables:
         )
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         out["labels"] = torch.from_numpy(req.labels)
-        assert req.gain is not None
         out["gain"] = torch.from_numpy(req.gain)
         out["neg_weight"] = torch.from_numpy(req.neg_weight)
         out["valid"] = torch.from_numpy(req.candidates > 0)
