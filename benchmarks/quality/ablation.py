@@ -16,10 +16,11 @@ train the baseline (``configs/synthetic.toml``; ``configs/movielens-100k.toml`` 
   price, release year) enter the towers as standardised values only, not also embedded by
   their quantile range (added after the issue's own changes, when the ablation showed the
   planted tastes per age band out of the towers' reach; it is part of ``all_off``);
-* ``no_uniform_negatives``: ``[loss] uniform_negatives = 0``, the towers' softmax against the
-  batch's positives alone (the synthetic site ships 2,048 items drawn uniformly from the
-  catalogue beside them each step: mixed negative sampling, Yang et al. 2020; part of
-  ``all_off``); ``with_uniform_negatives`` turns 2,048 on where the file has none (MovieLens).
+* ``no_uniform_negatives`` / ``with_uniform_negatives``: ``[loss] uniform_negatives`` 0 /
+  2,048, the towers' softmax against the batch's positives alone, or also against 2,048
+  items drawn uniformly from the catalogue each step (mixed negative sampling, Yang et al.
+  2020); the row that changes the shipped file runs (neither file samples any now; 0 is part
+  of ``all_off``).
 
 Rows of changes made after the issue's own, that the shipped configurations have off:
 
@@ -157,7 +158,7 @@ from tailored.train.two_tower.fit import train
 __all__ = ["CHANGES", "Change", "SeedModels", "main", "test_requests"]
 
 _DAY = 86_400
-# the with_uniform_negatives row's count: the synthetic site's shipped value
+# the with_uniform_negatives row's count (half the synthetic site's items)
 UNIFORM_NEGATIVES = 2048
 _DWELL_TYPES = ("click", "view")  # the event types whose value is dwell seconds
 _LISTS = ("two_stage", "retrieval")
