@@ -113,6 +113,7 @@ the means is printed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shlex
@@ -148,6 +149,7 @@ from tailored.data.interactions import Interactions
 from tailored.data.schema import read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.errors import ConfigError
+from tailored.paths import write_json_atomic
 from tailored.train.ranker.data import Requests, Retriever, build_requests, exact_retriever
 from tailored.train.ranker.fit import fit_ranker, run_user_embeddings
 from tailored.train.ranker.task import RankerTables, RankerTrainResult, task_logits
@@ -694,13 +696,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tailored-ablation-") as tmp:
         work = Path(tmp)
         site = synthetic_site(args, work) if args.dataset == "synthetic" else movielens_site()
-        rows, plan, exploration = _rows(site, changes, args, work)
+        shipped = site.config
+        # every seed and row reads this copy: an edit of the file during the run (which takes
+        # an hour) changes none of them
+        snapshot = work / f"shipped-{shipped.name}"
+        snapshot.write_bytes(shipped.read_bytes())
+        config_sha256 = hashlib.sha256(snapshot.read_bytes()).hexdigest()
+        rows, plan, exploration = _rows(replace(site, config=snapshot), changes, args, work)
     command = sys.argv[1:] if argv is None else argv
     out = {
         "machine": machine(),
         "command": shlex.join(["python", "-m", "benchmarks.quality.ablation", *command]),
         "dataset": args.dataset,
-        "config": str(site.config.relative_to(ROOT)),
+        "config": str(shipped.relative_to(ROOT)),
+        "config_sha256": config_sha256,
         "site": site.info,
         "overrides": dict(args.set),
         "plan": plan.describe(),
@@ -710,8 +719,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - began, 1),
         "rows": rows,
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json_atomic(out_json, out)
     print(_table(rows, site.truth))
     return out
 

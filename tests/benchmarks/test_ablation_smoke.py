@@ -4,11 +4,13 @@ figure the table reads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmarks._paths import ROOT
 from benchmarks.quality.ablation import main
 
 pytestmark = pytest.mark.slow  # trains the towers and the ranker (about 20 s on 2 cores)
@@ -21,6 +23,10 @@ def test_the_availability_row_scores_the_baselines_models_again(tmp_path: Path) 
     report = json.loads(out.read_text())
     assert list(report["rows"]) == ["baseline", "no_availability"]
     assert report["new_item_slots"] == 1 and report["plan"]["test_users"] > 0
+    # the rows read a copy of the shipped file taken at the start, recorded by its hash
+    shipped = ROOT / "configs" / "synthetic.toml"
+    assert report["config"] == "configs/synthetic.toml"
+    assert report["config_sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
     base, row = report["rows"]["baseline"], report["rows"]["no_availability"]
     assert base["status"] == row["status"] == "ran"
     assert row["runs"][0]["train_seconds"] == row["runs"][0]["ranker_seconds"] == 0.0
