@@ -45,6 +45,7 @@ from benchmarks.quality.ablation_plan import (
     Base,
     K,
     Plan,
+    add_site_arguments,
     first_test_times,
     make_plan,
     row_metrics,
@@ -127,7 +128,8 @@ def _impressions(data: Interactions) -> tuple[np.ndarray, ...]:
     p_key, p_t = p_key[order], p_t[order]
     key = user.astype(np.int64) * (data.n_items + 1) + item
     # the first positive of the same (user, item) at or after the impression
-    at = np.searchsorted(p_key * (1 << 34) + (p_t - p_t.min()), key * (1 << 34) + (t - p_t.min()))
+    t0 = min(int(p_t.min()), int(t.min()))  # keys and offsets in one int64: key << 34 | time
+    at = np.searchsorted(p_key * (1 << 34) + (p_t - t0), key * (1 << 34) + (t - t0))
     found = at < len(p_key)
     at = np.minimum(at, len(p_key) - 1)
     clicked = found & (p_key[at] == key) & (p_t[at] - t <= _CLICK_WITHIN)
@@ -192,12 +194,7 @@ def _score(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=20_000)
-    p.add_argument("--items", type=int, default=4_000)
-    p.add_argument("--events-per-user", type=float, default=30.0)
-    p.add_argument("--new-items", type=float, default=0.2)
-    p.add_argument("--ended-items", type=float, default=0.05)
-    p.add_argument("--site-seed", type=int, default=0)
+    add_site_arguments(p)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--l2", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)

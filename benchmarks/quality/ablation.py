@@ -136,6 +136,7 @@ from benchmarks.quality.ablation_plan import (
     K,
     Plan,
     Site,
+    add_site_arguments,
     first_test_times,
     make_plan,
     movielens_site,
@@ -670,12 +671,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     names = [c.name for c in CHANGES]
     p.add_argument("--rows", nargs="+", choices=names, default=names, help="the baseline always")
-    p.add_argument("--users", type=int, default=20_000, help="the synthetic site's users")
-    p.add_argument("--items", type=int, default=4_000, help="the synthetic site's items")
-    p.add_argument("--events-per-user", type=float, default=30.0)
-    p.add_argument("--new-items", type=float, default=0.2, help="share launched in the span")
-    p.add_argument("--ended-items", type=float, default=0.05, help="share ending in the span")
-    p.add_argument("--site-seed", type=int, default=0, help="the synthetic site's own seed")
+    add_site_arguments(p)
     p.add_argument(
         "--new-item-slots",
         type=int,

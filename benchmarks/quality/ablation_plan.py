@@ -29,6 +29,7 @@ __all__ = [
     "K",
     "Plan",
     "Site",
+    "add_site_arguments",
     "first_test_times",
     "make_plan",
     "movielens_site",
@@ -69,6 +70,16 @@ class Site:
     overrides: dict[str, Any]
     truth: bool
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def add_site_arguments(p: argparse.ArgumentParser) -> None:
+    """The synthetic site's sizes and seed, as :func:`synthetic_site` reads them."""
+    p.add_argument("--users", type=int, default=20_000, help="the synthetic site's users")
+    p.add_argument("--items", type=int, default=4_000, help="the synthetic site's items")
+    p.add_argument("--events-per-user", type=float, default=30.0)
+    p.add_argument("--new-items", type=float, default=0.2, help="share launched in the span")
+    p.add_argument("--ended-items", type=float, default=0.05, help="share ending in the span")
+    p.add_argument("--site-seed", type=int, default=0, help="the synthetic site's own seed")
 
 
 def synthetic_site(args: argparse.Namespace, work: Path) -> Site:
