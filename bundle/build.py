@@ -414,7 +414,7 @@ def _write_item_tables(
     if model_vocabs:
         for name, arr in snapshot.context_popular(data, model_vocabs).items():
             _save(w, name, arr)
-    neighbors = snapshot.neighbors(data, src.cfg.train.seed)
+    neighbors = snapshot.neighbors(data, src.cfg.ranker, src.cfg.train.seed)
     _save(w, "item_neighbors", neighbors.ids)
     _save(w, "item_neighbor_weights", neighbors.weights)
     regression = snapshot.regression(data, src.cfg.ranker)

@@ -130,6 +130,7 @@ def two_stage_requests(
         n_candidates=n_candidates,
         ease_items=ranker.ease_items,
         ease_l2=ranker.ease_l2,
+        cooccurrence=ranker.cooccurrence,
         now=now,
         activity_at=activity_at,
     )

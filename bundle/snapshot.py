@@ -68,6 +68,7 @@ def cut(data: Interactions, through: str) -> Interactions:
         context=data.context[keep],
         offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
         position=None if data.position is None else data.position[keep],
+        session=None if data.session is None else data.session[keep],
         exposures=None if data.exposures is None else data.exposures.through(SPLITS[through]),
     )
 
@@ -162,10 +163,18 @@ def user_seen(data: Interactions) -> dict[str, np.ndarray]:
     }
 
 
-def neighbors(data: Interactions, seed: int) -> ItemNeighbors:
-    """The serving snapshot of the ranker's co-occurrence table: every positive event (the
-    offline evaluation builds its own from the splits before the evaluated one)."""
-    return ItemNeighbors.of(data.user, data.item, data.offsets, data.n_items, seed=seed)
+def neighbors(data: Interactions, cfg: RankerConfig, seed: int) -> ItemNeighbors:
+    """The serving snapshot of the ranker's co-occurrence table: every positive event,
+    within users or sessions as ``cfg.cooccurrence`` says (the offline evaluation builds its
+    own from the splits before the evaluated one)."""
+    return ItemNeighbors.of(
+        data.user,
+        data.item,
+        data.offsets,
+        data.n_items,
+        seed=seed,
+        sessions=data.cooccurrence_sessions(cfg.cooccurrence),
+    )
 
 
 def regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:

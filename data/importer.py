@@ -130,6 +130,7 @@ def _write_events(
         "type": ev.type or "type",
         "value": ev.value or "value",
         "position": ev.position or "position",
+        "session": ev.session or "session",
         **dict(ev.context),
     }
     for split, src in ev.files:
@@ -172,6 +173,8 @@ def _events(chunk: pa.Table, ev: EventsMapping, pseudo: Pseudonymizer, where: _W
         cols[name] = _strings(chunk, column, where)
     if ev.position is not None:
         cols["position"] = _numbers(chunk, ev.position, where, "a slot number", pa.int32())
+    if ev.session is not None:
+        cols["session"] = _session_keys(_strings(chunk, ev.session, where), pseudo)
     return pa.table(cols)
 
 
@@ -335,7 +338,7 @@ def _header(src: SourceFile) -> list[str]:
 
 
 def _events_columns(ev: EventsMapping) -> list[str]:
-    optional = [c for c in (ev.type, ev.value, ev.position) if c is not None]
+    optional = [c for c in (ev.type, ev.value, ev.position, ev.session) if c is not None]
     return [ev.user, ev.item, ev.timestamp, *optional, *(c for _, c in ev.context)]
 
 
@@ -445,6 +448,15 @@ def _pseudonymize(ids: pa.Array, pseudo: Pseudonymizer) -> pa.Array:
     enc = ids.dictionary_encode()
     names = pseudo.many(enc.dictionary.to_pylist())
     return pc.take(pa.array(names.tolist(), pa.string()), enc.indices)
+
+
+def _session_keys(ids: pa.Array, pseudo: Pseudonymizer) -> pa.Array:
+    """The stored keys of session ids (null, or a blank cell: no session), each distinct id
+    hashed once per chunk."""
+    ids = pc.if_else(pc.equal(pc.utf8_trim_whitespace(ids), ""), pa.scalar(None, pa.string()), ids)
+    enc = ids.dictionary_encode()
+    keys = pa.array(pseudo.session_keys(enc.dictionary.to_pylist()), pa.int64())
+    return pc.take(keys, enc.indices)
 
 
 def _numbers(

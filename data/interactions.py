@@ -140,6 +140,9 @@ class Interactions:
     item_titles: np.ndarray | None = None
     user_numeric_raw: dict[str, np.ndarray] = field(default_factory=dict)  # NaN = missing
     position: np.ndarray | None = None  # int32 [E]: the slot each was shown in (-1 unknown)
+    # int64 [E]: the key of the session (visit) each belongs to, -1 where none was logged;
+    # None: the dataset logs no sessions (``DatasetSchema.event_session``)
+    session: np.ndarray | None = None
     exposures: Exposures | None = None  # what each user was shown (None: read no exposures)
     propensity: SlotPropensity = field(default_factory=SlotPropensity.uniform)
     debiased: bool = False  # the weights were divided by ``propensity`` (position_debias)
@@ -216,6 +219,20 @@ class Interactions:
         keep = np.isin(self.split[idx], splits)
         per = np.bincount(np.repeat(np.arange(len(users)), count)[keep], minlength=len(users))
         return np.r_[0, np.cumsum(per)].astype(np.int64), self.item[idx[keep]]
+
+    def cooccurrence_sessions(self, how: str) -> np.ndarray | None:
+        """The events' session keys where co-occurrence is counted per session (``how``:
+        ``[ranker] cooccurrence``, "users" or "sessions"), else None; raises
+        :class:`SchemaError` for "sessions" on a dataset that logs none."""
+        if how != "sessions":
+            return None
+        if self.session is None:
+            raise SchemaError(
+                f'dataset {self.meta.name!r}: [ranker] cooccurrence = "sessions" needs '
+                "events with their session: import them with the mapping's [events] session "
+                "= COLUMN (this dataset logs none)"
+            )
+        return self.session
 
     def per_user(self, splits: tuple[int, ...]) -> list[np.ndarray]:
         """Each user's items in ``splits``, time-ordered: a list of int arrays (1-based)."""
@@ -306,6 +323,7 @@ def load_interactions(
             for name in user_enc.numeric
         },
         position=ev.position[order],
+        session=ev.session[order] if meta.schema.event_session else None,
         exposures=shown,
         propensity=propensity,
         debiased=rule.position_debias,
@@ -336,6 +354,7 @@ class _Positives:
     context_vocabs: dict[str, list[str]]
     split: np.ndarray  # int8 [E], or [0] unless presplit
     position: np.ndarray  # int32 [E], the slot (-1: not known)
+    session: np.ndarray  # int64 [E], the session's key (-1: none logged); [0] if none logged
     exposures: Exposures  # the exposure events, every one labelled TRAIN
 
 
@@ -360,7 +379,9 @@ def _read_positives(
     cols += ["split"] if split == "presplit" else []
     has_slot = meta.schema.event_position
     cols += ["position"] if has_slot else []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "p")}
+    has_session = meta.schema.event_session
+    cols += ["session"] if has_session else []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "i", "t", "w", "s", "p", "v")}
     shown: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "timestamp", "position")}
     exposure_types = pa.array(sorted(rule.exposures) if exposures else [], pa.string())
     users, items = IdLookup(user_ids), IdLookup(item_ids)  # hashed once for every batch
@@ -397,6 +418,8 @@ def _read_positives(
         parts["i"].append(_index(b.column("item_id"), items, directory, "item_id") + 1)
         parts["t"].append(b.column("timestamp").to_numpy())
         parts["p"].append(_slots(b, has_slot))
+        if has_session:  # none held for a dataset that logs no sessions
+            parts["v"].append(_sessions(b))
         parts["w"].append(rule.weight_of(b.column("type").to_numpy(zero_copy_only=False)))
         if split == "presplit":
             s = b.column("split").to_numpy(zero_copy_only=False)
@@ -425,6 +448,7 @@ def _read_positives(
         context_vocabs=ctx_vocabs,
         split=_joined(parts["s"]) if parts["s"] else np.zeros(0, np.int8),
         position=_joined(parts["p"]),
+        session=_joined(parts["v"]).astype(np.int64, copy=False),
         exposures=Exposures.from_parts(shown, len(user_ids)),
     )
 
@@ -442,6 +466,11 @@ def _slots(t: pa.Table, has_slot: bool) -> np.ndarray:
     if not has_slot:
         return np.full(t.num_rows, -1, np.int32)
     return pc.fill_null(t.column("position"), -1).to_numpy().astype(np.int32)
+
+
+def _sessions(t: pa.Table) -> np.ndarray:
+    """int64 [rows]: the events' session keys, -1 where none was logged."""
+    return pc.fill_null(t.column("session"), -1).to_numpy().astype(np.int64)
 
 
 def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
@@ -467,6 +496,7 @@ def _merge_repeats(ev: _Positives, seconds: int) -> _Positives:
         weight=new_weight[kept],
         context=ev.context[kept],
         position=ev.position[kept],
+        session=ev.session[kept] if len(ev.session) else ev.session,
         split=ev.split[kept] if len(ev.split) else ev.split,
     )
 

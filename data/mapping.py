@@ -29,6 +29,8 @@ and ``events`` tables (see :mod:`tailored.data.schema`)::
     type = "event_type"              # a column, or type_constant = "rating"
     value = "rating"                 # optional
     position = "slot"                # optional: the 0-based slot the item was shown in
+    session = "session_id"           # optional: the visit the event belongs to (stored as
+                                     # a keyed hash of it, never as given)
     [events.types]                   # optional: the file's type name = the stored name,
     ProductView = "view"             # or false to leave those events out
     AddToCart = "add_to_cart"
@@ -83,9 +85,19 @@ TimestampFormat = Literal["unix", "unix_ms", "iso"]
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "type", "value", "position", "split")
+_EVENT_COLUMNS = (
+    "user_id",
+    "item_id",
+    "timestamp",
+    "type",
+    "value",
+    "position",
+    "session",
+    "split",
+)
 _EVENTS_KEYS = ("file", *SPLITS, "delimiter", "user", "item", "timestamp", "timestamp_format")
-_EVENTS_KEYS += ("type", "type_constant", "value", "position", "context", "types", "null_values")
+_EVENTS_KEYS += ("type", "type_constant", "value", "position", "session", "context", "types")
+_EVENTS_KEYS += ("null_values",)
 
 
 class MappingError(SchemaError, ConfigError):
@@ -164,6 +176,7 @@ class EventsMapping:
     type_constant: str | None = None
     value: str | None = None
     position: str | None = None  # the 0-based slot the item was shown in
+    session: str | None = None  # the site's session (visit) id; stored as its keyed hash
     context: tuple[tuple[str, str], ...] = ()
     # the file's type name -> the stored one, or None: those events are left out
     types: tuple[tuple[str, str | None], ...] = ()
@@ -192,6 +205,7 @@ class ImportMapping:
             context_fields=tuple(name for name, _ in self.events.context),
             item_availability=self.items is not None and self.items.has_window,
             event_position=self.events.position is not None,
+            event_session=self.events.session is not None,
         )
 
 
@@ -406,6 +420,7 @@ class _Loader:
             type_constant=constant,
             value=self.optional(obj, w, "value"),
             position=self.optional(obj, w, "position"),
+            session=self.optional(obj, w, "session"),
             context=self.context(obj.get("context", {})),
             types=self.types(obj.get("types", {})),
             null_values=self.null_values(obj, w),

@@ -23,7 +23,8 @@ candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
 ``history_length``          log(1 + number of items in the user's history)
 ``hours_since_last``        log(1 + hours since the user's most recent event)
 ``cooc_recent``             sum over the user's 20 most recent items of their co-occurrence
-                            similarity with the item (cosine over users, :class:`ItemNeighbors`)
+                            similarity with the item (cosine over users, or over sessions
+                            with ``[ranker] cooccurrence``, :class:`ItemNeighbors`)
 ``cooc_recent_max``         the largest of those similarities
 ``emb_sim_last``            cosine of the item tower's embeddings of the item and of the
                             user's most recent item
@@ -205,10 +206,14 @@ class ItemNeighbors:
         recent: int = 50,
         max_users: int = 200_000,
         seed: int = 0,
+        sessions: np.ndarray | None = None,
     ) -> ItemNeighbors:
         """From events grouped by user in time order (``users``/``items`` int [E], user u's
         events at ``offsets[u]:offsets[u+1]``): each user's ``recent`` last items, at most
-        ``max_users`` users (sampled, seeded), ``neighbors`` kept per item."""
+        ``max_users`` users (sampled, seeded), ``neighbors`` kept per item. Two items co-occur
+        where one user has both; with ``sessions`` (int64 [E], each event's session key, -1
+        where none was logged) where one of the user's sessions has both (a user's events
+        without a session count as one session)."""
         import scipy.sparse as sp
 
         idx = np.arange(len(users))
@@ -218,9 +223,19 @@ class ItemNeighbors:
             chosen = np.zeros(n_users, bool)
             chosen[np.random.default_rng(seed).choice(n_users, max_users, replace=False)] = True
             keep &= chosen[users]
+        rows, n_rows = users[keep], n_users
+        if sessions is not None:
+            # one row per (user, session); keys are only unique together with their user
+            s = np.where(sessions[keep] >= 0, sessions[keep], -1)
+            order = np.lexsort((s, rows))
+            new = np.ones(len(order), bool)
+            new[1:] = (rows[order][1:] != rows[order][:-1]) | (s[order][1:] != s[order][:-1])
+            group = np.empty(len(order), np.int64)
+            group[order] = np.cumsum(new) - 1
+            rows, n_rows = group, int(new.sum())
         x = sp.csr_matrix(
-            (np.ones(int(keep.sum()), np.float32), (users[keep], items[keep])),
-            shape=(n_users, n_items + 1),
+            (np.ones(int(keep.sum()), np.float32), (rows, items[keep])),
+            shape=(n_rows, n_items + 1),
         )
         x.data[:] = 1.0  # repeated interactions count once
         co = (x.T @ x).tocoo()

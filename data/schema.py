@@ -10,7 +10,9 @@ A dataset is a directory::
                        and available_until (int64 unix seconds, nullable: no bound)
       events.parquet   user_id, item_id, timestamp (int64 unix seconds), type (a name: any
                        site's event type; its role is configuration), value (float64,
-                       nullable), declared context fields (string, nullable) and, for data
+                       nullable), declared context fields (string, nullable), where
+                       declared ``position`` (int32, the slot shown in) and ``session``
+                       (int64, the keyed hash of the site's visit id), and, for data
                        imported already split, ``split`` in {"train", "valid", "test"}
 
 Every entry point (fetch, import, synth, the API later) checks tables with
@@ -89,6 +91,9 @@ class DatasetSchema:
     # the events table has ``position``: the 0-based slot the item was shown in (an
     # impression's, and a click's or purchase's where the site logs it; null: not known)
     event_position: bool = False
+    # the events table has ``session``: the keyed hash of the site's session (visit) id, int64
+    # in [0, 2**63) (:meth:`~tailored.data.pseudonym.Pseudonymizer.session_keys`; null: none)
+    event_session: bool = False
 
     def fields(self, table: TableKind) -> tuple[FieldSpec, ...]:
         if table == "users":
@@ -108,6 +113,7 @@ class DatasetSchema:
             context_fields=tuple(obj.get("context_fields", [])),
             item_availability=bool(obj.get("item_availability", False)),
             event_position=bool(obj.get("event_position", False)),
+            event_session=bool(obj.get("event_session", False)),
         )
 
 
@@ -141,6 +147,8 @@ def arrow_schema(table: TableKind, schema: DatasetSchema, *, with_split: bool = 
         fields += [pa.field(name, pa.int64()) for name in AVAILABILITY]
     if table == "events" and schema.event_position:
         fields.append(pa.field("position", pa.int32()))
+    if table == "events" and schema.event_session:
+        fields.append(pa.field("session", pa.int64()))
     if table == "events" and with_split:
         fields.append(pa.field("split", pa.string(), nullable=False))
     return pa.schema(fields)
@@ -239,6 +247,10 @@ def _check_rows(
             neg = pc.fill_null(pc.less(t.column("position"), 0), False)
             if pc.any(neg).as_py():
                 raise _fail(source, _first_row(neg), "position", "is negative", off)
+        if "session" in t.column_names:
+            neg = pc.fill_null(pc.less(t.column("session"), 0), False)
+            if pc.any(neg).as_py():
+                raise _fail(source, _first_row(neg), "session", "is negative (not a key)", off)
         if "split" in t.column_names:
             bad = pc.invert(pc.is_in(t.column("split"), value_set=pa.array(SPLITS)))
             if pc.any(bad).as_py():

@@ -36,6 +36,7 @@ from tailored.data.synth_tables import (
     events_table,
     items_table,
     pseudonyms,
+    session_keys,
     users_table,
 )
 from tailored.data.synth_truth import TruthWriter, draw_tastes, draw_windows, make_world
@@ -301,7 +302,8 @@ def _chunk(
     )
     _log.debug("synth: users %d..%d, %d events", lo, hi - 1, len(ev.kind))
     schema = arrow_schema("events", SYNTH_SCHEMA)
-    table = events_table(ev, site.user_ids.slice(lo, hi - lo), site.item_ids, schema)
+    sessions = session_keys(c, ev.session, spec.seed)
+    table = events_table(ev, site.user_ids.slice(lo, hi - lo), site.item_ids, schema, sessions)
     return table, np.bincount(ev.kind, minlength=len(EVENT_KINDS))
 
 

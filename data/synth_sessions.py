@@ -18,6 +18,9 @@ its policy, a few times, then from the items there all along; and an item's clic
 purchase at or after its end (it ended mid-visit) is not logged. So no event of an item falls
 outside its window.
 
+Every event records its session (``session``): the slate's impressions and what the user did
+with them, as a site logs its visit id.
+
 Because slots are filled independently, a position's click-through differs from another's
 only through examination, ``P(click) = (1 + pos) ** -examine_decay * sigmoid(s + click_bias)``
 (pos 0-based) — a clean propensity for position-debiasing. Every event records the slot of
@@ -101,6 +104,7 @@ class EventArrays:
     surface: np.ndarray  # int8 [E], index into SURFACES
     device: np.ndarray  # int8 [E], index into DEVICES
     position: np.ndarray  # int16 [E], the slot (0-based) of the impression it comes from
+    session: np.ndarray  # int64 [E], the session's number within the chunk (0-based, in order)
 
 
 class Sampler:
@@ -218,6 +222,7 @@ def simulate_chunk(
         surface[sess[o]],
         dev[sess[o]],
         pos[imp[o]],
+        sess[o].astype(np.int64),
     )
 
 

@@ -2,7 +2,8 @@
 
 The catalog says when items can be shown (``available_from`` / ``available_until``, null where
 there is no bound); every event carries its session's ``surface`` and ``device`` (context) and
-the ``position`` (0..9, the slot) of the impression it comes from.
+the ``position`` (0..9, the slot) of the impression it comes from and its ``session`` (an
+opaque key, as an import stores a site's visit ids).
 
 Every builder produces Arrow data with exactly the stored schema (:func:`arrow_schema`), from
 numpy arrays, without Python loops over events: a chunk of a million events becomes a table
@@ -37,6 +38,7 @@ __all__ = [
     "events_table",
     "items_table",
     "pseudonyms",
+    "session_keys",
     "users_table",
 ]
 
@@ -55,6 +57,7 @@ SYNTH_SCHEMA = DatasetSchema(
     context_fields=("surface", "device"),
     item_availability=True,
     event_position=True,
+    event_session=True,
 )
 _GENDER_P = (0.49, 0.48, 0.03)
 _AGE_P = (0.06, 0.16, 0.24, 0.2, 0.15, 0.11, 0.08)
@@ -155,10 +158,24 @@ def items_table(rng: np.random.Generator, world: World, windows: Windows | None 
     )
 
 
+def session_keys(chunk: int, number: np.ndarray, salt: int) -> np.ndarray:
+    """int64 [n] in [0, 2**63): opaque keys of chunk ``chunk``'s sessions ``number`` (their
+    0-based numbers within it), distinct across chunks (splitmix64 of the chunk and number,
+    ``salt`` mixed in), as an import stores a site's session ids: a hash."""
+    z = (np.uint64(chunk) << np.uint64(32)) + number.astype(np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64, as splitmix64 means it
+        z = z + np.uint64(salt % (1 << 64)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(1)).astype(np.int64)
+
+
 def events_table(
-    ev: EventArrays, user_ids: pa.Array, item_ids: pa.Array, schema: pa.Schema
+    ev: EventArrays, user_ids: pa.Array, item_ids: pa.Array, schema: pa.Schema, sessions: np.ndarray
 ) -> pa.Table:
-    """The Arrow table of a chunk's events, with exactly the stored schema."""
+    """The Arrow table of a chunk's events, with exactly the stored schema; ``sessions``
+    int64 [E] the events' session keys (:func:`session_keys`)."""
     return pa.Table.from_arrays(
         [
             user_ids.take(pa.array(ev.user)),
@@ -169,6 +186,7 @@ def events_table(
             pa.array(SURFACES).take(pa.array(ev.surface)),
             pa.array(DEVICES).take(pa.array(ev.device)),
             pa.array(ev.position, pa.int32()),
+            pa.array(sessions, pa.int64()),
         ],
         schema=schema,
     )

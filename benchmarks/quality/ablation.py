@@ -28,7 +28,10 @@ Rows of changes made after the issue's own, that the shipped configurations have
   own, their scores averaged (not part of ``all_off``);
 * ``with_graded_labels``: ``[ranker] graded_labels = true``, each label of the ranker's
   training lists counts by its engagement's weight (a purchase 3, a cart 2, a click 1 on the
-  synthetic site) rather than 1 (n/a where every positive weighs the same, as on MovieLens).
+  synthetic site) rather than 1 (n/a where every positive weighs the same, as on MovieLens);
+* ``with_session_cooccurrence``: ``[ranker] cooccurrence = "sessions"``, the ranker's
+  co-occurrence features count two items together where one visit of a user has both, not
+  one user (n/a where the data logs no sessions, as MovieLens).
 
 ``all_off`` turns every change off at once: the state before the issue, as near as the code
 allows (the ranker's ``shown_before`` feature stays), to read the goals against.
@@ -277,6 +280,14 @@ def _ungraded(base: Base) -> str | None:
     return None
 
 
+def _no_sessions(base: Base) -> str | None:
+    if base.cfg.ranker.cooccurrence == "sessions":
+        return "the shipped configuration counts co-occurrence within sessions already"
+    if base.data.session is None:
+        return "the dataset logs no sessions"
+    return None
+
+
 CHANGES: tuple[Change, ...] = (
     Change("baseline"),
     Change(
@@ -347,6 +358,11 @@ CHANGES: tuple[Change, ...] = (
         "with_graded_labels",
         lambda cfg: {"ranker.graded_labels": True},
         not_here=_ungraded,
+    ),
+    Change(
+        "with_session_cooccurrence",
+        lambda cfg: {"ranker.cooccurrence": "sessions"},
+        not_here=_no_sessions,
     ),
     Change("all_off", _all_off, serve_windows=False),
 )
@@ -450,6 +466,7 @@ def test_requests(
         n_candidates=max(r.candidates, K),
         ease_items=r.ease_items,
         ease_l2=r.ease_l2,
+        cooccurrence=r.cooccurrence,
     )
     # _open_only counts on being asked for the requests in order; check that it was
     if any(np.isin(c, shut).any() for c, shut in zip(req.candidates, closed, strict=False)):

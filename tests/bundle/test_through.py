@@ -90,8 +90,10 @@ def test_a_bundle_through_valid_records_it_and_holds_no_test_event(
     assert test_only_users > 900  # nearly every user has test items (the split's 10%)
     # co-occurrence and the item-item model: from train + valid, not every event
     cut = snapshot.cut(data, "valid")
-    seed = from_dict(valid.manifest.config, where="manifest").train.seed
-    np.testing.assert_array_equal(valid.item_neighbors.ids, snapshot.neighbors(cut, seed).ids)
+    cfg = from_dict(valid.manifest.config, where="manifest")
+    np.testing.assert_array_equal(
+        valid.item_neighbors.ids, snapshot.neighbors(cut, cfg.ranker, cfg.train.seed).ids
+    )
     assert not np.array_equal(valid.item_neighbors.ids, whole.item_neighbors.ids)
     assert not np.array_equal(valid.item_regression.weights, whole.item_regression.weights)
 

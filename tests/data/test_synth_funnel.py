@@ -29,6 +29,7 @@ class _Site:
     kind: np.ndarray  # event type names
     value: np.ndarray  # NaN where null
     position: np.ndarray  # int, the slot
+    session: np.ndarray  # int64, the visit's key
     opens: np.ndarray  # items' available_from, NO_START where null
     closes: np.ndarray  # items' available_until, NO_END where null
     price: np.ndarray
@@ -63,6 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> _Site:
         np.asarray(ev.column("type").to_pylist()),
         ev.column("value").to_numpy(zero_copy_only=False).astype(np.float64),
         ev.column("position").to_numpy(),
+        ev.column("session").to_numpy(),
         pc.fill_null(items.column("available_from"), NO_START).to_numpy(),
         pc.fill_null(items.column("available_until"), NO_END).to_numpy(),
         items.column("price").to_numpy(),
@@ -158,6 +160,30 @@ def test_events_carry_their_impressions_position_and_click_through_falls_with_it
         rows = site.of(kind)
         src = _latest_before(site, rows, clk)
         assert np.mean(pos[rows] == pos[src]) > 0.99
+
+
+def test_every_event_carries_its_visit_s_session(site: _Site) -> None:
+    imp, clk = site.of("impression"), site.of("click")
+    assert (site.session >= 0).all()
+    keys, per_key = np.unique(site.session, return_inverse=True)
+    # a session is one user's (the keys of the three chunks do not collide either)
+    users = np.unique(np.stack([per_key, site.user], 1), axis=0)
+    assert len(users) == len(keys)
+    # one slate: ten impressions, one per slot, at one time
+    assert (np.bincount(per_key[imp], minlength=len(keys)) == 10).all()
+    slots = np.unique(np.stack([per_key[imp], site.position[imp]], 1), axis=0)
+    assert len(slots) == len(imp)
+    assert (np.unique(np.stack([per_key[imp], site.ts[imp]], 1), axis=0).shape[0]) == len(keys)
+    # what the user did with it is in it: a click is of its impression's session, and so is
+    # the cart and purchase that followed
+    shown = _latest_before(site, clk, imp)
+    assert (shown >= 0).all() and (site.session[clk] == site.session[shown]).all()
+    for kind in ("add_to_cart", "purchase"):
+        rows = site.of(kind)
+        assert np.mean(site.session[rows] == site.session[_latest_before(site, rows, clk)]) > 0.99
+    # users come back: most have several sessions
+    per_user = np.bincount(users[:, 1], minlength=N_USERS)  # sessions of each user
+    assert per_user.min() >= 1 and np.mean(per_user > 1) > 0.5
 
 
 def test_the_planted_top_k_holds_the_items_available_then(site: _Site) -> None:

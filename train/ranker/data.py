@@ -142,6 +142,7 @@ class _Events:
     times: np.ndarray  # [E] seconds
     offsets: np.ndarray  # int64 [U+1]
     weights: np.ndarray  # float32 [E], each positive's weight
+    sessions: np.ndarray | None = None  # int64 [E] session keys (-1 none), where logged
 
 
 def _with_times(data: Interactions, splits: tuple[int, ...]) -> _Events:
@@ -149,7 +150,11 @@ def _with_times(data: Interactions, splits: tuple[int, ...]) -> _Events:
     counts = np.bincount(data.user[keep], minlength=data.n_users)
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
     return _Events(
-        data.item[keep].astype(np.int64), data.timestamp[keep], offsets, data.weight[keep]
+        data.item[keep].astype(np.int64),
+        data.timestamp[keep],
+        offsets,
+        data.weight[keep],
+        None if data.session is None else data.session[keep],
     )
 
 
@@ -190,18 +195,27 @@ def _stats(
     ease_items: int,
     ease_l2: float,
     activity_at: int | None = None,
+    cooccurrence: str = RankerConfig.cooccurrence,
 ) -> dict[str, Any]:
     """What the ranking features read of the history events: item activity (as of each
     request's time, or frozen at ``activity_at``), co-occurrence neighbours, the item-item
     model, and the items' tags."""
     h_users = np.repeat(np.arange(data.n_users), np.diff(h.offsets))
+    by_session = data.cooccurrence_sessions(cooccurrence) is not None  # raises if none logged
     exact = ItemActivity.of(h.items, h.times, data.n_items)
     activity: ItemActivity | ActivitySnapshot = exact
     if activity_at is not None:
         activity = _frozen(exact, activity_at, data.n_items)
     return {
         "activity": activity,
-        "neighbors": ItemNeighbors.of(h_users, h.items, h.offsets, data.n_items, seed=seed),
+        "neighbors": ItemNeighbors.of(
+            h_users,
+            h.items,
+            h.offsets,
+            data.n_items,
+            seed=seed,
+            sessions=h.sessions if by_session else None,
+        ),
         "regression": ItemRegression.of(
             h_users, h.items, data.n_items, max_items=ease_items, l2=ease_l2
         ),
@@ -229,12 +243,14 @@ def build_requests(
     impression_negative_weight: float = 0.0,
     examination: SlotPropensity | None = None,
     graded: bool = False,
+    cooccurrence: str = RankerConfig.cooccurrence,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
     history; item activity counts the ``history_splits`` events of all users before ``now``,
     and co-occurrence and the item-item model (``ease_items``, ``ease_l2``: see
-    :class:`~tailored.config.RankerConfig`) the ``history_splits`` events. ``item_emb``
+    :class:`~tailored.config.RankerConfig`) the ``history_splits`` events, co-occurring
+    within users or within sessions (``cooccurrence``). ``item_emb``
     [N+1, D] item embeddings.
 
     ``prefix`` int [R] (default 0): a request's first ``prefix`` target-split events are
@@ -277,7 +293,7 @@ def build_requests(
         if (now < last).any():
             raise ValueError("now: a request is stamped before its history's last event")
     cands, scores = _candidates(retrieve, user_emb, [h[0] for h in histories], n_candidates, batch)
-    stats = _stats(data, h, seed, ease_items, ease_l2, activity_at)
+    stats = _stats(data, h, seed, ease_items, ease_l2, activity_at, cooccurrence)
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
     gain = np.zeros((r, n_candidates), np.float32)

@@ -203,6 +203,7 @@ def _requests(
         seed=seed,
         ease_items=cfg.ease_items,
         ease_l2=cfg.ease_l2,
+        cooccurrence=cfg.cooccurrence,
         impression_negative_weight=cfg.impression_negative_weight,
         graded=cfg.graded_labels,
         examination=run.data.propensity if debias else None,

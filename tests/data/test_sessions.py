@@ -1,0 +1,213 @@
+"""Session (visit) ids: imported through the mapping as keyed hashes, read with the positives,
+and what the ranker's co-occurrence table can count within."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tailored.config import ConfigError, load_config
+from tailored.data.importer import import_dataset
+from tailored.data.interactions import Interactions, PositiveRule, load_interactions
+from tailored.data.mapping import MappingError, load_mapping
+from tailored.data.pseudonym import Pseudonymizer
+from tailored.data.ranking_features import DENSE_FEATURES, ItemNeighbors
+from tailored.data.schema import SchemaError, read_dataset_meta
+from tailored.data.splits import TRAIN, VALID
+from tailored.data.store import read_table
+from tailored.train.ranker.data import build_requests, exact_retriever
+
+KEY = bytes(range(32))
+pseudo = Pseudonymizer(KEY)
+T0 = 1_700_000_000
+
+MAPPING = """\
+name = "shop"
+[events]
+file = "events.csv"
+user = "uid"
+item = "sku"
+timestamp = "ts"
+type = "kind"
+value = "value"
+session = "visit"
+"""
+
+# user, item, seconds after T0, type, value, visit id (the site's: it names the user)
+ROWS: list[tuple[str, str, int, str, str, str]] = [
+    ("alice", "i1", 0, "click", "30", "alice-visit-1"),
+    ("alice", "i1", 60, "purchase", "9.5", "alice-visit-1"),  # merged into its click
+    ("alice", "i2", 90, "click", "30", "alice-visit-1"),
+    ("alice", "i3", 90_000, "click", "30", "alice-visit-2"),
+    ("alice", "i4", 90_100, "click", "30", ""),  # no session logged
+    ("bob", "i1", 0, "click", "30", "bob-visit-1"),
+    ("bob", "i2", 50, "click", "30", "bob-visit-1"),
+    ("bob", "i3", 200_000, "click", "30", "alice-visit-2"),  # another user's id: not hers
+]
+EVENTS = {"click": {"role": "positive"}, "purchase": {"role": "positive", "weight": 3}}
+
+
+Row = tuple[str, str, int, str, str, str]
+
+
+def _write(root: Path, mapping: str = MAPPING, rows: list[Row] = ROWS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["uid,sku,ts,kind,value,visit"]
+    lines += [f"{u},{i},{T0 + t},{k},{v},{s}" for u, i, t, k, v, s in rows]
+    (root / "events.csv").write_text("\n".join(lines) + "\n")
+    (root / "mapping.toml").write_text(mapping)
+    return root / "mapping.toml"
+
+
+@pytest.fixture
+def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TAILORED_HOME", str(tmp_path / "home"))
+    return import_dataset(_write(tmp_path / "in"), tmp_path / "ds", key=KEY)
+
+
+def _load(shop: Path) -> Interactions:
+    cfg = load_config(values={"data": {"dataset": str(shop), "events": EVENTS}})
+    return load_interactions(shop, PositiveRule.from_config(cfg.data))
+
+
+def test_session_ids_are_stored_as_keyed_hashes_never_as_given(shop: Path) -> None:
+    assert read_dataset_meta(shop).schema.event_session
+    stored = read_table(shop, "events").column("session").to_pylist()
+    visits = [s for *_, s in ROWS]
+    expected = [int(pseudo.session_keys([s])[0]) if s else None for s in visits]
+    assert stored == expected
+    assert all(k is None or 0 <= k < 2**63 for k in stored)
+    # equal ids, equal keys (bob's "alice-visit-2" is the same string, so the same key:
+    # sessions are always read together with their user); distinct ids, distinct keys
+    assert stored[0] == stored[1] == stored[2] != stored[3]
+    # a user id's pseudonym and a session key of the same string are unrelated
+    assert pseudo("alice-visit-1") not in {format(k, "x") for k in stored if k is not None}
+    for f in shop.iterdir():  # the site's visit ids (which name the users) are nowhere
+        if f.is_file():
+            assert b"visit-" not in f.read_bytes(), f.name
+
+
+def test_positives_carry_their_session_and_a_merged_purchase_keeps_its_click_s(
+    shop: Path,
+) -> None:
+    d = _load(shop)
+    assert d.session is not None and len(d.session) == len(d.item)
+    alice = int(np.flatnonzero(d.user_ids == pseudo("alice"))[0])
+    span = slice(d.offsets[alice], d.offsets[alice + 1])
+    items = [str(d.item_ids[i - 1]) for i in d.item[span]]
+    assert items == ["i1", "i2", "i3", "i4"]  # the purchase merged into the click of i1
+    s = d.session[span]
+    assert s[0] == s[1] == pseudo.session_keys(["alice-visit-1"])[0]
+    assert s[2] == pseudo.session_keys(["alice-visit-2"])[0] and s[3] == -1
+    assert d.weight[span][0] == 3.0
+
+
+def test_a_dataset_without_sessions_has_none_and_says_what_to_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAILORED_HOME", str(tmp_path / "home"))
+    mapping = _write(tmp_path / "in", MAPPING.replace('session = "visit"\n', ""))
+    ds = import_dataset(mapping, tmp_path / "ds", key=KEY)
+    assert "session" not in read_table(ds, "events").column_names
+    d = _load(ds)
+    assert d.session is None and d.cooccurrence_sessions("users") is None
+    with pytest.raises(SchemaError, match=r"\[events\] session = COLUMN"):
+        d.cooccurrence_sessions("sessions")
+
+
+def test_a_missing_session_column_and_a_bad_setting_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAILORED_HOME", str(tmp_path / "home"))
+    mapping = _write(tmp_path / "in", MAPPING.replace('"visit"', '"visit_id"'))
+    with pytest.raises(SchemaError, match="visit_id"):
+        import_dataset(mapping, tmp_path / "ds", key=KEY)
+    assert not (tmp_path / "ds").exists()
+    mapping.write_text(MAPPING.replace('session = "visit"', "session = 3"))
+    with pytest.raises(MappingError, match="session"):
+        load_mapping(mapping)
+    with pytest.raises(ConfigError, match=r"\[ranker\] cooccurrence"):
+        load_config(values={"ranker": {"cooccurrence": "visits"}})
+
+
+def test_co_occurrence_within_sessions_pairs_only_items_of_one_visit() -> None:
+    # user 0: visit A {1, 2}, visit B {3}; user 1: visit C {1, 2}, visit D {3}; user 2: no
+    # sessions logged, {1, 3}; user 3 reuses user 0's key for A but with {4}
+    users = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3])
+    items = np.array([1, 2, 3, 1, 2, 3, 1, 3, 4])
+    sessions = np.array([10, 10, 11, 20, 20, 21, -1, -1, 10])
+    offsets = np.array([0, 3, 6, 8, 9])
+    by_user = ItemNeighbors.of(users, items, offsets, 4, neighbors=3)
+    by_session = ItemNeighbors.of(users, items, offsets, 4, neighbors=3, sessions=sessions)
+
+    def sims(nb: ItemNeighbors, i: int) -> dict[int, float]:
+        return {int(j): float(w) for j, w in zip(nb.ids[i], nb.weights[i], strict=True) if j}
+
+    # over users 1 and 3 co-occur (users 0, 1, 2); within sessions only user 2's unlogged
+    # events pair them
+    assert sims(by_user, 1)[3] == pytest.approx(3 / np.sqrt(3 * 3))
+    assert sims(by_session, 1) == {
+        2: pytest.approx(2 / np.sqrt(3 * 2)),
+        3: pytest.approx(1 / np.sqrt(3 * 3)),
+    }
+    # a key is its user's: user 3's visit "10" does not join user 0's
+    assert 4 not in sims(by_session, 1) and 4 not in sims(by_session, 2)
+    assert sims(by_session, 4) == {}
+
+
+def test_the_ranker_s_co_occurrence_feature_counts_within_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # six users had i1 and i4 in their training period, three of them in one visit; a
+    # seventh has i1 and comes back for i4: its candidate i4 co-occurs with i1 in six users'
+    # histories but in three visits
+    monkeypatch.setenv("TAILORED_HOME", str(tmp_path / "home"))
+    rows: list[Row] = []
+    for u in range(6):
+        together = u < 3
+        rows += [
+            (f"u{u}", "i1", 0, "click", "30", f"v{u}a"),
+            (f"u{u}", "i2", 10, "click", "30", f"v{u}a"),
+            (
+                f"u{u}",
+                "i4",
+                20 if together else 5000,
+                "click",
+                "30",
+                f"v{u}a" if together else f"v{u}b",
+            ),
+            (f"u{u}", "i3", 200_000, "click", "30", f"v{u}c"),
+        ]
+    rows += [("u6", "i1", 0, "click", "30", "v6a"), ("u6", "i4", 200_000, "click", "30", "v6b")]
+    ds = import_dataset(_write(tmp_path / "in", rows=rows), tmp_path / "ds", key=KEY)
+    cfg = load_config(values={"data": {"dataset": str(ds), "events": EVENTS}})
+    d = load_interactions(
+        ds,
+        PositiveRule.from_config(cfg.data),
+        split="global_time",
+        valid_start=T0 + 100_000,
+        test_start=T0 + 300_000,
+    )
+    u6 = np.flatnonzero(d.user_ids == pseudo("u6"))
+    emb = np.eye(d.n_items + 1, dtype=np.float32)
+    i4 = int(np.flatnonzero(d.item_ids == "i4")[0]) + 1
+    cooc = DENSE_FEATURES.index("cooc_recent")
+    got = {}
+    for how in ("users", "sessions"):
+        req = build_requests(
+            d,
+            u6,
+            np.ones((1, d.n_items + 1), np.float32),
+            exact_retriever(emb),
+            item_emb=emb,
+            history_splits=(TRAIN,),
+            target=VALID,
+            n_candidates=d.n_items - 1,
+            cooccurrence=how,
+        )
+        got[how] = float(req.dense[0, list(req.candidates[0]).index(i4), cooc])
+    # i1 is in 7 users' histories and 7 visits, i4 in 6 and 6; together in 6 users, 3 visits
+    assert got["users"] == pytest.approx(6 / np.sqrt(7 * 6))
+    assert got["sessions"] == pytest.approx(3 / np.sqrt(7 * 6))
