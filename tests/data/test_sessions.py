@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tailored.bundle import snapshot
 from tailored.config import ConfigError, load_config
 from tailored.data.importer import import_dataset
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
@@ -211,3 +212,22 @@ def test_the_ranker_s_co_occurrence_feature_counts_within_sessions(
     # i1 is in 7 users' histories and 7 visits, i4 in 6 and 6; together in 6 users, 3 visits
     assert got["users"] == pytest.approx(6 / np.sqrt(7 * 6))
     assert got["sessions"] == pytest.approx(3 / np.sqrt(7 * 6))
+
+
+def test_a_bundle_s_co_occurrence_table_follows_the_setting(shop: Path) -> None:
+    d = _load(shop)
+    for how in ("users", "sessions"):
+        cfg = load_config(values={"ranker": {"cooccurrence": how}})
+        got = snapshot.neighbors(d, cfg.ranker, 0)
+        want = ItemNeighbors.of(
+            d.user, d.item, d.offsets, d.n_items, sessions=d.session if how == "sessions" else None
+        )
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.weights, want.weights)
+    # alice's i1 and i2 share a visit; bob's i3 is in no visit of his i1 or i2
+    i = {name: int(np.flatnonzero(d.item_ids == name)[0]) + 1 for name in ("i1", "i2", "i3")}
+    cfg = load_config(values={"ranker": {"cooccurrence": "sessions"}})
+    by_visit = snapshot.neighbors(d, cfg.ranker, 0)
+    assert i["i2"] in by_visit.ids[i["i1"]] and i["i3"] not in by_visit.ids[i["i1"]]
+    by_user = snapshot.neighbors(d, load_config().ranker, 0)
+    assert i["i3"] in by_user.ids[i["i1"]]
