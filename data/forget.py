@@ -229,8 +229,9 @@ class DatasetStore:
             return read_dataset_meta(self.directory).key_fingerprint
 
     def rekey(self, keys: KeyMap) -> dict[str, int]:
-        """Move the dataset to the new key: every user id mapped (``keys``), the fingerprint
-        changed, in one swap; a dataset already under the new key is left as it is."""
+        """Move the dataset to the new key: every user id mapped (``keys``), every session key
+        moved, the fingerprint changed, in one swap; a dataset already under the new key is
+        left as it is."""
         with locked(self._lock):
             recover_dir(self.directory)
             meta = read_dataset_meta(self.directory)
@@ -256,7 +257,12 @@ class DatasetStore:
                         t = pa.Table.from_batches([batch])
                         col = t.schema.get_field_index("user_id")
                         mapped = keys.apply(t.column(col))[0]
-                        w.write_table(t.set_column(col, t.schema.field(col), mapped))
+                        t = t.set_column(col, t.schema.field(col), mapped)
+                        col = t.schema.get_field_index("session")  # -1: none logged
+                        if col >= 0:  # keyed hashes too: moved to the new key
+                            moved = keys.apply_sessions(t.column(col))
+                            t = t.set_column(col, t.schema.field(col), moved)
+                        w.write_table(t)
                 meta.key_fingerprint = keys.new_fingerprint
                 (new / "dataset.json").unlink()
                 write_dataset_meta(new, meta)

@@ -1,7 +1,8 @@
 """``tailored data import``: the user's own CSV or Parquet files, through a column mapping.
 
 Files are read in chunks (CSV block by block with :func:`pyarrow.csv.open_csv`, Parquet batch
-by batch), renamed and converted to tailored's schema, user ids pseudonymized, and written by
+by batch), renamed and converted to tailored's schema, user ids pseudonymized (session ids,
+where mapped, stored as keyed hashes), and written by
 :class:`~tailored.data.store.DatasetWriter`, which checks every table and moves the dataset
 into place only when all of it was written. Any bad input raises
 :class:`~tailored.data.schema.SchemaError` naming the file, the 1-based data row (header
@@ -179,9 +180,10 @@ def _events(chunk: pa.Table, ev: EventsMapping, pseudo: Pseudonymizer, where: _W
 
 
 def _value_columns(ev: EventsMapping) -> list[str]:
-    """The events' columns ``null_values`` applies to: the value and the context (not ids,
-    times or types)."""
-    return [c for c in (ev.value, *(col for _, col in ev.context)) if c is not None]
+    """The events' columns ``null_values`` applies to: the value, the session and the context
+    (not ids, times or types)."""
+    cols = (ev.value, ev.session, *(col for _, col in ev.context))
+    return [c for c in cols if c is not None]
 
 
 def _types(chunk: pa.Table, ev: EventsMapping, where: _Where) -> pa.Array:
@@ -451,9 +453,10 @@ def _pseudonymize(ids: pa.Array, pseudo: Pseudonymizer) -> pa.Array:
 
 
 def _session_keys(ids: pa.Array, pseudo: Pseudonymizer) -> pa.Array:
-    """The stored keys of session ids (null, or a blank cell: no session), each distinct id
-    hashed once per chunk."""
-    ids = pc.if_else(pc.equal(pc.utf8_trim_whitespace(ids), ""), pa.scalar(None, pa.string()), ids)
+    """The stored keys of session ids (null, or a blank cell: no session; spaces around an
+    id are not part of it), each distinct id hashed once per chunk."""
+    ids = pc.utf8_trim_whitespace(ids)
+    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
     enc = ids.dictionary_encode()
     keys = pa.array(pseudo.session_keys(enc.dictionary.to_pylist()), pa.int64())
     return pc.take(keys, enc.indices)

@@ -224,7 +224,9 @@ class Interactions:
         """The events' session keys where co-occurrence is counted per session (``how``:
         ``[ranker] cooccurrence``, "users" or "sessions"), else None; raises
         :class:`SchemaError` for "sessions" on a dataset that logs none."""
-        if how != "sessions":
+        if how not in ("users", "sessions"):
+            raise ValueError(f'cooccurrence: "users" or "sessions", not {how!r}')
+        if how == "users":
             return None
         if self.session is None:
             raise SchemaError(

@@ -410,6 +410,15 @@ class _Loader:
             raise self.fail(w, "give exactly one of type (a column) and type_constant")
         if constant is not None and not EVENT_NAME.fullmatch(constant):
             raise self.fail(w, f"type_constant {constant!r} is not an event type name")
+        session = self.optional(obj, w, "session")
+        context = self.context(obj.get("context", {}))
+        for name, column in context:  # stored as given there, which a session id must not be
+            if column == session:
+                raise self.fail(
+                    f"events.context.{name}",
+                    f"column {column!r} is the session's; a session id is stored only as its "
+                    "keyed hash ([events] session), never as a context value",
+                )
         return EventsMapping(
             files=files,
             user=self.text(obj, w, "user"),
@@ -420,8 +429,8 @@ class _Loader:
             type_constant=constant,
             value=self.optional(obj, w, "value"),
             position=self.optional(obj, w, "position"),
-            session=self.optional(obj, w, "session"),
-            context=self.context(obj.get("context", {})),
+            session=session,
+            context=context,
             types=self.types(obj.get("types", {})),
             null_values=self.null_values(obj, w),
         )

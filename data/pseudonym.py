@@ -38,6 +38,7 @@ __all__ = ["KEY_ENV", "KeyError_", "KeyMap", "Pseudonymizer", "load_key"]
 KEY_ENV = "TAILORED_PSEUDONYM_KEY"
 _HEX_CHARS = 32
 _SESSION_DOMAIN = b"tailored session id\x00"
+_SESSION_REKEY_DOMAIN = b"tailored session key rotation\x00"
 
 
 class KeyError_(TailoredError, ValueError):
@@ -134,6 +135,19 @@ class Pseudonymizer:
             keys.append(int.from_bytes(h.digest()[:8], "big") >> 1)
         return np.asarray(keys, np.int64).reshape(-1)
 
+    def rekey_sessions(self, old_keys: np.ndarray) -> np.ndarray:
+        """int64 [n] in [0, 2**63): session keys written under another key, moved under this
+        one (HMAC of the old key's value in a domain of its own). The raw session ids are
+        not at hand when a key is rotated; equal keys stay equal, and without this key a
+        stored key cannot be linked to the old one, nor so to a session id."""
+        base = hmac.new(self._key, _SESSION_REKEY_DOMAIN, digestmod=hashlib.sha256)
+        keys = []
+        for old in np.asarray(old_keys, np.int64).reshape(-1).tolist():
+            h = base.copy()
+            h.update(int(old).to_bytes(8, "big", signed=True))
+            keys.append(int.from_bytes(h.digest()[:8], "big") >> 1)
+        return np.asarray(keys, np.int64).reshape(-1)
+
 
 class KeyMap:
     """Re-keying: each of the site's users' pseudonym under the old key and under the new one.
@@ -141,13 +155,20 @@ class KeyMap:
     Built from the site's raw ids (:meth:`of`): a pseudonym cannot be turned into another
     without the id it was made from, which is the point of keying it. Stores map their user
     ids through :meth:`apply`; an id the map does not hold (a user the site no longer lists)
-    is left as it is and counted."""
+    is left as it is and counted. Session keys move through :meth:`apply_sessions` (with
+    the new key's :meth:`Pseudonymizer.rekey_sessions`)."""
 
     def __init__(
-        self, old: pa.Array, new: pa.Array, old_fingerprint: str, new_fingerprint: str
+        self,
+        old: pa.Array,
+        new: pa.Array,
+        old_fingerprint: str,
+        new_fingerprint: str,
+        new_key: Pseudonymizer | None = None,
     ) -> None:
         self.old, self.new = old, new
         self.old_fingerprint, self.new_fingerprint = old_fingerprint, new_fingerprint
+        self._new_key = new_key
 
     @classmethod
     def of(cls, raw_ids: Iterable[str], old: Pseudonymizer, new: Pseudonymizer) -> KeyMap:
@@ -157,6 +178,7 @@ class KeyMap:
             pa.array(new.many(raw).tolist(), pa.string()),
             old.fingerprint,
             new.fingerprint,
+            new,
         )
 
     def __len__(self) -> int:
@@ -170,6 +192,16 @@ class KeyMap:
         missing = int(where.null_count) - int(ids.null_count)
         mapped = pc.take(self.new, pc.fill_null(where, 0)) if len(self.new) else ids
         return pc.if_else(pc.is_null(where), ids, mapped), missing
+
+    def apply_sessions(self, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Session keys (int64, null: none) under the new key, each distinct one hashed once."""
+        if self._new_key is None:
+            raise KeyError_("this key map was made without the new key: it cannot move sessions")
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        enc = keys.dictionary_encode()
+        moved = self._new_key.rekey_sessions(enc.dictionary.to_numpy(zero_copy_only=False))
+        return pc.take(pa.array(moved, pa.int64()), enc.indices)
 
     def pairs(self) -> Iterator[tuple[str, str]]:
         yield from zip(self.old.to_pylist(), self.new.to_pylist(), strict=True)

@@ -187,9 +187,10 @@ class ActivitySnapshot:
 
 @dataclass
 class ItemNeighbors:
-    """Each item's most similar items by co-occurrence in users' recent histories (cosine:
-    co-count / sqrt(count_i * count_j)): ``ids`` int64 [N+1, M] (0 = none) and ``weights``
-    float32 [N+1, M], best first."""
+    """Each item's most similar items by co-occurrence in users' recent histories, or in
+    their sessions (cosine: co-count / sqrt(count_i * count_j), counting users or (user,
+    session) pairs): ``ids`` int64 [N+1, M] (0 = none) and ``weights`` float32 [N+1, M], best
+    first."""
 
     ids: np.ndarray
     weights: np.ndarray

@@ -160,8 +160,9 @@ def items_table(rng: np.random.Generator, world: World, windows: Windows | None 
 
 def session_keys(chunk: int, number: np.ndarray, salt: int) -> np.ndarray:
     """int64 [n] in [0, 2**63): opaque keys of chunk ``chunk``'s sessions ``number`` (their
-    0-based numbers within it), distinct across chunks (splitmix64 of the chunk and number,
-    ``salt`` mixed in), as an import stores a site's session ids: a hash."""
+    0-based numbers within it), as an import stores a site's session ids: a hash (splitmix64
+    of the chunk and number, ``salt`` mixed in, its top bit dropped): two sessions share a key
+    by a chance of 2**-63 per pair."""
     z = (np.uint64(chunk) << np.uint64(32)) + number.astype(np.uint64)
     with np.errstate(over="ignore"):  # arithmetic modulo 2**64, as splitmix64 means it
         z = z + np.uint64(salt % (1 << 64)) * np.uint64(0x9E3779B97F4A7C15)

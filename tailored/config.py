@@ -461,8 +461,9 @@ class RankerConfig:
     # ``[data] position_debias``, over its slot's examination) rather than 1: the softmax loss
     # gives a purchased item more of the list's probability than a clicked one
     graded_labels: bool = False
-    # what two items must share to co-occur in the ``cooc_recent`` features' table: "users"
-    # (both among a user's recent positives) or "sessions" (both in one of the user's
+    # what two items must share to co-occur in the ``cooc_recent`` features' table and the
+    # bundle's neighbours (which the "because you watched" module and related items serve):
+    # "users" (both among a user's recent positives) or "sessions" (both in one of the user's
     # sessions, for data that logs them: the mapping's ``[events] session``; a positive with
     # no session logged pairs with the user's others that have none)
     cooccurrence: str = "users"

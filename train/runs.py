@@ -39,7 +39,7 @@ def load_data(
     :func:`~tailored.data.interactions.load_interactions`)."""
     d = cfg.data
     rule = PositiveRule.from_config(d)
-    return load_interactions(
+    data = load_interactions(
         dataset_dir(d.dataset),
         rule,
         split=d.split,
@@ -51,6 +51,10 @@ def load_data(
         shard=shard,
         numeric_buckets=cfg.model.numeric_buckets,
     )
+    # the ranker's co-occurrence within sessions needs the data to log them: said before a
+    # run trains for hours, not when its ranker is fitted
+    data.cooccurrence_sessions(cfg.ranker.cooccurrence)
+    return data
 
 
 @dataclass

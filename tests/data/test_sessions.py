@@ -10,15 +10,17 @@ import pytest
 
 from tailored.bundle import snapshot
 from tailored.config import ConfigError, load_config
+from tailored.data.forget import DatasetStore
 from tailored.data.importer import import_dataset
 from tailored.data.interactions import Interactions, PositiveRule, load_interactions
 from tailored.data.mapping import MappingError, load_mapping
-from tailored.data.pseudonym import Pseudonymizer
+from tailored.data.pseudonym import KeyMap, Pseudonymizer
 from tailored.data.ranking_features import DENSE_FEATURES, ItemNeighbors
 from tailored.data.schema import SchemaError, read_dataset_meta
 from tailored.data.splits import TRAIN, VALID
 from tailored.data.store import read_table
 from tailored.train.ranker.data import build_requests, exact_retriever
+from tailored.train.runs import load_data
 
 KEY = bytes(range(32))
 pseudo = Pseudonymizer(KEY)
@@ -79,12 +81,12 @@ def test_session_ids_are_stored_as_keyed_hashes_never_as_given(shop: Path) -> No
     visits = [s for *_, s in ROWS]
     expected = [int(pseudo.session_keys([s])[0]) if s else None for s in visits]
     assert stored == expected
-    assert all(k is None or 0 <= k < 2**63 for k in stored)
+    assert all(k is None or k >= 0 for k in stored)
     # equal ids, equal keys (bob's "alice-visit-2" is the same string, so the same key:
     # sessions are always read together with their user); distinct ids, distinct keys
     assert stored[0] == stored[1] == stored[2] != stored[3]
-    # a user id's pseudonym and a session key of the same string are unrelated
-    assert pseudo("alice-visit-1") not in {format(k, "x") for k in stored if k is not None}
+    # a session key is not the same string's user pseudonym (the same HMAC in another domain)
+    assert stored[0] != int(pseudo("alice-visit-1")[:16], 16) >> 1
     for f in shop.iterdir():  # the site's visit ids (which name the users) are nowhere
         if f.is_file():
             assert b"visit-" not in f.read_bytes(), f.name
@@ -116,6 +118,15 @@ def test_a_dataset_without_sessions_has_none_and_says_what_to_map(
     assert d.session is None and d.cooccurrence_sessions("users") is None
     with pytest.raises(SchemaError, match=r"\[events\] session = COLUMN"):
         d.cooccurrence_sessions("sessions")
+    # said when the data is read for training, before anything trains
+    cfg = load_config(
+        values={
+            "data": {"dataset": str(ds), "events": EVENTS},
+            "ranker": {"cooccurrence": "sessions"},
+        }
+    )
+    with pytest.raises(SchemaError, match="this dataset logs none"):
+        load_data(cfg)
 
 
 def test_a_missing_session_column_and_a_bad_setting_are_named(
@@ -231,3 +242,53 @@ def test_a_bundle_s_co_occurrence_table_follows_the_setting(shop: Path) -> None:
     assert i["i2"] in by_visit.ids[i["i1"]] and i["i3"] not in by_visit.ids[i["i1"]]
     by_user = snapshot.neighbors(d, load_config().ranker, 0)
     assert i["i3"] in by_user.ids[i["i1"]]
+
+
+def test_sessions_stay_with_their_events_whatever_the_file_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAILORED_HOME", str(tmp_path / "home"))
+    # users interleaved and times out of order; a marker null and spaces around an id
+    rows: list[Row] = [
+        ("bob", "i3", 300, "click", "30", "b2"),
+        ("alice", "i2", 200, "click", "30", "unknown"),
+        ("bob", "i1", 100, "click", "30", "b1"),
+        ("alice", "i4", 400, "click", "30", " a2 "),
+        ("alice", "i1", 50, "click", "30", "a1"),
+        ("bob", "i2", 150, "click", "30", "b1"),
+        ("alice", "i3", 350, "click", "30", "a2"),
+    ]
+    mapping = _write(tmp_path / "in", MAPPING + 'null_values = ["unknown"]\n', rows)
+    d = _load(import_dataset(mapping, tmp_path / "ds", key=KEY, chunk_rows=3))
+    assert d.session is not None
+    key = {s: int(pseudo.session_keys([s])[0]) for s in ("a1", "a2", "b1", "b2")}
+    for user, want in (
+        ("alice", [("i1", key["a1"]), ("i2", -1), ("i3", key["a2"]), ("i4", key["a2"])]),
+        ("bob", [("i1", key["b1"]), ("i2", key["b1"]), ("i3", key["b2"])]),
+    ):
+        u = int(np.flatnonzero(d.user_ids == pseudo(user))[0])
+        span = range(d.offsets[u], d.offsets[u + 1])
+        assert [(str(d.item_ids[d.item[k] - 1]), int(d.session[k])) for k in span] == want
+
+
+def test_a_session_column_cannot_also_be_a_context_value(tmp_path: Path) -> None:
+    mapping = _write(tmp_path / "in", MAPPING + '[events.context]\nvisit = "visit"\n')
+    with pytest.raises(MappingError, match=r"events.context.visit.*keyed hash"):
+        load_mapping(mapping)
+
+
+def test_a_key_rotation_moves_the_session_keys_too(shop: Path) -> None:
+    before = read_table(shop, "events").column("session")
+    new = Pseudonymizer(bytes(range(1, 33)))
+    got = DatasetStore(shop).rekey(KeyMap.of(["alice", "bob"], pseudo, new))
+    assert got["users"] == 2
+    after = read_table(shop, "events").column("session")
+    assert read_dataset_meta(shop).key_fingerprint == new.fingerprint
+    # the same sessions (equal keys stay equal, none stays none), none of the old keys
+    old_keys, new_keys = before.to_pylist(), after.to_pylist()
+    assert [k is None for k in old_keys] == [k is None for k in new_keys]
+    pairs = {(a, b) for a, b in zip(old_keys, new_keys, strict=True) if a is not None}
+    assert len({a for a, _ in pairs}) == len({b for _, b in pairs}) == len(pairs)
+    assert not {a for a, _ in pairs} & {b for _, b in pairs}
+    assert all(b == new.rekey_sessions(np.array([a]))[0] for a, b in pairs)
+    assert all(0 <= b < 2**63 for _, b in pairs)
