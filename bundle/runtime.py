@@ -33,6 +33,7 @@ from tailored.data.ranking_features import (
     ActivitySnapshot,
     ItemNeighbors,
     ItemRegression,
+    popularity_penalized,
     ranker_inputs,
 )
 from tailored.data.tombstones import locked
@@ -348,6 +349,8 @@ class LoadedBundle:
     segments: SegmentModel | None = None  # k-means over the user embeddings, at build
     # when each item may be served (an older bundle: none, every item always)
     windows: ItemWindows | None = None
+    # [ranker] popularity_penalty of the bundle's configuration (popularity_penalized)
+    popularity_penalty: float = 0.0
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, onnx_device: str = "auto") -> LoadedBundle:
@@ -412,6 +415,9 @@ class LoadedBundle:
             ranker_dense=_dense_width(ranker, root),
             segments=SegmentModel.load(root),
             windows=ItemWindows.load(root, len(items_t) + 1),
+            popularity_penalty=float(
+                (manifest.config.get("ranker") or {}).get("popularity_penalty", 0.0)
+            ),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree
         return bundle
@@ -490,9 +496,21 @@ class LoadedBundle:
         user_emb: np.ndarray,
     ) -> np.ndarray:
         """Ranker scores float32 [R, C] of ``candidates`` (int [R, C], bundle rows) for R
-        requests; without a ranker in the bundle, the retrieval scores (``dense[..., 0]``)."""
+        requests, less the configured popularity penalty (:func:`popularity_penalized`);
+        without a ranker in the bundle, the retrieval scores (``dense[..., 0]``)."""
         if self.ranker is None:
             return dense[..., 0].astype(np.float32)
+        score = self._ranker_scores(users, context, candidates, dense, user_emb)
+        return popularity_penalized(score, dense, candidates, self.popularity_penalty)
+
+    def _ranker_scores(
+        self,
+        users: FeatureTable,
+        context: np.ndarray,
+        candidates: np.ndarray,
+        dense: np.ndarray,
+        user_emb: np.ndarray,
+    ) -> np.ndarray:
         feeds = ranker_inputs(
             users=users,
             context=context,
@@ -504,5 +522,6 @@ class LoadedBundle:
         )
         # the exporter drops inputs a ranker does not read (fields the config turned off)
         names = self.ranker_input_names
+        assert self.ranker is not None  # rank() answers without one itself
         (score,) = self.ranker.run(None, {k: v for k, v in feeds.items() if k in names})
         return np.asarray(score, np.float32).reshape(candidates.shape)

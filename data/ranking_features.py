@@ -66,6 +66,7 @@ __all__ = [
     "dense_features",
     "distinct_pairs",
     "item_tags",
+    "popularity_penalized",
     "ranker_inputs",
 ]
 
@@ -495,3 +496,27 @@ def ranker_inputs(
         "user_emb": np.ascontiguousarray(per_request(user_emb), np.float32),
         "item_emb": np.ascontiguousarray(item_emb[flat], np.float32),
     }
+
+
+def popularity_penalized(
+    scores: np.ndarray, dense: np.ndarray, candidates: np.ndarray, penalty: float
+) -> np.ndarray:
+    """``[ranker] popularity_penalty``: the order of R requests' candidates, float32 [R, C],
+    by ``z(score) - penalty * z(item_count)``, each standardised over the request's
+    candidates (``candidates`` int [R, C], 0 = none: left out, and -inf), ``item_count`` the
+    ranking feature (log of the item's known interactions, ``dense`` [R, C, F]). Clicks
+    follow exposure, and a site shows its popular items most: a ranker fitted to clicks
+    over-counts them. ``scores`` as they are where ``penalty`` is 0."""
+    if penalty == 0:
+        return np.asarray(scores, np.float32)
+    real = candidates > 0
+    count = dense[..., DENSE_FEATURES.index("item_count")]
+
+    def z(x: np.ndarray) -> np.ndarray:
+        n = np.maximum(real.sum(1, keepdims=True), 1)
+        mean = np.where(real, x, 0.0).sum(1, keepdims=True) / n
+        sd = np.sqrt(np.where(real, (x - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
+        return np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+
+    out = z(np.asarray(scores, np.float64)) - penalty * z(np.asarray(count, np.float64))
+    return np.where(real, out, -np.inf).astype(np.float32)

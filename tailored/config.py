@@ -467,10 +467,19 @@ class RankerConfig:
     # sessions, for data that logs them: the mapping's ``[events] session``; a positive with
     # no session logged pairs with the user's others that have none)
     cooccurrence: str = "users"
+    # candidates ordered by z(ranker score) - popularity_penalty x z(item_count), each
+    # standardised within the request (item_count: log of the item's known interactions),
+    # wherever the ranker orders a list (serving, `tailored evaluate`): clicks follow
+    # exposure, and a site shows its popular items most, so a ranker fitted to clicks
+    # over-counts them. 0: the ranker's own order
+    popularity_penalty: float = 0.0
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
         _one_of("ranker", "cooccurrence", self.cooccurrence, ("users", "sessions"))
+        p = self.popularity_penalty
+        if isinstance(p, bool) or not (isinstance(p, int | float) and 0 <= p < math.inf):
+            raise ConfigError(f"[ranker] popularity_penalty: must be a number >= 0, got {p!r}")
         if self.graded_labels and self.loss != "softmax":
             raise ConfigError('[ranker] graded_labels: needs loss = "softmax"')
         w = self.impression_negative_weight

@@ -1,19 +1,27 @@
 """What item coverage@10 costs on MovieLens-100k: the ranker's lists with a popularity
 penalty, NDCG@10 against coverage. An exploration for issue 20's goal (two-stage NDCG@10 at
 least 0.23 *with* coverage@10 at least 0.45), before building any coverage control into
-serving.
+serving. With ``--dataset synthetic`` the same on the ablation's synthetic site, where the
+planted-truth recall@10 is reported too: whether the popularity the clicks over-count (the
+site's logging policy shows popular items more) hides planted tastes a penalty would find.
 
 For each seed, the shipped configuration is trained and its ranker fitted as the ablation
 does (:mod:`benchmarks.quality.ablation`, no bundle), and the test requests are made as
 ``tailored evaluate`` makes them. Each request's candidates are then ordered by ``z(ranker
 score) - beta * z(item_count)`` (each standardised within the request; ``item_count`` is the
 ranker's own feature, log(1 + the item's known interactions before the request)), for each
-``beta``: 0 is the two-stage list as shipped.
+``beta``: 0 is the ranker's own order (the order is :func:`~tailored.data.ranking_features.
+popularity_penalized`'s, ``[ranker] popularity_penalty``, whatever the configuration sets;
+the runs of 2026-12-06 and 07 counted a request's empty candidate slots in the
+standardisation, which the function leaves out).
 
     python -m benchmarks.explorations.coverage_frontier --seeds 0 [--betas 0 0.1 0.2 0.3 0.5]
+    python -m benchmarks.explorations.coverage_frontier --dataset synthetic [--site-seed 1] \
+        --out benchmarks/results/coverage_frontier_synthetic.json
 
 JSON to ``benchmarks/results/coverage_frontier.json``: per seed and beta, NDCG@10, Recall@10
-and coverage@10, with retrieval alone beside them.
+and coverage@10 (and the planted truth's recall@10 and new-item recall on the synthetic
+site), with retrieval alone beside them.
 """
 
 from __future__ import annotations
@@ -29,13 +37,20 @@ import torch
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
 from benchmarks.quality.ablation import SeedModels, test_requests
-from benchmarks.quality.ablation_plan import Base, make_plan, movielens_site
+from benchmarks.quality.ablation_plan import (
+    Base,
+    Site,
+    add_site_arguments,
+    make_plan,
+    movielens_site,
+    row_metrics,
+    synthetic_site,
+)
 from tailored.bundle.evaluate import rerank
 from tailored.config import load_config
-from tailored.data.ranking_features import DENSE_FEATURES
-from tailored.data.splits import TRAIN
+from tailored.data.ranking_features import popularity_penalized
+from tailored.data.schema import read_dataset_meta
 from tailored.paths import write_json_atomic
-from tailored.train.metrics import aggregate_metrics
 from tailored.train.ranker.task import task_logits
 from tailored.train.runs import load_data
 from tailored.train.threads import torch_threads
@@ -46,32 +61,26 @@ OUT = RESULTS / "coverage_frontier.json"
 K = 10
 
 
-def _standard(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-9)
-
-
-def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
-    site = movielens_site()
-    cfg = load_config(site.config, overrides={**site.overrides, "train.seed": seed})
+def _seed(site: Site, seed: int, betas: list[float], work: Path) -> dict[str, Any]:
+    overrides = {**site.overrides, "train.seed": seed, "train.progress_bar": False}
+    cfg = load_config(site.config, overrides=overrides)
     data = load_data(cfg)
-    plan = make_plan(site, Base(cfg, data, False))
+    windows = read_dataset_meta(site.dataset).schema.item_availability
+    plan = make_plan(site, Base(cfg, data, windows))
     fitted = SeedModels(work).fit(cfg, data)
     # after the fit: Lightning leaves gradients on
     with torch_threads(cfg.train.threads), torch.no_grad():
-        req, _, _ = test_requests(fitted, cfg.ranker, plan, None)
+        req, _, _ = test_requests(fitted, cfg.ranker, plan, plan.windows)
         logits = np.concatenate(
             [
                 task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy()
                 for b in req.batches(256)
             ]
         )
-    pop = data.item_popularity((TRAIN,))[1:]
 
     def figures(top: np.ndarray) -> dict[str, float]:
-        m = aggregate_metrics(top, plan.relevant, (K,), pop, data.n_items)
-        return {name: m[f"{name}@{K}"] for name in ("ndcg", "recall", "itemcoverage")}
+        return row_metrics(top, plan, data)
 
-    count = req.dense[:, :, DENSE_FEATURES.index("item_count")]
     order = -np.arange(req.candidates.shape[1], dtype=np.float32)
     return {
         "seed": seed,
@@ -79,7 +88,11 @@ def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
             rerank(np.broadcast_to(order, req.candidates.shape), req.candidates, K)
         ),
         "penalised": {
-            str(b): figures(rerank(_standard(logits) - b * _standard(count), req.candidates, K))
+            str(b): figures(
+                rerank(
+                    popularity_penalized(logits, req.dense, req.candidates, b), req.candidates, K
+                )
+            )
             for b in betas
         },
     }
@@ -87,13 +100,22 @@ def _seed(seed: int, betas: list[float], work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=("movielens", "synthetic"), default="movielens")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.8])
     p.add_argument("--out", type=Path, default=OUT)
+    add_site_arguments(p)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tailored-coverage-") as tmp:
-        runs = [_seed(s, args.betas, Path(tmp) / f"seed{s}") for s in args.seeds]
-    out = {"machine": machine(), "betas": args.betas, "runs": runs}
+        site = movielens_site() if args.dataset == "movielens" else synthetic_site(args, Path(tmp))
+        runs = [_seed(site, s, args.betas, Path(tmp) / f"seed{s}") for s in args.seeds]
+    out = {
+        "machine": machine(),
+        "dataset": args.dataset,
+        "site": site.info,
+        "betas": args.betas,
+        "runs": runs,
+    }
     write_json_atomic(args.out, out)
     for run in runs:
         print(f"seed {run['seed']}: retrieval {run['retrieval']}")

@@ -29,6 +29,10 @@ Rows of changes made after the issue's own, that the shipped configurations have
 * ``with_graded_labels``: ``[ranker] graded_labels = true``, each label of the ranker's
   training lists counts by its engagement's weight (a purchase 3, a cart 2, a click 1 on the
   synthetic site) rather than 1 (n/a where every positive weighs the same, as on MovieLens);
+* ``no_popularity_penalty`` / ``with_popularity_penalty``: ``[ranker] popularity_penalty`` 0 /
+  the synthetic site's shipped value (:data:`POPULARITY_PENALTY`), the ranker's lists ordered
+  by its score less that much of the items' popularity, each standardised within the list
+  (the same ranker: only its order changes; 0 is part of ``all_off``);
 * ``with_session_cooccurrence``: ``[ranker] cooccurrence = "sessions"``, the ranker's
   co-occurrence features count two items together where one visit of a user has both, not
   one user (n/a where the data logs no sessions, as MovieLens).
@@ -150,6 +154,7 @@ from tailored.bundle.availability import ItemWindows
 from tailored.bundle.evaluate import rerank
 from tailored.config import Config, RankerConfig, load_config, load_serve_config
 from tailored.data.interactions import Interactions
+from tailored.data.ranking_features import popularity_penalized
 from tailored.data.schema import read_dataset_meta
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.errors import ConfigError
@@ -164,6 +169,8 @@ from tailored.train.two_tower.fit import train
 __all__ = ["CHANGES", "Change", "SeedModels", "main", "test_requests"]
 
 _DAY = 86_400
+# the with_popularity_penalty row's strength (the synthetic site's shipped value)
+POPULARITY_PENALTY = 0.3
 # the with_uniform_negatives row's count (half the synthetic site's items)
 UNIFORM_NEGATIVES = 2048
 _DWELL_TYPES = ("click", "view")  # the event types whose value is dwell seconds
@@ -239,6 +246,7 @@ def _all_off(cfg: Config) -> dict[str, Any]:
         "train.val_checks_per_epoch": 1,
         "model.numeric_buckets": 0,
         "loss.uniform_negatives": 0,
+        "ranker.popularity_penalty": 0.0,
     }
 
 
@@ -277,6 +285,18 @@ def _ungraded(base: Base) -> str | None:
         return "the shipped configuration grades the ranker's labels already"
     if len(np.unique(base.data.weight)) < 2:
         return "every positive of this dataset weighs the same"
+    return None
+
+
+def _no_penalty(base: Base) -> str | None:
+    if base.cfg.ranker.popularity_penalty == 0:
+        return "the shipped configuration has none (its row: with_popularity_penalty)"
+    return None
+
+
+def _penalty_already(base: Base) -> str | None:
+    if base.cfg.ranker.popularity_penalty > 0:
+        return "the shipped configuration has one (its row: no_popularity_penalty)"
     return None
 
 
@@ -363,6 +383,16 @@ CHANGES: tuple[Change, ...] = (
         "with_session_cooccurrence",
         lambda cfg: {"ranker.cooccurrence": "sessions"},
         not_here=_no_sessions,
+    ),
+    Change(
+        "no_popularity_penalty",
+        lambda cfg: {"ranker.popularity_penalty": 0.0},
+        not_here=_no_penalty,
+    ),
+    Change(  # where the shipped configuration has none: MovieLens's
+        "with_popularity_penalty",
+        lambda cfg: {"ranker.popularity_penalty": POPULARITY_PENALTY},
+        not_here=_penalty_already,
     ),
     Change("all_off", _all_off, serve_windows=False),
 )
@@ -488,7 +518,16 @@ def _lists(
     data = fitted.towers.run.data
     req, user_emb, item_emb = test_requests(fitted, r, plan, windows)
     ranked = [
-        rerank(task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy(), b.candidates, K)
+        rerank(
+            popularity_penalized(
+                task_logits(fitted.ranker.model, fitted.tables.batch(b)).numpy(),
+                b.dense,
+                b.candidates,
+                r.popularity_penalty,
+            ),
+            b.candidates,
+            K,
+        )
         for b in req.batches(256)
     ]
     order = -np.arange(req.candidates.shape[1], dtype=np.float32)
@@ -509,7 +548,8 @@ def _lists(
 class SeedModels:
     """One seed's runs and rankers by configuration: a row whose towers are configured as
     another's reuses its run (``no_impression_negatives`` refits the ranker only), and one
-    configured wholly as another reuses its ranker too (``no_availability``)."""
+    configured wholly as another, the popularity penalty aside, reuses its ranker too
+    (``no_availability``, ``with_popularity_penalty``)."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -517,7 +557,10 @@ class SeedModels:
         self.fitted: dict[str, Fitted] = {}
 
     def fit(self, cfg: Config, data: Interactions) -> Fitted:
-        key = _key(cfg.to_dict())
+        whole = cfg.to_dict()
+        # the popularity penalty orders the fitted ranker's lists: the same ranker
+        whole["ranker"] = {k: v for k, v in whole["ranker"].items() if k != "popularity_penalty"}
+        key = _key(whole)
         if key in self.fitted:
             done = self.fitted[key]
             return Fitted(replace(done.towers, seconds=0.0), done.ranker, done.tables, 0.0)

@@ -1,0 +1,88 @@
+"""``[ranker] popularity_penalty``: the ranker's lists ordered by its score less a share of the
+items' popularity, the same wherever the ranker orders a list (a bundle's ``rank``, so
+serving and ``tailored evaluate``), read from the bundle's configuration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tailored.bundle.format import latest_bundle
+from tailored.bundle.runtime import LoadedBundle
+from tailored.config import ConfigError, load_config, load_serve_config
+from tailored.data.features import MAX_MULTI, FeatureTable
+from tailored.data.ranking_features import DENSE_FEATURES, popularity_penalized
+from tailored.serve.recommender import Recommender, Request
+from tests.helpers import reseal
+
+COUNT = DENSE_FEATURES.index("item_count")
+
+
+def test_the_penalty_standardises_within_each_list_and_leaves_no_candidate_out() -> None:
+    scores = np.array([[3.0, 2.0, 1.0, 7.0], [1.0, 1.0, 1.0, 0.0]], np.float32)
+    dense = np.zeros((2, 4, len(DENSE_FEATURES)), np.float32)
+    dense[0, :, COUNT] = [8.0, 1.0, 1.0, 0.0]  # the last is padding (candidate 0)
+    dense[1, :, COUNT] = [5.0, 4.0, 3.0, 0.0]
+    cands = np.array([[5, 6, 7, 0], [1, 2, 3, 0]])
+    np.testing.assert_array_equal(popularity_penalized(scores, dense, cands, 0.0), scores)
+    got = popularity_penalized(scores, dense, cands, 1.0)
+    assert np.isneginf(got[:, 3]).all()
+
+    def z(x: list[float]) -> np.ndarray:
+        a = np.asarray(x)
+        return (a - a.mean()) / a.std()
+
+    np.testing.assert_allclose(got[0, :3], z([3, 2, 1]) - z([8, 1, 1]), rtol=1e-6)
+    # equal scores carry no order of their own: the least popular comes first
+    np.testing.assert_allclose(got[1, :3], -z([5, 4, 3]), rtol=1e-6)
+    assert np.argsort(-got[0]).tolist()[:3] == [1, 0, 2]  # the popular best item drops
+
+
+def test_a_bundle_ranks_with_the_penalty_its_configuration_names(
+    serve_bundle: Path, tmp_path: Path
+) -> None:
+    source = latest_bundle(serve_bundle)
+    assert source is not None
+    plain = LoadedBundle.load(source)
+    assert plain.popularity_penalty == 0.0
+    copy = tmp_path / source.name
+    shutil.copytree(source, copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["config"]["ranker"]["popularity_penalty"] = 0.5
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    reseal(copy)
+    penalised = LoadedBundle.load(copy)
+    assert penalised.popularity_penalty == 0.5
+
+    rec = Recommender(plain, load_serve_config(overrides={"clock": "bundle"}))
+    snap = plain.users
+    assert snap is not None
+    req = Request(str(snap.ids[0]), 10, "home", float(plain.last_event_time + 3600), True)
+    every = np.arange(1, plain.n_items + 1, dtype=np.int64)
+    dense = rec.ranking_features(req, every, np.zeros(len(every), np.float32))[None]
+    users = FeatureTable(
+        snap.categorical[:1], np.zeros((1, 0, MAX_MULTI), np.int64), snap.numeric[:1]
+    )
+    context = np.zeros((1, len(plain.info.get("context_vocabs") or {})), np.int64)
+    user_emb = plain.item_embeddings[1:2]  # any vector of the towers' width
+
+    def rank(bundle: LoadedBundle) -> np.ndarray:
+        return bundle.rank(
+            users=users, context=context, candidates=every[None], dense=dense, user_emb=user_emb
+        )
+
+    raw, got = rank(plain), rank(penalised)
+    np.testing.assert_allclose(got, popularity_penalized(raw, dense, every[None], 0.5), rtol=1e-5)
+    # the penalised list leans to less popular items
+    pop = dense[0, :, COUNT]
+    plain_top, penalised_top = np.argsort(-raw[0])[:10], np.argsort(-got[0])[:10]
+    assert pop[penalised_top].mean() < pop[plain_top].mean()
+
+
+def test_a_negative_penalty_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"\[ranker\] popularity_penalty"):
+        load_config(values={"ranker": {"popularity_penalty": -0.1}})
