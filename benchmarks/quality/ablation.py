@@ -32,7 +32,8 @@ Rows of changes made after the issue's own, that the shipped configurations have
 * ``no_popularity_penalty`` / ``with_popularity_penalty``: ``[ranker] popularity_penalty`` 0 /
   the synthetic site's shipped value (:data:`POPULARITY_PENALTY`), the ranker's lists ordered
   by its score less that much of the items' popularity, each standardised within the list
-  (the same ranker: only its order changes; 0 is part of ``all_off``);
+  (the same ranker: only its order changes; the synthetic configuration ships it, the
+  MovieLens one has none; 0 is part of ``all_off``);
 * ``with_session_cooccurrence``: ``[ranker] cooccurrence = "sessions"``, the ranker's
   co-occurrence features count two items together where one visit of a user has both, not
   one user (n/a where the data logs no sessions, as MovieLens).
