@@ -494,14 +494,17 @@ class LoadedBundle:
         candidates: np.ndarray,
         dense: np.ndarray,
         user_emb: np.ndarray,
+        popularity_penalty: float | None = None,
     ) -> np.ndarray:
         """Ranker scores float32 [R, C] of ``candidates`` (int [R, C], bundle rows) for R
-        requests, less the configured popularity penalty (:func:`popularity_penalized`);
-        without a ranker in the bundle, the retrieval scores (``dense[..., 0]``)."""
+        requests, less the configured popularity penalty (:func:`popularity_penalized`; an
+        experiment variant's ``popularity_penalty`` instead, where given); without a ranker
+        in the bundle, the retrieval scores (``dense[..., 0]``)."""
         if self.ranker is None:
             return dense[..., 0].astype(np.float32)
         score = self._ranker_scores(users, context, candidates, dense, user_emb)
-        return popularity_penalized(score, dense, candidates, self.popularity_penalty)
+        p = self.popularity_penalty if popularity_penalty is None else float(popularity_penalty)
+        return popularity_penalized(score, dense, candidates, p)
 
     def _ranker_scores(
         self,

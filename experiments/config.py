@@ -72,6 +72,7 @@ VARIANT_KEYS: dict[str, type] = {
     "ranker": bool,  # the re-ranker on or off
     "candidates": int,  # retrieved per request before ranking
     "mmr_lambda": float,  # diversity strength: 1 = relevance only
+    "popularity_penalty": float,  # [ranker] popularity_penalty of the served bundle, replaced
     "popularity": bool,  # the non-personalized control: popular in the request's context
     "hide_after_impressions": int,  # [serve] hide_after_impressions for the variant's users
     "new_item_slots": int,  # [serve] new_item_slots: places given to new items
@@ -433,6 +434,8 @@ def _check_change(key: str, value: Any, at: str) -> None:
         )
     if key in ("hide_after_impressions", "new_item_slots") and value < 0:
         raise ExperimentError(f"{at}: {key}: must be >= 0, got {value}")
+    if key == "popularity_penalty" and value < 0:
+        raise ExperimentError(f"{at}: popularity_penalty: must be >= 0, got {value}")
     if key == "mmr_lambda" and not 0.0 <= value <= 1.0:
         raise ExperimentError(f"{at}: mmr_lambda: must be in [0, 1], got {value}")
     if key == "bundle" and not value:

@@ -139,6 +139,11 @@ bundle = "v000002"
         ),
         (("experiment", 0, "variant", 1, "mmr_lambda"), 2.0, r"mmr_lambda: must be in \[0, 1\]"),
         (
+            ("experiment", 0, "variant", 1, "popularity_penalty"),
+            -0.5,
+            r"variant 'off': popularity_penalty: must be >= 0",
+        ),
+        (
             ("experiment", 0, "variant", 1, "weight"),
             float("nan"),
             r"weight: must be a finite number",

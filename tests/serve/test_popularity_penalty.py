@@ -77,6 +77,20 @@ def test_a_bundle_ranks_with_the_penalty_its_configuration_names(
 
     raw, got = rank(plain), rank(penalised)
     np.testing.assert_allclose(got, popularity_penalized(raw, dense, every[None], 0.5), rtol=1e-5)
+    # an experiment's variant sets its own, whatever the bundle's
+    np.testing.assert_array_equal(
+        plain.rank(
+            users=users,
+            context=context,
+            candidates=every[None],
+            dense=dense,
+            user_emb=user_emb,
+            popularity_penalty=0.5,
+        ),
+        got,
+    )
+    variant = Request(req.user, 10, "home", req.time, True, variant={"popularity_penalty": 0.5})
+    assert rec.recommend(variant).item_ids != rec.recommend(req).item_ids
     # the penalised list leans to less popular items
     pop = dense[0, :, COUNT]
     plain_top, penalised_top = np.argsort(-raw[0])[:10], np.argsort(-got[0])[:10]
