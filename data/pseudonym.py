@@ -125,26 +125,32 @@ class Pseudonymizer:
         """int64 [n], each in [0, 2**63): the stored key of each session id, the first 63
         bits of its HMAC-SHA256 in a domain apart from user ids'. Equal ids get equal keys;
         among 10^9 distinct ids about 0.05 pairs are expected to share one."""
-        base = hmac.new(self._key, _SESSION_DOMAIN, digestmod=hashlib.sha256)
-        keys = []
-        for raw in raw_ids:
+
+        def encoded(raw: str) -> bytes:
             if not isinstance(raw, str) or not raw:
                 raise ValueError(f"session id must be a non-empty string, got {raw!r}")
-            h = base.copy()
-            h.update(raw.encode("utf-8"))
-            keys.append(int.from_bytes(h.digest()[:8], "big") >> 1)
-        return np.asarray(keys, np.int64).reshape(-1)
+            return raw.encode("utf-8")
+
+        return self._keys63(_SESSION_DOMAIN, (encoded(raw) for raw in raw_ids))
 
     def rekey_sessions(self, old_keys: np.ndarray) -> np.ndarray:
         """int64 [n] in [0, 2**63): session keys written under another key, moved under this
         one (HMAC of the old key's value in a domain of its own). The raw session ids are
         not at hand when a key is rotated; equal keys stay equal, and without this key a
         stored key cannot be linked to the old one, nor so to a session id."""
-        base = hmac.new(self._key, _SESSION_REKEY_DOMAIN, digestmod=hashlib.sha256)
+        olds = np.asarray(old_keys, np.int64).reshape(-1).tolist()
+        return self._keys63(
+            _SESSION_REKEY_DOMAIN, (int(k).to_bytes(8, "big", signed=True) for k in olds)
+        )
+
+    def _keys63(self, domain: bytes, messages: Iterable[bytes]) -> np.ndarray:
+        """int64 [n] in [0, 2**63): the first 63 bits of each message's HMAC-SHA256 under
+        this key, after ``domain``."""
+        base = hmac.new(self._key, domain, digestmod=hashlib.sha256)
         keys = []
-        for old in np.asarray(old_keys, np.int64).reshape(-1).tolist():
+        for message in messages:
             h = base.copy()
-            h.update(int(old).to_bytes(8, "big", signed=True))
+            h.update(message)
             keys.append(int.from_bytes(h.digest()[:8], "big") >> 1)
         return np.asarray(keys, np.int64).reshape(-1)
 

@@ -228,7 +228,7 @@ class ItemNeighbors:
         rows, n_rows = users[keep], n_users
         if sessions is not None:
             # one row per (user, session); keys are only unique together with their user
-            s = np.where(sessions[keep] >= 0, sessions[keep], -1)
+            s = sessions[keep]  # -1 (none logged) groups a user's unlogged events together
             order = np.lexsort((s, rows))
             new = np.ones(len(order), bool)
             new[1:] = (rows[order][1:] != rows[order][:-1]) | (s[order][1:] != s[order][:-1])
