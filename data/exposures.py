@@ -36,6 +36,7 @@ __all__ = [
     "EXPOSURE_GAP",
     "Exposures",
     "SlotPropensity",
+    "exposure_offset",
     "per_item_sum",
     "shown_counts",
 ]
@@ -245,3 +246,17 @@ class SlotPropensity:
         slots = np.asarray(slots)
         at = np.clip(slots, 0, len(self.examination) - 1)
         return np.where(slots < 0, 1.0, self.examination[at])
+
+
+def exposure_offset(counts: np.ndarray, strength: float) -> np.ndarray:
+    """float32 [N + 1]: ``strength x log`` of each item's share of the exposures ``counts``
+    (float [N + 1], index 0 padding), what training adds to an item's logits so that a model
+    learns the interest in it rather than how often the site showed it (``[loss]`` and
+    ``[ranker] exposure_correction``). An item never shown (a new one, or padding) counts as
+    the least shown item."""
+    counts = np.asarray(counts, np.float64)
+    if counts.ndim != 1 or (counts < 0).any() or not counts.any():
+        raise ValueError("exposure counts: a 1-D array of counts >= 0, not all 0")
+    share = counts / counts.sum()
+    least = share[share > 0].min()
+    return (strength * np.log(np.where(share > 0, share, least))).astype(np.float32)

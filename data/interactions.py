@@ -150,6 +150,9 @@ class Interactions:
     # float64 [3, N + 1]: each split's item counts over every shard (None: counted from these
     # events, which are all of them unless sharded)
     dataset_item_counts: np.ndarray | None = None
+    # float64 [3, N + 1]: each split's exposures per item over every shard (None: counted
+    # from ``exposures``)
+    dataset_exposure_counts: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -176,16 +179,36 @@ class Interactions:
             out[s] = np.bincount(self.item[self.split == s], minlength=self.n_items + 1)
         return out
 
+    def item_exposure(self, splits: tuple[int, ...] = (TRAIN,)) -> np.ndarray:
+        """Exposures (impressions) per item index over the whole dataset (every shard),
+        float64 [N + 1]; zeros where the dataset logs none or they were not read."""
+        counts = self.dataset_exposure_counts
+        if counts is None:
+            counts = self.exposure_counts()
+        return counts[list(splits)].sum(0)
+
+    def exposure_counts(self) -> np.ndarray:
+        """float64 [3, N + 1]: each split's exposures per item in these events' exposures
+        (this shard's, where sharded)."""
+        out = np.zeros((3, self.n_items + 1))
+        shown = self.exposures
+        if shown is not None:
+            for s in (TRAIN, VALID, TEST):
+                out[s] = np.bincount(shown.item[shown.split == s], minlength=self.n_items + 1)
+        return out
+
     def agreed(
         self,
         item_counts: np.ndarray,
         context_vocabs: dict[str, list[str]],
         propensity: SlotPropensity,
+        exposure_counts: np.ndarray | None = None,
     ) -> Interactions:
         """This shard with what the shards agreed on: the item counts of every shard
-        ([3, N + 1]), the context vocabularies (each a superset of this shard's: the codes are
-        mapped onto it) and the slot propensities (positives reweighted where
-        ``position_debias`` weighed them by this shard's own)."""
+        ([3, N + 1]) and their exposure counts (the same shape), the context vocabularies
+        (each a superset of this shard's: the codes are mapped onto it) and the slot
+        propensities (positives reweighted where ``position_debias`` weighed them by this
+        shard's own)."""
         context = self.context.copy()
         for j, (name, vocab) in enumerate(self.context_vocabs.items()):
             where = {v: i + 1 for i, v in enumerate(context_vocabs[name])}
@@ -198,6 +221,9 @@ class Interactions:
         return replace(
             self,
             dataset_item_counts=np.asarray(item_counts, np.float64),
+            dataset_exposure_counts=(
+                None if exposure_counts is None else np.asarray(exposure_counts, np.float64)
+            ),
             context_vocabs={n: list(context_vocabs[n]) for n in self.context_vocabs},
             context=context,
             weight=weight,

@@ -227,11 +227,20 @@ class LossConfig:
     mask_accidental_hits: bool = True
     mask_user_positives: bool = True  # an in-batch item the user also engaged with is no negative
     uniform_negatives: int = 0  # extra uniformly sampled negatives per batch (mixed negatives)
+    # a site clicks what it shows: the chance of a click on item i is its exposure times the
+    # user's interest in it. With a weight a > 0 every item's training logit gets
+    # ``a x log(the item's share of the training period's exposures)`` added, so that the
+    # towers learn the interest and not how often the site showed the item (the offset is
+    # not served). Needs exposure events (impressions); 0: off
+    exposure_correction: float = 0.0
 
     def validate(self) -> None:
         _positive("loss", "temperature", self.temperature)
         if self.uniform_negatives < 0:
             raise ConfigError("[loss] uniform_negatives: must be >= 0")
+        a = self.exposure_correction
+        if isinstance(a, bool) or not (isinstance(a, int | float) and 0 <= a < math.inf):
+            raise ConfigError(f"[loss] exposure_correction: must be a number >= 0, got {a!r}")
 
 
 @dataclass(frozen=True)
@@ -473,9 +482,17 @@ class RankerConfig:
     # exposure, and a site shows its popular items most, so a ranker fitted to clicks
     # over-counts them. 0: the ranker's own order
     popularity_penalty: float = 0.0
+    # the ranker's counterpart of ``[loss] exposure_correction``: while it trains, each
+    # candidate's logit gets this weight x log(the item's share of the known periods'
+    # exposures) added (not when it ranks), so that it learns what users click given what
+    # the site shows rather than what the site shows. Needs exposure events; 0: off
+    exposure_correction: float = 0.0
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
+        a = self.exposure_correction
+        if isinstance(a, bool) or not (isinstance(a, int | float) and 0 <= a < math.inf):
+            raise ConfigError(f"[ranker] exposure_correction: must be a number >= 0, got {a!r}")
         _one_of("ranker", "cooccurrence", self.cooccurrence, ("users", "sessions"))
         p = self.popularity_penalty
         if isinstance(p, bool) or not (isinstance(p, int | float) and 0 <= p < math.inf):
@@ -642,6 +659,11 @@ class Config:
         if self.privacy.dp and self.train.devices * self.train.num_nodes > 1:
             raise ConfigError(
                 "[privacy] dp: DP training runs on one device ([train] devices = num_nodes = 1)"
+            )
+        if self.privacy.dp and self.loss.exposure_correction:
+            raise ConfigError(
+                "[privacy] dp: DP training reads no statistic of the data, so no "
+                "[loss] exposure_correction (set it to 0)"
             )
         return self
 

@@ -8,8 +8,9 @@ rank where nothing launched them (one machine), or joins the ranks a launcher st
 (torchrun, SLURM), and sets up the process group that Lightning's Trainer then reuses.
 
 Whatever is a fact about all events is then agreed between the ranks (:func:`agree`): each
-split's item counts (logQ, the items without a training positive, the popularity baseline),
-the context vocabularies (the towers' embedding tables) and the slot propensities.
+split's item counts (logQ, the items without a training positive, the popularity baseline)
+and exposure counts (``exposure_correction``), the context vocabularies (the towers'
+embedding tables) and the slot propensities.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def agree(data: Interactions, ranks: Ranks) -> Interactions:
     nonzero = np.flatnonzero(shown)
     n = int(nonzero[-1]) + 1 if len(nonzero) else 0
     propensity = SlotPropensity.from_counts(shown[:n], clicks[:n])
-    out = data.agreed(counts, vocabs, propensity)
+    out = data.agreed(counts, vocabs, propensity, ranks.sum(data.exposure_counts()))
     _log.info(
         "rank %d of %d: %d of %d events (%.1f%%)",
         ranks.rank,

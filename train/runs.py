@@ -20,15 +20,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from tailored.config import Config, from_dict
+from tailored.config import Config, ConfigError, from_dict
 from tailored.data.interactions import Interactions, PositiveRule, UserShard, load_interactions
+from tailored.data.splits import TRAIN, VALID
 from tailored.errors import TailoredError
 from tailored.paths import dataset_dir, write_json_atomic
 from tailored.train.two_tower.model import TowerSpec, TwoTower, build_model
 
-__all__ = ["LoadedRun", "load_data", "load_run", "save_model"]
+__all__ = ["LoadedRun", "load_data", "load_run", "save_model", "shown_in_training"]
 
 
 def load_data(
@@ -54,7 +56,26 @@ def load_data(
     # the ranker's co-occurrence within sessions needs the data to log them: said before a
     # run trains for hours, not when its ranker is fitted
     data.cooccurrence_sessions(cfg.ranker.cooccurrence)
+    if exposures:
+        for section, strength in (
+            ("loss", cfg.loss.exposure_correction),
+            ("ranker", cfg.ranker.exposure_correction),
+        ):
+            if strength:
+                shown_in_training(data, section)
     return data
+
+
+def shown_in_training(data: Interactions, section: str) -> np.ndarray:
+    """Exposures per item of the known periods (training and validation; float64 [N + 1]),
+    which ``[section] exposure_correction`` reads: refused where the data has none."""
+    shown = data.item_exposure((TRAIN, VALID))
+    if not shown.any():
+        raise ConfigError(
+            f"[{section}] exposure_correction: {data.meta.name} has no exposure events in its "
+            'training period (a type with role = "exposure", such as impressions); set it to 0'
+        )
+    return shown
 
 
 @dataclass

@@ -36,7 +36,13 @@ Rows of changes made after the issue's own, that the shipped configurations have
   MovieLens one has none; 0 is part of ``all_off``);
 * ``with_session_cooccurrence``: ``[ranker] cooccurrence = "sessions"``, the ranker's
   co-occurrence features count two items together where one visit of a user has both, not
-  one user (n/a where the data logs no sessions, as MovieLens).
+  one user (n/a where the data logs no sessions, as MovieLens);
+* ``with_tower_exposure_correction``: ``[loss] exposure_correction`` at
+  :data:`EXPOSURE_CORRECTION`, the towers' training logits offset by that much of the log of
+  each item's share of the site's impressions (n/a without exposure events, as MovieLens);
+* ``with_ranker_exposure_correction``: ``[ranker] exposure_correction`` at
+  :data:`EXPOSURE_CORRECTION` and no popularity penalty, the ranker's counterpart (it corrects
+  the bias the penalty corrects, so not both).
 
 ``all_off`` turns every change off at once: the state before the issue, as near as the code
 allows (the ranker's ``shown_before`` feature stays), to read the goals against.
@@ -172,6 +178,8 @@ __all__ = ["CHANGES", "Change", "SeedModels", "main", "test_requests"]
 _DAY = 86_400
 # the with_popularity_penalty row's strength (the synthetic site's shipped value)
 POPULARITY_PENALTY = 0.3
+# the with_*_exposure_correction rows' strength
+EXPOSURE_CORRECTION = 0.5
 # the with_uniform_negatives row's count (half the synthetic site's items)
 UNIFORM_NEGATIVES = 2048
 _DWELL_TYPES = ("click", "view")  # the event types whose value is dwell seconds
@@ -248,6 +256,8 @@ def _all_off(cfg: Config) -> dict[str, Any]:
         "model.numeric_buckets": 0,
         "loss.uniform_negatives": 0,
         "ranker.popularity_penalty": 0.0,
+        "loss.exposure_correction": 0.0,
+        "ranker.exposure_correction": 0.0,
     }
 
 
@@ -307,6 +317,17 @@ def _no_sessions(base: Base) -> str | None:
     if base.data.session is None:
         return "the dataset logs no sessions"
     return None
+
+
+def _exposure_corrected(section: str) -> Callable[[Base], str | None]:
+    def not_here(base: Base) -> str | None:
+        if (reason := _no_exposures(base)) is not None:
+            return reason
+        if getattr(base.cfg, section).exposure_correction > 0:
+            return f"the shipped configuration has [{section}] exposure_correction already"
+        return None
+
+    return not_here
 
 
 CHANGES: tuple[Change, ...] = (
@@ -384,6 +405,19 @@ CHANGES: tuple[Change, ...] = (
         "with_session_cooccurrence",
         lambda cfg: {"ranker.cooccurrence": "sessions"},
         not_here=_no_sessions,
+    ),
+    Change(
+        "with_tower_exposure_correction",
+        lambda cfg: {"loss.exposure_correction": EXPOSURE_CORRECTION},
+        not_here=_exposure_corrected("loss"),
+    ),
+    Change(
+        "with_ranker_exposure_correction",
+        lambda cfg: {
+            "ranker.exposure_correction": EXPOSURE_CORRECTION,
+            "ranker.popularity_penalty": 0.0,
+        },
+        not_here=_exposure_corrected("ranker"),
     ),
     Change(
         "no_popularity_penalty",

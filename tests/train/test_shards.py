@@ -89,6 +89,8 @@ def _rank(rank: int, port: int, site: str, out: str) -> None:
             weight=data.weight,
             context=data.context,
             popularity=np.stack([data.item_popularity((s,)) for s in (TRAIN, VALID, TEST)]),
+            exposure=np.stack([data.item_exposure((s,)) for s in (TRAIN, VALID, TEST)]),
+            own_exposure=own.exposure_counts(),
             examination=data.propensity.examination,
             own_examination=own.propensity.examination,
             least=ranks.min(len(data.user)),
@@ -108,11 +110,15 @@ def test_ranks_agree_on_what_the_whole_read_knows(
     assert sum(sizes) == len(whole.user) and min(sizes) > 0
     assert all(int(g["least"]) == min(sizes) and int(g["most"]) == max(sizes) for g in got)
     popularity = np.stack([whole.item_popularity((s,)) for s in (TRAIN, VALID, TEST)])
+    exposure = whole.exposure_counts()
+    assert exposure[TRAIN].sum() > 0
+    assert all(not np.array_equal(g["own_exposure"], exposure) for g in got)
     assert whole.context_vocabs and whole.propensity.examination.size > 1  # worth checking
     # a shard's own estimate is not the whole's: the agreement is what makes them equal
     assert any(not np.array_equal(g["own_examination"], whole.propensity.examination) for g in got)
     for r, g in enumerate(got):
         np.testing.assert_array_equal(g["popularity"], popularity)  # every shard's counts
+        np.testing.assert_array_equal(g["exposure"], exposure)  # and exposures
         np.testing.assert_array_equal(g["examination"], whole.propensity.examination)
         assert json.loads((tmp_path / f"rank{r}.json").read_text()) == whole.context_vocabs
         mine = _cut(whole, np.unique(g["user"]))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tailored.config import RankerConfig
+from tailored.data.exposures import exposure_offset
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import DENSE_FEATURES
 from tailored.data.splits import TRAIN, VALID
@@ -26,7 +27,7 @@ from tailored.train.ranker.data import (
 )
 from tailored.train.ranker.model import RankerSpec
 from tailored.train.ranker.task import RankerTables, RankerTrainResult, train_ranker
-from tailored.train.runs import LoadedRun
+from tailored.train.runs import LoadedRun, shown_in_training
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule, UserHistory
 
@@ -222,7 +223,17 @@ def fit_ranker(
         tables = ranker_tables(run.data, item_emb)
         requests = training_requests(run, item_emb, cfg, run.cfg.train.seed)
         spec = ranker_spec(run.data, item_emb.shape[1], cfg)
+        strength = cfg.exposure_correction
+        offset = (
+            exposure_offset(shown_in_training(run.data, "ranker"), strength) if strength else None
+        )
         result = train_ranker(
-            spec, cfg, tables, requests, seed=run.cfg.train.seed, progress_bar=progress_bar
+            spec,
+            cfg,
+            tables,
+            requests,
+            seed=run.cfg.train.seed,
+            progress_bar=progress_bar,
+            item_offset=offset,
         )
     return result, tables, requests

@@ -147,6 +147,8 @@ class RankerTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self._logits(batch)
+        if "offset" in batch:  # [ranker] exposure_correction: while training only
+            logits = logits + batch["offset"]
         # the labels' gains (1 each, or what each engagement weighed: [ranker] graded_labels)
         gain = batch["gain"]
         has = gain.sum(1) > 0
@@ -178,12 +180,26 @@ class RankerTrainResult:
     epochs: list[int]  # per member
 
 
-def _loader(tables: RankerTables, req: Requests, batch: int, shuffle: bool) -> DataLoader[int]:
+def _loader(
+    tables: RankerTables,
+    req: Requests,
+    batch: int,
+    shuffle: bool,
+    item_offset: np.ndarray | None = None,
+) -> DataLoader[int]:
+    """Batches of ``req``; with ``item_offset`` (float32 [N + 1]), each carries its
+    candidates' (``"offset"``, 0 for padding), which training adds to their logits."""
+
+    def collate(idx: list[int]) -> dict[str, Tensor]:
+        part = req.take(np.asarray(idx))
+        out = tables.batch(part)
+        if item_offset is not None:
+            offset = np.where(part.candidates > 0, item_offset[part.candidates], 0.0)
+            out["offset"] = torch.from_numpy(offset.astype(np.float32))
+        return out
+
     return DataLoader(
-        RowIndices(len(req.users)),
-        batch_size=batch,
-        shuffle=shuffle,
-        collate_fn=lambda idx: tables.batch(req.take(np.asarray(idx))),
+        RowIndices(len(req.users)), batch_size=batch, shuffle=shuffle, collate_fn=collate
     )
 
 
@@ -195,13 +211,16 @@ def train_ranker(
     *,
     seed: int = 0,
     progress_bar: bool = True,
+    item_offset: np.ndarray | None = None,
 ) -> RankerTrainResult:
     """Fit a :class:`Ranker` on ``requests``, ``cfg.holdout`` of the users' requests held out
     to decide when to stop; or, with ``cfg.ensemble`` K > 1, K rankers, each holding out
     another of K disjoint folds of the users, averaged. Each member is its best epoch by
     NDCG@10 on its own held-out fold; the reported figure is over every held-out request,
     each scored by the member that did not train on it (one member, not the average; and
-    optimistic, as that fold also chose the member's epoch)."""
+    optimistic, as that fold also chose the member's epoch). ``item_offset`` (float32
+    [N + 1], ``[ranker] exposure_correction``) is added to the candidates' training logits
+    (not to those that validate or rank)."""
     pl.seed_everything(seed, workers=True, verbose=False)
     rng = np.random.default_rng(seed)
     # held out by user: a user's several requests (lists_per_user) stay on one side
@@ -221,7 +240,9 @@ def train_ranker(
     for i, fold in enumerate(folds):
         held = np.isin(requests.users, fold)
         hold, fit = requests.take(np.flatnonzero(held)), requests.take(np.flatnonzero(~held))
-        model, n_epochs = _fit_one(spec, cfg, tables, fit, hold, progress_bar, seed + i)
+        model, n_epochs = _fit_one(
+            spec, cfg, tables, fit, hold, progress_bar, seed + i, item_offset
+        )
         members.append(model)
         epochs.append(n_epochs)
         with torch.no_grad():
@@ -258,6 +279,7 @@ def _fit_one(
     hold: Requests,
     progress_bar: bool,
     seed: int,
+    item_offset: np.ndarray | None = None,
 ) -> tuple[Ranker, int]:
     """One ranker fitted on ``fit``, its best epoch by NDCG@10 on ``hold``."""
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -286,7 +308,7 @@ def _fit_one(
         try:
             trainer.fit(
                 task,
-                _loader(tables, fit, cfg.batch_users, True),
+                _loader(tables, fit, cfg.batch_users, True, item_offset),
                 _loader(tables, hold, cfg.batch_users * 4, False),
             )
         except SIGTERMException as e:  # Lightning's own: a SystemExit whose status would be 0

@@ -21,13 +21,14 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tailored.config import Config
+from tailored.data.exposures import exposure_offset
 from tailored.data.interactions import Interactions
 from tailored.data.splits import TRAIN
 from tailored.errors import TailoredError
 from tailored.paths import write_json_atomic
 from tailored.train.distributed import Ranks, launch, read_shard
 from tailored.train.quiet import quiet_lightning
-from tailored.train.runs import LoadedRun, load_data, save_model
+from tailored.train.runs import LoadedRun, load_data, save_model, shown_in_training
 from tailored.train.threads import torch_threads
 from tailored.train.two_tower.data import TwoTowerDataModule
 from tailored.train.two_tower.model import (
@@ -190,9 +191,9 @@ def _train(cfg: Config, out: Path, data: Interactions | None, threads: int) -> R
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if data is None:
         # the towers learn from positives only: exposures are read where they weigh positives
-        data = read_shard(
-            lambda shard: load_data(cfg, exposures=cfg.data.position_debias, shard=shard), ranks
-        )
+        # or correct the items' logits
+        shown = cfg.data.position_debias or cfg.loss.exposure_correction > 0
+        data = read_shard(lambda shard: load_data(cfg, exposures=shown, shard=shard), ranks)
     spec = tower_spec(data)
     m = cfg.model
     # items without a training positive: their id vectors would stay at random initial values
@@ -405,10 +406,13 @@ def _private(
 
 
 def _task(cfg: Config, model: TwoTower, data: Interactions) -> TwoTowerTask:
+    strength = cfg.loss.exposure_correction
+    offset = exposure_offset(shown_in_training(data, "loss"), strength) if strength else None
     return TwoTowerTask(
         model,
         cfg.loss,
         item_popularity=torch.from_numpy(data.item_popularity()),
+        exposure_offset=None if offset is None else torch.from_numpy(offset),
         lr=cfg.train.scaled_lr,
         weight_decay=cfg.train.weight_decay,
         item_id_dropout=cfg.model.item_id_dropout,

@@ -127,6 +127,7 @@ def sampled_softmax_loss(
     *,
     temperature: float,
     log_q: Tensor | None = None,
+    offset: Tensor | None = None,
     mask_accidental_hits: bool = True,
     extra: Tensor | None = None,
     extra_ids: Tensor | None = None,
@@ -138,7 +139,8 @@ def sampled_softmax_loss(
     """Mean (or ``weight``-weighted mean) cross-entropy of each row's positive.
 
     ``user``, ``item``: float [B, D]; ``item_ids``: int64 [B]; ``log_q``: float [N+1] log of
-    each item's in-batch sampling probability (None: no correction); ``extra`` [M, D] with
+    each item's in-batch sampling probability (None: no correction); ``offset``: float [N+1]
+    added to every logit of each item (column), in log units (None: none); ``extra`` [M, D] with
     ``extra_ids`` [M]: uniformly sampled negatives from ``n_items`` items.
     ``not_negatives`` int64 [2, K]: (row, column) cells whose column item is another positive
     of row i's user (it is not a negative for that user; the diagonal is never masked).
@@ -168,6 +170,8 @@ def sampled_softmax_loss(
         if mask_accidental_hits:
             hits = equal_cells(item_ids, extra_ids)
             cells.append(torch.stack([hits[0], hits[1] + batch]))
+    if offset is not None:
+        bias = bias + offset[col_ids].to(bias.dtype)
     masked = torch.cat(cells, dim=1)
     masked = masked[:, torch.argsort(masked[0])]
     w = torch.ones(batch, device=user.device) if weight is None else weight.float()

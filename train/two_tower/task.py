@@ -93,6 +93,9 @@ class TwoTowerTask(pl.LightningModule):
     """Trains :class:`TwoTower` with sampled softmax; validates full-ranking NDCG@10."""
 
     log_q: Tensor  # float32 [N+1], log sampling probability of each item (a buffer)
+    # float32 [N+1] added to each item's training logits: [loss] exposure_correction x log of
+    # its share of the exposures (tailored.data.exposures.exposure_offset; None: none)
+    exposure_offset: Tensor | None
 
     def __init__(
         self,
@@ -100,6 +103,7 @@ class TwoTowerTask(pl.LightningModule):
         loss: LossConfig,
         *,
         item_popularity: Tensor,
+        exposure_offset: Tensor | None = None,
         lr: float,
         weight_decay: float,
         item_id_dropout: float = 0.0,
@@ -151,6 +155,9 @@ class TwoTowerTask(pl.LightningModule):
         # items never seen in training get the smallest observed probability
         floor = p[p > 0].min() if (p > 0).any() else torch.tensor(1.0, dtype=torch.float64)
         self.register_buffer("log_q", torch.log(torch.where(p > 0, p, floor)).float())
+        self.register_buffer(
+            "exposure_offset", None if exposure_offset is None else exposure_offset.float()
+        )
         self._item_emb: Tensor | None = None
         self._val_sums: Tensor | None = None
 
@@ -217,6 +224,7 @@ class TwoTowerTask(pl.LightningModule):
             items,
             temperature=self.loss_cfg.temperature,
             log_q=self.log_q if self.loss_cfg.logq_correction else None,
+            offset=self.exposure_offset,
             mask_accidental_hits=self.loss_cfg.mask_accidental_hits,
             not_negatives=not_negatives,
             extra=output(extra_inputs) if uniform else None,
