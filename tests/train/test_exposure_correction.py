@@ -6,6 +6,7 @@ synthetic site whose logging policy shows its popular items most."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tailored.data.interactions import Interactions
 from tailored.data.splits import TEST, TRAIN, VALID
 from tailored.data.synth import generate_synthetic
 from tailored.train.ranker.fit import (
+    fit_ranker,
     ranker_spec,
     ranker_tables,
     run_user_embeddings,
@@ -182,3 +184,23 @@ def test_the_ranker_trains_on_offset_logits_and_ranks_without(
         lean[name] = float(np.corrcoef(mean[keep], np.log(shown[keep]))[0, 1])
     # measured 0.59 against 0.05
     assert lean["corrected"] < lean["plain"] - 0.3, lean
+
+
+def test_fit_ranker_applies_the_setting_and_refuses_data_without_exposures(
+    site: Path, data: Interactions, tmp_path: Path
+) -> None:
+    run = load_run(train(_config(site), out=tmp_path / "run", data=data).out, data=data)  # type: ignore[arg-type]
+    rcfg = RankerConfig(
+        max_users=400, candidates=40, ease_items=50, max_epochs=2, exposure_correction=0.5
+    )
+    blind = LoadedRun(run.cfg, run.model, dataclasses.replace(data, exposures=None))
+    with pytest.raises(ConfigError, match=r"\[ranker\] exposure_correction"):
+        fit_ranker(blind, rcfg)
+    fitted, tables, requests = fit_ranker(run, rcfg, progress_bar=False)
+    plain, _, _ = fit_ranker(
+        run, dataclasses.replace(rcfg, exposure_correction=0.0), progress_bar=False
+    )
+    with torch.no_grad():
+        batch = tables.batch(requests.take(np.arange(50)))
+        a, b = task_logits(fitted.model, batch), task_logits(plain.model, batch)
+    assert not torch.allclose(a, b)  # the same seed and lists: only the offset differs
