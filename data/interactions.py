@@ -174,10 +174,7 @@ class Interactions:
     def item_counts(self) -> np.ndarray:
         """float64 [3, N + 1]: each split's interaction counts per item in these events
         (this shard's, where sharded)."""
-        out = np.zeros((3, self.n_items + 1))
-        for s in (TRAIN, VALID, TEST):
-            out[s] = np.bincount(self.item[self.split == s], minlength=self.n_items + 1)
-        return out
+        return _split_counts(self.item, self.split, self.n_items)
 
     def item_exposure(self, splits: tuple[int, ...] = (TRAIN,)) -> np.ndarray:
         """Exposures (impressions) per item index over the whole dataset (every shard),
@@ -190,12 +187,8 @@ class Interactions:
     def exposure_counts(self) -> np.ndarray:
         """float64 [3, N + 1]: each split's exposures per item in these events' exposures
         (this shard's, where sharded)."""
-        out = np.zeros((3, self.n_items + 1))
-        shown = self.exposures
-        if shown is not None:
-            for s in (TRAIN, VALID, TEST):
-                out[s] = np.bincount(shown.item[shown.split == s], minlength=self.n_items + 1)
-        return out
+        shown = self.exposures or Exposures.empty(self.n_users)
+        return _split_counts(shown.item, shown.split, self.n_items)
 
     def agreed(
         self,
@@ -570,3 +563,11 @@ def _encode_context(
         idx = pc.index_in(col, value_set=pa.array(vocab, pa.string()))
         out[:, j] = pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False)
     return out, vocabs
+
+
+def _split_counts(item: np.ndarray, split: np.ndarray, n_items: int) -> np.ndarray:
+    """float64 [3, N + 1]: how often each item index occurs in each split's rows."""
+    out = np.zeros((3, n_items + 1))
+    for s in (TRAIN, VALID, TEST):
+        out[s] = np.bincount(item[split == s], minlength=n_items + 1)
+    return out
