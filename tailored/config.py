@@ -229,9 +229,11 @@ class LossConfig:
     uniform_negatives: int = 0  # extra uniformly sampled negatives per batch (mixed negatives)
     # a site clicks what it shows: the chance of a click on item i is its exposure times the
     # user's interest in it. With a weight a > 0 every item's training logit gets
-    # ``a x log(the item's share of the training period's exposures)`` added, so that the
+    # ``a x log(the item's share of the known periods' exposures)`` added, so that the
     # towers learn the interest and not how often the site showed the item (the offset is
-    # not served). Needs exposure events (impressions); 0: off
+    # not served). Needs exposure events (impressions); 0: off. On the synthetic site 0.5
+    # raised retrieval's share of the planted tastes by 10% but not the ranker's lists
+    # (benchmarks/RESULTS.md, "What a site logs")
     exposure_correction: float = 0.0
 
     def validate(self) -> None:
@@ -485,7 +487,9 @@ class RankerConfig:
     # the ranker's counterpart of ``[loss] exposure_correction``: while it trains, each
     # candidate's logit gets this weight x log(the item's share of the known periods'
     # exposures) added (not when it ranks), so that it learns what users click given what
-    # the site shows rather than what the site shows. Needs exposure events; 0: off
+    # the site shows rather than what the site shows. Needs exposure events; 0: off. It
+    # corrects the bias ``popularity_penalty`` corrects (not both): on the synthetic site 0.3
+    # without the penalty is level with the penalty at 0.3 (benchmarks/RESULTS.md)
     exposure_correction: float = 0.0
 
     def validate(self) -> None:
