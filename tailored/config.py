@@ -232,7 +232,7 @@ class LossConfig:
     # ``a x log(the item's share of the known periods' exposures)`` added, so that the
     # towers learn the interest and not how often the site showed the item (the offset is
     # not served). Needs exposure events (impressions); 0: off. On the synthetic site 0.5
-    # raised retrieval's share of the planted tastes by 10% but not the ranker's lists
+    # raised retrieval's share of the planted tastes by 6% but not the ranker's lists
     # (benchmarks/RESULTS.md, "What a site logs")
     exposure_correction: float = 0.0
 
