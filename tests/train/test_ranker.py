@@ -16,7 +16,13 @@ from tailored.train.onnx import max_abs_diff
 from tailored.train.ranker.data import Requests
 from tailored.train.ranker.export import export_ranker
 from tailored.train.ranker.fit import list_cuts
-from tailored.train.ranker.model import RANKER_INPUTS, Ranker, RankerEnsemble, RankerSpec
+from tailored.train.ranker.model import (
+    MIN_DENSE_STD,
+    RANKER_INPUTS,
+    Ranker,
+    RankerEnsemble,
+    RankerSpec,
+)
 from tailored.train.ranker.task import RankerTables, lambdarank_loss, list_ndcg, train_ranker
 
 
@@ -255,7 +261,9 @@ def test_a_dense_feature_constant_in_training_is_centred_not_blown_up() -> None:
     std = torch.full((f,), 2.0)
     std[3] = 0.0  # constant over the training rows
     std[5] = 1e-9
+    std[7] = 7.6e-6  # nearly constant: scaled by at most 1 / MIN_DENSE_STD
     model.set_dense_stats(mean, std)
     assert model.dense_std[3] == model.dense_std[5] == 1.0
     assert model.dense_std[0] == 2.0
+    assert model.dense_std[7] == MIN_DENSE_STD
     np.testing.assert_array_equal(model.dense_mean.numpy(), mean.numpy())

@@ -17,7 +17,17 @@ from torch import Tensor, nn
 
 from tailored.train.two_tower.model import FeatureBlock
 
-__all__ = ["RANKER_INPUTS", "CrossNetwork", "Ranker", "RankerEnsemble", "RankerSpec"]
+__all__ = [
+    "MIN_DENSE_STD",
+    "RANKER_INPUTS",
+    "CrossNetwork",
+    "Ranker",
+    "RankerEnsemble",
+    "RankerSpec",
+]
+
+# the least spread a dense feature is standardised by (Ranker.set_dense_stats)
+MIN_DENSE_STD = 1e-3
 
 # names and order of the ranker's inputs (the ONNX graph's input names)
 RANKER_INPUTS = (
@@ -113,9 +123,14 @@ class Ranker(nn.Module):
         constant there (``shown_before`` where nothing was shown, say) is centred and not
         scaled: divided by its 0 spread floored at 1e-6, any other value at serving would
         reach the network a million times over (a 3-member ensemble's ONNX export differed
-        from torch by 2.6e10 through one such member)."""
+        from torch by 2.6e10 through one such member). A spread that is not 0 is scaled by
+        at most 1 / :data:`MIN_DENSE_STD`: an ensemble member whose ``ease_score`` varied by
+        7.6e-6 over its rows of a small site was scaled 130,000 times, and its float32
+        rounding made ONNX and torch differ by 0.125 (on an AMD EPYC, not on an Intel
+        Xeon). The synthetic site's smallest spread is 0.01 (``ease_score``)."""
         self.dense_mean.copy_(mean)
-        self.dense_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        scale = std.clamp(min=MIN_DENSE_STD)
+        self.dense_std.copy_(torch.where(std > 1e-6, scale, torch.ones_like(std)))
 
     def forward(
         self,
