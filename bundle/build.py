@@ -40,6 +40,7 @@ from tailored.bundle import snapshot
 from tailored.bundle.availability import item_windows
 from tailored.bundle.format import (
     BUNDLE_FILES,
+    COHORT_FILES,
     BundleError,
     BundleWriter,
     load_json,
@@ -420,6 +421,10 @@ def _write_item_tables(
     regression = snapshot.regression(data, src.cfg.ranker)
     _save(w, "item_ease_rows", regression.rows)
     _save(w, "item_ease_weights", regression.weights)
+    if src.cfg.ranker.cohort_fields:
+        cohorts = snapshot.cohorts(data, src.cfg.ranker)
+        for name, attr in COHORT_FILES.items():
+            _save(w, name, getattr(cohorts, attr))
 
 
 def _write_user_tables(

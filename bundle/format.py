@@ -29,6 +29,7 @@ from tailored.errors import TailoredError
 __all__ = [
     "ALLOWED_SUFFIXES",
     "BUNDLE_FILES",
+    "COHORT_FILES",
     "FORMAT_VERSION",
     "MANIFEST",
     "BundleError",
@@ -92,9 +93,28 @@ BUNDLE_FILES = {
     # the hashed id bucket each user was trained with, written when the users were re-keyed
     # (their new pseudonyms hash elsewhere)
     "user_id_buckets": "users/id_buckets.npy",
+    # how many users of each cohort engaged with each item ([ranker] cohort_fields; only
+    # where it names fields): CohortCounts's arrays
+    "cohort_columns": "cohorts/columns.npy",
+    "cohort_ids": "cohorts/cohorts.npy",
+    "cohort_offsets": "cohorts/offsets.npy",
+    "cohort_items": "cohorts/items.npy",
+    "cohort_counts": "cohorts/counts.npy",
+    "cohort_totals": "cohorts/totals.npy",
+    "cohort_item_totals": "cohorts/item_totals.npy",
     "user_segments": "users/segments.npy",
     "segment_centroids": "segments/centroids.npy",
     "segments": "segments/segments.json",
+}
+# the cohort files, each with the CohortCounts attribute it holds
+COHORT_FILES = {
+    "cohort_columns": "columns",
+    "cohort_ids": "cohorts",
+    "cohort_offsets": "offsets",
+    "cohort_items": "items",
+    "cohort_counts": "counts",
+    "cohort_totals": "totals",
+    "cohort_item_totals": "item_totals",
 }
 _VERSION = re.compile(r"v(\d{6,})")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -19,6 +19,7 @@ from tailored.bundle.availability import ItemWindows
 from tailored.bundle.checks import check_loaded
 from tailored.bundle.format import (
     BUNDLE_FILES,
+    COHORT_FILES,
     BundleError,
     Manifest,
     erasure_lock,
@@ -31,6 +32,7 @@ from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
     ActivitySnapshot,
+    CohortCounts,
     ItemNeighbors,
     ItemRegression,
     popularity_penalized,
@@ -321,6 +323,42 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
     return ItemRegression(r.astype(np.int64), w)
 
 
+def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
+    """The bundle's cohort counts, of users with ``user_columns`` categorical columns; a
+    bundle built without ``[ranker] cohort_fields`` (or before them) has none: every user's
+    cohort features 0. Some of the files without the others, or arrays that do not fit
+    together, are refused."""
+    paths = {key: root / BUNDLE_FILES[key] for key in COHORT_FILES}
+    present = [key for key, p in paths.items() if p.exists()]
+    if not present:
+        return CohortCounts.empty(n_items)
+    if len(present) < len(paths):
+        missing = next(BUNDLE_FILES[k] for k in paths if k not in present)
+        raise BundleError(f"{root}: no {missing} beside the other cohort files")
+    c = CohortCounts(**{attr: load_npy(paths[key]) for key, attr in COHORT_FILES.items()})
+    s = len(c.cohorts)
+    fits = (
+        c.columns.ndim == 2
+        and c.columns.shape[1] == 2
+        and c.offsets.shape == (s + 1,)
+        and c.totals.shape == (s,)
+        and c.item_totals.shape == (n_items + 1,)
+        and c.items.shape == c.counts.shape
+        and all(np.issubdtype(a.dtype, np.integer) for a in (c.columns, c.cohorts, c.items))
+        and splits_entries(c.offsets, c.items)
+        and (not len(c.items) or (int(c.items.min()) >= 1 and int(c.items.max()) <= n_items))
+        and bool((c.columns[:, 1] >= 1).all())
+        and bool(((c.columns[:, 0] >= 0) & (c.columns[:, 0] < user_columns)).all())
+    )
+    if not fits:
+        raise BundleError(
+            f"{root / 'cohorts'}: the cohort files do not fit together, the {n_items} items or "
+            f"the {user_columns} user columns (offsets one longer than the cohorts, items in "
+            "1..N, one count each); rebuild the bundle"
+        )
+    return c
+
+
 @dataclass
 class LoadedBundle:
     """The serving half of a bundle (see the module doc). Build with :meth:`load`."""
@@ -351,6 +389,8 @@ class LoadedBundle:
     windows: ItemWindows | None = None
     # [ranker] popularity_penalty of the bundle's configuration (popularity_penalized)
     popularity_penalty: float = 0.0
+    # how many users of each cohort engaged with each item (none: the features 0)
+    cohorts: CohortCounts | None = None
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, onnx_device: str = "auto") -> LoadedBundle:
@@ -371,7 +411,7 @@ class LoadedBundle:
         optional |= {"user_segments", "segment_centroids", "segments", "user_id_buckets"}
         optional |= {"item_available_from", "item_available_until"}
         optional |= {"user_exposures", "user_exposure_times", *_OFFSET_FILES}
-        optional |= set(_USER_FILES)
+        optional |= set(_USER_FILES) | set(COHORT_FILES)
         for key, name in BUNDLE_FILES.items():
             if key not in optional and not (root / name).exists():
                 raise BundleError(
@@ -417,6 +457,11 @@ class LoadedBundle:
             windows=ItemWindows.load(root, len(items_t) + 1),
             popularity_penalty=float(
                 (manifest.config.get("ranker") or {}).get("popularity_penalty", 0.0)
+            ),
+            cohorts=_cohorts(
+                root,
+                len(items_t),
+                len(FeatureEncoder.from_json(info["user_encoder"]).columns),
             ),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree

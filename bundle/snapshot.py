@@ -23,7 +23,13 @@ import numpy as np
 from tailored.bundle.per_user import PerUser
 from tailored.config import RankerConfig
 from tailored.data.interactions import Interactions
-from tailored.data.ranking_features import ItemNeighbors, ItemRegression, distinct_pairs
+from tailored.data.ranking_features import (
+    CohortCounts,
+    ItemNeighbors,
+    ItemRegression,
+    cohort_columns,
+    distinct_pairs,
+)
 from tailored.data.splits import TEST, TRAIN, VALID
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "SPLITS",
     "activity",
     "built_through",
+    "cohorts",
     "context_popular",
     "cut",
     "first_seen",
@@ -181,4 +188,17 @@ def regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:
     """The serving snapshot of the ranker's item-item model: every positive event."""
     return ItemRegression.of(
         data.user, data.item, data.n_items, max_items=cfg.ease_items, l2=cfg.ease_l2
+    )
+
+
+def cohorts(data: Interactions, cfg: RankerConfig) -> CohortCounts:
+    """The serving snapshot of the cohorts' counts (``[ranker] cohort_fields``): every
+    positive event."""
+    return CohortCounts.of(
+        data.user,
+        data.item,
+        data.users.categorical,
+        cohort_columns(data.user_encoder, cfg.cohort_fields),
+        data.n_items,
+        min_users=cfg.cohort_min_users,
     )

@@ -491,9 +491,28 @@ class RankerConfig:
     # corrects the bias ``popularity_penalty`` corrects (not both): on the synthetic site 0.3
     # without the penalty is level with the penalty at 0.3 (benchmarks/RESULTS.md)
     exposure_correction: float = 0.0
+    # the user profile fields whose combination makes a cohort (e.g. ["gender", "age",
+    # "region"]; a numeric field by its range, ``[model] numeric_buckets``): the
+    # ``cohort_lift`` / ``cohort_users`` features say how much the user's cohort engaged with
+    # each candidate, beyond everyone. Cohorts of fewer than ``cohort_min_users`` users with
+    # a positive are left out (their users' features 0): the bundle stores no small group's
+    # items. Empty: no cohorts, the features 0
+    cohort_fields: tuple[str, ...] = ()
+    cohort_min_users: int = 20
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
+        fields = self.cohort_fields
+        if not isinstance(fields, list | tuple) or not all(
+            isinstance(f, str) and f for f in fields
+        ):
+            raise ConfigError(f"[ranker] cohort_fields: a list of user field names, got {fields!r}")
+        if len(set(fields)) != len(fields):
+            raise ConfigError(f"[ranker] cohort_fields: a field is named twice in {fields!r}")
+        object.__setattr__(self, "cohort_fields", tuple(fields))
+        m = self.cohort_min_users
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ConfigError(f"[ranker] cohort_min_users: must be an integer >= 1, got {m!r}")
         a = self.exposure_correction
         if isinstance(a, bool) or not (isinstance(a, int | float) and 0 <= a < math.inf):
             raise ConfigError(f"[ranker] exposure_correction: must be a number >= 0, got {a!r}")

@@ -258,6 +258,7 @@ def _all_off(cfg: Config) -> dict[str, Any]:
         "ranker.popularity_penalty": 0.0,
         "loss.exposure_correction": 0.0,
         "ranker.exposure_correction": 0.0,
+        "ranker.cohort_fields": [],
     }
 
 
@@ -328,6 +329,21 @@ def _exposure_corrected(section: str) -> Callable[[Base], str | None]:
         return None
 
     return not_here
+
+
+def _cohort_fields(cfg: Config) -> list[str]:
+    """The user fields of the ``with_cohorts`` row: MovieLens's gender and age band (with
+    its 21 occupations too, most cohorts would hold fewer than 20 of its 943 users); the
+    synthetic site's gender, age band and region, the fields its tastes are planted by."""
+    if cfg.data.dataset.startswith("movielens"):
+        return ["gender", "age"]
+    return ["gender", "age", "region"]
+
+
+def _cohorts_already(base: Base) -> str | None:
+    if base.cfg.ranker.cohort_fields:
+        return "the shipped configuration has cohorts"
+    return None
 
 
 CHANGES: tuple[Change, ...] = (
@@ -428,6 +444,11 @@ CHANGES: tuple[Change, ...] = (
         "with_popularity_penalty",
         lambda cfg: {"ranker.popularity_penalty": POPULARITY_PENALTY},
         not_here=_penalty_already,
+    ),
+    Change(
+        "with_cohorts",
+        lambda cfg: {"ranker.cohort_fields": _cohort_fields(cfg)},
+        not_here=_cohorts_already,
     ),
     Change("all_off", _all_off, serve_windows=False),
 )
@@ -532,6 +553,8 @@ def test_requests(
         ease_items=r.ease_items,
         ease_l2=r.ease_l2,
         cooccurrence=r.cooccurrence,
+        cohort_fields=r.cohort_fields,
+        cohort_min_users=r.cohort_min_users,
     )
     # _open_only counts on being asked for the requests in order; check that it was
     if any(np.isin(c, shut).any() for c, shut in zip(req.candidates, closed, strict=False)):

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from tailored.data.features import FeatureTable
+from tailored.config import ConfigError
+from tailored.data.features import FeatureEncoder, FeatureTable
 from tailored.data.ranking_features import (
+    COHORT_PRIOR,
     DENSE_FEATURES,
+    CohortCounts,
     ItemActivity,
     ItemNeighbors,
     ItemRegression,
+    cohort_columns,
     dense_features,
     item_tags,
     ranker_inputs,
 )
+from tailored.data.schema import FieldSpec
 from tailored.train.ranker.data import exact_retriever
 
 DAY = 86_400
@@ -253,3 +259,84 @@ def test_neighbor_scores_match_a_brute_force_sum_and_max() -> None:
             hits = [weights[h, s] for h in history for s in range(m) if c and ids[h, s] == c]
             assert total[j] == pytest.approx(sum(hits), abs=1e-5)
             assert best[j] == pytest.approx(max(hits, default=0.0), abs=1e-6)
+
+
+# -- cohorts ------------------------------------------------------------------------------------
+# six users, columns (gender: codes 0-2, region: codes 0-2); users 0-2 gender 1, users 3-4
+# gender 2, user 5 gender missing (0)
+_USER_CAT = np.array([[1, 1], [1, 2], [1, 1], [2, 1], [2, 2], [0, 1]])
+_EV_USERS = np.array([0, 0, 0, 1, 2, 3, 4, 4, 5])
+_EV_ITEMS = np.array([1, 2, 1, 1, 3, 2, 2, 4, 4])  # user 0's item 1 twice: counts once
+
+
+def test_cohort_counts_by_hand() -> None:
+    by_gender = np.array([[0, 3]])
+    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, by_gender, 4, min_users=2)
+    # gender 0 has one user engaging: too few to keep; genders 1 (3 users) and 2 (2 users)
+    assert c.cohorts.tolist() == [1, 2]
+    assert c.item_totals.tolist() == [0, 2, 3, 1, 2]  # every user's distinct pairs
+    assert c.items[c.offsets[0] : c.offsets[1]].tolist() == [1, 2, 3]
+    assert c.counts[c.offsets[0] : c.offsets[1]].tolist() == [2, 1, 1]
+    assert c.items[c.offsets[1] : c.offsets[2]].tolist() == [2, 4]
+    assert c.totals.tolist() == [4, 3]
+    lift, users = c.scores(1, np.array([1, 4]))
+    p = 3 / 12  # items 1 and 4: (2 users + 1) / (8 pairs + 4 items)
+    share_1 = (2 + COHORT_PRIOR * p) / (4 + COHORT_PRIOR)
+    share_4 = (0 + COHORT_PRIOR * p) / (4 + COHORT_PRIOR)
+    np.testing.assert_allclose(lift, np.log([share_1 / p, share_4 / p]), rtol=1e-6)
+    np.testing.assert_allclose(users, np.log1p([2, 0]), rtol=1e-6)
+    assert lift[0] > 0 > lift[1]  # gender 1 engaged with item 1 more than all, 4 less
+    # a cohort too small to keep, one never seen, and "no cohort" read as nothing
+    for cohort in (0, 7, -1):
+        assert not any(a.any() for a in c.scores(cohort, np.array([1, 2, 3, 4])))
+
+
+def test_cohort_keys_cross_the_fields() -> None:
+    both = np.array([[0, 3], [1, 3]])
+    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, both, 4, min_users=1)
+    assert c.keys(_USER_CAT).tolist() == [4, 5, 4, 7, 8, 1]  # gender x 3 + region
+    assert c.cohorts.tolist() == [1, 4, 5, 7, 8]
+    assert c.scores(5, np.array([1]))[1].tolist() == [np.float32(np.log1p(1))]
+    none = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, np.zeros((0, 2)), 4)
+    assert none.keys(_USER_CAT).tolist() == [-1] * 6 and not len(none.cohorts)
+
+
+def test_dense_features_read_the_cohort() -> None:
+    items = _items()
+    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, np.array([[0, 3]]), 4, min_users=2)
+    kwargs = {
+        "candidates": np.array([1, 4]),
+        "scores": np.zeros(2, np.float32),
+        "history": np.array([2]),
+        "history_times": np.array([0]),
+        "now": 10.0,
+        "tags": item_tags(items),
+        "activity": ItemActivity.of(np.array([2]), np.array([0]), 4),
+        "neighbors": ItemNeighbors.of(np.array([0]), np.array([2]), np.array([0, 1]), 4),
+        "item_emb": np.eye(5, dtype=np.float32),
+    }
+    f = dense_features(**kwargs, cohorts=c, cohort=1)  # type: ignore[arg-type]
+    lift, users = c.scores(1, np.array([1, 4]))
+    np.testing.assert_array_equal(f[:, F["cohort_lift"]], lift)
+    np.testing.assert_array_equal(f[:, F["cohort_users"]], users)
+    without = dense_features(**kwargs)  # type: ignore[arg-type]
+    assert not without[:, [F["cohort_lift"], F["cohort_users"]]].any()
+
+
+def test_cohort_columns_name_fields_and_refuse_unknown_ones() -> None:
+    table = pa.table(
+        {
+            "gender": pa.array(["f", "m", None, "m"]),
+            "age": pa.array([20.0, 30.0, 40.0, 50.0]),
+        }
+    )
+    fields = (FieldSpec("gender", "categorical"), FieldSpec("age", "numeric"))
+    enc = FeatureEncoder.fit(table, fields, buckets=2)
+    cols = cohort_columns(enc, ["age", "gender"])
+    # age by its range column (after the categorical fields), 2 ranges + missing
+    assert cols.tolist() == [[1, 3], [0, 3]]
+    with pytest.raises(ConfigError, match=r"\[ranker\] cohort_fields: 'zip'.*\['gender', 'age'\]"):
+        cohort_columns(enc, ["zip"])
+    no_ranges = FeatureEncoder.fit(table, fields, buckets=0)
+    with pytest.raises(ConfigError, match="'age' is no categorical"):
+        cohort_columns(no_ranges, ["age"])

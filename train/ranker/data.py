@@ -13,7 +13,7 @@ and its item activity is frozen at that cut (``activity_at=``), as a bundle's sn
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,11 @@ from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import (
     DENSE_FEATURES,
     ActivitySnapshot,
+    CohortCounts,
     ItemActivity,
     ItemNeighbors,
     ItemRegression,
+    cohort_columns,
     dense_features,
     item_tags,
 )
@@ -196,10 +198,12 @@ def _stats(
     ease_l2: float,
     activity_at: int | None = None,
     cooccurrence: str = RankerConfig.cooccurrence,
+    cohort_fields: Sequence[str] = (),
+    cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> dict[str, Any]:
     """What the ranking features read of the history events: item activity (as of each
     request's time, or frozen at ``activity_at``), co-occurrence neighbours, the item-item
-    model, and the items' tags."""
+    model, the cohorts' counts and the items' tags."""
     h_users = np.repeat(np.arange(data.n_users), np.diff(h.offsets))
     by_session = data.cooccurrence_sessions(cooccurrence) is not None  # raises if none logged
     exact = ItemActivity.of(h.items, h.times, data.n_items)
@@ -218,6 +222,14 @@ def _stats(
         ),
         "regression": ItemRegression.of(
             h_users, h.items, data.n_items, max_items=ease_items, l2=ease_l2
+        ),
+        "cohorts": CohortCounts.of(
+            h_users,
+            h.items,
+            data.users.categorical,
+            cohort_columns(data.user_encoder, cohort_fields),
+            data.n_items,
+            min_users=cohort_min_users,
         ),
         "tags": item_tags(data.items, len(data.item_encoder.categorical)),
     }
@@ -244,13 +256,16 @@ def build_requests(
     examination: SlotPropensity | None = None,
     graded: bool = False,
     cooccurrence: str = RankerConfig.cooccurrence,
+    cohort_fields: Sequence[str] = (),
+    cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
     ``user_emb`` [R, D] (made from their ``history_splits`` items). Candidates exclude the
     history; item activity counts the ``history_splits`` events of all users before ``now``,
     and co-occurrence and the item-item model (``ease_items``, ``ease_l2``: see
     :class:`~tailored.config.RankerConfig`) the ``history_splits`` events, co-occurring
-    within users or within sessions (``cooccurrence``). ``item_emb``
+    within users or within sessions (``cooccurrence``), and so do the cohorts of
+    ``cohort_fields`` (of at least ``cohort_min_users`` users). ``item_emb``
     [N+1, D] item embeddings.
 
     ``prefix`` int [R] (default 0): a request's first ``prefix`` target-split events are
@@ -293,7 +308,18 @@ def build_requests(
         if (now < last).any():
             raise ValueError("now: a request is stamped before its history's last event")
     cands, scores = _candidates(retrieve, user_emb, [h[0] for h in histories], n_candidates, batch)
-    stats = _stats(data, h, seed, ease_items, ease_l2, activity_at, cooccurrence)
+    stats = _stats(
+        data,
+        h,
+        seed,
+        ease_items,
+        ease_l2,
+        activity_at,
+        cooccurrence,
+        cohort_fields,
+        cohort_min_users,
+    )
+    cohort = stats["cohorts"].keys(data.users.categorical[users])
     dense = np.zeros((r, n_candidates, len(DENSE_FEATURES)), np.float32)
     labels = np.zeros((r, n_candidates), np.float32)
     gain = np.zeros((r, n_candidates), np.float32)
@@ -319,6 +345,7 @@ def build_requests(
             now=float(now[row]),
             item_emb=item_emb,
             shown=shown_counts(cands[row], s_items, s_times, float(now[row])),
+            cohort=int(cohort[row]),
             **stats,
         )
         labels[row] = np.isin(cands[row], relevant) & (cands[row] > 0)

@@ -205,6 +205,8 @@ def _requests(
         ease_items=cfg.ease_items,
         ease_l2=cfg.ease_l2,
         cooccurrence=cfg.cooccurrence,
+        cohort_fields=cfg.cohort_fields,
+        cohort_min_users=cfg.cohort_min_users,
         impression_negative_weight=cfg.impression_negative_weight,
         graded=cfg.graded_labels,
         examination=run.data.propensity if debias else None,
