@@ -421,7 +421,7 @@ def _write_item_tables(
     regression = snapshot.regression(data, src.cfg.ranker)
     _save(w, "item_ease_rows", regression.rows)
     _save(w, "item_ease_weights", regression.weights)
-    if src.cfg.ranker.cohort_fields:
+    if src.cfg.ranker.cohorts:
         cohorts = snapshot.cohorts(data, src.cfg.ranker)
         for name, attr in COHORT_FILES.items():
             _save(w, name, getattr(cohorts, attr))

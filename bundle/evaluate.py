@@ -131,7 +131,7 @@ def two_stage_requests(
         ease_items=ranker.ease_items,
         ease_l2=ranker.ease_l2,
         cooccurrence=ranker.cooccurrence,
-        cohort_fields=ranker.cohort_fields,
+        cohorts=ranker.cohorts,
         cohort_min_users=ranker.cohort_min_users,
         now=now,
         activity_at=activity_at,

@@ -325,7 +325,7 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
 
 def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
     """The bundle's cohort counts, of users with ``user_columns`` categorical columns; a
-    bundle built without ``[ranker] cohort_fields`` (or before them) has none: every user's
+    bundle built without ``[ranker] cohorts`` (or before them) has none: every user's
     cohort features 0. Some of the files without the others, or arrays that do not fit
     together, are refused."""
     paths = {key: root / BUNDLE_FILES[key] for key in COHORT_FILES}
@@ -339,7 +339,7 @@ def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
     s = len(c.cohorts)
     fits = (
         c.columns.ndim == 2
-        and c.columns.shape[1] == 2
+        and c.columns.shape[1] == 3
         and c.offsets.shape == (s + 1,)
         and c.totals.shape == (s,)
         and c.item_totals.shape == (n_items + 1,)
@@ -347,8 +347,8 @@ def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
         and all(np.issubdtype(a.dtype, np.integer) for a in (c.columns, c.cohorts, c.items))
         and splits_entries(c.offsets, c.items)
         and (not len(c.items) or (int(c.items.min()) >= 1 and int(c.items.max()) <= n_items))
-        and bool((c.columns[:, 1] >= 1).all())
-        and bool(((c.columns[:, 0] >= 0) & (c.columns[:, 0] < user_columns)).all())
+        and bool((c.columns[:, 0] >= 0).all() and (c.columns[:, 2] >= 1).all())
+        and bool(((c.columns[:, 1] >= 0) & (c.columns[:, 1] < user_columns)).all())
     )
     if not fits:
         raise BundleError(

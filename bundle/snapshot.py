@@ -192,13 +192,13 @@ def regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:
 
 
 def cohorts(data: Interactions, cfg: RankerConfig) -> CohortCounts:
-    """The serving snapshot of the cohorts' counts (``[ranker] cohort_fields``): every
+    """The serving snapshot of the cohorts' counts (``[ranker] cohorts``): every
     positive event."""
     return CohortCounts.of(
         data.user,
         data.item,
         data.users.categorical,
-        cohort_columns(data.user_encoder, cfg.cohort_fields),
+        cohort_columns(data.user_encoder, cfg.cohorts),
         data.n_items,
         min_users=cfg.cohort_min_users,
     )

@@ -36,11 +36,12 @@ candidates, :func:`dense_features` returns ``float32 [C, len(DENSE_FEATURES)]``:
                             hour before ``now``, without an engagement since: candidates
                             are never items the user engaged with; see
                             :mod:`tailored.data.exposures`)
-``cohort_lift``             log of how much more often users of the user's cohort (those
-                            alike in ``[ranker] cohort_fields``, e.g. gender x age band x
-                            region) engaged with the item than all users did, shrunk towards
-                            0 for small counts (:class:`CohortCounts`; 0 without cohorts)
-``cohort_users``            log(1 + how many users of the cohort engaged with the item)
+``cohort_lift``             the sum over the user's cohorts (users alike in some profile
+                            fields, ``[ranker] cohorts``: one cohort per definition, e.g. of
+                            gender, of age band, of region) of the log of how much more often
+                            the cohort engaged with the item than all users did, shrunk
+                            towards 0 for small counts (:class:`CohortCounts`; 0 without)
+``cohort_lift_max``         the largest of those logs
 ==========================  ==============================================================
 
 The history is the user's ``HISTORY_EVENTS`` most recent items (what a bundle keeps of each
@@ -102,7 +103,7 @@ DENSE_FEATURES = (
     "ease_score",
     "shown_before",
     "cohort_lift",
-    "cohort_users",
+    "cohort_lift_max",
 )
 _DAY = 86_400
 # the most recent history items the features read: what a bundle keeps of each user for
@@ -375,17 +376,19 @@ COHORT_PRIOR = 50.0
 @dataclass
 class CohortCounts:
     """How many users of each cohort engaged with each item, for the ``cohort_lift`` and
-    ``cohort_users`` features. A cohort is the users alike in some profile fields (``[ranker]
-    cohort_fields``: gender x age band x region, say); a missing value is a value of its own.
+    ``cohort_lift_max`` features. A cohort definition is a combination of profile fields
+    (``[ranker] cohorts``: gender, age band, region, or gender x age band x region...); a
+    missing value is a value of its own. A user belongs to one cohort of each definition.
 
-    ``columns`` int64 [K, 2]: each field's column in the users' ``FeatureTable.categorical``
-    and its number of codes (0 included); a user's cohort is the mixed-radix number of their
-    codes (:meth:`keys`). ``cohorts`` int64 [S]: the cohorts kept (those with at least
-    ``min_users`` users engaging), sorted; cohort ``s``'s items, sorted, are
+    ``columns`` int64 [K, 3]: (definition, column in the users' ``FeatureTable.categorical``,
+    number of codes, 0 included), definitions numbered from 0 in order; a user's cohort of a
+    definition is the mixed-radix number of their codes there, offset past the earlier
+    definitions' cohorts (:meth:`keys`). ``cohorts`` int64 [S]: the cohorts kept (those with
+    at least ``min_users`` users engaging), sorted; cohort ``s``'s items, sorted, are
     ``items[offsets[s]:offsets[s+1]]`` (int32) with their users ``counts`` (float32);
     ``totals`` float32 [S] its (user, item) pairs; ``item_totals`` float32 [N+1] every
-    user's pairs per item, cohort kept or not. A cohort too small to keep is none: its users'
-    features are 0, and the bundle never holds the few users' items."""
+    user's pairs per item. A cohort too small to keep is none: it adds nothing to its users'
+    features, and the bundle never holds the few users' items."""
 
     columns: np.ndarray
     cohorts: np.ndarray
@@ -399,7 +402,7 @@ class CohortCounts:
     def empty(cls, n_items: int) -> CohortCounts:
         """No cohorts: every user's features 0."""
         return cls(
-            np.zeros((0, 2), np.int64),
+            np.zeros((0, 3), np.int64),
             np.zeros(0, np.int64),
             np.zeros(1, np.int64),
             np.zeros(0, np.int32),
@@ -421,24 +424,25 @@ class CohortCounts:
     ) -> CohortCounts:
         """From events' users (0-based) and items (1-based), int [E] (repeats of a (user,
         item) pair count once), the users' categorical codes ``user_cat`` int [U, C], and the
-        cohort ``columns`` [K, 2] (column, number of codes)."""
-        columns = np.asarray(columns, np.int64).reshape(-1, 2)
+        cohort ``columns`` [K, 3] (:func:`cohort_columns`)."""
+        columns = np.asarray(columns, np.int64).reshape(-1, 3)
         if not len(columns):
             return cls.empty(n_items)
-        if float(np.prod(columns[:, 1].astype(np.float64))) * (n_items + 1) >= 2.0**62:
+        if float(_cohort_space(columns)[-1]) * (n_items + 1) >= 2.0**62:
             raise ValueError(
-                f"cohorts: {int(np.prod(columns[:, 1]))} possible cohorts of {n_items} items "
-                "do not fit a 64-bit key; use fewer or coarser fields"
+                f"cohorts: {int(_cohort_space(columns)[-1])} possible cohorts of {n_items} "
+                "items do not fit a 64-bit key; use fewer or coarser fields"
             )
-        key_of_user = cls._keys(user_cat, columns)
+        key_of_user = cls._keys(user_cat, columns)  # [U, G]
         u, i = distinct_pairs(users, items, n_items)
         item_totals = np.bincount(i, minlength=n_items + 1).astype(np.float32)
-        key = key_of_user[u]
-        active = np.unique(u)
-        found, n_users = np.unique(key_of_user[active], return_counts=True)
+        g = key_of_user.shape[1]
+        key = key_of_user[u].ravel()  # each pair once per definition
+        item = np.repeat(i, g)
+        found, n_users = np.unique(key_of_user[np.unique(u)].ravel(), return_counts=True)
         kept = found[n_users >= max(int(min_users), 1)]
         mine = np.isin(key, kept)
-        pairs, counts = np.unique(key[mine] * (n_items + 1) + i[mine], return_counts=True)
+        pairs, counts = np.unique(key[mine] * (n_items + 1) + item[mine], return_counts=True)
         cohort_of = np.searchsorted(kept, pairs // (n_items + 1))
         per_cohort = np.bincount(cohort_of, minlength=len(kept))
         return cls(
@@ -453,56 +457,73 @@ class CohortCounts:
 
     @staticmethod
     def _keys(user_cat: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        key = np.zeros(len(user_cat), np.int64)
-        for col, size in columns:
+        space = _cohort_space(columns)
+        n_defs = len(space) - 1
+        key = np.zeros((len(user_cat), n_defs), np.int64)
+        for d, col, size in columns:
             codes = np.clip(np.asarray(user_cat[:, col], np.int64), 0, size - 1)
-            key = key * size + codes
-        return key
+            key[:, d] = key[:, d] * size + codes
+        return key + space[:-1]
 
     def keys(self, user_cat: np.ndarray) -> np.ndarray:
-        """The cohorts of users with categorical codes ``user_cat`` int [R, C], int64 [R];
-        -1 where there are no cohorts."""
+        """The cohorts of users with categorical codes ``user_cat`` int [R, C]: int64
+        [R, G], one per definition (G = 0 without cohorts)."""
         if not len(self.columns):
-            return np.full(len(user_cat), -1, np.int64)
+            return np.zeros((len(user_cat), 0), np.int64)
         return self._keys(user_cat, self.columns)
 
-    def scores(self, cohort: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(``cohort_lift``, ``cohort_users``) of ``candidates`` int [C] for a user of
-        ``cohort`` (:meth:`keys`), float32 [C] each; 0 for a cohort not kept."""
-        lift = np.zeros(len(candidates), np.float32)
-        users = np.zeros(len(candidates), np.float32)
-        s = int(np.searchsorted(self.cohorts, cohort))
-        if cohort < 0 or s >= len(self.cohorts) or self.cohorts[s] != cohort:
-            return lift, users
-        mine = self.items[self.offsets[s] : self.offsets[s + 1]]
-        at = np.clip(np.searchsorted(mine, candidates), 0, max(len(mine) - 1, 0))
-        hit = (mine[at] == candidates) if len(mine) else np.zeros(len(candidates), bool)
-        c = np.where(hit, self.counts[self.offsets[s] + at] if len(mine) else 0.0, 0.0)
+    def scores(self, cohorts: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(``cohort_lift``, ``cohort_lift_max``) of ``candidates`` int [C] for a user of
+        ``cohorts`` int [G] (a row of :meth:`keys`), float32 [C] each: the sum and the
+        largest of the lifts of their kept cohorts; 0 where none is kept. A cohort's lift of
+        an item is log(its share of the cohort's (user, item) pairs / its share of all),
+        the cohort's share shrunk towards all's by ``COHORT_PRIOR`` pairs."""
+        total = np.zeros(len(candidates), np.float32)
+        best = np.full(len(candidates), -np.inf, np.float32)
         n_items = len(self.item_totals) - 1
         p = (self.item_totals[candidates] + 1.0) / (float(self.item_totals.sum()) + n_items)
-        share = (c + COHORT_PRIOR * p) / (float(self.totals[s]) + COHORT_PRIOR)
-        lift[:] = np.log(share / p)
-        users[:] = np.log1p(c)
-        return lift, users
+        for cohort in np.asarray(cohorts, np.int64).ravel():
+            s = int(np.searchsorted(self.cohorts, cohort))
+            if s >= len(self.cohorts) or self.cohorts[s] != cohort:
+                continue
+            mine = self.items[self.offsets[s] : self.offsets[s + 1]]
+            at = np.clip(np.searchsorted(mine, candidates), 0, len(mine) - 1)
+            c = np.where(mine[at] == candidates, self.counts[self.offsets[s] + at], 0.0)
+            share = (c + COHORT_PRIOR * p) / (float(self.totals[s]) + COHORT_PRIOR)
+            lift = np.log(share / p).astype(np.float32)
+            total += lift
+            best = np.maximum(best, lift)
+        return total, np.where(np.isfinite(best), best, 0.0).astype(np.float32)
 
 
-def cohort_columns(encoder: FeatureEncoder, names: Sequence[str]) -> np.ndarray:
-    """The cohort columns (:class:`CohortCounts`) of user fields ``names`` (``[ranker]
-    cohort_fields``): a categorical field's column, or a numeric field's range column
-    (``[model] numeric_buckets``), int64 [K, 2] (column, number of codes). An unknown name is
-    a :class:`~tailored.config.ConfigError` naming the fields there are."""
+def _cohort_space(columns: np.ndarray) -> np.ndarray:
+    """Where each cohort definition's keys start, and the end of the last: int64 [G+1]."""
+    n_defs = int(columns[:, 0].max()) + 1 if len(columns) else 0
+    sizes = np.ones(n_defs, np.int64)
+    for d, _, size in columns:
+        sizes[d] *= size
+    return np.r_[0, np.cumsum(sizes)].astype(np.int64)
+
+
+def cohort_columns(encoder: FeatureEncoder, cohorts: Sequence[Sequence[str]]) -> np.ndarray:
+    """The cohort columns (:class:`CohortCounts`) of cohort definitions ``cohorts`` (``[ranker]
+    cohorts``: each a list of user fields), int64 [K, 3] (definition, column, number of
+    codes). A field is a categorical one's column, or a numeric one's range column (``[model]
+    numeric_buckets``). An unknown name is a :class:`~tailored.config.ConfigError` naming the
+    fields there are."""
     columns = encoder.columns
     out = []
-    for name in names:
-        col = name if name in encoder.categorical else name + BUCKET_SUFFIX
-        if col not in columns:
-            usable = encoder.categorical + encoder.bucketed
-            raise ConfigError(
-                f"[ranker] cohort_fields: {name!r} is no categorical user field, nor a numeric "
-                f"one with ranges ([model] numeric_buckets); those that can be: {usable}"
-            )
-        out.append((columns.index(col), encoder.cardinalities([col])[0]))
-    return np.asarray(out, np.int64).reshape(-1, 2)
+    for d, fields in enumerate(cohorts):
+        for name in fields:
+            col = name if name in encoder.categorical else name + BUCKET_SUFFIX
+            if col not in columns:
+                usable = encoder.categorical + encoder.bucketed
+                raise ConfigError(
+                    f"[ranker] cohorts: {name!r} is no categorical user field, nor a numeric "
+                    f"one with ranges ([model] numeric_buckets); those that can be: {usable}"
+                )
+            out.append((d, columns.index(col), encoder.cardinalities([col])[0]))
+    return np.asarray(out, np.int64).reshape(-1, 3)
 
 
 def _log_hours(seconds: np.ndarray) -> np.ndarray:
@@ -523,7 +544,7 @@ def dense_features(
     regression: ItemRegression | None = None,
     shown: np.ndarray | None = None,
     cohorts: CohortCounts | None = None,
-    cohort: int = -1,
+    cohort: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ranker's dense features for one request (see the module doc), float32 [C, F].
 
@@ -534,7 +555,7 @@ def dense_features(
     ``item_emb`` float32 [N+1, D] the item tower's embeddings; ``regression`` the
     item-item model (none: ``ease_score`` 0); ``shown`` int [C] how many times each
     candidate was shown to the user before (:func:`~tailored.data.exposures.shown_counts`;
-    none: 0); ``cohorts`` the cohorts' counts and ``cohort`` the user's
+    none: 0); ``cohorts`` the cohorts' counts and ``cohort`` the user's, int [G]
     (:meth:`CohortCounts.keys`; none: ``cohort_*`` 0).
     """
     history, history_times = history[-HISTORY_EVENTS:], history_times[-HISTORY_EVENTS:]
@@ -547,7 +568,7 @@ def dense_features(
     out[:, 12] = np.log1p(h)
     if shown is not None:
         out[:, 19] = np.log1p(shown)
-    if cohorts is not None:
+    if cohorts is not None and cohort is not None:
         out[:, 20], out[:, 21] = cohorts.scores(cohort, candidates)
     if not h:
         out[:, 10] = np.log1p(_NEVER_HOURS)

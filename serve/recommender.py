@@ -259,17 +259,17 @@ class Recommender:
             cohort=self._cohort(req, row),
         )
 
-    def _cohort(self, req: Request, row: int | None) -> int:
-        """The user's cohort (:meth:`~tailored.data.ranking_features.CohortCounts.keys`):
-        from their profile in the bundle, else from the request's; -1 without cohorts."""
+    def _cohort(self, req: Request, row: int | None) -> np.ndarray:
+        """The user's cohorts (:meth:`~tailored.data.ranking_features.CohortCounts.keys`),
+        int64 [G]: from their profile in the bundle, else from the request's."""
         cohorts = self.bundle.cohorts
         if cohorts is None or not len(cohorts.columns):
-            return -1
+            return np.zeros(0, np.int64)
         if row is not None and self.bundle.users is not None:
             user_cat = self.bundle.users.categorical[row : row + 1]
         else:
             user_cat = self._profile(req.profile or {})[0]
-        return int(cohorts.keys(user_cat)[0])
+        return cohorts.keys(user_cat)[0]
 
     def _shown(
         self, row: int | None, online: tuple[StoredEvent, ...], cands: np.ndarray, now: float

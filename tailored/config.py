@@ -491,25 +491,30 @@ class RankerConfig:
     # corrects the bias ``popularity_penalty`` corrects (not both): on the synthetic site 0.3
     # without the penalty is level with the penalty at 0.3 (benchmarks/RESULTS.md)
     exposure_correction: float = 0.0
-    # the user profile fields whose combination makes a cohort (e.g. ["gender", "age",
-    # "region"]; a numeric field by its range, ``[model] numeric_buckets``): the
-    # ``cohort_lift`` / ``cohort_users`` features say how much the user's cohort engaged with
-    # each candidate, beyond everyone. Cohorts of fewer than ``cohort_min_users`` users with
-    # a positive are left out (their users' features 0): the bundle stores no small group's
-    # items. Empty: no cohorts, the features 0
-    cohort_fields: tuple[str, ...] = ()
+    # cohort definitions, each a list of user profile fields whose combination makes a
+    # cohort (a numeric field by its range, ``[model] numeric_buckets``), e.g. [["gender"],
+    # ["age"], ["region"]]: the ``cohort_lift`` / ``cohort_lift_max`` features say how much
+    # more than everyone the user's cohorts engaged with each candidate. Cohorts of fewer
+    # than ``cohort_min_users`` users with a positive are left out: the bundle stores no
+    # small group's items. Empty: no cohorts, the features 0
+    cohorts: tuple[tuple[str, ...], ...] = ()
     cohort_min_users: int = 20
 
     def validate(self) -> None:
         _one_of("ranker", "loss", self.loss, ("softmax", "lambdarank"))
-        fields = self.cohort_fields
-        if not isinstance(fields, list | tuple) or not all(
-            isinstance(f, str) and f for f in fields
+        defs = self.cohorts
+        if not isinstance(defs, list | tuple) or not all(
+            isinstance(d, list | tuple) and d and all(isinstance(f, str) and f for f in d)
+            for d in defs
         ):
-            raise ConfigError(f"[ranker] cohort_fields: a list of user field names, got {fields!r}")
-        if len(set(fields)) != len(fields):
-            raise ConfigError(f"[ranker] cohort_fields: a field is named twice in {fields!r}")
-        object.__setattr__(self, "cohort_fields", tuple(fields))
+            raise ConfigError(
+                "[ranker] cohorts: a list of cohort definitions, each a non-empty list of user "
+                f'field names (e.g. [["gender"], ["age", "region"]]), got {defs!r}'
+            )
+        for d in defs:
+            if len(set(d)) != len(d):
+                raise ConfigError(f"[ranker] cohorts: a field is named twice in {list(d)!r}")
+        object.__setattr__(self, "cohorts", tuple(tuple(d) for d in defs))
         m = self.cohort_min_users
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ConfigError(f"[ranker] cohort_min_users: must be an integer >= 1, got {m!r}")

@@ -258,7 +258,7 @@ def _all_off(cfg: Config) -> dict[str, Any]:
         "ranker.popularity_penalty": 0.0,
         "loss.exposure_correction": 0.0,
         "ranker.exposure_correction": 0.0,
-        "ranker.cohort_fields": [],
+        "ranker.cohorts": [],
     }
 
 
@@ -331,17 +331,18 @@ def _exposure_corrected(section: str) -> Callable[[Base], str | None]:
     return not_here
 
 
-def _cohort_fields(cfg: Config) -> list[str]:
-    """The user fields of the ``with_cohorts`` row: MovieLens's gender and age band (with
-    its 21 occupations too, most cohorts would hold fewer than 20 of its 943 users); the
-    synthetic site's gender, age band and region, the fields its tastes are planted by."""
+def _cohorts(cfg: Config) -> list[list[str]]:
+    """The cohorts of the ``with_cohorts`` row, one definition per profile field: MovieLens's
+    gender, age band and occupation; the synthetic site's gender, age band and region, the
+    fields its tastes are planted by (each a part of them, plus a little of their
+    combination)."""
     if cfg.data.dataset.startswith("movielens"):
-        return ["gender", "age"]
-    return ["gender", "age", "region"]
+        return [["gender"], ["age"], ["occupation"]]
+    return [["gender"], ["age"], ["region"]]
 
 
 def _cohorts_already(base: Base) -> str | None:
-    if base.cfg.ranker.cohort_fields:
+    if base.cfg.ranker.cohorts:
         return "the shipped configuration has cohorts"
     return None
 
@@ -447,7 +448,7 @@ CHANGES: tuple[Change, ...] = (
     ),
     Change(
         "with_cohorts",
-        lambda cfg: {"ranker.cohort_fields": _cohort_fields(cfg)},
+        lambda cfg: {"ranker.cohorts": _cohorts(cfg)},
         not_here=_cohorts_already,
     ),
     Change("all_off", _all_off, serve_windows=False),
@@ -553,7 +554,7 @@ def test_requests(
         ease_items=r.ease_items,
         ease_l2=r.ease_l2,
         cooccurrence=r.cooccurrence,
-        cohort_fields=r.cohort_fields,
+        cohorts=r.cohorts,
         cohort_min_users=r.cohort_min_users,
     )
     # _open_only counts on being asked for the requests in order; check that it was

@@ -270,7 +270,7 @@ _EV_ITEMS = np.array([1, 2, 1, 1, 3, 2, 2, 4, 4])  # user 0's item 1 twice: coun
 
 
 def test_cohort_counts_by_hand() -> None:
-    by_gender = np.array([[0, 3]])
+    by_gender = np.array([[0, 0, 3]])
     c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, by_gender, 4, min_users=2)
     # gender 0 has one user engaging: too few to keep; genders 1 (3 users) and 2 (2 users)
     assert c.cohorts.tolist() == [1, 2]
@@ -279,31 +279,38 @@ def test_cohort_counts_by_hand() -> None:
     assert c.counts[c.offsets[0] : c.offsets[1]].tolist() == [2, 1, 1]
     assert c.items[c.offsets[1] : c.offsets[2]].tolist() == [2, 4]
     assert c.totals.tolist() == [4, 3]
-    lift, users = c.scores(1, np.array([1, 4]))
+    lift, best = c.scores(np.array([1]), np.array([1, 4]))
     p = 3 / 12  # items 1 and 4: (2 users + 1) / (8 pairs + 4 items)
     share_1 = (2 + COHORT_PRIOR * p) / (4 + COHORT_PRIOR)
     share_4 = (0 + COHORT_PRIOR * p) / (4 + COHORT_PRIOR)
     np.testing.assert_allclose(lift, np.log([share_1 / p, share_4 / p]), rtol=1e-6)
-    np.testing.assert_allclose(users, np.log1p([2, 0]), rtol=1e-6)
+    np.testing.assert_array_equal(best, lift)  # one definition: its lift is the largest
     assert lift[0] > 0 > lift[1]  # gender 1 engaged with item 1 more than all, 4 less
-    # a cohort too small to keep, one never seen, and "no cohort" read as nothing
-    for cohort in (0, 7, -1):
-        assert not any(a.any() for a in c.scores(cohort, np.array([1, 2, 3, 4])))
+    # a cohort too small to keep, one never seen, and no cohort read as nothing
+    for cohorts in ([0], [7], []):
+        assert not any(a.any() for a in c.scores(np.array(cohorts), np.array([1, 2, 3, 4])))
 
 
-def test_cohort_keys_cross_the_fields() -> None:
-    both = np.array([[0, 3], [1, 3]])
-    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, both, 4, min_users=1)
-    assert c.keys(_USER_CAT).tolist() == [4, 5, 4, 7, 8, 1]  # gender x 3 + region
-    assert c.cohorts.tolist() == [1, 4, 5, 7, 8]
-    assert c.scores(5, np.array([1]))[1].tolist() == [np.float32(np.log1p(1))]
-    none = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, np.zeros((0, 2)), 4)
-    assert none.keys(_USER_CAT).tolist() == [-1] * 6 and not len(none.cohorts)
+def test_cohort_definitions_cross_their_fields_and_add_up() -> None:
+    # definition 0: gender x region (9 cohorts, keys 0-8); definition 1: region (keys 9-11)
+    columns = np.array([[0, 0, 3], [0, 1, 3], [1, 1, 3]])
+    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, columns, 4, min_users=1)
+    keys = c.keys(_USER_CAT)
+    assert keys[:, 0].tolist() == [4, 5, 4, 7, 8, 1]  # gender x 3 + region
+    assert keys[:, 1].tolist() == [10, 11, 10, 10, 11, 10]  # 9 + region
+    assert c.cohorts.tolist() == [1, 4, 5, 7, 8, 10, 11]
+    cands = np.array([1, 2, 3, 4])
+    lift, best = c.scores(keys[0], cands)
+    (a, _), (b, _) = c.scores(keys[0, :1], cands), c.scores(keys[0, 1:], cands)
+    np.testing.assert_allclose(lift, a + b, rtol=1e-6)
+    np.testing.assert_allclose(best, np.maximum(a, b), rtol=1e-6)
+    none = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, np.zeros((0, 3)), 4)
+    assert none.keys(_USER_CAT).shape == (6, 0) and not len(none.cohorts)
 
 
 def test_dense_features_read_the_cohort() -> None:
     items = _items()
-    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, np.array([[0, 3]]), 4, min_users=2)
+    c = CohortCounts.of(_EV_USERS, _EV_ITEMS, _USER_CAT, np.array([[0, 0, 3]]), 4, min_users=2)
     kwargs = {
         "candidates": np.array([1, 4]),
         "scores": np.zeros(2, np.float32),
@@ -315,12 +322,13 @@ def test_dense_features_read_the_cohort() -> None:
         "neighbors": ItemNeighbors.of(np.array([0]), np.array([2]), np.array([0, 1]), 4),
         "item_emb": np.eye(5, dtype=np.float32),
     }
-    f = dense_features(**kwargs, cohorts=c, cohort=1)  # type: ignore[arg-type]
-    lift, users = c.scores(1, np.array([1, 4]))
+    f = dense_features(**kwargs, cohorts=c, cohort=np.array([1]))  # type: ignore[arg-type]
+    lift, best = c.scores(np.array([1]), np.array([1, 4]))
     np.testing.assert_array_equal(f[:, F["cohort_lift"]], lift)
-    np.testing.assert_array_equal(f[:, F["cohort_users"]], users)
+    np.testing.assert_array_equal(f[:, F["cohort_lift_max"]], best)
+    assert f[:, F["cohort_lift"]].any()
     without = dense_features(**kwargs)  # type: ignore[arg-type]
-    assert not without[:, [F["cohort_lift"], F["cohort_users"]]].any()
+    assert not without[:, [F["cohort_lift"], F["cohort_lift_max"]]].any()
 
 
 def test_cohort_columns_name_fields_and_refuse_unknown_ones() -> None:
@@ -332,11 +340,11 @@ def test_cohort_columns_name_fields_and_refuse_unknown_ones() -> None:
     )
     fields = (FieldSpec("gender", "categorical"), FieldSpec("age", "numeric"))
     enc = FeatureEncoder.fit(table, fields, buckets=2)
-    cols = cohort_columns(enc, ["age", "gender"])
+    cols = cohort_columns(enc, [["age", "gender"], ["gender"]])
     # age by its range column (after the categorical fields), 2 ranges + missing
-    assert cols.tolist() == [[1, 3], [0, 3]]
-    with pytest.raises(ConfigError, match=r"\[ranker\] cohort_fields: 'zip'.*\['gender', 'age'\]"):
-        cohort_columns(enc, ["zip"])
+    assert cols.tolist() == [[0, 1, 3], [0, 0, 3], [1, 0, 3]]
+    with pytest.raises(ConfigError, match=r"\[ranker\] cohorts: 'zip'.*\['gender', 'age'\]"):
+        cohort_columns(enc, [["zip"]])
     no_ranges = FeatureEncoder.fit(table, fields, buckets=0)
     with pytest.raises(ConfigError, match="'age' is no categorical"):
-        cohort_columns(no_ranges, ["age"])
+        cohort_columns(no_ranges, [["age"]])

@@ -1,4 +1,4 @@
-"""The ranker's cohort features (``[ranker] cohort_fields``) served as they were learnt: a
+"""The ranker's cohort features (``[ranker] cohorts``) served as they were learnt: a
 bundle of a synthetic site keeps the cohorts' counts (none for cohorts too small), the
 recommender reads a known user's cohort from the bundle and a new user's from the request's
 profile, and files that do not fit together are refused at load."""
@@ -25,20 +25,22 @@ from tests.helpers import reseal, synthetic_bundle
 
 pytestmark = pytest.mark.slow  # trains on a synthetic site and builds a bundle
 
-COHORT = [DENSE_FEATURES.index("cohort_lift"), DENSE_FEATURES.index("cohort_users")]
+COHORT = [DENSE_FEATURES.index("cohort_lift"), DENSE_FEATURES.index("cohort_lift_max")]
 FIELDS = ["gender", "age", "region"]
+COHORTS = [["gender"], ["age", "region"]]
 MIN_USERS = 4
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, faiss_one_thread: None) -> dict[str, Any]:
-    """A synthetic site and a bundle (with a ranker) of cohorts by gender x age x region."""
+    """A synthetic site and a bundle (with a ranker) of cohorts by gender and by age x
+    region."""
     base = tmp_path_factory.mktemp("cohorts")
     bundles, cfg = synthetic_bundle(
         base,
         users=400,
         items=120,
-        overrides={"ranker.cohort_fields": FIELDS, "ranker.cohort_min_users": MIN_USERS},
+        overrides={"ranker.cohorts": COHORTS, "ranker.cohort_min_users": MIN_USERS},
     )
     return {"base": base, "version": bundles / "v000001", "cfg": cfg, "data": load_data(cfg)}
 
@@ -54,7 +56,7 @@ def test_the_bundle_keeps_every_event_s_cohort_counts(site: dict[str, Any]) -> N
     # the cohorts kept are those with enough users engaging, and some are left out
     keys = served.keys(data.users.categorical)
     engaged = np.unique(data.user)
-    found, n = np.unique(keys[engaged], return_counts=True)
+    found, n = np.unique(keys[engaged].ravel(), return_counts=True)
     assert served.cohorts.tolist() == found[n >= MIN_USERS].tolist()
     assert (n < MIN_USERS).any() and len(served.cohorts) >= 5
 
@@ -70,7 +72,7 @@ def test_served_cohort_features_are_the_offline_ones(site: dict[str, Any]) -> No
     for u in range(0, data.n_users, 3):
         req = Request(str(data.user_ids[u]), 10, "home", bundle.last_event_time + 60, True)
         served = rec.ranking_features(req, every, np.zeros(len(every), np.float32))[:, COHORT]
-        offline = np.stack(bundle.cohorts.scores(int(keys[u]), every), 1)
+        offline = np.stack(bundle.cohorts.scores(keys[u], every), 1)
         np.testing.assert_array_equal(served, offline, err_msg=str(u))
         checked += int(offline.any())
     assert checked > 20  # most users are in a kept cohort
@@ -84,18 +86,18 @@ def test_a_new_user_s_cohort_comes_from_the_request_s_profile(site: dict[str, An
     users = pq.read_table(Path(site["cfg"].data.dataset) / "users.parquet").to_pylist()
     raw = {r["user_id"]: r for r in users}
     keys = bundle.cohorts.keys(data.users.categorical)
-    kept = np.isin(keys, bundle.cohorts.cohorts)
+    kept = np.isin(keys, bundle.cohorts.cohorts).all(1)
     u = next(u for u in range(data.n_users) if kept[u] and raw[data.user_ids[u]]["gender"])
     profile = {f: str(raw[data.user_ids[u]][f]) for f in FIELDS}
     every = np.arange(1, bundle.n_items + 1, dtype=np.int64)
     now = bundle.last_event_time + 60
     new = Request("someone-new", 10, "home", now, True, profile=profile)
     served = rec.ranking_features(new, every, np.zeros(len(every), np.float32))[:, COHORT]
-    np.testing.assert_array_equal(served, np.stack(bundle.cohorts.scores(int(keys[u]), every), 1))
+    np.testing.assert_array_equal(served, np.stack(bundle.cohorts.scores(keys[u], every), 1))
     assert served.any()
     bare = Request("someone-else", 10, "home", now, True)  # no profile: the all-missing cohort
     plain = rec.ranking_features(bare, every, np.zeros(len(every), np.float32))[:, COHORT]
-    missing = int(bundle.cohorts.keys(np.zeros((1, data.users.categorical.shape[1]), int))[0])
+    missing = bundle.cohorts.keys(np.zeros((1, data.users.categorical.shape[1]), int))[0]
     np.testing.assert_array_equal(plain, np.stack(bundle.cohorts.scores(missing, every), 1))
 
 
@@ -113,7 +115,7 @@ def _bad_item(version: Path) -> None:
 def _bad_column(version: Path) -> None:
     path = version / BUNDLE_FILES["cohort_columns"]
     cols = np.load(path)
-    cols[0, 0] = 99
+    cols[0, 1] = 99
     np.save(path, cols)
 
 
@@ -138,8 +140,8 @@ def test_bad_cohort_files_are_refused_at_load(
 
 
 def test_an_unknown_cohort_field_is_refused_by_name(site: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match=r"\[ranker\] cohort_fields: 'income'"):
-        snapshot.cohorts(site["data"], RankerConfig(cohort_fields=("income",)))
+    with pytest.raises(ConfigError, match=r"\[ranker\] cohorts: 'income'"):
+        snapshot.cohorts(site["data"], RankerConfig(cohorts=(("income",),)))
 
 
 def test_a_bundle_without_cohorts_serves_them_as_0(serve_bundle: Path) -> None:

@@ -198,7 +198,7 @@ def _stats(
     ease_l2: float,
     activity_at: int | None = None,
     cooccurrence: str = RankerConfig.cooccurrence,
-    cohort_fields: Sequence[str] = (),
+    cohorts: Sequence[str] = (),
     cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> dict[str, Any]:
     """What the ranking features read of the history events: item activity (as of each
@@ -227,7 +227,7 @@ def _stats(
             h_users,
             h.items,
             data.users.categorical,
-            cohort_columns(data.user_encoder, cohort_fields),
+            cohort_columns(data.user_encoder, cohorts),
             data.n_items,
             min_users=cohort_min_users,
         ),
@@ -256,7 +256,7 @@ def build_requests(
     examination: SlotPropensity | None = None,
     graded: bool = False,
     cooccurrence: str = RankerConfig.cooccurrence,
-    cohort_fields: Sequence[str] = (),
+    cohorts: Sequence[str] = (),
     cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
@@ -265,7 +265,7 @@ def build_requests(
     and co-occurrence and the item-item model (``ease_items``, ``ease_l2``: see
     :class:`~tailored.config.RankerConfig`) the ``history_splits`` events, co-occurring
     within users or within sessions (``cooccurrence``), and so do the cohorts of
-    ``cohort_fields`` (of at least ``cohort_min_users`` users). ``item_emb``
+    ``cohorts`` (of at least ``cohort_min_users`` users). ``item_emb``
     [N+1, D] item embeddings.
 
     ``prefix`` int [R] (default 0): a request's first ``prefix`` target-split events are
@@ -316,7 +316,7 @@ def build_requests(
         ease_l2,
         activity_at,
         cooccurrence,
-        cohort_fields,
+        cohorts,
         cohort_min_users,
     )
     cohort = stats["cohorts"].keys(data.users.categorical[users])
@@ -345,7 +345,7 @@ def build_requests(
             now=float(now[row]),
             item_emb=item_emb,
             shown=shown_counts(cands[row], s_items, s_times, float(now[row])),
-            cohort=int(cohort[row]),
+            cohort=cohort[row],
             **stats,
         )
         labels[row] = np.isin(cands[row], relevant) & (cands[row] > 0)

@@ -205,7 +205,7 @@ def _requests(
         ease_items=cfg.ease_items,
         ease_l2=cfg.ease_l2,
         cooccurrence=cfg.cooccurrence,
-        cohort_fields=cfg.cohort_fields,
+        cohorts=cfg.cohorts,
         cohort_min_users=cfg.cohort_min_users,
         impression_negative_weight=cfg.impression_negative_weight,
         graded=cfg.graded_labels,
