@@ -198,7 +198,7 @@ def _stats(
     ease_l2: float,
     activity_at: int | None = None,
     cooccurrence: str = RankerConfig.cooccurrence,
-    cohorts: Sequence[str] = (),
+    cohorts: Sequence[Sequence[str]] = (),
     cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> dict[str, Any]:
     """What the ranking features read of the history events: item activity (as of each
@@ -256,7 +256,7 @@ def build_requests(
     examination: SlotPropensity | None = None,
     graded: bool = False,
     cooccurrence: str = RankerConfig.cooccurrence,
-    cohorts: Sequence[str] = (),
+    cohorts: Sequence[Sequence[str]] = (),
     cohort_min_users: int = RankerConfig.cohort_min_users,
 ) -> Requests:
     """Requests of ``users`` (int [R], each with target-split events) whose embeddings are
