@@ -86,7 +86,7 @@ def test_a_new_user_s_cohort_comes_from_the_request_s_profile(site: dict[str, An
     users = pq.read_table(Path(site["cfg"].data.dataset) / "users.parquet").to_pylist()
     raw = {r["user_id"]: r for r in users}
     keys = bundle.cohorts.keys(data.users.categorical)
-    kept: np.ndarray = np.isin(keys, bundle.cohorts.cohorts).all(axis=1)
+    kept = np.isin(keys, bundle.cohorts.cohorts).sum(axis=1) == keys.shape[1]
     u = next(u for u in range(data.n_users) if kept[u] and raw[data.user_ids[u]]["gender"])
     profile = {f: str(raw[data.user_ids[u]][f]) for f in FIELDS}
     every = np.arange(1, bundle.n_items + 1, dtype=np.int64)
