@@ -336,7 +336,7 @@ def _cohorts(cfg: Config) -> list[list[str]]:
     gender, age band and occupation; the synthetic site's gender, age band and region, the
     fields its tastes are planted by (each a part of them, plus a little of their
     combination)."""
-    if cfg.data.dataset.startswith("movielens"):
+    if Path(cfg.data.dataset).name.startswith("movielens"):  # a name, or the fetched path
         return [["gender"], ["age"], ["occupation"]]
     return [["gender"], ["age"], ["region"]]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks._paths import ROOT
-from benchmarks.quality.ablation import main
+from benchmarks.quality.ablation import _cohorts, main
+from tailored.config import load_config
 
 pytestmark = pytest.mark.slow  # trains the towers and the ranker (about 20 s on 2 cores)
 
@@ -40,3 +41,14 @@ def test_the_availability_row_scores_the_baselines_models_again(tmp_path: Path) 
     refs = report["truth_references"]
     assert set(refs) == {"item_term_only", "segment_centroid", "taste_at_start"}
     assert refs["item_term_only"] < refs["segment_centroid"] < refs["taste_at_start"] <= 1.0
+
+
+def test_the_cohorts_row_names_each_dataset_s_own_profile_fields(tmp_path: Path) -> None:
+    # the MovieLens site is read from the fetched path, not a name: its fields all the same
+    movielens = load_config(
+        ROOT / "configs" / "movielens-100k.toml",
+        overrides={"data.dataset": str(tmp_path / "cache" / "movielens-100k")},
+    )
+    synthetic = load_config(ROOT / "configs" / "synthetic.toml")
+    assert _cohorts(movielens) == [["gender"], ["age"], ["occupation"]]
+    assert _cohorts(synthetic) == [["gender"], ["age"], ["region"]]
