@@ -42,7 +42,10 @@ Rows of changes made after the issue's own, that the shipped configurations have
   each item's share of the site's impressions (n/a without exposure events, as MovieLens);
 * ``with_ranker_exposure_correction``: ``[ranker] exposure_correction`` at
   :data:`EXPOSURE_CORRECTION` and no popularity penalty, the ranker's counterpart (it corrects
-  the bias the penalty corrects, so not both).
+  the bias the penalty corrects, so not both);
+* ``with_cohorts``: ``[ranker] cohorts``, one definition per profile field (the synthetic
+  site's gender, age band and region; MovieLens's gender, age band and occupation), the
+  ranker's ``cohort_lift`` features.
 
 ``all_off`` turns every change off at once: the state before the issue, as near as the code
 allows (the ranker's ``shown_before`` feature stays), to read the goals against.
