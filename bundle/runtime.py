@@ -336,27 +336,58 @@ def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
         missing = next(BUNDLE_FILES[k] for k in paths if k not in present)
         raise BundleError(f"{root}: no {missing} beside the other cohort files")
     c = CohortCounts(**{attr: load_npy(paths[key]) for key, attr in COHORT_FILES.items()})
-    s = len(c.cohorts)
-    fits = (
-        c.columns.ndim == 2
+    if not _cohorts_fit(c, n_items, user_columns):
+        names = ", ".join(BUNDLE_FILES[k] for k in COHORT_FILES)
+        raise BundleError(
+            f"{root}: the cohort files ({names}) do not fit together, the {n_items} items or "
+            f"the {user_columns} user columns: columns [K, 3] integers (definition >= 0, a "
+            "user column, codes >= 1), cohorts sorted integers, offsets one longer cutting the "
+            "items (integers in 1..N, sorted within a cohort) and counts, totals one per "
+            "cohort and item totals one per item row, finite and >= 0; rebuild the bundle"
+        )
+    return c
+
+
+def _cohorts_fit(c: CohortCounts, n_items: int, user_columns: int) -> bool:
+    """Whether the cohort arrays fit together and the bundle (:func:`_cohorts`)."""
+    ints = (c.columns, c.cohorts, c.offsets, c.items)
+    nums = (c.counts, c.totals, c.item_totals)
+    if not (
+        all(np.issubdtype(a.dtype, np.integer) for a in ints)
+        and all(np.issubdtype(a.dtype, np.number) and np.isfinite(a).all() for a in nums)
+        and all(a.ndim == 1 for a in (c.cohorts, c.items, c.counts, c.totals, c.item_totals))
+        and c.columns.ndim == 2
         and c.columns.shape[1] == 3
-        and c.offsets.shape == (s + 1,)
+    ):
+        return False
+    s = len(c.cohorts)
+    if not (
+        c.offsets.shape == (s + 1,)
         and c.totals.shape == (s,)
         and c.item_totals.shape == (n_items + 1,)
         and c.items.shape == c.counts.shape
-        and all(np.issubdtype(a.dtype, np.integer) for a in (c.columns, c.cohorts, c.items))
         and splits_entries(c.offsets, c.items)
+        and all(not len(a) or float(a.min()) >= 0 for a in nums)
+        and (not s or bool((np.diff(c.cohorts) > 0).all()))
         and (not len(c.items) or (int(c.items.min()) >= 1 and int(c.items.max()) <= n_items))
-        and bool((c.columns[:, 0] >= 0).all() and (c.columns[:, 2] >= 1).all())
-        and bool(((c.columns[:, 1] >= 0) & (c.columns[:, 1] < user_columns)).all())
-    )
-    if not fits:
-        raise BundleError(
-            f"{root / 'cohorts'}: the cohort files do not fit together, the {n_items} items or "
-            f"the {user_columns} user columns (offsets one longer than the cohorts, items in "
-            "1..N, one count each); rebuild the bundle"
-        )
-    return c
+    ):
+        return False
+    cols = c.columns
+    if not len(cols):
+        return s == 0
+    defs = np.unique(cols[:, 0])
+    if not (
+        np.array_equal(defs, np.arange(len(defs)))  # numbered 0.. in order, none empty
+        and (cols[:, 2] >= 1).all()
+        and ((cols[:, 1] >= 0) & (cols[:, 1] < user_columns)).all()
+    ):
+        return False
+    space = sum(float(np.prod(cols[cols[:, 0] == d, 2].astype(np.float64))) for d in defs)
+    if space * (n_items + 1) >= 2.0**62:
+        return False
+    # each cohort's items sorted: no step down inside a cohort's slice
+    down = np.flatnonzero(np.diff(c.items.astype(np.int64)) <= 0) + 1
+    return not np.isin(down, c.offsets[1:-1], invert=True).any()
 
 
 @dataclass

@@ -139,6 +139,49 @@ def test_bad_cohort_files_are_refused_at_load(
         LoadedBundle.load(version)
 
 
+def _damages(a: np.ndarray) -> dict[str, np.ndarray]:
+    """Ways to damage a cohort array ``a``: each must be refused or serve finite features."""
+    out = {"add_dim": a[None], "as_text": a.astype(str)}
+    if a.size:
+        out["drop_last"] = a[:-1] if a.ndim == 1 else a[:, :-1]
+        out["negative"] = -np.abs(a) - 1
+        out["huge"] = np.full_like(a, np.iinfo(np.int32).max)
+        if np.issubdtype(a.dtype, np.integer):
+            out["reversed"] = a[::-1].copy()
+        else:
+            bad = a.copy()
+            bad.flat[0] = np.nan
+            out["nan"] = bad
+    return out
+
+
+@pytest.mark.parametrize("key", list(COHORT_FILES))
+def test_each_damaged_cohort_file_is_refused_naming_it_or_serves_finite_features(
+    site: dict[str, Any], tmp_path: Path, key: str
+) -> None:
+    name = BUNDLE_FILES[key]
+    good = np.load(site["version"] / name)
+    cfg = load_serve_config(overrides={"clock": "bundle"})
+    every = np.arange(1, 121, dtype=np.int64)
+    refused = 0
+    for what, bad in _damages(good).items():
+        version = tmp_path / what / "v000001"
+        shutil.copytree(site["version"], version)
+        np.save(version / name, bad, allow_pickle=False)
+        reseal(version)
+        try:
+            bundle = LoadedBundle.load(version)
+        except BundleError as e:
+            assert name in str(e), (what, str(e))
+            refused += 1
+            continue
+        rec = Recommender(bundle, cfg)
+        req = Request("someone-new", 10, "home", bundle.last_event_time + 60, True)
+        dense = rec.ranking_features(req, every, np.zeros(len(every), np.float32))
+        assert np.isfinite(dense).all(), what
+    assert refused >= 3  # most damage is caught at load
+
+
 def test_an_unknown_cohort_field_is_refused_by_name(site: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"\[ranker\] cohorts: 'income'"):
         snapshot.cohorts(site["data"], RankerConfig(cohorts=(("income",),)))
