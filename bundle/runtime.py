@@ -382,8 +382,7 @@ def _cohorts_fit(c: CohortCounts, n_items: int, user_columns: int) -> bool:
         and ((cols[:, 1] >= 0) & (cols[:, 1] < user_columns)).all()
     ):
         return False
-    space = sum(float(np.prod(cols[cols[:, 0] == d, 2].astype(np.float64))) for d in defs)
-    if space * (n_items + 1) >= 2.0**62:
+    if not CohortCounts.keys_fit(cols, n_items):
         return False
     # each cohort's items sorted: no step down inside a cohort's slice
     down = np.flatnonzero(np.diff(c.items.astype(np.int64)) <= 0) + 1

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -398,6 +399,11 @@ class CohortCounts:
     totals: np.ndarray
     item_totals: np.ndarray
 
+    @cached_property
+    def _pairs(self) -> float:
+        """Every user's (user, item) pairs: summed once, not per request."""
+        return float(self.item_totals.sum())
+
     @classmethod
     def empty(cls, n_items: int) -> CohortCounts:
         """No cohorts: every user's features 0."""
@@ -428,7 +434,7 @@ class CohortCounts:
         columns = np.asarray(columns, np.int64).reshape(-1, 3)
         if not len(columns):
             return cls.empty(n_items)
-        if float(_cohort_space(columns)[-1]) * (n_items + 1) >= 2.0**62:
+        if not cls.keys_fit(columns, n_items):
             raise ValueError(
                 f"cohorts: {int(_cohort_space(columns)[-1])} possible cohorts of {n_items} "
                 "items do not fit a 64-bit key; use fewer or coarser fields"
@@ -465,6 +471,15 @@ class CohortCounts:
             key[:, d] = key[:, d] * size + codes
         return key + space[:-1]
 
+    @staticmethod
+    def keys_fit(columns: np.ndarray, n_items: int) -> bool:
+        """Whether every (cohort, item) pair of cohort ``columns`` [K, 3] (definitions
+        numbered from 0) and ``n_items`` items has a 64-bit key."""
+        space: dict[int, float] = {}
+        for d, _, size in columns:  # in floats: a product of large sizes must not wrap
+            space[int(d)] = space.get(int(d), 1.0) * float(size)
+        return sum(space.values()) * (n_items + 1) < 2.0**62
+
     def keys(self, user_cat: np.ndarray) -> np.ndarray:
         """The cohorts of users with categorical codes ``user_cat`` int [R, C]: int64
         [R, G], one per definition (G = 0 without cohorts)."""
@@ -481,7 +496,7 @@ class CohortCounts:
         total = np.zeros(len(candidates), np.float32)
         best = np.full(len(candidates), -np.inf, np.float32)
         n_items = len(self.item_totals) - 1
-        p = (self.item_totals[candidates] + 1.0) / (float(self.item_totals.sum()) + n_items)
+        p = (self.item_totals[candidates] + 1.0) / (self._pairs + n_items)
         for cohort in np.asarray(cohorts, np.int64).ravel():
             s = int(np.searchsorted(self.cohorts, cohort))
             if s >= len(self.cohorts) or self.cohorts[s] != cohort:
