@@ -35,6 +35,7 @@ from tailored.data.ranking_features import (
     CohortCounts,
     ItemNeighbors,
     ItemRegression,
+    cohort_columns,
     popularity_penalized,
     ranker_inputs,
 )
@@ -323,11 +324,14 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
     return ItemRegression(r.astype(np.int64), w)
 
 
-def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
-    """The bundle's cohort counts, of users with ``user_columns`` categorical columns; a
-    bundle built without ``[ranker] cohorts`` (or before them) has none: every user's
-    cohort features 0. Some of the files without the others, or arrays that do not fit
-    together, are refused."""
+def _cohorts(
+    root: Path, n_items: int, users: FeatureEncoder, config: dict[str, Any]
+) -> CohortCounts:
+    """The bundle's cohort counts, of users encoded by ``users`` under the bundle's
+    configuration ``config`` (its ``[ranker] cohorts``); a bundle built without cohorts (or
+    before them) has none: every user's cohort features 0. Some of the files without the
+    others, cohorts other than the configuration's, or arrays that do not fit together are
+    refused."""
     paths = {key: root / BUNDLE_FILES[key] for key in COHORT_FILES}
     present = [key for key, p in paths.items() if p.exists()]
     if not present:
@@ -336,28 +340,37 @@ def _cohorts(root: Path, n_items: int, user_columns: int) -> CohortCounts:
         missing = next(BUNDLE_FILES[k] for k in paths if k not in present)
         raise BundleError(f"{root}: no {missing} beside the other cohort files")
     c = CohortCounts(**{attr: load_npy(paths[key]) for key, attr in COHORT_FILES.items()})
-    if not _cohorts_fit(c, n_items, user_columns):
-        names = ", ".join(BUNDLE_FILES[k] for k in COHORT_FILES)
+    names = ", ".join(BUNDLE_FILES[k] for k in COHORT_FILES)
+    defs = (config.get("ranker") or {}).get("cohorts") or ()
+    try:
+        expected = cohort_columns(users, defs)
+    except (ConfigError, TypeError) as e:
+        raise BundleError(
+            f"{root}: the cohort files ({names}) of [ranker] cohorts {defs!r}: {e}"
+        ) from e
+    if not _cohorts_fit(c, n_items, expected):
         raise BundleError(
             f"{root}: the cohort files ({names}) do not fit together, the {n_items} items or "
-            f"the {user_columns} user columns: columns [K, 3] integers (definition >= 0, a "
-            "user column, codes >= 1), cohorts sorted integers, offsets one longer cutting the "
-            "items (integers in 1..N, sorted within a cohort) and counts, totals one per "
-            "cohort and item totals one per item row, finite and >= 0; rebuild the bundle"
+            f"the configuration's [ranker] cohorts {defs!r}: columns [K, 3] integers as those "
+            "cohorts give, cohorts sorted integers, offsets one longer cutting the items "
+            "(integers in 1..N, sorted within a cohort) and counts (floats, each at most the "
+            "item's total), totals one per cohort (the sum of its counts) and item totals one "
+            "per item row, finite and >= 0; rebuild the bundle"
         )
     return c
 
 
-def _cohorts_fit(c: CohortCounts, n_items: int, user_columns: int) -> bool:
-    """Whether the cohort arrays fit together and the bundle (:func:`_cohorts`)."""
+def _cohorts_fit(c: CohortCounts, n_items: int, columns: np.ndarray) -> bool:
+    """Whether the cohort arrays fit together, the bundle and its cohort ``columns``
+    (:func:`_cohorts`)."""
     ints = (c.columns, c.cohorts, c.offsets, c.items)
     nums = (c.counts, c.totals, c.item_totals)
     if not (
         all(np.issubdtype(a.dtype, np.integer) for a in ints)
-        and all(np.issubdtype(a.dtype, np.number) and np.isfinite(a).all() for a in nums)
+        and all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in nums)
         and all(a.ndim == 1 for a in (c.cohorts, c.items, c.counts, c.totals, c.item_totals))
-        and c.columns.ndim == 2
-        and c.columns.shape[1] == 3
+        and c.columns.shape == columns.shape
+        and np.array_equal(c.columns, columns)
     ):
         return False
     s = len(c.cohorts)
@@ -372,17 +385,19 @@ def _cohorts_fit(c: CohortCounts, n_items: int, user_columns: int) -> bool:
         and (not len(c.items) or (int(c.items.min()) >= 1 and int(c.items.max()) <= n_items))
     ):
         return False
-    cols = c.columns
-    if not len(cols):
+    if not len(columns):
         return s == 0
-    defs = np.unique(cols[:, 0])
-    if not (
-        np.array_equal(defs, np.arange(len(defs)))  # numbered 0.. in order, none empty
-        and (cols[:, 2] >= 1).all()
-        and ((cols[:, 1] >= 0) & (cols[:, 1] < user_columns)).all()
-    ):
+    if not CohortCounts.keys_fit(columns, n_items):
         return False
-    if not CohortCounts.keys_fit(cols, n_items):
+    if s and (int(c.cohorts[0]) < 0 or int(c.cohorts[-1]) >= CohortCounts.n_keys(columns)):
+        return False
+    # a cohort's users are some of everyone's: its count of an item at most the item's total
+    counts = c.counts.astype(np.float64)
+    if (counts > c.item_totals[c.items].astype(np.float64) * (1 + 1e-6) + 1e-6).any():
+        return False
+    sums = np.add.reduceat(counts, c.offsets[:-1]) if len(counts) else np.zeros(0)
+    sums = np.where(np.diff(c.offsets) > 0, sums, 0.0)  # reduceat gives a row for none
+    if not np.allclose(sums, c.totals, rtol=1e-5, atol=1e-3):
         return False
     # each cohort's items sorted: no step down inside a cohort's slice
     down = np.flatnonzero(np.diff(c.items.astype(np.int64)) <= 0) + 1
@@ -489,9 +504,7 @@ class LoadedBundle:
                 (manifest.config.get("ranker") or {}).get("popularity_penalty", 0.0)
             ),
             cohorts=_cohorts(
-                root,
-                len(items_t),
-                len(FeatureEncoder.from_json(info["user_encoder"]).columns),
+                root, len(items_t), FeatureEncoder.from_json(info["user_encoder"]), manifest.config
             ),
         )
         check_loaded(bundle)  # the hashes say the files are as written, not that they agree

@@ -480,6 +480,11 @@ class CohortCounts:
             space[int(d)] = space.get(int(d), 1.0) * float(size)
         return sum(space.values()) * (n_items + 1) < 2.0**62
 
+    @staticmethod
+    def n_keys(columns: np.ndarray) -> int:
+        """How many cohorts cohort ``columns`` [K, 3] make: keys run from 0 to this, less one."""
+        return int(_cohort_space(columns)[-1])
+
     def keys(self, user_cat: np.ndarray) -> np.ndarray:
         """The cohorts of users with categorical codes ``user_cat`` int [R, C]: int64
         [R, G], one per definition (G = 0 without cohorts)."""

@@ -8,10 +8,11 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, TEST_KEY, small_config
+from tests.helpers import ROOT, TEST_KEY, small_config, synthetic_bundle
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -103,3 +104,36 @@ def serve_bundle(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     train(cfg, out=base / "run")
     build_bundle(base / "run", base / "bundles", progress_bar=False)
     return base / "bundles"
+
+
+# cohorts by gender and by age x region, and the least users a cohort kept has
+COHORT_DEFINITIONS = [["gender"], ["age", "region"]]
+COHORT_MIN_USERS = 4
+
+
+@pytest.fixture(scope="session")
+def cohort_site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small synthetic site and a bundle (ranker included) with ``[ranker] cohorts``
+    (:data:`COHORT_DEFINITIONS`), built once per test session: ``base``, ``version`` (the
+    bundle's directory), ``cfg`` (its training configuration) and ``data`` (its
+    interactions)."""
+    import faiss
+
+    from tailored.train.runs import load_data
+
+    base = tmp_path_factory.mktemp("cohorts")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # as faiss_one_thread, for the index build
+    try:
+        bundles, cfg = synthetic_bundle(
+            base,
+            users=400,
+            items=120,
+            overrides={
+                "ranker.cohorts": COHORT_DEFINITIONS,
+                "ranker.cohort_min_users": COHORT_MIN_USERS,
+            },
+        )
+    finally:
+        faiss.omp_set_num_threads(before)
+    return {"base": base, "version": bundles / "v000001", "cfg": cfg, "data": load_data(cfg)}

@@ -4,9 +4,11 @@ it refuses it cleanly or serves from it correctly, and the bundle watcher outliv
 A manifest proves that a bundle's files are the ones written, not that the writer was right
 (``bundle/checks.py``). Here, for each ``.npy`` file of the session's real MovieLens-100k
 bundle (one parametrized test each: every array under ``items/`` and ``users/``, and the
-index's ``index/ids.npy``), hypothesis draws damage of every class that applies to that
-array; each damage goes into its own copy of the bundle, resealed (``tests.helpers.reseal``)
-so that only the array contents are inconsistent, and the copy is loaded. The classes:
+index's ``index/ids.npy``; the ranker's cohort counts under ``cohorts/`` on the session's
+synthetic bundle with cohorts, as MovieLens's has none), hypothesis draws damage of every
+class that applies to that array; each damage goes into its own copy of the bundle, resealed
+(``tests.helpers.reseal``) so that only the array contents are inconsistent, and the copy is
+loaded. The classes:
 
 - ``drop_rows`` / ``add_rows``: rows deleted (some, or all) or copies of rows inserted;
 - ``dtype``: the array cast to another of float16/32/64, int16/32/64, uint16: a cast to the
@@ -16,10 +18,10 @@ so that only the array contents are inconsistent, and the copy is loaded. The cl
 - ``columns``: columns added to, or removed from, an axis after the first;
 - ``non_finite``: NaN, inf or -inf written into a float array;
 - ``out_of_range``: an integer reference outside what it refers to: an item row outside 0..N
-  (item neighbours, user history, seen items), an index id outside 1..N, an item-item model
-  row outside -1..K-1;
-- ``offsets``: the users' seen-item, history or exposure offsets made non-monotonic, not
-  starting at 0 or not ending at the number of entries.
+  (item neighbours, user history, seen items, a cohort's items), an index id outside 1..N,
+  an item-item model row outside -1..K-1;
+- ``offsets``: the users' seen-item, history or exposure offsets, or the cohorts', made
+  non-monotonic, not starting at 0 or not ending at the number of entries.
 
 The oracle: :func:`tailored.serve.bundles.load_recommender` (what the server and its watcher
 run: verify, load, check, warm up) raises :class:`~tailored.bundle.format.BundleError` whose
@@ -48,7 +50,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 
-from tailored.bundle.format import BUNDLE_FILES, BundleError
+from tailored.bundle.format import BUNDLE_FILES, COHORT_FILES, BundleError
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ServeConfig, load_serve_config
 from tailored.serve.bundles import LiveBundle, load_recommender
@@ -59,8 +61,17 @@ pytestmark = pytest.mark.slow  # damages copies of the session's trained bundle 
 
 INDEX_IDS = f"{BUNDLE_FILES['index']}/ids.npy"
 OFFSETS = frozenset(
-    BUNDLE_FILES[k] for k in ("user_seen_offsets", "user_history_offsets", "user_exposure_offsets")
+    BUNDLE_FILES[k]
+    for k in (
+        "user_seen_offsets",
+        "user_history_offsets",
+        "user_exposure_offsets",
+        "cohort_offsets",
+    )
 )
+# the ranker's cohort counts: fuzzed on the session's synthetic bundle with cohorts, as the
+# MovieLens one has none
+COHORT_NPY = frozenset(BUNDLE_FILES[k] for k in COHORT_FILES)
 # written by the build (for refresh), never read by serving: no damage to it can matter there
 UNREAD = frozenset({BUNDLE_FILES["user_embeddings"]})
 DTYPES = tuple(
@@ -121,12 +132,18 @@ class Damage:
     may_load: bool  # nothing serving reads has changed
 
 
+def _users(bundle: LoadedBundle) -> tuple[str, ...]:
+    """Pseudonyms of some of ``bundle``'s users, to serve them."""
+    assert bundle.users is not None and len(bundle.users) > 1
+    ids = bundle.users.ids
+    return tuple(str(ids[i]) for i in sorted({0, 1, len(ids) // 2, len(ids) - 1}))
+
+
 @pytest.fixture(scope="module")
 def good(serve_bundle: Path) -> Good:
     path = _version(serve_bundle)
     bundle = LoadedBundle.load(path)
     n = bundle.n_items
-    assert bundle.users is not None and len(bundle.users) > 1
     refs = {
         BUNDLE_FILES["item_neighbors"]: (0, n),
         BUNDLE_FILES["user_history"]: (0, n),
@@ -147,15 +164,31 @@ def good(serve_bundle: Path) -> Good:
     )
     # every array the bundle holds is fuzzed, and every kind of damage has a file to damage
     assert (
-        {INDEX_IDS, *(OFFSETS - {BUNDLE_FILES["user_exposure_offsets"]}), *UNREAD}
+        {
+            INDEX_IDS,
+            *(OFFSETS - {BUNDLE_FILES[k] for k in ("user_exposure_offsets", "cohort_offsets")}),
+            *UNREAD,
+        }
         <= set(files)
-        <= set(NPY_FILES)
+        <= set(NPY_FILES) - COHORT_NPY
     )
     assert len({f for f in refs if f in files}) >= 4
-    ids = bundle.users.ids
-    users = tuple(str(ids[i]) for i in sorted({0, 1, len(ids) // 2, len(ids) - 1}))
     cfg = load_serve_config(overrides={"clock": "bundle"})
-    return Good(path, cfg, files, {f: r for f, r in refs.items() if f in files}, users)
+    return Good(path, cfg, files, {f: r for f, r in refs.items() if f in files}, _users(bundle))
+
+
+@pytest.fixture(scope="module")
+def good_cohorts(cohort_site: dict[str, Any]) -> Good:
+    """The session's synthetic bundle with cohorts (``tests/conftest.py``), for its cohort
+    files."""
+    path = cohort_site["version"]
+    bundle = LoadedBundle.load(path)
+    assert bundle.cohorts is not None and len(bundle.cohorts.cohorts) >= 5
+    files = tuple(sorted(p.relative_to(path).as_posix() for p in (path / "cohorts").glob("*.npy")))
+    assert set(files) == COHORT_NPY
+    refs = {BUNDLE_FILES["cohort_items"]: (1, bundle.n_items)}
+    cfg = load_serve_config(overrides={"clock": "bundle"})
+    return Good(path, cfg, files, refs, _users(bundle))
 
 
 # -- the damage ------------------------------------------------------------------------------
@@ -359,9 +392,10 @@ def _refused_or_served(good: Good, damage: Damage, at: Path) -> None:
 @fuzz(EXAMPLES_PER_FILE)
 @given(data=st.data())
 def test_a_resealed_bundle_with_a_damaged_array_is_refused_naming_the_file(
-    good: Good, file: str, data: st.DataObject
+    request: pytest.FixtureRequest, file: str, data: st.DataObject
 ) -> None:
     """Each example damages ``file`` once in every way that applies to it, one bundle each."""
+    good: Good = request.getfixturevalue("good_cohorts" if file in COHORT_NPY else "good")
     if file not in good.files:
         pytest.skip(f"the session's bundle has no {file}")
     a = np.load(good.path / file, allow_pickle=False)
