@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks._machine import machine
+from benchmarks._overrides import add_set_argument
 from benchmarks._paths import RESULTS
 from benchmarks.quality.ablation import SeedModels, test_requests
 from benchmarks.quality.ablation_plan import (
@@ -61,8 +62,41 @@ OUT = RESULTS / "coverage_frontier.json"
 K = 10
 
 
-def _seed(site: Site, seed: int, betas: list[float], work: Path) -> dict[str, Any]:
-    overrides = {**site.overrides, "train.seed": seed, "train.progress_bar": False}
+def reach_penalized(
+    scores: np.ndarray, candidates: np.ndarray, penalty: float, k: int = K
+) -> np.ndarray:
+    """The order of R requests' candidates by ``z(score) - penalty * z(log(1 + reach))``,
+    ``reach`` how many of the R requests' own top ``k`` (by ``scores``) hold the item: a
+    penalty on what the lists already show everyone, not on what the logs count (the
+    popularity penalty's ``item_count``). A server would count the reach over the bundle's
+    users when the bundle is built; here the test requests count it themselves (their
+    rankings, never their labels)."""
+    if penalty == 0:
+        return np.asarray(scores, np.float32)
+    top = rerank(scores, candidates, k) + 1  # item numbers, 0 = none
+    reach = np.bincount(top[top > 0].ravel(), minlength=int(candidates.max()) + 1)
+    real = candidates > 0
+    value = np.log1p(reach[candidates]).astype(np.float64)
+
+    def z(x: np.ndarray) -> np.ndarray:
+        n = np.maximum(real.sum(1, keepdims=True), 1)
+        mean = np.where(real, x, 0.0).sum(1, keepdims=True) / n
+        sd = np.sqrt(np.where(real, (x - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
+        return np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+
+    out = z(np.asarray(scores, np.float64)) - penalty * z(value)
+    return np.where(real, out, -np.inf).astype(np.float32)
+
+
+def _seed(
+    site: Site,
+    seed: int,
+    betas: list[float],
+    work: Path,
+    extra: dict[str, Any] | None = None,
+    reach_betas: list[float] | None = None,
+) -> dict[str, Any]:
+    overrides = {**site.overrides, **(extra or {}), "train.seed": seed, "train.progress_bar": False}
     cfg = load_config(site.config, overrides=overrides)
     data = load_data(cfg)
     windows = read_dataset_meta(site.dataset).schema.item_availability
@@ -95,6 +129,10 @@ def _seed(site: Site, seed: int, betas: list[float], work: Path) -> dict[str, An
             )
             for b in betas
         },
+        "reach_penalised": {
+            str(b): figures(rerank(reach_penalized(logits, req.candidates, b), req.candidates, K))
+            for b in reach_betas or []
+        },
     }
 
 
@@ -103,17 +141,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dataset", choices=("movielens", "synthetic"), default="movielens")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.8])
+    p.add_argument(
+        "--reach-betas",
+        type=float,
+        nargs="*",
+        default=[],
+        help="penalties on how many of the lists hold the item (reach_penalized)",
+    )
+    add_set_argument(p)
     p.add_argument("--out", type=Path, default=OUT)
     add_site_arguments(p)
     args = p.parse_args(argv)
+    extra = dict(args.set)
     with tempfile.TemporaryDirectory(prefix="tailored-coverage-") as tmp:
         site = movielens_site() if args.dataset == "movielens" else synthetic_site(args, Path(tmp))
-        runs = [_seed(site, s, args.betas, Path(tmp) / f"seed{s}") for s in args.seeds]
+        runs = [
+            _seed(site, s, args.betas, Path(tmp) / f"seed{s}", extra, args.reach_betas)
+            for s in args.seeds
+        ]
     out = {
         "machine": machine(),
         "dataset": args.dataset,
         "site": site.info,
         "betas": args.betas,
+        "reach_betas": args.reach_betas,
+        "overrides": extra,
         "runs": runs,
     }
     write_json_atomic(args.out, out)
@@ -121,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"seed {run['seed']}: retrieval {run['retrieval']}")
         for b, f in run["penalised"].items():
             print(f"  beta {b}: {f}")
+        for b, f in run["reach_penalised"].items():
+            print(f"  reach beta {b}: {f}")
     return out
 
 
