@@ -161,8 +161,10 @@ def _from_bundle(path: Path) -> _Source:
     return _Source(cfg, info, _load_model(cfg, info, state), train_ids, previous)
 
 
-def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
-    m = src.cfg.model
+def _model_users(src: _Source, data: Interactions) -> FeatureTable:
+    """``data``'s users' profile fields encoded by the model's own user encoder, in
+    ``data.user_ids``' order: what serving reads of them (a refresh's data may have been
+    encoded otherwise: a new value shifts a field's codes)."""
     # the rows of data.user_ids, in its order (an erasure since the data was read changes
     # neither: the sweep after the swap removes what it erased)
     users_t = pq.read_table(dataset_dir(src.cfg.data.dataset) / "users.parquet")
@@ -172,8 +174,12 @@ def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
             f"{dataset_dir(src.cfg.data.dataset)}: {at.null_count} users of the training data "
             "are no longer in the dataset (erased meanwhile?); build again"
         )
-    users_t = users_t.take(at)
-    users = FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t)
+    return FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t.take(at))
+
+
+def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
+    m = src.cfg.model
+    users = _model_users(src, data)
     hist = UserHistory.of(data, tuple(np.unique(data.split).tolist()) or (TRAIN,))
     history = np.empty((data.n_users, m.history_length), np.int64)
     for lo in range(0, data.n_users, _USER_BLOCK):  # the window's temporaries a block at a time
@@ -422,7 +428,12 @@ def _write_item_tables(
     _save(w, "item_ease_rows", regression.rows)
     _save(w, "item_ease_weights", regression.weights)
     if src.cfg.ranker.cohorts:
-        cohorts = snapshot.cohorts(data, src.cfg.ranker)
+        cohorts = snapshot.cohorts(
+            data,
+            src.cfg.ranker,
+            encoder=FeatureEncoder.from_json(src.info["user_encoder"]),
+            user_cat=_model_users(src, data).categorical,
+        )
         for name, attr in COHORT_FILES.items():
             _save(w, name, getattr(cohorts, attr))
 

@@ -340,68 +340,75 @@ def _cohorts(
         missing = next(BUNDLE_FILES[k] for k in paths if k not in present)
         raise BundleError(f"{root}: no {missing} beside the other cohort files")
     c = CohortCounts(**{attr: load_npy(paths[key]) for key, attr in COHORT_FILES.items()})
-    names = ", ".join(BUNDLE_FILES[k] for k in COHORT_FILES)
     defs = (config.get("ranker") or {}).get("cohorts") or ()
     try:
         expected = cohort_columns(users, defs)
     except (ConfigError, TypeError) as e:
         raise BundleError(
-            f"{root}: the cohort files ({names}) of [ranker] cohorts {defs!r}: {e}"
+            f"{root}: {BUNDLE_FILES['cohort_columns']}: the configuration's [ranker] cohorts "
+            f"{defs!r} name no cohorts of this model's users: {e}"
         ) from e
-    if not _cohorts_fit(c, n_items, expected):
-        raise BundleError(
-            f"{root}: the cohort files ({names}) do not fit together, the {n_items} items or "
-            f"the configuration's [ranker] cohorts {defs!r}: columns [K, 3] integers as those "
-            "cohorts give, cohorts sorted integers, offsets one longer cutting the items "
-            "(integers in 1..N, sorted within a cohort) and counts (floats, each at most the "
-            "item's total), totals one per cohort (the sum of its counts) and item totals one "
-            "per item row, finite and >= 0; rebuild the bundle"
-        )
+    if (wrong := _cohorts_unfit(c, n_items, expected)) is not None:
+        raise BundleError(f"{root}: {wrong}; rebuild the bundle")
     return c
 
 
-def _cohorts_fit(c: CohortCounts, n_items: int, columns: np.ndarray) -> bool:
-    """Whether the cohort arrays fit together, the bundle and its cohort ``columns``
-    (:func:`_cohorts`)."""
-    ints = (c.columns, c.cohorts, c.offsets, c.items)
-    nums = (c.counts, c.totals, c.item_totals)
-    if not (
-        all(np.issubdtype(a.dtype, np.integer) for a in ints)
-        and all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in nums)
-        and all(a.ndim == 1 for a in (c.cohorts, c.items, c.counts, c.totals, c.item_totals))
-        and c.columns.shape == columns.shape
-        and np.array_equal(c.columns, columns)
-    ):
-        return False
-    s = len(c.cohorts)
-    if not (
-        c.offsets.shape == (s + 1,)
-        and c.totals.shape == (s,)
-        and c.item_totals.shape == (n_items + 1,)
-        and c.items.shape == c.counts.shape
-        and splits_entries(c.offsets, c.items)
-        and all(not len(a) or float(a.min()) >= 0 for a in nums)
-        and (not s or bool((np.diff(c.cohorts) > 0).all()))
-        and (not len(c.items) or (int(c.items.min()) >= 1 and int(c.items.max()) <= n_items))
-    ):
-        return False
-    if not len(columns):
-        return s == 0
+def _cohorts_unfit(c: CohortCounts, n_items: int, columns: np.ndarray) -> str | None:
+    """What is wrong with the cohort arrays, naming the file(s) (None: they fit together,
+    the bundle's ``n_items`` items and the cohort ``columns`` its configuration gives)."""
+    f = {attr: BUNDLE_FILES[key] for key, attr in COHORT_FILES.items()}
+    arrays = {attr: getattr(c, attr) for attr in f}
+    for attr in ("columns", "cohorts", "offsets", "items"):
+        if not np.issubdtype(arrays[attr].dtype, np.integer):
+            return f"{f[attr]}: {arrays[attr].dtype} where integers belong"
+    for attr in ("counts", "totals", "item_totals"):
+        a = arrays[attr]
+        if not np.issubdtype(a.dtype, np.floating):
+            return f"{f[attr]}: {a.dtype} where floats belong"
+        if a.ndim != 1 or not np.isfinite(a).all() or (a.size and float(a.min()) < 0):
+            return f"{f[attr]}: not a vector of finite numbers >= 0"
+    if c.columns.shape != columns.shape or not np.array_equal(c.columns, columns):
+        return (
+            f"{f['columns']}: {c.columns.tolist()!r}, where the configuration's [ranker] "
+            f"cohorts give {columns.tolist()!r} (definition, user column, codes)"
+        )
     if not CohortCounts.keys_fit(columns, n_items):
-        return False
+        return f"{f['columns']}: more cohorts of {n_items} items than a 64-bit key holds"
+    s = len(c.cohorts) if c.cohorts.ndim == 1 else -1
+    if s < 0 or (s and not bool((np.diff(c.cohorts) > 0).all())):
+        return f"{f['cohorts']}: not a sorted vector of distinct cohorts"
     if s and (int(c.cohorts[0]) < 0 or int(c.cohorts[-1]) >= CohortCounts.n_keys(columns)):
-        return False
+        return f"{f['cohorts']}: cohorts outside 0..{CohortCounts.n_keys(columns) - 1}"
+    if not len(columns) and s:
+        return f"{f['cohorts']}: {s} cohorts of no cohort definition"
+    if c.totals.shape != (s,):
+        return f"{f['totals']}: shape {c.totals.shape}, one per cohort of {f['cohorts']} ({s})"
+    if c.item_totals.shape != (n_items + 1,):
+        return f"{f['item_totals']}: shape {c.item_totals.shape}, one per item row belongs"
+    if c.items.ndim != 1 or c.items.shape != c.counts.shape:
+        return f"{f['items']} and {f['counts']}: not two vectors of one length"
+    if c.offsets.shape != (s + 1,) or not splits_entries(c.offsets, c.items):
+        return (
+            f"{f['offsets']}: not {s + 1} offsets (one more than the cohorts of {f['cohorts']}) "
+            f"cutting the {len(c.items)} items of {f['items']}"
+        )
+    if s and not bool((np.diff(c.offsets) > 0).all()):
+        return f"{f['offsets']}: a cohort with no items in {f['items']} (a kept one has some)"
+    if len(c.items) and (int(c.items.min()) < 1 or int(c.items.max()) > n_items):
+        return f"{f['items']}: items outside 1..{n_items}"
+    # each cohort's items sorted: no step down inside a cohort's slice
+    down = np.flatnonzero(np.diff(c.items.astype(np.int64)) <= 0) + 1
+    if np.isin(down, c.offsets[1:-1], invert=True).any():
+        return f"{f['items']}: a cohort's items (cut by {f['offsets']}) not sorted and distinct"
     # a cohort's users are some of everyone's: its count of an item at most the item's total
     counts = c.counts.astype(np.float64)
     if (counts > c.item_totals[c.items].astype(np.float64) * (1 + 1e-6) + 1e-6).any():
-        return False
-    sums = np.add.reduceat(counts, c.offsets[:-1]) if len(counts) else np.zeros(0)
-    sums = np.where(np.diff(c.offsets) > 0, sums, 0.0)  # reduceat gives a row for none
+        return f"{f['counts']}: a count above its item's total in {f['item_totals']}"
+    per_cohort = np.repeat(np.arange(s), np.diff(c.offsets))
+    sums = np.bincount(per_cohort, weights=counts, minlength=s)
     if not np.allclose(sums, c.totals, rtol=1e-5, atol=1e-3):
-        return False
-    # each cohort's items sorted: no step down inside a cohort's slice
-    down = np.flatnonzero(np.diff(c.items.astype(np.int64)) <= 0) + 1
-    return not np.isin(down, c.offsets[1:-1], invert=True).any()
+        return f"{f['totals']}: not the sum of each cohort's counts in {f['counts']}"
+    return None
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 
 from tailored.bundle.per_user import PerUser
 from tailored.config import RankerConfig
+from tailored.data.features import FeatureEncoder
 from tailored.data.interactions import Interactions
 from tailored.data.ranking_features import (
     CohortCounts,
@@ -191,14 +192,23 @@ def regression(data: Interactions, cfg: RankerConfig) -> ItemRegression:
     )
 
 
-def cohorts(data: Interactions, cfg: RankerConfig) -> CohortCounts:
-    """The serving snapshot of the cohorts' counts (``[ranker] cohorts``): every
-    positive event."""
+def cohorts(
+    data: Interactions,
+    cfg: RankerConfig,
+    *,
+    encoder: FeatureEncoder | None = None,
+    user_cat: np.ndarray | None = None,
+) -> CohortCounts:
+    """The serving snapshot of the cohorts' counts (``[ranker] cohorts``): every positive
+    event. A bundle counts them by the model's user ``encoder`` and its codes of ``data``'s
+    users (``user_cat`` int [U, C]), as serving reads a user's cohort; the data's own
+    encoder where none is given (a run's data, encoded as its model was)."""
+    encoder = data.user_encoder if encoder is None else encoder
     return CohortCounts.of(
         data.user,
         data.item,
-        data.users.categorical,
-        cohort_columns(data.user_encoder, cfg.cohorts),
+        data.users.categorical if user_cat is None else user_cat,
+        cohort_columns(encoder, cfg.cohorts),
         data.n_items,
         min_users=cfg.cohort_min_users,
     )

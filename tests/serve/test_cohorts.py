@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tailored.bundle import snapshot
+from tailored.bundle.build import refresh
 from tailored.bundle.format import BUNDLE_FILES, COHORT_FILES, BundleError
 from tailored.bundle.runtime import LoadedBundle
-from tailored.config import ConfigError, RankerConfig, load_serve_config
+from tailored.config import ConfigError, RankerConfig, from_dict, load_serve_config
 from tailored.data.interactions import Interactions
-from tailored.data.ranking_features import DENSE_FEATURES
+from tailored.data.ranking_features import DENSE_FEATURES, CohortCounts
 from tailored.serve.recommender import Recommender, Request
+from tailored.train.runs import load_data
 from tests.conftest import COHORT_MIN_USERS
 from tests.helpers import reseal
 
@@ -126,16 +129,61 @@ def _inflated_total(version: Path) -> None:
     np.save(path, totals)
 
 
+def _cohort_past_the_keys(version: Path) -> None:
+    columns = np.load(version / BUNDLE_FILES["cohort_columns"])
+    path = version / BUNDLE_FILES["cohort_ids"]
+    ids = np.load(path)
+    ids[-1] = CohortCounts.n_keys(columns)
+    np.save(path, ids)
+
+
+def _negative_count(version: Path) -> None:
+    path = version / BUNDLE_FILES["cohort_counts"]
+    counts = np.load(path)
+    counts[0] = -1.0
+    np.save(path, counts)
+
+
+def _integer_counts(version: Path) -> None:
+    path = version / BUNDLE_FILES["cohort_counts"]
+    np.save(path, np.load(path).astype(np.int64))
+
+
+def _empty_cohort(version: Path) -> None:
+    """The first cohort's items handed to the second: offsets that still cut the items."""
+    path = version / BUNDLE_FILES["cohort_offsets"]
+    offsets = np.load(path)
+    offsets[1] = 0
+    np.save(path, offsets)
+
+
+COLUMNS_WRONG = r"cohorts/columns\.npy: .* where the configuration's \[ranker\] cohorts give"
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [
         (_drop, "no cohorts/counts.npy beside the other cohort files"),
-        (_bad_item, "do not fit together"),
-        (_bad_column, r"configuration's \[ranker\] cohorts"),
-        (_other_cohorts, r"configuration's \[ranker\] cohorts \[\['gender'\]\]"),
-        (_inflated_total, "the sum of its counts"),
+        (_bad_item, r"cohorts/items\.npy: items outside 1\.\.120"),
+        (_bad_column, COLUMNS_WRONG),
+        (_other_cohorts, COLUMNS_WRONG),
+        (_inflated_total, r"cohorts/totals\.npy: not the sum of each cohort's counts"),
+        (_cohort_past_the_keys, r"cohorts/cohorts\.npy: cohorts outside 0\.\."),
+        (_negative_count, r"cohorts/counts\.npy: not a vector of finite numbers >= 0"),
+        (_integer_counts, r"cohorts/counts\.npy: int64 where floats belong"),
+        (_empty_cohort, r"cohorts/offsets\.npy: a cohort with no items"),
     ],
-    ids=["one-missing", "item-out-of-range", "column-out-of-range", "other-cohorts", "total"],
+    ids=[
+        "one-missing",
+        "item-out-of-range",
+        "column-out-of-range",
+        "other-cohorts",
+        "total",
+        "cohort-past-the-keys",
+        "negative-count",
+        "integer-counts",
+        "empty-cohort",
+    ],
 )
 def test_bad_cohort_files_are_refused_at_load(
     site: dict[str, Any], tmp_path: Path, change: Any, words: str
@@ -165,3 +213,39 @@ def test_a_bundle_without_cohorts_serves_them_as_0(serve_bundle: Path) -> None:
     every = np.arange(1, bundle.n_items + 1, dtype=np.int64)
     dense = rec.ranking_features(req, every, np.zeros(len(every), np.float32))
     assert not dense[:, COHORT].any()
+
+
+def test_a_refresh_counts_cohorts_as_the_model_encodes_its_users(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    """A user with a region new since training (first in the sorted vocabulary: every other
+    region's code moves up by one in the refreshed data's own encoding) joins the site. The
+    refresh counts cohorts by the model's encoder, which serving reads, so it loads, and its
+    counts are the first version's: the new user has no events."""
+    data_dir = tmp_path / "site"
+    shutil.copytree(site["cfg"].data.dataset, data_dir)
+    users = pq.read_table(data_dir / "users.parquet")
+    row = {**users.slice(0, 1).to_pylist()[0], "user_id": "0" * 32, "region": "aaa-new"}
+    pq.write_table(
+        pa.concat_tables([users, pa.Table.from_pylist([row], users.schema)]),
+        data_dir / "users.parquet",
+    )
+    meta = json.loads((data_dir / "dataset.json").read_text())
+    meta["counts"]["users"] += 1
+    (data_dir / "dataset.json").write_text(json.dumps(meta))
+    version = tmp_path / "bundles" / "v000001"
+    shutil.copytree(site["version"], version)
+    doc = json.loads((version / "manifest.json").read_text())
+    doc["config"]["data"]["dataset"] = str(data_dir)
+    (version / "manifest.json").write_text(json.dumps(doc))
+    # the refreshed data encodes regions otherwise than the model does
+    assert load_data(from_dict(doc["config"], where="manifest")).user_encoder.vocabs["region"][
+        0
+    ] == ("aaa-new")
+    second = LoadedBundle.load(refresh(version, progress_bar=False).path)
+    first = LoadedBundle.load(site["version"])
+    assert second.cohorts is not None and first.cohorts is not None
+    for attr in COHORT_FILES.values():
+        np.testing.assert_array_equal(
+            getattr(second.cohorts, attr), getattr(first.cohorts, attr), err_msg=attr
+        )
