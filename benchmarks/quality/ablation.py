@@ -30,10 +30,10 @@ Rows of changes made after the issue's own, that the shipped configurations have
   training lists counts by its engagement's weight (a purchase 3, a cart 2, a click 1 on the
   synthetic site) rather than 1 (n/a where every positive weighs the same, as on MovieLens);
 * ``no_popularity_penalty`` / ``with_popularity_penalty``: ``[ranker] popularity_penalty`` 0 /
-  the synthetic site's shipped value (:data:`POPULARITY_PENALTY`), the ranker's lists ordered
-  by its score less that much of the items' popularity, each standardised within the list
-  (the same ranker: only its order changes; the synthetic configuration ships it, the
-  MovieLens one has none; 0 is part of ``all_off``);
+  the value the synthetic site shipped until the ranker's exposure correction replaced it
+  (:data:`POPULARITY_PENALTY`), the ranker's lists ordered by its score less that much of the
+  items' popularity, each standardised within the list (the same ranker: only its order
+  changes; neither configuration ships it now; 0 is part of ``all_off``);
 * ``with_session_cooccurrence``: ``[ranker] cooccurrence = "sessions"``, the ranker's
   co-occurrence features count two items together where one visit of a user has both, not
   one user (n/a where the data logs no sessions, as MovieLens);
@@ -43,9 +43,12 @@ Rows of changes made after the issue's own, that the shipped configurations have
 * ``with_ranker_exposure_correction``: ``[ranker] exposure_correction`` at
   :data:`EXPOSURE_CORRECTION` and no popularity penalty, the ranker's counterpart (it corrects
   the bias the penalty corrects, so not both);
-* ``with_cohorts``: ``[ranker] cohorts``, one definition per profile field (the synthetic
-  site's gender, age band and region; MovieLens's gender, age band and occupation), the
-  ranker's ``cohort_lift`` features.
+* ``with_cohorts`` / ``no_cohorts``: ``[ranker] cohorts``, one definition per profile field
+  (the synthetic site's gender, age band and region; MovieLens's gender, age band and
+  occupation), the ranker's ``cohort_lift`` features / none, where the shipped configuration
+  has them;
+* ``no_ranker_exposure_correction``: ``[ranker] exposure_correction = 0``, where the shipped
+  configuration corrects the ranker (the synthetic site's).
 
 ``all_off`` turns every change off at once: the state before the issue, as near as the code
 allows (the ranker's ``shown_before`` feature stays), to read the goals against.
@@ -346,7 +349,19 @@ def _cohorts(cfg: Config) -> list[list[str]]:
 
 def _cohorts_already(base: Base) -> str | None:
     if base.cfg.ranker.cohorts:
-        return "the shipped configuration has cohorts"
+        return "the shipped configuration has cohorts (its row: no_cohorts)"
+    return None
+
+
+def _no_cohorts(base: Base) -> str | None:
+    if not base.cfg.ranker.cohorts:
+        return "the shipped configuration has none (its row: with_cohorts)"
+    return None
+
+
+def _no_ranker_correction(base: Base) -> str | None:
+    if base.cfg.ranker.exposure_correction == 0:
+        return "the shipped configuration has none (its row: with_ranker_exposure_correction)"
     return None
 
 
@@ -453,6 +468,16 @@ CHANGES: tuple[Change, ...] = (
         "with_cohorts",
         lambda cfg: {"ranker.cohorts": _cohorts(cfg)},
         not_here=_cohorts_already,
+    ),
+    Change(  # where the shipped configuration has cohorts: the synthetic site's
+        "no_cohorts",
+        lambda cfg: {"ranker.cohorts": []},
+        not_here=_no_cohorts,
+    ),
+    Change(  # where the shipped configuration corrects the ranker: the synthetic site's
+        "no_ranker_exposure_correction",
+        lambda cfg: {"ranker.exposure_correction": 0.0},
+        not_here=_no_ranker_correction,
     ),
     Change("all_off", _all_off, serve_windows=False),
 )
