@@ -74,7 +74,7 @@ def reach_penalized(
     if penalty == 0:
         return np.asarray(scores, np.float32)
     top = rerank(scores, candidates, k) + 1  # item numbers, 0 = none
-    reach = np.bincount(top[top > 0].ravel(), minlength=int(candidates.max()) + 1)
+    reach = np.bincount(top[top > 0].ravel(), minlength=int(candidates.max(initial=0)) + 1)
     real = candidates > 0
     value = np.log1p(reach[candidates]).astype(np.float64)
 
