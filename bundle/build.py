@@ -177,9 +177,9 @@ def _model_users(src: _Source, data: Interactions) -> FeatureTable:
     return FeatureEncoder.from_json(src.info["user_encoder"]).transform(users_t.take(at))
 
 
-def _user_inputs(src: _Source, data: Interactions) -> dict[str, np.ndarray]:
+def _user_inputs(src: _Source, data: Interactions, users: FeatureTable) -> dict[str, np.ndarray]:
+    """The user tower's inputs of ``data``'s users, ``users`` their model-encoded fields."""
     m = src.cfg.model
-    users = _model_users(src, data)
     hist = UserHistory.of(data, tuple(np.unique(data.split).tolist()) or (TRAIN,))
     history = np.empty((data.n_users, m.history_length), np.int64)
     for lo in range(0, data.n_users, _USER_BLOCK):  # the window's temporaries a block at a time
@@ -254,7 +254,9 @@ def _write_bundle(
     ``through``; ``ranker_onnx(path)`` writes the ranker."""
     data = snapshot.cut(data, through)
     items_t, train_index, items = _current_items(src)
-    uin = _user_inputs(src, data) if users else None
+    # read and encoded once: the user tower's inputs and the cohort counts both need them
+    model_users = _model_users(src, data) if users or src.cfg.ranker.cohorts else None
+    uin = _user_inputs(src, data, model_users) if users and model_users is not None else None
     with torch_threads(src.cfg.train.threads, processes=devices):
         emb = _embed(src, train_index, items, uin, devices=devices, progress_bar=progress_bar)
     if uin is not None:  # the windows were for the embedding; the ONNX check reads a few
@@ -265,7 +267,7 @@ def _write_bundle(
     built = _build_index(src, emb)
     with BundleWriter(root) as w:
         _write_models(w, src, uin, emb, ranker_onnx, metrics)
-        _write_item_tables(w, src, data, items_t, train_index, items, emb)
+        _write_item_tables(w, src, data, items_t, train_index, items, emb, model_users)
         built.index.save(w.path(BUNDLE_FILES["index"] + "/index.json").parent)
         if emb.users is not None and uin is not None:
             _write_user_tables(w, data, uin, emb.users)
@@ -397,9 +399,11 @@ def _write_item_tables(
     train_index: np.ndarray,
     items: FeatureTable,
     emb: _Embedded,
+    model_users: FeatureTable | None,
 ) -> None:
     """The item rows: ids and titles, embeddings, encoded metadata and the build-time
-    snapshots the ranker's features and the non-personalized results read."""
+    snapshots the ranker's features and the non-personalized results read (the cohorts'
+    counted by ``model_users``, the users' fields as the model encodes them)."""
     _write_items(w, items_t, train_index)
     _save(w, "item_embeddings", emb.items.embeddings)
     _save(w, "item_history", emb.items.history)
@@ -427,12 +431,12 @@ def _write_item_tables(
     regression = snapshot.regression(data, src.cfg.ranker)
     _save(w, "item_ease_rows", regression.rows)
     _save(w, "item_ease_weights", regression.weights)
-    if src.cfg.ranker.cohorts:
+    if src.cfg.ranker.cohorts and model_users is not None:
         cohorts = snapshot.cohorts(
             data,
             src.cfg.ranker,
             encoder=FeatureEncoder.from_json(src.info["user_encoder"]),
-            user_cat=_model_users(src, data).categorical,
+            user_cat=model_users.categorical,
         )
         for name, attr in COHORT_FILES.items():
             _save(w, name, getattr(cohorts, attr))

@@ -367,7 +367,7 @@ def _cohorts_unfit(c: CohortCounts, n_items: int, columns: np.ndarray) -> str | 
             return f"{f[attr]}: {a.dtype} where floats belong"
         if a.ndim != 1 or not np.isfinite(a).all() or (a.size and float(a.min()) < 0):
             return f"{f[attr]}: not a vector of finite numbers >= 0"
-    if c.columns.shape != columns.shape or not np.array_equal(c.columns, columns):
+    if not np.array_equal(c.columns, columns):
         return (
             f"{f['columns']}: {c.columns.tolist()!r}, where the configuration's [ranker] "
             f"cohorts give {columns.tolist()!r} (definition, user column, codes)"

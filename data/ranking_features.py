@@ -707,12 +707,15 @@ def popularity_penalized(
         return np.asarray(scores, np.float32)
     real = candidates > 0
     count = dense[..., DENSE_FEATURES.index("item_count")]
-
-    def z(x: np.ndarray) -> np.ndarray:
-        n = np.maximum(real.sum(1, keepdims=True), 1)
-        mean = np.where(real, x, 0.0).sum(1, keepdims=True) / n
-        sd = np.sqrt(np.where(real, (x - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
-        return np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)
-
-    out = z(np.asarray(scores, np.float64)) - penalty * z(np.asarray(count, np.float64))
+    out = standardised_within(scores, real) - penalty * standardised_within(count, real)
     return np.where(real, out, -np.inf).astype(np.float32)
+
+
+def standardised_within(x: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """``x`` [R, C] standardised within each request over its ``real`` [R, C] candidates,
+    float64 (0 where a request's values do not spread)."""
+    x = np.asarray(x, np.float64)
+    n = np.maximum(real.sum(1, keepdims=True), 1)
+    mean = np.where(real, x, 0.0).sum(1, keepdims=True) / n
+    sd = np.sqrt(np.where(real, (x - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
+    return np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,24 @@ def movielens_dir() -> Path:
     return fetch_movielens_100k(out=cache / "movielens-100k", key=TEST_KEY)
 
 
+@contextmanager
+def _faiss_threads(n: int) -> Iterator[None]:
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def faiss_one_thread() -> Iterator[None]:
     """FAISS at one OpenMP thread: its threads spin, and on a busy 2-core machine two of them
     run small index builds several times slower than one."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+    with _faiss_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -117,14 +126,10 @@ def cohort_site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (:data:`COHORT_DEFINITIONS`), built once per test session: ``base``, ``version`` (the
     bundle's directory), ``cfg`` (its training configuration) and ``data`` (its
     interactions)."""
-    import faiss
-
     from tailored.train.runs import load_data
 
     base = tmp_path_factory.mktemp("cohorts")
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # as faiss_one_thread, for the index build
-    try:
+    with _faiss_threads(1):  # as faiss_one_thread, for the index build
         bundles, cfg = synthetic_bundle(
             base,
             users=400,
@@ -134,6 +139,4 @@ def cohort_site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 "ranker.cohort_min_users": COHORT_MIN_USERS,
             },
         )
-    finally:
-        faiss.omp_set_num_threads(before)
     return {"base": base, "version": bundles / "v000001", "cfg": cfg, "data": load_data(cfg)}

@@ -49,7 +49,7 @@ from benchmarks.quality.ablation_plan import (
 )
 from tailored.bundle.evaluate import rerank
 from tailored.config import load_config
-from tailored.data.ranking_features import popularity_penalized
+from tailored.data.ranking_features import popularity_penalized, standardised_within
 from tailored.data.schema import read_dataset_meta
 from tailored.paths import write_json_atomic
 from tailored.train.ranker.task import task_logits
@@ -76,15 +76,8 @@ def reach_penalized(
     top = rerank(scores, candidates, k) + 1  # item numbers, 0 = none
     reach = np.bincount(top[top > 0].ravel(), minlength=int(candidates.max(initial=0)) + 1)
     real = candidates > 0
-    value = np.log1p(reach[candidates]).astype(np.float64)
-
-    def z(x: np.ndarray) -> np.ndarray:
-        n = np.maximum(real.sum(1, keepdims=True), 1)
-        mean = np.where(real, x, 0.0).sum(1, keepdims=True) / n
-        sd = np.sqrt(np.where(real, (x - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
-        return np.where(sd > 0, (x - mean) / np.where(sd > 0, sd, 1.0), 0.0)
-
-    out = z(np.asarray(scores, np.float64)) - penalty * z(value)
+    value = np.log1p(reach[candidates])
+    out = standardised_within(scores, real) - penalty * standardised_within(value, real)
     return np.where(real, out, -np.inf).astype(np.float32)
 
 
