@@ -441,6 +441,8 @@ class LoadedBundle:
     windows: ItemWindows | None = None
     # [ranker] popularity_penalty of the bundle's configuration (popularity_penalized)
     popularity_penalty: float = 0.0
+    # [ranker] popularity_penalty_below: the places the penalty leaves in the ranker's order
+    popularity_penalty_below: int = 0
     # how many users of each cohort engaged with each item (none: the features 0)
     cohorts: CohortCounts | None = None
 
@@ -509,6 +511,9 @@ class LoadedBundle:
             windows=ItemWindows.load(root, len(items_t) + 1),
             popularity_penalty=float(
                 (manifest.config.get("ranker") or {}).get("popularity_penalty", 0.0)
+            ),
+            popularity_penalty_below=int(
+                (manifest.config.get("ranker") or {}).get("popularity_penalty_below", 0)
             ),
             cohorts=_cohorts(
                 root, len(items_t), FeatureEncoder.from_json(info["user_encoder"]), manifest.config
@@ -590,16 +595,23 @@ class LoadedBundle:
         dense: np.ndarray,
         user_emb: np.ndarray,
         popularity_penalty: float | None = None,
+        popularity_penalty_below: int | None = None,
     ) -> np.ndarray:
         """Ranker scores float32 [R, C] of ``candidates`` (int [R, C], bundle rows) for R
-        requests, less the configured popularity penalty (:func:`popularity_penalized`; an
-        experiment variant's ``popularity_penalty`` instead, where given); without a ranker
-        in the bundle, the retrieval scores (``dense[..., 0]``)."""
+        requests, less the configured popularity penalty (:func:`popularity_penalized`, under
+        the configured ``popularity_penalty_below`` places; an experiment variant's
+        ``popularity_penalty`` and ``popularity_penalty_below`` instead, where given); without
+        a ranker in the bundle, the retrieval scores (``dense[..., 0]``)."""
         if self.ranker is None:
             return dense[..., 0].astype(np.float32)
         score = self._ranker_scores(users, context, candidates, dense, user_emb)
         p = self.popularity_penalty if popularity_penalty is None else float(popularity_penalty)
-        return popularity_penalized(score, dense, candidates, p)
+        below = (
+            self.popularity_penalty_below
+            if popularity_penalty_below is None
+            else int(popularity_penalty_below)
+        )
+        return popularity_penalized(score, dense, candidates, p, below)
 
     def _ranker_scores(
         self,

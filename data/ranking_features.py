@@ -695,19 +695,39 @@ def ranker_inputs(
 
 
 def popularity_penalized(
-    scores: np.ndarray, dense: np.ndarray, candidates: np.ndarray, penalty: float
+    scores: np.ndarray,
+    dense: np.ndarray,
+    candidates: np.ndarray,
+    penalty: float,
+    below: int = 0,
 ) -> np.ndarray:
     """``[ranker] popularity_penalty``: the order of R requests' candidates, float32 [R, C],
     by ``z(score) - penalty * z(item_count)``, each standardised over the request's
     candidates (``candidates`` int [R, C], 0 = none: left out, and -inf), ``item_count`` the
     ranking feature (log of the item's known interactions, ``dense`` [R, C, F]). Clicks
     follow exposure, and a site shows its popular items most: a ranker fitted to clicks
-    over-counts them. ``scores`` as they are where ``penalty`` is 0."""
+    over-counts them. ``scores`` as they are where ``penalty`` is 0.
+
+    ``below`` (``[ranker] popularity_penalty_below``): the ``below`` best candidates by
+    ``scores`` keep the first places in the ranker's own order, and the penalty orders only
+    the places under them, where a list has the least weight: the tail of each list then
+    reaches the catalogue's less known items at little cost to its head."""
     if penalty == 0:
         return np.asarray(scores, np.float32)
     real = candidates > 0
     count = dense[..., DENSE_FEATURES.index("item_count")]
-    out = standardised_within(scores, real) - penalty * standardised_within(count, real)
+    z = standardised_within(scores, real)
+    out = z - penalty * standardised_within(count, real)
+    if below > 0:
+        ranked = np.argsort(-np.where(real, z, -np.inf), axis=1, kind="stable")[:, :below]
+        head = np.zeros(real.shape, bool)
+        np.put_along_axis(head, ranked, True, axis=1)
+        head &= real
+        # the head above every other candidate, in the scores' order
+        floor = np.where(real & ~head, out, -np.inf).max(axis=1, keepdims=True)
+        floor = np.where(np.isfinite(floor), floor, 0.0)
+        low = np.where(head, z, np.inf).min(axis=1, keepdims=True)
+        out = np.where(head, floor + 1.0 + (z - low), out)
     return np.where(real, out, -np.inf).astype(np.float32)
 
 

@@ -73,6 +73,7 @@ VARIANT_KEYS: dict[str, type] = {
     "candidates": int,  # retrieved per request before ranking
     "mmr_lambda": float,  # diversity strength: 1 = relevance only
     "popularity_penalty": float,  # [ranker] popularity_penalty of the served bundle, replaced
+    "popularity_penalty_below": int,  # [ranker] popularity_penalty_below, likewise
     "popularity": bool,  # the non-personalized control: popular in the request's context
     "hide_after_impressions": int,  # [serve] hide_after_impressions for the variant's users
     "new_item_slots": int,  # [serve] new_item_slots: places given to new items
@@ -432,7 +433,10 @@ def _check_change(key: str, value: Any, at: str) -> None:
         raise ExperimentError(
             f"{at}: page_policy: must be 'fixed', 'random' or 'bandit', got {value!r}"
         )
-    if key in ("hide_after_impressions", "new_item_slots") and value < 0:
+    if (
+        key in ("hide_after_impressions", "new_item_slots", "popularity_penalty_below")
+        and value < 0
+    ):
         raise ExperimentError(f"{at}: {key}: must be >= 0, got {value}")
     if key == "popularity_penalty" and value < 0:
         raise ExperimentError(f"{at}: popularity_penalty: must be >= 0, got {value}")

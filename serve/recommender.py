@@ -71,8 +71,8 @@ class Request:
     # trained on them) is not theirs any more, and they are served as a new user
     bundle_rows: bool = True
     # an experiment variant's changes (tailored.experiments.VARIANT_KEYS): candidates,
-    # ranker, mmr_lambda, popularity_penalty, popularity, hide_after_impressions; {} serves as
-    # configured
+    # ranker, mmr_lambda, popularity_penalty(_below), popularity, hide_after_impressions; {}
+    # serves as configured
     variant: Mapping[str, Any] = None  # type: ignore[assignment]
 
 
@@ -202,6 +202,7 @@ class Recommender:
                 dense=dense[None],
                 user_emb=emb,
                 popularity_penalty=variant.get("popularity_penalty"),
+                popularity_penalty_below=variant.get("popularity_penalty_below"),
             )[0]
         else:  # the experiment's "no re-ranker": the two towers' own order
             ranked = scores.astype(np.float32)

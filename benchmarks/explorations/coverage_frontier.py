@@ -88,6 +88,7 @@ def _seed(
     work: Path,
     extra: dict[str, Any] | None = None,
     reach_betas: list[float] | None = None,
+    below: tuple[int, ...] = (0,),
 ) -> dict[str, Any]:
     overrides = {**site.overrides, **(extra or {}), "train.seed": seed, "train.progress_bar": False}
     cfg = load_config(site.config, overrides=overrides)
@@ -115,11 +116,14 @@ def _seed(
             rerank(np.broadcast_to(order, req.candidates.shape), req.candidates, K)
         ),
         "penalised": {
-            str(b): figures(
+            _label(b, m): figures(
                 rerank(
-                    popularity_penalized(logits, req.dense, req.candidates, b), req.candidates, K
+                    popularity_penalized(logits, req.dense, req.candidates, b, m),
+                    req.candidates,
+                    K,
                 )
             )
+            for m in below
             for b in betas
         },
         "reach_penalised": {
@@ -127,6 +131,11 @@ def _seed(
             for b in reach_betas or []
         },
     }
+
+
+def _label(beta: float, below: int) -> str:
+    """A penalty's key in the JSON: its beta, and the places it leaves above it."""
+    return f"{beta} below {below}" if below else str(beta)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -141,6 +150,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=[],
         help="penalties on how many of the lists hold the item (reach_penalized)",
     )
+    p.add_argument(
+        "--below",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="each penalty also with the ranker's first this many kept in its order "
+        "([ranker] popularity_penalty_below; 0: the whole list penalised)",
+    )
     add_set_argument(p)
     p.add_argument("--out", type=Path, default=OUT)
     add_site_arguments(p)
@@ -149,7 +166,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tailored-coverage-") as tmp:
         site = movielens_site() if args.dataset == "movielens" else synthetic_site(args, Path(tmp))
         runs = [
-            _seed(site, s, args.betas, Path(tmp) / f"seed{s}", extra, args.reach_betas)
+            _seed(
+                site,
+                s,
+                args.betas,
+                Path(tmp) / f"seed{s}",
+                extra,
+                args.reach_betas,
+                tuple(args.below),
+            )
             for s in args.seeds
         ]
     out = {
@@ -158,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "site": site.info,
         "betas": args.betas,
         "reach_betas": args.reach_betas,
+        "below": args.below,
         "overrides": extra,
         "runs": runs,
     }

@@ -611,6 +611,7 @@ def _lists(
                 b.dense,
                 b.candidates,
                 r.popularity_penalty,
+                r.popularity_penalty_below,
             ),
             b.candidates,
             K,
@@ -646,7 +647,9 @@ class SeedModels:
     def fit(self, cfg: Config, data: Interactions) -> Fitted:
         whole = cfg.to_dict()
         # the popularity penalty orders the fitted ranker's lists: the same ranker
-        whole["ranker"] = {k: v for k, v in whole["ranker"].items() if k != "popularity_penalty"}
+        whole["ranker"] = {
+            k: v for k, v in whole["ranker"].items() if not k.startswith("popularity_penalty")
+        }
         key = _key(whole)
         if key in self.fitted:
             done = self.fitted[key]

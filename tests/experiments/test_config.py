@@ -144,6 +144,16 @@ bundle = "v000002"
             r"variant 'off': popularity_penalty: must be >= 0",
         ),
         (
+            ("experiment", 0, "variant", 1, "popularity_penalty_below"),
+            -2,
+            r"variant 'off': popularity_penalty_below: must be >= 0",
+        ),
+        (
+            ("experiment", 0, "variant", 1, "popularity_penalty_below"),
+            1.5,
+            r"variant 'off': popularity_penalty_below: must be an integer",
+        ),
+        (
             ("experiment", 0, "variant", 1, "weight"),
             float("nan"),
             r"weight: must be a finite number",

@@ -1,6 +1,7 @@
 """``[ranker] popularity_penalty``: the ranker's lists ordered by its score less a share of the
 items' popularity, the same wherever the ranker orders a list (a bundle's ``rank``, so
-serving and ``tailored evaluate``), read from the bundle's configuration."""
+serving and ``tailored evaluate``), read from the bundle's configuration; with
+``popularity_penalty_below``, only under the ranker's own first places."""
 
 from __future__ import annotations
 
@@ -40,6 +41,38 @@ def test_the_penalty_standardises_within_each_list_and_leaves_no_candidate_out()
     # equal scores carry no order of their own: the least popular comes first
     np.testing.assert_allclose(got[1, :3], -z([5, 4, 3]), rtol=1e-6)
     assert np.argsort(-got[0]).tolist()[:3] == [1, 0, 2]  # the popular best item drops
+
+
+def test_the_penalty_below_the_head_keeps_the_head_in_the_rankers_order() -> None:
+    rng = np.random.default_rng(0)
+    r, c = 6, 40
+    scores = rng.normal(size=(r, c)).astype(np.float32)
+    dense = np.zeros((r, c, len(DENSE_FEATURES)), np.float32)
+    # the best-scored items are the most popular: a penalty over the whole list moves them
+    dense[..., COUNT] = scores * 3 + rng.normal(size=(r, c)).astype(np.float32)
+    cands = np.tile(np.arange(1, c + 1), (r, 1))
+    cands[:, -5:] = 0  # padding
+    whole = popularity_penalized(scores, dense, cands, 2.0)
+    for below in (1, 3, 8):
+        got = popularity_penalized(scores, dense, cands, 2.0, below)
+        assert np.isneginf(got[:, -5:]).all()
+        for i in range(r):
+            real = cands[i] > 0
+            by_score = np.argsort(-np.where(real, scores[i], -np.inf), kind="stable")
+            order = np.argsort(-got[i], kind="stable")
+            # the head: the ranker's first ``below``, in its order
+            assert order[:below].tolist() == by_score[:below].tolist()
+            # the rest: in the whole-list penalty's order
+            rest = [j for j in np.argsort(-whole[i], kind="stable") if j not in by_score[:below]]
+            assert order[below : real.sum()].tolist() == rest[: real.sum() - below]
+    # the head spans the list: the ranker's own order
+    everything = popularity_penalized(scores, dense, cands, 2.0, c)
+    np.testing.assert_array_equal(
+        np.argsort(-everything, axis=1, kind="stable")[:, : c - 5],
+        np.argsort(-np.where(cands > 0, scores, -np.inf), axis=1, kind="stable")[:, : c - 5],
+    )
+    # without a penalty there is nothing to leave above it
+    np.testing.assert_array_equal(popularity_penalized(scores, dense, cands, 0.0, 3), scores)
 
 
 def test_a_bundle_ranks_with_the_penalty_its_configuration_names(
@@ -96,7 +129,30 @@ def test_a_bundle_ranks_with_the_penalty_its_configuration_names(
     plain_top, penalised_top = np.argsort(-raw[0])[:10], np.argsort(-got[0])[:10]
     assert pop[penalised_top].mean() < pop[plain_top].mean()
 
+    # popularity_penalty_below: the bundle's, or a variant's
+    doc["config"]["ranker"]["popularity_penalty_below"] = 4
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    reseal(copy)
+    headed = LoadedBundle.load(copy)
+    assert headed.popularity_penalty_below == 4
+    kept = rank(headed)
+    np.testing.assert_allclose(
+        kept, popularity_penalized(raw, dense, every[None], 0.5, 4), rtol=1e-5
+    )
+    assert np.argsort(-kept[0])[:4].tolist() == np.argsort(-raw[0])[:4].tolist()
+    assert np.argsort(-kept[0])[:10].tolist() != np.argsort(-raw[0])[:10].tolist()
+    both = {"popularity_penalty": 0.5, "popularity_penalty_below": 4}
+    assert (
+        rec.recommend(Request(req.user, 10, "home", req.time, True, variant=both)).item_ids
+        == Recommender(headed, load_serve_config(overrides={"clock": "bundle"}))
+        .recommend(req)
+        .item_ids
+    )
+
 
 def test_a_negative_penalty_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"\[ranker\] popularity_penalty"):
         load_config(values={"ranker": {"popularity_penalty": -0.1}})
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match=r"\[ranker\] popularity_penalty_below"):
+            load_config(values={"ranker": {"popularity_penalty_below": bad}})

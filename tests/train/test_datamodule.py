@@ -155,3 +155,33 @@ def test_a_sequence_batch_pairs_each_item_with_the_next(
     } <= cells
     assert set(map(tuple, batch.not_negatives.T.tolist())) == cells
     assert len(loader) >= 1
+
+
+def test_a_sequence_batch_with_a_target_window_scores_one_of_the_next_items(
+    data: Interactions,
+) -> None:
+    w = 4
+    dm = TwoTowerDataModule(data, history_length=L, batch_size=64, sequences=True, target_window=w)
+    dm.train_dataloader()
+    first, end = dm._chunks
+    batch = dm._collate_sequences(list(range(64)))
+    ahead = []
+    for row in range(64):
+        user = int(dm.train_user[first[row]])
+        train_items = _items(data, user, (TRAIN,))
+        at = int(first[row]) - int(dm.train_history.offsets[user])
+        stop = int(end[row]) - int(dm.train_history.offsets[user])
+        window = train_items[max(0, stop - 1 - L) : stop - 1]
+        assert batch.items[row, : len(window)].tolist() == window  # the history as without
+        for col, p in enumerate(range(max(0, stop - 1 - L), stop - 1)):
+            target = int(batch.targets[row, col])
+            if p + 1 < at:
+                assert target == 0  # before the chunk's targets: not scored
+                continue
+            # one of the user's next w training items (their last where fewer follow),
+            # never one the history holds at or before the position
+            later = train_items[p + 1 : min(p + 1 + w, len(train_items))]
+            assert target in later, (user, p, target, later)
+            ahead.append(later.index(target))
+    # the window is used: not only the next item is scored
+    assert max(ahead) > 0 and 0 in ahead

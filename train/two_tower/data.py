@@ -307,7 +307,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             rows = len(first)
 
             def make(j: Tensor, g: torch.Generator) -> Batch | SequenceBatch:
-                return feed.sequence_batch(first[j], end[j])
+                return feed.sequence_batch(first[j], end[j], g)
 
         else:
             rows = feed.rows
@@ -351,7 +351,9 @@ class TwoTowerDataModule(pl.LightningDataModule):
     def _sequence_batch(self, first: np.ndarray, end: np.ndarray) -> SequenceBatch:
         """The chunks whose targets are the training events ``first[i]:end[i]`` (int64 [S]
         each, within one user's events), with the history before them; on the CPU."""
-        return self.feed.sequence_batch(torch.from_numpy(first), torch.from_numpy(end))
+        return self.feed.sequence_batch(
+            torch.from_numpy(first), torch.from_numpy(end), self._generator
+        )
 
     def transfer_batch_to_device(
         self, batch: object, device: torch.device, dataloader_idx: int

@@ -202,11 +202,15 @@ class TrainFeed:
             ),
         )
 
-    def sequence_batch(self, first: Tensor, end: Tensor) -> SequenceBatch:
+    def sequence_batch(
+        self, first: Tensor, end: Tensor, generator: torch.Generator | None = None
+    ) -> SequenceBatch:
         """The chunks whose targets are the training events ``first[i]:end[i]`` (int64 [S]
         each, within one user's events), each read with the events before its targets in a
         window of ``history_length`` (see :class:`~tailored.train.two_tower.data.
-        SequenceBatch`)."""
+        SequenceBatch`). With a target window W, the history up to each event is scored
+        against one of the user's next W training events (drawn with ``generator``; the
+        user's last where fewer follow) rather than the next."""
         from tailored.train.two_tower.data import SequenceBatch
 
         length = self.history_length
@@ -218,7 +222,14 @@ class TrainFeed:
         real = event < (end - 1).unsqueeze(1)
         event = event.masked_fill(~real, 0)
         scored = real & (event + 1 >= first.unsqueeze(1))
-        target = (event + 1).masked_fill(~scored, 0)
+        target = event + 1
+        if self.target_window > 1:
+            ahead = torch.randint(
+                0, self.target_window, target.shape, device=target.device, generator=generator
+            )
+            last = (self.offsets[users + 1] - 1).unsqueeze(1)
+            target = torch.minimum(target + ahead, last)
+        target = target.masked_fill(~scored, 0)
         items = self.item[event].long().masked_fill_(~real, 0)
         targets = self.item[target].long().masked_fill_(~scored, 0)
         not_negatives = None
