@@ -30,7 +30,7 @@ from tailored.train.two_tower.fit import train
 
 __all__ = ["main"]
 
-KEYS = ("ndcg@10", "recall@10", "mrr@10", "hit@10")
+KEYS = ("ndcg@10", "recall@10", "mrr@10", "hit@10", "itemcoverage@10")
 
 
 def _summary(values: list[float]) -> dict[str, float]:
