@@ -8,6 +8,7 @@ is also what the index stores as ids.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,27 @@ def _regression(root: Path, n_items: int) -> ItemRegression:
     return ItemRegression(r.astype(np.int64), w)
 
 
+def _ranker_section(root: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The ``[ranker]`` table of the bundle's configuration (its manifest's ``config``)."""
+    section = config.get("ranker") or {}
+    if not isinstance(section, dict):
+        raise BundleError(f"{root}: manifest.json: config.ranker is no table: {section!r}")
+    return section
+
+
+def _ranker_number(root: Path, config: dict[str, Any], key: str, whole: bool) -> float:
+    """``[ranker] key`` of the bundle's configuration, a number >= 0 (``whole``: an integer),
+    0 where the configuration has none (a bundle built before the setting)."""
+    value = _ranker_section(root, config).get(key, 0)
+    kinds: tuple[type, ...] = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 <= value < math.inf:
+        kind = "an integer" if whole else "a number"
+        raise BundleError(
+            f"{root}: manifest.json: config.ranker.{key}: must be {kind} >= 0, got {value!r}"
+        )
+    return value
+
+
 def _cohorts(
     root: Path, n_items: int, users: FeatureEncoder, config: dict[str, Any]
 ) -> CohortCounts:
@@ -340,7 +362,7 @@ def _cohorts(
         missing = next(BUNDLE_FILES[k] for k in paths if k not in present)
         raise BundleError(f"{root}: no {missing} beside the other cohort files")
     c = CohortCounts(**{attr: load_npy(paths[key]) for key, attr in COHORT_FILES.items()})
-    defs = (config.get("ranker") or {}).get("cohorts") or ()
+    defs = _ranker_section(root, config).get("cohorts") or ()
     try:
         expected = cohort_columns(users, defs)
     except (ConfigError, TypeError) as e:
@@ -510,10 +532,10 @@ class LoadedBundle:
             segments=SegmentModel.load(root),
             windows=ItemWindows.load(root, len(items_t) + 1),
             popularity_penalty=float(
-                (manifest.config.get("ranker") or {}).get("popularity_penalty", 0.0)
+                _ranker_number(root, manifest.config, "popularity_penalty", whole=False)
             ),
             popularity_penalty_below=int(
-                (manifest.config.get("ranker") or {}).get("popularity_penalty_below", 0)
+                _ranker_number(root, manifest.config, "popularity_penalty_below", whole=True)
             ),
             cohorts=_cohorts(
                 root, len(items_t), FeatureEncoder.from_json(info["user_encoder"]), manifest.config

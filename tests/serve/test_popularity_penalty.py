@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tailored.bundle.format import latest_bundle
+from tailored.bundle.format import BundleError, latest_bundle
 from tailored.bundle.runtime import LoadedBundle
 from tailored.config import ConfigError, load_config, load_serve_config
 from tailored.data.features import MAX_MULTI, FeatureTable
@@ -148,6 +148,34 @@ def test_a_bundle_ranks_with_the_penalty_its_configuration_names(
         .recommend(req)
         .item_ids
     )
+
+
+@pytest.mark.parametrize(
+    ("ranker", "named"),
+    [
+        ({"popularity_penalty": -0.5}, r"config\.ranker\.popularity_penalty: must be a number"),
+        ({"popularity_penalty": "high"}, r"config\.ranker\.popularity_penalty: must be a number"),
+        ({"popularity_penalty_below": 2.5}, r"popularity_penalty_below: must be an integer"),
+        ({"popularity_penalty_below": True}, r"popularity_penalty_below: must be an integer"),
+        ("fast", r"config\.ranker is no table"),
+    ],
+)
+def test_a_bundle_whose_configuration_has_a_bad_penalty_is_refused(
+    serve_bundle: Path, tmp_path: Path, ranker: object, named: str
+) -> None:
+    source = latest_bundle(serve_bundle)
+    assert source is not None
+    copy = tmp_path / source.name
+    shutil.copytree(source, copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    if isinstance(ranker, dict):
+        doc["config"]["ranker"].update(ranker)
+    else:
+        doc["config"]["ranker"] = ranker
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    reseal(copy)  # the hashes agree: the load's own checks must refuse it
+    with pytest.raises(BundleError, match=named):
+        LoadedBundle.load(copy)
 
 
 def test_a_negative_penalty_is_refused() -> None:
