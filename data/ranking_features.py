@@ -720,14 +720,15 @@ def popularity_penalized(
     out = z - penalty * standardised_within(count, real)
     if below > 0:
         ranked = np.argsort(-np.where(real, z, -np.inf), axis=1, kind="stable")[:, :below]
-        head = np.zeros(real.shape, bool)
-        np.put_along_axis(head, ranked, True, axis=1)
-        head &= real
-        # the head above every other candidate, in the scores' order
+        # the head above every other candidate, by its place in the scores' order (a
+        # place rather than the score itself: nothing float32 could merge)
+        place = np.zeros(real.shape, np.float64)
+        steps = np.arange(ranked.shape[1], 0, -1, dtype=np.float64)
+        np.put_along_axis(place, ranked, np.broadcast_to(steps, ranked.shape), axis=1)
+        head = (place > 0) & real
         floor = np.where(real & ~head, out, -np.inf).max(axis=1, keepdims=True)
         floor = np.where(np.isfinite(floor), floor, 0.0)
-        low = np.where(head, z, np.inf).min(axis=1, keepdims=True)
-        out = np.where(head, floor + 1.0 + (z - low), out)
+        out = np.where(head, floor + place, out)
     return np.where(real, out, -np.inf).astype(np.float32)
 
 

@@ -511,5 +511,9 @@ def _check_together(experiments: tuple[Experiment, ...], holdout: Holdout, sourc
                 )
 
 
+# keys that act together: two experiments changing one each change the same thing
+_ONE_THING = {"popularity_penalty_below": "popularity_penalty"}
+
+
 def _changed(e: Experiment) -> set[str]:
-    return {key for v in e.variants for key in v.changes}
+    return {_ONE_THING.get(key, key) for v in e.variants for key in v.changes}

@@ -491,7 +491,9 @@ class RankerConfig:
     # which keep its own order: the tail of each list, where a list has the least weight,
     # then reaches less known items (MovieLens-100k, 3 seeds: coverage@10 0.397 -> 0.461
     # for 0.0010 of NDCG@10 with 8 and a penalty of 0.4; the penalty over the whole list
-    # costs 0.0055-0.007 for coverage 0.45; benchmarks/RESULTS.md). 0: the whole list
+    # costs 0.0055-0.007 for coverage 0.45; benchmarks/RESULTS.md). 0: the whole list.
+    # The places are the list's: [serve] new_item_slots replaces its last ones too, and
+    # with diversity on (mmr_lambda < 1) MMR reads the head's lead as relevance
     popularity_penalty_below: int = 0
     # the ranker's counterpart of ``[loss] exposure_correction``: while it trains, each
     # candidate's logit gets this weight x log(the item's share of the known periods'

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=OUT)
     add_site_arguments(p)
     args = p.parse_args(argv)
+    if min(args.below) < 0:
+        p.error(f"--below: places must be >= 0, got {min(args.below)}")
     extra = dict(args.set)
     with tempfile.TemporaryDirectory(prefix="tailored-coverage-") as tmp:
         site = movielens_site() if args.dataset == "movielens" else synthetic_site(args, Path(tmp))

@@ -222,6 +222,12 @@ def test_experiments_of_two_layers_may_not_change_one_thing_at_the_same_time() -
     later["experiment"][2]["end"] = "2027-02-01T00:00:00+00:00"
     later["experiment"][2]["variant"][1]["ranker"] = True
     assert len(parse_experiments(later).experiments) == 3
+    # the penalty's strength and its places are one thing: the penalty
+    doc = _with(("experiment", 0, "variant", 1, "popularity_penalty"), 0.4)
+    doc["experiment"][2]["variant"][1]["popularity_penalty_below"] = 8
+    both = r"both change \['popularity_penalty'\]"
+    with pytest.raises(ExperimentError, match=both):
+        parse_experiments(doc)
 
 
 def test_an_unreadable_file_is_named(tmp_path: Path) -> None:

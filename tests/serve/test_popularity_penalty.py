@@ -71,6 +71,13 @@ def test_the_penalty_below_the_head_keeps_the_head_in_the_rankers_order() -> Non
         np.argsort(-everything, axis=1, kind="stable")[:, : c - 5],
         np.argsort(-np.where(cands > 0, scores, -np.inf), axis=1, kind="stable")[:, : c - 5],
     )
+    # a request without candidates has no head; one with fewer than ``below`` is all head
+    short = cands.copy()
+    short[0] = 0
+    short[1, 3:] = 0
+    got = popularity_penalized(scores, dense, short, 2.0, 8)
+    assert np.isneginf(got[0]).all()
+    assert np.argsort(-got[1])[:3].tolist() == np.argsort(-scores[1, :3]).tolist()
     # without a penalty there is nothing to leave above it
     np.testing.assert_array_equal(popularity_penalized(scores, dense, cands, 0.0, 3), scores)
 

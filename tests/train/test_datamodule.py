@@ -178,10 +178,34 @@ def test_a_sequence_batch_with_a_target_window_scores_one_of_the_next_items(
             if p + 1 < at:
                 assert target == 0  # before the chunk's targets: not scored
                 continue
-            # one of the user's next w training items (their last where fewer follow),
-            # never one the history holds at or before the position
+            # one of the user's next w training items, never one the history holds at or
+            # before the position; none where the draw fell past the user's last
             later = train_items[p + 1 : min(p + 1 + w, len(train_items))]
+            if target == 0:
+                assert len(later) < w, (user, p)
+                continue
             assert target in later, (user, p, target, later)
             ahead.append(later.index(target))
     # the window is used: not only the next item is scored
     assert max(ahead) > 0 and 0 in ahead
+
+
+def test_a_target_window_scores_each_event_once_in_expectation(data: Interactions) -> None:
+    # a chunk of a user's last L training events, drawn many times: with W = 2 each of
+    # them but the first is the target of one position in expectation, the last included
+    # (clipping the draws past the end to the last would make it 1.5)
+    from tailored.train.two_tower.feed import TrainFeed
+
+    feed = TrainFeed.of(data, history_length=L, target_window=2)
+    counts = np.diff(feed.offsets.numpy())
+    user = int(np.flatnonzero(counts > L + 1)[0])
+    stop = int(feed.offsets[user + 1])
+    start = stop - (L + 1)
+    n = 4000
+    first = torch.full((n,), stop - L, dtype=torch.int64)
+    end = torch.full((n,), stop, dtype=torch.int64)
+    batch = feed.sequence_batch(first, end, torch.Generator().manual_seed(0))
+    items = feed.item[start:stop].tolist()
+    got = batch.targets[batch.targets > 0].tolist()
+    per_event = np.array([got.count(i) for i in items]) / n
+    np.testing.assert_allclose(per_event, [0.0, 0.5, 1.0, 1.0, 1.0, 1.0], atol=0.05)

@@ -209,8 +209,9 @@ class TrainFeed:
         each, within one user's events), each read with the events before its targets in a
         window of ``history_length`` (see :class:`~tailored.train.two_tower.data.
         SequenceBatch`). With a target window W, the history up to each event is scored
-        against one of the user's next W training events (drawn with ``generator``; the
-        user's last where fewer follow) rather than the next."""
+        against one of the user's next W training events (drawn with ``generator``; not
+        scored where the draw falls past the user's last) rather than the next: each event
+        but the user's first W is a target once in expectation."""
         from tailored.train.two_tower.data import SequenceBatch
 
         length = self.history_length
@@ -227,8 +228,10 @@ class TrainFeed:
             ahead = torch.randint(
                 0, self.target_window, target.shape, device=target.device, generator=generator
             )
-            last = (self.offsets[users + 1] - 1).unsqueeze(1)
-            target = torch.minimum(target + ahead, last)
+            target = target + ahead
+            # a draw past the user's last training event scores nothing (clipped to the last
+            # instead, the last would be everyone's target (W + 1) / 2 times)
+            scored &= target < self.offsets[users + 1].unsqueeze(1)
         target = target.masked_fill(~scored, 0)
         items = self.item[event].long().masked_fill_(~real, 0)
         targets = self.item[target].long().masked_fill_(~scored, 0)
