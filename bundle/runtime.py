@@ -337,13 +337,13 @@ def _ranker_number(root: Path, config: dict[str, Any], key: str, whole: bool) ->
     """``[ranker] key`` of the bundle's configuration, a number >= 0 (``whole``: an integer),
     0 where the configuration has none (a bundle built before the setting)."""
     value = _ranker_section(root, config).get(key, 0)
-    kinds: tuple[type, ...] = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 <= value < math.inf:
+    ok = isinstance(value, int) if whole else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or not 0 <= float(value) < math.inf:
         kind = "an integer" if whole else "a number"
         raise BundleError(
             f"{root}: manifest.json: config.ranker.{key}: must be {kind} >= 0, got {value!r}"
         )
-    return value
+    return float(value)
 
 
 def _cohorts(
