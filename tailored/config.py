@@ -289,7 +289,7 @@ class TrainConfig:
     threads: int = 0
     # predict one of the next W items from the history (1: the next), in the causal
     # sequence path too; on MovieLens-100k the next item is best: retrieval NDCG@10 0.2041
-    # against 0.1930 with 3 and 0.1806 with 8 (seed 0, benchmarks/RESULTS.md)
+    # against 0.1947 with 3 (seed 0, benchmarks/RESULTS.md)
     target_window: int = 1
     # validate, checkpoint and keep an exponential moving average of the weights, updated each
     # step with this decay (0: off); it smooths the noisy peaks early stopping picks from
