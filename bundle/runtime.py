@@ -531,8 +531,8 @@ class LoadedBundle:
             ranker_dense=_dense_width(ranker, root),
             segments=SegmentModel.load(root),
             windows=ItemWindows.load(root, len(items_t) + 1),
-            popularity_penalty=float(
-                _ranker_number(root, manifest.config, "popularity_penalty", whole=False)
+            popularity_penalty=_ranker_number(
+                root, manifest.config, "popularity_penalty", whole=False
             ),
             popularity_penalty_below=int(
                 _ranker_number(root, manifest.config, "popularity_penalty_below", whole=True)

@@ -78,6 +78,7 @@ __all__ = [
     "dense_features",
     "distinct_pairs",
     "item_tags",
+    "penalized",
     "popularity_penalized",
     "ranker_inputs",
 ]
@@ -712,12 +713,26 @@ def popularity_penalized(
     ``scores`` keep the first places in the ranker's own order, and the penalty orders only
     the places under them, where a list has the least weight: the tail of each list then
     reaches the catalogue's less known items at little cost to its head."""
+    count = dense[..., DENSE_FEATURES.index("item_count")]
+    return penalized(scores, count, candidates, penalty, below)
+
+
+def penalized(
+    scores: np.ndarray,
+    value: np.ndarray,
+    candidates: np.ndarray,
+    penalty: float,
+    below: int = 0,
+) -> np.ndarray:
+    """The order of R requests' candidates, float32 [R, C], by ``z(score) - penalty *
+    z(value)`` (``value`` [R, C], what to push down), each standardised over the request's
+    candidates, under the ``below`` best by ``scores`` kept first in their order (see
+    :func:`popularity_penalized`); ``scores`` as they are where ``penalty`` is 0."""
     if penalty == 0:
         return np.asarray(scores, np.float32)
     real = candidates > 0
-    count = dense[..., DENSE_FEATURES.index("item_count")]
     z = standardised_within(scores, real)
-    out = z - penalty * standardised_within(count, real)
+    out = z - penalty * standardised_within(value, real)
     if below > 0:
         ranked = np.argsort(-np.where(real, z, -np.inf), axis=1, kind="stable")[:, :below]
         # the head above every other candidate, by its place in the scores' order (a

@@ -49,7 +49,7 @@ from benchmarks.quality.ablation_plan import (
 )
 from tailored.bundle.evaluate import rerank
 from tailored.config import load_config
-from tailored.data.ranking_features import popularity_penalized, standardised_within
+from tailored.data.ranking_features import penalized, popularity_penalized
 from tailored.data.schema import read_dataset_meta
 from tailored.paths import write_json_atomic
 from tailored.train.ranker.task import task_logits
@@ -75,10 +75,7 @@ def reach_penalized(
         return np.asarray(scores, np.float32)
     top = rerank(scores, candidates, k) + 1  # item numbers, 0 = none
     reach = np.bincount(top[top > 0].ravel(), minlength=int(candidates.max(initial=0)) + 1)
-    real = candidates > 0
-    value = np.log1p(reach[candidates])
-    out = standardised_within(scores, real) - penalty * standardised_within(value, real)
-    return np.where(real, out, -np.inf).astype(np.float32)
+    return penalized(scores, np.log1p(reach[candidates]), candidates, penalty)
 
 
 def _seed(
