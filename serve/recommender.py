@@ -192,7 +192,7 @@ class Recommender:
         cands, scores = cands[0][keep], scores[0][keep]
         if not len(cands):
             return self._fallback(req.k, excluded | seen, context[0], only)
-        dense = self._dense(req, row, hist, times, cands, scores)
+        dense = self._dense(req, row, hist, times, cands, scores, user_cat)
         users = FeatureTable(user_cat, np.zeros((1, 0, MAX_MULTI), np.int64), user_num)
         if variant.get("ranker", True):
             ranked = self.bundle.rank(
@@ -242,8 +242,11 @@ class Recommender:
         times: np.ndarray,
         cands: np.ndarray,
         scores: np.ndarray,
+        user_cat: np.ndarray | None = None,
     ) -> np.ndarray:
-        """:meth:`ranking_features`, given the user's row and positives (:meth:`_history`)."""
+        """:meth:`ranking_features`, given the user's row and positives (:meth:`_history`)
+        and, where the caller has them, their categorical fields ``user_cat`` int64 [1, Cu]
+        (:meth:`_cohort`)."""
         return dense_features(
             candidates=cands,
             scores=scores,
@@ -257,18 +260,22 @@ class Recommender:
             regression=self.bundle.item_regression,
             shown=self._shown(row, req.online, cands, req.time),
             cohorts=self.bundle.cohorts,
-            cohort=self._cohort(req, row),
+            cohort=self._cohort(req, row, user_cat),
         )
 
-    def _cohort(self, req: Request, row: int | None) -> np.ndarray:
+    def _cohort(
+        self, req: Request, row: int | None, user_cat: np.ndarray | None = None
+    ) -> np.ndarray:
         """The user's cohorts (:meth:`~tailored.data.ranking_features.CohortCounts.keys`),
-        int64 [G]: from their profile in the bundle, else from the request's."""
+        int64 [G]: from ``user_cat`` int64 [1, Cu] where given (what :meth:`recommend` read
+        already: the bundle's profile of the user, else the request's), else from their
+        profile in the bundle, else from the request's."""
         cohorts = self.bundle.cohorts
         if cohorts is None or not len(cohorts.columns):
             return np.zeros(0, np.int64)
-        if row is not None and self.bundle.users is not None:
+        if user_cat is None and row is not None and self.bundle.users is not None:
             user_cat = self.bundle.users.categorical[row : row + 1]
-        else:
+        elif user_cat is None:
             user_cat = self._profile(req.profile or {})[0]
         return cohorts.keys(user_cat)[0]
 
