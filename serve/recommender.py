@@ -167,9 +167,7 @@ class Recommender:
         hide = int(variant.get("hide_after_impressions", self.cfg.hide_after_impressions))
         excluded |= self._passed_over(req.online, hide) | self._turned_down(req.online)
         row = self._row(req)
-        if row is not None and self.bundle.users is not None:  # the bundle knows this user
-            snap = self.bundle.users
-            user_cat, user_num = snap.categorical[row : row + 1], snap.numeric[row : row + 1]
+        user_cat, user_num = self._user_fields(row, user_cat, user_num)
         hist, times = self._history(row, req.online)
         seen = self._seen(row, hist)
         if variant.get("popularity"):  # the experiment's non-personalized control
@@ -231,8 +229,20 @@ class Recommender:
         DENSE_FEATURES`) of ``candidates`` int64 [C] (bundle rows) with retrieval ``scores``
         float32 [C], for ``req``'s user at ``req.time``, as :meth:`recommend` computes them."""
         row = self._row(req)
+        user_cat, _ = self._user_fields(row, *self._profile(req.profile or {})[:2])
         hist, times = self._history(row, req.online)
-        return self._dense(req, row, hist, times, candidates, scores)
+        return self._dense(req, row, hist, times, candidates, scores, user_cat)
+
+    def _user_fields(
+        self, row: int | None, user_cat: np.ndarray, user_num: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The user's categorical and numeric fields, [1, Cu] and [1, Fu]: the bundle's
+        profile of them where it knows the user (``row``), else the request's (``user_cat``,
+        ``user_num``, parsed by :meth:`_profile`)."""
+        snap = self.bundle.users
+        if row is not None and snap is not None:
+            return snap.categorical[row : row + 1], snap.numeric[row : row + 1]
+        return user_cat, user_num
 
     def _dense(
         self,
@@ -242,11 +252,10 @@ class Recommender:
         times: np.ndarray,
         cands: np.ndarray,
         scores: np.ndarray,
-        user_cat: np.ndarray | None = None,
+        user_cat: np.ndarray,
     ) -> np.ndarray:
-        """:meth:`ranking_features`, given the user's row and positives (:meth:`_history`)
-        and, where the caller has them, their categorical fields ``user_cat`` int64 [1, Cu]
-        (:meth:`_cohort`)."""
+        """:meth:`ranking_features`, given the user's row, positives (:meth:`_history`) and
+        categorical fields ``user_cat`` int64 [1, Cu] (:meth:`_user_fields`)."""
         return dense_features(
             candidates=cands,
             scores=scores,
@@ -260,23 +269,16 @@ class Recommender:
             regression=self.bundle.item_regression,
             shown=self._shown(row, req.online, cands, req.time),
             cohorts=self.bundle.cohorts,
-            cohort=self._cohort(req, row, user_cat),
+            cohort=self._cohort(user_cat),
         )
 
-    def _cohort(
-        self, req: Request, row: int | None, user_cat: np.ndarray | None = None
-    ) -> np.ndarray:
+    def _cohort(self, user_cat: np.ndarray) -> np.ndarray:
         """The user's cohorts (:meth:`~tailored.data.ranking_features.CohortCounts.keys`),
-        int64 [G]: from ``user_cat`` int64 [1, Cu] where given (what :meth:`recommend` read
-        already: the bundle's profile of the user, else the request's), else from their
-        profile in the bundle, else from the request's."""
+        int64 [G], from their categorical fields ``user_cat`` int64 [1, Cu]
+        (:meth:`_user_fields`)."""
         cohorts = self.bundle.cohorts
         if cohorts is None or not len(cohorts.columns):
             return np.zeros(0, np.int64)
-        if user_cat is None and row is not None and self.bundle.users is not None:
-            user_cat = self.bundle.users.categorical[row : row + 1]
-        elif user_cat is None:
-            user_cat = self._profile(req.profile or {})[0]
         return cohorts.keys(user_cat)[0]
 
     def _shown(
