@@ -202,7 +202,11 @@ def cohorts(
     """The serving snapshot of the cohorts' counts (``[ranker] cohorts``): every positive
     event. A bundle counts them by the model's user ``encoder`` and its codes of ``data``'s
     users (``user_cat`` int [U, C]), as serving reads a user's cohort; the data's own
-    encoder where none is given (a run's data, encoded as its model was)."""
+    encoder and codes where neither is given (a run's data, encoded as its model was). The
+    two go together: codes from one encoder read by another's columns would count users in
+    the wrong cohorts, so one without the other is refused."""
+    if (encoder is None) != (user_cat is None):
+        raise ValueError("cohorts: give the model's encoder and its user codes together")
     encoder = data.user_encoder if encoder is None else encoder
     return CohortCounts.of(
         data.user,

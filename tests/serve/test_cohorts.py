@@ -201,6 +201,18 @@ def test_an_unknown_cohort_field_is_refused_by_name(site: dict[str, Any]) -> Non
         snapshot.cohorts(site["data"], RankerConfig(cohorts=(("income",),)))
 
 
+def test_an_encoder_without_its_codes_is_refused(site: dict[str, Any]) -> None:
+    data, cfg = site["data"], site["cfg"].ranker
+    with pytest.raises(ValueError, match="together"):
+        snapshot.cohorts(data, cfg, encoder=data.user_encoder)
+    with pytest.raises(ValueError, match="together"):
+        snapshot.cohorts(data, cfg, user_cat=data.users.categorical)
+    # both given, as a bundle gives them: the counts the data's own encoding gives
+    both = snapshot.cohorts(data, cfg, encoder=data.user_encoder, user_cat=data.users.categorical)
+    alone = snapshot.cohorts(data, cfg)
+    assert np.array_equal(both.counts, alone.counts) and len(both.counts)
+
+
 def test_a_bundle_without_cohorts_serves_them_as_0(serve_bundle: Path) -> None:
     version = sorted(serve_bundle.glob("v*"))[0]
     assert not (version / BUNDLE_FILES["cohort_ids"]).exists()
