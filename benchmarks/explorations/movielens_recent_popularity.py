@@ -23,9 +23,8 @@ import numpy as np
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.explorations._movielens import split_a_events
+from benchmarks.explorations._movielens import ndcg_at_10, requests, split_a_events
 from tailored.paths import write_json_atomic
-from tailored.train.metrics import Csr, per_user_metrics, topk_from_scores
 
 __all__ = ["main"]
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     windows = {"all events before t": None} | {
         f"events in the {name} before t": w for name, w in WINDOWS.items()
     }
-    users = np.unique(user[test])
+    users, exclude, relevant = requests(user, item, split)
     scores = {"training popularity": np.tile(train_pop, (len(users), 1))}
     scores |= {name: np.zeros((len(users), n_items)) for name in windows}
     for r, u in enumerate(users):
@@ -59,18 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lo = 0 if w is None else int(np.searchsorted(ts_s, t0 - w, "left"))
             other = user_s[lo:hi] != u
             scores[name][r] = np.bincount(item_s[lo:hi][other], minlength=n_items) + tie
-    # the project's metrics: the user's own earlier items excluded, the test items relevant
-    exclude = Csr.from_lists([np.unique(item[(user == u) & ~test]) for u in users])
-    relevant = Csr.from_lists([np.unique(item[(user == u) & test]) for u in users])
-    ndcg = {
-        name: round(
-            float(
-                per_user_metrics(topk_from_scores(s, exclude, 10), relevant, [10])["ndcg@10"].mean()
-            ),
-            4,
-        )
-        for name, s in scores.items()
-    }
+    ndcg = {name: round(ndcg_at_10(s, exclude, relevant), 4) for name, s in scores.items()}
     result: dict[str, Any] = {
         "benchmark": "movielens_recent_popularity",
         "machine": machine(),

@@ -30,9 +30,8 @@ from torch import nn
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.explorations._movielens import split_a_events
+from benchmarks.explorations._movielens import ndcg_at_10, requests, split_a_events
 from tailored.paths import write_json_atomic
-from tailored.train.metrics import Csr, per_user_metrics, topk_from_scores
 
 __all__ = ["SasRec", "main"]
 
@@ -89,19 +88,19 @@ def run(seed: int, a: argparse.Namespace, events: tuple[np.ndarray, ...]) -> dic
     model = SasRec(int(item.max()) + 1, a.dim, a.length, a.blocks, a.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
 
+    # each split's requests, built once: the history read, the items excluded and relevant
+    asked = {}
+    for target in (1, 2):
+        hist = [_left_padded(x[s < target], a.length) for x, s in seqs if (s == target).any()]
+        asked[target] = (torch.from_numpy(np.stack(hist)), *requests(user, item, split, target)[1:])
+
     def scored(target: int) -> tuple[float, int]:
-        hist, rel, excl = [], [], []
-        for items, s in seqs:
-            if (s == target).any():
-                hist.append(_left_padded(items[s < target], a.length))
-                rel.append(np.unique(items[s == target]) - 1)
-                excl.append(np.unique(items[s < target]) - 1)
+        x, exclude, relevant = asked[target]
         model.eval()
         with torch.no_grad():
-            scores = model.logits(model(torch.from_numpy(np.stack(hist)))[:, -1])[:, 1:]
+            scores = model.logits(model(x)[:, -1])[:, 1:]
         model.train()
-        top = topk_from_scores(scores.numpy(), Csr.from_lists(excl), 10)
-        return float(per_user_metrics(top, Csr.from_lists(rel), [10])["ndcg@10"].mean()), len(rel)
+        return ndcg_at_10(scores.numpy(), exclude, relevant), len(x)
 
     best, best_epoch, state, start = -1.0, 0, model.state_dict(), time.perf_counter()
     for epoch in range(a.max_epochs):

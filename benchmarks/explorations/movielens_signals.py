@@ -32,10 +32,9 @@ import scipy.sparse as sp
 
 from benchmarks._machine import machine
 from benchmarks._paths import RESULTS
-from benchmarks.explorations._movielens import split_a_events
+from benchmarks.explorations._movielens import ndcg_at_10, requests, split_a_events
 from tailored.data.movielens import fetch_movielens_100k
 from tailored.paths import write_json_atomic
-from tailored.train.metrics import Csr, per_user_metrics, topk_from_scores
 
 __all__ = ["cooccurrence", "main"]
 
@@ -71,19 +70,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     years = np.where(np.isnan(years), np.nanmedian(years), years)
     n_items = len(ids)
     known = split < 2  # training and validation: what the request may read
-    users = np.unique(user[split == 2])
+    users, exclude, relevant = requests(user, item, split)
     last, last_rating = [], []
     for u in users:
         rows = np.flatnonzero((user == u) & known)
         rows = rows[np.argsort(ts[rows], kind="stable")][-LAST:]
         last.append(item[rows])
         last_rating.append(rating[rows])
-    exclude = Csr.from_lists([np.unique(item[(user == u) & known]) for u in users])
-    relevant = Csr.from_lists([np.unique(item[(user == u) & (split == 2)]) for u in users])
 
     def ndcg(scores: np.ndarray) -> float:
-        top = topk_from_scores(scores, exclude, 10)
-        return round(float(per_user_metrics(top, relevant, [10])["ndcg@10"].mean()), 4)
+        return round(ndcg_at_10(scores, exclude, relevant), 4)
 
     def from_last(c: np.ndarray, weight: Any = None) -> np.ndarray:
         pairs = zip(last, last_rating, strict=True)
@@ -97,28 +93,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pop = np.bincount(item[known], minlength=n_items) + 1.0
     cosine = np.sqrt(pop[:, None] * pop[None, :])
     page = user[known].astype(np.int64) * 10**10 + ts[known]
+    n_pages = len(np.unique(page))
     pages = cooccurrence(page, item[known], n_items)
     users_c = cooccurrence(user[known], item[known], n_items)
+    users_cos = users_c / cosine
+    unweighted = ndcg(from_last(users_cos))
+    near = np.stack([np.abs(years[None, :] - years[x][:, None]).min(0) for x in last])
+    median = np.stack([np.abs(years - np.median(years[x])) for x in last])
     results: dict[str, dict[str, float]] = {
         "popularity": {"log popularity": ndcg(np.tile(np.log(pop), (len(users), 1)))},
         "pages": {
             "page co-occurrence, raw": ndcg(from_last(pages)),
             "page co-occurrence, cosine": ndcg(from_last(pages / cosine)),
             "user co-occurrence, raw": ndcg(from_last(users_c)),
-            "user co-occurrence, cosine": ndcg(from_last(users_c / cosine)),
+            "user co-occurrence, cosine": unweighted,
         },
         "release years": {},
         "own ratings": {
-            "unweighted": ndcg(from_last(users_c / cosine)),
-            "weighted by the rating": ndcg(from_last(users_c / cosine, lambda r: r)),
-            "rated 4 or more (others 0.2)": ndcg(
-                from_last(users_c / cosine, lambda r: (r >= 4) + 0.2)
-            ),
+            "unweighted": unweighted,
+            "weighted by the rating": ndcg(from_last(users_cos, lambda r: r)),
+            "rated 4 or more (others 0.2)": ndcg(from_last(users_cos, lambda r: (r >= 4) + 0.2)),
         },
     }
     for scale in (1, 2, 5, 10):
-        near = np.stack([np.abs(years[None, :] - years[x][:, None]).min(0) for x in last])
-        median = np.stack([np.abs(years - np.median(years[x])) for x in last])
         results["release years"] |= {
             f"nearest of the last {LAST}, scale {scale} years": ndcg(np.log(pop) - near / scale),
             f"their median, scale {scale} years": ndcg(np.log(pop) - median / scale),
@@ -136,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "consecutive_ratings": {
             "share_same_second": round(float(np.mean(gaps == 0)), 3),
             "share_within_a_minute": round(float(np.mean(gaps <= MINUTE)), 3),
-            "pages": len(np.unique(page)),
-            "mean_page_size": round(float(known.sum() / len(np.unique(page))), 2),
+            "pages": n_pages,
+            "mean_page_size": round(float(known.sum() / n_pages), 2),
             "year_rank_distance_median": float(np.median(np.abs(prev - rank[nxt]))),
             "year_rank_distance_median_shuffled": float(np.median(np.abs(prev - rank[shuffled]))),
         },
